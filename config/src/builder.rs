@@ -1,0 +1,492 @@
+//! [`ConfigBuilder`]: collects sources in order and builds a validated [`Config`].
+//!
+//! Sources are flags (`--allow-domains`, `--resolve`, ...), allow files and TOML files.
+//! Each method checks its own input at once and returns that input's errors, and also keeps
+//! them: [`ConfigBuilder::build`] reports every error of every source in one
+//! [`Error::Partial`]. A caller that wants all problems at once may ignore the per-source
+//! results and rely on `build`.
+//!
+//! Lists accumulate across sources; single values (`ports`, `upstream_ca`, `audit_log`,
+//! each timeout) are replaced by later sources.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::addr::{parse_dns_server, parse_resolve};
+use crate::defaults;
+use crate::error::{Error, ErrorKind, Location, line_column};
+use crate::file::{File, parse_duration};
+use crate::policy::{Entry, List, Origin, Policy};
+
+/// Everything a sandbox run needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The compiled allowlist.
+    pub policy: Arc<Policy>,
+    /// `--resolve HOST:ADDR` overrides. Trusted: the user named the address, so the
+    /// private-address guard does not apply to them.
+    pub resolve: Vec<ResolveOverride>,
+    /// Upstream DNS servers; empty means the system's `resolv.conf`.
+    pub dns_servers: Vec<SocketAddr>,
+    /// Extra CA certificates (PEM) trusted for upstream connections.
+    pub upstream_ca: Option<PathBuf>,
+    /// Where the JSONL audit log goes; `None` for no audit file.
+    pub audit_log: Option<PathBuf>,
+    /// Proxy timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// Proxy timeouts; the defaults are in [`defaults`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Waiting for the first bytes (`ClientHello` or HTTP request head).
+    pub classify: Duration,
+    /// Connecting to an upstream.
+    pub connect: Duration,
+    /// Silence in both directions on a relayed connection (not a total time).
+    pub idle: Duration,
+    /// A DNS resolution.
+    pub resolve: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            classify: defaults::CLASSIFY_TIMEOUT,
+            connect: defaults::CONNECT_TIMEOUT,
+            idle: defaults::IDLE_TIMEOUT,
+            resolve: defaults::RESOLVE_TIMEOUT,
+        }
+    }
+}
+
+/// A fixed answer for a host name (`--resolve HOST:ADDR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveOverride {
+    /// The host, lowercase, without a trailing dot.
+    pub host: String,
+    /// Its addresses, in the order given, without duplicates (IPv4-mapped IPv6 as IPv4).
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Collects configuration sources in order; see the [module docs](self).
+#[derive(Debug, Default)]
+pub struct ConfigBuilder {
+    entries: Vec<Entry>,
+    ports: Option<Vec<u16>>,
+    loopback_ports: Vec<u16>,
+    resolve: Vec<ResolveOverride>,
+    dns_servers: Vec<SocketAddr>,
+    upstream_ca: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+    timeouts: Timeouts,
+    errors: Vec<Error>,
+}
+
+impl ConfigBuilder {
+    /// An empty builder: no entries (so everything is denied), default ports and timeouts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds allow entries from a comma- or whitespace-separated list (`--allow-domains`).
+    ///
+    /// # Errors
+    ///
+    /// Every invalid entry of the list, located at `origin`.
+    pub fn allow_list(&mut self, list: &str, origin: Origin) -> Result<(), Error> {
+        self.list(list, List::Allow, origin)
+    }
+
+    /// Adds block entries from a comma- or whitespace-separated list (`--block-domains`).
+    ///
+    /// # Errors
+    ///
+    /// Every invalid entry of the list, located at `origin`.
+    pub fn block_list(&mut self, list: &str, origin: Origin) -> Result<(), Error> {
+        self.list(list, List::Block, origin)
+    }
+
+    /// Adds allow entries from a file: entries separated by commas or whitespace, any number
+    /// per line, `#` starts a comment, blank lines are skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Read`] when the file cannot be read; every invalid entry at `path:line:column`.
+    pub fn allow_file(&mut self, path: &Path) -> Result<(), Error> {
+        self.list_file(path, List::Allow)
+    }
+
+    /// Adds block entries from a file in the [`allow_file`](Self::allow_file) format.
+    ///
+    /// # Errors
+    ///
+    /// As [`allow_file`](Self::allow_file).
+    pub fn block_file(&mut self, path: &Path) -> Result<(), Error> {
+        self.list_file(path, List::Block)
+    }
+
+    /// Reads a TOML file in the [`file`](crate::file) format.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Read`] when the file cannot be read; otherwise as [`toml_str`](Self::toml_str).
+    pub fn toml_file(&mut self, path: &Path) -> Result<(), Error> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => self.toml_str(&text, path),
+            Err(io) => self.record(vec![Error::Read {
+                path: path.into(),
+                io: Arc::new(io),
+            }]),
+        }
+    }
+
+    /// Adds the TOML text of a file at `path` (used in messages, origins, and to resolve
+    /// relative paths).
+    ///
+    /// # Errors
+    ///
+    /// A TOML syntax error, unknown key or wrong type (one error: the parser stops there), or
+    /// every invalid value of the file, each at `path:line:column`.
+    pub fn toml_str(&mut self, text: &str, path: &Path) -> Result<(), Error> {
+        let file = match File::parse(text) {
+            Ok(file) => file,
+            Err(e) => {
+                let at = Location::in_text(path, text, e.span().map_or(0, |s| s.start));
+                let message = e.message().trim().trim_end_matches('.').to_owned();
+                return self.record(vec![Error::at(at, ErrorKind::Toml { message })]);
+            }
+        };
+        let errors = FileContext { path, text }.apply(file, self);
+        self.record(errors)
+    }
+
+    /// Adds a `HOST:ADDR` override (`--resolve`); the same host may be given several times.
+    ///
+    /// # Errors
+    ///
+    /// A malformed value; a bare IPv6 address (write `host:[::1]`).
+    pub fn resolve(&mut self, spec: &str) -> Result<(), Error> {
+        let errors = self.add_resolve(spec, Location::Flag("--resolve")).err();
+        self.record(errors.into_iter().collect())
+    }
+
+    /// Adds an upstream DNS server, `ADDR`, `ADDR:PORT` or `[v6]:PORT` (`--dns-server`).
+    ///
+    /// # Errors
+    ///
+    /// A malformed address, a name instead of an address, or port 0.
+    pub fn dns_server(&mut self, spec: &str) -> Result<(), Error> {
+        let errors = self
+            .add_dns_server(spec, Location::Flag("--dns-server"))
+            .err();
+        self.record(errors.into_iter().collect())
+    }
+
+    /// Sets the extra CA bundle trusted for upstream connections.
+    pub fn upstream_ca(&mut self, path: PathBuf) {
+        self.upstream_ca = Some(path);
+    }
+
+    /// Sets the audit log path.
+    pub fn audit_log(&mut self, path: PathBuf) {
+        self.audit_log = Some(path);
+    }
+
+    /// Allows loopback destinations on `ports`. Port 0 is an error reported by
+    /// [`build`](Self::build).
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "same shape as the list methods"
+    )]
+    pub fn loopback_ports(&mut self, ports: &[u16], origin: Origin) {
+        if ports.contains(&0) {
+            self.errors
+                .push(Error::at(origin_location(&origin), ErrorKind::PortZero));
+        }
+        self.loopback_ports
+            .extend(ports.iter().filter(|&&p| p != 0));
+    }
+
+    /// Replaces the destination ports every allowed name may use (default `[80, 443]`).
+    /// Port 0 is an error reported by [`build`](Self::build).
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "same shape as the list methods"
+    )]
+    pub fn ports(&mut self, ports: &[u16], origin: Origin) {
+        if ports.contains(&0) {
+            self.errors
+                .push(Error::at(origin_location(&origin), ErrorKind::PortZero));
+        }
+        self.ports = Some(ports.iter().copied().filter(|&p| p != 0).collect());
+    }
+
+    /// Replaces all timeouts.
+    pub fn timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
+    /// Adds an already parsed entry (for entries egressd derives itself, with an
+    /// [`Origin::Builtin`]).
+    pub fn entry(&mut self, entry: Entry) {
+        self.entries.push(entry);
+    }
+
+    /// Validates everything and compiles the policy.
+    ///
+    /// # Errors
+    ///
+    /// Every error recorded by every source, in order: the single error when there is one,
+    /// [`Error::Partial`] otherwise.
+    pub fn build(self) -> Result<Config, Error> {
+        if let Some(error) = Error::from_many(self.errors) {
+            return Err(error);
+        }
+        let ports = self.ports.as_deref().unwrap_or(defaults::PORTS);
+        Ok(Config {
+            policy: Arc::new(Policy::new(self.entries, ports, &self.loopback_ports)),
+            resolve: self.resolve,
+            dns_servers: self.dns_servers,
+            upstream_ca: self.upstream_ca,
+            audit_log: self.audit_log,
+            timeouts: self.timeouts,
+        })
+    }
+
+    // === helpers ===
+
+    fn record(&mut self, errors: Vec<Error>) -> Result<(), Error> {
+        self.errors.extend(errors.iter().cloned());
+        Error::from_many(errors).map_or(Ok(()), Err)
+    }
+
+    #[allow(clippy::needless_pass_by_value, reason = "cloned into each entry")]
+    fn list(&mut self, list: &str, which: List, origin: Origin) -> Result<(), Error> {
+        let at = origin_location(&origin);
+        let errors = tokens(list)
+            .filter_map(|(_, token)| {
+                self.add_entry(token, which, origin.clone(), at.clone())
+                    .err()
+            })
+            .collect();
+        self.record(errors)
+    }
+
+    fn list_file(&mut self, path: &Path, which: List) -> Result<(), Error> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(io) => {
+                return self.record(vec![Error::Read {
+                    path: path.into(),
+                    io: Arc::new(io),
+                }]);
+            }
+        };
+        let mut errors = Vec::new();
+        let mut line_start = 0;
+        for (number, line) in (1u32..).zip(text.split('\n')) {
+            let content = line.split('#').next().unwrap_or_default();
+            for (offset, token) in tokens(content) {
+                let origin = Origin::File {
+                    path: path.into(),
+                    line: number,
+                };
+                let at = Location::in_text(path, &text, line_start + offset);
+                if let Err(e) = self.add_entry(token, which, origin, at) {
+                    errors.push(e);
+                }
+            }
+            line_start += line.len() + 1;
+        }
+        self.record(errors)
+    }
+
+    fn add_entry(
+        &mut self,
+        text: &str,
+        list: List,
+        origin: Origin,
+        at: Location,
+    ) -> Result<(), Error> {
+        let entry = Entry::parse(text, list, origin).map_err(|kind| Error::at(at, kind))?;
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    fn add_resolve(&mut self, spec: &str, at: Location) -> Result<(), Error> {
+        let (host, ip) = parse_resolve(spec).map_err(|why| {
+            Error::at(
+                at,
+                ErrorKind::InvalidResolve {
+                    spec: spec.to_owned(),
+                    why,
+                },
+            )
+        })?;
+        match self.resolve.iter_mut().find(|o| o.host == host) {
+            Some(existing) if existing.addrs.contains(&ip) => {}
+            Some(existing) => existing.addrs.push(ip),
+            None => self.resolve.push(ResolveOverride {
+                host,
+                addrs: vec![ip],
+            }),
+        }
+        Ok(())
+    }
+
+    fn add_dns_server(&mut self, spec: &str, at: Location) -> Result<(), Error> {
+        let addr = parse_dns_server(spec).map_err(|why| {
+            Error::at(
+                at,
+                ErrorKind::InvalidDnsServer {
+                    spec: spec.to_owned(),
+                    why,
+                },
+            )
+        })?;
+        if !self.dns_servers.contains(&addr) {
+            self.dns_servers.push(addr);
+        }
+        Ok(())
+    }
+}
+
+/// A TOML file being applied: its path and text, to turn spans into locations.
+struct FileContext<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl FileContext<'_> {
+    /// Applies `file` to `builder`, returning every error (not yet recorded).
+    fn apply(&self, file: File, builder: &mut ConfigBuilder) -> Vec<Error> {
+        let mut errors = Vec::new();
+        for (items, list) in [
+            (file.allow_domains, List::Allow),
+            (file.block_domains, List::Block),
+        ] {
+            for item in items {
+                let (origin, at) = self.place(item.span().start);
+                errors.extend(builder.add_entry(item.get_ref(), list, origin, at).err());
+            }
+        }
+        for rule in file.rules {
+            let (origin, at) = self.place(rule.domain.span().start);
+            match Entry::parse(rule.domain.get_ref(), List::Allow, origin) {
+                Ok(mut entry) => {
+                    entry.ports = self.ports(&rule.ports, &mut errors);
+                    entry.allow_private = rule.allow_private;
+                    builder.entries.push(entry);
+                }
+                Err(kind) => errors.push(Error::at(at, kind)),
+            }
+        }
+        if let Some(ports) = &file.ports {
+            builder.ports = Some(self.ports(ports, &mut errors));
+        }
+        let loopback = self.ports(&file.loopback_ports, &mut errors);
+        builder.loopback_ports.extend(loopback);
+        for spec in &file.dns_servers {
+            let at = self.place(spec.span().start).1;
+            errors.extend(builder.add_dns_server(spec.get_ref(), at).err());
+        }
+        for spec in &file.resolve {
+            let at = self.place(spec.span().start).1;
+            errors.extend(builder.add_resolve(spec.get_ref(), at).err());
+        }
+        let dir = self.path.parent().unwrap_or(Path::new(""));
+        if let Some(path) = file.upstream_ca {
+            builder.upstream_ca = Some(dir.join(path.into_inner()));
+        }
+        if let Some(path) = file.audit_log {
+            builder.audit_log = Some(dir.join(path.into_inner()));
+        }
+        let t = &mut builder.timeouts;
+        let timeouts = file.timeouts;
+        for (key, value, slot) in [
+            ("timeouts.classify", timeouts.classify, &mut t.classify),
+            ("timeouts.connect", timeouts.connect, &mut t.connect),
+            ("timeouts.idle", timeouts.idle, &mut t.idle),
+            ("timeouts.resolve", timeouts.resolve, &mut t.resolve),
+        ] {
+            let Some(value) = value else { continue };
+            match parse_duration(value.get_ref()) {
+                Ok(duration) => *slot = duration,
+                Err(why) => {
+                    let kind = ErrorKind::InvalidDuration {
+                        key: key.into(),
+                        text: value.get_ref().clone(),
+                        why,
+                    };
+                    errors.push(Error::at(self.place(value.span().start).1, kind));
+                }
+            }
+        }
+        errors.sort_by_key(|e| match e.location() {
+            Some(Location::File { line, column, .. }) => (*line, *column),
+            _ => (0, 0),
+        });
+        errors
+    }
+
+    /// The ports of a list, with an error for each port 0.
+    fn ports(&self, ports: &[toml::Spanned<u16>], errors: &mut Vec<Error>) -> Vec<u16> {
+        let mut out = Vec::new();
+        for port in ports {
+            if *port.get_ref() == 0 {
+                errors.push(Error::at(
+                    self.place(port.span().start).1,
+                    ErrorKind::PortZero,
+                ));
+            } else {
+                out.push(*port.get_ref());
+            }
+        }
+        out
+    }
+
+    fn place(&self, offset: usize) -> (Origin, Location) {
+        let (line, column) = line_column(self.text, offset);
+        let path = self.path.to_path_buf();
+        (
+            Origin::File {
+                path: path.clone(),
+                line,
+            },
+            Location::File { path, line, column },
+        )
+    }
+}
+
+/// Splits a list on commas and whitespace, skipping empty pieces; yields byte offsets.
+fn tokens(list: &str) -> impl Iterator<Item = (usize, &str)> {
+    let is_separator = |c: char| c == ',' || c.is_whitespace();
+    let mut rest = 0;
+    std::iter::from_fn(move || {
+        let start = rest + list[rest..].find(|c: char| !is_separator(c))?;
+        let end = list[start..]
+            .find(is_separator)
+            .map_or(list.len(), |i| start + i);
+        rest = end;
+        Some((start, &list[start..end]))
+    })
+}
+
+/// Where an error about a value from `origin` is (column 1 for a file line).
+fn origin_location(origin: &Origin) -> Location {
+    match origin {
+        Origin::Flag(flag) => Location::Flag(flag),
+        Origin::File { path, line } => Location::File {
+            path: path.clone(),
+            line: *line,
+            column: 1,
+        },
+        Origin::Builtin(what) => Location::Builtin(what),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! The TOML configuration file: serde types that mirror it, and nothing more.
+//!
+//! This is the low-level layer: [`File`] holds what the file says, with the byte span of
+//! every value ([`toml::Spanned`]) so that errors and entry origins point at
+//! `path:line:column`. Turning it into a [`Config`](crate::Config) is the job of
+//! [`ConfigBuilder::toml_file`](crate::ConfigBuilder::toml_file) /
+//! [`ConfigBuilder::toml_str`](crate::ConfigBuilder::toml_str).
+//!
+//! # Format
+//!
+//! Every key is optional; unknown keys are errors (a typo must not silently drop a rule).
+//!
+//! ```toml
+//! # Allowed and blocked names, in AWF syntax: `github.com` covers the apex and all
+//! # subdomains, `*.github.com` only subdomains, `https://` / `http://` limit the scheme.
+//! allow_domains = ["github.com", "*.githubusercontent.com"]
+//! block_domains = ["gist.github.com"]
+//! # Destination ports every allowed name may use (replaces the default [80, 443]).
+//! ports = [80, 443]
+//! # Loopback ports the sandbox may reach (there is no `localhost` domain keyword).
+//! loopback_ports = [8080]
+//! # Upstream DNS servers, ADDR or ADDR:PORT or [v6]:PORT (default port 53);
+//! # none = the system's resolv.conf.
+//! dns_servers = ["10.0.0.2:53"]
+//! # Fixed answers, HOST:ADDR (IPv6 in brackets); the same host may repeat.
+//! resolve = ["api.example.com:10.200.1.2"]
+//! # Relative paths are relative to this file's directory.
+//! upstream_ca = "/etc/egressd/upstream-ca.pem"
+//! audit_log = "/var/log/egressd/audit.jsonl"
+//!
+//! [timeouts]
+//! classify = "10s"    # a whole number and a unit: ms, s, m or h; never zero
+//! connect = "10s"
+//! idle = "5m"
+//! resolve = "5s"
+//!
+//! # An allow entry with more to say: extra ports, and permission for the name to
+//! # resolve to private or loopback addresses.
+//! [[rule]]
+//! domain = "internal.example.com"
+//! ports = [8443]
+//! allow_private = true
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Allow entries (AWF syntax).
+    #[serde(default)]
+    pub allow_domains: Vec<Spanned<String>>,
+    /// Block entries (AWF syntax); they win over any allow entry.
+    #[serde(default)]
+    pub block_domains: Vec<Spanned<String>>,
+    /// Destination ports every allowed name may use; replaces the default `[80, 443]`.
+    pub ports: Option<Vec<Spanned<u16>>>,
+    /// Loopback ports the sandbox may reach.
+    #[serde(default)]
+    pub loopback_ports: Vec<Spanned<u16>>,
+    /// Upstream DNS servers (`ADDR`, `ADDR:PORT`, `[v6]:PORT`).
+    #[serde(default)]
+    pub dns_servers: Vec<Spanned<String>>,
+    /// Fixed answers (`HOST:ADDR`).
+    #[serde(default)]
+    pub resolve: Vec<Spanned<String>>,
+    /// Extra CA certificates (PEM) trusted for upstream connections.
+    pub upstream_ca: Option<Spanned<PathBuf>>,
+    /// Where the JSONL audit log goes.
+    pub audit_log: Option<Spanned<PathBuf>>,
+    /// Timeouts; missing keys keep their defaults.
+    #[serde(default)]
+    pub timeouts: FileTimeouts,
+    /// `[[rule]]` tables: allow entries with extra ports or `allow_private`.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<FileRule>,
+}
+
+/// The `[timeouts]` table; durations are strings such as `"500ms"`, `"10s"` or `"5m"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    /// Waiting for the first bytes of a connection.
+    pub classify: Option<Spanned<String>>,
+    /// Connecting to an upstream.
+    pub connect: Option<Spanned<String>>,
+    /// Silence on a relayed connection.
+    pub idle: Option<Spanned<String>>,
+    /// A DNS resolution.
+    pub resolve: Option<Spanned<String>>,
+}
+
+/// One `[[rule]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRule {
+    /// The entry, in AWF syntax.
+    pub domain: Spanned<String>,
+    /// Ports allowed for this entry in addition to the global `ports`.
+    #[serde(default)]
+    pub ports: Vec<Spanned<u16>>,
+    /// The name may resolve to private, loopback or link-local addresses.
+    #[serde(default)]
+    pub allow_private: bool,
+}
+
+impl File {
+    /// Parses the text of a file.
+    ///
+    /// # Errors
+    ///
+    /// The parser's error for invalid TOML, unknown keys and values of the wrong type;
+    /// [`toml::de::Error::span`] says where.
+    pub fn parse(text: &str) -> Result<File, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+/// Parses a humane duration: a whole number followed by `ms`, `s`, `m` or `h`.
+///
+/// # Errors
+///
+/// A text saying what to write instead, for a malformed, overflowing or zero duration.
+pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
+    const HELP: &str =
+        "write a whole number and a unit (ms, s, m or h), such as '500ms', '10s' or '5m'";
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| HELP)?;
+    let millis_per_unit = match unit.trim_start() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(HELP),
+    };
+    let millis = number
+        .checked_mul(millis_per_unit)
+        .ok_or("the duration is too long")?;
+    if millis == 0 {
+        return Err("a zero timeout would fail every connection: use a positive duration");
+    }
+    Ok(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_mins(5)));
+        assert_eq!(parse_duration("2 h"), Ok(Duration::from_hours(2)));
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1.5s",
+            "-1s",
+            "10 sec",
+            "0s",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn documented_example_parses() {
+        let doc = include_str!("file.rs");
+        let start = doc.find("//! ```toml\n").unwrap() + "//! ```toml\n".len();
+        let end = start + doc[start..].find("//! ```\n").unwrap();
+        let example: String = doc[start..end]
+            .lines()
+            .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
+            .fold(String::new(), |text, line| text + line + "\n");
+        let file = File::parse(&example).unwrap();
+        assert_eq!(file.allow_domains.len(), 2);
+        assert_eq!(file.rules.len(), 1);
+        assert!(file.rules[0].allow_private);
+        assert_eq!(
+            file.timeouts.idle.as_ref().map(|s| s.get_ref().as_str()),
+            Some("5m")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = File::parse("alow_domains = [\"x.com\"]").unwrap_err();
+        assert!(err.message().contains("unknown field"), "{}", err.message());
+        assert!(File::parse("[timeouts]\nidel = \"1s\"").is_err());
+        assert!(File::parse("[[rule]]\ndomain = \"a.com\"\nport = [1]").is_err());
+    }
+}

@@ -1,0 +1,227 @@
+//! `egressd exec`: run a command in a sandbox whose connections go through the allowlist.
+//!
+//! Order matters and every step before the command starts is fail-closed: configuration
+//! is validated first; then the programs are loaded, the cgroup and network namespace
+//! created, the listeners bound and the programs attached; only then does the command
+//! start, already inside the cgroup. Cleanup (kill what is left in the cgroup, remove it,
+//! detach the programs) runs on every exit path, Ctrl-C included.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow};
+use egressd_ebpf_common::{FLAG_REDIRECT_LOOPBACK, SandboxConfig};
+use egressd_proxy::{AuditLog, Proxy};
+use nix::{
+    sys::{
+        signal::{Signal, kill},
+        wait::{WaitStatus, waitpid},
+    },
+    unistd::Pid,
+};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Failure,
+    cli::ExecArgs,
+    env,
+    loader::Loader,
+    policy,
+    sandbox::{
+        cgroup::Cgroup,
+        netns::{self, NetnsMode},
+        spawn,
+    },
+};
+
+/// Runs `egressd exec`; returns the command's exit code.
+pub fn run(args: ExecArgs) -> Result<u8, Failure> {
+    let config = policy::build(&args.policy, args.audit_log.clone()).map_err(Failure::usage)?;
+    let mode = NetnsMode::parse(&args.netns).map_err(Failure::usage)?;
+    let (uid, gid) = target_user(&args)?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Failure::setup(anyhow!(
+            "egressd exec needs root: it loads eBPF programs, creates a cgroup and a network \
+             namespace; run it with sudo (the command still runs as you)"
+        )));
+    }
+    if uid == 0 {
+        eprintln!(
+            "egressd: warning: the command runs as root (--allow-root); root can leave the \
+             sandbox, so this confinement is NOT enforceable"
+        );
+    }
+    let audit = Arc::new(
+        AuditLog::new(config.audit_log.as_deref())
+            .map_err(|e| Failure::usage(anyhow!(e).context("opening the audit log")))?,
+    );
+    let sandbox = format!("egressd-{}", std::process::id());
+
+    // Declared before the cgroup so that it is dropped after it: the cgroup is emptied
+    // before the programs are detached.
+    let mut loader = Loader::load().map_err(Failure::setup)?;
+    let cgroup = Cgroup::create(&sandbox).map_err(Failure::setup)?;
+    let net = netns::prepare(&mode).map_err(Failure::setup)?;
+    let port4 = net.listener4.local_addr().map_err(Failure::setup)?.port();
+    let port6 = match &net.listener6 {
+        Some(l) => l.local_addr().map_err(Failure::setup)?.port(),
+        None => 0,
+    };
+    let sandbox_config = SandboxConfig {
+        proxy_port4: port4.to_be(),
+        proxy_port6: port6.to_be(),
+        dns_port: 0,
+        _pad: 0,
+        flags: if mode.redirects_loopback() { FLAG_REDIRECT_LOOPBACK } else { 0 },
+    };
+    loader.attach(&cgroup, sandbox_config).map_err(Failure::setup)?;
+    tracing::debug!(cgroup = %cgroup.path().display(), port4, port6, "programs attached");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(Failure::setup)?;
+
+    let config = Arc::new(config);
+    let proxy = {
+        let _guard = runtime.enter();
+        Proxy::new(config, loader.orig_dst(), audit.clone(), sandbox.clone())
+            .map_err(|e| Failure::setup(anyhow!(e).context("starting the proxy")))?
+    };
+    let proxy = Arc::new(proxy);
+    let shutdown = CancellationToken::new();
+    let mut servers = Vec::new();
+    {
+        let _guard = runtime.enter();
+        for listener in std::iter::once(net.listener4).chain(net.listener6) {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .context("registering the proxy listener")
+                .map_err(Failure::setup)?;
+            servers.push(runtime.spawn(proxy.clone().serve(listener, shutdown.clone())));
+        }
+    }
+
+    // Start the command from this (the main) thread: the parent-death signal follows the
+    // thread that created the child.
+    let child = spawn::spawn(spawn::Spec {
+        cgroup_procs: &cgroup.procs_file(),
+        netns: net.netns.as_ref(),
+        uid,
+        gid,
+        command: &args.command,
+        env: env::sandbox_env(uid),
+    })
+    .map_err(Failure::setup)?;
+
+    let code = runtime.block_on(async {
+        let code = wait_forwarding_signals(child).await;
+        shutdown.cancel();
+        for server in servers {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), server).await;
+        }
+        code
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+
+    eprintln!("{}", audit.summary());
+    let counters = loader.counters();
+    if !counters.is_empty() {
+        let list: Vec<String> = counters.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        eprintln!("egressd: kernel: {}", list.join(" "));
+    }
+    drop(cgroup);
+    drop(loader);
+    Ok(code)
+}
+
+/// The user the command runs as: `--user`, else the one who ran sudo; root only with
+/// `--allow-root`.
+fn target_user(args: &ExecArgs) -> Result<(u32, u32), Failure> {
+    let (uid, gid) = if let Some(spec) = &args.user {
+        parse_user(spec).map_err(Failure::usage)?
+    } else if let Some(ids) = env::sudo_user() {
+        ids
+    } else {
+        (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())
+    };
+    if uid == 0 && !args.allow_root {
+        return Err(Failure::usage(anyhow!(
+            "refusing to run the command as root: root could leave the sandbox; run egressd \
+             through sudo from your own account, pass --user UID[:GID], or accept the risk \
+             with --allow-root"
+        )));
+    }
+    Ok((uid, gid))
+}
+
+/// Parses `UID` or `UID:GID` (numeric). Without a GID, the user's primary group from the
+/// passwd database, or the UID itself.
+fn parse_user(spec: &str) -> anyhow::Result<(u32, u32)> {
+    let bad = || anyhow!("--user {spec:?}: expected a numeric UID or UID:GID, e.g. --user 1001:1001");
+    let (uid, gid) = match spec.split_once(':') {
+        Some((u, g)) => (u.parse().map_err(|_| bad())?, Some(g.parse().map_err(|_| bad())?)),
+        None => (spec.parse().map_err(|_| bad())?, None),
+    };
+    let gid = gid.unwrap_or_else(|| {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map_or(uid, |u| u.gid.as_raw())
+    });
+    Ok((uid, gid))
+}
+
+/// Waits for the sandbox's PID 1, passing on SIGINT/SIGTERM/SIGHUP/SIGQUIT; returns its
+/// exit code (128+signal when killed).
+async fn wait_forwarding_signals(child: Pid) -> u8 {
+    let mut wait = tokio::task::spawn_blocking(move || loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code as u8,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128u8.wrapping_add(sig as u8),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return crate::EXIT_SETUP,
+        }
+    });
+    let kinds = [
+        (SignalKind::interrupt(), Signal::SIGINT),
+        (SignalKind::terminate(), Signal::SIGTERM),
+        (SignalKind::hangup(), Signal::SIGHUP),
+        (SignalKind::quit(), Signal::SIGQUIT),
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (kind, sig) in kinds {
+        if let Ok(mut stream) = signal(kind) {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if tx.send(sig).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+    loop {
+        tokio::select! {
+            result = &mut wait => return result.unwrap_or(crate::EXIT_SETUP),
+            Some(sig) = rx.recv() => {
+                let _ = kill(child, sig);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_user;
+
+    #[test]
+    fn user_specs() {
+        assert_eq!(parse_user("1001:1002").unwrap(), (1001, 1002));
+        assert_eq!(parse_user("65534:65534").unwrap(), (65534, 65534));
+        assert!(parse_user("alice").is_err());
+        assert!(parse_user("1:x").is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! The one place that reads the process environment: who invoked `sudo`, and the
+//! scrubbed environment the sandboxed command gets.
+
+use std::ffi::OsString;
+
+/// Variables that hold credentials (AWF's exclusion list, reference/awf.md §4.3) or that
+/// would steer clients around the transparent proxy. Never passed to the sandbox.
+const SCRUBBED: &[&str] = &[
+    // GitHub Actions runtime credentials.
+    "ACTIONS_RUNTIME_TOKEN",
+    "ACTIONS_RESULTS_URL",
+    "ACTIONS_CACHE_URL",
+    // GitHub tokens.
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "GITHUB_PERSONAL_ACCESS_TOKEN",
+    "GITHUB_API_TOKEN",
+    "GITHUB_PAT",
+    "GH_ACCESS_TOKEN",
+    "GH_ENTERPRISE_TOKEN",
+    "GITHUB_ENTERPRISE_TOKEN",
+    "COPILOT_GITHUB_TOKEN",
+    // Model provider keys.
+    "OPENAI_API_KEY",
+    "OPENAI_KEY",
+    "CODEX_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_API_KEY",
+    "COPILOT_PROVIDER_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "AZURE_OPENAI_API_KEY",
+    "OPENAI_ENDPOINT_OVERRIDE",
+    // Cloud credentials.
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_CLIENT_SECRET",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    // Proxy variables: the sandbox is proxied transparently; a forward-proxy setting
+    // would only make clients send CONNECT, which egressd refuses.
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "FTP_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "ftp_proxy",
+    // Loader tricks that would outlive the privilege drop.
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "LD_AUDIT",
+];
+
+/// Prefixes of variables that are never passed on.
+const SCRUBBED_PREFIXES: &[&str] = &["ACTIONS_ID_TOKEN_", "SUDO_"];
+
+/// Whether variable `name` is removed from the sandbox's environment.
+pub fn is_scrubbed(name: &str) -> bool {
+    SCRUBBED.contains(&name) || SCRUBBED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The user who ran `sudo egressd ...`, if any.
+pub fn sudo_user() -> Option<(u32, u32)> {
+    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
+    Some((uid, gid))
+}
+
+/// The environment for the sandboxed command: ours minus the scrubbed variables, with
+/// `HOME`, `USER` and `LOGNAME` set for the target user when it has a passwd entry.
+pub fn sandbox_env(uid: u32) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(name, _)| !name.to_str().is_some_and(is_scrubbed))
+        .collect();
+    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        let set = |env: &mut Vec<(OsString, OsString)>, k: &str, v: OsString| {
+            env.retain(|(name, _)| name != k);
+            env.push((k.into(), v));
+        };
+        set(&mut env, "HOME", user.dir.into_os_string());
+        set(&mut env, "USER", user.name.clone().into());
+        set(&mut env, "LOGNAME", user.name.into());
+    }
+    env
+}
+
+/// `EGRESSD_LOG`, the log filter directive, if set.
+pub fn log_filter() -> Option<String> {
+    std::env::var("EGRESSD_LOG").ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_scrubbed;
+
+    #[test]
+    fn credentials_and_proxies_are_scrubbed() {
+        for name in [
+            "GITHUB_TOKEN",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+            "COPILOT_GITHUB_TOKEN",
+            "OPENAI_API_KEY",
+            "https_proxy",
+            "SUDO_UID",
+            "LD_PRELOAD",
+        ] {
+            assert!(is_scrubbed(name), "{name} must be scrubbed");
+        }
+        for name in ["PATH", "HOME", "GITHUB_REPOSITORY", "GITHUB_SERVER_URL", "LANG"] {
+            assert!(!is_scrubbed(name), "{name} must be kept");
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! `egressd`: egress firewall for CI runners and AI-agent sandboxes.
+//!
+//! `main` only parses the command line, runs the command and turns its result into an
+//! exit code: the command's own for `exec`, 64 for usage and configuration errors, 125
+//! when the sandbox could not be set up, 1 for other failures.
+
+mod cli;
+mod commands;
+mod env;
+mod loader;
+mod policy;
+mod sandbox;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+/// Exit code for usage and configuration errors (sysexits `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code when `exec` could not set up the sandbox (as `docker run` and `env` use 125).
+pub const EXIT_SETUP: u8 = 125;
+
+/// An error that already knows its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// Process exit code.
+    pub code: u8,
+    /// What went wrong, with its chain of causes.
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    /// A usage or configuration error (exit 64).
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Self { code: EXIT_USAGE, error: error.into() }
+    }
+    /// A sandbox set-up failure (exit 125).
+    pub fn setup(error: impl Into<anyhow::Error>) -> Self {
+        Self { code: EXIT_SETUP, error: error.into() }
+    }
+    /// Any other runtime failure (exit 1).
+    pub fn runtime(error: impl Into<anyhow::Error>) -> Self {
+        Self { code: 1, error: error.into() }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    if let cli::Command::SandboxInit(args) = &cli.command {
+        // The sandbox's PID 1: no logging set-up, no runtime, nothing shared.
+        return sandbox::init::run(args);
+    }
+    cli::init_logging(cli.verbose);
+    match commands::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure { code, error }) => {
+            eprintln!("egressd: error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! `egressd __sandbox-init`: PID 1 of the sandbox's PID namespace.
+//!
+//! It runs already inside the sandbox cgroup and network namespace. It mounts a /proc
+//! that shows only the sandbox's processes (so the sandbox cannot read the daemon's
+//! `/proc/PID/environ`), drops to the target user with `no_new_privs` (so `sudo` and other
+//! setuid programs cannot bring root back), starts the command, forwards signals to it,
+//! reaps orphans, and exits with the command's status. When it exits the kernel kills
+//! everything else in the namespace.
+
+use std::{
+    ffi::CString,
+    process::ExitCode,
+    sync::atomic::{AtomicI32, Ordering},
+};
+
+use nix::{
+    mount::{MsFlags, mount},
+    sys::{
+        signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction},
+        wait::{WaitStatus, waitpid},
+    },
+    unistd::{ForkResult, Gid, Pid, Uid, execvp, fork, setgid, setgroups, setuid},
+};
+
+use crate::cli::SandboxInitArgs;
+
+/// The command's pid, for the signal handler.
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+/// Signals passed on to the command.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Runs PID 1; never returns before the command has exited.
+pub fn run(args: &SandboxInitArgs) -> ExitCode {
+    match setup(args) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("egressd: sandbox: {e}");
+            return ExitCode::from(crate::EXIT_SETUP);
+        }
+    }
+    let argv: Vec<CString> = match args.command.iter().map(|a| CString::new(a.as_bytes())).collect() {
+        Ok(v) => v,
+        Err(_) => {
+            eprintln!("egressd: sandbox: an argument contains a NUL byte");
+            return ExitCode::from(crate::EXIT_USAGE);
+        }
+    };
+    // SAFETY: this process is single-threaded (a fresh exec), so fork is safe.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let err = execvp(&argv[0], &argv).unwrap_err();
+            eprintln!("egressd: cannot run {:?}: {err}", args.command[0]);
+            let code = if err == nix::errno::Errno::ENOENT { 127 } else { 126 };
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            CHILD.store(child.as_raw(), Ordering::SeqCst);
+            ExitCode::from(reap_until(child))
+        }
+        Err(e) => {
+            eprintln!("egressd: sandbox: fork failed: {e}");
+            ExitCode::from(crate::EXIT_SETUP)
+        }
+    }
+}
+
+fn setup(args: &SandboxInitArgs) -> Result<(), String> {
+    // Our mounts must not propagate back to the host.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| format!("making the mount namespace private: {e}"))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting /proc for the sandbox's PID namespace: {e}"))?;
+
+    // Close every descriptor the daemon might have leaked, except stdio.
+    // SAFETY: plain system call; no Rust object owns descriptors >= 3 in this process.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+
+    let gid = Gid::from_raw(args.gid);
+    let uid = Uid::from_raw(args.uid);
+    setgroups(&[gid]).map_err(|e| format!("setgroups({gid}): {e}"))?;
+    setgid(gid).map_err(|e| format!("setgid({gid}): {e}"))?;
+    setuid(uid).map_err(|e| format!("setuid({uid}): {e}"))?;
+    // SAFETY: plain prctl calls.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(format!("setting no_new_privs: {}", std::io::Error::last_os_error()));
+        }
+        // Changing credentials cleared the parent-death signal; set it again.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+
+    let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
+    for signal in FORWARDED {
+        // SAFETY: `forward` only calls async-signal-safe functions.
+        unsafe { sigaction(signal, &action) }.map_err(|e| format!("installing a {signal} handler: {e}"))?;
+    }
+    Ok(())
+}
+
+extern "C" fn forward(signal: libc::c_int) {
+    let child = CHILD.load(Ordering::SeqCst);
+    if child > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(child, signal) };
+    }
+}
+
+/// Reaps every child until the command exits; returns its exit code (128+signal if a
+/// signal killed it, as shells report it).
+fn reap_until(command: Pid) -> u8 {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == command => return code as u8,
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == command => {
+                return 128u8.wrapping_add(signal as u8);
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => {
+                // No children left at all: the command is gone.
+                let _ = kill(command, None);
+                return crate::EXIT_SETUP;
+            }
+        }
+    }
+}

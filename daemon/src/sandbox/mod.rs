@@ -1,0 +1,10 @@
+//! A sandbox: a cgroup v2 directory the kernel programs are attached to, a network
+//! namespace holding the proxy's listeners, and the command running inside both.
+//!
+//! The pieces are RAII owners: dropping them kills what is left in the cgroup, removes it,
+//! and closes the namespace.
+
+pub mod cgroup;
+pub mod init;
+pub mod netns;
+pub mod spawn;

@@ -1,0 +1,95 @@
+//! egressd's kernel programs. Entry points only: each calls a `try_*` function and turns
+//! its `Err(counter)` into a refusal (fail closed) after counting it.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod addr;
+#[cfg(target_arch = "bpf")]
+mod connect;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod skb;
+#[cfg(target_arch = "bpf")]
+mod sockops;
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{
+        macros::{cgroup_skb, cgroup_sock_addr, sock_ops},
+        programs::{SkBuffContext, SockAddrContext, SockOpsContext},
+    };
+
+    use crate::{connect, maps::count, skb, sockops};
+
+    const ALLOW: i32 = 1;
+    const REFUSE: i32 = 0;
+
+    #[inline(always)]
+    fn verdict(result: Result<(), u32>) -> i32 {
+        match result {
+            Ok(()) => ALLOW,
+            Err(reason) => {
+                count(reason);
+                REFUSE
+            }
+        }
+    }
+
+    #[cgroup_sock_addr(connect4)]
+    pub fn egressd_connect4(ctx: SockAddrContext) -> i32 {
+        verdict(connect::try_addr4(&ctx))
+    }
+
+    #[cgroup_sock_addr(connect6)]
+    pub fn egressd_connect6(ctx: SockAddrContext) -> i32 {
+        verdict(connect::try_addr6(&ctx))
+    }
+
+    #[cgroup_sock_addr(sendmsg4)]
+    pub fn egressd_sendmsg4(ctx: SockAddrContext) -> i32 {
+        verdict(connect::try_addr4(&ctx))
+    }
+
+    #[cgroup_sock_addr(sendmsg6)]
+    pub fn egressd_sendmsg6(ctx: SockAddrContext) -> i32 {
+        verdict(connect::try_addr6(&ctx))
+    }
+
+    #[cgroup_sock_addr(getpeername4)]
+    pub fn egressd_getpeername4(ctx: SockAddrContext) -> i32 {
+        connect::try_getpeername(&ctx, false);
+        ALLOW
+    }
+
+    #[cgroup_sock_addr(getpeername6)]
+    pub fn egressd_getpeername6(ctx: SockAddrContext) -> i32 {
+        connect::try_getpeername(&ctx, true);
+        ALLOW
+    }
+
+    #[sock_ops]
+    pub fn egressd_sock_ops(ctx: SockOpsContext) -> u32 {
+        sockops::handle(&ctx);
+        1
+    }
+
+    #[cgroup_skb(egress)]
+    pub fn egressd_skb_egress(ctx: SkBuffContext) -> i32 {
+        verdict(skb::try_egress(&ctx))
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,39 @@
+//! Every map the kernel programs use, in one place. Types come from `egressd-ebpf-common`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use egressd_ebpf_common::{
+    ClientKey, MAX_SANDBOXES, MAX_TRACKED_SOCKETS, OrigDst, SandboxConfig, counter,
+};
+
+/// Sandbox settings by cgroup v2 id; written by the loader before the first process joins.
+#[map]
+pub static SANDBOXES: HashMap<u64, SandboxConfig> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
+
+/// Original destination by socket cookie: written at connect, read by getpeername and by
+/// the sockops re-keying, removed when the socket closes.
+#[map]
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+
+/// Original destination by client address: written by sockops before the SYN leaves,
+/// read (and removed) by the proxy after `accept()`.
+#[map]
+pub static ORIG_BY_CLIENT: LruHashMap<ClientKey, OrigDst> =
+    LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+
+/// Per-CPU event counters, indexed by `egressd_ebpf_common::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Adds one to counter `index`.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: the pointer is to this CPU's slot of a per-CPU array; nothing else on
+        // this CPU runs concurrently with a BPF program that has it.
+        unsafe { *slot += 1 };
+    }
+}

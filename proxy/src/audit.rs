@@ -1,0 +1,306 @@
+//! Audit records: one per connection (TLS, loopback, unknown) and one per plain-HTTP request.
+//!
+//! A [`Record`] is built from the stage results at the end of a connection or request and
+//! handed to [`AuditLog::record`] exactly once; stages never log audit lines themselves. The
+//! log appends one JSON object per line to an optional file, flushed per record, and keeps an
+//! in-memory [`Summary`] for the one line the daemon prints on stderr at exit.
+//!
+//! # Security
+//!
+//! Records never hold header values, query strings or bodies: `path` is the path only, since
+//! query strings often carry secrets.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// The most distinct denied names the summary keeps (the rest are only counted).
+const MAX_DENIED_NAMES: usize = 64;
+
+/// The protocol a record describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Proto {
+    /// A plain-HTTP request.
+    Http,
+    /// A connection to a loopback destination, relayed without classification.
+    Loopback,
+    /// A TLS connection (pass-through or refused).
+    Tls,
+    /// A connection that never said where it was going.
+    Unknown,
+}
+
+/// The decision a record reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum AuditDecision {
+    /// Policy allowed the destination (the upstream may still have been unreachable).
+    Allow,
+    /// egressd refused the traffic.
+    Deny,
+}
+
+/// One audit line. Field order is the JSON field order.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Record {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub sandbox: String,
+    pub client: SocketAddr,
+    pub orig_dst: Option<SocketAddr>,
+    pub proto: Proto,
+    /// The SNI or Host the decision was made on; `None` when there was none.
+    pub name: Option<String>,
+    pub port: Option<u16>,
+    pub decision: AuditDecision,
+    /// The deciding rule (`Entry`'s `Display`), if any.
+    pub rule: Option<String>,
+    pub reason: String,
+    /// The address actually dialled.
+    pub upstream: Option<SocketAddr>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Path only, never the query string.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl Record {
+    /// A record stamped now, denied with `reason`, with nothing else known yet.
+    pub(crate) fn new(
+        sandbox: &str,
+        client: SocketAddr,
+        orig_dst: Option<SocketAddr>,
+        proto: Proto,
+    ) -> Self {
+        Self {
+            time: now_rfc3339(),
+            sandbox: sandbox.to_owned(),
+            client,
+            orig_dst,
+            proto,
+            name: None,
+            port: orig_dst.map(|o| o.port()),
+            decision: AuditDecision::Deny,
+            rule: None,
+            reason: String::new(),
+            upstream: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 0,
+            method: None,
+            path: None,
+        }
+    }
+
+    /// The name a summary lists for a denial: the name, else the original destination IP.
+    fn summary_name(&self) -> String {
+        match (&self.name, self.orig_dst) {
+            (Some(n), _) => n.clone(),
+            (None, Some(o)) => o.ip().to_string(),
+            (None, None) => "unknown destination".to_owned(),
+        }
+    }
+}
+
+/// The audit log: an optional JSONL file plus an in-memory [`Summary`].
+///
+/// Shared by every connection task (`Arc<AuditLog>`); one record is one `write` call on the
+/// file, so lines from concurrent connections never interleave.
+#[derive(Debug)]
+pub struct AuditLog {
+    file: Option<Mutex<File>>,
+    summary: Mutex<Summary>,
+}
+
+impl AuditLog {
+    /// Opens (creating, appending) the JSONL file at `path`, or keeps records in memory only
+    /// when `path` is `None`.
+    ///
+    /// # Errors
+    ///
+    /// Opening the file failed (missing directory, permissions).
+    pub fn new(path: Option<&Path>) -> io::Result<Self> {
+        let file = match path {
+            Some(p) => Some(Mutex::new(OpenOptions::new().create(true).append(true).open(p)?)),
+            None => None,
+        };
+        Ok(Self { file, summary: Mutex::new(Summary::default()) })
+    }
+
+    /// A snapshot of the counts so far.
+    pub fn summary(&self) -> Summary {
+        lock(&self.summary).clone()
+    }
+
+    /// Writes `record` as one line and counts it. A failed write is logged, never fatal: the
+    /// traffic decision has already been enforced.
+    pub(crate) fn record(&self, record: &Record) {
+        match record.decision {
+            AuditDecision::Allow => tracing::debug!(
+                name = record.name.as_deref(),
+                port = record.port,
+                upstream = ?record.upstream,
+                "allowed"
+            ),
+            AuditDecision::Deny => tracing::info!(
+                name = record.name.as_deref(),
+                port = record.port,
+                reason = %record.reason,
+                "denied"
+            ),
+        }
+        lock(&self.summary).add(record);
+        let Some(file) = &self.file else { return };
+        let mut line = match serde_json::to_vec(record) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "serialising an audit record");
+                return;
+            }
+        };
+        line.push(b'\n');
+        let mut f = lock(file);
+        if let Err(e) = f.write_all(&line).and_then(|()| f.flush()) {
+            tracing::warn!(error = %e, "writing the audit log");
+        }
+    }
+}
+
+/// Counts of the records so far, for the exit line on stderr.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Summary {
+    /// Records with decision `allow`.
+    pub allowed: u64,
+    /// Records with decision `deny`.
+    pub denied: u64,
+    /// Distinct denied names (or IPs when there was no name), in first-seen order, with the
+    /// first reason seen and how many times each was denied.
+    pub denied_names: Vec<(String, String, u64)>,
+}
+
+impl Summary {
+    fn add(&mut self, r: &Record) {
+        match r.decision {
+            AuditDecision::Allow => self.allowed += 1,
+            AuditDecision::Deny => {
+                self.denied += 1;
+                let name = r.summary_name();
+                if let Some(e) = self.denied_names.iter_mut().find(|e| e.0 == name) {
+                    e.2 += 1;
+                } else if self.denied_names.len() < MAX_DENIED_NAMES {
+                    self.denied_names.push((name, r.reason.clone(), 1));
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    /// One line: `egressd: 7 connections, 5 allowed, 2 denied: evil.test (not in the
+    /// allowlist) x1, ...`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "egressd: {} connections, {} allowed, {} denied",
+            self.allowed + self.denied,
+            self.allowed,
+            self.denied
+        )?;
+        for (i, (name, reason, count)) in self.denied_names.iter().enumerate() {
+            f.write_str(if i == 0 { ": " } else { ", " })?;
+            write!(f, "{name} ({reason}) x{count}")?;
+        }
+        Ok(())
+    }
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// Locks `m`, ignoring poisoning: a panic elsewhere must not stop auditing.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: Option<&str>, decision: AuditDecision, reason: &str) -> Record {
+        let mut r = Record::new(
+            "sb",
+            "127.0.0.1:5000".parse().unwrap(),
+            Some("192.0.2.9:443".parse().unwrap()),
+            Proto::Tls,
+        );
+        r.name = name.map(str::to_owned);
+        r.decision = decision;
+        r.reason = reason.to_owned();
+        r
+    }
+
+    #[test]
+    fn summary_display_lists_denied_names_with_counts() {
+        let log = AuditLog::new(None).unwrap();
+        for _ in 0..5 {
+            log.record(&rec(Some("ok.test"), AuditDecision::Allow, "allowed by ok.test"));
+        }
+        log.record(&rec(Some("evil.test"), AuditDecision::Deny, "not in the allowlist"));
+        log.record(&rec(None, AuditDecision::Deny, "ip literal"));
+        log.record(&rec(Some("evil.test"), AuditDecision::Deny, "not in the allowlist"));
+        let s = log.summary();
+        assert_eq!((s.allowed, s.denied), (5, 3));
+        assert_eq!(
+            s.to_string(),
+            "egressd: 8 connections, 5 allowed, 3 denied: evil.test (not in the allowlist) x2, \
+             192.0.2.9 (ip literal) x1"
+        );
+        assert_eq!(
+            Summary::default().to_string(),
+            "egressd: 0 connections, 0 allowed, 0 denied"
+        );
+    }
+
+    #[test]
+    fn file_gets_one_json_line_per_record() {
+        let dir = std::env::temp_dir().join(format!("egressd-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let log = AuditLog::new(Some(&path)).unwrap();
+        let mut r = rec(Some("a.test"), AuditDecision::Allow, "allowed");
+        r.proto = Proto::Http;
+        r.method = Some("GET".into());
+        r.path = Some("/x".into());
+        log.record(&r);
+        log.record(&rec(Some("b.test"), AuditDecision::Deny, "nope"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["proto"], "http");
+        assert_eq!(lines[0]["method"], "GET");
+        assert_eq!(lines[0]["decision"], "allow");
+        assert_eq!(lines[1]["decision"], "deny");
+        assert!(lines[1].get("method").is_none());
+        assert!(lines[1]["upstream"].is_null());
+        assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

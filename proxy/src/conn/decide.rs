@@ -1,0 +1,187 @@
+//! Stage 2: turn what the client said into a [`Verdict`]. Pure: no DNS, no I/O.
+//!
+//! The decision rests on the *name* the client sent (SNI, `Host`), never on the address it
+//! dialled. The original destination only contributes its port, and its IP when there is no
+//! name at all (TLS without SNI), in which case only a raw-IP allow entry lets it through.
+//! Because nothing here resolves, a denied name is never looked up.
+
+use std::net::SocketAddr;
+
+use egressd_config::{Action, Decision, Policy, Reason, Scheme, Target, TargetHost};
+
+use crate::conn::classify::{Classified, HostName};
+
+/// Where an allowed connection goes: the name (or raw IP) and the port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Dest {
+    /// The name to resolve, or the IP a rule named.
+    pub host: HostName,
+    /// The port the client dialled.
+    pub port: u16,
+}
+
+/// What to do with a connection or request.
+#[derive(Clone, Debug)]
+pub(crate) enum Verdict {
+    /// Refuse it; `decision` says which rule and why.
+    Deny {
+        /// The destination that was refused.
+        dest: Dest,
+        /// The policy decision.
+        decision: Decision,
+    },
+    /// Terminate TLS and apply a credential rule. Policy cannot ask for this yet; the
+    /// pipeline treats it as a denial until interception lands.
+    #[allow(dead_code, reason = "hook point for TLS interception, not produced yet")]
+    Intercept {
+        /// The destination.
+        dest: Dest,
+        /// The policy decision.
+        decision: Decision,
+    },
+    /// Connect to `dest` and copy bytes untouched.
+    PassThrough {
+        /// The destination to resolve and dial.
+        dest: Dest,
+        /// The policy decision (its rule may allow private addresses).
+        decision: Decision,
+    },
+}
+
+impl Verdict {
+    /// The destination, whatever the verdict.
+    pub(crate) fn dest(&self) -> &Dest {
+        match self {
+            Self::Deny { dest, .. } | Self::Intercept { dest, .. } | Self::PassThrough { dest, .. } => {
+                dest
+            }
+        }
+    }
+
+    /// The policy decision, whatever the verdict.
+    pub(crate) fn decision(&self) -> &Decision {
+        match self {
+            Self::Deny { decision, .. }
+            | Self::Intercept { decision, .. }
+            | Self::PassThrough { decision, .. } => decision,
+        }
+    }
+}
+
+/// Decides on a classified connection (or one plain-HTTP request) to `orig`.
+///
+/// TLS is decided on the SNI, or on `orig`'s IP when there is none; HTTP on the `Host`
+/// header (a request without a usable `Host` is denied). The port is always `orig`'s.
+pub(crate) fn decide(policy: &Policy, classified: &Classified, orig: SocketAddr) -> Verdict {
+    let port = orig.port();
+    let (host, scheme) = match classified {
+        Classified::Tls(hello) => {
+            let host = match &hello.sni {
+                Some(name) => HostName::Name(name.to_ascii_lowercase()),
+                None => HostName::Ip(orig.ip()),
+            };
+            (host, Scheme::Https)
+        }
+        Classified::Http(head) => match &head.host {
+            Some(host) => (host.clone(), Scheme::Http),
+            None => {
+                let dest = Dest { host: HostName::Ip(orig.ip()), port };
+                let decision =
+                    Decision { action: Action::Deny, rule: None, reason: Reason::InvalidName };
+                return Verdict::Deny { dest, decision };
+            }
+        },
+    };
+    decide_dest(policy, Dest { host, port }, scheme)
+}
+
+/// Decides on a connection to a loopback `orig`, which is relayed without classification.
+pub(crate) fn decide_loopback(policy: &Policy, orig: SocketAddr) -> Verdict {
+    let dest = Dest { host: HostName::Ip(orig.ip()), port: orig.port() };
+    // Loopback destinations are decided on the port list alone; the scheme is unknown.
+    decide_dest(policy, dest, Scheme::Https)
+}
+
+fn decide_dest(policy: &Policy, dest: Dest, scheme: Scheme) -> Verdict {
+    let host = match &dest.host {
+        HostName::Ip(ip) => TargetHost::Ip(*ip),
+        HostName::Name(name) => TargetHost::Name(name),
+    };
+    let decision = policy.decide(&Target { host, port: dest.port, scheme });
+    match decision.action {
+        Action::Allow => Verdict::PassThrough { dest, decision },
+        Action::Deny => Verdict::Deny { dest, decision },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use egressd_config::{ConfigBuilder, Origin};
+
+    use super::*;
+    use crate::conn::classify::{ClientHello, HttpHead};
+
+    fn policy(allow: &str) -> std::sync::Arc<Policy> {
+        let mut b = ConfigBuilder::new();
+        b.allow_list(allow, Origin::Flag("--allow-domains")).unwrap();
+        b.loopback_ports(&[8080], Origin::Flag("--loopback-ports"));
+        b.build().unwrap().policy
+    }
+
+    fn tls(sni: Option<&str>) -> Classified {
+        Classified::Tls(ClientHello { sni: sni.map(str::to_owned), alpn: vec![] })
+    }
+
+    fn http(host: Option<HostName>) -> Classified {
+        Classified::Http(HttpHead { host })
+    }
+
+    const FORGED: &str = "203.0.113.7:443";
+
+    #[test]
+    fn sni_decides_and_orig_ip_is_ignored() {
+        let p = policy("github.com");
+        let v = decide(&p, &tls(Some("api.github.com")), FORGED.parse().unwrap());
+        let Verdict::PassThrough { dest, decision } = v else { panic!("{v:?}") };
+        assert_eq!(dest.host, HostName::Name("api.github.com".into()));
+        assert_eq!(dest.port, 443);
+        assert!(decision.rule.is_some());
+
+        let v = decide(&p, &tls(Some("evil.test")), "140.82.112.3:443".parse().unwrap());
+        let Verdict::Deny { dest, decision } = v else { panic!("{v:?}") };
+        assert_eq!(dest.host, HostName::Name("evil.test".into()));
+        assert_eq!(decision.reason, Reason::NotAllowlisted);
+    }
+
+    #[test]
+    fn tls_without_sni_is_decided_on_the_ip() {
+        let p = policy("github.com,192.0.2.10");
+        let v = decide(&p, &tls(None), FORGED.parse().unwrap());
+        let Verdict::Deny { dest, decision } = v else { panic!("{v:?}") };
+        assert_eq!(dest.host, HostName::Ip("203.0.113.7".parse().unwrap()));
+        assert_eq!(decision.reason, Reason::IpLiteral);
+        let v = decide(&p, &tls(None), "192.0.2.10:443".parse().unwrap());
+        assert!(matches!(v, Verdict::PassThrough { .. }), "{v:?}");
+    }
+
+    #[test]
+    fn http_host_decides_and_missing_host_is_denied() {
+        let p = policy("example.com");
+        let orig = "198.51.100.1:80".parse().unwrap();
+        let ok = decide(&p, &http(Some(HostName::Name("www.example.com".into()))), orig);
+        assert!(matches!(ok, Verdict::PassThrough { .. }), "{ok:?}");
+        let ip = decide(&p, &http(Some(HostName::Ip("198.51.100.1".parse().unwrap()))), orig);
+        assert!(matches!(ip, Verdict::Deny { .. }), "{ip:?}");
+        let none = decide(&p, &http(None), orig);
+        assert!(matches!(none, Verdict::Deny { .. }), "{none:?}");
+    }
+
+    #[test]
+    fn loopback_is_allowed_only_on_listed_ports() {
+        let p = policy("example.com");
+        let ok = decide_loopback(&p, "127.0.0.1:8080".parse().unwrap());
+        assert!(matches!(ok, Verdict::PassThrough { .. }), "{ok:?}");
+        let no = decide_loopback(&p, "[::1]:22".parse().unwrap());
+        assert!(matches!(no, Verdict::Deny { .. }), "{no:?}");
+    }
+}

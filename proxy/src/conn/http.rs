@@ -1,0 +1,368 @@
+//! Plain HTTP/1: serve the client with hyper and decide every request on its own `Host`.
+//!
+//! A connection that classified as HTTP is handed to a hyper HTTP/1 server (the classified
+//! bytes replayed through `Rewind`). Each request, including every keep-alive request after
+//! the first, goes through the same checks, in order:
+//!
+//! 1. `CONNECT` is refused: egressd is a transparent firewall, not a forward proxy;
+//! 2. exactly one parseable `Host` header is required (else `400`);
+//! 3. an absolute-form target (`GET http://a/ HTTP/1.1`) must name the same host as `Host`;
+//! 4. policy decides on the `Host` name (`decide`), on the port the client dialled;
+//! 5. upgrades (WebSocket, h2c) are refused for now;
+//! 6. allowed requests are forwarded over one cached upstream connection per (host, port),
+//!    resolved and guarded by `connect`, and the response is streamed back.
+//!
+//! Every request yields exactly one audit record, written when its response body is done
+//! (or dropped), with the request and response body byte counts.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, UPGRADE};
+use hyper::{Method, Request, Response, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::Proxy;
+use crate::addr::{ClientAddr, OrigDst};
+use crate::audit::{AuditDecision, AuditLog, Proto, Record};
+use crate::conn::classify::{Classified, HostName, HttpHead, normalize_host};
+use crate::conn::decide::{Dest, Verdict, decide};
+use crate::conn::rewind::Rewind;
+use crate::error::{ErrorKind, chain};
+use crate::respond::{self, Denial};
+
+const NOT_A_FORWARD_PROXY: &str = "egressd is not a forward proxy (CONNECT refused)";
+const AUTHORITY_MISMATCH: &str = "request target names a different host than the Host header";
+const UPGRADE_REFUSED: &str = "protocol upgrades (websocket, h2c) are not supported yet";
+const NO_INTERCEPT: &str = "interception not available yet";
+/// Longest path written to the audit log.
+const MAX_AUDIT_PATH: usize = 1024;
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), plus the
+/// proxy-era ones clients still send.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+type ResBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Serves one client connection until it closes, auditing each request.
+pub(super) async fn serve(proxy: &Proxy, io: Rewind<TcpStream>, client: ClientAddr, orig: OrigDst) {
+    let conn = HttpConn { proxy, client, orig, upstreams: Mutex::new(HashMap::new()) };
+    let service = hyper::service::service_fn(|req| conn.handle(req));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.config.timeouts.idle)
+        .keep_alive(true);
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        tracing::debug!(error = %e, "plain-HTTP client connection ended with an error");
+    }
+}
+
+/// State of one client connection: the cached upstream connections.
+struct HttpConn<'a> {
+    proxy: &'a Proxy,
+    client: ClientAddr,
+    orig: OrigDst,
+    /// One upstream HTTP/1 connection per destination, reused across keep-alive requests.
+    /// hyper serves an HTTP/1 connection's requests one at a time, so this lock is never
+    /// contended.
+    upstreams: Mutex<HashMap<Dest, (SendRequest<Counted>, SocketAddr)>>,
+}
+
+impl HttpConn<'_> {
+    async fn handle(&self, req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
+        let mut pending = PendingRecord::new(self, &req);
+        let resp = self.route(req, &mut pending).await;
+        Ok(resp.map(|inner| AuditedBody { inner, pending }.boxed_unsync()))
+    }
+
+    async fn route(&self, req: Request<Incoming>, p: &mut PendingRecord) -> Response<ResBody> {
+        if req.method() == Method::CONNECT {
+            let host = req.uri().authority().and_then(|a| normalize_host(a.as_str()));
+            p.rec.name = host.as_ref().map(ToString::to_string);
+            return self.refuse(p, host, NOT_A_FORWARD_PROXY, None);
+        }
+        let host = match host_header(req.headers()) {
+            Ok(h) => h,
+            Err(reason) => {
+                p.rec.reason = reason.to_owned();
+                return full(respond::bad_request(reason));
+            }
+        };
+        p.rec.name = Some(host.to_string());
+        if let Some(auth) = req.uri().authority()
+            && normalize_host(auth.as_str()).as_ref() != Some(&host)
+        {
+            return self.refuse(p, Some(host), AUTHORITY_MISMATCH, None);
+        }
+        let head = Classified::Http(HttpHead { host: Some(host.clone()) });
+        let verdict = decide(&self.proxy.config.policy, &head, self.orig.0);
+        let decision = verdict.decision();
+        let rule = decision.rule.as_ref().map(ToString::to_string);
+        p.rec.rule.clone_from(&rule);
+        let reason = decision.reason.to_string();
+        match verdict {
+            Verdict::Deny { .. } => self.refuse(p, Some(host), &reason, rule),
+            Verdict::Intercept { .. } => self.refuse(p, Some(host), NO_INTERCEPT, rule),
+            Verdict::PassThrough { dest, decision } => {
+                if req.headers().contains_key(UPGRADE) {
+                    return self.refuse(p, Some(host), UPGRADE_REFUSED, rule);
+                }
+                p.rec.reason = reason;
+                self.forward(req, dest, decision.allows_private(), p, rule).await
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        dest: Dest,
+        allow_private: bool,
+        p: &mut PendingRecord,
+        rule: Option<String>,
+    ) -> Response<ResBody> {
+        let mut upstreams = self.upstreams.lock().await;
+        if upstreams.get(&dest).is_some_and(|(s, _)| s.is_closed()) {
+            upstreams.remove(&dest);
+        }
+        let (sender, addr) = match upstreams.entry(dest.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                match self.open_upstream(&dest, allow_private).await {
+                    Ok(up) => v.insert(up),
+                    Err((kind, reason)) => {
+                        if !kind.is_denial() {
+                            p.rec.decision = AuditDecision::Allow;
+                        }
+                        p.rec.reason.clone_from(&reason);
+                        let denial =
+                            Denial { host: Some(dest.host.clone()), port: dest.port, reason, rule };
+                        return full(respond::upstream_failed(kind, &denial));
+                    }
+                }
+            }
+        };
+        p.rec.decision = AuditDecision::Allow;
+        p.rec.upstream = Some(*addr);
+        let req = upstream_request(req, Arc::clone(&p.bytes_up));
+        let idle = self.proxy.config.timeouts.idle;
+        let result = async {
+            sender.ready().await?;
+            sender.send_request(req).await
+        };
+        let failure = match tokio::time::timeout(idle, result).await {
+            Ok(Ok(mut resp)) => {
+                strip_hop_by_hop(resp.headers_mut());
+                return resp.map(BodyExt::boxed_unsync);
+            }
+            Ok(Err(e)) => (ErrorKind::UpstreamUnreachable, format!("upstream request failed: {e}")),
+            Err(_) => (ErrorKind::UpstreamTimeout, "upstream response timed out".to_owned()),
+        };
+        upstreams.remove(&dest);
+        p.rec.reason.clone_from(&failure.1);
+        let denial = Denial { host: Some(dest.host), port: dest.port, reason: failure.1, rule };
+        full(respond::upstream_failed(failure.0, &denial))
+    }
+
+    /// Resolves, guards and dials `dest`, then starts an HTTP/1 client connection on it.
+    async fn open_upstream(
+        &self,
+        dest: &Dest,
+        allow_private: bool,
+    ) -> Result<(SendRequest<Counted>, SocketAddr), (ErrorKind, String)> {
+        let up = self
+            .proxy
+            .connector
+            .connect(&dest.host, dest.port, allow_private)
+            .await
+            .map_err(|e| (ErrorKind::of(&e), chain(&e)))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(up.stream))
+            .await
+            .map_err(|e| (ErrorKind::UpstreamUnreachable, format!("upstream handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP connection ended with an error");
+            }
+        });
+        Ok((sender, up.addr))
+    }
+
+    fn refuse(
+        &self,
+        p: &mut PendingRecord,
+        host: Option<HostName>,
+        reason: &str,
+        rule: Option<String>,
+    ) -> Response<ResBody> {
+        p.rec.decision = AuditDecision::Deny;
+        reason.clone_into(&mut p.rec.reason);
+        let denial = Denial { host, port: self.orig.0.port(), reason: reason.to_owned(), rule };
+        full(respond::forbidden(&denial))
+    }
+}
+
+/// The single `Host` header, parsed; the error is the `400` reason.
+fn host_header(headers: &HeaderMap) -> Result<HostName, &'static str> {
+    let mut all = headers.get_all(HOST).iter();
+    let Some(value) = all.next() else { return Err("missing Host header") };
+    if all.next().is_some() {
+        return Err("several Host headers");
+    }
+    value.to_str().ok().and_then(normalize_host).ok_or("unparseable Host header")
+}
+
+/// Turns a client request into the upstream one: origin-form target, no hop-by-hop
+/// headers, body counted into `bytes_up`.
+fn upstream_request(req: Request<Incoming>, bytes_up: Arc<AtomicU64>) -> Request<Counted> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    parts.uri = path.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    strip_hop_by_hop(&mut parts.headers);
+    Request::from_parts(parts, Counted { inner: body, counter: bytes_up })
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+fn full(resp: Response<Full<Bytes>>) -> Response<ResBody> {
+    resp.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
+/// A request body that counts the bytes it yields.
+struct Counted {
+    inner: Incoming,
+    counter: Arc<AtomicU64>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(d) = f.data_ref()
+        {
+            self.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The audit record of one request, written exactly once: when it is dropped, which is when
+/// the response body finished (or the client went away, or the handler was cancelled).
+struct PendingRecord {
+    rec: Record,
+    audit: Arc<AuditLog>,
+    started: Instant,
+    bytes_up: Arc<AtomicU64>,
+    bytes_down: u64,
+}
+
+impl PendingRecord {
+    fn new(conn: &HttpConn<'_>, req: &Request<Incoming>) -> Self {
+        let mut rec =
+            Record::new(&conn.proxy.sandbox, conn.client.0, Some(conn.orig.0), Proto::Http);
+        rec.method = Some(req.method().as_str().to_owned());
+        let path = req.uri().path();
+        // URI paths are ASCII (the `http` crate rejects other bytes), so any index is a
+        // character boundary.
+        rec.path = Some(path.get(..MAX_AUDIT_PATH).unwrap_or(path).to_owned());
+        Self {
+            rec,
+            audit: Arc::clone(&conn.proxy.audit),
+            started: Instant::now(),
+            bytes_up: Arc::new(AtomicU64::new(0)),
+            bytes_down: 0,
+        }
+    }
+}
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        self.rec.bytes_up = self.bytes_up.load(Ordering::Relaxed);
+        self.rec.bytes_down = self.bytes_down;
+        self.rec.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.audit.record(&self.rec);
+    }
+}
+
+/// A response body that counts what it yields and owns its request's [`PendingRecord`].
+struct AuditedBody {
+    inner: ResBody,
+    pending: PendingRecord,
+}
+
+impl Body for AuditedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(d) = f.data_ref()
+        {
+            self.pending.bytes_down += d.len() as u64;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

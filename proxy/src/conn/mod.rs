@@ -1,0 +1,145 @@
+//! One connection, start to end: the pipeline of the crate doc.
+//!
+//! [`Proxy::handle`] reads as the pipeline: original destination, classify, decide, connect,
+//! relay (or serve plain HTTP), then exactly one audit record. Stage functions live in the
+//! submodules and never write audit records or client-visible refusals themselves; this file
+//! assembles the [`Record`] from their results and `respond.rs` refuses.
+
+pub(crate) mod classify;
+pub(crate) mod connect;
+pub(crate) mod decide;
+mod http;
+pub(crate) mod relay;
+pub(crate) mod rewind;
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::Proxy;
+use crate::addr::{ClientAddr, OrigDst};
+use crate::audit::{AuditDecision, Proto, Record};
+use crate::conn::classify::{Classified, HostName, classify};
+use crate::conn::decide::{Verdict, decide, decide_loopback};
+use crate::conn::relay::relay;
+use crate::conn::rewind::Rewind;
+use crate::error::{ErrorKind, chain};
+use crate::respond;
+
+/// Audit reason for a connection whose original destination is unknown.
+const NO_ORIG_DST: &str = "no original destination recorded";
+/// Audit reason for a connection aimed at the proxy listener itself.
+const SELF_LOOP: &str = "destination is the egressd listener itself";
+/// Audit reason while interception is not implemented.
+const NO_INTERCEPT: &str = "interception not available yet";
+
+impl Proxy {
+    /// Runs the pipeline on one accepted connection and writes its audit record(s).
+    pub(crate) async fn handle(
+        &self,
+        mut stream: TcpStream,
+        client: ClientAddr,
+        local: SocketAddr,
+        orig: Option<OrigDst>,
+    ) {
+        let started = Instant::now();
+        let _ = stream.set_nodelay(true); // latency only; failure is harmless
+        let mut rec = Record::new(&self.sandbox, client.0, orig.map(|o| o.0), Proto::Unknown);
+        let Some(orig) = orig else {
+            rec.reason = NO_ORIG_DST.to_owned();
+            return self.refuse(stream, rec, started);
+        };
+        if orig.0 == local || (orig.0.ip().is_loopback() && orig.0.port() == local.port()) {
+            rec.reason = SELF_LOOP.to_owned();
+            return self.refuse(stream, rec, started);
+        }
+        if orig.0.ip().is_loopback() {
+            rec.proto = Proto::Loopback;
+            let verdict = decide_loopback(&self.config.policy, orig.0);
+            return self.pass_through(stream, Vec::new(), verdict, rec, started).await;
+        }
+        let (classified, buffered) = match classify(&mut stream, self.config.timeouts.classify).await {
+            Ok(c) => c,
+            Err(e) => {
+                if e.is_tls() {
+                    rec.proto = Proto::Tls;
+                }
+                if let crate::error::ClassifyError::EncryptedClientHello { public_name } = &e {
+                    rec.name.clone_from(public_name);
+                }
+                rec.reason = chain(&e);
+                return self.refuse(stream, rec, started);
+            }
+        };
+        match classified {
+            Classified::Http(_) => {
+                let io = Rewind::new(buffered, stream);
+                http::serve(self, io, client, orig).await;
+            }
+            Classified::Tls(_) => {
+                rec.proto = Proto::Tls;
+                let verdict = decide(&self.config.policy, &classified, orig.0);
+                self.pass_through(stream, buffered, verdict, rec, started).await;
+            }
+        }
+    }
+
+    /// Acts on a TLS or loopback verdict: refuse, or connect and relay `prefix` + the rest.
+    async fn pass_through(
+        &self,
+        mut stream: TcpStream,
+        prefix: Vec<u8>,
+        verdict: Verdict,
+        mut rec: Record,
+        started: Instant,
+    ) {
+        let dest = verdict.dest().clone();
+        let decision = verdict.decision().clone();
+        if let HostName::Name(n) = &dest.host {
+            rec.name = Some(n.clone());
+        }
+        rec.port = Some(dest.port);
+        rec.rule = decision.rule.as_ref().map(ToString::to_string);
+        rec.reason = decision.reason.to_string();
+        let Verdict::PassThrough { .. } = verdict else {
+            if matches!(verdict, Verdict::Intercept { .. }) {
+                rec.reason = NO_INTERCEPT.to_owned();
+            }
+            return self.refuse(stream, rec, started);
+        };
+        let mut upstream =
+            match self.connector.connect(&dest.host, dest.port, decision.allows_private()).await {
+                Ok(u) => u,
+                Err(e) => {
+                    if !ErrorKind::of(&e).is_denial() {
+                        rec.decision = AuditDecision::Allow;
+                    }
+                    rec.reason = chain(&e);
+                    return self.refuse(stream, rec, started);
+                }
+            };
+        rec.decision = AuditDecision::Allow;
+        rec.upstream = Some(upstream.addr);
+        let out =
+            relay(&mut stream, &mut upstream.stream, &prefix, self.config.timeouts.idle).await;
+        rec.bytes_up = out.bytes_up;
+        rec.bytes_down = out.bytes_down;
+        if let Some(end) = out.end.describe() {
+            rec.reason = format!("{}; {end}", rec.reason);
+        }
+        self.finish(rec, started);
+    }
+
+    /// Resets the connection and writes `rec` as it stands.
+    fn refuse(&self, stream: TcpStream, rec: Record, started: Instant) {
+        respond::reset(stream);
+        self.finish(rec, started);
+    }
+
+    /// Stamps the duration on `rec` and writes it: the single audit exit of a connection.
+    fn finish(&self, mut rec: Record, started: Instant) {
+        rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.audit.record(&rec);
+    }
+}

@@ -1,0 +1,104 @@
+//! egressd's userspace proxy: every TCP connection a sandbox opens ends up here.
+//!
+//! The kernel redirects each `connect()` of a sandbox to the proxy's listener and remembers
+//! where the client was going. For each accepted connection the proxy runs one pipeline,
+//! readable top to bottom in `conn/mod.rs`:
+//!
+//! ```text
+//!  accept ─► original dst (OrigDstLookup; recorded, never trusted)
+//!     │        none ─► deny          loopback ─► decide on the port ─► dial it, relay
+//!     ▼
+//!  classify  (conn/classify.rs)   first bytes, kept for replay, with a timeout
+//!     │   TLS ClientHello ─► SNI, ALPN, ECH?        HTTP/1 request head ─► Host
+//!     ▼
+//!  decide    (conn/decide.rs)     pure: policy on the *name* (no DNS) ─► Verdict
+//!     │   Deny ─► reset (TLS) / 403 (HTTP)          Intercept ─► not available yet: deny
+//!     ▼   PassThrough
+//!  connect   (conn/connect.rs)    resolve the name, refuse internal answers, dial
+//!     ▼
+//!  relay     (conn/relay.rs)      TLS: replay the ClientHello, copy both ways, idle timeout
+//!  http      (conn/http.rs)       HTTP: hyper server, each request decided on its own Host
+//!     ▼
+//!  audit     (audit.rs)           one record per connection / per HTTP request
+//! ```
+//!
+//! All client-visible refusals are built in `respond.rs`; stage errors and the
+//! [`ErrorKind`] derived from them live in `error.rs`.
+//!
+//! # What this crate does not do
+//!
+//! * It loads no kernel programs and reads no environment: the daemon wires a
+//!   [`egressd_config::Config`], an [`OrigDstLookup`] and an [`AuditLog`] into [`Proxy::new`].
+//! * It does not decrypt TLS yet: interception (credential injection) is a later stage; the
+//!   `Verdict::Intercept` hook denies for now.
+//!
+//! # Security
+//!
+//! Decisions rest on the name the client sent, and the proxy connects to that name itself.
+//! A denied name is never resolved; an allowed name that resolves to loopback, private,
+//! link-local or metadata addresses is refused unless its rule allows private addresses.
+//! Malformed input never panics and never lets traffic through.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod addr;
+mod audit;
+mod conn;
+mod error;
+mod listener;
+mod respond;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+pub use crate::addr::{ClientAddr, OrigDst, OrigDstLookup};
+#[cfg(any(test, feature = "test-util"))]
+pub use crate::addr::StaticOrigDst;
+pub use crate::audit::{AuditLog, Summary};
+pub use crate::error::{ClassifyError, ConnectError, Error, ErrorKind};
+
+use crate::conn::connect::Connector;
+
+/// The proxy of one sandbox: configuration, original-destination lookup, resolver, audit.
+///
+/// Build it once with [`Proxy::new`], then run [`Proxy::serve`] on each listener (IPv4 and
+/// IPv6) with a clone of the `Arc`.
+pub struct Proxy {
+    config: Arc<egressd_config::Config>,
+    orig: Arc<dyn OrigDstLookup>,
+    audit: Arc<AuditLog>,
+    sandbox: String,
+    connector: Connector,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("sandbox", &self.sandbox)
+            .field("connector", &self.connector)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Builds the proxy for sandbox `sandbox` (the name written in every audit record).
+    ///
+    /// The DNS resolver is built here, from `config.dns_servers`, or from the system
+    /// configuration when that list is empty.
+    ///
+    /// # Errors
+    ///
+    /// The resolver could not be built (see [`Error`]).
+    pub fn new(
+        config: Arc<egressd_config::Config>,
+        orig: Arc<dyn OrigDstLookup>,
+        audit: Arc<AuditLog>,
+        sandbox: String,
+    ) -> Result<Self, Error> {
+        let connector = Connector::new(&config)?;
+        Ok(Self { config, orig, audit, sandbox, connector })
+    }
+}

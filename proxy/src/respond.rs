@@ -1,0 +1,124 @@
+//! The one place where a refusal or failure becomes something the client sees.
+//!
+//! Plain-HTTP clients get a status and a one-line `text/plain` body; TLS and unclassified
+//! clients get a TCP reset. Handlers call these functions and never build responses or
+//! write response bytes themselves, so every client-visible message has one format:
+//!
+//! ```text
+//! egressd: denied <host>:<port>: <reason> (rule: <rule or none>)
+//! ```
+//!
+//! # Security
+//!
+//! Bodies name the destination the client itself asked for, the reason and the rule; never
+//! resolved addresses, header values or anything about the host running egressd.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+use tokio::net::TcpStream;
+
+use crate::conn::classify::HostName;
+use crate::error::ErrorKind;
+
+/// A refusal to report: who was refused, why, and by which rule.
+#[derive(Clone, Debug)]
+pub(crate) struct Denial {
+    /// The host the client asked for.
+    pub host: Option<HostName>,
+    /// The destination port.
+    pub port: u16,
+    /// Why (policy reason or stage error).
+    pub reason: String,
+    /// The deciding rule (`Entry`'s `Display`), if any.
+    pub rule: Option<String>,
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("egressd: denied ")?;
+        match &self.host {
+            Some(HostName::Ip(std::net::IpAddr::V6(ip))) => write!(f, "[{ip}]")?,
+            Some(h) => write!(f, "{h}")?,
+            None => f.write_str("(no host)")?,
+        }
+        write!(f, ":{}: {} (rule: {})", self.port, self.reason, self.rule.as_deref().unwrap_or("none"))
+    }
+}
+
+/// `403 Forbidden` for a request egressd refuses.
+pub(crate) fn forbidden(denial: &Denial) -> Response<Full<Bytes>> {
+    text(StatusCode::FORBIDDEN, denial.to_string())
+}
+
+/// `400 Bad Request` for a request egressd cannot decide on (no `Host`, several of them).
+pub(crate) fn bad_request(reason: &str) -> Response<Full<Bytes>> {
+    text(StatusCode::BAD_REQUEST, format!("egressd: bad request: {reason}"))
+}
+
+/// The response for an allowed request whose upstream could not be used, by error class:
+/// a refused address is a denial (`403`), a timeout is `504`, anything else `502`.
+pub(crate) fn upstream_failed(kind: ErrorKind, denial: &Denial) -> Response<Full<Bytes>> {
+    let status = match kind {
+        k if k.is_denial() => return forbidden(denial),
+        ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let host = denial.host.as_ref().map_or_else(|| "(no host)".to_owned(), ToString::to_string);
+    text(status, format!("egressd: upstream {host}:{} failed: {}", denial.port, denial.reason))
+}
+
+/// Closes a TLS or unclassified connection egressd refuses, with a reset (`SO_LINGER` 0) so
+/// the client fails fast instead of waiting for a handshake that will never come.
+pub(crate) fn reset(stream: TcpStream) {
+    // If the option cannot be set the socket is still closed, just with a FIN.
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+fn text(status: StatusCode, mut line: String) -> Response<Full<Bytes>> {
+    line.push('\n');
+    let mut resp = Response::new(Full::new(Bytes::from(line)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn forbidden_has_the_one_line_body() {
+        let d = Denial {
+            host: Some(HostName::Name("evil.test".into())),
+            port: 80,
+            reason: "not in the allowlist".into(),
+            rule: None,
+        };
+        let resp = forbidden(&d);
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert!(resp.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            body,
+            "egressd: denied evil.test:80: not in the allowlist (rule: none)\n"
+        );
+        let v6 = Denial { host: Some(HostName::Ip("::2".parse().unwrap())), ..d };
+        assert!(v6.to_string().starts_with("egressd: denied [::2]:80: "));
+    }
+
+    #[test]
+    fn upstream_failures_map_to_status_by_kind() {
+        let d = Denial { host: None, port: 80, reason: "x".into(), rule: None };
+        assert_eq!(upstream_failed(ErrorKind::RefusedAddress, &d).status(), 403);
+        assert_eq!(upstream_failed(ErrorKind::UpstreamTimeout, &d).status(), 504);
+        assert_eq!(upstream_failed(ErrorKind::UpstreamUnreachable, &d).status(), 502);
+    }
+}

@@ -1,0 +1,152 @@
+//! `egressd-demo` (`cargo xtask demo`): a scripted "agent" inside `egressd exec`.
+//!
+//! It makes a network namespace with two fake HTTPS upstreams, `api.allowed.example` and
+//! `evil.example`, signed by a throw-away CA, then runs a short shell script in a sandbox that
+//! allows only `api.allowed.example`. The script tries the allowed API, the forbidden host, an
+//! IP literal, a UDP datagram, a ping and a plain-HTTP request, saying what each step shows.
+//! Afterwards it prints the audit log as a table and egressd's summary line.
+//!
+//! Network rule (`shared/TOOLCHAIN.md`): the sandbox has its own netns with only loopback,
+//! the `192.0.2.x` destinations exist only there, and the proxy reaches the upstreams in the
+//! demo's own namespace through `--resolve`. Nothing leaves the machine.
+
+use std::{process::ExitCode, time::Duration};
+
+use egressd_tests::{EgressdCommand, HttpUpstream, HttpsUpstream, Scratch, TestCa, UpstreamNet};
+use serde_json::Value;
+
+fn main() -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "egressd-demo: needs root (it creates a network namespace and runs `egressd exec`): try `sudo -E cargo xtask demo`"
+        );
+        return ExitCode::FAILURE;
+    }
+
+    println!("egressd demo: an agent that may talk to api.allowed.example and nothing else\n");
+    let net = UpstreamNet::new();
+    let ca = TestCa::new();
+    let scratch = Scratch::new();
+    let ca_pem = ca.write_ca_pem(scratch.dir());
+    let probe = scratch.install_probe();
+    let audit = scratch.path("audit.jsonl");
+    let api = HttpsUpstream::start(&net, net.addr(), &["api.allowed.example"], &ca);
+    let evil = HttpsUpstream::start(&net, net.addr2(), &["evil.example"], &ca);
+    let evil_http = HttpUpstream::start(&net, net.addr2(), "evil.example");
+    println!("setup: fake upstreams in netns {}:", net.name());
+    println!("  api.allowed.example  https://{}", api.addr());
+    println!(
+        "  evil.example         https://{}  http://{}",
+        evil.addr(),
+        evil_http.addr()
+    );
+    println!(
+        "setup: the sandbox only allows api.allowed.example; the proxy resolves names with --resolve\n"
+    );
+
+    let ca = ca_pem.display();
+    let probe = probe.display();
+    let script = format!(
+        r#"
+step() {{ printf '\n--- %s\n' "$*"; }}
+step "1/6 curl the allowed API: TLS passes through untouched, curl checks the upstream's own certificate"
+curl -sS --max-time 10 --cacert {ca} --resolve api.allowed.example:443:192.0.2.10 https://api.allowed.example/; echo " [curl exit $?]"
+step "2/6 curl a forbidden host: the proxy reads the name from the ClientHello and closes the connection"
+curl -sS --max-time 10 --cacert {ca} --resolve evil.example:443:192.0.2.66 https://evil.example/; echo " [curl exit $?]"
+step "3/6 curl an IP literal: there is no name to allow, so it is denied"
+curl -sS --max-time 10 -k https://192.0.2.10/; echo " [curl exit $?]"
+step "4/6 send a UDP datagram to 192.0.2.53:9999: the kernel refuses it (EPERM)"
+{probe} udp 192.0.2.53:9999
+step "5/6 ping 192.0.2.1: ICMP never leaves the sandbox"
+ping -c 1 -W 2 192.0.2.1 2>&1 | tail -n 2; echo " [ping done]"
+step "6/6 plain HTTP to the forbidden host: the proxy answers 403 with the reason"
+curl -sS --max-time 10 --resolve evil.example:80:192.0.2.66 -w ' [HTTP %{{http_code}}]' http://evil.example/; echo " [curl exit $?]"
+"#
+    );
+
+    println!(
+        "$ egressd exec --allow-domains api.allowed.example --resolve ... --audit-log audit.jsonl --user 65534:65534 -- sh -c '<agent script>'"
+    );
+    let output = EgressdCommand::new()
+        .allow("api.allowed.example")
+        .resolve("api.allowed.example", net.addr())
+        .resolve("evil.example", net.addr2())
+        .audit_log(&audit)
+        .user("65534:65534")
+        .timeout(Duration::from_secs(50))
+        .echo(true)
+        .sh(&script)
+        .spawn()
+        .wait();
+
+    println!("\n=== audit log ({}) ===", audit.display());
+    print_table(&output.audit());
+    println!("\n=== egressd's summary ===");
+    println!(
+        "{}",
+        output
+            .summary()
+            .unwrap_or("(egressd printed no summary line)")
+    );
+    println!(
+        "\nupstream hits: api.allowed.example {} connection(s), evil.example {} (https) + {} (http)",
+        api.connections(),
+        evil.connections(),
+        evil_http.connections()
+    );
+    if output.status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn print_table(records: &[Value]) {
+    if records.is_empty() {
+        println!("(no records)");
+        return;
+    }
+    let columns = [
+        "decision", "proto", "name", "port", "orig_dst", "upstream", "rule", "reason",
+    ];
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!(
+        "{}",
+        line(columns.iter().map(|c| c.to_uppercase()).collect())
+    );
+    for row in rows {
+        println!("{}", line(row));
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

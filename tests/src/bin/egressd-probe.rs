@@ -1,0 +1,328 @@
+//! `egressd-probe`: network actions run inside an egressd sandbox, one JSON line each.
+//!
+//! ```text
+//! egressd-probe tcp ADDR:PORT [--v6only-mapped]   connect; print the result and getpeername()
+//! egressd-probe udp ADDR:PORT                     unconnected sendto()
+//! egressd-probe udp-connect ADDR:PORT             connect(), then send()
+//! egressd-probe icmp ADDR                         echo request via a ping socket and a raw socket
+//! ```
+//!
+//! Several actions may follow one another on one command line. Every line has `action`,
+//! `target` and `result` (`ok`, `error`, `reply`, `no-reply`); errors carry `stage` (the
+//! syscall that failed), `errno` (its name, such as `EPERM`) and `code`. `--v6only-mapped` dials
+//! an IPv4 target as `::ffff:a.b.c.d` from an `AF_INET6` socket. The probe exits 0 unless its
+//! arguments are wrong, so tests judge it by its JSON only. It sends a few bytes at most and
+//! waits at most a few seconds per action.
+
+use std::{
+    env, io,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket},
+    process::ExitCode,
+    time::Duration,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR)...";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    if args.is_empty() {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    let mut i = 0;
+    while i < args.len() {
+        let action = args[i].as_str();
+        let Some(target) = args.get(i + 1) else {
+            eprintln!("{action}: missing target\n{USAGE}");
+            return ExitCode::from(2);
+        };
+        i += 2;
+        let line = match action {
+            "tcp" => {
+                let mapped = args.get(i).is_some_and(|a| a == "--v6only-mapped");
+                if mapped {
+                    i += 1;
+                }
+                tcp(target, mapped)
+            }
+            "udp" => udp(target, false),
+            "udp-connect" => udp(target, true),
+            "icmp" => icmp(target),
+            other => {
+                eprintln!("unknown action {other:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn tcp(target: &str, mapped: bool) -> Json {
+    let mut out = Json::new("tcp", target);
+    let addr = match resolve(target) {
+        Ok(addr) => addr,
+        Err(e) => return out.error("resolve", &e),
+    };
+    let addr = match (mapped, addr) {
+        (true, SocketAddr::V4(v4)) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => addr,
+    };
+    out.field("dialled", &addr.to_string());
+    match TcpStream::connect_timeout(&addr, TIMEOUT) {
+        Ok(stream) => {
+            out.field("result", "ok");
+            match stream.peer_addr() {
+                Ok(peer) => out.field("peer", &peer.to_string()),
+                Err(e) => out.field("peer_error", errno_name(&e)),
+            }
+            if let Ok(local) = stream.local_addr() {
+                out.field("local", &local.to_string());
+            }
+            out
+        }
+        Err(e) => out.error("connect", &e),
+    }
+}
+
+fn udp(target: &str, connect: bool) -> Json {
+    let mut out = Json::new(if connect { "udp-connect" } else { "udp" }, target);
+    let addr = match resolve(target) {
+        Ok(addr) => addr,
+        Err(e) => return out.error("resolve", &e),
+    };
+    let any: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("valid literal");
+    let sock = match UdpSocket::bind(any) {
+        Ok(s) => s,
+        Err(e) => return out.error("bind", &e),
+    };
+    let payload = b"egressd-probe";
+    let sent = if connect {
+        if let Err(e) = sock.connect(addr) {
+            return out.error("connect", &e);
+        }
+        sock.send(payload)
+    } else {
+        sock.send_to(payload, addr)
+    };
+    match sent {
+        Ok(n) => {
+            out.field("result", "ok");
+            out.field("bytes", &n.to_string());
+            out
+        }
+        Err(e) => out.error(if connect { "send" } else { "sendto" }, &e),
+    }
+}
+
+/// Try an ICMP echo first through an unprivileged ping socket, then through a raw socket. The
+/// line's `result` is `reply` if either got an answer; `attempts` lists both.
+fn icmp(target: &str) -> Json {
+    let mut out = Json::new("icmp", target);
+    let ip: Ipv4Addr = match target.parse() {
+        Ok(ip) => ip,
+        Err(_) => return out.error("parse", &io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    let mut attempts = Vec::new();
+    let mut replied = false;
+    for (kind, ty) in [("dgram", libc::SOCK_DGRAM), ("raw", libc::SOCK_RAW)] {
+        let (result, detail) = match icmp_echo(ip, ty) {
+            Ok(true) => {
+                replied = true;
+                ("reply", String::new())
+            }
+            Ok(false) => ("no-reply", String::new()),
+            Err((stage, e)) => (
+                "error",
+                format!(",\"stage\":\"{stage}\",\"errno\":\"{}\"", errno_name(&e)),
+            ),
+        };
+        attempts.push(format!(
+            "{{\"socket\":\"{kind}\",\"result\":\"{result}\"{detail}}}"
+        ));
+    }
+    out.field("result", if replied { "reply" } else { "no-reply" });
+    out.raw("attempts", &format!("[{}]", attempts.join(",")));
+    out
+}
+
+/// Send one echo request; wait up to 2 s for any ICMP answer.
+fn icmp_echo(ip: Ipv4Addr, ty: libc::c_int) -> Result<bool, (&'static str, io::Error)> {
+    // SAFETY: plain socket(2) call; the descriptor is closed below on every path.
+    let fd = unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        return Err(("socket", io::Error::last_os_error()));
+    }
+    let result = icmp_echo_on(fd, ip);
+    // SAFETY: fd is a descriptor this function opened and nothing else owns.
+    unsafe { libc::close(fd) };
+    result
+}
+
+fn icmp_echo_on(fd: libc::c_int, ip: Ipv4Addr) -> Result<bool, (&'static str, io::Error)> {
+    let tv = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: tv is a valid timeval and the length matches it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(("setsockopt", io::Error::last_os_error()));
+    }
+    // Echo request: type 8, code 0, checksum, id, sequence 1, 8 bytes of payload.
+    let mut packet = [
+        8u8, 0, 0, 0, 0x45, 0x67, 0, 1, b'e', b'g', b'r', b'e', b's', b's', b'd', b'!',
+    ];
+    let sum = checksum(&packet);
+    packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: packet and dst are valid for the lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&raw const dst).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(("sendto", io::Error::last_os_error()));
+    }
+    let mut buf = [0u8; 1500];
+    // SAFETY: buf is valid for writes of its length.
+    let got = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if got < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(false),
+            _ => Err(("recv", e)),
+        };
+    }
+    Ok(true)
+}
+
+/// The Internet checksum (RFC 1071).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).expect("folded to 16 bits")
+}
+
+/// `ADDR:PORT`, `[V6]:PORT` or `HOST:PORT` (the last through the system resolver).
+fn resolve(target: &str) -> io::Result<SocketAddr> {
+    if let Ok(addr) = target.parse() {
+        return Ok(addr);
+    }
+    target
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EADDRNOTAVAIL))
+}
+
+fn errno_name(e: &io::Error) -> &'static str {
+    let Some(code) = e.raw_os_error() else {
+        return "EOTHER";
+    };
+    match code {
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EINPROGRESS => "EINPROGRESS",
+        libc::EAGAIN => "EAGAIN",
+        libc::EINVAL => "EINVAL",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
+        libc::ESOCKTNOSUPPORT => "ESOCKTNOSUPPORT",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::ENOENT => "ENOENT",
+        _ => "EOTHER",
+    }
+}
+
+/// A flat JSON object built field by field (std only; values are escaped strings).
+struct Json {
+    fields: Vec<String>,
+}
+
+impl Json {
+    fn new(action: &str, target: &str) -> Self {
+        let mut json = Self { fields: Vec::new() };
+        json.field("action", action);
+        json.field("target", target);
+        json
+    }
+
+    fn field(&mut self, key: &str, value: &str) {
+        self.fields.push(format!("\"{key}\":\"{}\"", escape(value)));
+    }
+
+    fn raw(&mut self, key: &str, json: &str) {
+        self.fields.push(format!("\"{key}\":{json}"));
+    }
+
+    fn error(mut self, stage: &str, e: &io::Error) -> Self {
+        self.field("result", "error");
+        self.field("stage", stage);
+        self.field("errno", errno_name(e));
+        self.raw("code", &e.raw_os_error().unwrap_or(0).to_string());
+        self.field("message", &e.to_string());
+        self
+    }
+}
+
+impl std::fmt::Display for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{{{}}}", self.fields.join(","))
+    }
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -1,0 +1,35 @@
+//! `cargo xtask test`: set up, build, then run the test suites with privileged tests required.
+//!
+//! `EGRESSD_PRIVILEGED_TESTS=1` turns the tests crate's `privileged()` guard from "skip" into
+//! "fail" when not root, so CI never passes by skipping. The binaries are built first because
+//! the e2e tests run `target/debug/egressd`, which `cargo test` alone does not build (it is
+//! another package's binary).
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::{
+    build, setup,
+    shell::{Shell, run as run_cmd, say},
+};
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Extra arguments for `cargo test` (for example `-p egressd-tests -- core::`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    setup::run(&setup::Options { no_apt: false })?;
+    build::build(false)?;
+    let sh = Shell::new()?;
+    say!("running the tests (privileged tests required: EGRESSD_PRIVILEGED_TESTS=1)...");
+    run_cmd(
+        sh.cmd("cargo")
+            .arg("test")
+            .args(&opts.args)
+            .env("EGRESSD_PRIVILEGED_TESTS", "1"),
+    )
+}
