@@ -71,7 +71,13 @@ pub struct ResolveOverride {
     pub addrs: Vec<IpAddr>,
 }
 
-/// Collects configuration sources in order; see the [module docs](self).
+/// Collects configuration sources in order and builds a validated [`Config`].
+///
+/// Each method checks its own input at once and returns that input's errors, and also
+/// keeps them: [`build`](Self::build) reports every error of every source together. A caller
+/// that wants all problems at once may ignore the per-source results and rely on `build`.
+/// Lists accumulate across sources; single values (`ports`, `upstream_ca`, `audit_log`,
+/// each timeout) are replaced by later sources.
 #[derive(Debug, Default)]
 pub struct ConfigBuilder {
     entries: Vec<Entry>,

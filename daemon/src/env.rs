@@ -112,7 +112,13 @@ mod tests {
         ] {
             assert!(is_scrubbed(name), "{name} must be scrubbed");
         }
-        for name in ["PATH", "HOME", "GITHUB_REPOSITORY", "GITHUB_SERVER_URL", "LANG"] {
+        for name in [
+            "PATH",
+            "HOME",
+            "GITHUB_REPOSITORY",
+            "GITHUB_SERVER_URL",
+            "LANG",
+        ] {
             assert!(!is_scrubbed(name), "{name} must be kept");
         }
     }

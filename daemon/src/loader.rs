@@ -13,9 +13,7 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
-    },
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps},
 };
 use egressd_ebpf_common::{ClientKey, OrigDst, SandboxConfig, counter};
 use egressd_proxy::OrigDstLookup;
@@ -55,12 +53,15 @@ impl Loader {
         )?;
         for name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().with_context(|| format!("verifying eBPF program {name}"))?;
+            prog.load()
+                .with_context(|| format!("verifying eBPF program {name}"))?;
         }
         let ops: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?;
-        ops.load().with_context(|| format!("verifying eBPF program {SOCK_OPS_PROGRAM}"))?;
+        ops.load()
+            .with_context(|| format!("verifying eBPF program {SOCK_OPS_PROGRAM}"))?;
         let skb: &mut CgroupSkb = program(&mut ebpf, SKB_EGRESS_PROGRAM)?;
-        skb.load().with_context(|| format!("verifying eBPF program {SKB_EGRESS_PROGRAM}"))?;
+        skb.load()
+            .with_context(|| format!("verifying eBPF program {SKB_EGRESS_PROGRAM}"))?;
 
         let sandboxes = HashMap::try_from(take_map(&mut ebpf, "SANDBOXES")?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?)?;
@@ -69,7 +70,9 @@ impl Loader {
             ebpf,
             sandboxes,
             counters,
-            orig: Arc::new(MapOrigDst { map: Mutex::new(by_client) }),
+            orig: Arc::new(MapOrigDst {
+                map: Mutex::new(by_client),
+            }),
         })
     }
 
@@ -132,11 +135,17 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so loading works there.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads a valid, initialised rlimit struct.
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     if ret != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -148,7 +157,12 @@ struct MapOrigDst {
 }
 
 impl OrigDstLookup for MapOrigDst {
-    fn lookup(&self, accepted: BorrowedFd<'_>, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
+    fn lookup(
+        &self,
+        accepted: BorrowedFd<'_>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<SocketAddr> {
         let key = ClientKey {
             netns_cookie: netns_cookie(accepted).ok()?,
             addr: ip_words(peer.ip()),
@@ -177,7 +191,11 @@ fn netns_cookie(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
             &mut len,
         )
     };
-    if ret == 0 { Ok(cookie) } else { Err(std::io::Error::last_os_error()) }
+    if ret == 0 {
+        Ok(cookie)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// An address as the kernel programs store it: 16 bytes in network order, IPv4 mapped.
@@ -187,7 +205,12 @@ fn ip_words(ip: IpAddr) -> [u32; 4] {
         IpAddr::V6(v6) => v6.octets(),
     };
     std::array::from_fn(|i| {
-        u32::from_ne_bytes([octets[4 * i], octets[4 * i + 1], octets[4 * i + 2], octets[4 * i + 3]])
+        u32::from_ne_bytes([
+            octets[4 * i],
+            octets[4 * i + 1],
+            octets[4 * i + 2],
+            octets[4 * i + 3],
+        ])
     })
 }
 

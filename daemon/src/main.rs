@@ -32,15 +32,24 @@ pub struct Failure {
 impl Failure {
     /// A usage or configuration error (exit 64).
     pub fn usage(error: impl Into<anyhow::Error>) -> Self {
-        Self { code: EXIT_USAGE, error: error.into() }
+        Self {
+            code: EXIT_USAGE,
+            error: error.into(),
+        }
     }
     /// A sandbox set-up failure (exit 125).
     pub fn setup(error: impl Into<anyhow::Error>) -> Self {
-        Self { code: EXIT_SETUP, error: error.into() }
+        Self {
+            code: EXIT_SETUP,
+            error: error.into(),
+        }
     }
     /// Any other runtime failure (exit 1).
     pub fn runtime(error: impl Into<anyhow::Error>) -> Self {
-        Self { code: 1, error: error.into() }
+        Self {
+            code: 1,
+            error: error.into(),
+        }
     }
 }
 

@@ -9,10 +9,13 @@ use egressd_config::{Config, ConfigBuilder, Origin};
 use crate::cli::PolicyArgs;
 
 /// Builds the configuration; `audit_log` comes from `exec` only.
-pub fn build(args: &PolicyArgs, audit_log: Option<PathBuf>) -> Result<Config, egressd_config::Error> {
+pub fn build(
+    args: &PolicyArgs,
+    audit_log: Option<PathBuf>,
+) -> Result<Config, egressd_config::Error> {
     let mut builder = ConfigBuilder::new();
     let mut errors = Vec::new();
-    
+
     if let Some(path) = &args.config {
         keep(&mut errors, builder.toml_file(path));
     }
@@ -23,10 +26,16 @@ pub fn build(args: &PolicyArgs, audit_log: Option<PathBuf>) -> Result<Config, eg
         keep(&mut errors, builder.block_file(path));
     }
     for list in &args.allow_domains {
-        keep(&mut errors, builder.allow_list(list, Origin::Flag("--allow-domains")));
+        keep(
+            &mut errors,
+            builder.allow_list(list, Origin::Flag("--allow-domains")),
+        );
     }
     for list in &args.block_domains {
-        keep(&mut errors, builder.block_list(list, Origin::Flag("--block-domains")));
+        keep(
+            &mut errors,
+            builder.block_list(list, Origin::Flag("--block-domains")),
+        );
     }
     for spec in &args.resolve {
         keep(&mut errors, builder.resolve(spec));
@@ -35,7 +44,10 @@ pub fn build(args: &PolicyArgs, audit_log: Option<PathBuf>) -> Result<Config, eg
         keep(&mut errors, builder.dns_server(spec));
     }
     if !args.allow_loopback_port.is_empty() {
-        builder.loopback_ports(&args.allow_loopback_port, Origin::Flag("--allow-loopback-port"));
+        builder.loopback_ports(
+            &args.allow_loopback_port,
+            Origin::Flag("--allow-loopback-port"),
+        );
     }
     if let Some(path) = &args.upstream_ca {
         builder.upstream_ca(path.clone());

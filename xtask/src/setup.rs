@@ -90,7 +90,11 @@ fn ensure_nightly(sh: &Shell) -> Result<()> {
         );
     }
     let toolchains = output(sh.cmd("rustup").args(["toolchain", "list"]))?;
-    let has_nightly = toolchains.lines().any(|l| l.starts_with("nightly-"));
+    // `nightly-<host>`, not a dated `nightly-2026-...` (which `+nightly` does not select).
+    let has_nightly = toolchains.lines().any(|l| {
+        l.strip_prefix("nightly-")
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+    });
     if !has_nightly {
         say!("installing the nightly toolchain with rust-src (a minute or two)...");
         return run_cmd(sh.cmd("rustup").args([

@@ -13,7 +13,11 @@ use crate::{
 /// `allowlist check HOST[:PORT]`: exit 0 if allowed, 1 if denied.
 pub fn check(args: &CheckArgs) -> Result<u8, Failure> {
     let config = policy::build(&args.policy, None).map_err(Failure::usage)?;
-    let scheme = if args.http { Scheme::Http } else { Scheme::Https };
+    let scheme = if args.http {
+        Scheme::Http
+    } else {
+        Scheme::Https
+    };
     let default_port = if args.http { 80 } else { 443 };
     let (host, port) = split_host_port(&args.target, default_port).map_err(Failure::usage)?;
     let host = match host.parse::<IpAddr>() {
@@ -55,7 +59,10 @@ pub fn show(args: &ShowArgs) -> Result<u8, Failure> {
             "loopback_ports": policy.loopback_ports(),
             "entries": entries,
         });
-        println!("{}", serde_json::to_string_pretty(&out).map_err(Failure::runtime)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(Failure::runtime)?
+        );
         return Ok(0);
     }
     if policy.entries().is_empty() {
@@ -63,7 +70,13 @@ pub fn show(args: &ShowArgs) -> Result<u8, Failure> {
     }
     println!("{:<6} {:<6} {:<40} origin", "list", "scheme", "entry");
     for e in policy.entries() {
-        println!("{:<6} {:<6} {:<40} {}", list_name(&e.list), scheme_name(&e.scheme), e.text, e.origin);
+        println!(
+            "{:<6} {:<6} {:<40} {}",
+            list_name(&e.list),
+            scheme_name(&e.scheme),
+            e.text,
+            e.origin
+        );
         if let Some(why) = e.dead_reason() {
             println!("       warning: this entry never matches: {why}");
         }
@@ -98,15 +111,25 @@ fn split_host_port(s: &str, default_port: u16) -> anyhow::Result<(&str, u16)> {
             .split_once(']')
             .ok_or_else(|| anyhow::anyhow!("{s:?}: missing `]` after an IPv6 address"))?;
         return match after.strip_prefix(':') {
-            Some(p) => Ok((host, p.parse().ok().filter(|&p| p != 0).ok_or_else(|| bad_port(p))?)),
+            Some(p) => Ok((
+                host,
+                p.parse()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| bad_port(p))?,
+            )),
             None if after.is_empty() => Ok((host, default_port)),
             None => Err(anyhow::anyhow!("{s:?}: unexpected text after `]`")),
         };
     }
     match s.rsplit_once(':') {
-        Some((host, p)) if !host.contains(':') => {
-            Ok((host, p.parse().ok().filter(|&p| p != 0).ok_or_else(|| bad_port(p))?))
-        }
+        Some((host, p)) if !host.contains(':') => Ok((
+            host,
+            p.parse()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad_port(p))?,
+        )),
         _ => Ok((s, default_port)),
     }
 }
@@ -117,11 +140,23 @@ mod tests {
 
     #[test]
     fn host_port_forms() {
-        assert_eq!(split_host_port("github.com", 443).unwrap(), ("github.com", 443));
-        assert_eq!(split_host_port("github.com:80", 443).unwrap(), ("github.com", 80));
+        assert_eq!(
+            split_host_port("github.com", 443).unwrap(),
+            ("github.com", 443)
+        );
+        assert_eq!(
+            split_host_port("github.com:80", 443).unwrap(),
+            ("github.com", 80)
+        );
         assert_eq!(split_host_port("[::1]:8080", 443).unwrap(), ("::1", 8080));
-        assert_eq!(split_host_port("[2001:db8::1]", 443).unwrap(), ("2001:db8::1", 443));
-        assert_eq!(split_host_port("2001:db8::1", 443).unwrap(), ("2001:db8::1", 443));
+        assert_eq!(
+            split_host_port("[2001:db8::1]", 443).unwrap(),
+            ("2001:db8::1", 443)
+        );
+        assert_eq!(
+            split_host_port("2001:db8::1", 443).unwrap(),
+            ("2001:db8::1", 443)
+        );
         assert!(split_host_port("github.com:x", 443).is_err());
         assert!(split_host_port("github.com:0", 443).is_err());
     }

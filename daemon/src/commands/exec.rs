@@ -72,9 +72,15 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         proxy_port6: port6.to_be(),
         dns_port: 0,
         _pad: 0,
-        flags: if mode.redirects_loopback() { FLAG_REDIRECT_LOOPBACK } else { 0 },
+        flags: if mode.redirects_loopback() {
+            FLAG_REDIRECT_LOOPBACK
+        } else {
+            0
+        },
     };
-    loader.attach(&cgroup, sandbox_config).map_err(Failure::setup)?;
+    loader
+        .attach(&cgroup, sandbox_config)
+        .map_err(Failure::setup)?;
     tracing::debug!(cgroup = %cgroup.path().display(), port4, port6, "programs attached");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -144,7 +150,10 @@ fn target_user(args: &ExecArgs) -> Result<(u32, u32), Failure> {
     } else if let Some(ids) = env::sudo_user() {
         ids
     } else {
-        (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())
+        (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
     };
     if uid == 0 && !args.allow_root {
         return Err(Failure::usage(anyhow!(
@@ -159,9 +168,13 @@ fn target_user(args: &ExecArgs) -> Result<(u32, u32), Failure> {
 /// Parses `UID` or `UID:GID` (numeric). Without a GID, the user's primary group from the
 /// passwd database, or the UID itself.
 fn parse_user(spec: &str) -> anyhow::Result<(u32, u32)> {
-    let bad = || anyhow!("--user {spec:?}: expected a numeric UID or UID:GID, e.g. --user 1001:1001");
+    let bad =
+        || anyhow!("--user {spec:?}: expected a numeric UID or UID:GID, e.g. --user 1001:1001");
     let (uid, gid) = match spec.split_once(':') {
-        Some((u, g)) => (u.parse().map_err(|_| bad())?, Some(g.parse().map_err(|_| bad())?)),
+        Some((u, g)) => (
+            u.parse().map_err(|_| bad())?,
+            Some(g.parse().map_err(|_| bad())?),
+        ),
         None => (spec.parse().map_err(|_| bad())?, None),
     };
     let gid = gid.unwrap_or_else(|| {
@@ -176,12 +189,14 @@ fn parse_user(spec: &str) -> anyhow::Result<(u32, u32)> {
 /// Waits for the sandbox's PID 1, passing on SIGINT/SIGTERM/SIGHUP/SIGQUIT; returns its
 /// exit code (128+signal when killed).
 async fn wait_forwarding_signals(child: Pid) -> u8 {
-    let mut wait = tokio::task::spawn_blocking(move || loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return code as u8,
-            Ok(WaitStatus::Signaled(_, sig, _)) => return 128u8.wrapping_add(sig as u8),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return crate::EXIT_SETUP,
+    let mut wait = tokio::task::spawn_blocking(move || {
+        loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return code as u8,
+                Ok(WaitStatus::Signaled(_, sig, _)) => return 128u8.wrapping_add(sig as u8),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return crate::EXIT_SETUP,
+            }
         }
     });
     let kinds = [

@@ -34,9 +34,11 @@ impl Cgroup {
         let parent = root.join(PARENT);
         fs::create_dir_all(&parent)
             .with_context(|| format!("creating cgroup {}", parent.display()))?;
+        remove_stale(&parent);
         let path = parent.join(name);
         fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-        let dir = File::open(&path).with_context(|| format!("opening cgroup {}", path.display()))?;
+        let dir =
+            File::open(&path).with_context(|| format!("opening cgroup {}", path.display()))?;
         let id = dir.metadata()?.ino();
         Ok(Self { path, dir, id })
     }
@@ -94,9 +96,40 @@ impl Drop for Cgroup {
     }
 }
 
+/// Removes sandbox cgroups left by an egressd that died without cleaning up (their names
+/// end in the pid of an egressd that no longer runs), killing anything still inside.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("egressd-"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let _ = fs::write(path.join("cgroup.kill"), "1");
+        match fs::remove_dir(&path) {
+            Ok(()) => tracing::info!("removed stale sandbox cgroup {}", path.display()),
+            Err(e) => tracing::warn!(
+                "stale sandbox cgroup {} could not be removed: {e}",
+                path.display()
+            ),
+        }
+    }
+}
+
 /// The cgroup2 mount point: from mountinfo, else one egressd mounts itself.
 fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     if let Some(path) = find_cgroup2(&mountinfo) {
         return Ok(path);
     }
@@ -106,7 +139,9 @@ fn cgroup2_root() -> anyhow::Result<PathBuf> {
         Some("cgroup2"),
         own,
         Some("cgroup2"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
         None::<&str>,
     )
     .with_context(|| {
@@ -138,7 +173,12 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -161,7 +201,10 @@ mod tests {
 26 25 0:23 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
 27 25 0:24 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
 ";
-        assert_eq!(find_cgroup2(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            find_cgroup2(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
     }
 
     #[test]

@@ -46,7 +46,12 @@ pub fn run(args: &SandboxInitArgs) -> ExitCode {
             return ExitCode::from(crate::EXIT_SETUP);
         }
     }
-    let argv: Vec<CString> = match args.command.iter().map(|a| CString::new(a.as_bytes())).collect() {
+    let argv: Vec<CString> = match args
+        .command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect()
+    {
         Ok(v) => v,
         Err(_) => {
             eprintln!("egressd: sandbox: an argument contains a NUL byte");
@@ -58,7 +63,11 @@ pub fn run(args: &SandboxInitArgs) -> ExitCode {
         Ok(ForkResult::Child) => {
             let err = execvp(&argv[0], &argv).unwrap_err();
             eprintln!("egressd: cannot run {:?}: {err}", args.command[0]);
-            let code = if err == nix::errno::Errno::ENOENT { 127 } else { 126 };
+            let code = if err == nix::errno::Errno::ENOENT {
+                127
+            } else {
+                126
+            };
             // SAFETY: leave without running the parent's destructors.
             unsafe { libc::_exit(code) }
         }
@@ -75,8 +84,14 @@ pub fn run(args: &SandboxInitArgs) -> ExitCode {
 
 fn setup(args: &SandboxInitArgs) -> Result<(), String> {
     // Our mounts must not propagate back to the host.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| format!("making the mount namespace private: {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making the mount namespace private: {e}"))?;
     mount(
         Some("proc"),
         "/proc",
@@ -98,16 +113,24 @@ fn setup(args: &SandboxInitArgs) -> Result<(), String> {
     // SAFETY: plain prctl calls.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(format!("setting no_new_privs: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "setting no_new_privs: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         // Changing credentials cleared the parent-death signal; set it again.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
 
-    let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(forward),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for signal in FORWARDED {
         // SAFETY: `forward` only calls async-signal-safe functions.
-        unsafe { sigaction(signal, &action) }.map_err(|e| format!("installing a {signal} handler: {e}"))?;
+        unsafe { sigaction(signal, &action) }
+            .map_err(|e| format!("installing a {signal} handler: {e}"))?;
     }
     Ok(())
 }

@@ -32,7 +32,9 @@ impl NetnsMode {
             "new" => Ok(Self::New),
             "host" => Ok(Self::Host),
             p if p.starts_with('/') => Ok(Self::Path(PathBuf::from(p))),
-            other => Err(anyhow!("--netns {other:?}: expected `new`, `host` or an absolute path such as /run/netns/NAME")),
+            other => Err(anyhow!(
+                "--netns {other:?}: expected `new`, `host` or an absolute path such as /run/netns/NAME"
+            )),
         }
     }
 
@@ -70,11 +72,13 @@ fn prepare_in_thread(mode: &NetnsMode) -> anyhow::Result<SandboxNet> {
         NetnsMode::New => {
             unshare(CloneFlags::CLONE_NEWNET).context("creating a network namespace (unshare)")?;
             loopback_up().context("bringing up loopback in the new network namespace")?;
-            let fd = File::open("/proc/thread-self/ns/net").context("opening the new network namespace")?;
+            let fd = File::open("/proc/thread-self/ns/net")
+                .context("opening the new network namespace")?;
             Some(OwnedFd::from(fd))
         }
         NetnsMode::Path(path) => {
-            let fd = File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
+            let fd = File::open(path)
+                .with_context(|| format!("opening network namespace {}", path.display()))?;
             setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
                 .with_context(|| format!("entering network namespace {}", path.display()))?;
             Some(OwnedFd::from(fd))
@@ -93,7 +97,11 @@ fn prepare_in_thread(mode: &NetnsMode) -> anyhow::Result<SandboxNet> {
             None
         }
     };
-    Ok(SandboxNet { netns, listener4, listener6 })
+    Ok(SandboxNet {
+        netns,
+        listener4,
+        listener6,
+    })
 }
 
 /// `ip link set lo up`, with an ioctl on a socket in the current namespace.
@@ -132,7 +140,10 @@ mod tests {
     fn modes_parse() {
         assert_eq!(NetnsMode::parse("new").unwrap(), NetnsMode::New);
         assert_eq!(NetnsMode::parse("host").unwrap(), NetnsMode::Host);
-        assert_eq!(NetnsMode::parse("/run/netns/x").unwrap(), NetnsMode::Path("/run/netns/x".into()));
+        assert_eq!(
+            NetnsMode::parse("/run/netns/x").unwrap(),
+            NetnsMode::Path("/run/netns/x".into())
+        );
         let err = NetnsMode::parse("bogus").unwrap_err().to_string();
         assert!(err.contains("expected `new`, `host`"), "{err}");
     }

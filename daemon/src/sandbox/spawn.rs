@@ -37,7 +37,8 @@ pub struct Spec<'a> {
 /// Starts PID 1 of the sandbox and returns its pid (in our namespace).
 pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
     let exe = std::env::current_exe().context("finding egressd's own executable")?;
-    let exe = CString::new(exe.into_os_string().into_vec()).context("egressd's path contains NUL")?;
+    let exe =
+        CString::new(exe.into_os_string().into_vec()).context("egressd's path contains NUL")?;
     let procs = CString::new(spec.cgroup_procs.as_os_str().as_encoded_bytes())
         .context("cgroup path contains NUL")?;
     let mut argv: Vec<CString> = ["egressd", "__sandbox-init", "--uid"]
@@ -49,7 +50,10 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
     argv.push(CString::new(spec.gid.to_string()).expect("digits have no NUL"));
     argv.push(CString::new("--").expect("static"));
     for arg in spec.command {
-        argv.push(CString::new(arg.as_bytes()).with_context(|| format!("argument {arg:?} contains NUL"))?);
+        argv.push(
+            CString::new(arg.as_bytes())
+                .with_context(|| format!("argument {arg:?} contains NUL"))?,
+        );
     }
     let envp: Vec<CString> = spec
         .env
@@ -61,10 +65,16 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
             CString::new(kv).ok()
         })
         .collect();
-    let argv_ptrs: Vec<*const libc::c_char> =
-        argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp_ptrs: Vec<*const libc::c_char> =
-        envp.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let argv_ptrs: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp_ptrs: Vec<*const libc::c_char> = envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     let netns_fd = spec.netns.map(|fd| fd.as_raw_fd());
 
     let child = move || -> isize {
@@ -97,10 +107,10 @@ unsafe fn child_main(
             fail(b"egressd: sandbox: cannot join the sandbox cgroup\n");
         }
         libc::close(fd);
-        if let Some(ns) = netns {
-            if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
-                fail(b"egressd: sandbox: cannot enter the sandbox network namespace\n");
-            }
+        if let Some(ns) = netns
+            && libc::setns(ns, libc::CLONE_NEWNET) != 0
+        {
+            fail(b"egressd: sandbox: cannot enter the sandbox network namespace\n");
         }
         libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(b"egressd: sandbox: cannot execute egressd's sandbox init\n")

@@ -86,7 +86,13 @@ fn udp(cfg: &SandboxConfig, port: u16) -> Result<Route, u32> {
 
 /// Records the original destination of a TCP socket under its cookie.
 #[inline(always)]
-fn record(ctx: &SockAddrContext, addr: [u32; 4], port: u16, family: u16, proxy_port: u16) -> Result<(), u32> {
+fn record(
+    ctx: &SockAddrContext,
+    addr: [u32; 4],
+    port: u16,
+    family: u16,
+    proxy_port: u16,
+) -> Result<(), u32> {
     // SAFETY: the context pointer is valid for the program's duration.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let orig = OrigDst {

@@ -17,12 +17,20 @@ pub fn try_egress(ctx: &SkBuffContext) -> Result<(), u32> {
     match first >> 4 {
         4 => {
             let daddr: u32 = ctx.load(V4_DADDR).map_err(|_| counter::SKB_DROP_V4)?;
-            if is_local4(daddr) { Ok(()) } else { Err(counter::SKB_DROP_V4) }
+            if is_local4(daddr) {
+                Ok(())
+            } else {
+                Err(counter::SKB_DROP_V4)
+            }
         }
         6 => {
             let daddr: [u32; 4] = ctx.load(V6_DADDR).map_err(|_| counter::SKB_DROP_V6)?;
             let local = is_local6(&daddr) || (is_mapped(&daddr) && is_local4(daddr[3]));
-            if local { Ok(()) } else { Err(counter::SKB_DROP_V6) }
+            if local {
+                Ok(())
+            } else {
+                Err(counter::SKB_DROP_V6)
+            }
         }
         _ => Err(counter::SKB_DROP_OTHER),
     }

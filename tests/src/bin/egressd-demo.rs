@@ -48,6 +48,7 @@ fn main() -> ExitCode {
     let probe = probe.display();
     let script = format!(
         r#"
+exec 2>&1
 step() {{ printf '\n--- %s\n' "$*"; }}
 step "1/6 curl the allowed API: TLS passes through untouched, curl checks the upstream's own certificate"
 curl -sS --max-time 10 --cacert {ca} --resolve api.allowed.example:443:192.0.2.10 https://api.allowed.example/; echo " [curl exit $?]"
