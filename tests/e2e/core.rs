@@ -67,12 +67,9 @@ fn denied_https_is_closed_and_audited_with_a_reason() {
         !text(&rec["reason"]).is_empty(),
         "a deny record needs a reason: {rec}"
     );
-    let summary = out
-        .summary()
-        .unwrap_or_else(|| panic!("no `egressd:` summary line\n{out}"));
     assert!(
-        summary.contains(EVIL),
-        "the summary should list the denied name: {summary}"
+        out.summary().contains(EVIL),
+        "the summary should list the denied name\n{out}"
     );
 }
 

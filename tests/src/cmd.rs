@@ -326,12 +326,14 @@ impl Output {
             .collect()
     }
 
-    /// egressd's closing summary: the last stderr line starting with `egressd:`.
-    pub fn summary(&self) -> Option<&str> {
+    /// egressd's own closing lines (every stderr line starting with `egressd:`, joined by
+    /// newlines): the summary with the denied names and reasons, plus any counters after it.
+    pub fn summary(&self) -> String {
         self.stderr
             .lines()
-            .rev()
-            .find(|l| l.starts_with("egressd:"))
+            .filter(|l| l.starts_with("egressd:"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The JSON lines of stdout (what `egressd-probe` printed); other lines are skipped.

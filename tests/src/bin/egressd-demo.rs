@@ -83,12 +83,12 @@ curl -sS --max-time 10 --resolve evil.example:80:192.0.2.66 -w ' [HTTP %{{http_c
     println!("\n=== audit log ({}) ===", audit.display());
     print_table(&output.audit());
     println!("\n=== egressd's summary ===");
-    println!(
-        "{}",
-        output
-            .summary()
-            .unwrap_or("(egressd printed no summary line)")
-    );
+    let summary = output.summary();
+    if summary.is_empty() {
+        println!("(egressd printed no summary line)");
+    } else {
+        println!("{summary}");
+    }
     println!(
         "\nupstream hits: api.allowed.example {} connection(s), evil.example {} (https) + {} (http)",
         api.connections(),
