@@ -62,7 +62,10 @@ pub struct StaticOrigDst {
 impl StaticOrigDst {
     /// Answers `orig` for every connection (unless [`StaticOrigDst::insert`] says otherwise).
     pub fn always(orig: SocketAddr) -> Self {
-        Self { fallback: Some(orig), ..Self::default() }
+        Self {
+            fallback: Some(orig),
+            ..Self::default()
+        }
     }
 
     /// Answers `None` (no original destination) unless an entry is inserted.
@@ -82,7 +85,10 @@ impl StaticOrigDst {
 #[cfg(any(test, feature = "test-util"))]
 impl OrigDstLookup for StaticOrigDst {
     fn lookup(&self, _: BorrowedFd<'_>, peer: SocketAddr, _: SocketAddr) -> Option<SocketAddr> {
-        let map = self.by_peer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self
+            .by_peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(&peer).copied().or(self.fallback)
     }
 }

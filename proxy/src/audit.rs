@@ -133,10 +133,15 @@ impl AuditLog {
     /// Opening the file failed (missing directory, permissions).
     pub fn new(path: Option<&Path>) -> io::Result<Self> {
         let file = match path {
-            Some(p) => Some(Mutex::new(OpenOptions::new().create(true).append(true).open(p)?)),
+            Some(p) => Some(Mutex::new(
+                OpenOptions::new().create(true).append(true).open(p)?,
+            )),
             None => None,
         };
-        Ok(Self { file, summary: Mutex::new(Summary::default()) })
+        Ok(Self {
+            file,
+            summary: Mutex::new(Summary::default()),
+        })
     }
 
     /// A snapshot of the counts so far.
@@ -259,11 +264,23 @@ mod tests {
     fn summary_display_lists_denied_names_with_counts() {
         let log = AuditLog::new(None).unwrap();
         for _ in 0..5 {
-            log.record(&rec(Some("ok.test"), AuditDecision::Allow, "allowed by ok.test"));
+            log.record(&rec(
+                Some("ok.test"),
+                AuditDecision::Allow,
+                "allowed by ok.test",
+            ));
         }
-        log.record(&rec(Some("evil.test"), AuditDecision::Deny, "not in the allowlist"));
+        log.record(&rec(
+            Some("evil.test"),
+            AuditDecision::Deny,
+            "not in the allowlist",
+        ));
         log.record(&rec(None, AuditDecision::Deny, "ip literal"));
-        log.record(&rec(Some("evil.test"), AuditDecision::Deny, "not in the allowlist"));
+        log.record(&rec(
+            Some("evil.test"),
+            AuditDecision::Deny,
+            "not in the allowlist",
+        ));
         let s = log.summary();
         assert_eq!((s.allowed, s.denied), (5, 3));
         assert_eq!(
@@ -291,8 +308,10 @@ mod tests {
         log.record(&r);
         log.record(&rec(Some("b.test"), AuditDecision::Deny, "nope"));
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["proto"], "http");
         assert_eq!(lines[0]["method"], "GET");

@@ -181,7 +181,11 @@ impl ErrorKind {
                     _ => Self::UpstreamUnreachable,
                 };
             }
-            cur = e.source();
+            // `io::Error::source` skips a wrapped payload; look at the payload itself.
+            cur = match e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+                Some(inner) => Some(inner as &(dyn StdError + 'static)),
+                None => e.source(),
+            };
         }
         Self::Io
     }
@@ -222,7 +226,10 @@ mod tests {
         let outer = io::Error::other(inner);
         assert_eq!(ErrorKind::of(&outer), ErrorKind::RefusedAddress);
         assert!(ErrorKind::of(&outer).is_denial());
-        assert_eq!(ErrorKind::of(&ClassifyError::Timeout), ErrorKind::ClientTimeout);
+        assert_eq!(
+            ErrorKind::of(&ClassifyError::Timeout),
+            ErrorKind::ClientTimeout
+        );
         assert_eq!(ErrorKind::of(&io::Error::other("x")), ErrorKind::Io);
     }
 

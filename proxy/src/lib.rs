@@ -54,9 +54,9 @@ mod tests;
 
 use std::sync::Arc;
 
-pub use crate::addr::{ClientAddr, OrigDst, OrigDstLookup};
 #[cfg(any(test, feature = "test-util"))]
 pub use crate::addr::StaticOrigDst;
+pub use crate::addr::{ClientAddr, OrigDst, OrigDstLookup};
 pub use crate::audit::{AuditLog, Summary};
 pub use crate::error::{ClassifyError, ConnectError, Error, ErrorKind};
 
@@ -99,6 +99,12 @@ impl Proxy {
         sandbox: String,
     ) -> Result<Self, Error> {
         let connector = Connector::new(&config)?;
-        Ok(Self { config, orig, audit, sandbox, connector })
+        Ok(Self {
+            config,
+            orig,
+            audit,
+            sandbox,
+            connector,
+        })
     }
 }

@@ -62,7 +62,10 @@ impl Proxy {
             );
         }
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 remaining = tracker.len(),
                 "connections still open after the shutdown grace period"

@@ -45,7 +45,13 @@ impl fmt::Display for Denial {
             Some(h) => write!(f, "{h}")?,
             None => f.write_str("(no host)")?,
         }
-        write!(f, ":{}: {} (rule: {})", self.port, self.reason, self.rule.as_deref().unwrap_or("none"))
+        write!(
+            f,
+            ":{}: {} (rule: {})",
+            self.port,
+            self.reason,
+            self.rule.as_deref().unwrap_or("none")
+        )
     }
 }
 
@@ -56,7 +62,10 @@ pub(crate) fn forbidden(denial: &Denial) -> Response<Full<Bytes>> {
 
 /// `400 Bad Request` for a request egressd cannot decide on (no `Host`, several of them).
 pub(crate) fn bad_request(reason: &str) -> Response<Full<Bytes>> {
-    text(StatusCode::BAD_REQUEST, format!("egressd: bad request: {reason}"))
+    text(
+        StatusCode::BAD_REQUEST,
+        format!("egressd: bad request: {reason}"),
+    )
 }
 
 /// The response for an allowed request whose upstream could not be used, by error class:
@@ -67,8 +76,17 @@ pub(crate) fn upstream_failed(kind: ErrorKind, denial: &Denial) -> Response<Full
         ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
     };
-    let host = denial.host.as_ref().map_or_else(|| "(no host)".to_owned(), ToString::to_string);
-    text(status, format!("egressd: upstream {host}:{} failed: {}", denial.port, denial.reason))
+    let host = denial
+        .host
+        .as_ref()
+        .map_or_else(|| "(no host)".to_owned(), ToString::to_string);
+    text(
+        status,
+        format!(
+            "egressd: upstream {host}:{} failed: {}",
+            denial.port, denial.reason
+        ),
+    )
 }
 
 /// Closes a TLS or unclassified connection egressd refuses, with a reset (`SO_LINGER` 0) so
@@ -83,8 +101,10 @@ fn text(status: StatusCode, mut line: String) -> Response<Full<Bytes>> {
     line.push('\n');
     let mut resp = Response::new(Full::new(Bytes::from(line)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -104,21 +124,40 @@ mod tests {
         };
         let resp = forbidden(&d);
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-        assert!(resp.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+        assert!(
+            resp.headers()[CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(
             body,
             "egressd: denied evil.test:80: not in the allowlist (rule: none)\n"
         );
-        let v6 = Denial { host: Some(HostName::Ip("::2".parse().unwrap())), ..d };
+        let v6 = Denial {
+            host: Some(HostName::Ip("::2".parse().unwrap())),
+            ..d
+        };
         assert!(v6.to_string().starts_with("egressd: denied [::2]:80: "));
     }
 
     #[test]
     fn upstream_failures_map_to_status_by_kind() {
-        let d = Denial { host: None, port: 80, reason: "x".into(), rule: None };
+        let d = Denial {
+            host: None,
+            port: 80,
+            reason: "x".into(),
+            rule: None,
+        };
         assert_eq!(upstream_failed(ErrorKind::RefusedAddress, &d).status(), 403);
-        assert_eq!(upstream_failed(ErrorKind::UpstreamTimeout, &d).status(), 504);
-        assert_eq!(upstream_failed(ErrorKind::UpstreamUnreachable, &d).status(), 502);
+        assert_eq!(
+            upstream_failed(ErrorKind::UpstreamTimeout, &d).status(),
+            504
+        );
+        assert_eq!(
+            upstream_failed(ErrorKind::UpstreamUnreachable, &d).status(),
+            502
+        );
     }
 }

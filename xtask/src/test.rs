@@ -3,7 +3,8 @@
 //! `EGRESSD_PRIVILEGED_TESTS=1` turns the tests crate's `privileged()` guard from "skip" into
 //! "fail" when not root, so CI never passes by skipping. The binaries are built first because
 //! the e2e tests run `target/debug/egressd`, which `cargo test` alone does not build (it is
-//! another package's binary).
+//! another package's binary). `--no-fail-fast` so that one failing package does not hide the
+//! results of the others.
 
 use anyhow::Result;
 use clap::Args;
@@ -28,7 +29,7 @@ pub fn run(opts: &Options) -> Result<()> {
     say!("running the tests (privileged tests required: EGRESSD_PRIVILEGED_TESTS=1)...");
     run_cmd(
         sh.cmd("cargo")
-            .arg("test")
+            .args(["test", "--no-fail-fast"])
             .args(&opts.args)
             .env("EGRESSD_PRIVILEGED_TESTS", "1"),
     )

@@ -55,7 +55,9 @@ fn with_extension(hello: &[u8], typ: u16, body: &[u8]) -> Vec<u8> {
 async fn real_client_hello_gives_sni_and_alpn() {
     let hello = rustls_client_hello("Upstream.Test", &[b"h2", b"http/1.1"]);
     let (c, buf) = classify(&mut &hello[..], T).await.unwrap();
-    let Classified::Tls(h) = c else { panic!("{c:?}") };
+    let Classified::Tls(h) = c else {
+        panic!("{c:?}")
+    };
     assert_eq!(h.sni.as_deref(), Some("upstream.test"));
     assert_eq!(h.alpn, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     assert_eq!(buf, hello, "every byte read is kept for replay");
@@ -77,7 +79,9 @@ async fn client_hello_split_into_one_byte_writes() {
         })
     };
     let (c, buf) = classify(&mut far, T).await.unwrap();
-    let Classified::Tls(h) = c else { panic!("{c:?}") };
+    let Classified::Tls(h) = c else {
+        panic!("{c:?}")
+    };
     assert_eq!(h.sni.as_deref(), Some("upstream.test"));
     assert_eq!(buf, hello);
     drop(writer.await.unwrap());
@@ -95,14 +99,19 @@ async fn client_hello_split_over_two_records() {
         two.extend_from_slice(part);
     }
     let (c, _) = classify(&mut &two[..], T).await.unwrap();
-    assert!(matches!(c, Classified::Tls(ClientHello { sni: Some(_), .. })), "{c:?}");
+    assert!(
+        matches!(c, Classified::Tls(ClientHello { sni: Some(_), .. })),
+        "{c:?}"
+    );
     assert_eq!(has_ech_extension(&two), Some(false));
 }
 
 #[tokio::test]
 async fn truncated_client_hello_is_refused() {
     let hello = rustls_client_hello("upstream.test", &[]);
-    let err = classify(&mut &hello[..hello.len() / 2], T).await.unwrap_err();
+    let err = classify(&mut &hello[..hello.len() / 2], T)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClassifyError::Closed), "{err:?}");
 }
 
@@ -111,7 +120,10 @@ async fn garbage_after_a_tls_record_header_is_malformed() {
     let mut bytes = vec![0x16, 0x03, 0x01, 0x00, 0x40];
     bytes.extend_from_slice(&[0xAB; 0x40]);
     let err = classify(&mut &bytes[..], T).await.unwrap_err();
-    assert!(matches!(err, ClassifyError::MalformedClientHello { .. }), "{err:?}");
+    assert!(
+        matches!(err, ClassifyError::MalformedClientHello { .. }),
+        "{err:?}"
+    );
     assert!(err.is_tls());
     assert_eq!(err.to_string(), "malformed ClientHello");
 }
@@ -134,7 +146,7 @@ async fn mutated_client_hellos_never_panic() {
 }
 
 #[tokio::test]
-async fn ech_extension_is_detected_and_refused() {
+async fn ech_extension_is_detected_and_decided_on_the_outer_sni() {
     let hello = rustls_client_hello("public.example", &[]);
     // ECHClientHello, outer: type 0, HPKE suite, config id, enc, payload.
     let mut ech = vec![0x00, 0x00, 0x01, 0x00, 0x01, 0x2a, 0x00, 0x20];
@@ -143,9 +155,14 @@ async fn ech_extension_is_detected_and_refused() {
     ech.extend_from_slice(&[0x22; 16]);
     let crafted = with_extension(&hello, 0xfe0d, &ech);
     assert_eq!(has_ech_extension(&crafted), Some(true));
-    let err = classify(&mut &crafted[..], T).await.unwrap_err();
-    assert!(matches!(err, ClassifyError::EncryptedClientHello { .. }), "{err:?}");
-    assert_eq!(err.to_string(), "encrypted ClientHello hides the destination");
+    let (c, _) = classify(&mut &crafted[..], T).await.unwrap();
+    match c {
+        Classified::Tls(hello) => {
+            assert!(hello.ech, "ECH must be flagged");
+            assert_eq!(hello.sni.as_deref(), Some("public.example"));
+        }
+        other => panic!("expected TLS, got {other:?}"),
+    }
 
     // Another unknown extension does not trip the detector.
     let other = with_extension(&hello, 0xfe0c, &[1, 2, 3]);
@@ -158,7 +175,9 @@ async fn ech_extension_is_detected_and_refused() {
 async fn http_head_gives_host() {
     let req = b"GET /x?secret=1 HTTP/1.1\r\nHost: Example.COM.:8080\r\nAccept: */*\r\n\r\n";
     let (c, buf) = classify(&mut &req[..], T).await.unwrap();
-    let want = HttpHead { host: Some(HostName::Name("example.com".into())) };
+    let want = HttpHead {
+        host: Some(HostName::Name("example.com".into())),
+    };
     assert_eq!(c, Classified::Http(want));
     assert_eq!(buf, req);
 
@@ -175,14 +194,21 @@ async fn http_head_gives_host() {
 async fn http_head_split_across_reads() {
     let (mut near, mut far) = tokio::io::duplex(8);
     let w = tokio::spawn(async move {
-        for chunk in [&b"POST /u"[..], b"pload HTTP/1.1\r\nHo", b"st: [::1]:80\r\n", b"\r\n"] {
+        for chunk in [
+            &b"POST /u"[..],
+            b"pload HTTP/1.1\r\nHo",
+            b"st: [::1]:80\r\n",
+            b"\r\n",
+        ] {
             near.write_all(chunk).await.unwrap();
             tokio::task::yield_now().await;
         }
         near
     });
     let (c, _) = classify(&mut far, T).await.unwrap();
-    let want = HttpHead { host: Some(HostName::Ip("::1".parse().unwrap())) };
+    let want = HttpHead {
+        host: Some(HostName::Ip("::1".parse().unwrap())),
+    };
     assert_eq!(c, Classified::Http(want));
     drop(w.await.unwrap());
 }
@@ -207,7 +233,9 @@ async fn other_protocols_are_unknown() {
 #[tokio::test(start_paused = true)]
 async fn silent_client_times_out() {
     let (_near, mut far) = tokio::io::duplex(8);
-    let err = classify(&mut far, Duration::from_secs(10)).await.unwrap_err();
+    let err = classify(&mut far, Duration::from_secs(10))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClassifyError::Timeout), "{err:?}");
 }
 
@@ -217,14 +245,23 @@ async fn endless_http_head_is_bounded() {
     let w = tokio::spawn(async move {
         near.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         loop {
-            if near.write_all(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n").await.is_err() {
+            if near
+                .write_all(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n")
+                .await
+                .is_err()
+            {
                 break;
             }
         }
     });
-    let err = classify(&mut far, Duration::from_secs(10)).await.unwrap_err();
+    let err = classify(&mut far, Duration::from_secs(10))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, ClassifyError::HttpHeadTooLarge { .. } | ClassifyError::MalformedHttp(_)),
+        matches!(
+            err,
+            ClassifyError::HttpHeadTooLarge { .. } | ClassifyError::MalformedHttp(_)
+        ),
         "{err:?}"
     );
     drop(far);
@@ -241,7 +278,17 @@ fn normalize_host_cases() {
     assert_eq!(normalize_host("192.0.2.1:80"), ip("192.0.2.1"));
     assert_eq!(normalize_host("[2001:db8::1]:8080"), ip("2001:db8::1"));
     assert_eq!(normalize_host("[2001:db8::1]"), ip("2001:db8::1"));
-    for bad in ["", ":80", "a@b.test", "a b", "x.test:port", "x.test:99999", "[::1", "::1", "é.test"] {
+    for bad in [
+        "",
+        ":80",
+        "a@b.test",
+        "a b",
+        "x.test:port",
+        "x.test:99999",
+        "[::1",
+        "::1",
+        "é.test",
+    ] {
         assert_eq!(normalize_host(bad), None, "{bad:?}");
     }
 }

@@ -142,22 +142,37 @@ impl Connector {
         let fqdn = format!("{name}.");
         let answer = tokio::time::timeout(self.resolve_timeout, self.resolver.lookup_ip(fqdn))
             .await
-            .map_err(|_| ConnectError::ResolveTimeout { name: name.to_owned() })?
-            .map_err(|source| ConnectError::Resolve { name: name.to_owned(), source })?;
+            .map_err(|_| ConnectError::ResolveTimeout {
+                name: name.to_owned(),
+            })?
+            .map_err(|source| ConnectError::Resolve {
+                name: name.to_owned(),
+                source,
+            })?;
         let all: Vec<IpAddr> = answer.iter().collect();
         let Some(&first) = all.first() else {
-            return Err(ConnectError::NoAddress { name: name.to_owned() });
+            return Err(ConnectError::NoAddress {
+                name: name.to_owned(),
+            });
         };
         if allow_private {
             return Ok(all);
         }
-        let allowed: Vec<IpAddr> = all.iter().copied().filter(|ip| guard(*ip).is_ok()).collect();
+        let allowed: Vec<IpAddr> = all
+            .iter()
+            .copied()
+            .filter(|ip| guard(*ip).is_ok())
+            .collect();
         if allowed.is_empty() {
             let (addr, range) = all
                 .iter()
                 .find_map(|ip| guard(*ip).err().map(|r| (*ip, r)))
                 .unwrap_or((first, "refused"));
-            return Err(ConnectError::Refused { name: name.to_owned(), addr, range });
+            return Err(ConnectError::Refused {
+                name: name.to_owned(),
+                addr,
+                range,
+            });
         }
         Ok(allowed)
     }
@@ -176,7 +191,9 @@ impl Connector {
                 Err(_) => last = Some(ConnectError::DialTimeout { addr }),
             }
         }
-        Err(last.unwrap_or_else(|| ConnectError::NoAddress { name: "(no address)".to_owned() }))
+        Err(last.unwrap_or_else(|| ConnectError::NoAddress {
+            name: "(no address)".to_owned(),
+        }))
     }
 }
 

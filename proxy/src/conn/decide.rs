@@ -32,7 +32,10 @@ pub(crate) enum Verdict {
     },
     /// Terminate TLS and apply a credential rule. Policy cannot ask for this yet; the
     /// pipeline treats it as a denial until interception lands.
-    #[allow(dead_code, reason = "hook point for TLS interception, not produced yet")]
+    #[allow(
+        dead_code,
+        reason = "hook point for TLS interception, not produced yet"
+    )]
     Intercept {
         /// The destination.
         dest: Dest,
@@ -52,9 +55,9 @@ impl Verdict {
     /// The destination, whatever the verdict.
     pub(crate) fn dest(&self) -> &Dest {
         match self {
-            Self::Deny { dest, .. } | Self::Intercept { dest, .. } | Self::PassThrough { dest, .. } => {
-                dest
-            }
+            Self::Deny { dest, .. }
+            | Self::Intercept { dest, .. }
+            | Self::PassThrough { dest, .. } => dest,
         }
     }
 
@@ -85,9 +88,15 @@ pub(crate) fn decide(policy: &Policy, classified: &Classified, orig: SocketAddr)
         Classified::Http(head) => match &head.host {
             Some(host) => (host.clone(), Scheme::Http),
             None => {
-                let dest = Dest { host: HostName::Ip(orig.ip()), port };
-                let decision =
-                    Decision { action: Action::Deny, rule: None, reason: Reason::InvalidName };
+                let dest = Dest {
+                    host: HostName::Ip(orig.ip()),
+                    port,
+                };
+                let decision = Decision {
+                    action: Action::Deny,
+                    rule: None,
+                    reason: Reason::InvalidName,
+                };
                 return Verdict::Deny { dest, decision };
             }
         },
@@ -97,7 +106,10 @@ pub(crate) fn decide(policy: &Policy, classified: &Classified, orig: SocketAddr)
 
 /// Decides on a connection to a loopback `orig`, which is relayed without classification.
 pub(crate) fn decide_loopback(policy: &Policy, orig: SocketAddr) -> Verdict {
-    let dest = Dest { host: HostName::Ip(orig.ip()), port: orig.port() };
+    let dest = Dest {
+        host: HostName::Ip(orig.ip()),
+        port: orig.port(),
+    };
     // Loopback destinations are decided on the port list alone; the scheme is unknown.
     decide_dest(policy, dest, Scheme::Https)
 }
@@ -107,7 +119,11 @@ fn decide_dest(policy: &Policy, dest: Dest, scheme: Scheme) -> Verdict {
         HostName::Ip(ip) => TargetHost::Ip(*ip),
         HostName::Name(name) => TargetHost::Name(name),
     };
-    let decision = policy.decide(&Target { host, port: dest.port, scheme });
+    let decision = policy.decide(&Target {
+        host,
+        port: dest.port,
+        scheme,
+    });
     match decision.action {
         Action::Allow => Verdict::PassThrough { dest, decision },
         Action::Deny => Verdict::Deny { dest, decision },
@@ -123,13 +139,18 @@ mod tests {
 
     fn policy(allow: &str) -> std::sync::Arc<Policy> {
         let mut b = ConfigBuilder::new();
-        b.allow_list(allow, Origin::Flag("--allow-domains")).unwrap();
+        b.allow_list(allow, Origin::Flag("--allow-domains"))
+            .unwrap();
         b.loopback_ports(&[8080], Origin::Flag("--loopback-ports"));
         b.build().unwrap().policy
     }
 
     fn tls(sni: Option<&str>) -> Classified {
-        Classified::Tls(ClientHello { sni: sni.map(str::to_owned), alpn: vec![] })
+        Classified::Tls(ClientHello {
+            sni: sni.map(str::to_owned),
+            alpn: vec![],
+            ech: false,
+        })
     }
 
     fn http(host: Option<HostName>) -> Classified {
@@ -142,13 +163,21 @@ mod tests {
     fn sni_decides_and_orig_ip_is_ignored() {
         let p = policy("github.com");
         let v = decide(&p, &tls(Some("api.github.com")), FORGED.parse().unwrap());
-        let Verdict::PassThrough { dest, decision } = v else { panic!("{v:?}") };
+        let Verdict::PassThrough { dest, decision } = v else {
+            panic!("{v:?}")
+        };
         assert_eq!(dest.host, HostName::Name("api.github.com".into()));
         assert_eq!(dest.port, 443);
         assert!(decision.rule.is_some());
 
-        let v = decide(&p, &tls(Some("evil.test")), "140.82.112.3:443".parse().unwrap());
-        let Verdict::Deny { dest, decision } = v else { panic!("{v:?}") };
+        let v = decide(
+            &p,
+            &tls(Some("evil.test")),
+            "140.82.112.3:443".parse().unwrap(),
+        );
+        let Verdict::Deny { dest, decision } = v else {
+            panic!("{v:?}")
+        };
         assert_eq!(dest.host, HostName::Name("evil.test".into()));
         assert_eq!(decision.reason, Reason::NotAllowlisted);
     }
@@ -157,7 +186,9 @@ mod tests {
     fn tls_without_sni_is_decided_on_the_ip() {
         let p = policy("github.com,192.0.2.10");
         let v = decide(&p, &tls(None), FORGED.parse().unwrap());
-        let Verdict::Deny { dest, decision } = v else { panic!("{v:?}") };
+        let Verdict::Deny { dest, decision } = v else {
+            panic!("{v:?}")
+        };
         assert_eq!(dest.host, HostName::Ip("203.0.113.7".parse().unwrap()));
         assert_eq!(decision.reason, Reason::IpLiteral);
         let v = decide(&p, &tls(None), "192.0.2.10:443".parse().unwrap());
@@ -168,9 +199,17 @@ mod tests {
     fn http_host_decides_and_missing_host_is_denied() {
         let p = policy("example.com");
         let orig = "198.51.100.1:80".parse().unwrap();
-        let ok = decide(&p, &http(Some(HostName::Name("www.example.com".into()))), orig);
+        let ok = decide(
+            &p,
+            &http(Some(HostName::Name("www.example.com".into()))),
+            orig,
+        );
         assert!(matches!(ok, Verdict::PassThrough { .. }), "{ok:?}");
-        let ip = decide(&p, &http(Some(HostName::Ip("198.51.100.1".parse().unwrap()))), orig);
+        let ip = decide(
+            &p,
+            &http(Some(HostName::Ip("198.51.100.1".parse().unwrap()))),
+            orig,
+        );
         assert!(matches!(ip, Verdict::Deny { .. }), "{ip:?}");
         let none = decide(&p, &http(None), orig);
         assert!(matches!(none, Verdict::Deny { .. }), "{none:?}");

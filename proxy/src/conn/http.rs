@@ -69,7 +69,12 @@ type ResBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// Serves one client connection until it closes, auditing each request.
 pub(super) async fn serve(proxy: &Proxy, io: Rewind<TcpStream>, client: ClientAddr, orig: OrigDst) {
-    let conn = HttpConn { proxy, client, orig, upstreams: Mutex::new(HashMap::new()) };
+    let conn = HttpConn {
+        proxy,
+        client,
+        orig,
+        upstreams: Mutex::new(HashMap::new()),
+    };
     let service = hyper::service::service_fn(|req| conn.handle(req));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -101,7 +106,10 @@ impl HttpConn<'_> {
 
     async fn route(&self, req: Request<Incoming>, p: &mut PendingRecord) -> Response<ResBody> {
         if req.method() == Method::CONNECT {
-            let host = req.uri().authority().and_then(|a| normalize_host(a.as_str()));
+            let host = req
+                .uri()
+                .authority()
+                .and_then(|a| normalize_host(a.as_str()));
             p.rec.name = host.as_ref().map(ToString::to_string);
             return self.refuse(p, host, NOT_A_FORWARD_PROXY, None);
         }
@@ -118,7 +126,9 @@ impl HttpConn<'_> {
         {
             return self.refuse(p, Some(host), AUTHORITY_MISMATCH, None);
         }
-        let head = Classified::Http(HttpHead { host: Some(host.clone()) });
+        let head = Classified::Http(HttpHead {
+            host: Some(host.clone()),
+        });
         let verdict = decide(&self.proxy.config.policy, &head, self.orig.0);
         let decision = verdict.decision();
         let rule = decision.rule.as_ref().map(ToString::to_string);
@@ -132,7 +142,8 @@ impl HttpConn<'_> {
                     return self.refuse(p, Some(host), UPGRADE_REFUSED, rule);
                 }
                 p.rec.reason = reason;
-                self.forward(req, dest, decision.allows_private(), p, rule).await
+                self.forward(req, dest, decision.allows_private(), p, rule)
+                    .await
             }
         }
     }
@@ -159,8 +170,12 @@ impl HttpConn<'_> {
                             p.rec.decision = AuditDecision::Allow;
                         }
                         p.rec.reason.clone_from(&reason);
-                        let denial =
-                            Denial { host: Some(dest.host.clone()), port: dest.port, reason, rule };
+                        let denial = Denial {
+                            host: Some(dest.host.clone()),
+                            port: dest.port,
+                            reason,
+                            rule,
+                        };
                         return full(respond::upstream_failed(kind, &denial));
                     }
                 }
@@ -179,12 +194,23 @@ impl HttpConn<'_> {
                 strip_hop_by_hop(resp.headers_mut());
                 return resp.map(BodyExt::boxed_unsync);
             }
-            Ok(Err(e)) => (ErrorKind::UpstreamUnreachable, format!("upstream request failed: {e}")),
-            Err(_) => (ErrorKind::UpstreamTimeout, "upstream response timed out".to_owned()),
+            Ok(Err(e)) => (
+                ErrorKind::UpstreamUnreachable,
+                format!("upstream request failed: {e}"),
+            ),
+            Err(_) => (
+                ErrorKind::UpstreamTimeout,
+                "upstream response timed out".to_owned(),
+            ),
         };
         upstreams.remove(&dest);
         p.rec.reason.clone_from(&failure.1);
-        let denial = Denial { host: Some(dest.host), port: dest.port, reason: failure.1, rule };
+        let denial = Denial {
+            host: Some(dest.host),
+            port: dest.port,
+            reason: failure.1,
+            rule,
+        };
         full(respond::upstream_failed(failure.0, &denial))
     }
 
@@ -202,7 +228,12 @@ impl HttpConn<'_> {
             .map_err(|e| (ErrorKind::of(&e), chain(&e)))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(up.stream))
             .await
-            .map_err(|e| (ErrorKind::UpstreamUnreachable, format!("upstream handshake: {e}")))?;
+            .map_err(|e| {
+                (
+                    ErrorKind::UpstreamUnreachable,
+                    format!("upstream handshake: {e}"),
+                )
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP connection ended with an error");
@@ -220,7 +251,12 @@ impl HttpConn<'_> {
     ) -> Response<ResBody> {
         p.rec.decision = AuditDecision::Deny;
         reason.clone_into(&mut p.rec.reason);
-        let denial = Denial { host, port: self.orig.0.port(), reason: reason.to_owned(), rule };
+        let denial = Denial {
+            host,
+            port: self.orig.0.port(),
+            reason: reason.to_owned(),
+            rule,
+        };
         full(respond::forbidden(&denial))
     }
 }
@@ -228,11 +264,17 @@ impl HttpConn<'_> {
 /// The single `Host` header, parsed; the error is the `400` reason.
 fn host_header(headers: &HeaderMap) -> Result<HostName, &'static str> {
     let mut all = headers.get_all(HOST).iter();
-    let Some(value) = all.next() else { return Err("missing Host header") };
+    let Some(value) = all.next() else {
+        return Err("missing Host header");
+    };
     if all.next().is_some() {
         return Err("several Host headers");
     }
-    value.to_str().ok().and_then(normalize_host).ok_or("unparseable Host header")
+    value
+        .to_str()
+        .ok()
+        .and_then(normalize_host)
+        .ok_or("unparseable Host header")
 }
 
 /// Turns a client request into the upstream one: origin-form target, no hop-by-hop
@@ -240,9 +282,17 @@ fn host_header(headers: &HeaderMap) -> Result<HostName, &'static str> {
 fn upstream_request(req: Request<Incoming>, bytes_up: Arc<AtomicU64>) -> Request<Counted> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    parts.uri = path.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    parts.uri = path
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
     strip_hop_by_hop(&mut parts.headers);
-    Request::from_parts(parts, Counted { inner: body, counter: bytes_up })
+    Request::from_parts(
+        parts,
+        Counted {
+            inner: body,
+            counter: bytes_up,
+        },
+    )
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -309,8 +359,12 @@ struct PendingRecord {
 
 impl PendingRecord {
     fn new(conn: &HttpConn<'_>, req: &Request<Incoming>) -> Self {
-        let mut rec =
-            Record::new(&conn.proxy.sandbox, conn.client.0, Some(conn.orig.0), Proto::Http);
+        let mut rec = Record::new(
+            &conn.proxy.sandbox,
+            conn.client.0,
+            Some(conn.orig.0),
+            Proto::Http,
+        );
         rec.method = Some(req.method().as_str().to_owned());
         let path = req.uri().path();
         // URI paths are ASCII (the `http` crate rejects other bytes), so any index is a
@@ -330,7 +384,8 @@ impl Drop for PendingRecord {
     fn drop(&mut self) {
         self.rec.bytes_up = self.bytes_up.load(Ordering::Relaxed);
         self.rec.bytes_down = self.bytes_down;
-        self.rec.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.rec.duration_ms =
+            u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.audit.record(&self.rec);
     }
 }

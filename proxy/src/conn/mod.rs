@@ -57,21 +57,24 @@ impl Proxy {
         if orig.0.ip().is_loopback() {
             rec.proto = Proto::Loopback;
             let verdict = decide_loopback(&self.config.policy, orig.0);
-            return self.pass_through(stream, Vec::new(), verdict, rec, started).await;
+            return self
+                .pass_through(stream, Vec::new(), verdict, rec, started)
+                .await;
         }
-        let (classified, buffered) = match classify(&mut stream, self.config.timeouts.classify).await {
-            Ok(c) => c,
-            Err(e) => {
-                if e.is_tls() {
-                    rec.proto = Proto::Tls;
+        let (classified, buffered) =
+            match classify(&mut stream, self.config.timeouts.classify).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if e.is_tls() {
+                        rec.proto = Proto::Tls;
+                    }
+                    if let crate::error::ClassifyError::EncryptedClientHello { public_name } = &e {
+                        rec.name.clone_from(public_name);
+                    }
+                    rec.reason = chain(&e);
+                    return self.refuse(stream, rec, started);
                 }
-                if let crate::error::ClassifyError::EncryptedClientHello { public_name } = &e {
-                    rec.name.clone_from(public_name);
-                }
-                rec.reason = chain(&e);
-                return self.refuse(stream, rec, started);
-            }
-        };
+            };
         match classified {
             Classified::Http(_) => {
                 let io = Rewind::new(buffered, stream);
@@ -80,7 +83,8 @@ impl Proxy {
             Classified::Tls(_) => {
                 rec.proto = Proto::Tls;
                 let verdict = decide(&self.config.policy, &classified, orig.0);
-                self.pass_through(stream, buffered, verdict, rec, started).await;
+                self.pass_through(stream, buffered, verdict, rec, started)
+                    .await;
             }
         }
     }
@@ -108,21 +112,29 @@ impl Proxy {
             }
             return self.refuse(stream, rec, started);
         };
-        let mut upstream =
-            match self.connector.connect(&dest.host, dest.port, decision.allows_private()).await {
-                Ok(u) => u,
-                Err(e) => {
-                    if !ErrorKind::of(&e).is_denial() {
-                        rec.decision = AuditDecision::Allow;
-                    }
-                    rec.reason = chain(&e);
-                    return self.refuse(stream, rec, started);
+        let mut upstream = match self
+            .connector
+            .connect(&dest.host, dest.port, decision.allows_private())
+            .await
+        {
+            Ok(u) => u,
+            Err(e) => {
+                if !ErrorKind::of(&e).is_denial() {
+                    rec.decision = AuditDecision::Allow;
                 }
-            };
+                rec.reason = chain(&e);
+                return self.refuse(stream, rec, started);
+            }
+        };
         rec.decision = AuditDecision::Allow;
         rec.upstream = Some(upstream.addr);
-        let out =
-            relay(&mut stream, &mut upstream.stream, &prefix, self.config.timeouts.idle).await;
+        let out = relay(
+            &mut stream,
+            &mut upstream.stream,
+            &prefix,
+            self.config.timeouts.idle,
+        )
+        .await;
         rec.bytes_up = out.bytes_up;
         rec.bytes_down = out.bytes_down;
         if let Some(end) = out.end.describe() {

@@ -69,7 +69,11 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut outcome = Outcome { bytes_up: 0, bytes_down: 0, end: End::Closed };
+    let mut outcome = Outcome {
+        bytes_up: 0,
+        bytes_down: 0,
+        end: End::Closed,
+    };
     match tokio::time::timeout(idle, upstream.write_all(prefix)).await {
         Ok(Ok(())) => outcome.bytes_up = prefix.len() as u64,
         Ok(Err(e)) => {
@@ -185,8 +189,9 @@ impl Direction {
                 }
             }
             while self.pos < self.cap {
-                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))
-                    .map_err(Some)?;
+                let n =
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))
+                        .map_err(Some)?;
                 if n == 0 {
                     return Poll::Ready(Err(Some(io::ErrorKind::WriteZero.into())));
                 }
@@ -196,11 +201,9 @@ impl Direction {
                 *progressed = true;
             }
             if self.read_done && self.pos == self.cap {
-                // Half-close: tell the other side this direction is finished.
-                match ready!(Pin::new(&mut *writer).poll_shutdown(cx)) {
-                    // A peer that already went away cannot be told; that is not a failure.
-                    Ok(()) | Err(_) => {}
-                }
+                // Half-close: tell the other side this direction is finished. A peer that
+                // already went away cannot be told; that is not a failure of the relay.
+                let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
                 self.shut_down = true;
                 return Poll::Ready(Ok(()));
             }
@@ -219,21 +222,31 @@ mod tests {
         let (mut client, mut client_far) = duplex(64);
         let (mut upstream, mut upstream_far) = duplex(64);
         let task = tokio::spawn(async move {
-            relay(&mut client_far, &mut upstream_far, b"HELLO", Duration::from_secs(5)).await
+            relay(
+                &mut client_far,
+                &mut upstream_far,
+                b"HELLO",
+                Duration::from_secs(5),
+            )
+            .await
         });
-        // Client sends and closes its write side; upstream must see prefix + data + EOF.
+        // The upstream reads everything (prefix + data + EOF), then answers on the other
+        // direction, which must still work after the client's half-close.
+        let far = tokio::spawn(async move {
+            let mut got = Vec::new();
+            upstream.read_to_end(&mut got).await.unwrap();
+            upstream.write_all(b"response").await.unwrap();
+            upstream.shutdown().await.unwrap();
+            got
+        });
         client.write_all(&[7u8; 1000]).await.unwrap();
         client.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        upstream.read_to_end(&mut got).await.unwrap();
-        assert_eq!(&got[..5], b"HELLO");
-        assert_eq!(got.len(), 1005);
-        // The other direction still works after the half-close.
-        upstream.write_all(b"response").await.unwrap();
-        upstream.shutdown().await.unwrap();
         let mut back = Vec::new();
         client.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"response");
+        let got = far.await.unwrap();
+        assert_eq!(&got[..5], b"HELLO");
+        assert_eq!(got.len(), 1005);
         let out = task.await.unwrap();
         assert_eq!(out.bytes_up, 1005);
         assert_eq!(out.bytes_down, 8);
@@ -245,7 +258,13 @@ mod tests {
         let (mut client, mut client_far) = duplex(64);
         let (mut upstream, mut upstream_far) = duplex(64);
         let task = tokio::spawn(async move {
-            relay(&mut client_far, &mut upstream_far, b"", Duration::from_secs(10)).await
+            relay(
+                &mut client_far,
+                &mut upstream_far,
+                b"",
+                Duration::from_secs(10),
+            )
+            .await
         });
         // Traffic every 6 s keeps a 10 s idle timer from firing for 30 s in total.
         for _ in 0..5 {

@@ -21,7 +21,11 @@ pub(crate) struct Rewind<S> {
 impl<S> Rewind<S> {
     /// Returns a stream that yields `prefix`, then whatever `inner` yields.
     pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Self {
-        Self { prefix, pos: 0, inner }
+        Self {
+            prefix,
+            pos: 0,
+            inner,
+        }
     }
 }
 

@@ -22,7 +22,10 @@ async fn setup_http() -> (Harness, SocketAddr) {
         ports: &[up.port()],
         ..Setup::default()
     };
-    (Harness::start(&setup, StaticOrigDst::always(forged)).await, up)
+    (
+        Harness::start(&setup, StaticOrigDst::always(forged)).await,
+        up,
+    )
 }
 
 /// Keep-alive: the second request on the same connection names another host and is decided
@@ -31,7 +34,9 @@ async fn setup_http() -> (Harness, SocketAddr) {
 async fn keep_alive_requests_are_decided_one_by_one() {
     let (h, up) = setup_http().await;
     let tcp = TcpStream::connect(h.addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
 
     let req = Request::get("/hello?token=secret")
@@ -41,17 +46,31 @@ async fn keep_alive_requests_are_decided_one_by_one() {
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body, "hello from upstream: upstream.test /hello?token=secret");
+    assert_eq!(
+        body,
+        "hello from upstream: upstream.test /hello?token=secret"
+    );
 
     send.ready().await.unwrap();
-    let req = Request::get("/steal").header(HOST, "evil.test").body(Empty::<Bytes>::new()).unwrap();
+    let req = Request::get("/steal")
+        .header(HOST, "evil.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 403);
-    assert!(resp.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        resp.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(
         body,
-        format!("egressd: denied evil.test:{}: not in the allowlist (rule: none)\n", up.port())
+        format!(
+            "egressd: denied evil.test:{}: not in the allowlist (rule: none)\n",
+            up.port()
+        )
     );
     drop(send);
 
@@ -61,7 +80,10 @@ async fn keep_alive_requests_are_decided_one_by_one() {
     assert_eq!(a["decision"], "allow");
     assert_eq!(a["name"], "upstream.test");
     assert_eq!(a["method"], "GET");
-    assert_eq!(a["path"], "/hello", "the query string never reaches the audit log");
+    assert_eq!(
+        a["path"], "/hello",
+        "the query string never reaches the audit log"
+    );
     assert_eq!(a["upstream"], up.to_string());
     assert_eq!(a["rule"], "upstream.test (from --allow-domains)");
     assert!(a["bytes_down"].as_u64().unwrap() > 0);
@@ -101,22 +123,35 @@ async fn refusals_use_the_respond_formats() {
          Host header (rule: none)\n"
     )));
 
-    let resp = exchange(&h, "CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n").await;
+    let resp = exchange(
+        &h,
+        "CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
     assert!(resp.contains("egressd is not a forward proxy"), "{resp}");
 
     let resp = exchange(&h, "GET / HTTP/1.0\r\n\r\n").await;
-    assert!(resp.starts_with("HTTP/1.0 400") || resp.starts_with("HTTP/1.1 400"), "{resp}");
-    assert!(resp.ends_with("egressd: bad request: missing Host header\n"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.0 400") || resp.starts_with("HTTP/1.1 400"),
+        "{resp}"
+    );
+    assert!(
+        resp.ends_with("egressd: bad request: missing Host header\n"),
+        "{resp}"
+    );
 
     let resp = exchange(
         &h,
-        "GET /ws HTTP/1.1\r\nHost: upstream.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nHost: upstream.test\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n",
     )
     .await;
     assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
     assert!(resp.contains("protocol upgrades"), "{resp}");
-    assert!(resp.contains("(rule: upstream.test (from --allow-domains))"), "{resp}");
+    assert!(
+        resp.contains("(rule: upstream.test (from --allow-domains))"),
+        "{resp}"
+    );
 
     // Absolute form naming the same host is fine and reaches the upstream in origin form.
     let resp = exchange(
@@ -125,10 +160,16 @@ async fn refusals_use_the_respond_formats() {
     )
     .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(resp.ends_with("hello from upstream: upstream.test /abs"), "{resp}");
+    assert!(
+        resp.ends_with("hello from upstream: upstream.test /abs"),
+        "{resp}"
+    );
 
     let recs = h.records(5).await;
-    let decisions: Vec<&str> = recs.iter().map(|r| r["decision"].as_str().unwrap()).collect();
+    let decisions: Vec<&str> = recs
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
     assert_eq!(decisions, ["deny", "deny", "deny", "deny", "allow"]);
     assert_eq!(recs[1]["method"], "CONNECT");
     assert_eq!(recs[2]["reason"], "missing Host header");

@@ -41,11 +41,16 @@ pub(super) fn pki(names: &[&str]) -> Pki {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "egressd test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "egressd test CA");
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-    let leaf = rcgen::CertificateParams::new(names).unwrap().signed_by(&leaf_key, &ca).unwrap();
+    let leaf = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let server = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -53,7 +58,10 @@ pub(super) fn pki(names: &[&str]) -> Pki {
         .with_no_client_auth()
         .with_single_cert(vec![leaf.der().clone()], key)
         .unwrap();
-    Pki { ca: ca.der().clone(), server: Arc::new(server) }
+    Pki {
+        ca: ca.der().clone(),
+        server: Arc::new(server),
+    }
 }
 
 /// A TLS server that answers each line `L` with `upstream got L`, then closes.
@@ -63,14 +71,22 @@ pub(super) async fn tls_upstream(config: Arc<rustls::ServerConfig>) -> SocketAdd
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut buf = vec![0u8; 256];
-                let Ok(n) = tls.read(&mut buf).await else { return };
+                let Ok(n) = tls.read(&mut buf).await else {
+                    return;
+                };
                 let line = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
-                let _ = tls.write_all(format!("upstream got {line}\n").as_bytes()).await;
+                let _ = tls
+                    .write_all(format!("upstream got {line}\n").as_bytes())
+                    .await;
                 let _ = tls.shutdown().await;
             });
         }
@@ -84,18 +100,21 @@ pub(super) async fn http_upstream() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let host = req
-                        .headers()
-                        .get(hyper::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or("-")
-                        .to_owned();
-                    let body = format!("hello from upstream: {host} {}", req.uri());
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-                });
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get(hyper::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned();
+                        let body = format!("hello from upstream: {host} {}", req.uri());
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
@@ -111,7 +130,9 @@ pub(super) async fn echo_upstream() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = tcp.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -145,7 +166,8 @@ impl Harness {
         static N: AtomicUsize = AtomicUsize::new(0);
         let mut b = ConfigBuilder::new();
         if !setup.allow.is_empty() {
-            b.allow_list(setup.allow, Origin::Flag("--allow-domains")).unwrap();
+            b.allow_list(setup.allow, Origin::Flag("--allow-domains"))
+                .unwrap();
         }
         for r in setup.resolve {
             b.resolve(r).unwrap();
@@ -163,8 +185,11 @@ impl Harness {
             resolve: Duration::from_millis(500),
         });
         let config = Arc::new(b.build().unwrap());
-        let dir = std::env::temp_dir()
-            .join(format!("egressd-proxy-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "egressd-proxy-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let audit_path = dir.join("audit.jsonl");
         let _ = std::fs::remove_file(&audit_path);
@@ -175,22 +200,38 @@ impl Harness {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let serve = tokio::spawn(Arc::clone(&proxy).serve(listener, shutdown.clone()));
-        Self { addr, proxy, audit, audit_path, shutdown, serve }
+        Self {
+            addr,
+            proxy,
+            audit,
+            audit_path,
+            shutdown,
+            serve,
+        }
     }
 
     /// Waits until `n` records were written, then returns them parsed.
     pub(super) async fn records(&self, n: usize) -> Vec<serde_json::Value> {
         for _ in 0..500 {
             let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
-            let lines: Vec<serde_json::Value> =
-                text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
             if lines.len() >= n {
-                assert_eq!(lines.len(), n, "more audit records than expected: {lines:#?}");
+                assert_eq!(
+                    lines.len(),
+                    n,
+                    "more audit records than expected: {lines:#?}"
+                );
                 return lines;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("fewer than {n} audit records in {}", self.audit_path.display());
+        panic!(
+            "fewer than {n} audit records in {}",
+            self.audit_path.display()
+        );
     }
 
     /// Number of DNS lookups the proxy issued so far.
@@ -201,7 +242,10 @@ impl Harness {
     /// Stops the accept loop and waits for `serve` to return.
     pub(super) async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.serve).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.serve)
+            .await
+            .unwrap()
+            .unwrap();
         if let Some(dir) = self.audit_path.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -210,8 +254,14 @@ impl Harness {
 
 #[tokio::test]
 async fn connection_without_original_destination_is_refused() {
-    let h = Harness::start(&Setup { allow: "upstream.test", ..Setup::default() }, StaticOrigDst::none())
-        .await;
+    let h = Harness::start(
+        &Setup {
+            allow: "upstream.test",
+            ..Setup::default()
+        },
+        StaticOrigDst::none(),
+    )
+    .await;
     let mut c = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     let mut buf = [0u8; 16];
     // Reset or EOF: either way nothing comes back.
@@ -228,7 +278,11 @@ async fn connection_without_original_destination_is_refused() {
 async fn loopback_destinations_are_relayed_only_on_listed_ports() {
     let echo = echo_upstream().await;
     let orig = StaticOrigDst::always(echo);
-    let setup = Setup { allow: "upstream.test", loopback_ports: &[echo.port()], ..Setup::default() };
+    let setup = Setup {
+        allow: "upstream.test",
+        loopback_ports: &[echo.port()],
+        ..Setup::default()
+    };
     let h = Harness::start(&setup, orig).await;
     let mut c = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     // Not TLS, not HTTP: loopback traffic is not classified.
@@ -251,6 +305,9 @@ async fn loopback_destinations_are_relayed_only_on_listed_ports() {
     assert!(matches!(c.read(&mut buf).await, Ok(0) | Err(_)));
     let recs = h.records(1).await;
     assert_eq!(recs[0]["decision"], "deny");
-    assert_eq!(recs[0]["reason"], "the loopback port is not in loopback_ports");
+    assert_eq!(
+        recs[0]["reason"],
+        "the loopback port is not in loopback_ports"
+    );
     h.stop().await;
 }

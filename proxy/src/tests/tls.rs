@@ -62,7 +62,10 @@ async fn allowed_sni_reaches_the_named_upstream_not_the_dialled_ip() {
     assert!(r["duration_ms"].is_u64());
     assert!(r["time"].as_str().unwrap().ends_with('Z'));
     assert_eq!(h.lookups(), 0, "an override is not a DNS lookup");
-    assert_eq!(h.audit.summary().to_string(), "egressd: 1 connections, 1 allowed, 0 denied");
+    assert_eq!(
+        h.audit.summary().to_string(),
+        "egressd: 1 connections, 1 allowed, 0 denied"
+    );
     h.stop().await;
 }
 
@@ -77,7 +80,8 @@ async fn denied_sni_is_reset_without_dns_lookup() {
         ports: &[up.port()],
         ..Setup::default()
     };
-    let h = Harness::start(&setup, StaticOrigDst::always(up)).await;
+    let orig: SocketAddr = format!("198.51.100.7:{}", up.port()).parse().unwrap();
+    let h = Harness::start(&setup, StaticOrigDst::always(orig)).await;
 
     let tcp = TcpStream::connect(h.addr).await.unwrap();
     let name = ServerName::try_from("evil.test").unwrap();
@@ -115,7 +119,11 @@ async fn tls_without_sni_is_decided_on_the_ip_and_denied() {
     let pki = pki(&["upstream.test"]);
     let up = tls_upstream(Arc::clone(&pki.server)).await;
     let orig: SocketAddr = format!("192.0.2.9:{}", up.port()).parse().unwrap();
-    let setup = Setup { allow: "upstream.test", ports: &[up.port()], ..Setup::default() };
+    let setup = Setup {
+        allow: "upstream.test",
+        ports: &[up.port()],
+        ..Setup::default()
+    };
     let h = Harness::start(&setup, StaticOrigDst::always(orig)).await;
 
     let tcp = TcpStream::connect(h.addr).await.unwrap();
@@ -140,14 +148,29 @@ async fn tls_without_sni_is_decided_on_the_ip_and_denied() {
 #[tokio::test]
 async fn allowed_name_without_answer_is_audited_as_unreachable() {
     let pki = pki(&["nowhere.test"]);
-    let setup = Setup { allow: "nowhere.test", ports: &[443], ..Setup::default() };
-    let h = Harness::start(&setup, StaticOrigDst::always("203.0.113.1:443".parse().unwrap())).await;
+    let setup = Setup {
+        allow: "nowhere.test",
+        ports: &[443],
+        ..Setup::default()
+    };
+    let h = Harness::start(
+        &setup,
+        StaticOrigDst::always("203.0.113.1:443".parse().unwrap()),
+    )
+    .await;
     let tcp = TcpStream::connect(h.addr).await.unwrap();
     let name = ServerName::try_from("nowhere.test").unwrap();
     assert!(client(&pki.ca).connect(name, tcp).await.is_err());
     let recs = h.records(1).await;
     assert_eq!(recs[0]["decision"], "allow");
-    assert!(recs[0]["reason"].as_str().unwrap().starts_with("resolving nowhere.test"), "{}", recs[0]);
+    assert!(
+        recs[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("resolving nowhere.test"),
+        "{}",
+        recs[0]
+    );
     assert!(recs[0]["upstream"].is_null());
     assert_eq!(h.lookups(), 1);
     h.stop().await;
