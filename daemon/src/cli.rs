@@ -94,6 +94,11 @@ pub struct ExecArgs {
     /// path such as /run/netns/NAME.
     #[arg(long = "netns", value_name = "new|host|PATH", default_value = "new")]
     pub netns: String,
+    /// Testing only: close the proxy's listeners before COMMAND starts, as if the proxy had
+    /// died, with the kernel programs still attached. Proves that connections then fail
+    /// instead of going out. Makes the sandbox stricter, never looser.
+    #[arg(long = "test-proxy-down", hide = true)]
+    pub test_proxy_down: bool,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,

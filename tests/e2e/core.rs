@@ -288,11 +288,73 @@ fn concurrent_sandboxes_each_reach_only_their_own_allowed_host() {
     audit_record(&b, API, "deny");
 }
 
-// TODO(daemon): "killing the proxy makes new connections fail rather than go out". The CLI has
-// no way to stop the proxy of a running `egressd exec` while keeping the eBPF programs and the
-// sandbox alive (SIGKILL of egressd also ends the sandbox). Once there is a hook (for example a
-// test-only control-socket command or a `danger`-named option that stops the listener after N
-// connections), the test is: a sandbox whose script does one successful curl to API, signals
-// the hook, then curls API again and prints the probe's `tcp 192.0.2.7:443`; expect the second
-// curl to fail (exit 7) and the probe to report ECONNREFUSED, with the upstream having seen
-// exactly one connection.
+#[test]
+fn with_the_proxy_gone_connections_fail_instead_of_going_out() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    // The sandbox shares the upstream namespace, where API's address is directly reachable:
+    // only the redirect stands between the client and the upstream. With the proxy's
+    // listeners closed the redirected connect must be refused, and the upstream never hit.
+    let direct = s.net.addr().to_string();
+    let out = EgressdCommand::new()
+        .allow(API)
+        .netns(&s.net.netns_path().display().to_string())
+        .arg("--test-proxy-down")
+        .command(s.curl_https(API, &direct))
+        .run();
+    // curl exit 7: "Failed to connect" (connection refused by the closed listener).
+    assert_eq!(out.code(), Some(7), "expected connection refused\n{out}");
+    assert_eq!(
+        s.api.connections(),
+        0,
+        "the client reached the upstream without the proxy\n{out}"
+    );
+    // Control: the same sandbox with the proxy up reaches the upstream through it.
+    let out = EgressdCommand::new()
+        .allow(API)
+        .resolve(API, s.net.addr())
+        .netns(&s.net.netns_path().display().to_string())
+        .command(s.curl_https(API, &direct))
+        .run();
+    out.assert_success();
+    assert_eq!(s.api.connections(), 1, "\n{out}");
+}
+
+#[test]
+fn killing_egressd_takes_the_sandbox_down_with_it() {
+    if !privileged() {
+        return;
+    }
+    use std::io::{BufRead as _, BufReader, Read as _};
+    let cmd = EgressdCommand::new()
+        .allow(API)
+        .sh("echo ready; exec sleep 600")
+        .argv();
+    let mut child = std::process::Command::new(egressd_tests::egressd_bin())
+        .args(&cmd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting egressd");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .expect("reading the sandbox's first line");
+    assert_eq!(line, "ready\n");
+    child.kill().expect("killing egressd");
+    child.wait().expect("reaping egressd");
+    // The pipe reaches end-of-file only when every process holding it (the sandbox's shell
+    // and sleep) has exited: the sandbox died with egressd instead of running unsupervised.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stdout.read_to_string(&mut rest);
+        let _ = tx.send(rest);
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the sandbox outlived egressd by more than 10 s");
+}

@@ -12,6 +12,8 @@ mod cli;
 mod core;
 mod fixtures;
 mod isolation;
+mod namespaces;
+mod resolve;
 mod udp;
 
 use egressd_tests::Output;

@@ -25,6 +25,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Builder for one `egressd exec` invocation.
 #[derive(Debug, Clone)]
 pub struct EgressdCommand {
+    wrapper: Vec<OsString>,
     subcommand: Vec<OsString>,
     options: Vec<OsString>,
     user: Option<String>,
@@ -69,6 +70,7 @@ impl EgressdCommand {
     /// `egressd exec` with no policy options yet, as user 65534:65534.
     pub fn new() -> Self {
         Self {
+            wrapper: Vec::new(),
             subcommand: vec!["exec".into()],
             options: Vec::new(),
             user: Some("65534:65534".to_owned()),
@@ -78,6 +80,17 @@ impl EgressdCommand {
             timeout: DEFAULT_TIMEOUT,
             echo: false,
         }
+    }
+
+    /// Start egressd through a wrapper command, e.g. `["ip", "netns", "exec", NAME]`: the
+    /// wrapper runs with egressd's path and arguments appended.
+    pub fn wrapped_in<I, S>(mut self, wrapper: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.wrapper = wrapper.into_iter().map(|s| s.as_ref().to_owned()).collect();
+        self
     }
 
     /// `--allow-domains LIST` (comma-separated, AWF syntax).
@@ -215,7 +228,15 @@ impl EgressdCommand {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        let mut child = Command::new(&bin)
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = command
             .args(&argv)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -11,6 +11,7 @@
 
 mod ca;
 mod cmd;
+mod dns;
 mod netns;
 mod scene;
 mod scratch;
@@ -23,6 +24,7 @@ use std::{
 
 pub use ca::{Leaf, TestCa};
 pub use cmd::{EgressdCommand, Output, Running, parse_json_lines, read_audit};
+pub use dns::FakeDns;
 pub use netns::UpstreamNet;
 pub use scene::{API, EVIL, Scene, curl_base, shell_words};
 pub use scratch::Scratch;

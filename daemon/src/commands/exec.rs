@@ -38,6 +38,14 @@ use crate::{
 pub fn run(args: ExecArgs) -> Result<u8, Failure> {
     let config = policy::build(&args.policy, args.audit_log.clone()).map_err(Failure::usage)?;
     let mode = NetnsMode::parse(&args.netns).map_err(Failure::usage)?;
+    if matches!(mode, NetnsMode::Path(_)) && !config.policy.loopback_ports().is_empty() {
+        // The proxy dials allowed loopback destinations from the daemon's namespace, which
+        // is the sandbox's only with `--netns host`.
+        return Err(Failure::usage(anyhow!(
+            "loopback ports (--allow-loopback-port, loopback_ports) work only with --netns host; \
+             with --netns PATH the sandbox's loopback is denied"
+        )));
+    }
     let (uid, gid) = target_user(&args)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure::setup(anyhow!(
@@ -101,7 +109,9 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
     let mut servers = Vec::new();
     {
         let _guard = runtime.enter();
-        for listener in std::iter::once(net.listener4).chain(net.listener6) {
+        let listeners = std::iter::once(net.listener4).chain(net.listener6);
+        // --test-proxy-down: the listeners are dropped (closed) here, unserved.
+        for listener in listeners.filter(|_| !args.test_proxy_down) {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .context("registering the proxy listener")
                 .map_err(Failure::setup)?;
