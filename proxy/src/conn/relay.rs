@@ -46,6 +46,18 @@ impl End {
     pub(crate) fn describe(&self) -> Option<String> {
         match self {
             Self::Closed => None,
+            // Clients often end a TLS session with a reset (closing with unread data):
+            // worth recording, but not a failure.
+            Self::Failed(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                Some("closed by reset".to_owned())
+            }
             Self::Failed(e) => Some(format!("relay failed: {e}")),
             Self::Idle => Some("idle timeout".to_owned()),
         }
