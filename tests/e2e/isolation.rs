@@ -234,3 +234,64 @@ fn descendants(root: u32) -> Vec<(i32, String)> {
     }
     out
 }
+
+#[test]
+fn sigterm_to_egressd_reaches_the_command_and_cleanup_follows() {
+    if !privileged() {
+        return;
+    }
+    use std::io::{BufRead as _, BufReader, Read as _};
+    let argv = sandbox()
+        .sh("trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done")
+        .argv();
+    let mut child = std::process::Command::new(egressd_tests::egressd_bin())
+        .args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting egressd");
+    let pid = child.id();
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("reading the first line");
+    assert_eq!(line, "ready\n");
+    let cgroup = sandbox_cgroup(pid);
+    assert!(
+        cgroup.is_dir(),
+        "the sandbox cgroup {} should exist",
+        cgroup.display()
+    );
+
+    signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let status = child.wait().expect("waiting for egressd");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "got-term\n", "the command did not get SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(42),
+        "egressd should exit with the command's code"
+    );
+    assert!(
+        !cgroup.exists(),
+        "the sandbox cgroup {} was left behind",
+        cgroup.display()
+    );
+}
+
+/// `<cgroup2 mount>/egressd/egressd-<pid>`, where egressd keeps a sandbox's cgroup.
+fn sandbox_cgroup(egressd_pid: u32) -> std::path::PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = info
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(str::to_owned))?
+        })
+        .expect("a cgroup2 mount");
+    std::path::Path::new(&mount)
+        .join("egressd")
+        .join(format!("egressd-{egressd_pid}"))
+}

@@ -25,6 +25,9 @@ pub struct Options {
 /// The nightly toolchain the eBPF crate is built with (`-Z build-std=core`).
 const NIGHTLY: &str = "nightly";
 
+/// The bpf-linker release known to link our programs with the nightly's LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
 /// Commands the tests run, and the Debian package providing each.
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -174,6 +177,8 @@ fn ensure_bpf_linker(sh: &Shell) -> Result<()> {
         .args([
             "install",
             "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
             "--no-default-features",
             "--features",
             &format!("llvm-{major}"),
