@@ -358,3 +358,47 @@ fn killing_egressd_takes_the_sandbox_down_with_it() {
     rx.recv_timeout(std::time::Duration::from_secs(10))
         .expect("the sandbox outlived egressd by more than 10 s");
 }
+
+#[test]
+fn other_ports_need_a_rule_that_names_them() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let upstream = egressd_tests::HttpsUpstream::start_on(
+        &s.net,
+        std::net::SocketAddr::new(s.net.addr().into(), 8443),
+        &[API],
+        &s.ca,
+    );
+    let mut curl = curl_base();
+    curl.extend([
+        "--cacert".to_owned(),
+        s.ca_pem.display().to_string(),
+        "--resolve".to_owned(),
+        format!("{API}:8443:192.0.2.10"),
+        format!("https://{API}:8443/"),
+    ]);
+    // Allowed name, port outside the default 80/443: denied, and the record says why.
+    let out = s.egressd().allow(API).command(curl.clone()).run();
+    assert_ne!(out.code(), Some(0), "\n{out}");
+    assert_eq!(upstream.connections(), 0, "\n{out}");
+    let rec = audit_record(&out, API, "deny");
+    assert!(text(&rec["reason"]).contains("port"), "{rec}");
+
+    // A [[rule]] naming the port lets it through.
+    let config = s.scratch.path("ports.toml");
+    fs::write(
+        &config,
+        format!("[[rule]]\ndomain = \"{API}\"\nports = [8443]\n"),
+    )
+    .unwrap();
+    let out = s.egressd().arg("--config").arg(&config).command(curl).run();
+    out.assert_success();
+    assert_eq!(
+        out.stdout,
+        format!("hello from {API} via {API}:8443"),
+        "\n{out}"
+    );
+    assert_eq!(upstream.connections(), 1, "\n{out}");
+}

@@ -48,6 +48,11 @@ impl HttpsUpstream {
     /// Serve HTTPS on `addr:443` in `net`, presenting a certificate for `names`; the first
     /// name is the one the body reports.
     pub fn start(net: &UpstreamNet, addr: impl Into<IpAddr>, names: &[&str], ca: &TestCa) -> Self {
+        Self::start_on(net, SocketAddr::new(addr.into(), 443), names, ca)
+    }
+
+    /// As [`HttpsUpstream::start`], on any address and port.
+    pub fn start_on(net: &UpstreamNet, addr: SocketAddr, names: &[&str], ca: &TestCa) -> Self {
         let leaf = ca.leaf(names);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -58,7 +63,6 @@ impl HttpsUpstream {
             .expect("the test leaf is a valid certificate and key");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = TlsAcceptor::from(Arc::new(config));
-        let addr = SocketAddr::new(addr.into(), 443);
         Self {
             server: Server::start(net, addr, names[0], Some(tls)),
         }
