@@ -32,8 +32,8 @@ pub enum ClassifyError {
     /// The client closed the connection before it sent a complete ClientHello or request head.
     #[error("client closed the connection before sending a request")]
     Closed,
-    /// The ClientHello carries the ECH extension (0xfe0d): the real name is encrypted, so
-    /// the policy cannot see it. The outer (public) name is kept for the audit log.
+    /// A ClientHello that rustls could not parse carries the ECH extension (0xfe0d). (A
+    /// well-formed hello with ECH is decided on its outer SNI; see `ClientHello::ech`.)
     #[error("encrypted ClientHello hides the destination")]
     EncryptedClientHello {
         /// The outer SNI, which names the ECH provider, not the destination.
