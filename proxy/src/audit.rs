@@ -74,6 +74,9 @@ pub(crate) struct Record {
     /// Path only, never the query string.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The ClientHello carried the ECH extension (the name is its outer SNI).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ech: bool,
 }
 
 impl Record {
@@ -101,6 +104,7 @@ impl Record {
             duration_ms: 0,
             method: None,
             path: None,
+            ech: false,
         }
     }
 

@@ -80,8 +80,9 @@ impl Proxy {
                 let io = Rewind::new(buffered, stream);
                 http::serve(self, io, client, orig).await;
             }
-            Classified::Tls(_) => {
+            Classified::Tls(ref hello) => {
                 rec.proto = Proto::Tls;
+                rec.ech = hello.ech;
                 let verdict = decide(&self.config.policy, &classified, orig.0);
                 self.pass_through(stream, buffered, verdict, rec, started)
                     .await;
