@@ -402,3 +402,32 @@ fn other_ports_need_a_rule_that_names_them() {
     );
     assert_eq!(upstream.connections(), 1, "\n{out}");
 }
+
+#[test]
+fn tcp_fast_open_is_redirected_like_connect() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let out = s
+        .egressd()
+        .allow(API)
+        .command([
+            s.probe.display().to_string(),
+            "tcp-fastopen".into(),
+            "192.0.2.7:443".into(),
+        ])
+        .run();
+    out.assert_success();
+    let line = probe_line(&out, "tcp-fastopen");
+    // Without the redirect the sandbox has no route: ENETUNREACH. With it, the proxy
+    // accepted the connection (and denied the garbage it carried).
+    // (The proxy may already have reset it by the time the probe asks for its peer.)
+    assert_eq!(line["result"], "ok", "{line}\n{out}");
+    assert!(
+        out.audit()
+            .iter()
+            .any(|r| r["orig_dst"] == "192.0.2.7:443" && r["decision"] == "deny"),
+        "the proxy should have seen and denied the fast-open connection\n{out}"
+    );
+}

@@ -5,6 +5,7 @@
 //! egressd-probe udp ADDR:PORT                     unconnected sendto()
 //! egressd-probe udp-connect ADDR:PORT             connect(), then send()
 //! egressd-probe icmp ADDR                         echo request via a ping socket and a raw socket
+//! egressd-probe tcp-fastopen ADDR:PORT             sendto(MSG_FASTOPEN): connect and data in one call
 //! ```
 //!
 //! Several actions may follow one another on one command line. Every line has `action`,
@@ -22,7 +23,7 @@ use std::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR)...";
+const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR | tcp-fastopen ADDR:PORT)...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
             "udp" => udp(target, false),
             "udp-connect" => udp(target, true),
             "icmp" => icmp(target),
+            "tcp-fastopen" => tcp_fastopen(target),
             other => {
                 eprintln!("unknown action {other:?}\n{USAGE}");
                 return ExitCode::from(2);
@@ -86,6 +88,56 @@ fn tcp(target: &str, mapped: bool) -> Json {
         }
         Err(e) => out.error("connect", &e),
     }
+}
+
+/// TCP Fast Open: `sendto(MSG_FASTOPEN)` on an unconnected socket connects and sends in one
+/// call, a path that skips `connect()` (the redirect must still apply).
+fn tcp_fastopen(target: &str) -> Json {
+    let mut out = Json::new("tcp-fastopen", target);
+    let addr = match resolve(target) {
+        Ok(addr) => addr,
+        Err(e) => return out.error("resolve", &e),
+    };
+    let SocketAddr::V4(v4) = addr else {
+        return out.error("parse", &io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+    };
+    // SAFETY: plain socket(2); the descriptor is wrapped in a TcpStream right away, which
+    // closes it.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return out.error("socket", &io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nothing else owns.
+    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let payload = b"egressd-probe";
+    // SAFETY: payload and dst are valid for the lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            fd,
+            payload.as_ptr().cast(),
+            payload.len(),
+            libc::MSG_FASTOPEN,
+            (&raw const dst).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return out.error("sendto", &io::Error::last_os_error());
+    }
+    out.field("result", "ok");
+    match stream.peer_addr() {
+        Ok(peer) => out.field("peer", &peer.to_string()),
+        Err(e) => out.field("peer_error", errno_name(&e)),
+    }
+    out
 }
 
 fn udp(target: &str, connect: bool) -> Json {
