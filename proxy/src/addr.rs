@@ -50,6 +50,24 @@ pub trait OrigDstLookup: Send + Sync + 'static {
     ) -> Option<SocketAddr>;
 }
 
+/// Creates the sockets the proxy uses to reach *loopback* destinations a rule allows.
+///
+/// Loopback is per network namespace: when the sandbox shares a namespace that is not the
+/// proxy's own (`--netns PATH`), its `127.0.0.1` is not the proxy's. The daemon then supplies
+/// an implementation that creates sockets inside the sandbox's namespace (a socket stays in
+/// the namespace it was created in). Without one, sockets are created in the proxy's own
+/// namespace, which is right when the sandbox shares it (`--netns host`).
+pub trait LoopbackSockets: Send + Sync + 'static {
+    /// A new, unconnected, non-blocking TCP socket of `addr`'s family, in the namespace
+    /// whose loopback `addr` names. Called once per allowed loopback connection; it may
+    /// block briefly.
+    ///
+    /// # Errors
+    ///
+    /// The socket could not be created.
+    fn socket(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket>;
+}
+
 /// A fixed [`OrigDstLookup`] for tests: per-client entries, else one answer for everyone.
 #[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Default)]

@@ -56,7 +56,7 @@ use std::sync::Arc;
 
 #[cfg(any(test, feature = "test-util"))]
 pub use crate::addr::StaticOrigDst;
-pub use crate::addr::{ClientAddr, OrigDst, OrigDstLookup};
+pub use crate::addr::{ClientAddr, LoopbackSockets, OrigDst, OrigDstLookup};
 pub use crate::audit::{AuditLog, Summary};
 pub use crate::error::{ClassifyError, ConnectError, Error, ErrorKind};
 
@@ -106,5 +106,13 @@ impl Proxy {
             sandbox,
             connector,
         })
+    }
+
+    /// Reaches allowed loopback destinations through `sockets` (sockets made in the
+    /// sandbox's network namespace) instead of the proxy's own namespace.
+    #[must_use]
+    pub fn with_loopback_sockets(mut self, sockets: Arc<dyn LoopbackSockets>) -> Self {
+        self.connector.set_loopback_sockets(sockets);
+        self
     }
 }

@@ -59,7 +59,41 @@ fn shared_namespace_loopback_is_denied_unless_its_port_is_allowed() {
         .netns("host")
         .audit_log(&s.audit_log)
         .sh(&curl);
-    let out = run_in_netns(&s, &denied);
+    loopback_policy_holds(&local, &denied, |cmd| run_in_netns(&s, cmd));
+}
+
+#[test]
+fn a_named_namespace_has_its_own_loopback_policy() {
+    if !privileged() {
+        return;
+    }
+    // `--netns PATH`: egressd stays in the host namespace, the sandbox joins the upstream
+    // namespace, and the proxy reaches *that* namespace's loopback for allowed ports.
+    let s = Scene::new();
+    let local = HttpUpstream::start(&s.net, std::net::Ipv4Addr::LOCALHOST, "local-service");
+    let curl = shell_words(&[
+        "curl".into(),
+        "-sS".into(),
+        "--max-time".into(),
+        "10".into(),
+        "http://127.0.0.1/".into(),
+    ]);
+    let denied = EgressdCommand::new()
+        .allow(API)
+        .netns(&s.net.netns_path().display().to_string())
+        .audit_log(&s.audit_log)
+        .sh(&curl);
+    loopback_policy_holds(&local, &denied, EgressdCommand::run);
+}
+
+/// `denied` (a sandbox that curls `http://127.0.0.1/`) must not reach `local`; the same
+/// with `--allow-loopback-port 80` must.
+fn loopback_policy_holds(
+    local: &HttpUpstream,
+    denied: &EgressdCommand,
+    run: impl Fn(&EgressdCommand) -> Output,
+) {
+    let out = run(denied);
     assert_ne!(out.code(), Some(0), "loopback was reachable\n{out}");
     assert_eq!(local.connections(), 0, "\n{out}");
     let audit = out.audit();
@@ -72,12 +106,13 @@ fn shared_namespace_loopback_is_denied_unless_its_port_is_allowed() {
     );
 
     let allowed = denied.clone().arg("--allow-loopback-port").arg("80");
-    let out = run_in_netns(&s, &allowed);
+    let out = run(&allowed);
     out.assert_success();
     assert_eq!(
         out.stdout, "hello from local-service via 127.0.0.1",
         "\n{out}"
     );
+    assert_eq!(local.connections(), 1, "\n{out}");
 }
 
 #[test]

@@ -38,14 +38,6 @@ use crate::{
 pub fn run(args: ExecArgs) -> Result<u8, Failure> {
     let config = policy::build(&args.policy, args.audit_log.clone()).map_err(Failure::usage)?;
     let mode = NetnsMode::parse(&args.netns).map_err(Failure::usage)?;
-    if matches!(mode, NetnsMode::Path(_)) && !config.policy.loopback_ports().is_empty() {
-        // The proxy dials allowed loopback destinations from the daemon's namespace, which
-        // is the sandbox's only with `--netns host`.
-        return Err(Failure::usage(anyhow!(
-            "loopback ports (--allow-loopback-port, loopback_ports) work only with --netns host; \
-             with --netns PATH the sandbox's loopback is denied"
-        )));
-    }
     let (uid, gid) = target_user(&args)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure::setup(anyhow!(
@@ -101,8 +93,15 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
     let config = Arc::new(config);
     let proxy = {
         let _guard = runtime.enter();
-        Proxy::new(config, loader.orig_dst(), audit.clone(), sandbox.clone())
-            .map_err(|e| Failure::setup(anyhow!(e).context("starting the proxy")))?
+        let proxy = Proxy::new(config, loader.orig_dst(), audit.clone(), sandbox.clone())
+            .map_err(|e| Failure::setup(anyhow!(e).context("starting the proxy")))?;
+        match (&mode, &net.netns) {
+            // The sandbox's loopback is not ours: reach it from inside its namespace.
+            (NetnsMode::Path(_), Some(netns)) => proxy.with_loopback_sockets(Arc::new(
+                netns::NetnsSockets::start(netns).map_err(Failure::setup)?,
+            )),
+            _ => proxy,
+        }
     };
     let proxy = Arc::new(proxy);
     let shutdown = CancellationToken::new();

@@ -148,3 +148,75 @@ mod tests {
         assert!(err.contains("expected `new`, `host`"), "{err}");
     }
 }
+
+/// Sockets for the proxy, created inside the sandbox's network namespace: the proxy reaches
+/// the sandbox's own loopback through them (`--netns PATH`, where that loopback is not the
+/// daemon's). A thread lives in the namespace and makes sockets on request; it ends when
+/// this value is dropped.
+pub struct NetnsSockets {
+    requests: std::sync::mpsc::Sender<SocketRequest>,
+}
+
+type SocketRequest = (
+    SocketAddr,
+    std::sync::mpsc::SyncSender<std::io::Result<OwnedFd>>,
+);
+
+impl NetnsSockets {
+    /// Starts the socket thread inside `netns`.
+    pub fn start(netns: &OwnedFd) -> anyhow::Result<Self> {
+        let netns = netns
+            .try_clone()
+            .context("duplicating the namespace descriptor")?;
+        let (requests, incoming) = std::sync::mpsc::channel::<SocketRequest>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("egressd-netns-sockets".into())
+            .spawn(move || {
+                let entered = setns(netns.as_fd(), CloneFlags::CLONE_NEWNET);
+                let failed = entered.is_err();
+                let _ = ready_tx.send(entered);
+                if failed {
+                    return;
+                }
+                for (addr, reply) in incoming {
+                    let _ = reply.send(new_socket(addr));
+                }
+            })
+            .context("starting the namespace socket thread")?;
+        ready_rx
+            .recv()
+            .context("the namespace socket thread died")?
+            .context("entering the sandbox network namespace for loopback sockets")?;
+        Ok(Self { requests })
+    }
+}
+
+impl egressd_proxy::LoopbackSockets for NetnsSockets {
+    fn socket(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+        let gone = || std::io::Error::other("the namespace socket thread is gone");
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.requests.send((addr, reply)).map_err(|_| gone())?;
+        let fd = answer.recv().map_err(|_| gone())??;
+        Ok(tokio::net::TcpSocket::from_std_stream(
+            std::net::TcpStream::from(fd),
+        ))
+    }
+}
+
+/// A non-blocking TCP socket of `addr`'s family in the calling thread's namespace.
+fn new_socket(addr: SocketAddr) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)
+}

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 #[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,6 +25,7 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio::net::TcpStream;
 
+use crate::addr::LoopbackSockets;
 use crate::conn::classify::HostName;
 use crate::error::{ConnectError, Error};
 
@@ -45,6 +47,8 @@ pub(crate) struct Connector {
     overrides: HashMap<String, Vec<IpAddr>>,
     resolve_timeout: Duration,
     connect_timeout: Duration,
+    /// Where sockets for loopback destinations come from; `None`: this namespace.
+    loopback_sockets: Option<Arc<dyn LoopbackSockets>>,
     /// Number of DNS lookups issued (overrides excluded); tests assert denied names are never
     /// looked up.
     #[cfg(test)]
@@ -100,9 +104,15 @@ impl Connector {
             overrides,
             resolve_timeout: config.timeouts.resolve,
             connect_timeout: config.timeouts.connect,
+            loopback_sockets: None,
             #[cfg(test)]
             lookups: AtomicU64::new(0),
         })
+    }
+
+    /// Makes loopback destinations dialled through `sockets`.
+    pub(crate) fn set_loopback_sockets(&mut self, sockets: Arc<dyn LoopbackSockets>) {
+        self.loopback_sockets = Some(sockets);
     }
 
     /// Resolves `host` (an IP is used as is), filters resolver answers through [`guard`]
@@ -181,7 +191,7 @@ impl Connector {
         let mut last = None;
         for ip in addrs.iter().take(MAX_DIAL_ATTEMPTS) {
             let addr = SocketAddr::new(*ip, port);
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            match tokio::time::timeout(self.connect_timeout, self.open(addr)).await {
                 Ok(Ok(stream)) => {
                     // Nagle only adds latency to relayed handshakes; failure is harmless.
                     let _ = stream.set_nodelay(true);
@@ -195,6 +205,23 @@ impl Connector {
             name: "(no address)".to_owned(),
         }))
     }
+
+    /// Connects to `addr`; loopback through the sandbox's namespace when one is set.
+    async fn open(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        match &self.loopback_sockets {
+            Some(sockets) if is_local(addr.ip()) => sockets.socket(addr)?.connect(addr).await,
+            _ => TcpStream::connect(addr).await,
+        }
+    }
+}
+
+/// Loopback, or the unspecified address (a connect to `0.0.0.0`/`::` reaches this host).
+pub(crate) fn is_local(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    ip.is_loopback() || ip.is_unspecified()
 }
 
 /// Returns `Err(range)` if and only if `ip` is in a range egressd refuses to dial for a name

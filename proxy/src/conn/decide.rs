@@ -5,7 +5,7 @@
 //! name at all (TLS without SNI), in which case only a raw-IP allow entry lets it through.
 //! Because nothing here resolves, a denied name is never looked up.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use egressd_config::{Action, Decision, Policy, Reason, Scheme, Target, TargetHost};
 
@@ -106,8 +106,14 @@ pub(crate) fn decide(policy: &Policy, classified: &Classified, orig: SocketAddr)
 
 /// Decides on a connection to a loopback `orig`, which is relayed without classification.
 pub(crate) fn decide_loopback(policy: &Policy, orig: SocketAddr) -> Verdict {
+    // A connect to the unspecified address reaches loopback: decide and dial it as such.
+    let ip = match orig.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
     let dest = Dest {
-        host: HostName::Ip(orig.ip()),
+        host: HostName::Ip(ip),
         port: orig.port(),
     };
     // Loopback destinations are decided on the port list alone; the scheme is unknown.
@@ -221,6 +227,18 @@ mod tests {
         let ok = decide_loopback(&p, "127.0.0.1:8080".parse().unwrap());
         assert!(matches!(ok, Verdict::PassThrough { .. }), "{ok:?}");
         let no = decide_loopback(&p, "[::1]:22".parse().unwrap());
+        assert!(matches!(no, Verdict::Deny { .. }), "{no:?}");
+    }
+
+    #[test]
+    fn unspecified_destinations_are_loopback() {
+        let p = policy("example.com");
+        let ok = decide_loopback(&p, "0.0.0.0:8080".parse().unwrap());
+        let Verdict::PassThrough { dest, .. } = &ok else {
+            panic!("0.0.0.0:8080 should pass like 127.0.0.1:8080: {ok:?}");
+        };
+        assert_eq!(dest.host, HostName::Ip("127.0.0.1".parse().unwrap()));
+        let no = decide_loopback(&p, "[::]:22".parse().unwrap());
         assert!(matches!(no, Verdict::Deny { .. }), "{no:?}");
     }
 }

@@ -50,11 +50,12 @@ impl Proxy {
             rec.reason = NO_ORIG_DST.to_owned();
             return self.refuse(stream, rec, started);
         };
-        if orig.0 == local || (orig.0.ip().is_loopback() && orig.0.port() == local.port()) {
+        let local_dst = connect::is_local(orig.0.ip());
+        if orig.0 == local || (local_dst && orig.0.port() == local.port()) {
             rec.reason = SELF_LOOP.to_owned();
             return self.refuse(stream, rec, started);
         }
-        if orig.0.ip().is_loopback() {
+        if local_dst {
             rec.proto = Proto::Loopback;
             let verdict = decide_loopback(&self.config.policy, orig.0);
             return self
