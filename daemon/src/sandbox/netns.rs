@@ -132,23 +132,6 @@ fn loopback_up() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn modes_parse() {
-        assert_eq!(NetnsMode::parse("new").unwrap(), NetnsMode::New);
-        assert_eq!(NetnsMode::parse("host").unwrap(), NetnsMode::Host);
-        assert_eq!(
-            NetnsMode::parse("/run/netns/x").unwrap(),
-            NetnsMode::Path("/run/netns/x".into())
-        );
-        let err = NetnsMode::parse("bogus").unwrap_err().to_string();
-        assert!(err.contains("expected `new`, `host`"), "{err}");
-    }
-}
-
 /// Sockets for the proxy, created inside the sandbox's network namespace: the proxy reaches
 /// the sandbox's own loopback through them (`--netns PATH`, where that loopback is not the
 /// daemon's). A thread lives in the namespace and makes sockets on request; it ends when
@@ -219,4 +202,21 @@ fn new_socket(addr: SocketAddr) -> std::io::Result<OwnedFd> {
         None,
     )
     .map_err(std::io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!(NetnsMode::parse("new").unwrap(), NetnsMode::New);
+        assert_eq!(NetnsMode::parse("host").unwrap(), NetnsMode::Host);
+        assert_eq!(
+            NetnsMode::parse("/run/netns/x").unwrap(),
+            NetnsMode::Path("/run/netns/x".into())
+        );
+        let err = NetnsMode::parse("bogus").unwrap_err().to_string();
+        assert!(err.contains("expected `new`, `host`"), "{err}");
+    }
 }
