@@ -13,7 +13,9 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
+    },
 };
 use egressd_ebpf_common::{ClientKey, OrigDst, SandboxConfig, counter};
 use egressd_proxy::OrigDstLookup;
@@ -24,14 +26,17 @@ use crate::sandbox::cgroup::Cgroup;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egressd-ebpf"));
 
 /// The socket-address hooks, by program name.
-const SOCK_ADDR_PROGRAMS: [&str; 6] = [
+const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     "egressd_connect4",
     "egressd_connect6",
     "egressd_sendmsg4",
     "egressd_sendmsg6",
+    "egressd_recvmsg4",
+    "egressd_recvmsg6",
     "egressd_getpeername4",
     "egressd_getpeername6",
 ];
+const SOCK_RELEASE_PROGRAM: &str = "egressd_sock_release";
 const SOCK_OPS_PROGRAM: &str = "egressd_sock_ops";
 const SKB_EGRESS_PROGRAM: &str = "egressd_skb_egress";
 
@@ -59,6 +64,10 @@ impl Loader {
         let ops: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?;
         ops.load()
             .with_context(|| format!("verifying eBPF program {SOCK_OPS_PROGRAM}"))?;
+        let release: &mut CgroupSock = program(&mut ebpf, SOCK_RELEASE_PROGRAM)?;
+        release
+            .load()
+            .with_context(|| format!("verifying eBPF program {SOCK_RELEASE_PROGRAM}"))?;
         let skb: &mut CgroupSkb = program(&mut ebpf, SKB_EGRESS_PROGRAM)?;
         skb.load()
             .with_context(|| format!("verifying eBPF program {SKB_EGRESS_PROGRAM}"))?;
@@ -94,6 +103,10 @@ impl Loader {
         let ops: &mut SockOps = program(&mut self.ebpf, SOCK_OPS_PROGRAM)?;
         ops.attach(dir, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {SOCK_OPS_PROGRAM} to cgroup {path}"))?;
+        let release: &mut CgroupSock = program(&mut self.ebpf, SOCK_RELEASE_PROGRAM)?;
+        release
+            .attach(dir, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {SOCK_RELEASE_PROGRAM} to cgroup {path}"))?;
         let skb: &mut CgroupSkb = program(&mut self.ebpf, SKB_EGRESS_PROGRAM)?;
         skb.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {SKB_EGRESS_PROGRAM} to cgroup {path}"))?;

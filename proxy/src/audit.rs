@@ -36,6 +36,8 @@ pub(crate) enum Proto {
     Tls,
     /// A connection that never said where it was going.
     Unknown,
+    /// A DNS query to the sandbox's DNS listener (UDP, or TCP to port 53).
+    Dns,
 }
 
 /// The decision a record reports.
@@ -77,6 +79,12 @@ pub(crate) struct Record {
     /// The ClientHello carried the ECH extension (the name is its outer SNI).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ech: bool,
+    /// DNS: the query type (`A`, `AAAA`, `TXT`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qtype: Option<String>,
+    /// DNS: how many answer records were sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answers: Option<u32>,
 }
 
 impl Record {
@@ -105,6 +113,8 @@ impl Record {
             method: None,
             path: None,
             ech: false,
+            qtype: None,
+            answers: None,
         }
     }
 
@@ -191,10 +201,14 @@ impl AuditLog {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Summary {
-    /// Records with decision `allow`.
+    /// Connection and HTTP request records with decision `allow`.
     pub allowed: u64,
-    /// Records with decision `deny`.
+    /// Connection and HTTP request records with decision `deny`.
     pub denied: u64,
+    /// DNS queries answered (allowed or refused); not counted in `allowed`/`denied`.
+    pub dns_queries: u64,
+    /// DNS queries refused (NXDOMAIN and the like).
+    pub dns_refused: u64,
     /// Distinct denied names (or IPs when there was no name), in first-seen order, with the
     /// first reason seen and how many times each was denied.
     pub denied_names: Vec<(String, String, u64)>,
@@ -202,10 +216,19 @@ pub struct Summary {
 
 impl Summary {
     fn add(&mut self, r: &Record) {
+        let dns = r.proto == Proto::Dns;
+        if dns {
+            self.dns_queries += 1;
+        }
         match r.decision {
+            AuditDecision::Allow if dns => {}
             AuditDecision::Allow => self.allowed += 1,
             AuditDecision::Deny => {
-                self.denied += 1;
+                if dns {
+                    self.dns_refused += 1;
+                } else {
+                    self.denied += 1;
+                }
                 let name = r.summary_name();
                 if let Some(e) = self.denied_names.iter_mut().find(|e| e.0 == name) {
                     e.2 += 1;
@@ -228,6 +251,13 @@ impl fmt::Display for Summary {
             self.allowed,
             self.denied
         )?;
+        if self.dns_queries > 0 {
+            write!(
+                f,
+                "; {} DNS queries, {} refused",
+                self.dns_queries, self.dns_refused
+            )?;
+        }
         for (i, (name, reason, count)) in self.denied_names.iter().enumerate() {
             f.write_str(if i == 0 { ": " } else { ", " })?;
             write!(f, "{name} ({reason}) x{count}")?;

@@ -45,6 +45,7 @@
 mod addr;
 mod audit;
 mod conn;
+mod dns;
 mod error;
 mod listener;
 mod respond;

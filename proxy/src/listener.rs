@@ -41,9 +41,13 @@ impl Proxy {
         let tracker = TaskTracker::new();
         tracing::debug!(%local, "proxy listening");
         loop {
+            // Biased towards accept: after shutdown, connections already queued (a sandbox
+            // that connected just before it exited) are still taken and audited; the loop
+            // ends once the queue is empty.
             let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
+                biased;
                 a = listener.accept() => a,
+                () = shutdown.cancelled() => break,
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,

@@ -3,8 +3,6 @@
 
 use egressd_tests::{API, Scene, privileged};
 
-use crate::text;
-
 /// Run the probe in a sandbox that allows API; return its JSON lines.
 fn probe(s: &Scene, args: &[&str]) -> (egressd_tests::Output, Vec<serde_json::Value>) {
     let mut argv = vec![s.probe.display().to_string()];
@@ -41,18 +39,6 @@ fn udp_datagrams_are_refused_with_eperm() {
         );
         assert_eq!(line["errno"], "EPERM", "{line}\n{out}");
     }
-}
-
-#[test]
-fn udp_to_port_53_is_refused_until_the_dns_listener_exists() {
-    if !privileged() {
-        return;
-    }
-    // Today UDP 53 is refused like any other datagram. When the DNS filter lands it is answered
-    // by egressd's listener instead: change this test to query an allowed and a denied name.
-    let s = Scene::new();
-    let (out, lines) = probe(&s, &["udp", "192.0.2.53:53"]);
-    assert_eq!(text(&lines[0]["errno"]), "EPERM", "\n{out}");
 }
 
 #[test]

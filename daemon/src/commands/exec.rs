@@ -67,11 +67,16 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         Some(l) => l.local_addr().map_err(Failure::setup)?.port(),
         None => 0,
     };
+    let dns_port4 = net.dns4.local_addr().map_err(Failure::setup)?.port();
+    let dns_port6 = match &net.dns6 {
+        Some(s) => s.local_addr().map_err(Failure::setup)?.port(),
+        None => 0,
+    };
     let sandbox_config = SandboxConfig {
         proxy_port4: port4.to_be(),
         proxy_port6: port6.to_be(),
-        dns_port: 0,
-        _pad: 0,
+        dns_port: dns_port4.to_be(),
+        dns_port6: dns_port6.to_be(),
         flags: if mode.redirects_loopback() {
             FLAG_REDIRECT_LOOPBACK
         } else {
@@ -115,6 +120,13 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
                 .context("registering the proxy listener")
                 .map_err(Failure::setup)?;
             servers.push(runtime.spawn(proxy.clone().serve(listener, shutdown.clone())));
+        }
+        let dns_sockets = std::iter::once(net.dns4).chain(net.dns6);
+        for socket in dns_sockets.filter(|_| !args.test_proxy_down) {
+            let socket = tokio::net::UdpSocket::from_std(socket)
+                .context("registering the DNS listener")
+                .map_err(Failure::setup)?;
+            servers.push(runtime.spawn(proxy.clone().serve_dns(socket, shutdown.clone())));
         }
     }
 

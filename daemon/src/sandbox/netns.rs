@@ -6,7 +6,7 @@
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::PathBuf,
 };
@@ -52,6 +52,10 @@ pub struct SandboxNet {
     pub listener4: TcpListener,
     /// The proxy's IPv6 listener on `::1`, if IPv6 works there.
     pub listener6: Option<TcpListener>,
+    /// The DNS listener on 127.0.0.1.
+    pub dns4: UdpSocket,
+    /// The DNS listener on `::1`, if IPv6 works there.
+    pub dns6: Option<UdpSocket>,
 }
 
 /// Creates (or opens) the namespace and binds the listeners in it.
@@ -97,10 +101,25 @@ fn prepare_in_thread(mode: &NetnsMode) -> anyhow::Result<SandboxNet> {
             None
         }
     };
+    let dns4 = UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .context("binding the DNS listener on 127.0.0.1")?;
+    dns4.set_nonblocking(true)?;
+    let dns6 = match UdpSocket::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, 0))) {
+        Ok(s) => {
+            s.set_nonblocking(true)?;
+            Some(s)
+        }
+        Err(e) => {
+            tracing::warn!("no IPv6 DNS listener on ::1 ({e}); IPv6 DNS will be refused");
+            None
+        }
+    };
     Ok(SandboxNet {
         netns,
         listener4,
         listener6,
+        dns4,
+        dns6,
     })
 }
 

@@ -24,16 +24,18 @@ pub struct SandboxConfig {
     /// Port of the proxy's IPv6 listener on `::1`, network byte order (0: no IPv6 listener,
     /// IPv6 TCP is refused).
     pub proxy_port6: u16,
-    /// Port of the sandbox's DNS listener on 127.0.0.1, network byte order (0: none yet,
-    /// UDP to port 53 is refused like any other UDP).
+    /// Port of the sandbox's DNS listener on 127.0.0.1, network byte order (0: none, UDP
+    /// to port 53 is refused like any other UDP).
     pub dns_port: u16,
-    /// Explicit padding.
-    pub _pad: u16,
+    /// Port of the sandbox's DNS listener on `::1`, network byte order (0: none, IPv6 DNS
+    /// over UDP is refused).
+    pub dns_port6: u16,
     /// `FLAG_*` bits.
     pub flags: u32,
 }
 
-/// The destination a sandboxed socket dialled before it was redirected to the proxy.
+/// The destination a sandboxed socket dialled before it was redirected to the proxy (TCP)
+/// or to the DNS listener (UDP port 53; the last destination the socket sent to).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrigDst {
@@ -103,8 +105,12 @@ pub mod counter {
     pub const SKB_DROP_OTHER: u32 = 10;
     /// A socket was re-keyed from its cookie to its client address at TCP connect.
     pub const REKEYED: u32 = 11;
+    /// A DNS reply's source was rewritten back to the resolver address the client used.
+    pub const DNS_REPLY_REWRITTEN: u32 = 12;
+    /// A TCP connect to port 53 on loopback was sent to the proxy (DNS over TCP).
+    pub const DNS_TCP_REDIRECTED: u32 = 13;
     /// Number of counters (size of the array).
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
 
     /// Stable names, indexed by counter number, for logs and `egressd` output.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -120,6 +126,8 @@ pub mod counter {
         "skb_drop_v6",
         "skb_drop_other",
         "rekeyed",
+        "dns_reply_rewritten",
+        "dns_tcp_redirected",
     ];
 }
 
@@ -151,6 +159,7 @@ mod tests {
         assert_eq!(offset_of!(SandboxConfig, proxy_port4), 0);
         assert_eq!(offset_of!(SandboxConfig, proxy_port6), 2);
         assert_eq!(offset_of!(SandboxConfig, dns_port), 4);
+        assert_eq!(offset_of!(SandboxConfig, dns_port6), 6);
         assert_eq!(offset_of!(SandboxConfig, flags), 8);
     }
 

@@ -55,6 +55,11 @@ fn user_port(sa: *mut bpf_sock_addr) -> u16 {
 /// Decides a connect or sendmsg to an IPv4 destination (`ip`, `port` in network order).
 #[inline(always)]
 fn route4(cfg: &SandboxConfig, protocol: u32, ip: u32, port: u16) -> Result<Route, u32> {
+    // DNS goes to egressd whatever resolver the sandbox names, loopback ones included
+    // (127.0.0.53 would forward anything to the host's resolver).
+    if port == DNS_PORT {
+        return dns(cfg, protocol, false);
+    }
     let redirect_loopback = cfg.flags & FLAG_REDIRECT_LOOPBACK != 0;
     if is_local4(ip) && !redirect_loopback {
         return Ok(Route::Keep);
@@ -67,21 +72,37 @@ fn route4(cfg: &SandboxConfig, protocol: u32, ip: u32, port: u16) -> Result<Rout
             }
             Ok(Route::Loopback4(cfg.proxy_port4))
         }
-        IPPROTO_UDP => udp(cfg, port),
+        IPPROTO_UDP => Err(counter::UDP_DENIED),
         _ => Err(counter::PROTO_DENIED),
     }
 }
 
+/// Port 53: UDP to the DNS listener, TCP to the proxy (which answers DNS over TCP itself).
 #[inline(always)]
-fn udp(cfg: &SandboxConfig, port: u16) -> Result<Route, u32> {
-    if port != DNS_PORT {
-        return Err(counter::UDP_DENIED);
+fn dns(cfg: &SandboxConfig, protocol: u32, v6: bool) -> Result<Route, u32> {
+    match protocol {
+        IPPROTO_TCP => {
+            count(counter::DNS_TCP_REDIRECTED);
+            match (v6, cfg.proxy_port6) {
+                (false, _) => Ok(Route::Loopback4(cfg.proxy_port4)),
+                (true, 0) => Err(counter::V6_DENIED),
+                (true, port) => Ok(Route::Loopback6(port)),
+            }
+        }
+        IPPROTO_UDP => {
+            let port = if v6 { cfg.dns_port6 } else { cfg.dns_port };
+            if port == 0 {
+                return Err(counter::DNS_DENIED);
+            }
+            count(counter::DNS_REDIRECTED);
+            Ok(if v6 {
+                Route::Loopback6(port)
+            } else {
+                Route::Loopback4(port)
+            })
+        }
+        _ => Err(counter::PROTO_DENIED),
     }
-    if cfg.dns_port == 0 {
-        return Err(counter::DNS_DENIED);
-    }
-    count(counter::DNS_REDIRECTED);
-    Ok(Route::Loopback4(cfg.dns_port))
 }
 
 /// Records the original destination of a TCP socket under its cookie.
@@ -106,7 +127,6 @@ fn record(
     ORIG_BY_COOKIE
         .insert(&cookie, &orig, 0)
         .map_err(|_| counter::MAP_FAILED)?;
-    count(counter::TCP_REDIRECTED);
     Ok(())
 }
 
@@ -132,8 +152,11 @@ pub fn try_addr4(ctx: &SockAddrContext) -> Result<(), u32> {
     match route4(&cfg, protocol, ip, port)? {
         Route::Keep => Ok(()),
         Route::Loopback4(to) => {
+            // TCP: for the proxy and getpeername. UDP (DNS): for getpeername and for
+            // recvmsg, which shows replies as coming from the resolver the client used.
+            record(ctx, mapped(ip), port, AF_INET, to)?;
             if protocol == IPPROTO_TCP {
-                record(ctx, mapped(ip), port, AF_INET, to)?;
+                count(counter::TCP_REDIRECTED);
             }
             // SAFETY: user_ip4/user_port allow 4-byte writes in these hooks.
             unsafe {
@@ -164,8 +187,9 @@ pub fn try_addr6(ctx: &SockAddrContext) -> Result<(), u32> {
         Route::Loopback4(to) => (mapped(LOOPBACK4), to),
         Route::Loopback6(to) => (LOOPBACK6, to),
     };
+    record(ctx, ip, port, AF_INET6, to_port)?;
     if protocol == IPPROTO_TCP {
-        record(ctx, ip, port, AF_INET6, to_port)?;
+        count(counter::TCP_REDIRECTED);
     }
     set_ip6(sa, to_ip);
     // SAFETY: user_port allows 4-byte writes in these hooks.
@@ -175,6 +199,9 @@ pub fn try_addr6(ctx: &SockAddrContext) -> Result<(), u32> {
 
 #[inline(always)]
 fn route6(cfg: &SandboxConfig, protocol: u32, ip: &[u32; 4], port: u16) -> Result<Route, u32> {
+    if port == DNS_PORT {
+        return dns(cfg, protocol, true);
+    }
     let redirect_loopback = cfg.flags & FLAG_REDIRECT_LOOPBACK != 0;
     if is_local6(ip) && !redirect_loopback {
         return Ok(Route::Keep);
@@ -189,13 +216,54 @@ fn route6(cfg: &SandboxConfig, protocol: u32, ip: &[u32; 4], port: u16) -> Resul
             }
             Ok(Route::Loopback6(cfg.proxy_port6))
         }
-        // The DNS listener is IPv4-only; IPv6 DNS is refused like other UDP.
-        IPPROTO_UDP => match udp(cfg, port)? {
-            Route::Loopback4(_) => Err(counter::DNS_DENIED),
-            other => Ok(other),
-        },
+        IPPROTO_UDP => Err(counter::UDP_DENIED),
         _ => Err(counter::PROTO_DENIED),
     }
+}
+
+/// `cgroup/recvmsg4|6`: a datagram from the DNS listener is shown as coming from the
+/// resolver address the client sent its query to (resolvers compare the two).
+pub fn try_recvmsg(ctx: &SockAddrContext, v6: bool) {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context pointer is valid for the program's duration.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once; plain data.
+    let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }).copied() else {
+        return;
+    };
+    let from_port = user_port(sa);
+    if from_port != orig.proxy_port {
+        return;
+    }
+    // The datagram must come from loopback, where the DNS listener is.
+    // SAFETY: reads of context fields recvmsg hooks allow.
+    let from_local = unsafe {
+        if v6 {
+            let ip = [
+                core::ptr::read_volatile(core::ptr::addr_of!((*sa).user_ip6[0])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*sa).user_ip6[1])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*sa).user_ip6[2])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*sa).user_ip6[3])),
+            ];
+            is_local6(&ip) || (is_mapped(&ip) && is_local4(ip[3]))
+        } else {
+            is_local4(core::ptr::read_volatile(core::ptr::addr_of!(
+                (*sa).user_ip4
+            )))
+        }
+    };
+    if !from_local {
+        return;
+    }
+    if v6 {
+        set_ip6(sa, orig.addr);
+    } else {
+        // SAFETY: user_ip4 allows 4-byte writes in recvmsg4.
+        unsafe { (*sa).user_ip4 = orig.addr[3] };
+    }
+    // SAFETY: user_port allows 4-byte writes in recvmsg hooks.
+    unsafe { (*sa).user_port = u32::from(orig.port) };
+    count(counter::DNS_REPLY_REWRITTEN);
 }
 
 /// `cgroup/getpeername4|6`: show the application the address it dialled, not the proxy's.

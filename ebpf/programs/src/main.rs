@@ -17,8 +17,8 @@ mod sockops;
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        macros::{cgroup_skb, cgroup_sock_addr, sock_ops},
-        programs::{SkBuffContext, SockAddrContext, SockOpsContext},
+        macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, sock_ops},
+        programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
     };
 
     use crate::{connect, maps::count, skb, sockops};
@@ -66,6 +66,26 @@ mod programs {
     #[cgroup_sock_addr(getpeername6)]
     pub fn egressd_getpeername6(ctx: SockAddrContext) -> i32 {
         connect::try_getpeername(&ctx, true);
+        ALLOW
+    }
+
+    #[cgroup_sock_addr(recvmsg4)]
+    pub fn egressd_recvmsg4(ctx: SockAddrContext) -> i32 {
+        connect::try_recvmsg(&ctx, false);
+        ALLOW
+    }
+
+    #[cgroup_sock_addr(recvmsg6)]
+    pub fn egressd_recvmsg6(ctx: SockAddrContext) -> i32 {
+        connect::try_recvmsg(&ctx, true);
+        ALLOW
+    }
+
+    /// Forget a socket's original destination when it is released (UDP sockets have no
+    /// TCP state callback).
+    #[cgroup_sock(sock_release)]
+    pub fn egressd_sock_release(ctx: SockContext) -> i32 {
+        sockops::forget(&ctx);
         ALLOW
     }
 

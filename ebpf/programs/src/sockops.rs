@@ -76,3 +76,10 @@ fn rekey(ctx: &SockOpsContext) {
     // Ask for state callbacks so the cookie entry goes when the socket closes.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
+
+/// `cgroup/sock_release`: drop the socket's cookie entry.
+pub fn forget(ctx: &aya_ebpf::programs::SockContext) {
+    // SAFETY: the context pointer is valid; sock programs may ask for the socket cookie.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = ORIG_BY_COOKIE.remove(&cookie);
+}

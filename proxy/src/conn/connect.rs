@@ -110,6 +110,26 @@ impl Connector {
         })
     }
 
+    /// The `--resolve` addresses for `name`, if it has an override.
+    pub(crate) fn override_for(&self, name: &str) -> Option<&[IpAddr]> {
+        self.overrides.get(name).map(Vec::as_slice)
+    }
+
+    /// The answer records (CNAME chain included) the resolver has for `name`/`rtype`, for
+    /// the sandbox's DNS listener. Only ever called for names the policy allowed.
+    pub(crate) async fn lookup(
+        &self,
+        name: hickory_resolver::proto::rr::Name,
+        rtype: hickory_resolver::proto::rr::RecordType,
+    ) -> Result<Vec<hickory_resolver::proto::rr::Record>, hickory_resolver::net::NetError> {
+        #[cfg(test)]
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let lookup = tokio::time::timeout(self.resolve_timeout, self.resolver.lookup(name, rtype))
+            .await
+            .map_err(|_| hickory_resolver::net::NetError::Timeout)??;
+        Ok(lookup.answers().to_vec())
+    }
+
     /// Makes loopback destinations dialled through `sockets`.
     pub(crate) fn set_loopback_sockets(&mut self, sockets: Arc<dyn LoopbackSockets>) {
         self.loopback_sockets = Some(sockets);

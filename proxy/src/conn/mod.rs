@@ -50,6 +50,10 @@ impl Proxy {
             rec.reason = NO_ORIG_DST.to_owned();
             return self.refuse(stream, rec, started);
         };
+        if orig.0.port() == 53 {
+            // The kernel sends TCP to port 53 here: DNS over TCP, answered like UDP.
+            return crate::dns::serve_tcp(self, stream, client.0, orig.0).await;
+        }
         let local_dst = connect::is_local(orig.0.ip());
         if orig.0 == local || (local_dst && orig.0.port() == local.port()) {
             rec.reason = SELF_LOOP.to_owned();

@@ -1,0 +1,525 @@
+//! The sandbox's DNS listener: answers allowed names, refuses the rest without asking anyone.
+//!
+//! The kernel sends every UDP datagram a sandbox addresses to port 53 here (whatever resolver
+//! it names: `/etc/resolv.conf`, `127.0.0.53`, a hard-coded public resolver), and the proxy
+//! hands TCP connections to port 53 to [`serve_tcp`]. Each query is decided by [`decide`], a
+//! pure function of the policy and the question:
+//!
+//! * a name the allowlist covers, asking for `A` or `AAAA`: resolved with the proxy's own
+//!   resolver (or the `--resolve` overrides) and answered, CNAME chain included;
+//! * a name the allowlist covers, asking for anything else (`TXT`, `MX`, `SRV`, `HTTPS`/`SVCB`,
+//!   `ANY`, ...): an empty answer (NOERROR, no records), without asking upstream. Dropping
+//!   `HTTPS`/`SVCB` also keeps ECH configurations out of the sandbox;
+//! * every other name: `NXDOMAIN`, without sending anything upstream.
+//!
+//! One audit record per query (name, type, decision, answer count).
+//!
+//! # Security
+//!
+//! A denied name never leaves the machine: it is answered from here before any lookup. That
+//! is what stops `<secret>.attacker.example` exfiltration. Malformed messages get `FORMERR`
+//! (or nothing, when not even the header parses) and never panic.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use egressd_config::{Policy, Reason, Scheme, Target, TargetHost};
+use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_resolver::proto::rr::rdata::{A, AAAA};
+use hickory_resolver::proto::rr::{DNSClass, Name, RData, Record as DnsRecord, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Proxy;
+use crate::audit::{AuditDecision, Proto, Record};
+
+/// Largest UDP answer for a client that sent no EDNS option (RFC 1035).
+const PLAIN_UDP_LIMIT: usize = 512;
+/// Largest UDP answer we send even when the client offers more (the DNS flag day value).
+const EDNS_UDP_LIMIT: u16 = 1232;
+/// Longest time a DNS-over-TCP client may stay silent between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Most queries answered on one DNS-over-TCP connection.
+const TCP_MAX_QUERIES: usize = 100;
+/// Answers are cached by clients for at most this long: the allowlist may change.
+const MAX_TTL: u32 = 300;
+/// TTL of answers built from `--resolve` overrides.
+const OVERRIDE_TTL: u32 = 60;
+/// Receive buffer for one UDP query.
+const UDP_BUF: usize = 4096;
+
+/// What to do with one query: the pure part of answering.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum DnsVerdict {
+    /// Resolve `name` for `rtype` (A or AAAA) and answer.
+    Resolve {
+        /// Lowercase, no trailing dot.
+        name: String,
+        /// `A` or `AAAA`.
+        rtype: RecordType,
+        /// The deciding allowlist entry (`Entry`'s Display).
+        rule: Option<String>,
+    },
+    /// An allowed name, a type we do not answer: NOERROR with no records.
+    NoData {
+        /// Lowercase, no trailing dot.
+        name: String,
+        /// The deciding allowlist entry.
+        rule: Option<String>,
+    },
+    /// Refuse with `rcode` and say why.
+    Refuse {
+        /// The name, when the question had one.
+        name: Option<String>,
+        /// NXDOMAIN for denied names, FORMERR/NOTIMP/REFUSED for broken or odd queries.
+        rcode: ResponseCode,
+        /// The audit reason.
+        reason: String,
+        /// The deciding blocklist entry, if any.
+        rule: Option<String>,
+    },
+}
+
+/// Decides a parsed query against the policy. No I/O.
+pub(crate) fn decide(policy: &Policy, query: &Message) -> DnsVerdict {
+    let refuse = |name: Option<String>, rcode, reason: &str| DnsVerdict::Refuse {
+        name,
+        rcode,
+        reason: reason.to_owned(),
+        rule: None,
+    };
+    if query.metadata.op_code != OpCode::Query {
+        return refuse(
+            None,
+            ResponseCode::NotImp,
+            "only standard queries are answered",
+        );
+    }
+    let [question] = query.queries.as_slice() else {
+        return refuse(
+            None,
+            ResponseCode::FormErr,
+            "a query must ask exactly one question",
+        );
+    };
+    let ascii = question.name().to_ascii();
+    let name = ascii
+        .strip_suffix('.')
+        .unwrap_or(&ascii)
+        .to_ascii_lowercase();
+    if question.query_class() != DNSClass::IN {
+        return refuse(
+            Some(name),
+            ResponseCode::Refused,
+            "only class IN is answered",
+        );
+    }
+    // DNS is decided on the name alone: any scheme or port an entry allows will do.
+    let decision = policy.decide(&Target {
+        host: TargetHost::Name(&name),
+        port: 443,
+        scheme: Scheme::Https,
+    });
+    let rule = decision.rule.as_ref().map(ToString::to_string);
+    let name_allowed = matches!(
+        decision.reason,
+        Reason::Allowlisted | Reason::SchemeNotAllowed | Reason::PortNotAllowed
+    );
+    if !name_allowed {
+        return DnsVerdict::Refuse {
+            name: Some(name),
+            rcode: ResponseCode::NXDomain,
+            reason: decision.reason.to_string(),
+            rule,
+        };
+    }
+    match question.query_type() {
+        rtype @ (RecordType::A | RecordType::AAAA) => DnsVerdict::Resolve { name, rtype, rule },
+        _ => DnsVerdict::NoData { name, rule },
+    }
+}
+
+impl Proxy {
+    /// Answers DNS queries arriving on `socket` (the sandbox's DNS listener) until `shutdown`.
+    ///
+    /// Each query is answered on its own task, so a slow upstream lookup does not hold up
+    /// the others. Receive errors are logged and skipped; the loop only ends on `shutdown`.
+    pub async fn serve_dns(self: Arc<Self>, socket: UdpSocket, shutdown: CancellationToken) {
+        let socket = Arc::new(socket);
+        let tasks = TaskTracker::new();
+        let mut buf = vec![0u8; UDP_BUF];
+        loop {
+            // Biased towards receiving: queries queued before shutdown are still answered.
+            let (len, peer) = tokio::select! {
+                biased;
+                received = socket.recv_from(&mut buf) => match received {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "DNS listener receive error");
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let query = buf[..len].to_vec();
+            let (proxy, socket) = (Arc::clone(&self), Arc::clone(&socket));
+            tasks.spawn(async move {
+                if let Some(reply) = proxy.answer(&query, peer, None, Transport::Udp).await {
+                    let _ = socket.send_to(&reply, peer).await;
+                }
+            });
+        }
+        tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    }
+
+    /// Answers one DNS message; `None` when nothing should be sent back. `orig` is the
+    /// resolver the client addressed, when known (TCP).
+    async fn answer(
+        &self,
+        bytes: &[u8],
+        client: SocketAddr,
+        orig: Option<SocketAddr>,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let mut rec = Record::new(&self.sandbox, client, orig, Proto::Dns);
+        rec.port = Some(53);
+        let query = match Message::from_vec(bytes) {
+            Ok(q) => q,
+            Err(_) => {
+                rec.reason = "malformed DNS message".to_owned();
+                self.finish_dns(rec, started);
+                // Answer FORMERR when at least the id is there, as resolvers expect.
+                let id = u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]);
+                return encode(
+                    &Message::error_msg(id, OpCode::Query, ResponseCode::FormErr),
+                    transport,
+                    None,
+                );
+            }
+        };
+        if query.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let mut reply = Message::new(
+            query.metadata.id,
+            MessageType::Response,
+            query.metadata.op_code,
+        );
+        reply.metadata.recursion_desired = query.metadata.recursion_desired;
+        reply.metadata.recursion_available = true;
+        reply.add_queries(query.queries.iter().cloned());
+        if query.edns.is_some() {
+            let mut edns = Edns::new();
+            edns.set_max_payload(EDNS_UDP_LIMIT);
+            reply.set_edns(edns);
+        }
+        if let Some(q) = query.queries.first() {
+            rec.qtype = Some(q.query_type().to_string());
+        }
+        match decide(&self.config.policy, &query) {
+            DnsVerdict::Refuse {
+                name,
+                rcode,
+                reason,
+                rule,
+            } => {
+                rec.name = name;
+                rec.reason = reason;
+                rec.rule = rule;
+                reply.metadata.response_code = rcode;
+            }
+            DnsVerdict::NoData { name, rule } => {
+                rec.name = Some(name);
+                rec.rule = rule;
+                rec.decision = AuditDecision::Allow;
+                rec.reason = "allowed name; only A and AAAA are answered".to_owned();
+                rec.answers = Some(0);
+            }
+            DnsVerdict::Resolve { name, rtype, rule } => {
+                rec.decision = AuditDecision::Allow;
+                rec.rule = rule;
+                match self.lookup_records(&name, rtype).await {
+                    Ok(records) => {
+                        rec.reason = "in the allowlist".to_owned();
+                        rec.answers = Some(records.len() as u32);
+                        reply.add_answers(records);
+                    }
+                    Err(failure) => {
+                        rec.reason = failure.reason.clone();
+                        rec.answers = Some(0);
+                        reply.metadata.response_code = failure.rcode;
+                    }
+                }
+                rec.name = Some(name);
+            }
+        }
+        self.finish_dns(rec, started);
+        let client_limit = query.edns.as_ref().map(Edns::max_payload);
+        encode(&reply, transport, client_limit)
+    }
+
+    /// Answers for an allowed name: `--resolve` overrides first, else the resolver.
+    async fn lookup_records(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<Vec<DnsRecord>, LookupFailure> {
+        let owner = Name::from_ascii(format!("{name}.")).map_err(|_| LookupFailure {
+            rcode: ResponseCode::FormErr,
+            reason: "the name is not a valid DNS name".to_owned(),
+        })?;
+        if let Some(addrs) = self.connector.override_for(name) {
+            return Ok(addrs
+                .iter()
+                .filter_map(|ip| match (ip, rtype) {
+                    (IpAddr::V4(v4), RecordType::A) => Some(RData::A(A(*v4))),
+                    (IpAddr::V6(v6), RecordType::AAAA) => Some(RData::AAAA(AAAA(*v6))),
+                    _ => None,
+                })
+                .map(|rdata| DnsRecord::from_rdata(owner.clone(), OVERRIDE_TTL, rdata))
+                .collect());
+        }
+        match self.connector.lookup(owner, rtype).await {
+            Ok(answers) => Ok(answers
+                .into_iter()
+                .filter(|r| {
+                    matches!(
+                        r.record_type(),
+                        RecordType::A | RecordType::AAAA | RecordType::CNAME
+                    )
+                })
+                .map(|mut r| {
+                    r.ttl = r.ttl.min(MAX_TTL);
+                    r
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() => Err(LookupFailure {
+                rcode: ResponseCode::NXDomain,
+                reason: "the upstream resolver says the name does not exist".to_owned(),
+            }),
+            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(LookupFailure {
+                rcode: ResponseCode::ServFail,
+                reason: format!("upstream resolution failed: {e}"),
+            }),
+        }
+    }
+
+    fn finish_dns(&self, mut rec: Record, started: Instant) {
+        rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.audit.record(&rec);
+    }
+}
+
+/// Serves DNS over TCP (RFC 7766 framing: a two-byte length before each message) on a
+/// connection the kernel redirected from port 53.
+pub(crate) async fn serve_tcp(
+    proxy: &Proxy,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    orig: SocketAddr,
+) {
+    let mut buf = Vec::new();
+    for _ in 0..TCP_MAX_QUERIES {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let len = usize::from(u16::from_be_bytes(len));
+        buf.resize(len, 0);
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let Some(reply) = proxy.answer(&buf, client, Some(orig), Transport::Tcp).await else {
+            continue;
+        };
+        let Ok(reply_len) = u16::try_from(reply.len()) else {
+            return;
+        };
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&reply_len.to_be_bytes());
+        framed.extend_from_slice(&reply);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How a message travels: UDP answers must fit the client's buffer, TCP ones need not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Why an allowed name got no addresses.
+#[derive(Debug)]
+struct LookupFailure {
+    rcode: ResponseCode,
+    reason: String,
+}
+
+/// Encodes `reply`; a UDP answer too big for the client is sent truncated (TC set, no
+/// records) so that it retries over TCP.
+fn encode(reply: &Message, transport: Transport, client_limit: Option<u16>) -> Option<Vec<u8>> {
+    let bytes = reply.to_vec().ok()?;
+    let limit = match (transport, client_limit) {
+        (Transport::Tcp, _) => usize::from(u16::MAX),
+        (Transport::Udp, None) => PLAIN_UDP_LIMIT,
+        (Transport::Udp, Some(offered)) => usize::from(offered.clamp(512, EDNS_UDP_LIMIT)),
+    };
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    let mut truncated = Message::new(
+        reply.metadata.id,
+        MessageType::Response,
+        reply.metadata.op_code,
+    );
+    truncated.metadata = reply.metadata.clone();
+    truncated.metadata.truncation = true;
+    truncated.add_queries(reply.queries.iter().cloned());
+    truncated.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egressd_config::{ConfigBuilder, Origin};
+    use hickory_resolver::proto::op::Query;
+
+    fn policy(allow: &str, block: &str) -> Arc<Policy> {
+        let mut b = ConfigBuilder::new();
+        b.allow_list(allow, Origin::Flag("--allow-domains"))
+            .unwrap();
+        if !block.is_empty() {
+            b.block_list(block, Origin::Flag("--block-domains"))
+                .unwrap();
+        }
+        b.build().unwrap().policy
+    }
+
+    fn query(name: &str, rtype: RecordType) -> Message {
+        let mut m = Message::query();
+        m.metadata.id = 7;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+        m
+    }
+
+    #[test]
+    fn allowed_names_resolve_a_and_aaaa_only() {
+        let p = policy("github.com", "");
+        for rtype in [RecordType::A, RecordType::AAAA] {
+            let v = decide(&p, &query("API.GitHub.com.", rtype));
+            assert_eq!(
+                v,
+                DnsVerdict::Resolve {
+                    name: "api.github.com".into(),
+                    rtype,
+                    rule: Some("github.com (from --allow-domains)".into()),
+                }
+            );
+        }
+        for rtype in [
+            RecordType::TXT,
+            RecordType::MX,
+            RecordType::SRV,
+            RecordType::HTTPS,
+            RecordType::SVCB,
+            RecordType::ANY,
+        ] {
+            let v = decide(&p, &query("api.github.com.", rtype));
+            assert!(matches!(v, DnsVerdict::NoData { .. }), "{rtype}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn denied_and_blocked_names_get_nxdomain() {
+        let p = policy("github.com", "gist.github.com");
+        for name in [
+            "secret-data.attacker.example.",
+            "gist.github.com.",
+            "notgithub.com.",
+        ] {
+            for rtype in [RecordType::A, RecordType::TXT, RecordType::HTTPS] {
+                let v = decide(&p, &query(name, rtype));
+                let DnsVerdict::Refuse { rcode, .. } = v else {
+                    panic!("{name} {rtype} should be refused: {v:?}");
+                };
+                assert_eq!(rcode, ResponseCode::NXDomain);
+            }
+        }
+    }
+
+    #[test]
+    fn scheme_and_port_restricted_entries_still_resolve() {
+        let p = policy("http://legacy.example", "");
+        let v = decide(&p, &query("legacy.example.", RecordType::A));
+        assert!(matches!(v, DnsVerdict::Resolve { .. }), "{v:?}");
+    }
+
+    #[test]
+    fn odd_queries_are_refused_with_the_right_code() {
+        let p = policy("github.com", "");
+        let mut two = query("github.com.", RecordType::A);
+        two.add_query(Query::query(
+            Name::from_ascii("evil.example.").unwrap(),
+            RecordType::A,
+        ));
+        assert!(matches!(
+            decide(&p, &two),
+            DnsVerdict::Refuse {
+                rcode: ResponseCode::FormErr,
+                ..
+            }
+        ));
+        let mut notify = query("github.com.", RecordType::A);
+        notify.metadata.op_code = OpCode::Notify;
+        assert!(matches!(
+            decide(&p, &notify),
+            DnsVerdict::Refuse {
+                rcode: ResponseCode::NotImp,
+                ..
+            }
+        ));
+        let mut chaos = Message::query();
+        let mut q = Query::query(Name::from_ascii("version.bind.").unwrap(), RecordType::TXT);
+        q.set_query_class(DNSClass::CH);
+        chaos.add_query(q);
+        assert!(matches!(
+            decide(&p, &chaos),
+            DnsVerdict::Refuse {
+                rcode: ResponseCode::Refused,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn oversized_udp_answers_are_truncated() {
+        let mut reply = Message::new(9, MessageType::Response, OpCode::Query);
+        let owner = Name::from_ascii("big.example.").unwrap();
+        for i in 0..60u8 {
+            reply.add_answer(DnsRecord::from_rdata(
+                owner.clone(),
+                60,
+                RData::A(A([10, 0, 0, i].into())),
+            ));
+        }
+        let plain = encode(&reply, Transport::Udp, None).unwrap();
+        assert!(plain.len() <= PLAIN_UDP_LIMIT);
+        let parsed = Message::from_vec(&plain).unwrap();
+        assert!(parsed.metadata.truncation);
+        assert!(parsed.answers.is_empty());
+        let tcp = encode(&reply, Transport::Tcp, None).unwrap();
+        assert_eq!(Message::from_vec(&tcp).unwrap().answers.len(), 60);
+    }
+}
