@@ -10,6 +10,7 @@
 
 mod cli;
 mod core;
+mod coverage;
 mod dns;
 mod fixtures;
 mod isolation;

@@ -6,6 +6,11 @@
 //! egressd-probe udp-connect ADDR:PORT             connect(), then send()
 //! egressd-probe icmp ADDR                         echo request via a ping socket and a raw socket
 //! egressd-probe tcp-fastopen ADDR:PORT             sendto(MSG_FASTOPEN): connect and data in one call
+//! egressd-probe tcp-reconnect ADDR:PORT             connect to 127.0.0.1:1 (refused), AF_UNSPEC, then ADDR
+//! egressd-probe io-uring-connect ADDR:PORT          connect through io_uring (IORING_OP_CONNECT)
+//! egressd-probe sctp ADDR:PORT                      SCTP connect
+//! egressd-probe packet lo                           AF_PACKET socket and one frame on the interface
+//! egressd-probe raw ADDR                            raw IPv4 socket (IPPROTO_RAW), one packet
 //! egressd-probe dns SERVER:PORT NAME TYPE          one DNS query over UDP (unconnected socket)
 //! egressd-probe dns-tcp SERVER:PORT NAME TYPE      the same over TCP
 //! ```
@@ -25,7 +30,7 @@ use std::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR | tcp-fastopen ADDR:PORT | dns SERVER:PORT NAME TYPE | dns-tcp SERVER:PORT NAME TYPE)...";
+const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR | tcp-fastopen ADDR:PORT | tcp-reconnect ADDR:PORT | io-uring-connect ADDR:PORT | sctp ADDR:PORT | packet IFACE | raw ADDR | dns SERVER:PORT NAME TYPE | dns-tcp SERVER:PORT NAME TYPE)...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -53,6 +58,11 @@ fn main() -> ExitCode {
             "udp-connect" => udp(target, true),
             "icmp" => icmp(target),
             "tcp-fastopen" => tcp_fastopen(target),
+            "tcp-reconnect" => tcp_reconnect(target),
+            "io-uring-connect" => io_uring_connect(target),
+            "sctp" => sctp(target),
+            "packet" => packet(target),
+            "raw" => raw(target),
             "dns" | "dns-tcp" => {
                 let (Some(name), Some(rtype)) = (args.get(i), args.get(i + 1)) else {
                     eprintln!("{action}: needs SERVER:PORT NAME TYPE\n{USAGE}");
@@ -147,6 +157,198 @@ fn tcp_fastopen(target: &str) -> Json {
         Ok(peer) => out.field("peer", &peer.to_string()),
         Err(e) => out.field("peer_error", errno_name(&e)),
     }
+    out
+}
+
+/// A raw socket (no `connect()` hook sees it) of `domain`/`ty`/`proto`, or the errno.
+fn raw_socket(
+    domain: libc::c_int,
+    ty: libc::c_int,
+    proto: libc::c_int,
+) -> Result<std::os::fd::OwnedFd, io::Error> {
+    // SAFETY: plain socket(2); the descriptor is owned by the returned OwnedFd.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+fn sockaddr_in(v4: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn connect_raw(fd: libc::c_int, v4: std::net::SocketAddrV4) -> io::Result<()> {
+    let sa = sockaddr_in(v4);
+    // SAFETY: sa is a valid sockaddr_in for the length given.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&raw const sa).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Connect somewhere, dissolve the association with `AF_UNSPEC`, connect again to `target`:
+/// the second connect must be redirected like a first one.
+fn tcp_reconnect(target: &str) -> Json {
+    use std::os::fd::AsRawFd as _;
+    let mut out = Json::new("tcp-reconnect", target);
+    let Ok(SocketAddr::V4(v4)) = resolve(target) else {
+        return out.error("parse", &io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let fd = match raw_socket(libc::AF_INET, libc::SOCK_STREAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return out.error("socket", &e),
+    };
+    // Port 1 on the sandbox's own loopback: nothing listens, so this fails fast.
+    let first = connect_raw(fd.as_raw_fd(), "127.0.0.1:1".parse().expect("literal"));
+    out.field("first", if first.is_ok() { "ok" } else { "refused" });
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    // SAFETY: a valid sockaddr with AF_UNSPEC dissolves the association.
+    unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &raw const unspec,
+            size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    match connect_raw(fd.as_raw_fd(), v4) {
+        Ok(()) => {
+            out.field("result", "ok");
+            let stream = TcpStream::from(fd);
+            if let Ok(peer) = stream.peer_addr() {
+                out.field("peer", &peer.to_string());
+            }
+            out
+        }
+        Err(e) => out.error("connect", &e),
+    }
+}
+
+/// `IORING_OP_CONNECT`: a connect that does not go through the connect(2) system call.
+fn io_uring_connect(target: &str) -> Json {
+    use std::os::fd::AsRawFd as _;
+    let mut out = Json::new("io-uring-connect", target);
+    let Ok(SocketAddr::V4(v4)) = resolve(target) else {
+        return out.error("parse", &io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let fd = match raw_socket(libc::AF_INET, libc::SOCK_STREAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return out.error("socket", &e),
+    };
+    let mut ring = match io_uring::IoUring::new(2) {
+        Ok(r) => r,
+        Err(e) => return out.error("io_uring_setup", &e),
+    };
+    let sa = sockaddr_in(v4);
+    let entry = io_uring::opcode::Connect::new(
+        io_uring::types::Fd(fd.as_raw_fd()),
+        (&raw const sa).cast(),
+        size_of::<libc::sockaddr_in>() as libc::socklen_t,
+    )
+    .build();
+    // SAFETY: `sa` and `fd` outlive the submission: we wait for its completion below.
+    if let Err(e) = unsafe { ring.submission().push(&entry) } {
+        return out.error("push", &io::Error::other(e.to_string()));
+    }
+    if let Err(e) = ring.submit_and_wait(1) {
+        return out.error("io_uring_enter", &e);
+    }
+    let Some(cqe) = ring.completion().next() else {
+        return out.error("completion", &io::Error::from_raw_os_error(libc::EIO));
+    };
+    if cqe.result() < 0 {
+        return out.error("connect", &io::Error::from_raw_os_error(-cqe.result()));
+    }
+    out.field("result", "ok");
+    if let Ok(peer) = TcpStream::from(fd).peer_addr() {
+        out.field("peer", &peer.to_string());
+    }
+    out
+}
+
+fn sctp(target: &str) -> Json {
+    use std::os::fd::AsRawFd as _;
+    let mut out = Json::new("sctp", target);
+    let Ok(SocketAddr::V4(v4)) = resolve(target) else {
+        return out.error("parse", &io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let fd = match raw_socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) {
+        Ok(fd) => fd,
+        Err(e) => return out.error("socket", &e),
+    };
+    match connect_raw(fd.as_raw_fd(), v4) {
+        Ok(()) => {
+            out.field("result", "ok");
+            out
+        }
+        Err(e) => out.error("connect", &e),
+    }
+}
+
+/// An `AF_PACKET` socket bypasses the IP layer (and cgroup_skb): it needs `CAP_NET_RAW`.
+fn packet(iface: &str) -> Json {
+    let mut out = Json::new("packet", iface);
+    match raw_socket(
+        libc::AF_PACKET,
+        libc::SOCK_RAW,
+        i32::from((libc::ETH_P_ALL as u16).to_be()),
+    ) {
+        Ok(_) => {
+            out.field("result", "ok");
+            out
+        }
+        Err(e) => out.error("socket", &e),
+    }
+}
+
+/// A raw IPv4 socket sending one hand-made UDP packet to `target`.
+fn raw(target: &str) -> Json {
+    use std::os::fd::AsRawFd as _;
+    let mut out = Json::new("raw", target);
+    let Ok(ip) = target.parse::<Ipv4Addr>() else {
+        return out.error("parse", &io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let fd = match raw_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) {
+        Ok(fd) => fd,
+        Err(e) => return out.error("socket", &e),
+    };
+    // UDP header only: source 9, destination 9, length 8, no checksum.
+    let packet = [0u8, 9, 0, 9, 0, 8, 0, 0];
+    let sa = sockaddr_in(std::net::SocketAddrV4::new(ip, 0));
+    // SAFETY: packet and sa are valid for the lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&raw const sa).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return out.error("sendto", &io::Error::last_os_error());
+    }
+    out.field("result", "ok");
     out
 }
 
