@@ -51,6 +51,9 @@ const MAX_TTL: u32 = 300;
 const OVERRIDE_TTL: u32 = 60;
 /// Receive buffer for one UDP query.
 const UDP_BUF: usize = 4096;
+/// Most UDP queries answered at once; beyond that new queries are dropped (the client
+/// retries), so a flood cannot pile up tasks and upstream lookups.
+const MAX_IN_FLIGHT: usize = 256;
 
 /// What to do with one query: the pure part of answering.
 #[derive(Debug, PartialEq, Eq)]
@@ -151,6 +154,7 @@ impl Proxy {
     pub async fn serve_dns(self: Arc<Self>, socket: UdpSocket, shutdown: CancellationToken) {
         let socket = Arc::new(socket);
         let tasks = TaskTracker::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         let mut buf = vec![0u8; UDP_BUF];
         loop {
             // Biased towards receiving: queries queued before shutdown are still answered.
@@ -165,9 +169,14 @@ impl Proxy {
                 },
                 () = shutdown.cancelled() => break,
             };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::debug!(%peer, "DNS listener busy: query dropped");
+                continue;
+            };
             let query = buf[..len].to_vec();
             let (proxy, socket) = (Arc::clone(&self), Arc::clone(&socket));
             tasks.spawn(async move {
+                let _slot = slot;
                 if let Some(reply) = proxy.answer(&query, peer, None, Transport::Udp).await {
                     let _ = socket.send_to(&reply, peer).await;
                 }

@@ -47,6 +47,7 @@ mod audit;
 mod conn;
 mod dns;
 mod error;
+pub mod intercept;
 mod listener;
 mod respond;
 

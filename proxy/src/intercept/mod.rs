@@ -1,0 +1,46 @@
+//! TLS interception: the run's ephemeral CA, the leaves it mints, and the sandbox's trust
+//! bundle (DESIGN.md decisions 4 and 5).
+//!
+//! ```text
+//!  daemon start ─► EphemeralCa::new(intercepted domains)     ca.rs     key in memory only
+//!                     │ cert_pem() ─► trust_bundle(system roots, ..) ─► file in the sandbox
+//!                     ▼                                       bundle.rs
+//!  intercepted TLS ─► rustls server with CaResolver ─► leaf_for(SNI) (cached, bounded)
+//! ```
+//!
+//! Which names a CA may certify, and how the policy's domain entries become X.509 name
+//! constraints, is decided once in `scope.rs` (its module doc has the table).
+//!
+//! This module owns no sockets and no policy: the caller decides to intercept a name, then
+//! serves the handshake with a [`CaResolver`]. It reads no environment and writes no file.
+//!
+//! # Security
+//!
+//! * **Why name constraints.** The sandbox must trust our CA to let us terminate TLS for the
+//!   intercepted hosts, but it should not thereby trust us for anything else. The CA
+//!   certificate carries a critical NameConstraints extension whose permitted DNS subtrees
+//!   are exactly the intercepted domains (and which excludes every IP address), so a leaf for
+//!   any other name fails verification in the sandbox, whoever signed it. The daemon also
+//!   refuses to mint such a leaf ([`CaError::OutsideScope`]), for clients that ignore name
+//!   constraints.
+//! * **Why the key never leaves memory.** A CA key on disk outlives the run, can be read by
+//!   whoever gets the file, and turns a temporary, per-run trust into a lasting one. The key
+//!   is generated at start, held only inside [`EphemeralCa`] (no accessor, no `Debug`, no
+//!   serialisation), and dropped with it; the certificate expires after [`CA_LIFETIME`].
+//! * **What a sandbox that reads the bundle can do.** The bundle holds certificates only:
+//!   public data. With it, a sandboxed program can verify our leaves for the intercepted
+//!   domains, and see which domains are intercepted (they are in the certificate). It cannot
+//!   mint certificates (no key), cannot make the CA vouch for other names (constraints), and
+//!   cannot use it outside this run (expiry, new key each run). Replacing the bundle only
+//!   makes its own TLS connections fail; egressd's own upstream connections verify against
+//!   their own roots.
+
+mod bundle;
+mod ca;
+mod scope;
+
+pub use self::bundle::{BundleError, SYSTEM_BUNDLES, find_system_bundle, trust_bundle};
+pub use self::ca::{CA_LIFETIME, CaError, CaResolver, EphemeralCa, LEAF_CACHE_CAPACITY};
+
+#[cfg(test)]
+mod bundle_tests;
