@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::addr::{parse_dns_server, parse_resolve};
+use crate::credential::{self, Credential};
 use crate::defaults;
 use crate::error::{Error, ErrorKind, Location, line_column};
 use crate::file::{File, parse_duration};
@@ -36,6 +37,10 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Proxy timeouts.
     pub timeouts: Timeouts,
+    /// Token sources, in the order given; names are unique and references resolve.
+    pub credentials: Vec<Credential>,
+    /// The hosts egressd terminates TLS for (their hosts are allowed implicitly).
+    pub intercepts: crate::intercept::Intercepts,
 }
 
 /// Proxy timeouts; the defaults are in [`defaults`].
@@ -88,6 +93,8 @@ pub struct ConfigBuilder {
     upstream_ca: Option<PathBuf>,
     audit_log: Option<PathBuf>,
     timeouts: Timeouts,
+    credentials: Vec<(Credential, Location)>,
+    intercepts: Vec<crate::intercept::InterceptRule>,
     errors: Vec<Error>,
 }
 
@@ -248,17 +255,24 @@ impl ConfigBuilder {
     /// Every error recorded by every source, in order: the single error when there is one,
     /// [`Error::Partial`] otherwise.
     pub fn build(self) -> Result<Config, Error> {
-        if let Some(error) = Error::from_many(self.errors) {
+        let mut errors = self.errors;
+        errors.extend(credential::check_references(&self.credentials));
+        if let Some(error) = Error::from_many(errors) {
             return Err(error);
         }
         let ports = self.ports.as_deref().unwrap_or(defaults::PORTS);
+        // An intercepted host is allowed: its rule is its allow entry.
+        let mut entries = self.entries;
+        entries.extend(self.intercepts.iter().map(|r| (*r.host).clone()));
         Ok(Config {
-            policy: Arc::new(Policy::new(self.entries, ports, &self.loopback_ports)),
+            policy: Arc::new(Policy::new(entries, ports, &self.loopback_ports)),
             resolve: self.resolve,
             dns_servers: self.dns_servers,
             upstream_ca: self.upstream_ca,
             audit_log: self.audit_log,
             timeouts: self.timeouts,
+            credentials: self.credentials.into_iter().map(|(c, _)| c).collect(),
+            intercepts: crate::intercept::Intercepts::new(self.intercepts),
         })
     }
 
@@ -409,6 +423,24 @@ impl FileContext<'_> {
         }
         if let Some(path) = file.audit_log {
             builder.audit_log = Some(dir.join(path.into_inner()));
+        }
+        for table in file.credentials {
+            let place = |offset| self.place(offset).1;
+            match credential::parse(&table, dir, &place) {
+                Ok(parsed) => builder.credentials.push(parsed),
+                Err(e) => errors.extend(e),
+            }
+        }
+        let names: Vec<String> = builder
+            .credentials
+            .iter()
+            .map(|(c, _)| c.name.clone())
+            .collect();
+        for table in &file.intercepts {
+            match crate::intercept::parse(table, &|offset| self.place(offset), &names) {
+                Ok(rule) => builder.intercepts.push(rule),
+                Err(e) => errors.extend(e),
+            }
         }
         let t = &mut builder.timeouts;
         let timeouts = file.timeouts;

@@ -20,5 +20,11 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// (AWF's `Safe_ports` without the host and api-proxy additions).
 pub const PORTS: &[u16] = &[80, 443];
 
+/// Entra authority of the public cloud, for credentials that do not set `authority`.
+pub const ENTRA_AUTHORITY: &str = "https://login.microsoftonline.com";
+
+/// Scope of the blueprint hop of an `entra-agent` credential (`reference/tokens.md` §3).
+pub const ENTRA_EXCHANGE_SCOPE: &str = "api://AzureADTokenExchange/.default";
+
 /// Port used for a `--dns-server` address given without one.
 pub const DNS_PORT: u16 = 53;

@@ -149,6 +149,9 @@ fn saturate(n: usize) -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ErrorKind {
+    /// An `[[intercept]]` table is invalid; the text says what and how to fix it.
+    #[error("{0}")]
+    Intercept(String),
     /// An allow or block entry is not a valid domain, pattern or IP address.
     #[error("invalid domain or pattern '{entry}': {why}")]
     InvalidEntry {
@@ -191,6 +194,14 @@ pub enum ErrorKind {
         text: String,
         /// What is wrong and how to fix it.
         why: &'static str,
+    },
+    /// A `[[credential]]` table is invalid or refers to a missing or looping credential.
+    #[error("credential '{name}': {why}")]
+    Credential {
+        /// The credential's name.
+        name: String,
+        /// What is wrong and how to fix it.
+        why: String,
     },
     /// Port 0 in a port list.
     #[error("port 0 is not a valid destination port: use a port from 1 to 65535")]

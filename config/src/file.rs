@@ -41,6 +41,8 @@
 //! ports = [8443]
 //! allow_private = true
 //! ```
+//!
+//! `[[credential]]` tables name token sources; their format is in [`crate::credential`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -79,6 +81,12 @@ pub struct File {
     /// `[[rule]]` tables: allow entries with extra ports or `allow_private`.
     #[serde(default, rename = "rule")]
     pub rules: Vec<FileRule>,
+    /// `[[credential]]` tables (see [`crate::credential`]).
+    #[serde(default, rename = "credential")]
+    pub credentials: Vec<crate::credential::FileCredential>,
+    /// `[[intercept]]` tables (see [`crate::intercept`]).
+    #[serde(default, rename = "intercept")]
+    pub intercepts: Vec<crate::intercept::FileIntercept>,
 }
 
 /// The `[timeouts]` table; durations are strings such as `"500ms"`, `"10s"` or `"5m"`.

@@ -35,13 +35,17 @@
 
 mod addr;
 mod builder;
+pub mod credential;
 pub mod defaults;
 mod error;
 pub mod file;
+pub mod intercept;
 mod policy;
 
 pub use builder::{Config, ConfigBuilder, ResolveOverride, Timeouts};
+pub use credential::{Credential, CredentialSource};
 pub use error::{EntryError, Error, ErrorKind, Location};
+pub use intercept::{InterceptRule, Intercepts};
 pub use policy::{
     Action, Decision, Entry, List, Origin, Pattern, Policy, Reason, Scheme, SchemeFilter, Target,
     TargetHost,

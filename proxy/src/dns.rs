@@ -393,7 +393,7 @@ fn encode(reply: &Message, transport: Transport, client_limit: Option<u16>) -> O
         MessageType::Response,
         reply.metadata.op_code,
     );
-    truncated.metadata = reply.metadata.clone();
+    truncated.metadata = reply.metadata;
     truncated.metadata.truncation = true;
     truncated.add_queries(reply.queries.iter().cloned());
     truncated.to_vec().ok()

@@ -44,12 +44,14 @@
 
 mod addr;
 mod audit;
+mod body;
 mod conn;
 mod dns;
 mod error;
 pub mod intercept;
 mod listener;
 mod respond;
+pub mod token;
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@
 mod ca;
 mod cmd;
 mod dns;
+pub mod fakes;
 mod netns;
 mod scene;
 mod scratch;

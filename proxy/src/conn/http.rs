@@ -18,26 +18,23 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, UPGRADE};
+use hyper::header::{HOST, HeaderMap, UPGRADE};
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use crate::Proxy;
 use crate::addr::{ClientAddr, OrigDst};
-use crate::audit::{AuditDecision, AuditLog, Proto, Record};
+use crate::audit::{AuditDecision, Proto, Record};
+use crate::body::{AuditedBody, Counted, PendingRecord, ResBody, strip_hop_by_hop};
 use crate::conn::classify::{Classified, HostName, HttpHead, normalize_host};
 use crate::conn::decide::{Dest, Verdict, decide};
 use crate::conn::rewind::Rewind;
@@ -50,22 +47,6 @@ const UPGRADE_REFUSED: &str = "protocol upgrades (websocket, h2c) are not suppor
 const NO_INTERCEPT: &str = "interception not available yet";
 /// Longest path written to the audit log.
 const MAX_AUDIT_PATH: usize = 1024;
-
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), plus the
-/// proxy-era ones clients still send.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-type ResBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// Serves one client connection until it closes, auditing each request.
 pub(super) async fn serve(proxy: &Proxy, io: Rewind<TcpStream>, client: ClientAddr, orig: OrigDst) {
@@ -99,9 +80,9 @@ struct HttpConn<'a> {
 
 impl HttpConn<'_> {
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
-        let mut pending = PendingRecord::new(self, &req);
+        let mut pending = request_record(self, &req);
         let resp = self.route(req, &mut pending).await;
-        Ok(resp.map(|inner| AuditedBody { inner, pending }.boxed_unsync()))
+        Ok(resp.map(|inner| AuditedBody::new(inner, pending).boxed_unsync()))
     }
 
     async fn route(&self, req: Request<Incoming>, p: &mut PendingRecord) -> Response<ResBody> {
@@ -286,138 +267,25 @@ fn upstream_request(req: Request<Incoming>, bytes_up: Arc<AtomicU64>) -> Request
         .parse::<Uri>()
         .unwrap_or_else(|_| Uri::from_static("/"));
     strip_hop_by_hop(&mut parts.headers);
-    Request::from_parts(
-        parts,
-        Counted {
-            inner: body,
-            counter: bytes_up,
-        },
-    )
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
+    Request::from_parts(parts, Counted::new(body, bytes_up))
 }
 
 fn full(resp: Response<Full<Bytes>>) -> Response<ResBody> {
     resp.map(|b| b.map_err(|never| match never {}).boxed_unsync())
 }
 
-/// A request body that counts the bytes it yields.
-struct Counted {
-    inner: Incoming,
-    counter: Arc<AtomicU64>,
-}
-
-impl Body for Counted {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(f)) = &frame
-            && let Some(d) = f.data_ref()
-        {
-            self.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The audit record of one request, written exactly once: when it is dropped, which is when
-/// the response body finished (or the client went away, or the handler was cancelled).
-struct PendingRecord {
-    rec: Record,
-    audit: Arc<AuditLog>,
-    started: Instant,
-    bytes_up: Arc<AtomicU64>,
-    bytes_down: u64,
-}
-
-impl PendingRecord {
-    fn new(conn: &HttpConn<'_>, req: &Request<Incoming>) -> Self {
-        let mut rec = Record::new(
-            &conn.proxy.sandbox,
-            conn.client.0,
-            Some(conn.orig.0),
-            Proto::Http,
-        );
-        rec.method = Some(req.method().as_str().to_owned());
-        let path = req.uri().path();
-        // URI paths are ASCII (the `http` crate rejects other bytes), so any index is a
-        // character boundary.
-        rec.path = Some(path.get(..MAX_AUDIT_PATH).unwrap_or(path).to_owned());
-        Self {
-            rec,
-            audit: Arc::clone(&conn.proxy.audit),
-            started: Instant::now(),
-            bytes_up: Arc::new(AtomicU64::new(0)),
-            bytes_down: 0,
-        }
-    }
-}
-
-impl Drop for PendingRecord {
-    fn drop(&mut self) {
-        self.rec.bytes_up = self.bytes_up.load(Ordering::Relaxed);
-        self.rec.bytes_down = self.bytes_down;
-        self.rec.duration_ms =
-            u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.audit.record(&self.rec);
-    }
-}
-
-/// A response body that counts what it yields and owns its request's [`PendingRecord`].
-struct AuditedBody {
-    inner: ResBody,
-    pending: PendingRecord,
-}
-
-impl Body for AuditedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(f)) = &frame
-            && let Some(d) = f.data_ref()
-        {
-            self.pending.bytes_down += d.len() as u64;
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+/// The audit record a plain-HTTP request starts with.
+fn request_record(conn: &HttpConn<'_>, req: &Request<Incoming>) -> PendingRecord {
+    let mut rec = Record::new(
+        &conn.proxy.sandbox,
+        conn.client.0,
+        Some(conn.orig.0),
+        Proto::Http,
+    );
+    rec.method = Some(req.method().as_str().to_owned());
+    let path = req.uri().path();
+    // URI paths are ASCII (the `http` crate rejects other bytes), so any index is a
+    // character boundary.
+    rec.path = Some(path.get(..MAX_AUDIT_PATH).unwrap_or(path).to_owned());
+    PendingRecord::new(Arc::clone(&conn.proxy.audit), rec)
 }

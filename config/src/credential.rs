@@ -1,0 +1,559 @@
+//! Credentials: where the proxy's token broker gets the tokens it injects.
+//!
+//! This module owns the `[[credential]]` tables of the TOML file ([`FileCredential`], the serde
+//! layer) and their validated form ([`Credential`]). It checks each table on its own (required
+//! and applicable keys per `source`, URLs, durations) and, once every source has been read,
+//! the references between tables (unique names, `assertion` names an existing credential, no
+//! loops). It never reads an environment variable or a secret file: `source = "env"` and
+//! `source = "file"` only *name* the secret; the daemon reads its own environment and the
+//! proxy reads the file.
+//!
+//! # Format
+//!
+//! ```toml
+//! # A GitHub Actions OIDC token (ACTIONS_ID_TOKEN_REQUEST_URL / _TOKEN, handed in by the
+//! # daemon). `audience` is optional; without it GitHub uses the repository owner's URL.
+//! [[credential]]
+//! name = "github-oidc-azure"
+//! source = "github-oidc"
+//! audience = "api://AzureADTokenExchange"
+//!
+//! # Entra client credentials with a federated credential: another credential's token
+//! # (here the GitHub OIDC JWT, minted fresh for every exchange) is the client assertion.
+//! [[credential]]
+//! name = "azure-openai"
+//! source = "entra"
+//! tenant = "00000000-0000-0000-0000-0000000000aa"
+//! client_id = "11111111-2222-3333-4444-555555555555"
+//! scope = "https://cognitiveservices.azure.com/.default"
+//! assertion = "github-oidc-azure"
+//! authority = "https://login.microsoftonline.com"   # the default; sovereign clouds too
+//! refresh_margin = "5m"                             # optional: refresh 5 min before expiry
+//!
+//! # Entra Agent ID, two hops: the blueprint gets T1 for the agent (`fmi_path`), then the
+//! # agent identity exchanges T1 for the resource token.
+//! [[credential]]
+//! name = "agent"
+//! source = "entra-agent"
+//! tenant = "00000000-0000-0000-0000-0000000000aa"
+//! blueprint_client_id = "22222222-0000-0000-0000-000000000000"
+//! agent_client_id = "33333333-0000-0000-0000-000000000000"
+//! scope = "https://cognitiveservices.azure.com/.default"
+//! assertion = "github-oidc-azure"
+//! # exchange_scope = "api://AzureADTokenExchangeUSGov/.default"   # hop 1, national clouds
+//!
+//! # A static secret from the daemon's own environment ...
+//! [[credential]]
+//! name = "static-key"
+//! source = "env"
+//! var = "AZURE_OPENAI_KEY"
+//!
+//! # ... or from a file only its owner can read (mode 0600 or stricter; relative paths are
+//! # relative to this file's directory).
+//! [[credential]]
+//! name = "file-key"
+//! source = "file"
+//! path = "/etc/egressd/key"
+//! ```
+//!
+//! Keys that do not apply to a table's `source` are errors, as are unknown keys: a typo must
+//! not silently change which token is minted. Authorities must be `https://` URLs; `http://`
+//! is accepted only for loopback hosts (test servers).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::defaults;
+use crate::error::{Error, ErrorKind, Location};
+use crate::file::parse_duration;
+
+/// One `[[credential]]` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCredential {
+    /// The name rules and other credentials refer to.
+    pub name: Spanned<String>,
+    /// `github-oidc`, `entra`, `entra-agent`, `env` or `file`.
+    pub source: Spanned<String>,
+    /// `github-oidc`: the `aud` of the minted JWT.
+    pub audience: Option<Spanned<String>>,
+    /// `entra`, `entra-agent`: the tenant ID or verified domain.
+    pub tenant: Option<Spanned<String>>,
+    /// `entra`: the application (client) ID holding the federated credential.
+    pub client_id: Option<Spanned<String>>,
+    /// `entra`, `entra-agent`: the resource scope, `<App ID URI>/.default`.
+    pub scope: Option<Spanned<String>>,
+    /// `entra`, `entra-agent`: the credential whose token is the client assertion.
+    pub assertion: Option<Spanned<String>>,
+    /// `entra`, `entra-agent`: the authority URL (default `https://login.microsoftonline.com`).
+    pub authority: Option<Spanned<String>>,
+    /// Refresh this long before expiry instead of the broker's default policy.
+    pub refresh_margin: Option<Spanned<String>>,
+    /// `entra-agent`: the agent identity blueprint's client ID (hop 1).
+    pub blueprint_client_id: Option<Spanned<String>>,
+    /// `entra-agent`: the agent identity's client ID (`fmi_path` of hop 1, client of hop 2).
+    pub agent_client_id: Option<Spanned<String>>,
+    /// `entra-agent`: the scope of hop 1 (default `api://AzureADTokenExchange/.default`).
+    pub exchange_scope: Option<Spanned<String>>,
+    /// `env`: the daemon's environment variable holding the secret.
+    pub var: Option<Spanned<String>>,
+    /// `file`: the file holding the secret.
+    pub path: Option<Spanned<PathBuf>>,
+}
+
+/// A validated credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Unique among the credentials; letters, digits, `.`, `_` and `-`.
+    pub name: String,
+    /// Where its token comes from.
+    pub source: CredentialSource,
+    /// Refresh this long before expiry; `None` for the broker's default policy.
+    pub refresh_margin: Option<Duration>,
+}
+
+/// Where a credential's token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CredentialSource {
+    /// Entra client credentials with a client assertion (`source = "entra"`).
+    Entra(EntraSource),
+    /// Entra Agent ID, two hops (`source = "entra-agent"`).
+    EntraAgent(EntraAgentSource),
+    /// A variable of the daemon's own environment (`source = "env"`).
+    Env {
+        /// The variable's name.
+        var: String,
+    },
+    /// A file only its owner can read (`source = "file"`).
+    File {
+        /// The file (relative paths resolved against the config file's directory).
+        path: PathBuf,
+    },
+    /// A GitHub Actions OIDC token (`source = "github-oidc"`).
+    GithubOidc {
+        /// The requested `aud`; `None` lets GitHub pick the owner's URL.
+        audience: Option<String>,
+    },
+}
+
+/// `source = "entra"`: `POST {authority}/{tenant}/oauth2/v2.0/token`, client credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraSource {
+    /// Authority URL without a trailing slash, such as `https://login.microsoftonline.com`.
+    pub authority: String,
+    /// Tenant ID or verified domain.
+    pub tenant: String,
+    /// The application (client) ID.
+    pub client_id: String,
+    /// The resource scope.
+    pub scope: String,
+    /// The credential supplying `client_assertion`.
+    pub assertion: String,
+}
+
+/// `source = "entra-agent"`: blueprint hop with `fmi_path`, then the agent identity hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraAgentSource {
+    /// Authority URL without a trailing slash.
+    pub authority: String,
+    /// The agent identity's home tenant.
+    pub tenant: String,
+    /// The agent identity blueprint's client ID (hop 1).
+    pub blueprint_client_id: String,
+    /// The agent identity's client ID (`fmi_path` of hop 1, `client_id` of hop 2).
+    pub agent_client_id: String,
+    /// The resource scope (hop 2).
+    pub scope: String,
+    /// The scope of hop 1, `api://AzureADTokenExchange/.default` by default.
+    pub exchange_scope: String,
+    /// The credential supplying hop 1's `client_assertion`.
+    pub assertion: String,
+}
+
+impl Credential {
+    /// The credential whose token this one uses as a client assertion, if any.
+    pub fn assertion(&self) -> Option<&str> {
+        match &self.source {
+            CredentialSource::Entra(e) => Some(&e.assertion),
+            CredentialSource::EntraAgent(e) => Some(&e.assertion),
+            _ => None,
+        }
+    }
+
+    /// The `source` keyword, such as `"entra"`.
+    pub fn source_name(&self) -> &'static str {
+        match &self.source {
+            CredentialSource::Entra(_) => "entra",
+            CredentialSource::EntraAgent(_) => "entra-agent",
+            CredentialSource::Env { .. } => "env",
+            CredentialSource::File { .. } => "file",
+            CredentialSource::GithubOidc { .. } => "github-oidc",
+        }
+    }
+}
+
+/// Validates one table. `dir` resolves relative paths; `place` turns a byte offset of the
+/// file into a location. Returns the credential and the location of its name.
+pub(crate) fn parse(
+    table: &FileCredential,
+    dir: &Path,
+    place: &dyn Fn(usize) -> Location,
+) -> Result<(Credential, Location), Vec<Error>> {
+    let mut check = Checker {
+        name: table.name.get_ref(),
+        at_table: table.name.span().start,
+        place,
+        errors: Vec::new(),
+    };
+    if let Err(why) = check_name(check.name) {
+        check.fail(table.name.span().start, why);
+    }
+    let source = table.source.get_ref().as_str();
+    let Some(allowed) = keys_of(source) else {
+        check.fail(
+            table.source.span().start,
+            format!(
+                "unknown source '{source}': use one of github-oidc, entra, entra-agent, env, file"
+            ),
+        );
+        return Err(check.errors);
+    };
+    for (key, offset) in present_keys(table) {
+        if !allowed.contains(&key) {
+            check.fail(
+                offset,
+                format!("`{key}` does not apply to source '{source}': remove it"),
+            );
+        }
+    }
+    let source = check.source(source, table, dir);
+    let refresh_margin = table.refresh_margin.as_ref().and_then(|text| {
+        parse_duration(text.get_ref())
+            .map_err(|why| check.fail(text.span().start, format!("`refresh_margin`: {why}")))
+            .ok()
+    });
+    if !check.errors.is_empty() {
+        return Err(check.errors);
+    }
+    Ok((
+        Credential {
+            name: check.name.to_owned(),
+            source,
+            refresh_margin,
+        },
+        place(table.name.span().start),
+    ))
+}
+
+/// Collects the errors of one table.
+struct Checker<'a> {
+    name: &'a str,
+    /// Offset of the table's `name` value, where "missing key" errors point.
+    at_table: usize,
+    place: &'a dyn Fn(usize) -> Location,
+    errors: Vec<Error>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, offset: usize, why: String) {
+        self.errors.push(Error::at(
+            (self.place)(offset),
+            ErrorKind::Credential {
+                name: self.name.to_owned(),
+                why,
+            },
+        ));
+    }
+
+    /// A required key's value, checked by `check`; records an error and yields "" when bad.
+    fn required(
+        &mut self,
+        source: &str,
+        key: &'static str,
+        value: Option<&Spanned<String>>,
+        check: fn(&str) -> Result<(), String>,
+    ) -> String {
+        let Some(value) = value else {
+            self.fail(self.at_table, format!("source '{source}' needs `{key}`"));
+            return String::new();
+        };
+        match check(value.get_ref()) {
+            Ok(()) => value.get_ref().clone(),
+            Err(why) => {
+                self.fail(value.span().start, format!("`{key}`: {why}"));
+                String::new()
+            }
+        }
+    }
+
+    /// The authority URL, checked and without a trailing slash (the default when absent).
+    fn authority(&mut self, source: &str, value: Option<&Spanned<String>>) -> String {
+        if value.is_none() {
+            return defaults::ENTRA_AUTHORITY.to_owned();
+        }
+        self.required(source, "authority", value, check_authority)
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// The [`CredentialSource`] of a table whose `source` is one of [`keys_of`]'s.
+    fn source(&mut self, source: &str, t: &FileCredential, dir: &Path) -> CredentialSource {
+        match source {
+            "github-oidc" => CredentialSource::GithubOidc {
+                audience: t
+                    .audience
+                    .as_ref()
+                    .map(|a| self.required(source, "audience", Some(a), check_token)),
+            },
+            "entra" => CredentialSource::Entra(EntraSource {
+                tenant: self.required(source, "tenant", t.tenant.as_ref(), check_tenant),
+                client_id: self.required(source, "client_id", t.client_id.as_ref(), check_token),
+                scope: self.required(source, "scope", t.scope.as_ref(), check_token),
+                assertion: self.required(source, "assertion", t.assertion.as_ref(), check_token),
+                authority: self.authority(source, t.authority.as_ref()),
+            }),
+            "entra-agent" => CredentialSource::EntraAgent(EntraAgentSource {
+                tenant: self.required(source, "tenant", t.tenant.as_ref(), check_tenant),
+                blueprint_client_id: self.required(
+                    source,
+                    "blueprint_client_id",
+                    t.blueprint_client_id.as_ref(),
+                    check_token,
+                ),
+                agent_client_id: self.required(
+                    source,
+                    "agent_client_id",
+                    t.agent_client_id.as_ref(),
+                    check_token,
+                ),
+                scope: self.required(source, "scope", t.scope.as_ref(), check_token),
+                exchange_scope: t.exchange_scope.as_ref().map_or_else(
+                    || defaults::ENTRA_EXCHANGE_SCOPE.to_owned(),
+                    |s| self.required(source, "exchange_scope", Some(s), check_token),
+                ),
+                assertion: self.required(source, "assertion", t.assertion.as_ref(), check_token),
+                authority: self.authority(source, t.authority.as_ref()),
+            }),
+            "env" => CredentialSource::Env {
+                var: self.required(source, "var", t.var.as_ref(), check_var),
+            },
+            _ => {
+                let path = t
+                    .path
+                    .as_ref()
+                    .map_or_else(PathBuf::new, |p| dir.join(p.get_ref()));
+                if t.path.is_none() {
+                    self.fail(self.at_table, "source 'file' needs `path`".to_owned());
+                }
+                CredentialSource::File { path }
+            }
+        }
+    }
+}
+
+/// Checks the references between credentials from every source: unique names, assertions
+/// that name an existing credential, and no loops. One error per problem, at the credential.
+pub(crate) fn check_references(credentials: &[(Credential, Location)]) -> Vec<Error> {
+    let mut errors = Vec::new();
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    let error = |at: &Location, name: &str, why: String| {
+        Error::at(
+            at.clone(),
+            ErrorKind::Credential {
+                name: name.to_owned(),
+                why,
+            },
+        )
+    };
+    for (i, (credential, at)) in credentials.iter().enumerate() {
+        if let Some(&first) = by_name.get(credential.name.as_str()) {
+            let why = format!(
+                "defined twice (first at {}): give each credential its own name",
+                credentials[first].1
+            );
+            errors.push(error(at, &credential.name, why));
+        } else {
+            by_name.insert(&credential.name, i);
+        }
+    }
+    let mut in_reported_loop = vec![false; credentials.len()];
+    for (i, (credential, at)) in credentials.iter().enumerate() {
+        let Some(target) = credential.assertion() else {
+            continue;
+        };
+        if !by_name.contains_key(target) {
+            let why = format!(
+                "`assertion` names '{target}', which is not a credential: define a \
+                 [[credential]] with that name (usually source = \"github-oidc\")"
+            );
+            errors.push(error(at, &credential.name, why));
+            continue;
+        }
+        // Each credential has at most one assertion, so the chain is a path; follow it.
+        let mut chain = vec![i];
+        let mut next = by_name.get(target).copied();
+        while let Some(j) = next {
+            if j == i {
+                if !in_reported_loop[i] {
+                    for &k in &chain {
+                        in_reported_loop[k] = true;
+                    }
+                    let names: Vec<&str> = chain
+                        .iter()
+                        .chain([&i])
+                        .map(|&k| credentials[k].0.name.as_str())
+                        .collect();
+                    let why = format!(
+                        "its assertions loop back to it ({}): end the chain with a \
+                         github-oidc, env or file credential",
+                        names.join(" -> ")
+                    );
+                    errors.push(error(at, &credential.name, why));
+                }
+                break;
+            }
+            if chain.contains(&j) {
+                break; // a loop further down the chain, reported at its own members
+            }
+            chain.push(j);
+            next = credentials[j]
+                .0
+                .assertion()
+                .and_then(|t| by_name.get(t).copied());
+        }
+    }
+    errors
+}
+
+// === helpers ===
+
+/// The keys a source accepts besides `name`, `source` and `refresh_margin`; `None` for an
+/// unknown source.
+fn keys_of(source: &str) -> Option<&'static [&'static str]> {
+    Some(match source {
+        "github-oidc" => &["audience"],
+        "entra" => &["tenant", "client_id", "scope", "assertion", "authority"],
+        "entra-agent" => &[
+            "tenant",
+            "blueprint_client_id",
+            "agent_client_id",
+            "scope",
+            "exchange_scope",
+            "assertion",
+            "authority",
+        ],
+        "env" => &["var"],
+        "file" => &["path"],
+        _ => return None,
+    })
+}
+
+/// Source-specific keys present in the table, with the byte offset of their value.
+fn present_keys(t: &FileCredential) -> Vec<(&'static str, usize)> {
+    let strings = [
+        ("audience", &t.audience),
+        ("tenant", &t.tenant),
+        ("client_id", &t.client_id),
+        ("scope", &t.scope),
+        ("assertion", &t.assertion),
+        ("authority", &t.authority),
+        ("blueprint_client_id", &t.blueprint_client_id),
+        ("agent_client_id", &t.agent_client_id),
+        ("exchange_scope", &t.exchange_scope),
+        ("var", &t.var),
+    ];
+    let mut keys: Vec<_> = strings
+        .into_iter()
+        .filter_map(|(key, value)| value.as_ref().map(|v| (key, v.span().start)))
+        .collect();
+    if let Some(path) = &t.path {
+        keys.push(("path", path.span().start));
+    }
+    keys
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            "a name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or \
+             digit"
+                .to_owned(),
+        )
+    }
+}
+
+/// A single value without whitespace: client IDs, scopes, audiences, references.
+fn check_token(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it contains whitespace: give exactly one value".to_owned());
+    }
+    Ok(())
+}
+
+fn check_tenant(tenant: &str) -> Result<(), String> {
+    check_token(tenant)?;
+    if !tenant
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+    {
+        return Err("write the tenant ID (a GUID) or a verified domain".to_owned());
+    }
+    if ["common", "organizations", "consumers"].contains(&tenant.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "'{tenant}' cannot issue client-credentials tokens: write the tenant ID"
+        ));
+    }
+    Ok(())
+}
+
+fn check_var(var: &str) -> Result<(), String> {
+    let ok = var.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err("an environment variable name is letters, digits and '_'".to_owned())
+    }
+}
+
+/// An `https://` URL without query, fragment or user info; `http://` only on loopback.
+fn check_authority(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => return Err("the URL has no host".to_owned()),
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => return Err("use https:// (http:// only for loopback test servers)".into()),
+        other => return Err(format!("scheme '{other}' is not https")),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("remove the query or fragment: write only scheme, host and path".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("remove the user name or password from the URL".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,344 @@
+//! `[[intercept]]` rules: the hosts egressd terminates TLS for, and what it injects there.
+//!
+//! Everything else stays pass-through (DESIGN decision 4). A rule names a host (AWF domain
+//! syntax: `api.example.com` covers its subdomains, `*.example.com` only subdomains), and
+//! optionally a path prefix and methods that narrow where its credential is injected. A
+//! rule without a credential asks for strict interception only: per-request `Host` /
+//! `:authority` checks, no injection.
+//!
+//! ```toml
+//! [[intercept]]
+//! host = "my-resource.openai.azure.com"
+//! credential = "azure-openai"         # a [[credential]] name
+//! header = "Authorization"            # default
+//! format = "Bearer {token}"           # default; e.g. "{token}" for `api-key`
+//! path_prefix = "/openai/"            # optional: inject only below this path
+//! methods = ["GET", "POST"]           # optional: inject only for these methods
+//! strip = ["x-custom-key"]            # client headers to remove, beyond the defaults
+//! ```
+//!
+//! An intercepted host is allowed implicitly (its rule is its allow entry). Requests to an
+//! intercepted host that no credential rule covers are forwarded without a credential.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{ErrorKind, Location};
+use crate::policy::{Entry, List, Origin, Policy, Scheme, Target, TargetHost};
+
+/// Client headers that are always removed on intercepted requests that get a credential:
+/// the agent must not be able to choose (or learn about) the credential used.
+pub const DEFAULT_STRIPPED: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "api-key",
+    "x-api-key",
+    "x-goog-api-key",
+];
+
+/// One `[[intercept]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIntercept {
+    /// The host pattern (AWF syntax).
+    pub host: Spanned<String>,
+    /// The `[[credential]]` to inject; none for strict interception only.
+    pub credential: Option<Spanned<String>>,
+    /// Header the credential goes in (default `Authorization`).
+    pub header: Option<Spanned<String>>,
+    /// Header value, with `{token}` where the token goes (default `Bearer {token}`).
+    pub format: Option<Spanned<String>>,
+    /// Inject only for paths starting with this.
+    pub path_prefix: Option<Spanned<String>>,
+    /// Inject only for these methods.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Extra client headers to remove.
+    #[serde(default)]
+    pub strip: Vec<Spanned<String>>,
+}
+
+/// A validated interception rule.
+#[derive(Clone, Debug)]
+pub struct InterceptRule {
+    /// The host pattern, with where the rule came from.
+    pub host: Arc<Entry>,
+    /// The credential to inject, if any.
+    pub credential: Option<String>,
+    /// Header name, lowercase.
+    pub header: String,
+    /// Header value template containing `{token}` exactly once.
+    pub format: String,
+    /// Inject only below this path (always starts with `/`).
+    pub path_prefix: Option<String>,
+    /// Inject only for these methods (uppercase); empty means every method.
+    pub methods: Vec<String>,
+    /// Client headers removed before forwarding when this rule injects (lowercase),
+    /// [`DEFAULT_STRIPPED`] included.
+    pub strip: Vec<String>,
+}
+
+impl InterceptRule {
+    /// Whether this rule's credential applies to a request with `method` and `path`.
+    pub fn applies_to(&self, method: &str, path: &str) -> bool {
+        let method_ok = self.methods.is_empty() || self.methods.iter().any(|m| m == method);
+        let path_ok = self
+            .path_prefix
+            .as_deref()
+            .is_none_or(|prefix| path.starts_with(prefix));
+        method_ok && path_ok
+    }
+
+    /// The header value for `token`.
+    pub fn header_value(&self, token: &str) -> String {
+        self.format.replacen("{token}", token, 1)
+    }
+}
+
+/// Every interception rule, with a matcher over their hosts.
+#[derive(Clone, Debug, Default)]
+pub struct Intercepts {
+    rules: Vec<InterceptRule>,
+    hosts: Option<Arc<Policy>>,
+}
+
+impl Intercepts {
+    /// Builds the set; hosts are matched with the allowlist's own matcher.
+    pub fn new(rules: Vec<InterceptRule>) -> Self {
+        if rules.is_empty() {
+            return Self::default();
+        }
+        let entries: Vec<Entry> = rules.iter().map(|r| (*r.host).clone()).collect();
+        let hosts = Policy::new(entries, &[443], &[]);
+        Self {
+            rules,
+            hosts: Some(Arc::new(hosts)),
+        }
+    }
+
+    /// Whether no host is intercepted.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Every rule, in file order.
+    pub fn rules(&self) -> &[InterceptRule] {
+        &self.rules
+    }
+
+    /// The rules for `host` (a TLS SNI), most specific host pattern first; empty when the
+    /// host is not intercepted.
+    pub fn for_host(&self, host: &str) -> Vec<&InterceptRule> {
+        let Some(hosts) = &self.hosts else {
+            return Vec::new();
+        };
+        let decision = hosts.decide(&Target {
+            host: TargetHost::Name(host),
+            port: 443,
+            scheme: Scheme::Https,
+        });
+        if !decision.is_allow() {
+            return Vec::new();
+        }
+        let Some(entry) = decision.rule else {
+            return Vec::new();
+        };
+        self.rules
+            .iter()
+            .filter(|r| r.host.text == entry.text)
+            .collect()
+    }
+
+    /// The host patterns, for the CA's name constraints.
+    pub fn host_patterns(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.rules.iter().map(|r| r.host.text.clone()).collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+}
+
+/// Validates one table; `place` turns a byte offset into the origin and error location.
+pub(crate) fn parse(
+    table: &FileIntercept,
+    place: &dyn Fn(usize) -> (Origin, Location),
+    credentials: &[String],
+) -> Result<InterceptRule, Vec<crate::Error>> {
+    let mut errors = Vec::new();
+    let (origin, at) = place(table.host.span().start);
+    let host = match Entry::parse(table.host.get_ref(), List::Allow, origin) {
+        Ok(e) if e.is_dead() => {
+            errors.push(crate::Error::at(
+                at,
+                ErrorKind::Intercept(format!(
+                    "intercept host '{}' can never match: {}",
+                    table.host.get_ref(),
+                    e.dead_reason().unwrap_or("it is not a domain")
+                )),
+            ));
+            None
+        }
+        Ok(e) => Some(Arc::new(e)),
+        Err(kind) => {
+            errors.push(crate::Error::at(at, kind));
+            None
+        }
+    };
+    let credential = table.credential.as_ref().map(|c| {
+        if !credentials.iter().any(|n| n == c.get_ref()) {
+            errors.push(crate::Error::at(
+                place(c.span().start).1,
+                ErrorKind::Intercept(format!(
+                    "no [[credential]] named '{}': define it, or remove `credential` for strict interception only",
+                    c.get_ref()
+                )),
+            ));
+        }
+        c.get_ref().clone()
+    });
+    let header = match &table.header {
+        Some(h) => header_name(h, place, &mut errors),
+        None => "authorization".to_owned(),
+    };
+    let format = match &table.format {
+        Some(f) => check_format(f, place, &mut errors),
+        None => "Bearer {token}".to_owned(),
+    };
+    let path_prefix = match &table.path_prefix {
+        Some(p) if !p.get_ref().starts_with('/') => {
+            errors.push(crate::Error::at(
+                place(p.span().start).1,
+                ErrorKind::Intercept("`path_prefix` must start with '/'".to_owned()),
+            ));
+            None
+        }
+        Some(p) => Some(p.get_ref().clone()),
+        None => None,
+    };
+    let mut methods = Vec::new();
+    for m in &table.methods {
+        if is_token(m.get_ref()) {
+            methods.push(m.get_ref().to_ascii_uppercase());
+        } else {
+            errors.push(crate::Error::at(
+                place(m.span().start).1,
+                ErrorKind::Intercept(format!("'{}' is not an HTTP method", m.get_ref())),
+            ));
+        }
+    }
+    let mut strip: Vec<String> = DEFAULT_STRIPPED.iter().map(|s| (*s).to_owned()).collect();
+    strip.extend(
+        table
+            .strip
+            .iter()
+            .map(|h| header_name(h, place, &mut errors)),
+    );
+    match (host, errors.is_empty()) {
+        (Some(host), true) => Ok(InterceptRule {
+            host,
+            credential,
+            header,
+            format,
+            path_prefix,
+            methods,
+            strip,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// A header name, lowercase; an error (and an empty name) when it is not a valid one.
+fn header_name(
+    h: &Spanned<String>,
+    place: &dyn Fn(usize) -> (Origin, Location),
+    errors: &mut Vec<crate::Error>,
+) -> String {
+    if is_token(h.get_ref()) {
+        return h.get_ref().to_ascii_lowercase();
+    }
+    errors.push(crate::Error::at(
+        place(h.span().start).1,
+        ErrorKind::Intercept(format!("'{}' is not a valid HTTP header name", h.get_ref())),
+    ));
+    String::new()
+}
+
+/// A `format` template: `{token}` exactly once, no control characters.
+fn check_format(
+    f: &Spanned<String>,
+    place: &dyn Fn(usize) -> (Origin, Location),
+    errors: &mut Vec<crate::Error>,
+) -> String {
+    let why = if f.get_ref().matches("{token}").count() != 1 {
+        "`format` must contain `{token}` exactly once"
+    } else if f.get_ref().chars().any(char::is_control) {
+        "`format` must not contain control characters"
+    } else {
+        return f.get_ref().clone();
+    };
+    errors.push(crate::Error::at(
+        place(f.span().start).1,
+        ErrorKind::Intercept(why.to_owned()),
+    ));
+    String::new()
+}
+
+/// An HTTP token (RFC 9110): header names and methods.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(host: &str, prefix: Option<&str>, methods: &[&str]) -> InterceptRule {
+        InterceptRule {
+            host: Arc::new(Entry::parse(host, List::Allow, Origin::Builtin("test")).unwrap()),
+            credential: Some("c".into()),
+            header: "authorization".into(),
+            format: "Bearer {token}".into(),
+            path_prefix: prefix.map(str::to_owned),
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            strip: vec![],
+        }
+    }
+
+    #[test]
+    fn hosts_match_with_awf_semantics() {
+        let set = Intercepts::new(vec![
+            rule("api.example.com", None, &[]),
+            rule("*.openai.azure.com", Some("/openai/"), &["POST"]),
+        ]);
+        assert_eq!(set.for_host("api.example.com").len(), 1);
+        assert_eq!(set.for_host("v2.api.example.com").len(), 1);
+        assert_eq!(set.for_host("res.openai.azure.com").len(), 1);
+        assert!(set.for_host("openai.azure.com").is_empty());
+        assert!(set.for_host("example.com").is_empty());
+        assert_eq!(
+            set.host_patterns(),
+            vec!["*.openai.azure.com", "api.example.com"]
+        );
+    }
+
+    #[test]
+    fn path_and_method_narrow_injection() {
+        let r = rule("x.test", Some("/openai/"), &["POST"]);
+        assert!(r.applies_to("POST", "/openai/deployments/x/chat/completions"));
+        assert!(!r.applies_to("GET", "/openai/models"));
+        assert!(!r.applies_to("POST", "/other"));
+        assert_eq!(r.header_value("t0k"), "Bearer t0k");
+    }
+
+    #[test]
+    fn header_tokens() {
+        assert!(is_token("api-key"));
+        assert!(is_token("Authorization"));
+        assert!(!is_token("bad header"));
+        assert!(!is_token(""));
+    }
+}
