@@ -71,12 +71,23 @@ pub fn sudo_user() -> Option<(u32, u32)> {
     Some((uid, gid))
 }
 
-/// The environment for the sandboxed command: ours minus the scrubbed variables, with
-/// `HOME`, `USER` and `LOGNAME` set for the target user when it has a passwd entry.
-pub fn sandbox_env(uid: u32) -> Vec<(OsString, OsString)> {
+/// The environment for the sandboxed command: ours minus the scrubbed variables and the
+/// variables credential sources read (`also_scrubbed`), plus `set`, with `HOME`, `USER` and
+/// `LOGNAME` set for the target user when it has a passwd entry.
+pub fn sandbox_env(
+    uid: u32,
+    also_scrubbed: &[String],
+    set: &[(String, String)],
+) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(name, _)| !name.to_str().is_some_and(is_scrubbed))
+        .filter(|(name, _)| {
+            !name
+                .to_str()
+                .is_some_and(|n| is_scrubbed(n) || also_scrubbed.iter().any(|s| s == n))
+        })
+        .filter(|(name, _)| !set.iter().any(|(k, _)| name == k.as_str()))
         .collect();
+    env.extend(set.iter().map(|(k, v)| (k.into(), v.into())));
     if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
         let set = |env: &mut Vec<(OsString, OsString)>, k: &str, v: OsString| {
             env.retain(|(name, _)| name != k);
@@ -87,6 +98,40 @@ pub fn sandbox_env(uid: u32) -> Vec<(OsString, OsString)> {
         set(&mut env, "LOGNAME", user.name.into());
     }
     env
+}
+
+/// What the token sources read from the daemon's environment: the GitHub Actions OIDC
+/// request URL and token, and each variable an `env` credential names. Missing ones are
+/// left out; the broker says which credential needs them.
+pub fn token_source_env(config: &egressd_config::Config) -> egressd_proxy::token::SourceEnv {
+    use egressd_proxy::token::{GithubOidcEnv, Secret, SourceEnv};
+    let github_oidc = match (
+        std::env::var("ACTIONS_ID_TOKEN_REQUEST_URL"),
+        std::env::var("ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
+    ) {
+        (Ok(request_url), Ok(token)) => Some(GithubOidcEnv {
+            request_url,
+            request_token: Secret::new(token),
+        }),
+        _ => None,
+    };
+    let vars = credential_vars(config)
+        .into_iter()
+        .filter_map(|var| Some((var.clone(), Secret::new(std::env::var(&var).ok()?))))
+        .collect();
+    SourceEnv { github_oidc, vars }
+}
+
+/// The daemon variables `env` credentials read: never passed to the sandbox.
+pub fn credential_vars(config: &egressd_config::Config) -> Vec<String> {
+    config
+        .credentials
+        .iter()
+        .filter_map(|c| match &c.source {
+            egressd_config::CredentialSource::Env { var } => Some(var.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `EGRESSD_LOG`, the log filter directive, if set.

@@ -38,6 +38,8 @@ pub(crate) enum Proto {
     Unknown,
     /// A DNS query to the sandbox's DNS listener (UDP, or TCP to port 53).
     Dns,
+    /// A request on an intercepted (TLS-terminated) connection.
+    Https,
 }
 
 /// The decision a record reports.
@@ -85,6 +87,18 @@ pub(crate) struct Record {
     /// DNS: how many answer records were sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answers: Option<u32>,
+    /// HTTP status sent to the client (intercepted requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The credential injected (its name, never its value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Where that credential came from (`github-oidc`, `entra`, `env`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_source: Option<String>,
+    /// Seconds the injected token had left (absent for static secrets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_expires_in_s: Option<u64>,
 }
 
 impl Record {
@@ -115,6 +129,10 @@ impl Record {
             ech: false,
             qtype: None,
             answers: None,
+            status: None,
+            credential: None,
+            token_source: None,
+            token_expires_in_s: None,
         }
     }
 

@@ -23,6 +23,9 @@ pub enum Error {
     /// The DNS resolver could not be built from the configured servers.
     #[error("building the DNS resolver")]
     Resolver(#[source] hickory_resolver::net::NetError),
+    /// TLS interception could not be set up; the text says what and how to fix it.
+    #[error("setting up TLS interception: {0}")]
+    Interception(String),
 }
 
 /// Why the first bytes of a connection did not yield a destination to decide on.

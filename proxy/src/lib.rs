@@ -75,7 +75,8 @@ pub struct Proxy {
     orig: Arc<dyn OrigDstLookup>,
     audit: Arc<AuditLog>,
     sandbox: String,
-    connector: Connector,
+    connector: Arc<Connector>,
+    interception: Option<intercept::Interception>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -102,20 +103,51 @@ impl Proxy {
         audit: Arc<AuditLog>,
         sandbox: String,
     ) -> Result<Self, Error> {
-        let connector = Connector::new(&config)?;
+        let connector = Arc::new(Connector::new(&config)?);
         Ok(Self {
             config,
             orig,
             audit,
             sandbox,
             connector,
+            interception: None,
         })
+    }
+
+    /// Turns on TLS interception for the hosts of `config.intercepts`: leaves from `ca`,
+    /// credentials from `broker`, upstream certificates verified against the webpki roots
+    /// and `config.upstream_ca`.
+    ///
+    /// # Errors
+    ///
+    /// The upstream CA file cannot be read or holds no certificate.
+    pub fn with_interception(
+        mut self,
+        ca: Arc<intercept::EphemeralCa>,
+        broker: token::Broker,
+    ) -> Result<Self, Error> {
+        let extra = match &self.config.upstream_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                Error::Interception(format!("reading the upstream CA {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let interception = intercept::Interception::new(
+            ca,
+            broker,
+            Arc::clone(&self.connector),
+            Arc::clone(&self.config.policy),
+            extra.as_deref(),
+        )
+        .map_err(Error::Interception)?;
+        self.interception = Some(interception);
+        Ok(self)
     }
 
     /// Reaches allowed loopback destinations through `sockets` (sockets made in the
     /// sandbox's network namespace) instead of the proxy's own namespace.
     #[must_use]
-    pub fn with_loopback_sockets(mut self, sockets: Arc<dyn LoopbackSockets>) -> Self {
+    pub fn with_loopback_sockets(self, sockets: Arc<dyn LoopbackSockets>) -> Self {
         self.connector.set_loopback_sockets(sockets);
         self
     }

@@ -161,3 +161,30 @@ mod tests {
         );
     }
 }
+
+/// The JSON body intercepted HTTP clients get when egressd refuses or fails a request:
+/// `{"error": ..., "host": ..., "rule": ..., "credential": ..., "retryable": ...}`.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct JsonError<'a> {
+    /// What went wrong, safe to show (never a token).
+    pub error: &'a str,
+    /// The host the connection is for.
+    pub host: &'a str,
+    /// The interception rule, if one applied.
+    pub rule: Option<&'a str>,
+    /// The credential concerned, if any.
+    pub credential: Option<&'a str>,
+    /// Whether trying again later may succeed.
+    pub retryable: bool,
+}
+
+/// `status` with a JSON [`JsonError`] body.
+pub(crate) fn json_error(status: StatusCode, body: &JsonError<'_>) -> Response<Full<Bytes>> {
+    let json =
+        serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"egressd error\"}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(json)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

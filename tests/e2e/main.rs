@@ -13,6 +13,7 @@ mod core;
 mod coverage;
 mod dns;
 mod fixtures;
+mod intercept;
 mod isolation;
 mod namespaces;
 mod resolve;

@@ -32,7 +32,18 @@ struct Seen {
     connections: AtomicUsize,
     /// `(SNI or "-", Host header)` per request.
     requests: Mutex<Vec<(String, String)>>,
+    /// Credential-carrying headers seen, `(request number, name, value)`.
+    credentials: Mutex<Vec<(usize, String, String)>>,
 }
+
+/// The headers an injecting proxy adds or must strip; recorded for assertions.
+const CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "proxy-authorization",
+    "x-goog-api-key",
+];
 
 /// An HTTPS server on `ADDR:443` inside a netns, with a leaf from a [`TestCa`].
 pub struct HttpsUpstream {
@@ -45,6 +56,11 @@ pub struct HttpUpstream {
 }
 
 impl HttpsUpstream {
+    /// Credential-carrying headers the server received, `(request number, name, value)`.
+    pub fn credentials(&self) -> Vec<(usize, String, String)> {
+        self.server.seen.credentials.lock().unwrap().clone()
+    }
+
     /// Serve HTTPS on `addr:443` in `net`, presenting a certificate for `names`; the first
     /// name is the one the body reports.
     pub fn start(net: &UpstreamNet, addr: impl Into<IpAddr>, names: &[&str], ca: &TestCa) -> Self {
@@ -217,10 +233,20 @@ where
             .and_then(|h| h.to_str().ok())
             .unwrap_or("-")
             .to_owned();
-        seen.requests
-            .lock()
-            .unwrap()
-            .push((sni.clone(), host.clone()));
+        let number = {
+            let mut requests = seen.requests.lock().unwrap();
+            requests.push((sni.clone(), host.clone()));
+            requests.len() - 1
+        };
+        for name in CREDENTIAL_HEADERS {
+            for value in req.headers().get_all(name) {
+                seen.credentials.lock().unwrap().push((
+                    number,
+                    name.to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                ));
+            }
+        }
         let body = format!("hello from {name} via {host}");
         async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body)))) }
     });

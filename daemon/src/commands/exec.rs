@@ -31,6 +31,7 @@ use crate::{
         cgroup::Cgroup,
         netns::{self, NetnsMode},
         spawn,
+        trust::TrustBundle,
     },
 };
 
@@ -96,6 +97,8 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         .map_err(Failure::setup)?;
 
     let config = Arc::new(config);
+    let config_intercepts = config.intercepts.host_patterns();
+    let config_for_broker = Arc::clone(&config);
     let proxy = {
         let _guard = runtime.enter();
         let proxy = Proxy::new(config, loader.orig_dst(), audit.clone(), sandbox.clone())
@@ -107,6 +110,16 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
             )),
             _ => proxy,
         }
+    };
+    // TLS interception, when a rule asks for it: the run's CA, the broker, the bundle.
+    let mut bundle = None;
+    let proxy = if config_intercepts.is_empty() {
+        proxy
+    } else {
+        let (with, written) =
+            intercepting(proxy, &config_for_broker, &sandbox, &runtime).map_err(Failure::setup)?;
+        bundle = Some(written);
+        with
     };
     let proxy = Arc::new(proxy);
     let shutdown = CancellationToken::new();
@@ -138,7 +151,11 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         uid,
         gid,
         command: &args.command,
-        env: env::sandbox_env(uid),
+        env: env::sandbox_env(
+            uid,
+            &env::credential_vars(&config_for_broker),
+            &bundle.as_ref().map(TrustBundle::env).unwrap_or_default(),
+        ),
     })
     .map_err(Failure::setup)?;
 
@@ -160,7 +177,45 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
     }
     drop(cgroup);
     drop(loader);
+    drop(bundle);
     Ok(code)
+}
+
+/// Adds TLS interception to `proxy`: a CA for the intercepted hosts (key in memory), the
+/// token broker fed from the daemon's environment, and the sandbox's trust bundle.
+fn intercepting(
+    proxy: Proxy,
+    config: &egressd_config::Config,
+    sandbox: &str,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<(Proxy, TrustBundle)> {
+    let hosts = config.intercepts.host_patterns();
+    let ca = Arc::new(
+        egressd_proxy::intercept::EphemeralCa::new(&hosts)
+            .context("creating the interception CA")?,
+    );
+    let broker = {
+        let _guard = runtime.enter();
+        egressd_proxy::token::Broker::new(config, env::token_source_env(config))
+            .context("setting up the credentials")?
+    };
+    let system = egressd_proxy::intercept::find_system_bundle().ok_or_else(|| {
+        anyhow!(
+            "no system CA bundle found (looked in {}); install ca-certificates",
+            egressd_proxy::intercept::SYSTEM_BUNDLES.join(", ")
+        )
+    })?;
+    let pem = egressd_proxy::intercept::trust_bundle(system, ca.cert_pem())
+        .context("building the sandbox's trust bundle")?;
+    let bundle = TrustBundle::write(sandbox, &pem)?;
+    tracing::debug!(hosts = ?hosts, "intercepting TLS");
+    let proxy = {
+        let _guard = runtime.enter();
+        proxy
+            .with_interception(ca, broker)
+            .context("starting TLS interception")?
+    };
+    Ok((proxy, bundle))
 }
 
 /// The user the command runs as: `--user`, else the one who ran sudo; root only with

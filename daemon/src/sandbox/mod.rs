@@ -8,3 +8,4 @@ pub mod cgroup;
 pub mod init;
 pub mod netns;
 pub mod spawn;
+pub mod trust;

@@ -47,8 +47,8 @@ pub(crate) struct Connector {
     overrides: HashMap<String, Vec<IpAddr>>,
     resolve_timeout: Duration,
     connect_timeout: Duration,
-    /// Where sockets for loopback destinations come from; `None`: this namespace.
-    loopback_sockets: Option<Arc<dyn LoopbackSockets>>,
+    /// Where sockets for loopback destinations come from; unset: this namespace.
+    loopback_sockets: std::sync::OnceLock<Arc<dyn LoopbackSockets>>,
     /// Number of DNS lookups issued (overrides excluded); tests assert denied names are never
     /// looked up.
     #[cfg(test)]
@@ -104,7 +104,7 @@ impl Connector {
             overrides,
             resolve_timeout: config.timeouts.resolve,
             connect_timeout: config.timeouts.connect,
-            loopback_sockets: None,
+            loopback_sockets: std::sync::OnceLock::new(),
             #[cfg(test)]
             lookups: AtomicU64::new(0),
         })
@@ -131,8 +131,9 @@ impl Connector {
     }
 
     /// Makes loopback destinations dialled through `sockets`.
-    pub(crate) fn set_loopback_sockets(&mut self, sockets: Arc<dyn LoopbackSockets>) {
-        self.loopback_sockets = Some(sockets);
+    pub(crate) fn set_loopback_sockets(&self, sockets: Arc<dyn LoopbackSockets>) {
+        // Set once, at start; a second call keeps the first.
+        let _ = self.loopback_sockets.set(sockets);
     }
 
     /// Resolves `host` (an IP is used as is), filters resolver answers through [`guard`]
@@ -228,7 +229,7 @@ impl Connector {
 
     /// Connects to `addr`; loopback through the sandbox's namespace when one is set.
     async fn open(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        match &self.loopback_sockets {
+        match self.loopback_sockets.get() {
             Some(sockets) if is_local(addr.ip()) => sockets.socket(addr)?.connect(addr).await,
             _ => TcpStream::connect(addr).await,
         }

@@ -13,6 +13,7 @@ pub(crate) mod relay;
 pub(crate) mod rewind;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -25,6 +26,7 @@ use crate::conn::decide::{Verdict, decide, decide_loopback};
 use crate::conn::relay::relay;
 use crate::conn::rewind::Rewind;
 use crate::error::{ErrorKind, chain};
+use crate::intercept;
 use crate::respond;
 
 /// Audit reason for a connection whose original destination is unknown.
@@ -37,7 +39,7 @@ const NO_INTERCEPT: &str = "interception not available yet";
 impl Proxy {
     /// Runs the pipeline on one accepted connection and writes its audit record(s).
     pub(crate) async fn handle(
-        &self,
+        self: Arc<Self>,
         mut stream: TcpStream,
         client: ClientAddr,
         local: SocketAddr,
@@ -52,7 +54,7 @@ impl Proxy {
         };
         if orig.0.port() == 53 {
             // The kernel sends TCP to port 53 here: DNS over TCP, answered like UDP.
-            return crate::dns::serve_tcp(self, stream, client.0, orig.0).await;
+            return crate::dns::serve_tcp(&self, stream, client.0, orig.0).await;
         }
         let local_dst = connect::is_local(orig.0.ip());
         if orig.0 == local || (local_dst && orig.0.port() == local.port()) {
@@ -83,12 +85,42 @@ impl Proxy {
         match classified {
             Classified::Http(_) => {
                 let io = Rewind::new(buffered, stream);
-                http::serve(self, io, client, orig).await;
+                http::serve(&self, io, client, orig).await;
             }
             Classified::Tls(ref hello) => {
                 rec.proto = Proto::Tls;
                 rec.ech = hello.ech;
                 let verdict = decide(&self.config.policy, &classified, orig.0);
+                let rules = match (&verdict, &hello.sni, &self.interception) {
+                    (Verdict::PassThrough { .. }, Some(sni), Some(_)) => {
+                        self.config.intercepts.for_host(sni)
+                    }
+                    _ => Vec::new(),
+                };
+                if let (false, Some(sni)) = (rules.is_empty(), &hello.sni) {
+                    // A rule names this host: terminate TLS and judge each request.
+                    let rules = rules.into_iter().cloned().collect();
+                    let (sni, decision) = (sni.clone(), verdict.decision().clone());
+                    let io = Rewind::new(buffered, stream);
+                    let served = intercept::serve(
+                        Arc::clone(&self),
+                        io,
+                        sni.clone(),
+                        client.0,
+                        orig.0,
+                        rules,
+                    )
+                    .await;
+                    if let Err(reason) = served {
+                        // The requests (if any) have their own records; this one says why
+                        // the connection ended badly.
+                        rec.name = Some(sni);
+                        rec.rule = decision.rule.as_ref().map(ToString::to_string);
+                        rec.reason = reason;
+                        self.finish(rec, started);
+                    }
+                    return;
+                }
                 self.pass_through(stream, buffered, verdict, rec, started)
                     .await;
             }

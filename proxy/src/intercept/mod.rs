@@ -38,9 +38,52 @@
 mod bundle;
 mod ca;
 mod scope;
+mod server;
+mod upstream;
+
+pub(crate) use self::server::serve;
 
 pub use self::bundle::{BundleError, SYSTEM_BUNDLES, find_system_bundle, trust_bundle};
 pub use self::ca::{CA_LIFETIME, CaError, CaResolver, EphemeralCa, LEAF_CACHE_CAPACITY};
 
 #[cfg(test)]
 mod bundle_tests;
+
+/// What the proxy needs to intercept: the TLS server configuration (leaves from the run's
+/// CA), the pooled upstream clients, and the token broker.
+pub(crate) struct Interception {
+    /// rustls server with a [`CaResolver`], ALPN h2 and http/1.1.
+    pub(crate) tls: std::sync::Arc<rustls::ServerConfig>,
+    /// Verified, pooled connections to the real upstreams.
+    pub(crate) upstream: upstream::Upstream,
+    /// Mints the credentials the rules inject.
+    pub(crate) broker: crate::token::Broker,
+}
+
+impl Interception {
+    /// Builds the server side over `ca` and the client side over `connector`.
+    ///
+    /// # Errors
+    ///
+    /// `extra_ca_pem` (the `--upstream-ca` file's contents) holds no usable certificate.
+    pub(crate) fn new(
+        ca: std::sync::Arc<EphemeralCa>,
+        broker: crate::token::Broker,
+        connector: std::sync::Arc<crate::conn::connect::Connector>,
+        policy: std::sync::Arc<egressd_config::Policy>,
+        extra_ca_pem: Option<&[u8]>,
+    ) -> Result<Self, String> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS versions: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(std::sync::Arc::new(CaResolver::new(ca)));
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            tls: std::sync::Arc::new(tls),
+            upstream: upstream::Upstream::new(connector, policy, extra_ca_pem)?,
+            broker,
+        })
+    }
+}

@@ -1,0 +1,354 @@
+//! The server side of interception: terminate TLS with a leaf from the run's CA, serve
+//! HTTP/1.1 or h2 with hyper, and judge every request on its own.
+//!
+//! Per request, in order:
+//!
+//! 1. the `Host` / `:authority` must name the SNI the connection was opened for, else `421`
+//!    and nothing is injected (this stops domain fronting and h2 connection reuse across
+//!    hosts);
+//! 2. `CONNECT` is refused;
+//! 3. the first rule of this host whose credential applies to the method and path is
+//!    chosen; the client's credential headers are removed and the minted token is put in
+//!    the rule's header and format. A credential that cannot be had gives a `503` JSON body,
+//!    never a request without its credential;
+//! 4. the request goes to the real upstream over a pooled, verified connection; redirects
+//!    are passed to the client, never followed; bodies stream both ways;
+//! 5. an HTTP/1.1 upgrade (WebSocket) is relayed once both sides agreed to it.
+//!
+//! Every request yields one audit record (method, path, status, credential, token source and
+//! remaining lifetime), never the token.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use egressd_config::InterceptRule;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::Proxy;
+use crate::audit::{AuditDecision, Proto, Record};
+use crate::body::{AuditedBody, PendingRecord, ResBody, strip_hop_by_hop};
+use crate::respond::{self, JsonError};
+
+/// Longest path written to the audit log.
+const MAX_AUDIT_PATH: usize = 1024;
+
+/// One intercepted connection's context, shared by its requests.
+struct Conn {
+    proxy: Arc<Proxy>,
+    sni: String,
+    client: SocketAddr,
+    orig: SocketAddr,
+    rules: Vec<InterceptRule>,
+}
+
+/// Terminates TLS on `io` (the ClientHello replayed) and serves its requests until the
+/// client is done.
+pub(crate) async fn serve<IO>(
+    proxy: Arc<Proxy>,
+    io: IO,
+    sni: String,
+    client: SocketAddr,
+    orig: SocketAddr,
+    rules: Vec<InterceptRule>,
+) -> Result<(), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(interception) = proxy.interception.as_ref() else {
+        return Err("interception is not configured".to_owned());
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&interception.tls));
+    let tls = tokio::time::timeout(proxy.config.timeouts.classify, acceptor.accept(io))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS handshake with the client failed: {e}"))?;
+    let conn = Arc::new(Conn {
+        proxy: Arc::clone(&proxy),
+        sni,
+        client,
+        orig,
+        rules,
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .await
+        .map_err(|e| format!("serving intercepted HTTP: {e}"))
+}
+
+impl Conn {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<ResBody> {
+        let mut pending = PendingRecord::new(Arc::clone(&self.proxy.audit), self.record(&req));
+        if let Err(authority) = self.check_authority(&req) {
+            let reason = format!(
+                "misdirected request: this connection is for {}, the request names {authority}",
+                self.sni
+            );
+            return self.refuse(
+                pending,
+                StatusCode::MISDIRECTED_REQUEST,
+                &reason,
+                None,
+                false,
+            );
+        }
+        if req.method() == Method::CONNECT {
+            let reason = "CONNECT is not allowed on an intercepted connection";
+            return self.refuse(pending, StatusCode::METHOD_NOT_ALLOWED, reason, None, false);
+        }
+        let rule = self.rules.iter().find(|r| {
+            r.credential.is_some() && r.applies_to(req.method().as_str(), req.uri().path())
+        });
+        pending.rec.rule = rule.map(|r| r.host.to_string());
+        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        parts.uri = match self.upstream_uri(&parts.uri) {
+            Ok(uri) => uri,
+            Err(reason) => {
+                return self.refuse(pending, StatusCode::BAD_REQUEST, &reason, None, false);
+            }
+        };
+        let upgrade_headers = upgrade.is_some().then(|| {
+            (
+                parts.headers.get(UPGRADE).cloned(),
+                parts.headers.get(CONNECTION).cloned(),
+            )
+        });
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some((Some(up), conn)) = upgrade_headers {
+            parts.headers.insert(UPGRADE, up);
+            parts.headers.insert(
+                CONNECTION,
+                conn.unwrap_or(HeaderValue::from_static("upgrade")),
+            );
+        }
+        parts.headers.remove(HOST);
+        // The client's HTTP version says nothing about the upstream connection: the pooled
+        // client speaks h2 where the upstream negotiated it, HTTP/1.1 otherwise.
+        parts.version = hyper::Version::HTTP_11;
+        if let Some(rule) = rule {
+            for name in &rule.strip {
+                parts.headers.remove(name.as_str());
+            }
+            let credential = rule.credential.as_deref().unwrap_or_default();
+            pending.rec.credential = Some(credential.to_owned());
+            match self.inject(rule, credential, &mut parts.headers).await {
+                Ok((source, expires_in)) => {
+                    pending.rec.token_source = Some(source.to_owned());
+                    pending.rec.token_expires_in_s = expires_in;
+                }
+                Err(e) => {
+                    return self.refuse(
+                        pending,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &e.message,
+                        Some(credential),
+                        e.retryable,
+                    );
+                }
+            }
+        }
+        let body = crate::body::Counted::new(body, Arc::clone(&pending.bytes_up)).boxed_unsync();
+        let upstream = &self.interception().upstream;
+        let client = if upgrade.is_some() {
+            &upstream.http1
+        } else {
+            &upstream.auto
+        };
+        let mut resp = match client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let reason = format!("upstream request failed: {}", crate::error::chain(&e));
+                let credential = pending.rec.credential.clone();
+                return self.refuse(
+                    pending,
+                    StatusCode::BAD_GATEWAY,
+                    &reason,
+                    credential.as_deref(),
+                    true,
+                );
+            }
+        };
+        pending.rec.decision = AuditDecision::Allow;
+        pending.rec.status = Some(resp.status().as_u16());
+        pending.rec.reason = "intercepted".to_owned();
+        if let Some(client_side) = upgrade
+            && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(client_io), Ok(upstream_io)) = (client_side.await, upstream_side.await)
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(
+                    &mut TokioIo::new(client_io),
+                    &mut TokioIo::new(upstream_io),
+                )
+                .await;
+            });
+        }
+        strip_hop_by_hop_response(&mut resp);
+        resp.map(|body| AuditedBody::new(body.boxed_unsync(), pending).boxed_unsync())
+    }
+
+    fn interception(&self) -> &super::Interception {
+        self.proxy
+            .interception
+            .as_ref()
+            .expect("a Conn exists only when interception is configured")
+    }
+
+    /// Mints (or reuses) the credential and puts it in the rule's header.
+    async fn inject(
+        &self,
+        rule: &InterceptRule,
+        credential: &str,
+        headers: &mut hyper::HeaderMap,
+    ) -> Result<(&'static str, Option<u64>), crate::token::TokenError> {
+        let token = self.interception().broker.get(credential).await?;
+        let malformed = |message: &str| crate::token::TokenError {
+            credential: credential.to_owned(),
+            kind: crate::token::TokenErrorKind::Malformed,
+            retryable: false,
+            message: message.to_owned(),
+        };
+        let mut value = HeaderValue::from_str(&rule.header_value(token.secret.expose()))
+            .map_err(|_| malformed("the token is not a valid header value"))?;
+        value.set_sensitive(true);
+        let name = HeaderName::from_bytes(rule.header.as_bytes())
+            .map_err(|_| malformed("the rule's header name is invalid"))?;
+        headers.insert(name, value);
+        let expires =
+            (token.expires_in != std::time::Duration::MAX).then_some(token.expires_in.as_secs());
+        Ok((token.source, expires))
+    }
+
+    /// `Ok` when the request names this connection's host; `Err(what it names)` otherwise.
+    fn check_authority(&self, req: &Request<Incoming>) -> Result<(), String> {
+        let named = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .ok_or_else(|| "no host".to_owned())?;
+        let host = strip_port(&named);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if host.eq_ignore_ascii_case(&self.sni) {
+            Ok(())
+        } else {
+            Err(named)
+        }
+    }
+
+    /// `https://<sni>[:port]<path and query>`.
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, String> {
+        let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let authority = if self.orig.port() == 443 {
+            self.sni.clone()
+        } else {
+            format!("{}:{}", self.sni, self.orig.port())
+        };
+        Uri::builder()
+            .scheme("https")
+            .authority(authority)
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| format!("bad request target: {e}"))
+    }
+
+    fn record(&self, req: &Request<Incoming>) -> Record {
+        let mut rec = Record::new(
+            &self.proxy.sandbox,
+            self.client,
+            Some(self.orig),
+            Proto::Https,
+        );
+        rec.name = Some(self.sni.clone());
+        rec.port = Some(self.orig.port());
+        rec.method = Some(req.method().as_str().to_owned());
+        let path = req.uri().path();
+        rec.path = Some(path.get(..MAX_AUDIT_PATH).unwrap_or(path).to_owned());
+        rec
+    }
+
+    /// Answers with a JSON error and finishes the record as a denial.
+    fn refuse(
+        &self,
+        mut pending: PendingRecord,
+        status: StatusCode,
+        reason: &str,
+        credential: Option<&str>,
+        retryable: bool,
+    ) -> Response<ResBody> {
+        pending.rec.reason = reason.to_owned();
+        pending.rec.status = Some(status.as_u16());
+        let resp = respond::json_error(
+            status,
+            &JsonError {
+                error: reason,
+                host: &self.sni,
+                rule: pending.rec.rule.as_deref(),
+                credential,
+                retryable,
+            },
+        );
+        drop(pending);
+        resp.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+    }
+}
+
+/// Whether the request asks for an HTTP/1.1 protocol upgrade (WebSocket).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get(CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Removes hop-by-hop headers from a response, except on a `101` (which needs them).
+fn strip_hop_by_hop_response<B>(resp: &mut Response<B>) {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        strip_hop_by_hop(resp.headers_mut());
+    }
+}
+
+/// `host` from `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_stripped_from_authorities() {
+        assert_eq!(strip_port("api.example.com"), "api.example.com");
+        assert_eq!(strip_port("api.example.com:443"), "api.example.com");
+        assert_eq!(strip_port("[2001:db8::1]:443"), "2001:db8::1");
+    }
+}

@@ -1,0 +1,190 @@
+//! The client side of interception: pooled HTTPS connections to the real upstream, with
+//! real certificate verification (webpki roots plus `--upstream-ca`).
+//!
+//! Connections go through the proxy's own [`Connector`]: the upstream *name* is resolved by
+//! egressd, answers pointing inside (loopback, private, metadata) are refused unless the
+//! allowlist says otherwise, and the checked address is dialled. There is no way to turn
+//! verification off outside tests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use egressd_config::{Policy, Scheme, Target, TargetHost};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::conn::classify::HostName;
+use crate::conn::connect::Connector;
+
+/// Request body the upstream client sends.
+pub(crate) type UpBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The pooled clients: one that may speak h2 (most requests), one HTTP/1.1-only (upgrades,
+/// which need an HTTP/1.1 connection).
+#[derive(Clone)]
+pub(crate) struct Upstream {
+    /// ALPN h2 and http/1.1.
+    pub(crate) auto: Client<UpstreamConnector, UpBody>,
+    /// ALPN http/1.1 only.
+    pub(crate) http1: Client<UpstreamConnector, UpBody>,
+}
+
+impl Upstream {
+    /// Builds both clients over `connector`, trusting the webpki roots and `extra_ca_pem`.
+    ///
+    /// # Errors
+    ///
+    /// `extra_ca_pem` holds no usable certificate.
+    pub(crate) fn new(
+        connector: Arc<Connector>,
+        policy: Arc<Policy>,
+        extra_ca_pem: Option<&[u8]>,
+    ) -> Result<Self, String> {
+        let roots = client_roots(extra_ca_pem)?;
+        let make = |alpn: &[&[u8]]| -> Result<Client<UpstreamConnector, UpBody>, String> {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS versions: {e}"))?
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            let connector = UpstreamConnector {
+                connector: Arc::clone(&connector),
+                policy: Arc::clone(&policy),
+                tls: TlsConnector::from(Arc::new(tls)),
+            };
+            Ok(Client::builder(TokioExecutor::new()).build(connector))
+        };
+        Ok(Self {
+            auto: make(&[b"h2", b"http/1.1"])?,
+            http1: make(&[b"http/1.1"])?,
+        })
+    }
+}
+
+/// The webpki roots plus every certificate in `extra_ca_pem`.
+///
+/// # Errors
+///
+/// `extra_ca_pem` is not PEM or holds no certificate.
+pub(crate) fn client_roots(extra_ca_pem: Option<&[u8]>) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(pem) = extra_ca_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("invalid PEM: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("invalid certificate: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("no PEM certificate in it".to_owned());
+        }
+    }
+    Ok(roots)
+}
+
+/// Dials `https://host[:port]` URIs through the proxy's [`Connector`], then TLS.
+#[derive(Clone)]
+pub(crate) struct UpstreamConnector {
+    connector: Arc<Connector>,
+    policy: Arc<Policy>,
+    tls: TlsConnector,
+}
+
+impl tower_service::Service<Uri> for UpstreamConnector {
+    type Response = UpstreamIo;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (connector, tls) = (Arc::clone(&self.connector), self.tls.clone());
+        let policy = Arc::clone(&self.policy);
+        Box::pin(async move {
+            let host = uri.host().ok_or("upstream URI without a host")?.to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let name = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let target = match name.parse() {
+                Ok(ip) => HostName::Ip(ip),
+                Err(_) => HostName::Name(name.clone()),
+            };
+            // Intercepted hosts are ordinary allowlisted names: private answers only where
+            // the allowlist says so.
+            let allow_private = policy
+                .decide(&Target {
+                    host: TargetHost::Name(&name),
+                    port,
+                    scheme: Scheme::Https,
+                })
+                .allows_private();
+            let up = connector.connect(&target, port, allow_private).await?;
+            let server_name = ServerName::try_from(name)?;
+            let stream = tls.connect(server_name, up.stream).await?;
+            Ok(UpstreamIo(TokioIo::new(stream)))
+        })
+    }
+}
+
+/// A TLS connection to an upstream, telling hyper whether h2 was negotiated.
+pub(crate) struct UpstreamIo(TokioIo<TlsStream<TcpStream>>);
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        let h2 = self.0.inner().get_ref().1.alpn_protocol() == Some(b"h2");
+        if h2 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}

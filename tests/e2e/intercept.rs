@@ -1,0 +1,279 @@
+//! TLS interception with credential injection: the agent calls the API with a placeholder,
+//! egressd terminates TLS for that host only, injects a freshly minted token, and the real
+//! credential never exists in the sandbox.
+
+use std::fs;
+
+use egressd_tests::fakes::{Down, FakeEntra, FakeOidc, Fic};
+use egressd_tests::{API, EgressdCommand, Output, Scene, privileged};
+use serde_json::Value;
+
+use crate::text;
+
+const TENANT: &str = "00000000-0000-0000-0000-0000000000aa";
+const APP: &str = "11111111-2222-3333-4444-555555555555";
+const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+
+/// `curl https://API/` with the agent's own (placeholder) credentials, printing the status
+/// after the body; the CA comes from the bundle egressd put in the environment.
+fn agent_curl(extra: &str) -> String {
+    format!(
+        "curl -sS --max-time 20 -w ' [HTTP %{{http_code}}]' -H 'Authorization: Bearer agent-placeholder' -H 'api-key: agent-placeholder' {extra} https://{API}/openai/deployments/gpt/chat/completions; echo"
+    )
+}
+
+fn intercepted_records(out: &Output) -> Vec<Value> {
+    out.audit()
+        .into_iter()
+        .filter(|r| r["proto"] == "https")
+        .collect()
+}
+
+#[test]
+fn a_static_key_is_injected_and_the_agents_own_credentials_are_stripped() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let config = s.scratch.path("static.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"upstream_ca = "{ca}"
+
+[[credential]]
+name = "openai-key"
+source = "env"
+var = "EGRESSD_TEST_API_KEY"
+
+[[intercept]]
+host = "{API}"
+credential = "openai-key"
+header = "api-key"
+format = "{{token}}"
+"#,
+            ca = s.ca_pem.display()
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "{}; env | grep -c 's3cr3t-key-value' || true; grep -c 'PRIVATE KEY' \"$SSL_CERT_FILE\" || true; echo \"bundle=$SSL_CERT_FILE\"",
+        agent_curl("")
+    );
+    let out = s
+        .egressd()
+        .arg("--config")
+        .arg(&config)
+        .env("EGRESSD_TEST_API_KEY", "s3cr3t-key-value")
+        .sh(&script)
+        .run();
+    out.assert_success();
+    // curl verified a leaf from egressd's CA through the bundle, and the upstream answered.
+    assert!(
+        out.stdout
+            .contains(&format!("hello from {API} via {API} [HTTP 200]")),
+        "\n{out}"
+    );
+    assert_eq!(
+        s.api.credentials(),
+        vec![(0, "api-key".to_owned(), "s3cr3t-key-value".to_owned())],
+        "the upstream must get the injected key and none of the agent's headers\n{out}"
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines.contains(&"0"),
+        "the key or a private key leaked into the sandbox\n{out}"
+    );
+    assert!(out.stdout.contains("bundle=/run/egressd/"), "\n{out}");
+
+    let rec = intercepted_records(&out)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no intercepted-request record\n{out}"));
+    assert_eq!(rec["credential"], "openai-key", "{rec}");
+    assert_eq!(rec["token_source"], "env", "{rec}");
+    assert_eq!(rec["status"], 200, "{rec}");
+    assert_eq!(rec["method"], "GET", "{rec}");
+    let log = fs::read_to_string(&s.audit_log).unwrap();
+    assert!(
+        !log.contains("s3cr3t-key-value"),
+        "the key is in the audit log"
+    );
+}
+
+/// The Entra-only Azure OpenAI set-up: GitHub OIDC -> Entra workload identity federation.
+struct EntraSetup {
+    s: Scene,
+    oidc: FakeOidc,
+    entra: FakeEntra,
+    config: std::path::PathBuf,
+}
+
+impl EntraSetup {
+    fn new() -> Self {
+        let s = Scene::new();
+        let oidc = FakeOidc::start(&s.ca);
+        let entra = FakeEntra::start(&s.ca, &oidc, TENANT);
+        entra.add_app(
+            APP,
+            Fic {
+                issuer: oidc.issuer(),
+                subject: "repo:octo-org/octo-repo:ref:refs/heads/main".into(),
+                audience: "api://AzureADTokenExchange".into(),
+            },
+        );
+        let config = s.scratch.path("entra.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"upstream_ca = "{ca}"
+
+[[credential]]
+name = "github"
+source = "github-oidc"
+audience = "api://AzureADTokenExchange"
+
+[[credential]]
+name = "azure-openai"
+source = "entra"
+tenant = "{TENANT}"
+client_id = "{APP}"
+scope = "{SCOPE}"
+assertion = "github"
+authority = "{authority}"
+
+[[intercept]]
+host = "{API}"
+credential = "azure-openai"
+path_prefix = "/openai/"
+"#,
+                ca = s.ca_pem.display(),
+                authority = entra.authority(),
+            ),
+        )
+        .unwrap();
+        Self {
+            s,
+            oidc,
+            entra,
+            config,
+        }
+    }
+
+    fn egressd(&self) -> EgressdCommand {
+        self.s
+            .egressd()
+            .arg("--config")
+            .arg(&self.config)
+            .env("ACTIONS_ID_TOKEN_REQUEST_URL", self.oidc.request_url())
+            .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", self.oidc.request_token())
+    }
+}
+
+#[test]
+fn entra_only_azure_openai_gets_a_fresh_entra_token_minted_from_github_oidc() {
+    if !privileged() {
+        return;
+    }
+    let e = EntraSetup::new();
+    let script = format!(
+        "{}; env | grep -c -e ACTIONS_ID_TOKEN -e '{}' || true",
+        agent_curl(""),
+        e.oidc.request_token()
+    );
+    let out = e.egressd().sh(&script).run();
+    out.assert_success();
+    assert!(
+        out.stdout
+            .contains(&format!("hello from {API} via {API} [HTTP 200]")),
+        "\n{out}"
+    );
+    let creds = e.s.api.credentials();
+    assert_eq!(
+        creds.len(),
+        1,
+        "exactly the injected header: {creds:?}\n{out}"
+    );
+    let (_, name, value) = &creds[0];
+    assert_eq!(name, "authorization");
+    let token = value
+        .strip_prefix("Bearer ")
+        .unwrap_or_else(|| panic!("not a bearer token: {value}"));
+    assert_eq!(
+        e.entra.issued(token),
+        Some((APP.to_owned(), SCOPE.to_owned())),
+        "the upstream got a token Entra did not issue for this app and scope"
+    );
+    assert!(e.oidc.mints() >= 1, "no GitHub OIDC token was minted");
+    assert!(
+        out.stdout.lines().any(|l| l == "0"),
+        "OIDC variables leaked\n{out}"
+    );
+    let rec = intercepted_records(&out).into_iter().next().unwrap();
+    assert_eq!(rec["token_source"], "entra", "{rec}");
+    assert!(
+        rec["token_expires_in_s"].as_u64().is_some_and(|s| s > 60),
+        "{rec}"
+    );
+    let log = fs::read_to_string(&e.s.audit_log).unwrap();
+    assert!(!log.contains(token), "the token is in the audit log");
+}
+
+#[test]
+fn token_endpoint_down_gives_a_503_json_and_nothing_reaches_the_upstream() {
+    if !privileged() {
+        return;
+    }
+    let e = EntraSetup::new();
+    e.entra.set_down(Some(Down::Refuse));
+    let out = e.egressd().sh(&agent_curl("")).run();
+    out.assert_success();
+    assert!(out.stdout.contains("[HTTP 503]"), "\n{out}");
+    let body = out.stdout.split(" [HTTP").next().unwrap_or_default();
+    let json: Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("the 503 body is not JSON ({e}): {body}\n{out}"));
+    assert_eq!(json["credential"], "azure-openai", "{json}");
+    assert_eq!(json["host"], API, "{json}");
+    assert_eq!(json["retryable"], true, "{json}");
+    assert!(!text(&json["error"]).is_empty(), "{json}");
+    assert_eq!(
+        e.s.api.connections(),
+        0,
+        "a request went out without its credential\n{out}"
+    );
+}
+
+#[test]
+fn a_request_naming_another_host_gets_421_and_no_credential() {
+    if !privileged() {
+        return;
+    }
+    let e = EntraSetup::new();
+    let out = e.egressd().sh(&agent_curl("-H 'Host: evil.example'")).run();
+    out.assert_success();
+    assert!(out.stdout.contains("[HTTP 421]"), "\n{out}");
+    assert_eq!(e.s.api.connections(), 0, "\n{out}");
+    assert_eq!(
+        e.entra.calls().len(),
+        0,
+        "a token was minted for a misdirected request"
+    );
+}
+
+#[test]
+fn paths_outside_the_rule_get_no_credential() {
+    if !privileged() {
+        return;
+    }
+    let e = EntraSetup::new();
+    let out = e
+        .egressd()
+        .sh(&format!(
+            "curl -sS --max-time 20 -w ' [HTTP %{{http_code}}]' https://{API}/other/path; echo"
+        ))
+        .run();
+    out.assert_success();
+    assert!(out.stdout.contains("[HTTP 200]"), "\n{out}");
+    assert!(e.s.api.credentials().is_empty(), "\n{out}");
+    assert_eq!(e.entra.calls().len(), 0, "\n{out}");
+}
