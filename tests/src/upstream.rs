@@ -247,8 +247,19 @@ where
                 ));
             }
         }
+        // `/redirect-to/<host>` answers 302 to `https://<host>/` (redirect tests).
+        if let Some(target) = req.uri().path().strip_prefix("/redirect-to/") {
+            let resp = Response::builder()
+                .status(302)
+                .header("location", format!("https://{target}/"))
+                .body(Full::new(Bytes::from_static(b"moved")))
+                .expect("a valid redirect response");
+            return std::future::ready(Ok::<_, std::convert::Infallible>(resp));
+        }
         let body = format!("hello from {name} via {host}");
-        async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+        std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+            Bytes::from(body),
+        ))))
     });
     let _ = http1::Builder::new().serve_connection(io, service).await;
 }
