@@ -104,6 +104,15 @@ impl UpstreamNet {
             "dev",
             &ns_if,
         ]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/24", net.addr3()),
+            "dev",
+            &ns_if,
+        ]);
         if ipv6 {
             ip(&[
                 "addr",
@@ -163,6 +172,11 @@ impl UpstreamNet {
     /// The second upstream address inside the namespace: `10.200.X.3`.
     pub fn addr2(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 200, self.x, 3)
+    }
+
+    /// The third upstream address inside the namespace: `10.200.X.4`.
+    pub fn addr3(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 200, self.x, 4)
     }
 
     /// The host side's IPv6 address, `fd00:200:X::1` (only configured with [`Self::with_ipv6`]).

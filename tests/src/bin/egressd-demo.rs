@@ -14,7 +14,13 @@
 
 use std::{process::ExitCode, time::Duration};
 
+use egressd_tests::fakes::{FakeEntra, FakeOidc, Fic};
 use egressd_tests::{EgressdCommand, HttpUpstream, HttpsUpstream, Scratch, TestCa, UpstreamNet};
+
+/// The intercepted "Azure OpenAI" host.
+const LLM: &str = "llm.openai.azure.example";
+const TENANT: &str = "00000000-0000-0000-0000-0000000000aa";
+const APP: &str = "11111111-2222-3333-4444-555555555555";
 use serde_json::Value;
 
 fn main() -> ExitCode {
@@ -35,6 +41,50 @@ fn main() -> ExitCode {
     let api = HttpsUpstream::start(&net, net.addr(), &["api.allowed.example"], &ca);
     let evil = HttpsUpstream::start(&net, net.addr2(), &["evil.example"], &ca);
     let evil_http = HttpUpstream::start(&net, net.addr2(), "evil.example");
+    // An "Azure OpenAI" resource with API keys disabled: only an Entra token gets in. egressd
+    // mints a GitHub Actions OIDC token, exchanges it at (fake) Entra, and injects the result.
+    let llm = HttpsUpstream::start(&net, net.addr3(), &[LLM], &ca);
+    let oidc = FakeOidc::start(&ca);
+    let entra = FakeEntra::start(&ca, &oidc, TENANT);
+    entra.add_app(
+        APP,
+        Fic {
+            issuer: oidc.issuer(),
+            subject: "repo:octo-org/octo-repo:ref:refs/heads/main".into(),
+            audience: "api://AzureADTokenExchange".into(),
+        },
+    );
+    let config = scratch.path("egressd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"allow_domains = ["api.allowed.example"]
+upstream_ca = "{ca}"
+
+[[credential]]
+name = "github"
+source = "github-oidc"
+audience = "api://AzureADTokenExchange"
+
+[[credential]]
+name = "azure-openai"
+source = "entra"
+tenant = "{TENANT}"
+client_id = "{APP}"
+scope = "https://cognitiveservices.azure.com/.default"
+assertion = "github"
+authority = "{authority}"
+
+[[intercept]]
+host = "{LLM}"
+credential = "azure-openai"
+path_prefix = "/openai/"
+"#,
+            ca = ca_pem.display(),
+            authority = entra.authority(),
+        ),
+    )
+    .expect("writing the demo configuration");
     println!("setup: fake upstreams in netns {}:", net.name());
     println!("  api.allowed.example  https://{}", api.addr());
     println!(
@@ -42,6 +92,11 @@ fn main() -> ExitCode {
         evil.addr(),
         evil_http.addr()
     );
+    println!(
+        "  {LLM}   https://{}  (accepts only Entra tokens)",
+        llm.addr()
+    );
+    println!("  fake GitHub OIDC issuer and fake Entra on 127.0.0.1");
     println!(
         "setup: the sandbox only allows api.allowed.example; egressd resolves names with --resolve\n"
     );
@@ -52,6 +107,8 @@ fn main() -> ExitCode {
         r#"
 exec 2>&1
 step() {{ printf '\n--- %s\n' "$*"; }}
+step "0/8 call the LLM API with a placeholder key: egressd terminates TLS for this host only, mints GitHub OIDC -> Entra, injects the token"
+curl -sS --max-time 20 -H 'api-key: placeholder' https://{LLM}/openai/deployments/gpt/chat/completions; echo " [curl exit $?]"
 step "1/8 curl the allowed API by name: the sandbox's DNS answers it, TLS passes through untouched, curl checks the upstream's own certificate"
 curl -sS --max-time 10 --cacert {ca} https://api.allowed.example/; echo " [curl exit $?]"
 step "2/8 look up a name that carries data (DNS exfiltration): answered NXDOMAIN inside the sandbox, nothing leaves"
@@ -72,10 +129,14 @@ curl -sS --max-time 10 --resolve evil.example:80:192.0.2.66 -w ' [HTTP %{{http_c
     );
 
     println!(
-        "$ egressd exec --allow-domains api.allowed.example --resolve ... --audit-log audit.jsonl --user 65534:65534 -- sh -c '<agent script>'"
+        "$ egressd exec --config egressd.toml --resolve ... --audit-log audit.jsonl --user 65534:65534 -- sh -c '<agent script>'"
     );
     let output = EgressdCommand::new()
-        .allow("api.allowed.example")
+        .arg("--config")
+        .arg(&config)
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", oidc.request_url())
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", oidc.request_token())
+        .resolve(LLM, net.addr3())
         .resolve("api.allowed.example", net.addr())
         .resolve("evil.example", net.addr2())
         .audit_log(&audit)
@@ -101,6 +162,18 @@ curl -sS --max-time 10 --resolve evil.example:80:192.0.2.66 -w ' [HTTP %{{http_c
         evil.connections(),
         evil_http.connections()
     );
+    let injected: Vec<String> = llm
+        .credentials()
+        .into_iter()
+        .map(|(_, name, value)| {
+            let shown = value.get(..16).unwrap_or(&value);
+            format!(
+                "{name}: {shown}... (issued by Entra: {})",
+                entra.issued(value.trim_start_matches("Bearer ")).is_some()
+            )
+        })
+        .collect();
+    println!("{LLM} received: {}", injected.join("; "));
     if output.status.success() {
         ExitCode::SUCCESS
     } else {
@@ -114,7 +187,15 @@ fn print_table(records: &[Value]) {
         return;
     }
     let columns = [
-        "decision", "proto", "qtype", "name", "port", "orig_dst", "upstream", "rule", "reason",
+        "decision",
+        "proto",
+        "qtype",
+        "name",
+        "port",
+        "orig_dst",
+        "upstream",
+        "credential",
+        "reason",
     ];
     let rows: Vec<Vec<String>> = records
         .iter()
