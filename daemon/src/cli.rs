@@ -30,6 +30,9 @@ pub enum Command {
     /// Explain the allowlist: check a host against it, or show every entry.
     #[command(subcommand)]
     Allowlist(AllowlistCommand),
+    /// The interception CA of a running sandbox.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Internal: the sandbox's PID 1 (started by `exec`, not by users).
     #[command(name = "__sandbox-init", hide = true)]
     SandboxInit(SandboxInitArgs),
@@ -102,6 +105,24 @@ pub struct ExecArgs {
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `egressd ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the PEM certificate of a running sandbox's interception CA (each `exec` with
+    /// `[[intercept]]` rules makes its own; the private key never leaves memory).
+    ///
+    /// Example: egressd ca export > egressd-ca.pem
+    Export(CaExportArgs),
+}
+
+/// `egressd ca export`.
+#[derive(Debug, Args)]
+pub struct CaExportArgs {
+    /// The sandbox (`egressd-<pid>`); may be left out when only one is running.
+    #[arg(value_name = "SANDBOX")]
+    pub sandbox: Option<String>,
 }
 
 /// `egressd allowlist ...`.

@@ -360,3 +360,58 @@ authority = "{authority}"
     let rec = intercepted_records(&out).into_iter().next().unwrap();
     assert_eq!(rec["token_source"], "entra-agent", "{rec}");
 }
+
+#[test]
+fn ca_export_prints_the_running_sandboxs_ca_and_it_names_only_intercepted_hosts() {
+    if !privileged() {
+        return;
+    }
+    use std::io::{BufRead as _, BufReader};
+    let e = EntraSetup::new();
+    let argv = e.egressd().sh("echo ready; exec sleep 30").argv();
+    let mut child = std::process::Command::new(egressd_tests::egressd_bin())
+        .args(&argv)
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", e.oidc.request_url())
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", e.oidc.request_token())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting egressd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let sandbox = format!("egressd-{}", child.id());
+    let export = std::process::Command::new(egressd_tests::egressd_bin())
+        .args(["ca", "export", &sandbox])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let pem = String::from_utf8_lossy(&export.stdout).into_owned();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    assert!(!pem.contains("PRIVATE KEY"), "{pem}");
+    // The certificate's name constraints permit exactly the intercepted host.
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().unwrap().write_all(pem.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("openssl x509");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Name Constraints: critical"), "{text}");
+    assert!(text.contains(&format!("DNS:{API}")), "{text}");
+    assert!(!text.contains("DNS:evil.example"), "{text}");
+}

@@ -33,6 +33,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("curl", "curl"),
     ("ping", "iputils-ping"),
+    ("openssl", "openssl"),
 ];
 
 /// The CA bundle `ca-certificates` installs (curl and the proxy's upstream verification use it).

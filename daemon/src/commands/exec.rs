@@ -207,7 +207,7 @@ fn intercepting(
     })?;
     let pem = egressd_proxy::intercept::trust_bundle(system, ca.cert_pem())
         .context("building the sandbox's trust bundle")?;
-    let bundle = TrustBundle::write(sandbox, &pem)?;
+    let bundle = TrustBundle::write(sandbox, &pem, ca.cert_pem())?;
     tracing::debug!(hosts = ?hosts, "intercepting TLS");
     let proxy = {
         let _guard = runtime.enter();

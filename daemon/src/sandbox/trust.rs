@@ -13,7 +13,9 @@ use std::{
 use anyhow::Context as _;
 
 /// Where the per-sandbox directories live.
-const RUN_DIR: &str = "/run/egressd";
+pub const RUN_DIR: &str = "/run/egressd";
+/// The CA certificate's file name in a sandbox's directory.
+pub const CA_FILE: &str = "ca.pem";
 
 /// Variables that point TLS clients at a CA bundle: OpenSSL and most C/Rust/Go tools, Node,
 /// Python requests, curl, git.
@@ -25,15 +27,17 @@ const BUNDLE_VARS: [&str; 5] = [
     "GIT_SSL_CAINFO",
 ];
 
-/// The bundle file; removed (with its directory) on drop.
+/// The bundle file and the CA certificate alone; removed (with their directory) on drop.
 pub struct TrustBundle {
     dir: PathBuf,
     file: PathBuf,
+    ca: PathBuf,
 }
 
 impl TrustBundle {
-    /// Writes `pem` to `/run/egressd/<sandbox>/ca-bundle.pem`, world-readable.
-    pub fn write(sandbox: &str, pem: &str) -> anyhow::Result<Self> {
+    /// Writes `pem` (system roots + CA) to `/run/egressd/<sandbox>/ca-bundle.pem` and the CA
+    /// certificate alone to `ca.pem` (for `egressd ca export`), both world-readable.
+    pub fn write(sandbox: &str, pem: &str, ca_pem: &str) -> anyhow::Result<Self> {
         let dir = PathBuf::from(RUN_DIR).join(sandbox);
         fs::DirBuilder::new()
             .recursive(true)
@@ -41,15 +45,11 @@ impl TrustBundle {
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
         let file = dir.join("ca-bundle.pem");
-        let mut out = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&file)
-            .with_context(|| format!("creating {}", file.display()))?;
-        std::io::Write::write_all(&mut out, pem.as_bytes())
-            .with_context(|| format!("writing {}", file.display()))?;
-        Ok(Self { dir, file })
+        let ca = dir.join(CA_FILE);
+        let bundle = Self { dir, file, ca };
+        write_public(&bundle.file, pem)?;
+        write_public(&bundle.ca, ca_pem)?;
+        Ok(bundle)
     }
 
     /// The variables to set in the sandbox, each naming the bundle.
@@ -64,6 +64,36 @@ impl TrustBundle {
 impl Drop for TrustBundle {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.file);
+        let _ = fs::remove_file(&self.ca);
         let _ = fs::remove_dir(&self.dir);
     }
+}
+
+/// Creates `path` (which must not exist) world-readable with `text`.
+fn write_public(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut out, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The CA certificates of the sandboxes running now, as (sandbox name, PEM path).
+pub fn running_cas() -> Vec<(String, PathBuf)> {
+    let Ok(entries) = fs::read_dir(RUN_DIR) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let ca = e.path().join(CA_FILE);
+            ca.is_file()
+                .then(|| (e.file_name().to_string_lossy().into_owned(), ca))
+        })
+        .collect();
+    found.sort();
+    found
 }
