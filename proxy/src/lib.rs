@@ -17,6 +17,8 @@
 //!  connect   (conn/connect.rs)    resolve the name, refuse internal answers, dial
 //!     ▼
 //!  relay     (conn/relay.rs)      TLS: replay the ClientHello, copy both ways, idle timeout
+//!  intercept (intercept/)         TLS for [[intercept]] hosts: terminate, inject a token
+//!                                 from token/ (Broker), forward over a verified pool
 //!  http      (conn/http.rs)       HTTP: hyper server, each request decided on its own Host
 //!     ▼
 //!  audit     (audit.rs)           one record per connection / per HTTP request
@@ -29,8 +31,9 @@
 //!
 //! * It loads no kernel programs and reads no environment: the daemon wires a
 //!   [`egressd_config::Config`], an [`OrigDstLookup`] and an [`AuditLog`] into [`Proxy::new`].
-//! * It does not decrypt TLS yet: interception (credential injection) is a later stage; the
-//!   `Verdict::Intercept` hook denies for now.
+//! * It decrypts TLS only for hosts an `[[intercept]]` rule names, and only when the daemon
+//!   turned interception on ([`Proxy::with_interception`]); everything else is passed
+//!   through untouched.
 //!
 //! # Security
 //!
