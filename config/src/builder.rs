@@ -41,6 +41,18 @@ pub struct Config {
     pub credentials: Vec<Credential>,
     /// The hosts egressd terminates TLS for (their hosts are allowed implicitly).
     pub intercepts: crate::intercept::Intercepts,
+    /// What the sandbox's DNS listener answers for a denied name.
+    pub dns_denied: DnsDenied,
+}
+
+/// The sandbox DNS listener's answer for a name the allowlist does not cover.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DnsDenied {
+    /// `NXDOMAIN`: the name does not exist (the default; resolvers stop at once).
+    #[default]
+    NxDomain,
+    /// `REFUSED`: the server will not answer (some resolvers then try the next server).
+    Refused,
 }
 
 /// Proxy timeouts; the defaults are in [`defaults`].
@@ -95,6 +107,7 @@ pub struct ConfigBuilder {
     timeouts: Timeouts,
     credentials: Vec<(Credential, Location)>,
     intercepts: Vec<crate::intercept::InterceptRule>,
+    dns_denied: DnsDenied,
     errors: Vec<Error>,
 }
 
@@ -273,6 +286,7 @@ impl ConfigBuilder {
             timeouts: self.timeouts,
             credentials: self.credentials.into_iter().map(|(c, _)| c).collect(),
             intercepts: crate::intercept::Intercepts::new(self.intercepts),
+            dns_denied: self.dns_denied,
         })
     }
 
@@ -440,6 +454,18 @@ impl FileContext<'_> {
             match crate::intercept::parse(table, &|offset| self.place(offset), &names) {
                 Ok(rule) => builder.intercepts.push(rule),
                 Err(e) => errors.extend(e),
+            }
+        }
+        if let Some(denied) = &file.dns.denied {
+            match denied.get_ref().to_ascii_lowercase().as_str() {
+                "nxdomain" => builder.dns_denied = DnsDenied::NxDomain,
+                "refused" => builder.dns_denied = DnsDenied::Refused,
+                other => errors.push(Error::at(
+                    self.place(denied.span().start).1,
+                    ErrorKind::InvalidValue(format!(
+                        "dns.denied = {other:?}: expected \"nxdomain\" or \"refused\""
+                    )),
+                )),
             }
         }
         let t = &mut builder.timeouts;

@@ -149,9 +149,10 @@ fn saturate(n: usize) -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// An `[[intercept]]` table is invalid; the text says what and how to fix it.
+    /// A value (in an `[[intercept]]` or `[dns]` table) is invalid; the text says what and
+    /// how to fix it.
     #[error("{0}")]
-    Intercept(String),
+    InvalidValue(String),
     /// An allow or block entry is not a valid domain, pattern or IP address.
     #[error("invalid domain or pattern '{entry}': {why}")]
     InvalidEntry {

@@ -28,6 +28,9 @@
 //! upstream_ca = "/etc/egressd/upstream-ca.pem"
 //! audit_log = "/var/log/egressd/audit.jsonl"
 //!
+//! [dns]
+//! denied = "nxdomain"   # the sandbox's answer for a denied name; or "refused"
+//!
 //! [timeouts]
 //! classify = "10s"    # a whole number and a unit: ms, s, m or h; never zero
 //! connect = "10s"
@@ -84,9 +87,20 @@ pub struct File {
     /// `[[credential]]` tables (see [`crate::credential`]).
     #[serde(default, rename = "credential")]
     pub credentials: Vec<crate::credential::FileCredential>,
+    /// The `[dns]` table: how the sandbox's DNS listener answers.
+    #[serde(default)]
+    pub dns: FileDns,
     /// `[[intercept]]` tables (see [`crate::intercept`]).
     #[serde(default, rename = "intercept")]
     pub intercepts: Vec<crate::intercept::FileIntercept>,
+}
+
+/// The `[dns]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDns {
+    /// The answer for a denied name: `"nxdomain"` (default) or `"refused"`.
+    pub denied: Option<Spanned<String>>,
 }
 
 /// The `[timeouts]` table; durations are strings such as `"500ms"`, `"10s"` or `"5m"`.

@@ -172,7 +172,7 @@ pub(crate) fn parse(
         Ok(e) if e.is_dead() => {
             errors.push(crate::Error::at(
                 at,
-                ErrorKind::Intercept(format!(
+                ErrorKind::InvalidValue(format!(
                     "intercept host '{}' can never match: {}",
                     table.host.get_ref(),
                     e.dead_reason().unwrap_or("it is not a domain")
@@ -190,7 +190,7 @@ pub(crate) fn parse(
         if !credentials.iter().any(|n| n == c.get_ref()) {
             errors.push(crate::Error::at(
                 place(c.span().start).1,
-                ErrorKind::Intercept(format!(
+                ErrorKind::InvalidValue(format!(
                     "no [[credential]] named '{}': define it, or remove `credential` for strict interception only",
                     c.get_ref()
                 )),
@@ -210,7 +210,7 @@ pub(crate) fn parse(
         Some(p) if !p.get_ref().starts_with('/') => {
             errors.push(crate::Error::at(
                 place(p.span().start).1,
-                ErrorKind::Intercept("`path_prefix` must start with '/'".to_owned()),
+                ErrorKind::InvalidValue("`path_prefix` must start with '/'".to_owned()),
             ));
             None
         }
@@ -224,7 +224,7 @@ pub(crate) fn parse(
         } else {
             errors.push(crate::Error::at(
                 place(m.span().start).1,
-                ErrorKind::Intercept(format!("'{}' is not an HTTP method", m.get_ref())),
+                ErrorKind::InvalidValue(format!("'{}' is not an HTTP method", m.get_ref())),
             ));
         }
     }
@@ -260,7 +260,7 @@ fn header_name(
     }
     errors.push(crate::Error::at(
         place(h.span().start).1,
-        ErrorKind::Intercept(format!("'{}' is not a valid HTTP header name", h.get_ref())),
+        ErrorKind::InvalidValue(format!("'{}' is not a valid HTTP header name", h.get_ref())),
     ));
     String::new()
 }
@@ -280,7 +280,7 @@ fn check_format(
     };
     errors.push(crate::Error::at(
         place(f.span().start).1,
-        ErrorKind::Intercept(why.to_owned()),
+        ErrorKind::InvalidValue(why.to_owned()),
     ));
     String::new()
 }

@@ -42,7 +42,7 @@ pub mod file;
 pub mod intercept;
 mod policy;
 
-pub use builder::{Config, ConfigBuilder, ResolveOverride, Timeouts};
+pub use builder::{Config, ConfigBuilder, DnsDenied, ResolveOverride, Timeouts};
 pub use credential::{Credential, CredentialSource};
 pub use error::{EntryError, Error, ErrorKind, Location};
 pub use intercept::{InterceptRule, Intercepts};

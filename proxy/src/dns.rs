@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use egressd_config::{Policy, Reason, Scheme, Target, TargetHost};
+use egressd_config::{DnsDenied, Policy, Reason, Scheme, Target, TargetHost};
 use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_resolver::proto::rr::rdata::{A, AAAA};
 use hickory_resolver::proto::rr::{DNSClass, Name, RData, Record as DnsRecord, RecordType};
@@ -87,8 +87,9 @@ pub(crate) enum DnsVerdict {
     },
 }
 
-/// Decides a parsed query against the policy. No I/O.
-pub(crate) fn decide(policy: &Policy, query: &Message) -> DnsVerdict {
+/// Decides a parsed query against the policy; `denied` is the answer for names it does not
+/// cover. No I/O.
+pub(crate) fn decide(policy: &Policy, denied: DnsDenied, query: &Message) -> DnsVerdict {
     let refuse = |name: Option<String>, rcode, reason: &str| DnsVerdict::Refuse {
         name,
         rcode,
@@ -135,7 +136,10 @@ pub(crate) fn decide(policy: &Policy, query: &Message) -> DnsVerdict {
     if !name_allowed {
         return DnsVerdict::Refuse {
             name: Some(name),
-            rcode: ResponseCode::NXDomain,
+            rcode: match denied {
+                DnsDenied::NxDomain => ResponseCode::NXDomain,
+                DnsDenied::Refused => ResponseCode::Refused,
+            },
             reason: decision.reason.to_string(),
             rule,
         };
@@ -231,7 +235,7 @@ impl Proxy {
         if let Some(q) = query.queries.first() {
             rec.qtype = Some(q.query_type().to_string());
         }
-        match decide(&self.config.policy, &query) {
+        match decide(&self.config.policy, self.config.dns_denied, &query) {
             DnsVerdict::Refuse {
                 name,
                 rcode,
@@ -427,7 +431,7 @@ mod tests {
     fn allowed_names_resolve_a_and_aaaa_only() {
         let p = policy("github.com", "");
         for rtype in [RecordType::A, RecordType::AAAA] {
-            let v = decide(&p, &query("API.GitHub.com.", rtype));
+            let v = decide(&p, DnsDenied::NxDomain, &query("API.GitHub.com.", rtype));
             assert_eq!(
                 v,
                 DnsVerdict::Resolve {
@@ -445,7 +449,7 @@ mod tests {
             RecordType::SVCB,
             RecordType::ANY,
         ] {
-            let v = decide(&p, &query("api.github.com.", rtype));
+            let v = decide(&p, DnsDenied::NxDomain, &query("api.github.com.", rtype));
             assert!(matches!(v, DnsVerdict::NoData { .. }), "{rtype}: {v:?}");
         }
     }
@@ -459,7 +463,7 @@ mod tests {
             "notgithub.com.",
         ] {
             for rtype in [RecordType::A, RecordType::TXT, RecordType::HTTPS] {
-                let v = decide(&p, &query(name, rtype));
+                let v = decide(&p, DnsDenied::NxDomain, &query(name, rtype));
                 let DnsVerdict::Refuse { rcode, .. } = v else {
                     panic!("{name} {rtype} should be refused: {v:?}");
                 };
@@ -469,9 +473,33 @@ mod tests {
     }
 
     #[test]
+    fn denied_names_can_be_answered_refused() {
+        let p = policy("github.com", "");
+        let v = decide(
+            &p,
+            DnsDenied::Refused,
+            &query("evil.example.", RecordType::A),
+        );
+        assert!(
+            matches!(
+                v,
+                DnsVerdict::Refuse {
+                    rcode: ResponseCode::Refused,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+    }
+
+    #[test]
     fn scheme_and_port_restricted_entries_still_resolve() {
         let p = policy("http://legacy.example", "");
-        let v = decide(&p, &query("legacy.example.", RecordType::A));
+        let v = decide(
+            &p,
+            DnsDenied::NxDomain,
+            &query("legacy.example.", RecordType::A),
+        );
         assert!(matches!(v, DnsVerdict::Resolve { .. }), "{v:?}");
     }
 
@@ -484,7 +512,7 @@ mod tests {
             RecordType::A,
         ));
         assert!(matches!(
-            decide(&p, &two),
+            decide(&p, DnsDenied::NxDomain, &two),
             DnsVerdict::Refuse {
                 rcode: ResponseCode::FormErr,
                 ..
@@ -493,7 +521,7 @@ mod tests {
         let mut notify = query("github.com.", RecordType::A);
         notify.metadata.op_code = OpCode::Notify;
         assert!(matches!(
-            decide(&p, &notify),
+            decide(&p, DnsDenied::NxDomain, &notify),
             DnsVerdict::Refuse {
                 rcode: ResponseCode::NotImp,
                 ..
@@ -504,7 +532,7 @@ mod tests {
         q.set_query_class(DNSClass::CH);
         chaos.add_query(q);
         assert!(matches!(
-            decide(&p, &chaos),
+            decide(&p, DnsDenied::NxDomain, &chaos),
             DnsVerdict::Refuse {
                 rcode: ResponseCode::Refused,
                 ..

@@ -396,3 +396,48 @@ fn later_sources_replace_single_values_and_extend_lists() {
     assert_eq!(config.policy.entries().len(), 2);
     assert_eq!(config.audit_log, Some(PathBuf::from("/etc/e/a.jsonl")));
 }
+
+#[test]
+fn dns_denied_answer_is_configurable_and_checked() {
+    assert_eq!(toml("").unwrap().dns_denied, DnsDenied::NxDomain);
+    let config = toml("[dns]\ndenied = \"refused\"\n").unwrap();
+    assert_eq!(config.dns_denied, DnsDenied::Refused);
+    let err = toml("[dns]\ndenied = \"drop\"\n").unwrap_err();
+    assert_eq!(
+        messages(&err),
+        vec!["egressd.toml:2:10: dns.denied = \"drop\": expected \"nxdomain\" or \"refused\""]
+    );
+}
+
+#[test]
+fn intercept_tables_are_validated_and_allow_their_host() {
+    let config = toml(
+        "[[credential]]\nname = \"k\"\nsource = \"env\"\nvar = \"K\"\n\n[[intercept]]\nhost = \"api.example.com\"\ncredential = \"k\"\nheader = \"api-key\"\nformat = \"{token}\"\n",
+    )
+    .unwrap();
+    let rules = config.intercepts.for_host("api.example.com");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].header, "api-key");
+    assert!(
+        decide(&config, "api.example.com", 443, Scheme::Https).is_allow(),
+        "an intercepted host is allowed"
+    );
+    let err = toml(
+        "[[intercept]]\nhost = \"api.example.com\"\ncredential = \"missing\"\nformat = \"no token here\"\npath_prefix = \"v1\"\n",
+    )
+    .unwrap_err();
+    let all = messages(&err);
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(
+        all[0].starts_with("egressd.toml:3:14: no [[credential]] named 'missing'"),
+        "{all:?}"
+    );
+    assert!(
+        all[1].starts_with("egressd.toml:4:10: `format` must contain `{token}`"),
+        "{all:?}"
+    );
+    assert!(
+        all[2].starts_with("egressd.toml:5:15: `path_prefix` must start with '/'"),
+        "{all:?}"
+    );
+}
