@@ -103,6 +103,12 @@ pub(crate) struct PendingRecord {
 }
 
 impl PendingRecord {
+    /// Counts bytes relayed after an upgrade (WebSocket) into the record.
+    pub(crate) fn add_relayed(&mut self, up: u64, down: u64) {
+        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.bytes_down += down;
+    }
+
     /// Starts timing `rec`; it is written to `audit` on drop.
     pub(crate) fn new(audit: Arc<AuditLog>, rec: Record) -> Self {
         Self {

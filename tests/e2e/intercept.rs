@@ -415,3 +415,238 @@ fn ca_export_prints_the_running_sandboxs_ca_and_it_names_only_intercepted_hosts(
     assert!(text.contains(&format!("DNS:{API}")), "{text}");
     assert!(!text.contains("DNS:evil.example"), "{text}");
 }
+
+/// `egressd-probe ACTION ARGS...` as the sandboxed command.
+fn probe_argv(e: &EntraSetup, action: &str, args: &[&str]) -> Vec<String> {
+    let mut argv = vec![e.s.probe.display().to_string(), action.to_owned()];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    argv
+}
+
+/// The one credential header the upstream saw must be a bearer token Entra issued for this
+/// app and scope (and nothing of the agent's); returns the token.
+#[track_caller]
+fn only_an_entra_token(e: &EntraSetup, out: &Output) -> String {
+    let creds = e.s.api.credentials();
+    assert_eq!(
+        creds.len(),
+        1,
+        "exactly the injected header, none of the agent's: {creds:?}\n{out}"
+    );
+    let (_, name, value) = &creds[0];
+    assert_eq!(name, "authorization", "{creds:?}\n{out}");
+    let token = value
+        .strip_prefix("Bearer ")
+        .unwrap_or_else(|| panic!("not a bearer token: {value}\n{out}"));
+    assert_eq!(
+        e.entra.issued(token),
+        Some((APP.to_owned(), SCOPE.to_owned())),
+        "the upstream got a token Entra did not issue for this app and scope\n{out}"
+    );
+    token.to_owned()
+}
+
+/// A JSON array of numbers as `u64`s.
+#[track_caller]
+fn numbers(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|n| n.as_u64().unwrap_or_else(|| panic!("not a number: {n}")))
+        .collect()
+}
+
+#[test]
+fn server_sent_events_stream_through_interception_as_they_are_produced() {
+    if !privileged() {
+        return;
+    }
+    const N: u64 = 6;
+    const GAP_MS: u64 = 300;
+    let e = EntraSetup::new();
+    let url = format!("https://{API}/openai/sse?n={N}&gap_ms={GAP_MS}");
+    let out = e.egressd().command(probe_argv(&e, "sse", &[&url])).run();
+    out.assert_success();
+    let line = crate::probe_line(&out, "sse");
+    assert_eq!(line["result"], "ok", "{line}\n{out}");
+    assert_eq!(line["status"], 200, "{line}\n{out}");
+    let expected: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    let events: Vec<String> = line["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no events: {line}"))
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(events, expected, "every event, in order: {line}\n{out}");
+    let arrivals = numbers(&line["arrivals_ms"]);
+    let (first, last) = (arrivals[0], arrivals[arrivals.len() - 1]);
+    // The upstream starts producing when it answers (after the token was minted) and takes
+    // (N-1)*GAP_MS = 1.5 s. Buffered anywhere on the way, the events (and perhaps the head)
+    // would arrive together at the end; streamed, the first arrives with the head and the
+    // arrivals spread like the production. Times count from the response head, so a slow
+    // mint does not matter.
+    let head = line["headers_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no headers_ms: {line}"));
+    assert!(
+        first.saturating_sub(head) < last.saturating_sub(head) / 2,
+        "head at {head} ms, first event at {first} ms, last at {last} ms: the stream was buffered\n{line}\n{out}"
+    );
+    assert!(
+        last - first >= (N - 1) * GAP_MS / 2,
+        "arrivals {arrivals:?} ms do not follow the production gaps of {GAP_MS} ms\n{line}\n{out}"
+    );
+    only_an_entra_token(&e, &out);
+    let rec = intercepted_records(&out).into_iter().next().unwrap();
+    assert_eq!(rec["status"], 200, "{rec}");
+    assert_eq!(rec["credential"], "azure-openai", "{rec}");
+}
+
+#[test]
+fn a_websocket_upgrade_on_an_intercepted_route_echoes_and_carries_only_the_injected_token() {
+    if !privileged() {
+        return;
+    }
+    const MESSAGE: &str = "hello over an intercepted websocket";
+    let e = EntraSetup::new();
+    let url = format!("wss://{API}/openai/ws");
+    let out = e
+        .egressd()
+        .command(probe_argv(&e, "websocket", &[&url, MESSAGE]))
+        .run();
+    out.assert_success();
+    let line = crate::probe_line(&out, "websocket");
+    assert_eq!(line["result"], "ok", "{line}\n{out}");
+    assert_eq!(line["status"], 101, "{line}\n{out}");
+    assert_eq!(line["echo"], MESSAGE, "{line}\n{out}");
+    // The echo came from the upstream, through egressd (the sandbox cannot reach it otherwise).
+    assert_eq!(
+        e.s.api.websocket_messages(),
+        vec![MESSAGE.to_owned()],
+        "\n{out}"
+    );
+    assert_eq!(
+        e.s.api.requests().len(),
+        1,
+        "one upgrade request upstream\n{out}"
+    );
+    only_an_entra_token(&e, &out);
+    let rec = intercepted_records(&out).into_iter().next().unwrap();
+    assert_eq!(rec["status"], 101, "{rec}");
+    assert_eq!(rec["credential"], "azure-openai", "{rec}");
+}
+
+#[test]
+fn five_second_tokens_across_fifteen_seconds_of_requests_are_refreshed_and_never_used_expired() {
+    if !privileged() {
+        return;
+    }
+    let e = EntraSetup::new();
+    e.entra.set_expires_in(std::time::Duration::from_secs(5));
+    // Requests for about 14 s (bounded in count and time), paced by the client.
+    let script = format!(
+        r#"end=$(( $(date +%s) + 14 )); i=0
+while [ $i -lt 150 ] && [ "$(date +%s)" -lt $end ]; do
+  curl -sS --max-time 5 -o /dev/null -w 'code=%{{http_code}}\n' -H 'Authorization: Bearer agent-placeholder' -H 'api-key: agent-placeholder' https://{API}/openai/deployments/gpt/chat/completions
+  i=$((i + 1)); sleep 0.2
+done"#
+    );
+    let out = e.egressd().sh(&script).run();
+    out.assert_success();
+    let codes: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("code="))
+        .collect();
+    assert!(codes.len() >= 20, "too few requests ran\n{out}");
+    assert!(
+        codes.iter().all(|c| *c == "200"),
+        "a request failed: {codes:?}\n{out}"
+    );
+    let received = e.s.api.received_at();
+    let creds = e.s.api.credentials();
+    assert_eq!(received.len(), codes.len(), "\n{out}");
+    assert_eq!(
+        creds.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(),
+        (0..received.len()).collect::<Vec<_>>(),
+        "every request upstream must carry exactly one credential header: {creds:?}\n{out}"
+    );
+    let span = received[received.len() - 1] - received[0];
+    assert!(
+        span >= std::time::Duration::from_secs(10),
+        "the requests spanned only {span:?}: not two token lifetimes\n{out}"
+    );
+    let mut tokens: Vec<&str> = Vec::new();
+    for (n, name, value) in &creds {
+        assert_eq!(name, "authorization", "request {n}\n{out}");
+        let token = value
+            .strip_prefix("Bearer ")
+            .unwrap_or_else(|| panic!("request {n}: not a bearer token: {value}\n{out}"));
+        assert_eq!(
+            e.entra.issued(token),
+            Some((APP.to_owned(), SCOPE.to_owned())),
+            "request {n} carried a token Entra did not issue\n{out}"
+        );
+        let expires = e.entra.expires_at(token).expect("issued above");
+        assert!(
+            received[*n] < expires,
+            "request {n} reached the upstream {:?} after its token expired\n{out}",
+            received[*n] - expires
+        );
+        if !tokens.contains(&token) {
+            tokens.push(token);
+        }
+    }
+    assert!(
+        tokens.len() >= 2,
+        "one token served {span:?} of requests with 5 s lifetimes: no refresh happened\n{out}"
+    );
+    let log = fs::read_to_string(&e.s.audit_log).unwrap();
+    assert!(
+        tokens.iter().all(|t| !log.contains(t)),
+        "a token is in the audit log"
+    );
+}
+
+#[test]
+fn an_h2_request_for_a_sibling_host_on_the_same_connection_gets_421_and_no_credential() {
+    if !privileged() {
+        return;
+    }
+    let e = EntraSetup::new();
+    let url = format!("https://{API}/openai/deployments/gpt/chat/completions");
+    let out = e
+        .egressd()
+        .command(probe_argv(
+            &e,
+            "h2-authorities",
+            &[&url, egressd_tests::EVIL],
+        ))
+        .run();
+    out.assert_success();
+    let line = crate::probe_line(&out, "h2-authorities");
+    assert_eq!(line["result"], "ok", "{line}\n{out}");
+    assert_eq!(line["alpn"], "h2", "{line}\n{out}");
+    assert_eq!(
+        numbers(&line["statuses"]),
+        [200, 421],
+        "the same connection: {API} served, {} misdirected\n{line}\n{out}",
+        egressd_tests::EVIL
+    );
+    // Only the first request went upstream, with the one injected token.
+    assert_eq!(
+        e.s.api.requests(),
+        vec![(API.to_owned(), API.to_owned())],
+        "\n{out}"
+    );
+    only_an_entra_token(&e, &out);
+    assert_eq!(e.s.evil.connections(), 0, "\n{out}");
+    let statuses: Vec<Value> = intercepted_records(&out)
+        .iter()
+        .map(|r| r["status"].clone())
+        .collect();
+    assert!(
+        statuses.contains(&Value::from(200)) && statuses.contains(&Value::from(421)),
+        "{statuses:?}\n{out}"
+    );
+}

@@ -3,7 +3,16 @@
 //! Each server is a std thread that `setns`es into the namespace, binds, reports readiness on a
 //! channel (no sleeps), then serves on a current-thread tokio runtime until dropped. Every
 //! request is answered `200` with the body `hello from <name> via <Host header>`, so a test can
-//! tell which upstream answered and which name the request carried.
+//! tell which upstream answered and which name the request carried, except on these paths
+//! (matched on the path's last segments, so `/openai/sse` works under a rule's prefix):
+//!
+//! * `/redirect-to/<host>`: `302` to `https://<host>/`;
+//! * `.../sse?n=N&gap_ms=MS`: server-sent events `data: <i>\n\n` for `i` in `0..N`, each
+//!   produced `MS` after the previous one was taken (a streaming body, never buffered here);
+//!   `N` at most 100, `MS` at most 5000;
+//! * `.../ws`: a WebSocket (RFC 6455) echo: `101` with `Sec-WebSocket-Accept`, then every
+//!   text or binary message is sent back (at most 16 messages, 10 s), recorded in
+//!   [`HttpsUpstream::websocket_messages`].
 
 use std::{
     fs::File,
@@ -14,15 +23,23 @@ use std::{
         mpsc,
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+use futures_util::{SinkExt as _, StreamExt as _};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::{
+    Request, Response, StatusCode, body::Frame, body::Incoming, server::conn::http1,
+    service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, handshake::derive_accept_key, protocol::Role},
+};
 
 use crate::{TestCa, UpstreamNet};
 
@@ -34,7 +51,14 @@ struct Seen {
     requests: Mutex<Vec<(String, String)>>,
     /// Credential-carrying headers seen, `(request number, name, value)`.
     credentials: Mutex<Vec<(usize, String, String)>>,
+    /// When each request arrived, by request number.
+    received: Mutex<Vec<Instant>>,
+    /// Messages received on WebSocket connections (text, or `<N bytes>` for binary).
+    websocket: Mutex<Vec<String>>,
 }
+
+/// The response body of every fake upstream: whole, or streamed.
+type Body = BoxBody<Bytes, std::convert::Infallible>;
 
 /// The headers an injecting proxy adds or must strip; recorded for assertions.
 const CREDENTIAL_HEADERS: [&str; 5] = [
@@ -59,6 +83,16 @@ impl HttpsUpstream {
     /// Credential-carrying headers the server received, `(request number, name, value)`.
     pub fn credentials(&self) -> Vec<(usize, String, String)> {
         self.server.seen.credentials.lock().unwrap().clone()
+    }
+
+    /// When each request arrived (before it was answered), by request number.
+    pub fn received_at(&self) -> Vec<Instant> {
+        self.server.seen.received.lock().unwrap().clone()
+    }
+
+    /// The messages WebSocket clients sent to `.../ws` (and got back).
+    pub fn websocket_messages(&self) -> Vec<String> {
+        self.server.seen.websocket.lock().unwrap().clone()
     }
 
     /// Serve HTTPS on `addr:443` in `net`, presenting a certificate for `names`; the first
@@ -227,39 +261,150 @@ where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: Request<Incoming>| {
-        let host = req
-            .headers()
-            .get(hyper::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("-")
-            .to_owned();
-        let number = {
-            let mut requests = seen.requests.lock().unwrap();
-            requests.push((sni.clone(), host.clone()));
-            requests.len() - 1
-        };
-        for name in CREDENTIAL_HEADERS {
-            for value in req.headers().get_all(name) {
-                seen.credentials.lock().unwrap().push((
-                    number,
-                    name.to_owned(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                ));
-            }
-        }
-        // `/redirect-to/<host>` answers 302 to `https://<host>/` (redirect tests).
-        if let Some(target) = req.uri().path().strip_prefix("/redirect-to/") {
-            let resp = Response::builder()
-                .status(302)
-                .header("location", format!("https://{target}/"))
-                .body(Full::new(Bytes::from_static(b"moved")))
-                .expect("a valid redirect response");
-            return std::future::ready(Ok::<_, std::convert::Infallible>(resp));
-        }
-        let body = format!("hello from {name} via {host}");
-        std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-            Bytes::from(body),
-        ))))
+        std::future::ready(Ok::<_, std::convert::Infallible>(answer(
+            req, &name, &sni, &seen,
+        )))
     });
-    let _ = http1::Builder::new().serve_connection(io, service).await;
+    let _ = http1::Builder::new()
+        .serve_connection(io, service)
+        .with_upgrades()
+        .await;
+}
+
+/// Records the request, then answers it (see the module documentation for the paths).
+fn answer(mut req: Request<Incoming>, name: &str, sni: &str, seen: &Arc<Seen>) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let number = {
+        let mut requests = seen.requests.lock().unwrap();
+        seen.received.lock().unwrap().push(Instant::now());
+        requests.push((sni.to_owned(), host.clone()));
+        requests.len() - 1
+    };
+    for name in CREDENTIAL_HEADERS {
+        for value in req.headers().get_all(name) {
+            seen.credentials.lock().unwrap().push((
+                number,
+                name.to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    let path = req.uri().path().to_owned();
+    // `/redirect-to/<host>` answers 302 to `https://<host>/` (redirect tests).
+    if let Some(target) = path.strip_prefix("/redirect-to/") {
+        return Response::builder()
+            .status(302)
+            .header("location", format!("https://{target}/"))
+            .body(whole("moved"))
+            .expect("a valid redirect response");
+    }
+    if path == "/sse" || path.ends_with("/sse") {
+        return sse(req.uri().query().unwrap_or_default());
+    }
+    if path == "/ws" || path.ends_with("/ws") {
+        return websocket(&mut req, Arc::clone(seen));
+    }
+    Response::new(whole(format!("hello from {name} via {host}")))
+}
+
+fn whole(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+/// `text/event-stream` of `data: <i>\n\n` for `i` in `0..n`, event `i > 0` produced `gap_ms`
+/// after event `i - 1` was taken by hyper.
+fn sse(query: &str) -> Response<Body> {
+    let param = |key: &str, default: u64, max: u64| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(default)
+            .min(max)
+    };
+    let (n, gap) = (
+        param("n", 5, 100),
+        Duration::from_millis(param("gap_ms", 300, 5000)),
+    );
+    let events = futures_util::stream::unfold(0u64, move |i| async move {
+        if i >= n {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        let frame = Frame::data(Bytes::from(format!("data: {i}\n\n")));
+        Some((Ok::<_, std::convert::Infallible>(frame), i + 1))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(BodyExt::boxed(StreamBody::new(events)))
+        .expect("a valid event-stream response")
+}
+
+/// The RFC 6455 server handshake; once hyper hands over the connection, a bounded echo.
+fn websocket(req: &mut Request<Incoming>, seen: Arc<Seen>) -> Response<Body> {
+    let headers = req.headers();
+    let has_token = |name: hyper::header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let key = headers
+        .get("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec());
+    let version_ok = headers
+        .get("sec-websocket-version")
+        .is_some_and(|v| v == "13");
+    let (Some(key), true, true, true) = (
+        key,
+        version_ok,
+        has_token(hyper::header::CONNECTION, "upgrade"),
+        has_token(hyper::header::UPGRADE, "websocket"),
+    ) else {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body(whole("not a WebSocket upgrade request"))
+            .expect("a valid response");
+    };
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let echo = async {
+            for _ in 0..16 {
+                let Some(Ok(msg)) = ws.next().await else {
+                    break;
+                };
+                let seen_as = match &msg {
+                    Message::Text(text) => text.to_string(),
+                    Message::Binary(data) => format!("<{} bytes>", data.len()),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                seen.websocket.lock().unwrap().push(seen_as);
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), echo).await;
+        let _ = ws.close(None).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(hyper::header::UPGRADE, "websocket")
+        .header("sec-websocket-accept", derive_accept_key(&key))
+        .body(whole(Bytes::new()))
+        .expect("a valid 101 response")
 }

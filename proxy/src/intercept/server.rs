@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::Proxy;
 use crate::audit::{AuditDecision, Proto, Record};
 use crate::body::{AuditedBody, PendingRecord, ResBody, strip_hop_by_hop};
+use crate::conn::relay::relay;
 use crate::respond::{self, JsonError};
 
 /// Longest path written to the audit log.
@@ -185,18 +186,26 @@ impl Conn {
         if let Some(client_side) = upgrade
             && resp.status() == StatusCode::SWITCHING_PROTOCOLS
         {
+            // The record follows the upgraded connection: written when the relay ends, with
+            // its bytes and duration. The relay stops after the idle timeout like any other.
             let upstream_side = hyper::upgrade::on(&mut resp);
+            let idle = self.proxy.config.timeouts.idle;
             tokio::spawn(async move {
+                let mut pending = pending;
                 let (Ok(client_io), Ok(upstream_io)) = (client_side.await, upstream_side.await)
                 else {
+                    pending.rec.reason = "the upgrade did not complete".to_owned();
                     return;
                 };
-                let _ = tokio::io::copy_bidirectional(
-                    &mut TokioIo::new(client_io),
-                    &mut TokioIo::new(upstream_io),
-                )
-                .await;
+                let (mut client_io, mut upstream_io) =
+                    (TokioIo::new(client_io), TokioIo::new(upstream_io));
+                let out = relay(&mut client_io, &mut upstream_io, &[], idle).await;
+                pending.add_relayed(out.bytes_up, out.bytes_down);
+                if let Some(end) = out.end.describe() {
+                    pending.rec.reason = format!("intercepted upgrade; {end}");
+                }
             });
+            return resp.map(|body| body.boxed_unsync());
         }
         strip_hop_by_hop_response(&mut resp);
         resp.map(|body| AuditedBody::new(body.boxed_unsync(), pending).boxed_unsync())

@@ -4,7 +4,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use hyper::{Method, StatusCode};
@@ -118,6 +118,9 @@ struct Issued {
     scope: String,
     fmi_path: Option<String>,
     expires_at: u64,
+    /// The same expiry on this process's monotonic clock (sub-second, for
+    /// [`FakeEntra::expires_at`]).
+    expires: Instant,
 }
 
 impl FakeEntra {
@@ -201,11 +204,20 @@ impl FakeEntra {
         Some((issued.client_id.clone(), issued.scope.clone()))
     }
 
+    /// When `token`, an access token this fake issued, expires (issue instant + `expires_in`),
+    /// on the monotonic clock the other fixtures record times with; `None` if not issued here.
+    pub fn expires_at(&self, token: &str) -> Option<Instant> {
+        let inner = self.state.inner.lock().unwrap();
+        inner.issued.get(token).map(|issued| issued.expires)
+    }
+
     /// Makes every token issued so far expired (a T1 presented later answers 700024).
     pub fn expire_issued(&self) {
         let mut inner = self.state.inner.lock().unwrap();
+        let now = Instant::now();
         for issued in inner.issued.values_mut() {
             issued.expires_at = 0;
+            issued.expires = now;
         }
     }
 }
@@ -401,6 +413,7 @@ impl State {
                 scope: call.scope.clone(),
                 fmi_path: call.fmi_path.clone(),
                 expires_at: unix_now() + expires_in,
+                expires: Instant::now() + Duration::from_secs(expires_in),
             },
         );
         Ok(json!({
