@@ -43,6 +43,10 @@ pub struct Config {
     pub intercepts: crate::intercept::Intercepts,
     /// What the sandbox's DNS listener answers for a denied name.
     pub dns_denied: DnsDenied,
+    /// The GitHub deployment the allowlist was derived for, if any.
+    pub github: Option<crate::github::Deployment>,
+    /// Hosts the GitHub derivation could not derive, with what to do about them.
+    pub github_notes: Vec<String>,
 }
 
 /// The sandbox DNS listener's answer for a name the allowlist does not cover.
@@ -108,10 +112,30 @@ pub struct ConfigBuilder {
     credentials: Vec<(Credential, Location)>,
     intercepts: Vec<crate::intercept::InterceptRule>,
     dns_denied: DnsDenied,
+    github: Option<crate::github::Derived>,
     errors: Vec<Error>,
 }
 
 impl ConfigBuilder {
+    /// Adds the entries derived from the GitHub deployment in `env` (and its Copilot hosts
+    /// when `copilot`), each with a `github:...` origin.
+    ///
+    /// # Errors
+    ///
+    /// `GITHUB_SERVER_URL` is not a usable URL.
+    pub fn github(&mut self, env: &crate::github::GitHubEnv, copilot: bool) -> Result<(), Error> {
+        match crate::github::derive(env, copilot) {
+            Ok(derived) => {
+                self.github = Some(derived);
+                Ok(())
+            }
+            Err(kind) => self.record(vec![Error::at(
+                Location::Builtin("the GitHub environment"),
+                kind,
+            )]),
+        }
+    }
+
     /// An empty builder: no entries (so everything is denied), default ports and timeouts.
     pub fn new() -> Self {
         Self::default()
@@ -276,6 +300,9 @@ impl ConfigBuilder {
         let ports = self.ports.as_deref().unwrap_or(defaults::PORTS);
         // An intercepted host is allowed: its rule is its allow entry.
         let mut entries = self.entries;
+        if let Some(github) = &self.github {
+            entries.extend(github.entries.iter().cloned());
+        }
         entries.extend(self.intercepts.iter().map(|r| (*r.host).clone()));
         Ok(Config {
             policy: Arc::new(Policy::new(entries, ports, &self.loopback_ports)),
@@ -287,6 +314,12 @@ impl ConfigBuilder {
             credentials: self.credentials.into_iter().map(|(c, _)| c).collect(),
             intercepts: crate::intercept::Intercepts::new(self.intercepts),
             dns_denied: self.dns_denied,
+            github_notes: self
+                .github
+                .as_ref()
+                .map(|g| g.notes.clone())
+                .unwrap_or_default(),
+            github: self.github.and_then(|g| g.deployment),
         })
     }
 
@@ -549,6 +582,7 @@ fn origin_location(origin: &Origin) -> Location {
             column: 1,
         },
         Origin::Builtin(what) => Location::Builtin(what),
+        Origin::Derived(_) => Location::Builtin("the GitHub environment"),
     }
 }
 

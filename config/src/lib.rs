@@ -39,6 +39,7 @@ pub mod credential;
 pub mod defaults;
 mod error;
 pub mod file;
+pub mod github;
 pub mod intercept;
 mod policy;
 

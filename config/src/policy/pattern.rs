@@ -75,6 +75,8 @@ pub enum Origin {
     /// Built into egressd; the text names what, e.g. `Builtin("default")` shows as
     /// "built-in default".
     Builtin(&'static str),
+    /// Derived from the environment egressd runs in, e.g. `github:ghe.com(acme)`.
+    Derived(String),
 }
 
 /// What an [`Entry`] matches, once parsed.
@@ -163,6 +165,7 @@ impl fmt::Display for Origin {
             Origin::Flag(flag) => f.write_str(flag),
             Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
             Origin::Builtin(what) => write!(f, "built-in {what}"),
+            Origin::Derived(what) => f.write_str(what),
         }
     }
 }
