@@ -54,6 +54,43 @@
 //! name = "file-key"
 //! source = "file"
 //! path = "/etc/egressd/key"
+//!
+//! # RFC 8693 token exchange at Google STS (workload identity federation): the subject token
+//! # is another credential's token (a GitHub OIDC JWT whose audience the provider allows).
+//! [[credential]]
+//! name = "github-oidc-gcp"
+//! source = "github-oidc"
+//! audience = "https://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/gh-pool/providers/gh-provider"
+//!
+//! [[credential]]
+//! name = "gcp"
+//! source = "oauth2-token-exchange"
+//! audience = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/gh-pool/providers/gh-provider"
+//! subject_token = "github-oidc-gcp"
+//! # token_url = "https://sts.googleapis.com/v1/token"                        # the default
+//! # scope = "https://www.googleapis.com/auth/cloud-platform"                  # the default
+//! # subject_token_type = "urn:ietf:params:oauth:token-type:jwt"               # the default
+//! # requested_token_type = "urn:ietf:params:oauth:token-type:access_token"    # the default
+//! # Optional: impersonate a service account with the federated token (IAM Credentials
+//! # generateAccessToken); `lifetime` and `iam_credentials_url` apply only with it.
+//! service_account = "sa@my-project.iam.gserviceaccount.com"
+//! lifetime = "3600s"                                   # the default
+//! # iam_credentials_url = "https://iamcredentials.googleapis.com"              # the default
+//!
+//! # AWS STS AssumeRoleWithWebIdentity: temporary keys that sign requests (SigV4).
+//! [[credential]]
+//! name = "github-oidc-aws"
+//! source = "github-oidc"
+//! audience = "sts.amazonaws.com"
+//!
+//! [[credential]]
+//! name = "bedrock"
+//! source = "aws-web-identity"
+//! role_arn = "arn:aws:iam::123456789012:role/gha-bedrock"
+//! web_identity_token = "github-oidc-aws"
+//! endpoint = "https://sts.us-east-1.amazonaws.com/"   # default https://sts.amazonaws.com/
+//! duration = "1h"                                      # the default; 15m to 12h
+//! # role_session_name = "egressd-bedrock"              # default: egressd-<credential name>
 //! ```
 //!
 //! Keys that do not apply to a table's `source` are errors, as are unknown keys: a typo must
@@ -71,21 +108,44 @@ use crate::defaults;
 use crate::error::{Error, ErrorKind, Location};
 use crate::file::parse_duration;
 
+/// `oauth2-token-exchange`: the token endpoint when `token_url` is not set (Google STS).
+pub const GOOGLE_STS_URL: &str = "https://sts.googleapis.com/v1/token";
+/// `oauth2-token-exchange`: the scope when `scope` is not set.
+pub const GOOGLE_CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// `oauth2-token-exchange`: the IAM Credentials base URL when `iam_credentials_url` is not set.
+pub const GOOGLE_IAM_CREDENTIALS_URL: &str = "https://iamcredentials.googleapis.com";
+/// `oauth2-token-exchange`: the impersonated token's lifetime when `lifetime` is not set.
+pub const GOOGLE_IMPERSONATION_LIFETIME: Duration = Duration::from_hours(1);
+/// RFC 8693 token type of a JWT (the default `subject_token_type`).
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// RFC 8693 token type of an access token (the default `requested_token_type`).
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// `aws-web-identity`: the STS endpoint when `endpoint` is not set (global).
+pub const AWS_STS_URL: &str = "https://sts.amazonaws.com/";
+/// `aws-web-identity`: `DurationSeconds` when `duration` is not set.
+pub const AWS_DURATION: Duration = Duration::from_hours(1);
+/// `aws-web-identity`: the shortest `duration` STS accepts.
+pub const AWS_DURATION_MIN: Duration = Duration::from_mins(15);
+/// `aws-web-identity`: the longest `duration` STS accepts (a role's maximum may be lower).
+pub const AWS_DURATION_MAX: Duration = Duration::from_hours(12);
+
 /// One `[[credential]]` table, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCredential {
     /// The name rules and other credentials refer to.
     pub name: Spanned<String>,
-    /// `github-oidc`, `entra`, `entra-agent`, `env` or `file`.
+    /// `github-oidc`, `entra`, `entra-agent`, `oauth2-token-exchange`, `aws-web-identity`,
+    /// `env` or `file`.
     pub source: Spanned<String>,
-    /// `github-oidc`: the `aud` of the minted JWT.
+    /// `github-oidc`: the `aud` of the minted JWT; `oauth2-token-exchange`: the `audience`.
     pub audience: Option<Spanned<String>>,
     /// `entra`, `entra-agent`: the tenant ID or verified domain.
     pub tenant: Option<Spanned<String>>,
     /// `entra`: the application (client) ID holding the federated credential.
     pub client_id: Option<Spanned<String>>,
-    /// `entra`, `entra-agent`: the resource scope, `<App ID URI>/.default`.
+    /// `entra`, `entra-agent`: the resource scope, `<App ID URI>/.default`;
+    /// `oauth2-token-exchange`: the requested scope.
     pub scope: Option<Spanned<String>>,
     /// `entra`, `entra-agent`: the credential whose token is the client assertion.
     pub assertion: Option<Spanned<String>>,
@@ -103,6 +163,30 @@ pub struct FileCredential {
     pub var: Option<Spanned<String>>,
     /// `file`: the file holding the secret.
     pub path: Option<Spanned<PathBuf>>,
+    /// `oauth2-token-exchange`: the token endpoint (default Google STS).
+    pub token_url: Option<Spanned<String>>,
+    /// `oauth2-token-exchange`: the credential whose token is the `subject_token`.
+    pub subject_token: Option<Spanned<String>>,
+    /// `oauth2-token-exchange`: `subject_token_type` (default `...:token-type:jwt`).
+    pub subject_token_type: Option<Spanned<String>>,
+    /// `oauth2-token-exchange`: `requested_token_type` (default `...:token-type:access_token`).
+    pub requested_token_type: Option<Spanned<String>>,
+    /// `oauth2-token-exchange`: a Google service account to impersonate with the exchanged token.
+    pub service_account: Option<Spanned<String>>,
+    /// `oauth2-token-exchange` with `service_account`: the IAM Credentials base URL.
+    pub iam_credentials_url: Option<Spanned<String>>,
+    /// `oauth2-token-exchange` with `service_account`: the impersonated token's lifetime.
+    pub lifetime: Option<Spanned<String>>,
+    /// `aws-web-identity`: the role to assume.
+    pub role_arn: Option<Spanned<String>>,
+    /// `aws-web-identity`: `RoleSessionName` (default `egressd-<credential name>`).
+    pub role_session_name: Option<Spanned<String>>,
+    /// `aws-web-identity`: `DurationSeconds` (default one hour).
+    pub duration: Option<Spanned<String>>,
+    /// `aws-web-identity`: the credential whose token is the `WebIdentityToken`.
+    pub web_identity_token: Option<Spanned<String>>,
+    /// `aws-web-identity`: the STS endpoint (default `https://sts.amazonaws.com/`).
+    pub endpoint: Option<Spanned<String>>,
 }
 
 /// A validated credential.
@@ -120,6 +204,8 @@ pub struct Credential {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CredentialSource {
+    /// AWS STS `AssumeRoleWithWebIdentity` (`source = "aws-web-identity"`).
+    AwsWebIdentity(AwsWebIdentitySource),
     /// Entra client credentials with a client assertion (`source = "entra"`).
     Entra(EntraSource),
     /// Entra Agent ID, two hops (`source = "entra-agent"`).
@@ -139,6 +225,8 @@ pub enum CredentialSource {
         /// The requested `aud`; `None` lets GitHub pick the owner's URL.
         audience: Option<String>,
     },
+    /// An RFC 8693 token exchange, Google STS by default (`source = "oauth2-token-exchange"`).
+    TokenExchange(TokenExchangeSource),
 }
 
 /// `source = "entra"`: `POST {authority}/{tenant}/oauth2/v2.0/token`, client credentials.
@@ -175,12 +263,72 @@ pub struct EntraAgentSource {
     pub assertion: String,
 }
 
+/// `source = "oauth2-token-exchange"` (`reference/tokens.md` §6.2, §6.3): `POST {token_url}`
+/// with `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`, then optionally IAM
+/// Credentials `generateAccessToken` for a service account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenExchangeSource {
+    /// The token endpoint, such as `https://sts.googleapis.com/v1/token`.
+    pub token_url: String,
+    /// `audience`: for Google, the workload identity provider's full resource name
+    /// (`//iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P/providers/X`).
+    pub audience: String,
+    /// `scope`, such as `https://www.googleapis.com/auth/cloud-platform`.
+    pub scope: String,
+    /// The credential supplying `subject_token`.
+    pub subject_token: String,
+    /// `subject_token_type`, a token type URI.
+    pub subject_token_type: String,
+    /// `requested_token_type`, a token type URI.
+    pub requested_token_type: String,
+    /// Service account impersonation with the exchanged token, if configured.
+    pub impersonation: Option<Impersonation>,
+}
+
+/// Google service account impersonation: `POST {iam_credentials_url}/v1/projects/-/
+/// serviceAccounts/{service_account}:generateAccessToken` with the exchanged token as bearer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Impersonation {
+    /// The service account's email.
+    pub service_account: String,
+    /// The IAM Credentials base URL without a trailing slash.
+    pub iam_credentials_url: String,
+    /// The requested lifetime (whole seconds).
+    pub lifetime: Duration,
+}
+
+/// `source = "aws-web-identity"` (`reference/tokens.md` §6.1): STS
+/// `AssumeRoleWithWebIdentity`, unsigned, with another credential's token as the web identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsWebIdentitySource {
+    /// The STS endpoint, such as `https://sts.amazonaws.com/` or a regional one.
+    pub endpoint: String,
+    /// `RoleArn`.
+    pub role_arn: String,
+    /// `RoleSessionName`: 2 to 64 letters, digits and `_+=,.@-`.
+    pub role_session_name: String,
+    /// `DurationSeconds` (whole seconds, 15 minutes to 12 hours).
+    pub duration: Duration,
+    /// The credential supplying `WebIdentityToken`.
+    pub web_identity_token: String,
+}
+
 impl Credential {
-    /// The credential whose token this one uses as a client assertion, if any.
+    /// The credential whose token this one presents (client assertion, subject token or web
+    /// identity token), if any.
     pub fn assertion(&self) -> Option<&str> {
+        self.assertion_key().map(|(_, name)| name)
+    }
+
+    /// The key naming the credential this one presents, and its value.
+    fn assertion_key(&self) -> Option<(&'static str, &str)> {
         match &self.source {
-            CredentialSource::Entra(e) => Some(&e.assertion),
-            CredentialSource::EntraAgent(e) => Some(&e.assertion),
+            CredentialSource::AwsWebIdentity(a) => {
+                Some(("web_identity_token", &a.web_identity_token))
+            }
+            CredentialSource::Entra(e) => Some(("assertion", &e.assertion)),
+            CredentialSource::EntraAgent(e) => Some(("assertion", &e.assertion)),
+            CredentialSource::TokenExchange(t) => Some(("subject_token", &t.subject_token)),
             _ => None,
         }
     }
@@ -188,11 +336,13 @@ impl Credential {
     /// The `source` keyword, such as `"entra"`.
     pub fn source_name(&self) -> &'static str {
         match &self.source {
+            CredentialSource::AwsWebIdentity(_) => "aws-web-identity",
             CredentialSource::Entra(_) => "entra",
             CredentialSource::EntraAgent(_) => "entra-agent",
             CredentialSource::Env { .. } => "env",
             CredentialSource::File { .. } => "file",
             CredentialSource::GithubOidc { .. } => "github-oidc",
+            CredentialSource::TokenExchange(_) => "oauth2-token-exchange",
         }
     }
 }
@@ -218,7 +368,8 @@ pub(crate) fn parse(
         check.fail(
             table.source.span().start,
             format!(
-                "unknown source '{source}': use one of github-oidc, entra, entra-agent, env, file"
+                "unknown source '{source}': use one of github-oidc, entra, entra-agent, \
+                 oauth2-token-exchange, aws-web-identity, env, file"
             ),
         );
         return Err(check.errors);
@@ -339,6 +490,8 @@ impl Checker<'_> {
                 assertion: self.required(source, "assertion", t.assertion.as_ref(), check_token),
                 authority: self.authority(source, t.authority.as_ref()),
             }),
+            "oauth2-token-exchange" => CredentialSource::TokenExchange(self.token_exchange(t)),
+            "aws-web-identity" => CredentialSource::AwsWebIdentity(self.aws_web_identity(t)),
             "env" => CredentialSource::Env {
                 var: self.required(source, "var", t.var.as_ref(), check_var),
             },
@@ -352,6 +505,157 @@ impl Checker<'_> {
                 }
                 CredentialSource::File { path }
             }
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// An optional key's value checked by `check`, or `default` when absent.
+    fn optional(
+        &mut self,
+        key: &'static str,
+        value: Option<&Spanned<String>>,
+        default: &str,
+        check: fn(&str) -> Result<(), String>,
+    ) -> String {
+        match value {
+            None => default.to_owned(),
+            Some(v) => self.required("", key, Some(v), check),
+        }
+    }
+
+    /// A duration key in whole seconds within `min..=max`, or `default` when absent.
+    fn seconds(
+        &mut self,
+        key: &'static str,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+        (min, max): (Duration, Duration),
+    ) -> Duration {
+        let Some(value) = value else {
+            return default;
+        };
+        let checked = parse_duration(value.get_ref())
+            .map_err(str::to_owned)
+            .and_then(|d| {
+                if d.subsec_nanos() != 0 {
+                    Err("write whole seconds, such as '3600s' or '1h'".to_owned())
+                } else if d < min || d > max {
+                    Err(format!(
+                        "it must be between {}s and {}s",
+                        min.as_secs(),
+                        max.as_secs()
+                    ))
+                } else {
+                    Ok(d)
+                }
+            });
+        checked.unwrap_or_else(|why| {
+            self.fail(value.span().start, format!("`{key}`: {why}"));
+            default
+        })
+    }
+
+    fn token_exchange(&mut self, t: &FileCredential) -> TokenExchangeSource {
+        let source = "oauth2-token-exchange";
+        let impersonation = if let Some(sa) = &t.service_account {
+            Some(Impersonation {
+                service_account: self.required(source, "service_account", Some(sa), check_email),
+                iam_credentials_url: self
+                    .optional(
+                        "iam_credentials_url",
+                        t.iam_credentials_url.as_ref(),
+                        GOOGLE_IAM_CREDENTIALS_URL,
+                        check_authority,
+                    )
+                    .trim_end_matches('/')
+                    .to_owned(),
+                lifetime: self.seconds(
+                    "lifetime",
+                    t.lifetime.as_ref(),
+                    GOOGLE_IMPERSONATION_LIFETIME,
+                    (Duration::from_secs(1), Duration::from_hours(12)),
+                ),
+            })
+        } else {
+            for (key, value) in [
+                ("iam_credentials_url", &t.iam_credentials_url),
+                ("lifetime", &t.lifetime),
+            ] {
+                if let Some(value) = value {
+                    self.fail(
+                        value.span().start,
+                        format!("`{key}` applies only with `service_account`: remove it"),
+                    );
+                }
+            }
+            None
+        };
+        TokenExchangeSource {
+            token_url: self.optional(
+                "token_url",
+                t.token_url.as_ref(),
+                GOOGLE_STS_URL,
+                check_authority,
+            ),
+            audience: self.required(source, "audience", t.audience.as_ref(), check_token),
+            scope: self.optional(
+                "scope",
+                t.scope.as_ref(),
+                GOOGLE_CLOUD_PLATFORM_SCOPE,
+                check_token,
+            ),
+            subject_token: self.required(
+                source,
+                "subject_token",
+                t.subject_token.as_ref(),
+                check_token,
+            ),
+            subject_token_type: self.optional(
+                "subject_token_type",
+                t.subject_token_type.as_ref(),
+                TOKEN_TYPE_JWT,
+                check_token_type,
+            ),
+            requested_token_type: self.optional(
+                "requested_token_type",
+                t.requested_token_type.as_ref(),
+                TOKEN_TYPE_ACCESS_TOKEN,
+                check_token_type,
+            ),
+            impersonation,
+        }
+    }
+
+    fn aws_web_identity(&mut self, t: &FileCredential) -> AwsWebIdentitySource {
+        let source = "aws-web-identity";
+        let default_session = default_session_name(self.name);
+        AwsWebIdentitySource {
+            endpoint: self.optional(
+                "endpoint",
+                t.endpoint.as_ref(),
+                AWS_STS_URL,
+                check_authority,
+            ),
+            role_arn: self.required(source, "role_arn", t.role_arn.as_ref(), check_role_arn),
+            role_session_name: self.optional(
+                "role_session_name",
+                t.role_session_name.as_ref(),
+                &default_session,
+                check_session_name,
+            ),
+            duration: self.seconds(
+                "duration",
+                t.duration.as_ref(),
+                AWS_DURATION,
+                (AWS_DURATION_MIN, AWS_DURATION_MAX),
+            ),
+            web_identity_token: self.required(
+                source,
+                "web_identity_token",
+                t.web_identity_token.as_ref(),
+                check_token,
+            ),
         }
     }
 }
@@ -383,12 +687,12 @@ pub(crate) fn check_references(credentials: &[(Credential, Location)]) -> Vec<Er
     }
     let mut in_reported_loop = vec![false; credentials.len()];
     for (i, (credential, at)) in credentials.iter().enumerate() {
-        let Some(target) = credential.assertion() else {
+        let Some((key, target)) = credential.assertion_key() else {
             continue;
         };
         if !by_name.contains_key(target) {
             let why = format!(
-                "`assertion` names '{target}', which is not a credential: define a \
+                "`{key}` names '{target}', which is not a credential: define a \
                  [[credential]] with that name (usually source = \"github-oidc\")"
             );
             errors.push(error(at, &credential.name, why));
@@ -447,6 +751,24 @@ fn keys_of(source: &str) -> Option<&'static [&'static str]> {
             "assertion",
             "authority",
         ],
+        "oauth2-token-exchange" => &[
+            "token_url",
+            "audience",
+            "scope",
+            "subject_token",
+            "subject_token_type",
+            "requested_token_type",
+            "service_account",
+            "iam_credentials_url",
+            "lifetime",
+        ],
+        "aws-web-identity" => &[
+            "endpoint",
+            "role_arn",
+            "role_session_name",
+            "duration",
+            "web_identity_token",
+        ],
         "env" => &["var"],
         "file" => &["path"],
         _ => return None,
@@ -466,6 +788,18 @@ fn present_keys(t: &FileCredential) -> Vec<(&'static str, usize)> {
         ("agent_client_id", &t.agent_client_id),
         ("exchange_scope", &t.exchange_scope),
         ("var", &t.var),
+        ("token_url", &t.token_url),
+        ("subject_token", &t.subject_token),
+        ("subject_token_type", &t.subject_token_type),
+        ("requested_token_type", &t.requested_token_type),
+        ("service_account", &t.service_account),
+        ("iam_credentials_url", &t.iam_credentials_url),
+        ("lifetime", &t.lifetime),
+        ("role_arn", &t.role_arn),
+        ("role_session_name", &t.role_session_name),
+        ("duration", &t.duration),
+        ("web_identity_token", &t.web_identity_token),
+        ("endpoint", &t.endpoint),
     ];
     let mut keys: Vec<_> = strings
         .into_iter()
@@ -503,6 +837,68 @@ fn check_token(value: &str) -> Result<(), String> {
         return Err("it contains whitespace: give exactly one value".to_owned());
     }
     Ok(())
+}
+
+/// A token type URI (RFC 8693 §3), such as `urn:ietf:params:oauth:token-type:jwt`.
+fn check_token_type(value: &str) -> Result<(), String> {
+    check_token(value)?;
+    if !value.contains(':') {
+        return Err("write a token type URI, such as urn:ietf:params:oauth:token-type:jwt".into());
+    }
+    Ok(())
+}
+
+/// A service account email; it goes into a URL path, so only `[A-Za-z0-9@._-]`.
+fn check_email(value: &str) -> Result<(), String> {
+    let ok = value.split_once('@').is_some_and(|(user, domain)| {
+        !user.is_empty() && domain.contains('.') && !domain.contains('@')
+    }) && value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '@' | '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err("write the service account's email, such as sa@project.iam.gserviceaccount.com".into())
+    }
+}
+
+/// An IAM role ARN: `arn:PARTITION:iam::ACCOUNT:role/NAME` (AWS allows 20 to 2048 chars).
+fn check_role_arn(value: &str) -> Result<(), String> {
+    let help = "write the role's ARN, such as arn:aws:iam::123456789012:role/gha-bedrock";
+    let parts: Vec<&str> = value.splitn(6, ':').collect();
+    let ok = (20..=2048).contains(&value.len())
+        && parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "iam"
+        && parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].chars().all(|c| c.is_ascii_digit())
+        && parts[5]
+            .strip_prefix("role/")
+            .is_some_and(|r| !r.is_empty())
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok { Ok(()) } else { Err(help.to_owned()) }
+}
+
+/// An STS `RoleSessionName`: 2 to 64 characters of `[\w+=,.@-]`.
+fn check_session_name(value: &str) -> Result<(), String> {
+    let ok = (2..=64).contains(&value.len())
+        && value.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '=' | ',' | '.' | '@' | '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err("a role session name is 2 to 64 letters, digits or _+=,.@-".to_owned())
+    }
+}
+
+/// `egressd-<credential name>`, cut to 64 characters (names are already valid characters).
+fn default_session_name(credential: &str) -> String {
+    let mut name = format!("egressd-{credential}");
+    name.truncate(64);
+    name
 }
 
 fn check_tenant(tenant: &str) -> Result<(), String> {

@@ -36,7 +36,11 @@ fn documented_example_builds() {
             "azure-openai",
             "agent",
             "static-key",
-            "file-key"
+            "file-key",
+            "github-oidc-gcp",
+            "gcp",
+            "github-oidc-aws",
+            "bedrock",
         ]
     );
     assert_eq!(
@@ -165,7 +169,8 @@ source = "vault"
             ),
             format!(
                 "{p}:18:10: credential 'bad name!': unknown source 'vault': use one of \
-                 github-oidc, entra, entra-agent, env, file"
+                 github-oidc, entra, entra-agent, oauth2-token-exchange, aws-web-identity, env, \
+                 file"
             ),
         ]
     );
@@ -262,4 +267,209 @@ fn references_resolve_across_files() {
     let config = builder.build().unwrap();
     assert_eq!(config.credentials.len(), 2);
     assert_eq!(config.credentials[1].assertion(), Some("gh"));
+}
+
+#[test]
+fn documented_exchange_examples() {
+    let config = toml(&documented_example()).unwrap();
+    let CredentialSource::TokenExchange(gcp) = &config.credentials[6].source else {
+        panic!("{:?}", config.credentials[6]);
+    };
+    assert_eq!(
+        *gcp,
+        TokenExchangeSource {
+            token_url: GOOGLE_STS_URL.into(),
+            audience: "//iam.googleapis.com/projects/123456789012/locations/global/\
+                       workloadIdentityPools/gh-pool/providers/gh-provider"
+                .into(),
+            scope: GOOGLE_CLOUD_PLATFORM_SCOPE.into(),
+            subject_token: "github-oidc-gcp".into(),
+            subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+            requested_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
+            impersonation: Some(Impersonation {
+                service_account: "sa@my-project.iam.gserviceaccount.com".into(),
+                iam_credentials_url: "https://iamcredentials.googleapis.com".into(),
+                lifetime: Duration::from_hours(1),
+            }),
+        }
+    );
+    assert_eq!(config.credentials[6].source_name(), "oauth2-token-exchange");
+    assert_eq!(config.credentials[6].assertion(), Some("github-oidc-gcp"));
+    let CredentialSource::AwsWebIdentity(aws) = &config.credentials[8].source else {
+        panic!("{:?}", config.credentials[8]);
+    };
+    assert_eq!(
+        *aws,
+        AwsWebIdentitySource {
+            endpoint: "https://sts.us-east-1.amazonaws.com/".into(),
+            role_arn: "arn:aws:iam::123456789012:role/gha-bedrock".into(),
+            role_session_name: "egressd-bedrock".into(),
+            duration: Duration::from_hours(1),
+            web_identity_token: "github-oidc-aws".into(),
+        }
+    );
+    assert_eq!(config.credentials[8].source_name(), "aws-web-identity");
+    assert_eq!(config.credentials[8].assertion(), Some("github-oidc-aws"));
+}
+
+#[test]
+fn exchange_defaults_and_test_endpoints() {
+    let config = toml(
+        r#"
+[[credential]]
+name = "gh"
+source = "github-oidc"
+
+[[credential]]
+name = "g"
+source = "oauth2-token-exchange"
+audience = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x"
+subject_token = "gh"
+token_url = "https://127.0.0.1:8443/v1/token"
+scope = "openid"
+subject_token_type = "urn:ietf:params:oauth:token-type:id_token"
+
+[[credential]]
+name = "a-very-long-credential-name-that-goes-on-and-on-for-sixty-chr"
+source = "aws-web-identity"
+role_arn = "arn:aws-us-gov:iam::123456789012:role/path/to/role"
+web_identity_token = "gh"
+endpoint = "http://127.0.0.1:8080/"
+duration = "15m"
+"#,
+    )
+    .unwrap();
+    let CredentialSource::TokenExchange(g) = &config.credentials[1].source else {
+        panic!()
+    };
+    assert_eq!(g.token_url, "https://127.0.0.1:8443/v1/token");
+    assert_eq!(g.scope, "openid");
+    assert_eq!(
+        g.subject_token_type,
+        "urn:ietf:params:oauth:token-type:id_token"
+    );
+    assert_eq!(g.requested_token_type, TOKEN_TYPE_ACCESS_TOKEN);
+    assert_eq!(g.impersonation, None);
+    let CredentialSource::AwsWebIdentity(a) = &config.credentials[2].source else {
+        panic!()
+    };
+    assert_eq!(a.endpoint, "http://127.0.0.1:8080/");
+    assert_eq!(a.duration, Duration::from_mins(15));
+    assert_eq!(a.role_session_name.len(), 64);
+    assert!(a.role_session_name.starts_with("egressd-a-very-long"));
+    check_session_name(&a.role_session_name).unwrap();
+}
+
+#[test]
+fn exchange_errors_point_at_the_value() {
+    let lines = messages(
+        r#"
+[[credential]]
+name = "gh"
+source = "github-oidc"
+
+[[credential]]
+name = "g"
+source = "oauth2-token-exchange"
+subject_token = "gh"
+lifetime = "1h"
+token_url = "http://sts.googleapis.com/v1/token"
+requested_token_type = "access_token"
+
+[[credential]]
+name = "g2"
+source = "oauth2-token-exchange"
+audience = "//iam.googleapis.com/x"
+subject_token = "gh"
+service_account = "projects/-/serviceAccounts/sa"
+lifetime = "1500ms"
+
+[[credential]]
+name = "aws"
+source = "aws-web-identity"
+role_arn = "arn:aws:iam::1234:user/me"
+role_session_name = "my session"
+duration = "5m"
+web_identity_token = "missing"
+audience = "sts.amazonaws.com"
+"#,
+    );
+    let p = "/etc/egressd/egressd.toml";
+    assert_eq!(
+        lines,
+        [
+            format!("{p}:7:8: credential 'g': source 'oauth2-token-exchange' needs `audience`"),
+            format!(
+                "{p}:10:12: credential 'g': `lifetime` applies only with `service_account`: \
+                 remove it"
+            ),
+            format!(
+                "{p}:11:13: credential 'g': `token_url`: use https:// (http:// only for loopback \
+                 test servers)"
+            ),
+            format!(
+                "{p}:12:24: credential 'g': `requested_token_type`: write a token type URI, such \
+                 as urn:ietf:params:oauth:token-type:jwt"
+            ),
+            format!(
+                "{p}:19:19: credential 'g2': `service_account`: write the service account's \
+                 email, such as sa@project.iam.gserviceaccount.com"
+            ),
+            format!(
+                "{p}:20:12: credential 'g2': `lifetime`: write whole seconds, such as '3600s' or \
+                 '1h'"
+            ),
+            format!(
+                "{p}:25:12: credential 'aws': `role_arn`: write the role's ARN, such as \
+                 arn:aws:iam::123456789012:role/gha-bedrock"
+            ),
+            format!(
+                "{p}:26:21: credential 'aws': `role_session_name`: a role session name is 2 to 64 \
+                 letters, digits or _+=,.@-"
+            ),
+            format!("{p}:27:12: credential 'aws': `duration`: it must be between 900s and 43200s"),
+            format!(
+                "{p}:29:12: credential 'aws': `audience` does not apply to source \
+                 'aws-web-identity': remove it"
+            ),
+        ]
+    );
+    // References are checked once every table parsed, with the key that names them.
+    let lines = messages(
+        "[[credential]]\nname = \"aws\"\nsource = \"aws-web-identity\"\n\
+         role_arn = \"arn:aws:iam::123456789012:role/r\"\nweb_identity_token = \"gh\"\n",
+    );
+    assert_eq!(
+        lines,
+        [
+            "/etc/egressd/egressd.toml:2:8: credential 'aws': `web_identity_token` names 'gh', \
+             which is not a credential: define a [[credential]] with that name (usually source = \
+             \"github-oidc\")"
+        ]
+    );
+}
+
+#[test]
+fn aws_names_and_arns() {
+    for ok in [
+        "arn:aws:iam::123456789012:role/gha-bedrock",
+        "arn:aws-cn:iam::123456789012:role/a/b/c",
+    ] {
+        check_role_arn(ok).unwrap();
+    }
+    for bad in [
+        "arn:aws:iam::123456789012:role/",
+        "arn:aws:sts::123456789012:role/x",
+        "arn:aws:iam::12345678901x:role/x",
+        "role/x",
+        "arn:aws:iam::123456789012:role/a b",
+    ] {
+        assert!(check_role_arn(bad).is_err(), "{bad}");
+    }
+    for ok in ["ab", "egressd-run_1+x=y,z.w@v", &"a".repeat(64)] {
+        check_session_name(ok).unwrap();
+    }
+    for bad in ["a", "has space", "slash/no", &"a".repeat(65)] {
+        assert!(check_session_name(bad).is_err(), "{bad}");
+    }
 }

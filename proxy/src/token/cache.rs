@@ -19,6 +19,9 @@
 //!   jitter, and never later than the hard guard;
 //! * between the refresh point and the hard guard the cached token is served while one
 //!   background refresh runs; if that fails the token is still served (stale) until the guard;
+//! * AWS keys (`aws-web-identity`) follow botocore's windows instead: a background refresh
+//!   15 min before expiry (advisory) and never handed out in the last 10 min (mandatory),
+//!   scaled to `ttl/4` and `ttl/6` for lifetimes under an hour ([`plan_aws`]);
 //! * after a failure, no new mint starts before `min(1 s · 2^(n−1), 30 s)` ±10 % (or the
 //!   server's `Retry-After`, if longer); meanwhile a `get` without a usable token fails fast
 //!   with the last error.
@@ -30,11 +33,16 @@ use tokio::time::Instant;
 
 use super::error::TokenError;
 use super::secret::Secret;
+use super::source::aws_web_identity::AwsCredentials;
 
 /// The hard guard never exceeds this.
 pub(crate) const HARD_GUARD: Duration = Duration::from_mins(1);
 /// The default refresh point is at most this long before expiry (`ttl − 5 min`).
 const DEFAULT_MARGIN: Duration = Duration::from_mins(5);
+/// botocore's advisory refresh window for AWS keys (background refresh).
+const AWS_ADVISORY: Duration = Duration::from_mins(15);
+/// botocore's mandatory refresh window for AWS keys (never handed out within it).
+const AWS_MANDATORY: Duration = Duration::from_mins(10);
 /// A server's `Retry-After` is honoured up to this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_mins(5);
 
@@ -45,6 +53,8 @@ pub(crate) type MintResult = Result<Entry, TokenError>;
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) secret: Secret,
+    /// AWS temporary keys, for `aws-web-identity` (then `secret` is empty).
+    pub(crate) aws: Option<AwsCredentials>,
     /// When it expires (request sent + `expires_in`).
     pub(crate) expires_at: Instant,
     /// From then on, `get` starts a background refresh.
@@ -77,6 +87,19 @@ pub(crate) fn plan(
             .min(ttl.saturating_sub(DEFAULT_MARGIN))
             .max(ttl / 2),
     };
+    Plan {
+        refresh_after: base.mul_f64(1.0 + jitter.clamp(-0.1, 0.1)).min(usable_for),
+        usable_for,
+    }
+}
+
+/// The [`Plan`] of AWS keys living `ttl` (botocore's windows, `reference/tokens.md` §7.1):
+/// refresh `min(15 min, ttl/4)` before expiry (or `margin`, floored at `ttl/2`), stop handing
+/// them out `min(10 min, ttl/6)` before expiry. `jitter` is in `[-0.1, 0.1]`.
+pub(crate) fn plan_aws(ttl: Duration, margin: Option<Duration>, jitter: f64) -> Plan {
+    let usable_for = ttl.saturating_sub(AWS_MANDATORY.min(ttl / 6));
+    let advisory = margin.unwrap_or(AWS_ADVISORY.min(ttl / 4));
+    let base = ttl.saturating_sub(advisory).max(ttl / 2);
     Plan {
         refresh_after: base.mul_f64(1.0 + jitter.clamp(-0.1, 0.1)).min(usable_for),
         usable_for,
@@ -193,6 +216,7 @@ impl Entry {
     pub(crate) fn new(secret: Secret, sent: Instant, ttl: Duration, plan: Plan) -> Self {
         Entry {
             secret,
+            aws: None,
             expires_at: sent + ttl,
             refresh_at: sent + plan.refresh_after,
             usable_until: sent + plan.usable_for,
@@ -252,6 +276,37 @@ mod tests {
         );
         // A zero lifetime is never usable.
         assert_eq!(plan(S(0), None, None, 0.0).usable_for, S(0));
+    }
+
+    #[test]
+    fn aws_keys_follow_botocores_windows() {
+        // One hour: refresh 15 min before expiry, never handed out in the last 10 min.
+        let p = plan_aws(S(3600), None, 0.0);
+        assert_eq!(
+            p,
+            Plan {
+                refresh_after: S(2700),
+                usable_for: S(3000)
+            }
+        );
+        // Twelve hours: the same absolute windows.
+        let p = plan_aws(S(43200), None, 0.0);
+        assert_eq!((p.refresh_after, p.usable_for), (S(42300), S(42600)));
+        // STS's shortest session (15 min): scaled, ttl/4 and ttl/6.
+        let p = plan_aws(S(900), None, 0.0);
+        assert_eq!((p.refresh_after, p.usable_for), (S(675), S(750)));
+        // A 6-second test session.
+        let p = plan_aws(S(6), None, 0.0);
+        assert_eq!(
+            (p.refresh_after, p.usable_for),
+            (S(4) + Duration::from_millis(500), S(5))
+        );
+        // Jitter never pushes the refresh past the mandatory window; a margin replaces 15 min.
+        for jitter in [-0.1, 0.1] {
+            let p = plan_aws(S(6), None, jitter);
+            assert!(p.refresh_after < p.usable_for, "{p:?}");
+        }
+        assert_eq!(plan_aws(S(3600), Some(S(1200)), 0.0).refresh_after, S(2400));
     }
 
     #[test]

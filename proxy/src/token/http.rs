@@ -105,11 +105,23 @@ impl TokenHttp {
         self.send(url, request).await
     }
 
-    /// `POST url` with an `application/x-www-form-urlencoded` body of `fields`.
+    /// `POST url` with an `application/x-www-form-urlencoded` body of `fields`, accepting JSON.
     pub(crate) async fn post_form(
         &self,
         url: &Url,
         fields: &[(&str, &str)],
+    ) -> Result<Response, MintError> {
+        self.post_form_accepting(url, fields, "application/json")
+            .await
+    }
+
+    /// `POST url` with a form body of `fields`, accepting `accept` (AWS STS answers XML unless
+    /// asked for JSON).
+    pub(crate) async fn post_form_accepting(
+        &self,
+        url: &Url,
+        fields: &[(&str, &str)],
+        accept: &'static str,
     ) -> Result<Response, MintError> {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(fields)
@@ -117,7 +129,27 @@ impl TokenHttp {
         let request = Request::builder()
             .method(Method::POST)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, accept)
             .body(Full::new(Bytes::from(body)));
+        self.send(url, request).await
+    }
+
+    /// `POST url` with a JSON body and `Authorization: Bearer <bearer>` (Google IAM
+    /// Credentials).
+    pub(crate) async fn post_json_bearer(
+        &self,
+        url: &Url,
+        bearer: &str,
+        body: &serde_json::Value,
+    ) -> Result<Response, MintError> {
+        let mut auth = HeaderValue::try_from(format!("Bearer {bearer}"))
+            .map_err(|_| MintError::malformed("the exchanged token is not a valid header value"))?;
+        auth.set_sensitive(true);
+        let request = Request::builder()
+            .method(Method::POST)
+            .header(header::AUTHORIZATION, auth)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())));
         self.send(url, request).await
     }
 
@@ -157,7 +189,9 @@ impl TokenHttp {
             HeaderValue::try_from(authority)
                 .map_err(|_| MintError::rejected("the URL's host is not a valid header"))?,
         );
-        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers
+            .entry(header::ACCEPT)
+            .or_insert(HeaderValue::from_static("application/json"));
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
 
         let stream = match ip {

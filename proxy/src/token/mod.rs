@@ -13,19 +13,23 @@
 //!                 └ otherwise ────────────────────► spawn one mint, wait for it
 //!  mint ─► source (source/*.rs) ─► TokenHttp (http.rs) ─► token endpoint
 //!            entra: client_assertion = the assertion credential's token
-//!                   (GitHub OIDC: minted fresh for every exchange, never cached for it)
+//!            oauth2-token-exchange: subject_token = ..., aws-web-identity:
+//!                   WebIdentityToken = ... (GitHub OIDC: minted fresh for every exchange,
+//!                   never cached for it)
 //! ```
 //!
 //! The refresh policy (refresh point, hard guard, jitter, backoff) is in `cache.rs`; the
 //! wire protocols are in `source/`. Sources: `github-oidc`, `entra`, `entra-agent` (two
-//! chained Entra hops), `env`, `file`.
+//! chained Entra hops), `oauth2-token-exchange` (Google STS, optionally impersonating a
+//! service account), `aws-web-identity` (temporary AWS keys, [`Token::aws`]), `env`, `file`.
 //!
 //! # What this module does not do
 //!
 //! * It reads no environment variable: the daemon passes the GitHub OIDC variables and the
 //!   values of `source = "env"` variables in a [`SourceEnv`].
 //! * It does not inject tokens into requests; the interception code calls [`Broker::get`] per
-//!   request and puts [`Token::secret`] in the rule's header.
+//!   request and puts [`Token::bearer`] in the rule's header, or signs the request with
+//!   [`Token::aws`] (SigV4, `intercept/sigv4.rs`).
 //!
 //! # Security
 //!
@@ -56,26 +60,43 @@ use tokio::time::Instant;
 
 pub use self::error::{BrokerError, TokenError, TokenErrorKind};
 pub use self::secret::Secret;
+pub use self::source::aws_web_identity::AwsCredentials;
 pub use self::source::github_oidc::GithubOidcEnv;
 
 use self::cache::{Entry, Lookup, MintResult, State};
 use self::error::{MintError, Retry};
 use self::http::TokenHttp;
+use self::source::aws_web_identity::AwsWebIdentity;
 use self::source::entra::Entra;
 use self::source::github_oidc::GithubOidc;
 use self::source::static_secret::Static;
+use self::source::token_exchange::TokenExchange;
 use self::source::{Source, entra_agent};
 
-/// A credential's token, ready to inject.
+/// A credential's token, ready to inject: a bearer token, or AWS keys that sign.
 #[derive(Debug, Clone)]
 pub struct Token {
-    /// The token itself (`Debug` prints `[redacted]`).
+    /// The bearer token (`Debug` prints `[redacted]`). Empty when the credential signs requests
+    /// instead of bearing a token (`aws-web-identity`, see [`aws`](Self::aws)): read it through
+    /// [`bearer`](Self::bearer), which says so.
     pub secret: Secret,
+    /// `aws-web-identity`: the temporary keys that sign the request with SigV4; they are never
+    /// a header value on their own. `None` for every other source.
+    pub aws: Option<AwsCredentials>,
     /// How long it remains valid from now; at least the hard guard for minted tokens,
     /// [`Duration::MAX`] for static secrets (`env`, `file`), which do not expire.
     pub expires_in: Duration,
-    /// The `source` of the credential: `github-oidc`, `entra`, `entra-agent`, `env`, `file`.
+    /// The `source` of the credential: `github-oidc`, `entra`, `entra-agent`,
+    /// `oauth2-token-exchange`, `aws-web-identity`, `env`, `file`.
     pub source: &'static str,
+}
+
+impl Token {
+    /// The bearer token to put in a header, or `None` for AWS keys ([`aws`](Self::aws)), which
+    /// must sign the request instead.
+    pub fn bearer(&self) -> Option<&Secret> {
+        self.aws.is_none().then_some(&self.secret)
+    }
 }
 
 /// What the daemon read from its own environment for the token sources.
@@ -279,6 +300,7 @@ impl Inner {
         if let Source::Static(secret) = &slot.source {
             return Ok(Token {
                 secret: secret.secret().clone(),
+                aws: None,
                 expires_in: Duration::MAX,
                 source: secret.label(),
             });
@@ -360,8 +382,14 @@ impl Inner {
             let now = Instant::now();
             let result = match minted {
                 Ok(minted) => {
-                    let plan =
-                        cache::plan(minted.ttl, slot.margin, minted.refresh_in, cache::jitter());
+                    let plan = match &slot.source {
+                        Source::AwsWebIdentity(_) => {
+                            cache::plan_aws(minted.ttl, slot.margin, cache::jitter())
+                        }
+                        _ => {
+                            cache::plan(minted.ttl, slot.margin, minted.refresh_in, cache::jitter())
+                        }
+                    };
                     tracing::debug!(
                         credential = slot.name,
                         source = slot.source.label(),
@@ -370,7 +398,8 @@ impl Inner {
                         refresh_after = plan.refresh_after.as_secs(),
                         "minted a token"
                     );
-                    let entry = Entry::new(minted.secret, minted.sent, minted.ttl, plan);
+                    let mut entry = Entry::new(minted.secret, minted.sent, minted.ttl, plan);
+                    entry.aws = minted.aws;
                     let result = Ok(entry);
                     slot.lock().complete(&result, now, Duration::ZERO);
                     result
@@ -413,6 +442,7 @@ impl Inner {
 fn token(entry: &Entry, slot: &Slot, now: Instant) -> Token {
     Token {
         secret: entry.secret.clone(),
+        aws: entry.aws.clone(),
         expires_in: entry.expires_at.saturating_duration_since(now),
         source: slot.source.label(),
     }
@@ -480,6 +510,14 @@ impl Build<'_> {
                 let t1 = self.intern(&format!("{name} (blueprint hop)"), hop1, None);
                 entra_agent::agent_hop(agent, t1).map_err(fail)?
             }
+            CredentialSource::TokenExchange(exchange) => {
+                let subject = self.presented(&exchange.subject_token)?;
+                Source::TokenExchange(TokenExchange::new(exchange, subject).map_err(fail)?)
+            }
+            CredentialSource::AwsWebIdentity(aws) => {
+                let web_identity = self.presented(&aws.web_identity_token)?;
+                Source::AwsWebIdentity(AwsWebIdentity::new(aws, web_identity).map_err(fail)?)
+            }
             CredentialSource::Env { var } => {
                 Source::Static(Static::env(var, &self.env.vars).map_err(fail)?)
             }
@@ -496,12 +534,29 @@ impl Build<'_> {
         Ok(slot)
     }
 
+    /// The slot of a credential whose token another one presents: any but AWS keys, which
+    /// have no token to present.
+    fn presented(&mut self, name: &str) -> Result<Arc<Slot>, BrokerError> {
+        let slot = self.slot(name)?;
+        if let Source::AwsWebIdentity(_) = slot.source {
+            return Err(BrokerError::Credential {
+                name: name.to_owned(),
+                why: "AWS keys sign requests and cannot be presented as another credential's \
+                      token: present a github-oidc credential instead"
+                    .to_owned(),
+            });
+        }
+        Ok(slot)
+    }
+
     /// The slot for `source`: an existing one with the same cache key, or a new one.
     fn intern(&mut self, name: &str, source: Source, margin: Option<Duration>) -> Arc<Slot> {
         let key = match &source {
+            Source::AwsWebIdentity(a) => a.cache_key(),
             Source::Entra(e) => e.cache_key(),
             Source::GithubOidc(g) => g.cache_key(),
             Source::Static(s) => format!("{}|{name}", s.label()),
+            Source::TokenExchange(t) => t.cache_key(),
             #[cfg(test)]
             Source::Scripted(_) => format!("scripted|{name}"),
         };

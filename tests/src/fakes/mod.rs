@@ -11,8 +11,15 @@
 //! * [`FakeEntra`]: `POST /{tenant}/oauth2/v2.0/token`, client credentials with a client
 //!   assertion verified against a [`FakeOidc`]'s keys and a table of federated credentials
 //!   ([`Fic`]), the AADSTS errors of §2.4, and the two Agent ID hops.
+//! * [`FakeGoogleSts`]: Google STS (RFC 8693, §6.2) verifying the subject token against a
+//!   [`FakeOidc`]'s keys, and IAM Credentials `generateAccessToken`.
+//! * [`FakeAwsSts`]: AWS STS `AssumeRoleWithWebIdentity` (§6.1), XML or JSON, role trust
+//!   policies, the XML `ErrorResponse` codes.
 
+mod aws_sts;
 mod entra;
+mod google_sts;
+mod jwt;
 mod oidc;
 
 use std::{
@@ -31,7 +38,9 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_rustls::TlsAcceptor;
 
+pub use aws_sts::{AwsCall, AwsFailure, FakeAwsSts};
 pub use entra::{EntraCall, Failure, FakeEntra, Fic};
+pub use google_sts::{FakeGoogleSts, GoogleCall, GoogleFailure};
 pub use oidc::FakeOidc;
 
 use crate::TestCa;

@@ -163,6 +163,7 @@ fn parse(response: &Response, sent: Instant) -> Result<Minted, MintError> {
         secret: Secret::new(secret),
         sent,
         ttl,
+        aws: None,
         refresh_in: success.refresh_in.as_ref().and_then(seconds),
     })
 }

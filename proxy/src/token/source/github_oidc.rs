@@ -112,6 +112,7 @@ impl GithubOidc {
             ttl: jwt_lifetime(&value).unwrap_or(DEFAULT_TTL),
             secret: Secret::new(value),
             sent,
+            aws: None,
             refresh_in: None,
         })
     }

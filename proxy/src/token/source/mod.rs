@@ -9,30 +9,41 @@
 //! * `entra.rs`: Entra client credentials with a client assertion (§2), also each hop of
 //!   Agent ID;
 //! * `entra_agent.rs`: how an `entra-agent` credential becomes two chained Entra hops (§3);
-//! * `static_secret.rs`: a secret from the daemon's environment or a root-only file.
+//! * `static_secret.rs`: a secret from the daemon's environment or a root-only file;
+//! * `token_exchange.rs`: RFC 8693 token exchange at Google STS, optionally followed by IAM
+//!   Credentials `generateAccessToken` (§6.2, §6.3);
+//! * `aws_web_identity.rs`: AWS STS `AssumeRoleWithWebIdentity`, temporary keys (§6.1).
 
+pub(crate) mod aws_web_identity;
 pub(crate) mod entra;
 pub(crate) mod entra_agent;
 pub(crate) mod github_oidc;
 pub(crate) mod static_secret;
+pub(crate) mod token_exchange;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use time::OffsetDateTime;
 use tokio::time::Instant;
 
+use self::aws_web_identity::AwsCredentials;
 use super::Inner;
 use super::error::MintError;
 use super::secret::Secret;
 
 /// Where one cache slot's tokens come from.
 pub(crate) enum Source {
+    /// AWS STS `AssumeRoleWithWebIdentity`.
+    AwsWebIdentity(aws_web_identity::AwsWebIdentity),
     /// An Entra token endpoint.
     Entra(entra::Entra),
     /// The GitHub Actions OIDC endpoint.
     GithubOidc(github_oidc::GithubOidc),
     /// A secret that never changes while the daemon runs.
     Static(static_secret::Static),
+    /// An RFC 8693 token exchange (Google STS), maybe with impersonation.
+    TokenExchange(token_exchange::TokenExchange),
     /// Test-only: tokens from a script, for broker tests under paused time.
     #[cfg(test)]
     Scripted(Arc<super::tests::scripted::Script>),
@@ -41,7 +52,10 @@ pub(crate) enum Source {
 /// A freshly minted token.
 #[derive(Debug)]
 pub(crate) struct Minted {
+    /// The bearer token; empty for AWS keys, which are in `aws`.
     pub(crate) secret: Secret,
+    /// AWS temporary keys (`aws-web-identity`), which sign requests instead of bearing.
+    pub(crate) aws: Option<AwsCredentials>,
     /// When the request that produced it was sent.
     pub(crate) sent: Instant,
     /// Its lifetime from `sent` (`expires_in`).
@@ -54,9 +68,11 @@ impl Source {
     /// The `source` keyword reported with each token (`Token::source`).
     pub(crate) fn label(&self) -> &'static str {
         match self {
+            Source::AwsWebIdentity(_) => aws_web_identity::LABEL,
             Source::Entra(e) => e.label(),
             Source::GithubOidc(_) => "github-oidc",
             Source::Static(s) => s.label(),
+            Source::TokenExchange(_) => token_exchange::LABEL,
             #[cfg(test)]
             Source::Scripted(_) => "scripted",
         }
@@ -70,11 +86,97 @@ impl Source {
     /// calls it from a spawned task, never from a caller's future.
     pub(crate) async fn mint(&self, broker: &Arc<Inner>) -> Result<Minted, MintError> {
         match self {
+            Source::AwsWebIdentity(a) => a.mint(broker).await,
             Source::Entra(e) => e.mint(broker).await,
             Source::GithubOidc(g) => g.mint(&broker.http).await,
             Source::Static(_) => unreachable!("the broker serves static secrets without minting"),
+            Source::TokenExchange(t) => t.mint(broker).await,
             #[cfg(test)]
             Source::Scripted(script) => script.mint().await,
         }
+    }
+}
+
+/// The lifetime of a token asked to live `relative` (STS `DurationSeconds`, Google `lifetime`)
+/// whose answer gives an absolute `expires_at` (`reference/tokens.md` §7.2).
+///
+/// The absolute time is only an upper bound. It is compared with the answer's HTTP `Date`
+/// (`server_date`, the same clock, so skew does not matter) when there is one; otherwise with
+/// this host's clock at sending (`local_now`), and when that disagrees by more than a minute the
+/// clocks are skewed: the relative lifetime is trusted and the skew logged.
+pub(crate) fn bounded_ttl(
+    relative: Duration,
+    expires_at: Option<OffsetDateTime>,
+    server_date: Option<OffsetDateTime>,
+    local_now: OffsetDateTime,
+) -> Duration {
+    let Some(expires_at) = expires_at else {
+        return relative;
+    };
+    let left = |from: OffsetDateTime| Duration::try_from(expires_at - from).unwrap_or_default();
+    if let Some(date) = server_date {
+        return relative.min(left(date));
+    }
+    let local = left(local_now);
+    if local + Duration::from_mins(1) < relative {
+        tracing::warn!(
+            expires_in_by_local_clock = local.as_secs(),
+            requested = relative.as_secs(),
+            "the token's expiry disagrees with this host's clock by over a minute (clock skew?): \
+             using the requested lifetime"
+        );
+        return relative;
+    }
+    relative.min(local)
+}
+
+/// A short fingerprint of another slot's cache key, for keys that depend on which credential
+/// is presented (cache keys hold no secret, but need not be repeated whole).
+pub(crate) fn fingerprint(key: &str) -> String {
+    super::hash_secret(&Secret::new(key))
+}
+
+/// The HTTP `Date` header of a response (`Sun, 06 Nov 1994 08:49:37 GMT`), if valid.
+pub(crate) fn http_date(headers: &hyper::HeaderMap) -> Option<OffsetDateTime> {
+    let text = headers.get(hyper::header::DATE)?.to_str().ok()?;
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc2822).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn absolute_expiry_is_an_upper_bound_measured_by_the_servers_clock() {
+        let hour = Duration::from_hours(1);
+        let exp = Some(datetime!(2026-01-01 01:00:00 UTC));
+        let date = Some(datetime!(2026-01-01 00:59:55 UTC));
+        // The server's Date says 5 s are left, whatever this host's clock says.
+        let skewed = datetime!(2025-12-31 12:00:00 UTC);
+        assert_eq!(bounded_ttl(hour, exp, date, skewed), Duration::from_secs(5));
+        // Without Date: this host's clock, if it agrees within a minute.
+        let now = datetime!(2026-01-01 00:00:30 UTC);
+        assert_eq!(bounded_ttl(hour, exp, None, now), Duration::from_secs(3570));
+        // A clock 10 minutes fast: skew, the requested lifetime wins.
+        let fast = datetime!(2026-01-01 00:10:00 UTC);
+        assert_eq!(bounded_ttl(hour, exp, None, fast), hour);
+        // Already past by the server's clock, or no absolute time at all.
+        let late = Some(datetime!(2026-01-01 02:00:00 UTC));
+        assert_eq!(bounded_ttl(hour, exp, late, now), Duration::ZERO);
+        assert_eq!(bounded_ttl(hour, None, date, now), hour);
+    }
+
+    #[test]
+    fn http_dates_parse() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("date", "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap());
+        assert_eq!(
+            http_date(&headers),
+            Some(datetime!(1994-11-06 08:49:37 UTC))
+        );
+        headers.insert("date", "yesterday".parse().unwrap());
+        assert_eq!(http_date(&headers), None);
     }
 }

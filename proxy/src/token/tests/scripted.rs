@@ -45,6 +45,7 @@ impl Script {
             secret: Secret::new(format!("token-{n}")),
             sent,
             ttl: self.ttl,
+            aws: None,
             refresh_in: None,
         })
     }
