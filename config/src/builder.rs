@@ -478,13 +478,10 @@ impl FileContext<'_> {
                 Err(e) => errors.extend(e),
             }
         }
-        let names: Vec<String> = builder
-            .credentials
-            .iter()
-            .map(|(c, _)| c.name.clone())
-            .collect();
+        let credentials: Vec<Credential> =
+            builder.credentials.iter().map(|(c, _)| c.clone()).collect();
         for table in &file.intercepts {
-            match crate::intercept::parse(table, &|offset| self.place(offset), &names) {
+            match crate::intercept::parse(table, &|offset| self.place(offset), &credentials) {
                 Ok(rule) => builder.intercepts.push(rule),
                 Err(e) => errors.extend(e),
             }

@@ -15,6 +15,13 @@
 //! path_prefix = "/openai/"            # optional: inject only below this path
 //! methods = ["GET", "POST"]           # optional: inject only for these methods
 //! strip = ["x-custom-key"]            # client headers to remove, beyond the defaults
+//!
+//! [[intercept]]                       # AWS: sign with the keys of an aws-web-identity credential
+//! host = "bedrock-runtime.us-east-1.amazonaws.com"
+//! credential = "bedrock"
+//! sign = "aws-sigv4"
+//! region = "us-east-1"
+//! service = "bedrock"
 //! ```
 //!
 //! An intercepted host is allowed implicitly (its rule is its allow entry). Requests to an
@@ -58,6 +65,26 @@ pub struct FileIntercept {
     /// Extra client headers to remove.
     #[serde(default)]
     pub strip: Vec<Spanned<String>>,
+    /// `"aws-sigv4"`: sign requests with the credential's AWS keys instead of a header.
+    pub sign: Option<Spanned<String>>,
+    /// AWS region for `sign = "aws-sigv4"` (e.g. `us-east-1`).
+    pub region: Option<Spanned<String>>,
+    /// AWS service for `sign = "aws-sigv4"` (e.g. `bedrock`, `s3`).
+    pub service: Option<Spanned<String>>,
+}
+
+/// How a rule's credential is applied to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Apply {
+    /// Put the token in `header` with `format` (the default).
+    Header,
+    /// Sign the request with AWS Signature Version 4 using the credential's keys.
+    AwsSigV4 {
+        /// The AWS region of the endpoint.
+        region: String,
+        /// The AWS service name used in the signature scope.
+        service: String,
+    },
 }
 
 /// A validated interception rule.
@@ -78,6 +105,8 @@ pub struct InterceptRule {
     /// Client headers removed before forwarding when this rule injects (lowercase),
     /// [`DEFAULT_STRIPPED`] included.
     pub strip: Vec<String>,
+    /// How the credential is applied.
+    pub apply: Apply,
 }
 
 impl InterceptRule {
@@ -164,7 +193,7 @@ impl Intercepts {
 pub(crate) fn parse(
     table: &FileIntercept,
     place: &dyn Fn(usize) -> (Origin, Location),
-    credentials: &[String],
+    credentials: &[crate::Credential],
 ) -> Result<InterceptRule, Vec<crate::Error>> {
     let mut errors = Vec::new();
     let (origin, at) = place(table.host.span().start);
@@ -187,7 +216,7 @@ pub(crate) fn parse(
         }
     };
     let credential = table.credential.as_ref().map(|c| {
-        if !credentials.iter().any(|n| n == c.get_ref()) {
+        if !credentials.iter().any(|n| n.name == *c.get_ref()) {
             errors.push(crate::Error::at(
                 place(c.span().start).1,
                 ErrorKind::InvalidValue(format!(
@@ -235,6 +264,7 @@ pub(crate) fn parse(
             .iter()
             .map(|h| header_name(h, place, &mut errors)),
     );
+    let apply = apply(table, place, credentials, &mut errors);
     match (host, errors.is_empty()) {
         (Some(host), true) => Ok(InterceptRule {
             host,
@@ -244,8 +274,81 @@ pub(crate) fn parse(
             path_prefix,
             methods,
             strip,
+            apply,
         }),
         _ => Err(errors),
+    }
+}
+
+/// `sign`/`region`/`service`, checked against the credential: AWS keys can only sign, and
+/// only AWS keys can sign.
+fn apply(
+    table: &FileIntercept,
+    place: &dyn Fn(usize) -> (Origin, Location),
+    credentials: &[crate::Credential],
+    errors: &mut Vec<crate::Error>,
+) -> Apply {
+    let aws_credential = table.credential.as_ref().is_some_and(|c| {
+        credentials.iter().any(|k| {
+            k.name == *c.get_ref() && matches!(k.source, crate::CredentialSource::AwsWebIdentity(_))
+        })
+    });
+    let at = |offset| place(offset).1;
+    let mut fail = |offset, why: String| {
+        errors.push(crate::Error::at(at(offset), ErrorKind::InvalidValue(why)));
+    };
+    match &table.sign {
+        None if aws_credential => {
+            let c = table.credential.as_ref().map_or(0, |c| c.span().start);
+            fail(c, "an aws-web-identity credential gives AWS keys, not a token: add sign = \"aws-sigv4\" with region and service".to_owned());
+            Apply::Header
+        }
+        None => Apply::Header,
+        Some(sign) if sign.get_ref() != "aws-sigv4" => {
+            fail(
+                sign.span().start,
+                format!(
+                    "sign = {:?}: the only signing method is \"aws-sigv4\"",
+                    sign.get_ref()
+                ),
+            );
+            Apply::Header
+        }
+        Some(sign) => {
+            if !aws_credential {
+                fail(
+                    sign.span().start,
+                    "sign = \"aws-sigv4\" needs an aws-web-identity credential".to_owned(),
+                );
+            }
+            let mut required = |v: &Option<Spanned<String>>, key: &str| match v {
+                Some(v)
+                    if !v.get_ref().is_empty()
+                        && v.get_ref()
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+                {
+                    v.get_ref().clone()
+                }
+                Some(v) => {
+                    fail(
+                        v.span().start,
+                        format!("{key} = {:?} is not a valid AWS {key}", v.get_ref()),
+                    );
+                    String::new()
+                }
+                None => {
+                    fail(
+                        sign.span().start,
+                        format!("sign = \"aws-sigv4\" needs `{key}`"),
+                    );
+                    String::new()
+                }
+            };
+            let region = required(&table.region, "region");
+            let service = required(&table.service, "service");
+            Apply::AwsSigV4 { region, service }
+        }
     }
 }
 
@@ -305,6 +408,7 @@ mod tests {
             path_prefix: prefix.map(str::to_owned),
             methods: methods.iter().map(|m| (*m).to_owned()).collect(),
             strip: vec![],
+            apply: Apply::Header,
         }
     }
 

@@ -61,12 +61,14 @@ struct Seen {
 type Body = BoxBody<Bytes, std::convert::Infallible>;
 
 /// The headers an injecting proxy adds or must strip; recorded for assertions.
-const CREDENTIAL_HEADERS: [&str; 5] = [
+const CREDENTIAL_HEADERS: [&str; 7] = [
     "authorization",
     "api-key",
     "x-api-key",
     "proxy-authorization",
     "x-goog-api-key",
+    "x-amz-security-token",
+    "x-amz-date",
 ];
 
 /// An HTTPS server on `ADDR:443` inside a netns, with a leaf from a [`TestCa`].

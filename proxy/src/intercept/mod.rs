@@ -39,10 +39,6 @@ mod bundle;
 mod ca;
 mod scope;
 mod server;
-#[allow(
-    dead_code,
-    reason = "ready for `sign = \"aws-sigv4\"` rules; server.rs does not call it yet"
-)]
 mod sigv4;
 mod upstream;
 

@@ -23,7 +23,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use egressd_config::InterceptRule;
-use http_body_util::BodyExt;
+use egressd_config::intercept::Apply;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -31,6 +32,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::sigv4;
+use super::upstream::UpBody;
 use crate::Proxy;
 use crate::audit::{AuditDecision, Proto, Record};
 use crate::body::{AuditedBody, PendingRecord, ResBody, strip_hop_by_hop};
@@ -39,6 +42,41 @@ use crate::respond::{self, JsonError};
 
 /// Longest path written to the audit log.
 const MAX_AUDIT_PATH: usize = 1024;
+/// Largest request body egressd buffers to sign it (SigV4 hashes the payload).
+const MAX_SIGNED_BODY: usize = 16 << 20;
+
+/// Why a credential could not be applied to a request.
+#[derive(Debug)]
+enum InjectError {
+    /// The broker has no token (503; retryable as the broker says).
+    Token(crate::token::TokenError),
+    /// The token or rule cannot produce a request (503, not retryable).
+    Unusable(&'static str),
+    /// The body is too large to buffer for signing (413).
+    BodyTooLarge,
+    /// The request cannot be signed (400).
+    Sign(String),
+}
+
+impl InjectError {
+    /// The status, message and retryability the client gets.
+    fn response(self) -> (StatusCode, String, bool) {
+        match self {
+            Self::Token(e) => (StatusCode::SERVICE_UNAVAILABLE, e.message, e.retryable),
+            Self::Unusable(why) => (StatusCode::SERVICE_UNAVAILABLE, why.to_owned(), false),
+            Self::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request bodies signed with SigV4 are limited to {MAX_SIGNED_BODY} bytes"),
+                false,
+            ),
+            Self::Sign(why) => (
+                StatusCode::BAD_REQUEST,
+                format!("cannot sign the request: {why}"),
+                false,
+            ),
+        }
+    }
+}
 
 /// One intercepted connection's context, shared by its requests.
 struct Conn {
@@ -119,6 +157,8 @@ impl Conn {
                 return self.refuse(pending, StatusCode::BAD_REQUEST, &reason, None, false);
             }
         };
+        let mut body: UpBody =
+            crate::body::Counted::new(body, Arc::clone(&pending.bytes_up)).boxed_unsync();
         let upgrade_headers = upgrade.is_some().then(|| {
             (
                 parts.headers.get(UPGRADE).cloned(),
@@ -143,23 +183,18 @@ impl Conn {
             }
             let credential = rule.credential.as_deref().unwrap_or_default();
             pending.rec.credential = Some(credential.to_owned());
-            match self.inject(rule, credential, &mut parts.headers).await {
-                Ok((source, expires_in)) => {
+            match self.inject(rule, credential, &mut parts, body).await {
+                Ok((source, expires_in, injected)) => {
                     pending.rec.token_source = Some(source.to_owned());
                     pending.rec.token_expires_in_s = expires_in;
+                    body = injected;
                 }
                 Err(e) => {
-                    return self.refuse(
-                        pending,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &e.message,
-                        Some(credential),
-                        e.retryable,
-                    );
+                    let (status, message, retryable) = e.response();
+                    return self.refuse(pending, status, &message, Some(credential), retryable);
                 }
             }
         }
-        let body = crate::body::Counted::new(body, Arc::clone(&pending.bytes_up)).boxed_unsync();
         let upstream = &self.interception().upstream;
         let client = if upgrade.is_some() {
             &upstream.http1
@@ -219,28 +254,80 @@ impl Conn {
     }
 
     /// Mints (or reuses) the credential and puts it in the rule's header.
+    /// Gets the rule's credential and applies it: a header with the token, or an AWS
+    /// SigV4 signature over the (then buffered) body. Returns the token's source, its
+    /// remaining seconds (`None` for static secrets) and the body to send.
     async fn inject(
         &self,
         rule: &InterceptRule,
         credential: &str,
-        headers: &mut hyper::HeaderMap,
-    ) -> Result<(&'static str, Option<u64>), crate::token::TokenError> {
-        let token = self.interception().broker.get(credential).await?;
-        let malformed = |message: &str| crate::token::TokenError {
-            credential: credential.to_owned(),
-            kind: crate::token::TokenErrorKind::Malformed,
-            retryable: false,
-            message: message.to_owned(),
-        };
-        let mut value = HeaderValue::from_str(&rule.header_value(token.secret.expose()))
-            .map_err(|_| malformed("the token is not a valid header value"))?;
-        value.set_sensitive(true);
-        let name = HeaderName::from_bytes(rule.header.as_bytes())
-            .map_err(|_| malformed("the rule's header name is invalid"))?;
-        headers.insert(name, value);
+        parts: &mut hyper::http::request::Parts,
+        body: UpBody,
+    ) -> Result<(&'static str, Option<u64>, UpBody), InjectError> {
+        let token = self
+            .interception()
+            .broker
+            .get(credential)
+            .await
+            .map_err(InjectError::Token)?;
         let expires =
             (token.expires_in != std::time::Duration::MAX).then_some(token.expires_in.as_secs());
-        Ok((token.source, expires))
+        let body = match (&rule.apply, token.bearer(), token.aws.as_ref()) {
+            (Apply::Header, Some(secret), _) => {
+                let mut value = HeaderValue::from_str(&rule.header_value(secret.expose()))
+                    .map_err(|_| InjectError::Unusable("the token is not a valid header value"))?;
+                value.set_sensitive(true);
+                let name = HeaderName::from_bytes(rule.header.as_bytes())
+                    .map_err(|_| InjectError::Unusable("the rule's header name is invalid"))?;
+                parts.headers.insert(name, value);
+                body
+            }
+            (Apply::AwsSigV4 { region, service }, _, Some(aws)) => {
+                // SigV4 covers the payload: the body is buffered (bounded) to hash it.
+                let bytes = Limited::new(body, MAX_SIGNED_BODY)
+                    .collect()
+                    .await
+                    .map_err(|_| InjectError::BodyTooLarge)?
+                    .to_bytes();
+                for name in [
+                    "authorization",
+                    "x-amz-date",
+                    "x-amz-security-token",
+                    "x-amz-content-sha256",
+                ] {
+                    parts.headers.remove(name);
+                }
+                let keys = sigv4::Keys {
+                    access_key_id: aws.access_key_id.expose(),
+                    secret_access_key: aws.secret_access_key.expose(),
+                    session_token: Some(aws.session_token.expose()),
+                };
+                let scope = sigv4::Scope {
+                    region,
+                    service,
+                    now: time::OffsetDateTime::now_utc(),
+                    content_sha256: service == "s3",
+                };
+                sigv4::sign(
+                    parts.method.as_str(),
+                    &parts.uri,
+                    &mut parts.headers,
+                    &sigv4::sha256_hex(&bytes),
+                    keys,
+                    scope,
+                )
+                .map_err(|e| InjectError::Sign(e.to_string()))?;
+                Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed_unsync()
+            }
+            _ => {
+                return Err(InjectError::Unusable(
+                    "the credential's kind does not fit the rule (AWS keys need sign = \"aws-sigv4\")",
+                ));
+            }
+        };
+        Ok((token.source, expires, body))
     }
 
     /// `Ok` when the request names this connection's host; `Err(what it names)` otherwise.

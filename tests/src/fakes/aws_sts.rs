@@ -159,6 +159,16 @@ impl FakeAwsSts {
     }
 
     /// The role whose keys these are, if this fake issued exactly this triple.
+    /// The role and session token of the keys with `access_key_id`, if this fake issued them
+    /// (what an AWS service sees: the key id in the signature, the token in a header).
+    pub fn session_of(&self, access_key_id: &str) -> Option<(String, String)> {
+        let inner = self.state.inner.lock().unwrap();
+        let issued = inner.issued.get(access_key_id)?;
+        Some((issued.role_arn.clone(), issued.session_token.clone()))
+    }
+
+    /// Returns the role `access_key_id` was issued for if, and only if, this fake issued it
+    /// with exactly this secret and session token.
     pub fn issued(&self, access_key_id: &str, secret: &str, session_token: &str) -> Option<String> {
         let inner = self.state.inner.lock().unwrap();
         let issued = inner.issued.get(access_key_id)?;
