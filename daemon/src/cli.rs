@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Egress firewall for CI runners and AI-agent sandboxes.
 ///
@@ -27,12 +27,29 @@ pub enum Command {
     ///
     /// Example: sudo egressd exec -d github.com,api.example.com -- ./agent.sh
     Exec(ExecArgs),
-    /// Explain the allowlist: check a host against it, or show every entry.
+    /// Explain the allowlist: check or explain a host, show every entry, diff two configs.
+    ///
+    /// Example: egressd allowlist check -d github.com api.github.com
     #[command(subcommand)]
     Allowlist(AllowlistCommand),
     /// The interception CA of a running sandbox.
+    ///
+    /// Example: egressd ca export > egressd-ca.pem
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Summarise audit logs (egressd's JSONL, AWF's access.log and audit.jsonl): what was
+    /// reached, what was refused and why, what to add, and whether enforcement was proven.
+    ///
+    /// Example: egressd audit --suggest -d github.com /var/log/egressd/audit.jsonl
+    Audit(AuditArgs),
+    /// Print a shell completion script for SHELL on stdout.
+    ///
+    /// Example: egressd completions bash > /etc/bash_completion.d/egressd
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout.
+    ///
+    /// Example: egressd man > /usr/local/share/man/man1/egressd.1
+    Man,
     /// Internal: the sandbox's PID 1 (started by `exec`, not by users).
     #[command(name = "__sandbox-init", hide = true)]
     SandboxInit(SandboxInitArgs),
@@ -137,6 +154,122 @@ pub enum AllowlistCommand {
     ///
     /// Example: egressd allowlist show -c egressd.toml
     Show(ShowArgs),
+    /// Explain HOST[:PORT]: every entry that matched or nearly matched (same registrable
+    /// domain, wrong scheme or port, a wildcard that needs a subdomain, a dead entry) and why
+    /// the decision came out as it did. Exit 0 if allowed, 1 if denied.
+    ///
+    /// Example: egressd allowlist explain -d '*.github.com' github.com
+    Explain(ExplainArgs),
+    /// Compare two configurations: entries added and removed, and for each --host whether
+    /// its decision changes. Exit 0 when nothing differs, 1 otherwise.
+    ///
+    /// Example: egressd allowlist diff old.toml new.toml --host api.github.com
+    Diff(DiffArgs),
+}
+
+/// `egressd audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Audit logs to read (format detected per line: egressd JSONL, AWF access.log or AWF
+    /// audit.jsonl); `-` for stdin.
+    #[arg(value_name = "LOG", required = true)]
+    pub logs: Vec<PathBuf>,
+    /// The policy the run used (optional): entries never hit, policy-hash check, better
+    /// suggestions. Same options as `exec`.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Only records at or after this time: RFC 3339 (`2026-11-21T21:58:00Z`) or relative to
+    /// now (`30m`, `2h`, `1d`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only records before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only records with this decision.
+    #[arg(long, value_name = "allow|deny")]
+    pub decision: Option<DecisionFilter>,
+    /// Only records for this domain and its subdomains.
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Only records of this sandbox (`egressd-<pid>`).
+    #[arg(long, value_name = "SANDBOX")]
+    pub sandbox: Option<String>,
+    /// Output format (default: table).
+    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    pub format: AuditFormat,
+    /// Suggest the smallest allowlist additions covering the denied names, each with a
+    /// verdict, and (with a policy) entries never hit.
+    #[arg(long)]
+    pub suggest: bool,
+    /// Also append the markdown report to $GITHUB_STEP_SUMMARY (GitHub Actions job summary).
+    #[arg(long = "step-summary")]
+    pub step_summary: bool,
+    /// Keep reading the log as it grows and print each new record; stops at the run's
+    /// disarm record (or Ctrl-C), then prints the report.
+    #[arg(long)]
+    pub follow: bool,
+    /// Exit 1 unless enforcement is proven (an arm record, no records outside armed windows).
+    #[arg(long = "require-proof")]
+    pub require_proof: bool,
+    /// Rows per view in table and markdown output (JSON has every row).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+}
+
+/// `--decision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DecisionFilter {
+    /// Allowed records.
+    Allow,
+    /// Denied records.
+    Deny,
+}
+
+/// `--format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuditFormat {
+    /// A readable table (colour on a terminal unless NO_COLOR is set).
+    Table,
+    /// One JSON document.
+    Json,
+    /// GitHub-flavoured markdown.
+    Markdown,
+}
+
+/// `egressd completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// `egressd allowlist explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The allowlist.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Decide as plain HTTP instead of HTTPS (TLS).
+    #[arg(long = "http")]
+    pub http: bool,
+    /// The host (name or IP) and optional port (default 443, or 80 with --http).
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+}
+
+/// `egressd allowlist diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The old configuration: a TOML file (`.toml`) or a domains file (one entry per line).
+    #[arg(value_name = "A")]
+    pub old: PathBuf,
+    /// The new configuration, same forms.
+    #[arg(value_name = "B")]
+    pub new: PathBuf,
+    /// A host (`HOST[:PORT]`) whose decision to compare; repeatable.
+    #[arg(long = "host", value_name = "HOST[:PORT]")]
+    pub hosts: Vec<String>,
 }
 
 /// `egressd allowlist check`.

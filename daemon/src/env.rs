@@ -134,6 +134,18 @@ pub fn credential_vars(config: &egressd_config::Config) -> Vec<String> {
         .collect()
 }
 
+/// `GITHUB_STEP_SUMMARY`: the job summary file `audit --step-summary` appends to, if set.
+pub fn github_step_summary() -> Option<std::path::PathBuf> {
+    std::env::var_os("GITHUB_STEP_SUMMARY")
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+}
+
+/// True when `NO_COLOR` is set to anything non-empty (<https://no-color.org>).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
 /// `EGRESSD_LOG`, the log filter directive, if set.
 pub fn log_filter() -> Option<String> {
     std::env::var("EGRESSD_LOG").ok()

@@ -118,6 +118,24 @@ impl Loader {
         self.orig.clone()
     }
 
+    /// Every program `attach` attaches, with its kernel id when it can be read (for the audit
+    /// log's `arm` record).
+    pub fn programs(&self) -> Vec<egressd_proxy::AttachedProgram> {
+        SOCK_ADDR_PROGRAMS
+            .iter()
+            .copied()
+            .chain([SOCK_OPS_PROGRAM, SOCK_RELEASE_PROGRAM, SKB_EGRESS_PROGRAM])
+            .map(|name| egressd_proxy::AttachedProgram {
+                name: name.to_owned(),
+                id: self
+                    .ebpf
+                    .program(name)
+                    .and_then(|p| p.info().ok())
+                    .map(|info| info.id()),
+            })
+            .collect()
+    }
+
     /// The kernel-side counters, summed over CPUs, as (name, value) for the non-zero ones.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         (0..counter::COUNT)

@@ -5,6 +5,12 @@
 //! log appends one JSON object per line to an optional file, flushed per record, and keeps an
 //! in-memory [`Summary`] for the one line the daemon prints on stderr at exit.
 //!
+//! Besides traffic records the log carries two lifecycle lines per run, written by the daemon
+//! through [`AuditLog::lifecycle`]: `{"event":"arm",...}` once every kernel program is
+//! attached and the listeners are serving, and `{"event":"disarm",...}` when the run ends.
+//! They prove enforcement (`egressd audit` checks that every record falls between the two) and
+//! are never counted in the [`Summary`]. Traffic records have no `event` field.
+//!
 //! # Security
 //!
 //! Records never hold header values, query strings or bodies: `path` is the path only, since
@@ -199,8 +205,25 @@ impl AuditLog {
             ),
         }
         lock(&self.summary).add(record);
+        self.write_line(record);
+    }
+
+    /// Writes a lifecycle line (`arm`/`disarm`), stamped now unless `event.time` is set. Not
+    /// counted in the [`Summary`]; a failed write is logged, never fatal.
+    pub fn lifecycle(&self, event: &Lifecycle) {
+        if event.time.is_empty() {
+            let mut stamped = event.clone();
+            stamped.time = now_rfc3339();
+            self.write_line(&stamped);
+        } else {
+            self.write_line(event);
+        }
+    }
+
+    /// One JSON line, one `write` call, flushed.
+    fn write_line(&self, value: &impl Serialize) {
         let Some(file) = &self.file else { return };
-        let mut line = match serde_json::to_vec(record) {
+        let mut line = match serde_json::to_vec(value) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "serialising an audit record");
@@ -212,6 +235,120 @@ impl AuditLog {
         if let Err(e) = f.write_all(&line).and_then(|()| f.flush()) {
             tracing::warn!(error = %e, "writing the audit log");
         }
+    }
+}
+
+/// A lifecycle line: what was enforced and when (see the module docs).
+///
+/// Serialised as one JSON object whose `event` is `arm` or `disarm`; fields that do not apply
+/// to the event are left out.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Lifecycle {
+    /// `arm` or `disarm`.
+    pub event: LifecycleEvent,
+    /// RFC 3339, UTC; stamped by [`AuditLog::lifecycle`] when empty.
+    pub time: String,
+    /// The sandbox (`egressd-<pid>`), as in the traffic records.
+    pub sandbox: String,
+    /// Arm: the enforcement backend (`ebpf`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Arm: the attached kernel programs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<AttachedProgram>,
+    /// Arm: the cgroup the programs are attached to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Arm: `sha256:<hex>` of the policy entries (see `egressd audit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
+    /// Arm, with TLS interception: `sha256:<hex>` of the interception CA certificate (DER).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
+    /// Disarm: the command's exit code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u8>,
+}
+
+/// The two lifecycle events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum LifecycleEvent {
+    /// Enforcement starts: every program is attached, the listeners serve.
+    Arm,
+    /// Enforcement ends: the command has exited.
+    Disarm,
+}
+
+/// A kernel program attached for the run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttachedProgram {
+    /// The program's name in the object (`egressd_connect4`).
+    pub name: String,
+    /// The kernel's program id, when it could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
+}
+
+impl Lifecycle {
+    /// An `arm` line for `sandbox`; fill the other fields with the builder methods.
+    pub fn arm(sandbox: &str, backend: &str) -> Self {
+        Self {
+            event: LifecycleEvent::Arm,
+            time: String::new(),
+            sandbox: sandbox.to_owned(),
+            backend: Some(backend.to_owned()),
+            programs: Vec::new(),
+            cgroup: None,
+            policy_hash: None,
+            ca_fingerprint: None,
+            exit_code: None,
+        }
+    }
+
+    /// A `disarm` line for `sandbox` with the command's exit code.
+    pub fn disarm(sandbox: &str, exit_code: u8) -> Self {
+        Self {
+            event: LifecycleEvent::Disarm,
+            time: String::new(),
+            sandbox: sandbox.to_owned(),
+            backend: None,
+            programs: Vec::new(),
+            cgroup: None,
+            policy_hash: None,
+            ca_fingerprint: None,
+            exit_code: Some(exit_code),
+        }
+    }
+
+    /// Sets the attached programs.
+    #[must_use]
+    pub fn programs(mut self, programs: Vec<AttachedProgram>) -> Self {
+        self.programs = programs;
+        self
+    }
+
+    /// Sets the cgroup path.
+    #[must_use]
+    pub fn cgroup(mut self, cgroup: String) -> Self {
+        self.cgroup = Some(cgroup);
+        self
+    }
+
+    /// Sets the policy hash (`sha256:<hex>`).
+    #[must_use]
+    pub fn policy_hash(mut self, hash: String) -> Self {
+        self.policy_hash = Some(hash);
+        self
+    }
+
+    /// Sets the interception CA fingerprint (`sha256:<hex>`), when there is a CA.
+    #[must_use]
+    pub fn ca_fingerprint(mut self, fingerprint: Option<String>) -> Self {
+        self.ca_fingerprint = fingerprint;
+        self
     }
 }
 
@@ -372,6 +509,42 @@ mod tests {
         assert!(lines[1].get("method").is_none());
         assert!(lines[1]["upstream"].is_null());
         assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lifecycle_lines_are_written_and_never_counted() {
+        let dir = std::env::temp_dir().join(format!("egressd-lifecycle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let log = AuditLog::new(Some(&path)).unwrap();
+        let arm = Lifecycle::arm("sb", "ebpf")
+            .programs(vec![AttachedProgram {
+                name: "egressd_connect4".into(),
+                id: Some(7),
+            }])
+            .cgroup("/sys/fs/cgroup/sb".into())
+            .policy_hash("sha256:00".into())
+            .ca_fingerprint(None);
+        log.lifecycle(&arm);
+        log.record(&rec(Some("a.test"), AuditDecision::Allow, "allowed"));
+        log.lifecycle(&Lifecycle::disarm("sb", 3));
+        assert_eq!(log.summary().allowed + log.summary().denied, 1);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["event"], "arm");
+        assert_eq!(lines[0]["backend"], "ebpf");
+        assert_eq!(lines[0]["programs"][0]["id"], 7);
+        assert!(lines[0].get("ca_fingerprint").is_none());
+        assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
+        assert!(lines[1].get("event").is_none());
+        assert_eq!(lines[2]["event"], "disarm");
+        assert_eq!(lines[2]["exit_code"], 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

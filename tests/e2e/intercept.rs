@@ -650,3 +650,98 @@ fn an_h2_request_for_a_sibling_host_on_the_same_connection_gets_421_and_no_crede
         "{statuses:?}\n{out}"
     );
 }
+
+#[test]
+fn aws_keys_from_web_identity_sign_the_request_with_sigv4() {
+    if !privileged() {
+        return;
+    }
+    use egressd_tests::fakes::FakeAwsSts;
+    const ROLE: &str = "arn:aws:iam::123456789012:role/gha-bedrock";
+    let s = Scene::new();
+    let oidc = FakeOidc::start(&s.ca);
+    let sts = FakeAwsSts::start(&s.ca, &oidc, "sts.amazonaws.com");
+    sts.add_role(ROLE, None);
+    let config = s.scratch.path("aws.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"upstream_ca = "{ca}"
+
+[[credential]]
+name = "github-aws"
+source = "github-oidc"
+audience = "sts.amazonaws.com"
+
+[[credential]]
+name = "bedrock"
+source = "aws-web-identity"
+role_arn = "{ROLE}"
+web_identity_token = "github-aws"
+endpoint = "{endpoint}"
+
+[[intercept]]
+host = "{API}"
+credential = "bedrock"
+sign = "aws-sigv4"
+region = "us-east-1"
+service = "bedrock"
+"#,
+            ca = s.ca_pem.display(),
+            endpoint = sts.endpoint(),
+        ),
+    )
+    .unwrap();
+    let out = s
+        .egressd()
+        .arg("--config")
+        .arg(&config)
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", oidc.request_url())
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", oidc.request_token())
+        .sh(&format!(
+            "curl -sS --max-time 20 -w ' [HTTP %{{http_code}}]' -H 'Authorization: Bearer agent-placeholder' -H 'content-type: application/json' -d '{{\"prompt\":\"hi\"}}' https://{API}/model/claude/invoke; echo"
+        ))
+        .run();
+    out.assert_success();
+    assert!(out.stdout.contains("[HTTP 200]"), "\n{out}");
+    let creds = s.api.credentials();
+    let header = |name: &str| {
+        creds
+            .iter()
+            .find(|(_, n, _)| n == name)
+            .map(|(_, _, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} header upstream: {creds:?}\n{out}"))
+    };
+    let authorization = header("authorization");
+    let key_id = authorization
+        .strip_prefix("AWS4-HMAC-SHA256 Credential=")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("not a SigV4 authorization: {authorization}"));
+    let (role, session_token) = sts.session_of(key_id).unwrap_or_else(|| {
+        panic!("the request was signed with keys STS did not issue: {authorization}")
+    });
+    assert_eq!(role, ROLE);
+    assert!(
+        authorization.contains("/us-east-1/bedrock/aws4_request"),
+        "{authorization}"
+    );
+    assert!(
+        authorization.contains("SignedHeaders=") && authorization.contains("host"),
+        "{authorization}"
+    );
+    assert_eq!(header("x-amz-security-token"), session_token);
+    assert!(!header("x-amz-date").is_empty());
+    assert!(
+        !creds
+            .iter()
+            .any(|(_, _, v)| v.contains("agent-placeholder")),
+        "the agent's header reached the upstream: {creds:?}"
+    );
+    let rec = intercepted_records(&out).into_iter().next().unwrap();
+    assert_eq!(rec["token_source"], "aws-web-identity", "{rec}");
+    let log = fs::read_to_string(&s.audit_log).unwrap();
+    assert!(
+        !log.contains(&session_token),
+        "the session token is in the audit log"
+    );
+}

@@ -8,6 +8,7 @@
 //! addresses inside egressd's fresh netns, which has no route out, and the proxy reaches the
 //! fake upstreams in a namespace the test made, through `--resolve`.
 
+mod audit;
 mod cli;
 mod core;
 mod coverage;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
 use egressd_ebpf_common::{FLAG_REDIRECT_LOOPBACK, SandboxConfig};
-use egressd_proxy::{AuditLog, Proxy};
+use egressd_proxy::{AuditLog, Lifecycle, Proxy};
 use nix::{
     sys::{
         signal::{Signal, kill},
@@ -96,6 +96,7 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         .context("starting the async runtime")
         .map_err(Failure::setup)?;
 
+    let policy_hash = super::audit::policy_hash(&config.policy);
     let config = Arc::new(config);
     let config_intercepts = config.intercepts.host_patterns();
     let config_for_broker = Arc::clone(&config);
@@ -113,12 +114,14 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
     };
     // TLS interception, when a rule asks for it: the run's CA, the broker, the bundle.
     let mut bundle = None;
+    let mut ca_fingerprint = None;
     let proxy = if config_intercepts.is_empty() {
         proxy
     } else {
-        let (with, written) =
+        let (with, written, fingerprint) =
             intercepting(proxy, &config_for_broker, &sandbox, &runtime).map_err(Failure::setup)?;
         bundle = Some(written);
+        ca_fingerprint = Some(fingerprint);
         with
     };
     let proxy = Arc::new(proxy);
@@ -143,9 +146,17 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         }
     }
 
+    // Everything is attached and serving: the audit log's proof of enforcement starts here.
+    audit.lifecycle(
+        &Lifecycle::arm(&sandbox, "ebpf")
+            .programs(loader.programs())
+            .cgroup(cgroup.path().display().to_string())
+            .policy_hash(policy_hash)
+            .ca_fingerprint(ca_fingerprint),
+    );
     // Start the command from this (the main) thread: the parent-death signal follows the
     // thread that created the child.
-    let child = spawn::spawn(spawn::Spec {
+    let spawned = spawn::spawn(spawn::Spec {
         cgroup_procs: &cgroup.procs_file(),
         netns: net.netns.as_ref(),
         uid,
@@ -156,8 +167,14 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
             &env::credential_vars(&config_for_broker),
             &bundle.as_ref().map(TrustBundle::env).unwrap_or_default(),
         ),
-    })
-    .map_err(Failure::setup)?;
+    });
+    let child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            audit.lifecycle(&Lifecycle::disarm(&sandbox, crate::EXIT_SETUP));
+            return Err(Failure::setup(e));
+        }
+    };
 
     let code = runtime.block_on(async {
         let code = wait_forwarding_signals(child).await;
@@ -168,6 +185,7 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         code
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    audit.lifecycle(&Lifecycle::disarm(&sandbox, code));
 
     eprintln!("{}", audit.summary());
     let counters = loader.counters();
@@ -182,13 +200,14 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
 }
 
 /// Adds TLS interception to `proxy`: a CA for the intercepted hosts (key in memory), the
-/// token broker fed from the daemon's environment, and the sandbox's trust bundle.
+/// token broker fed from the daemon's environment, and the sandbox's trust bundle; also
+/// returns the CA certificate's fingerprint (`sha256:<hex>` of the DER) for the audit log.
 fn intercepting(
     proxy: Proxy,
     config: &egressd_config::Config,
     sandbox: &str,
     runtime: &tokio::runtime::Runtime,
-) -> anyhow::Result<(Proxy, TrustBundle)> {
+) -> anyhow::Result<(Proxy, TrustBundle, String)> {
     let hosts = config.intercepts.host_patterns();
     let ca = Arc::new(
         egressd_proxy::intercept::EphemeralCa::new(&hosts)
@@ -208,6 +227,7 @@ fn intercepting(
     let pem = egressd_proxy::intercept::trust_bundle(system, ca.cert_pem())
         .context("building the sandbox's trust bundle")?;
     let bundle = TrustBundle::write(sandbox, &pem, ca.cert_pem())?;
+    let fingerprint = super::audit::sha256_hex(ca.cert_der());
     tracing::debug!(hosts = ?hosts, "intercepting TLS");
     let proxy = {
         let _guard = runtime.enter();
@@ -215,7 +235,7 @@ fn intercepting(
             .with_interception(ca, broker)
             .context("starting TLS interception")?
     };
-    Ok((proxy, bundle))
+    Ok((proxy, bundle, fingerprint))
 }
 
 /// The user the command runs as: `--user`, else the one who ran sudo; root only with

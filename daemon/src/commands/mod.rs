@@ -1,8 +1,10 @@
 //! The work behind each subcommand (the `cli` module only parses).
 
 mod allowlist;
+pub(crate) mod audit;
 mod ca;
 mod exec;
+mod generate;
 
 use crate::{Failure, cli};
 
@@ -12,6 +14,11 @@ pub fn run(cli: cli::Cli) -> Result<u8, Failure> {
         cli::Command::Exec(args) => exec::run(args),
         cli::Command::Allowlist(cli::AllowlistCommand::Check(args)) => allowlist::check(&args),
         cli::Command::Allowlist(cli::AllowlistCommand::Show(args)) => allowlist::show(&args),
+        cli::Command::Allowlist(cli::AllowlistCommand::Explain(args)) => allowlist::explain(&args),
+        cli::Command::Allowlist(cli::AllowlistCommand::Diff(args)) => allowlist::diff(&args),
+        cli::Command::Audit(args) => audit::run(&args),
+        cli::Command::Completions(args) => generate::completions(&args),
+        cli::Command::Man => generate::man(),
         cli::Command::Ca(cli::CaCommand::Export(args)) => ca::export(&args),
         cli::Command::SandboxInit(_) => unreachable!("handled in main before logging starts"),
     }

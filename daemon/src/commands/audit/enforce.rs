@@ -1,0 +1,322 @@
+//! Proof of enforcement: the `arm`/`disarm` lifecycle lines egressd writes around each run,
+//! checked against the traffic records between them.
+//!
+//! Records are checked in file order, per sandbox: a traffic record of sandbox S is inside
+//! an armed window when an `arm` of S came before it and no `disarm` of S since. The verdict
+//! is "enforced from T1 to T2, no gaps" only when there is at least one `arm` and every
+//! egressd record is inside a window; a log with records but no `arm` is reported as not
+//! proven. AWF logs carry no such lines: their enforcement is reported as not recorded.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use super::read::{Lifecycle, Rec, Source, format_ms};
+
+/// The most windows kept in detail (the rest are counted).
+const MAX_WINDOWS: usize = 1_000;
+/// The most out-of-window records kept as examples.
+const MAX_EXAMPLES: usize = 5;
+
+/// `sha256:<hex>` over the policy's entries: each `text\torigin`, sorted, one per line.
+/// Written in the `arm` record; `audit` with the same policy flags recomputes it.
+pub fn policy_hash(policy: &egressd_config::Policy) -> String {
+    let mut lines: Vec<String> = policy
+        .entries()
+        .iter()
+        .map(|e| format!("{}\t{}\n", e.text, e.origin))
+        .collect();
+    lines.sort();
+    sha256_hex(lines.concat())
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    let digest = Sha256::digest(bytes.as_ref());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Streaming state: windows seen so far and records outside them.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    open: HashMap<String, usize>,
+    windows: Vec<Window>,
+    windows_dropped: u64,
+    egressd_records: u64,
+    other_records: u64,
+    outside: u64,
+    examples: Vec<String>,
+}
+
+/// One armed window.
+#[derive(Clone, Debug, Serialize)]
+pub struct Window {
+    /// The sandbox.
+    pub sandbox: String,
+    /// When it was armed (RFC 3339).
+    pub armed: Option<String>,
+    /// When it was disarmed; `None` while still armed (or when egressd died).
+    pub disarmed: Option<String>,
+    /// The command's exit code at disarm.
+    pub exit_code: Option<u8>,
+    /// The backend (`ebpf`).
+    pub backend: Option<String>,
+    /// How many kernel programs were attached.
+    pub programs: usize,
+    /// The cgroup.
+    pub cgroup: Option<String>,
+    /// The policy hash.
+    pub policy_hash: Option<String>,
+    /// The interception CA fingerprint.
+    pub ca_fingerprint: Option<String>,
+    /// Traffic records inside this window.
+    pub records: u64,
+    #[serde(skip)]
+    armed_ms: Option<i64>,
+    #[serde(skip)]
+    disarmed_ms: Option<i64>,
+}
+
+/// The verdict on enforcement.
+#[derive(Clone, Debug, Serialize)]
+pub struct Enforcement {
+    /// `proven`, `gaps`, `not-proven`, `armed` (no disarm yet) or `not-recorded` (AWF logs
+    /// or an empty log).
+    pub status: &'static str,
+    /// One sentence for people.
+    pub summary: String,
+    /// The windows.
+    pub windows: Vec<Window>,
+    /// Traffic records outside every armed window.
+    pub records_outside: u64,
+    /// A few of them (`time sandbox name`).
+    pub examples: Vec<String>,
+    /// Problems besides gaps (policy hash differs, no programs listed...).
+    pub warnings: Vec<String>,
+}
+
+impl Tracker {
+    /// Takes a lifecycle line.
+    pub fn lifecycle(&mut self, l: &Lifecycle) {
+        if l.arm {
+            if self.windows.len() >= MAX_WINDOWS {
+                self.windows_dropped += 1;
+                self.open.insert(l.sandbox.clone(), usize::MAX);
+                return;
+            }
+            self.open.insert(l.sandbox.clone(), self.windows.len());
+            self.windows.push(Window {
+                sandbox: l.sandbox.clone(),
+                armed: l.time.map(format_ms),
+                disarmed: None,
+                exit_code: None,
+                backend: l.backend.clone(),
+                programs: l.programs,
+                cgroup: l.cgroup.clone(),
+                policy_hash: l.policy_hash.clone(),
+                ca_fingerprint: l.ca_fingerprint.clone(),
+                records: 0,
+                armed_ms: l.time,
+                disarmed_ms: None,
+            });
+        } else if let Some(index) = self.open.remove(&l.sandbox)
+            && let Some(w) = self.windows.get_mut(index)
+        {
+            w.disarmed = l.time.map(format_ms);
+            w.disarmed_ms = l.time;
+            w.exit_code = l.exit_code;
+        }
+    }
+
+    /// Takes a traffic record (before any filter other than `--sandbox`).
+    pub fn record(&mut self, r: &Rec) {
+        if r.source != Some(Source::Egressd) {
+            self.other_records += 1;
+            return;
+        }
+        self.egressd_records += 1;
+        let sandbox = r.sandbox.as_deref().unwrap_or("");
+        match self.open.get(sandbox) {
+            Some(&index) => {
+                if let Some(w) = self.windows.get_mut(index) {
+                    w.records += 1;
+                }
+            }
+            None => {
+                self.outside += 1;
+                if self.examples.len() < MAX_EXAMPLES {
+                    self.examples.push(format!(
+                        "{} {} {}",
+                        r.time.map_or_else(|| "-".to_owned(), format_ms),
+                        if sandbox.is_empty() { "-" } else { sandbox },
+                        r.name.as_deref().unwrap_or("-")
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The verdict; `expected_hash` is the hash of the policy given on the command line.
+    pub fn finish(self, expected_hash: Option<&str>) -> Enforcement {
+        let mut warnings = Vec::new();
+        if self.windows_dropped > 0 {
+            warnings.push(format!(
+                "{} more armed windows not listed",
+                self.windows_dropped
+            ));
+        }
+        for w in &self.windows {
+            if w.programs == 0 {
+                warnings.push(format!(
+                    "{}: the arm record lists no kernel programs",
+                    w.sandbox
+                ));
+            }
+            if let (Some(expected), Some(got)) = (expected_hash, &w.policy_hash)
+                && expected != got
+            {
+                warnings.push(format!(
+                    "{}: enforced a different policy than the one given ({got}, given \
+                         {expected})",
+                    w.sandbox
+                ));
+            }
+        }
+        let first = self.windows.iter().filter_map(|w| w.armed_ms).min();
+        let last = self.windows.iter().filter_map(|w| w.disarmed_ms).max();
+        let open: Vec<&str> = self
+            .windows
+            .iter()
+            .filter(|w| w.disarmed.is_none())
+            .map(|w| w.sandbox.as_str())
+            .collect();
+        let t = |ms: Option<i64>| ms.map_or_else(|| "?".to_owned(), format_ms);
+        let (status, summary) = if self.windows.is_empty() && self.egressd_records > 0 {
+            (
+                "not-proven",
+                format!(
+                    "ENFORCEMENT NOT PROVEN: {} egressd records but no arm record (an older \
+                     egressd, a truncated log, or enforcement never armed)",
+                    self.egressd_records
+                ),
+            )
+        } else if self.windows.is_empty() {
+            (
+                "not-recorded",
+                if self.other_records > 0 {
+                    "enforcement not recorded: AWF logs carry no arm/disarm records".to_owned()
+                } else {
+                    "no records".to_owned()
+                },
+            )
+        } else if self.outside > 0 {
+            (
+                "gaps",
+                format!(
+                    "ENFORCEMENT GAPS: {} records outside any armed window (armed {} to {})",
+                    self.outside,
+                    t(first),
+                    t(last)
+                ),
+            )
+        } else if !open.is_empty() {
+            (
+                "armed",
+                format!(
+                    "enforced from {}, still armed: no disarm record for {} (run in progress, \
+                     or egressd was killed)",
+                    t(first),
+                    open.join(", ")
+                ),
+            )
+        } else {
+            let runs = if self.windows.len() > 1 {
+                format!(" ({} runs)", self.windows.len())
+            } else {
+                String::new()
+            };
+            (
+                "proven",
+                format!("enforced from {} to {}{runs}, no gaps", t(first), t(last)),
+            )
+        };
+        Enforcement {
+            status,
+            summary,
+            windows: self.windows,
+            records_outside: self.outside,
+            examples: self.examples,
+            warnings,
+        }
+    }
+}
+
+impl Enforcement {
+    /// True when enforcement is proven for every record (`--require-proof`).
+    pub fn is_proven(&self) -> bool {
+        self.status == "proven" && self.warnings.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::audit::read::{Line, parse};
+
+    fn run(lines: &[&str]) -> Enforcement {
+        let mut t = Tracker::default();
+        for l in lines {
+            match parse(l) {
+                Line::Record(r) => t.record(&r),
+                Line::Lifecycle(l) => t.lifecycle(&l),
+                _ => {}
+            }
+        }
+        t.finish(None)
+    }
+
+    const ARM: &str = r#"{"event":"arm","time":"2026-01-01T00:00:00Z","sandbox":"s1","backend":"ebpf","programs":[{"name":"p"}]}"#;
+    const REC: &str = r#"{"time":"2026-01-01T00:00:01Z","sandbox":"s1","proto":"tls","name":"a.test","port":443,"decision":"allow"}"#;
+    const DISARM: &str =
+        r#"{"event":"disarm","time":"2026-01-01T00:00:02Z","sandbox":"s1","exit_code":0}"#;
+
+    #[test]
+    fn a_full_window_is_proven() {
+        let e = run(&[ARM, REC, DISARM]);
+        assert_eq!(e.status, "proven", "{e:?}");
+        assert_eq!(
+            e.summary,
+            "enforced from 2026-01-01T00:00:00.000Z to 2026-01-01T00:00:02.000Z, no gaps"
+        );
+        assert_eq!(e.windows[0].records, 1);
+    }
+
+    #[test]
+    fn records_without_arm_are_not_proven_and_records_after_disarm_are_gaps() {
+        assert_eq!(run(&[REC]).status, "not-proven");
+        let e = run(&[ARM, REC, DISARM, REC]);
+        assert_eq!((e.status, e.records_outside), ("gaps", 1));
+        assert_eq!(run(&[ARM, REC]).status, "armed");
+        assert_eq!(run(&[]).status, "not-recorded");
+    }
+
+    #[test]
+    fn policy_hash_is_order_independent_and_changes_with_entries() {
+        let policy = |list: &str| {
+            let mut b = egressd_config::ConfigBuilder::new();
+            b.allow_list(list, egressd_config::Origin::Flag("--allow-domains"))
+                .unwrap();
+            b.build().unwrap().policy
+        };
+        let a = policy_hash(&policy("a.test,b.test"));
+        assert_eq!(a, policy_hash(&policy("b.test,a.test")));
+        assert_ne!(a, policy_hash(&policy("a.test")));
+        assert!(a.starts_with("sha256:") && a.len() == 71);
+    }
+}

@@ -1,0 +1,506 @@
+//! Parsers: one log line in, one [`Line`] out. The format is detected per line, so logs of
+//! different kinds can be read together:
+//!
+//! * egressd's JSONL (`proxy/src/audit.rs`): traffic records, plus `arm`/`disarm` lifecycle
+//!   lines (an `event` field);
+//! * AWF's `audit.jsonl` (`"event":"http_access"`, `timestamp` or the legacy epoch `ts`);
+//! * AWF's Squid `access.log` (`firewall_detailed` format, `shared/reference/awf.md` §6.2),
+//!   classified as AWF's own parser does (§6.3).
+//!
+//! Nothing here keeps state: a parsed line is aggregated and dropped.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Where a record came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// egressd's own audit log.
+    Egressd,
+    /// AWF's Squid `access.log`.
+    AwfAccess,
+    /// AWF's `audit.jsonl`.
+    AwfAudit,
+}
+
+impl Source {
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Egressd => "egressd",
+            Source::AwfAccess => "awf-access.log",
+            Source::AwfAudit => "awf-audit.jsonl",
+        }
+    }
+}
+
+/// One traffic record, reduced to what the views need.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rec {
+    /// Milliseconds since the Unix epoch, when the line had a readable time.
+    pub time: Option<i64>,
+    /// Where it came from (`None` only in `Default`).
+    pub source: Option<Source>,
+    /// The sandbox (egressd only).
+    pub sandbox: Option<String>,
+    /// `tls`, `http`, `https`, `dns`, `loopback`, `unknown` (egressd); `connect`/`http` (AWF).
+    pub proto: String,
+    /// The name (lowercase, no trailing dot), else the original destination IP.
+    pub name: Option<String>,
+    /// Destination port.
+    pub port: Option<u16>,
+    /// Allowed (else denied).
+    pub allow: bool,
+    /// The deciding entry, as egressd writes it (`text (from origin)`).
+    pub rule: Option<String>,
+    /// Why (egressd's reason, or the Squid result code).
+    pub reason: Option<String>,
+    /// Bytes client to upstream.
+    pub bytes_up: u64,
+    /// Bytes upstream to client.
+    pub bytes_down: u64,
+    /// HTTP status sent to the client, when known.
+    pub status: Option<u16>,
+    /// Injected credential name.
+    pub credential: Option<String>,
+    /// Where the credential came from.
+    pub token_source: Option<String>,
+    /// Provenance, when records carry it.
+    pub actor: Option<String>,
+    /// Provenance: repository.
+    pub repository: Option<String>,
+    /// Provenance: workflow.
+    pub workflow: Option<String>,
+}
+
+/// A lifecycle line (egressd only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// True for `arm`, false for `disarm`.
+    pub arm: bool,
+    /// Milliseconds since the Unix epoch.
+    pub time: Option<i64>,
+    /// The sandbox.
+    pub sandbox: String,
+    /// Arm: backend.
+    pub backend: Option<String>,
+    /// Arm: how many programs were attached.
+    pub programs: usize,
+    /// Arm: cgroup path.
+    pub cgroup: Option<String>,
+    /// Arm: policy hash.
+    pub policy_hash: Option<String>,
+    /// Arm: CA fingerprint.
+    pub ca_fingerprint: Option<String>,
+    /// Disarm: exit code.
+    pub exit_code: Option<u8>,
+}
+
+/// What one line was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A traffic record.
+    Record(Rec),
+    /// `arm` or `disarm`.
+    Lifecycle(Lifecycle),
+    /// Blank, or a line the format says to drop (Squid's `error:transaction-end-before-headers`).
+    Skip,
+    /// Not a line of any known format.
+    Malformed,
+}
+
+/// Parses one line (without its newline).
+pub fn parse(line: &str) -> Line {
+    let line = line.trim();
+    if line.is_empty() {
+        return Line::Skip;
+    }
+    if line.starts_with('{') {
+        return parse_json(line);
+    }
+    if line.as_bytes()[0].is_ascii_digit() {
+        return parse_squid(line);
+    }
+    Line::Malformed
+}
+
+/// Every field of the three JSON shapes; unknown fields are ignored.
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "_schema")]
+    schema: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    ts: Option<f64>,
+    #[serde(borrow)]
+    sandbox: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    orig_dst: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    proto: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    port: Option<u16>,
+    #[serde(borrow)]
+    decision: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    rule: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+    bytes_up: Option<u64>,
+    bytes_down: Option<u64>,
+    status: Option<u16>,
+    #[serde(borrow)]
+    credential: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    token_source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    actor: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    repository: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    workflow: Option<Cow<'a, str>>,
+    // AWF audit.jsonl.
+    #[serde(borrow)]
+    host: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    url: Option<Cow<'a, str>>,
+    // Lifecycle.
+    #[serde(borrow)]
+    backend: Option<Cow<'a, str>>,
+    programs: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(borrow)]
+    cgroup: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    policy_hash: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    ca_fingerprint: Option<Cow<'a, str>>,
+    exit_code: Option<u8>,
+}
+
+fn parse_json(line: &str) -> Line {
+    let Ok(raw) = serde_json::from_str::<Raw<'_>>(line) else {
+        return Line::Malformed;
+    };
+    let own = |c: &Option<Cow<'_, str>>| c.as_deref().map(str::to_owned);
+    match raw.event.as_deref() {
+        Some(kind @ ("arm" | "disarm")) => {
+            return Line::Lifecycle(Lifecycle {
+                arm: kind == "arm",
+                time: raw.time.as_deref().and_then(parse_rfc3339),
+                sandbox: own(&raw.sandbox).unwrap_or_default(),
+                backend: own(&raw.backend),
+                programs: raw.programs.map_or(0, |p| p.len()),
+                cgroup: own(&raw.cgroup),
+                policy_hash: own(&raw.policy_hash),
+                ca_fingerprint: own(&raw.ca_fingerprint),
+                exit_code: raw.exit_code,
+            });
+        }
+        Some("http_access") => return awf_audit(&raw),
+        Some(_) => return Line::Skip,
+        None if raw.schema.is_some() => return awf_audit(&raw),
+        None => {}
+    }
+    let Some(decision) = raw.decision.as_deref() else {
+        return Line::Malformed;
+    };
+    let name = raw.name.as_deref().map(normalise).or_else(|| {
+        raw.orig_dst
+            .as_deref()
+            .and_then(|o| o.parse::<std::net::SocketAddr>().ok())
+            .map(|o| o.ip().to_string())
+    });
+    Line::Record(Rec {
+        time: raw.time.as_deref().and_then(parse_rfc3339),
+        source: Some(Source::Egressd),
+        sandbox: own(&raw.sandbox),
+        proto: own(&raw.proto).unwrap_or_else(|| "unknown".to_owned()),
+        name,
+        port: raw.port,
+        allow: decision == "allow",
+        rule: own(&raw.rule),
+        reason: own(&raw.reason).filter(|r| !r.is_empty()),
+        bytes_up: raw.bytes_up.unwrap_or(0),
+        bytes_down: raw.bytes_down.unwrap_or(0),
+        status: raw.status,
+        credential: own(&raw.credential),
+        token_source: own(&raw.token_source),
+        actor: own(&raw.actor),
+        repository: own(&raw.repository),
+        workflow: own(&raw.workflow),
+    })
+}
+
+/// AWF `audit.jsonl`: `host` is `name:port` (CONNECT) or the Host header.
+fn awf_audit(raw: &Raw<'_>) -> Line {
+    let time = raw
+        .timestamp
+        .as_deref()
+        .and_then(parse_rfc3339)
+        .or_else(|| raw.ts.map(epoch_ms));
+    let decision = raw.decision.as_deref().unwrap_or("");
+    let method = raw.method.as_deref().unwrap_or("");
+    let host = raw.host.as_deref().unwrap_or("-");
+    let url = raw.url.as_deref().unwrap_or("");
+    if url.starts_with("error:") {
+        return Line::Skip;
+    }
+    awf_record(
+        Source::AwfAudit,
+        time,
+        method,
+        host,
+        url,
+        raw.status,
+        decision,
+    )
+}
+
+/// Squid `firewall_detailed`:
+/// `ts client:port host dest:port version method status decision:hier url "ua"`.
+fn parse_squid(line: &str) -> Line {
+    let mut fields = line.split_ascii_whitespace();
+    let mut next = || fields.next();
+    let (Some(ts), Some(_client), Some(host), Some(_dest), Some(_version)) =
+        (next(), next(), next(), next(), next())
+    else {
+        return Line::Malformed;
+    };
+    let (Some(method), Some(status), Some(result), Some(url)) = (next(), next(), next(), next())
+    else {
+        return Line::Malformed;
+    };
+    let Ok(ts) = ts.parse::<f64>() else {
+        return Line::Malformed;
+    };
+    if url.starts_with("error:") {
+        return Line::Skip;
+    }
+    let decision = result.split(':').next().unwrap_or("");
+    awf_record(
+        Source::AwfAccess,
+        Some(epoch_ms(ts)),
+        method,
+        host,
+        url,
+        status.parse().ok(),
+        decision,
+    )
+}
+
+/// AWF's classification (awf.md §6.3): allowed when the Squid result is non-empty and
+/// neither `TCP_DENIED*` nor `NONE*`; the domain is the URL's host for CONNECT, else the
+/// Host header, without the port.
+fn awf_record(
+    source: Source,
+    time: Option<i64>,
+    method: &str,
+    host: &str,
+    url: &str,
+    status: Option<u16>,
+    decision: &str,
+) -> Line {
+    let allow = !decision.is_empty()
+        && !decision.starts_with("TCP_DENIED")
+        && !decision.starts_with("NONE");
+    let connect = method.eq_ignore_ascii_case("CONNECT");
+    let (name, port) = if connect {
+        split_port(url)
+    } else {
+        let (name, port) = split_port(host);
+        let default = if url.starts_with("https://") { 443 } else { 80 };
+        (name, port.or(Some(default)))
+    };
+    let name = (!name.is_empty() && name != "-").then(|| normalise(name));
+    Line::Record(Rec {
+        time,
+        source: Some(source),
+        proto: if connect { "connect" } else { "http" }.to_owned(),
+        name,
+        port,
+        allow,
+        reason: (!allow).then(|| match status {
+            Some(s) => format!("squid {decision} {s}"),
+            None => format!("squid {decision}"),
+        }),
+        status,
+        ..Rec::default()
+    })
+}
+
+/// `name:port` → (`name`, port); IPv6 in brackets; no port → `None`.
+fn split_port(s: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = s.strip_prefix('[')
+        && let Some((ip, after)) = rest.split_once(']')
+    {
+        return (ip, after.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
+    match s.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => match port.parse() {
+            Ok(p) => (name, Some(p)),
+            Err(_) => (s, None),
+        },
+        _ => (s, None),
+    }
+}
+
+/// Lowercase, one trailing dot removed.
+fn normalise(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+fn epoch_ms(seconds: f64) -> i64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "epoch milliseconds fit an i64 for any real timestamp"
+    )]
+    let ms = (seconds * 1000.0).round() as i64;
+    ms
+}
+
+/// RFC 3339 to epoch milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// Epoch milliseconds to RFC 3339 UTC with milliseconds (`2026-11-21T21:58:24.887Z`).
+pub fn format_ms(ms: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(line: &str) -> Rec {
+        match parse(line) {
+            Line::Record(r) => r,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn egressd_records_with_and_without_optional_fields() {
+        let r = record(
+            r#"{"time":"2026-11-21T21:58:24.887Z","sandbox":"egressd-21548","client":"127.0.0.1:47408","orig_dst":"192.0.2.7:443","proto":"tls","name":"API.Example.test.","port":443,"decision":"allow","rule":"api.example.test (from --allow-domains)","reason":"in the allowlist","upstream":"10.200.250.2:443","bytes_up":723,"bytes_down":6529,"duration_ms":14}"#,
+        );
+        assert_eq!(r.name.as_deref(), Some("api.example.test"));
+        assert_eq!(r.time, Some(1_795_298_304_887));
+        assert!(r.allow);
+        assert_eq!((r.bytes_up, r.bytes_down), (723, 6529));
+        assert_eq!(r.source, Some(Source::Egressd));
+        assert_eq!(format_ms(r.time.unwrap()), "2026-11-21T21:58:24.887Z");
+
+        // No name: the original destination's IP stands in; unknown fields are ignored.
+        let r = record(
+            r#"{"time":"2026-11-21T21:58:25Z","sandbox":"s","client":"127.0.0.1:1","orig_dst":"[2001:db8::1]:443","proto":"unknown","name":null,"port":443,"decision":"deny","rule":null,"reason":"ip destinations need a raw-ip allow entry","upstream":null,"bytes_up":0,"bytes_down":0,"duration_ms":0,"future_field":{"x":1}}"#,
+        );
+        assert_eq!(r.name.as_deref(), Some("2001:db8::1"));
+        assert!(!r.allow);
+
+        let r = record(
+            r#"{"time":"2026-11-21T21:58:26Z","sandbox":"s","client":"127.0.0.1:2","orig_dst":null,"proto":"https","name":"my.openai.azure.com","port":443,"decision":"allow","rule":null,"reason":"in the allowlist","upstream":null,"bytes_up":1,"bytes_down":2,"duration_ms":3,"method":"POST","path":"/openai/x","status":503,"credential":"azure-openai","token_source":"entra","actor":"octocat","repository":"o/r","workflow":"ci"}"#,
+        );
+        assert_eq!(r.credential.as_deref(), Some("azure-openai"));
+        assert_eq!(r.status, Some(503));
+        assert_eq!(r.actor.as_deref(), Some("octocat"));
+    }
+
+    #[test]
+    fn lifecycle_lines() {
+        let Line::Lifecycle(l) = parse(
+            r#"{"event":"arm","time":"2026-11-21T21:58:24Z","sandbox":"egressd-1","backend":"ebpf","programs":[{"name":"egressd_connect4","id":9}],"cgroup":"/sys/fs/cgroup/egressd-1","policy_hash":"sha256:ab"}"#,
+        ) else {
+            panic!()
+        };
+        assert!(l.arm);
+        assert_eq!(l.programs, 1);
+        let Line::Lifecycle(l) = parse(
+            r#"{"event":"disarm","time":"2026-11-21T21:58:30Z","sandbox":"egressd-1","exit_code":0}"#,
+        ) else {
+            panic!()
+        };
+        assert!(!l.arm);
+        assert_eq!(l.exit_code, Some(0));
+    }
+
+    /// The real lines of awf.md §6.2.
+    #[test]
+    fn squid_access_log_lines_classify_as_awf_does() {
+        let r = record(
+            r#"1774290908.910 172.30.0.20:55872 api.github.com:443 140.82.116.5:443 1.1 CONNECT 200 TCP_TUNNEL:HIER_DIRECT api.github.com:443 "curl/7.81.0""#,
+        );
+        assert_eq!(
+            (r.name.as_deref(), r.port, r.allow),
+            (Some("api.github.com"), Some(443), true)
+        );
+        assert_eq!(r.time, Some(1_774_290_908_910));
+        let r = record(
+            r#"1774290909.186 172.30.0.20:55890 evil.example.com:443 -:- 1.1 CONNECT 403 TCP_DENIED:HIER_NONE evil.example.com:443 "curl/7.81.0""#,
+        );
+        assert_eq!(
+            (r.name.as_deref(), r.allow),
+            (Some("evil.example.com"), false)
+        );
+        assert_eq!(r.reason.as_deref(), Some("squid TCP_DENIED 403"));
+        let r = record(
+            r#"1760994429.358 172.30.0.20:36274 github.com:8443 -:- 1.1 CONNECT 403 TCP_DENIED:HIER_NONE github.com:8443 "curl/7.81.0""#,
+        );
+        assert_eq!(
+            (r.name.as_deref(), r.port),
+            (Some("github.com"), Some(8443))
+        );
+        assert_eq!(
+            parse(
+                r#"1773003472.027 ::1:52010 - -:- 0.0 - 0 NONE_NONE:HIER_NONE error:transaction-end-before-headers "-""#
+            ),
+            Line::Skip
+        );
+        // Plain HTTP: the Host header, the origin's status.
+        let r = record(
+            r#"1774290910.000 172.30.0.20:55900 legacy.example 93.184.216.34:80 1.1 GET 200 TCP_MISS:HIER_DIRECT http://legacy.example/x "curl/7.81.0""#,
+        );
+        assert_eq!(
+            (r.name.as_deref(), r.port, r.allow, r.proto.as_str()),
+            (Some("legacy.example"), Some(80), true, "http")
+        );
+        assert_eq!(parse("not a log line"), Line::Malformed);
+    }
+
+    #[test]
+    fn awf_audit_jsonl_both_time_forms() {
+        let r = record(
+            r#"{"_schema":"audit/v0.23.1","timestamp":"2026-03-23T18:35:08.910Z","event":"http_access","client":"172.30.0.20","host":"api.github.com:443","dest":"140.82.116.5:443","method":"CONNECT","status":200,"decision":"TCP_TUNNEL","url":"api.github.com:443"}"#,
+        );
+        assert_eq!(
+            (r.name.as_deref(), r.allow, r.source),
+            (Some("api.github.com"), true, Some(Source::AwfAudit))
+        );
+        let r = record(
+            r#"{"_schema":"audit/v0.20.0","ts":1774290909.186,"event":"http_access","client":"172.30.0.20","host":"evil.example.com:443","dest":"-:-","method":"CONNECT","status":403,"decision":"TCP_DENIED","url":"evil.example.com:443"}"#,
+        );
+        assert_eq!((r.allow, r.time), (false, Some(1_774_290_909_186)));
+    }
+}
