@@ -63,6 +63,14 @@ pub struct PolicyArgs {
     /// Repeatable.
     #[arg(short = 'd', long = "allow-domains", value_name = "LIST")]
     pub allow_domains: Vec<String>,
+    /// Do not derive allowlist entries from the GitHub environment (`GITHUB_SERVER_URL`,
+    /// `GITHUB_API_URL`). By default, when those are set, egressd allows what a job needs on
+    /// that GitHub: github.com, the GHE.com tenant, or the GHES host.
+    #[arg(long = "no-github")]
+    pub no_github: bool,
+    /// Do not add the Copilot API hosts to the derived GitHub allowlist.
+    #[arg(long = "no-copilot")]
+    pub no_copilot: bool,
     /// File of allowed domains: one or more per line, `#` starts a comment. Repeatable.
     #[arg(long = "allow-domains-file", value_name = "FILE")]
     pub allow_domains_file: Vec<PathBuf>,

@@ -146,6 +146,24 @@ pub fn no_color() -> bool {
     std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
+/// The GitHub deployment variables, when the job runs in GitHub Actions (either URL set).
+pub fn github_env() -> Option<egressd_config::github::GitHubEnv> {
+    let server_url = std::env::var("GITHUB_SERVER_URL")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let api_url = std::env::var("GITHUB_API_URL")
+        .ok()
+        .filter(|v| !v.is_empty());
+    if server_url.is_none() && api_url.is_none() {
+        return None;
+    }
+    Some(egressd_config::github::GitHubEnv {
+        server_url,
+        api_url,
+        force_ghes: std::env::var("GITHUB_ACTIONS_RUNNER_FORCE_GHES").is_ok_and(|v| v == "1"),
+    })
+}
+
 /// `EGRESSD_LOG`, the log filter directive, if set.
 pub fn log_filter() -> Option<String> {
     std::env::var("EGRESSD_LOG").ok()

@@ -15,6 +15,11 @@ pub fn build(
 ) -> Result<Config, egressd_config::Error> {
     let mut builder = ConfigBuilder::new();
     let mut errors = Vec::new();
+    if !args.no_github
+        && let Some(github) = crate::env::github_env()
+    {
+        keep(&mut errors, builder.github(&github, !args.no_copilot));
+    }
 
     if let Some(path) = &args.config {
         keep(&mut errors, builder.toml_file(path));

@@ -14,6 +14,7 @@ mod core;
 mod coverage;
 mod dns;
 mod fixtures;
+mod github;
 mod intercept;
 mod isolation;
 mod namespaces;

@@ -236,6 +236,15 @@ impl EgressdCommand {
             }
             None => Command::new(&bin),
         };
+        // Hermetic by default: a CI job's own GitHub variables must not widen the policy
+        // under test (egressd derives an allowlist from them). Tests set them explicitly.
+        for var in [
+            "GITHUB_SERVER_URL",
+            "GITHUB_API_URL",
+            "GITHUB_ACTIONS_RUNNER_FORCE_GHES",
+        ] {
+            command.env_remove(var);
+        }
         let mut child = command
             .args(&argv)
             .envs(self.env.iter().map(|(k, v)| (k, v)))

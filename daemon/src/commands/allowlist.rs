@@ -62,6 +62,8 @@ pub fn show(args: &ShowArgs) -> Result<u8, Failure> {
         let out = serde_json::json!({
             "ports": policy.ports(),
             "loopback_ports": policy.loopback_ports(),
+            "github": config.github.as_ref().map(egressd_config::github::Deployment::label),
+            "github_notes": config.github_notes,
             "entries": entries,
         });
         println!(
@@ -89,6 +91,12 @@ pub fn show(args: &ShowArgs) -> Result<u8, Failure> {
     println!("ports: {:?}", policy.ports());
     if !policy.loopback_ports().is_empty() {
         println!("loopback ports: {:?}", policy.loopback_ports());
+    }
+    if let Some(github) = &config.github {
+        println!("derived for GitHub deployment: {}", github.label());
+    }
+    for note in &config.github_notes {
+        println!("note: {note}");
     }
     Ok(0)
 }
