@@ -173,6 +173,27 @@ pub enum AllowlistCommand {
     ///
     /// Example: egressd allowlist diff old.toml new.toml --host api.github.com
     Diff(DiffArgs),
+    /// Find risky or useless entries: wildcards over suffixes anyone can register under
+    /// (`*.blob.core.windows.net`, `*.ghe.com`, `*.github.io`...), apex/wildcard confusion,
+    /// entries that can never match, entries another entry already covers. Exit 1 when a
+    /// finding is a warning or an error (or any finding, with --strict).
+    ///
+    /// Example: egressd allowlist lint -c egressd.toml
+    Lint(LintArgs),
+}
+
+/// `egressd allowlist lint`.
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// The allowlist.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Print JSON instead of text.
+    #[arg(long = "json")]
+    pub json: bool,
+    /// Fail on notes too, not only on warnings and errors.
+    #[arg(long = "strict")]
+    pub strict: bool,
 }
 
 /// `egressd audit`.

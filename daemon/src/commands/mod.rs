@@ -5,6 +5,7 @@ pub(crate) mod audit;
 mod ca;
 mod exec;
 mod generate;
+mod lint;
 
 use crate::{Failure, cli};
 
@@ -16,6 +17,7 @@ pub fn run(cli: cli::Cli) -> Result<u8, Failure> {
         cli::Command::Allowlist(cli::AllowlistCommand::Show(args)) => allowlist::show(&args),
         cli::Command::Allowlist(cli::AllowlistCommand::Explain(args)) => allowlist::explain(&args),
         cli::Command::Allowlist(cli::AllowlistCommand::Diff(args)) => allowlist::diff(&args),
+        cli::Command::Allowlist(cli::AllowlistCommand::Lint(args)) => lint::run(&args),
         cli::Command::Audit(args) => audit::run(&args),
         cli::Command::Completions(args) => generate::completions(&args),
         cli::Command::Man => generate::man(),

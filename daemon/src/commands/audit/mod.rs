@@ -12,7 +12,7 @@ mod enforce;
 mod read;
 mod render;
 mod report;
-mod suggest;
+pub(crate) mod suggest;
 #[cfg(test)]
 mod tests;
 
