@@ -47,6 +47,11 @@ pub struct Config {
     pub github: Option<crate::github::Deployment>,
     /// Hosts the GitHub derivation could not derive, with what to do about them.
     pub github_notes: Vec<String>,
+    /// Variables the sandbox gets in place of secrets the daemon keeps (Copilot BYOK keys:
+    /// `COPILOT_PROVIDER_API_KEY=egressd-placeholder`).
+    pub placeholders: Vec<(String, String)>,
+    /// The `[provenance]` settings (defaults when the table is absent).
+    pub provenance: crate::provenance::ProvenanceConfig,
 }
 
 /// The sandbox DNS listener's answer for a name the allowlist does not cover.
@@ -113,6 +118,15 @@ pub struct ConfigBuilder {
     intercepts: Vec<crate::intercept::InterceptRule>,
     dns_denied: DnsDenied,
     github: Option<crate::github::Derived>,
+    /// The GitHub variables, also when derivation is off (Copilot's API base).
+    github_env: Option<crate::github::GitHubEnv>,
+    /// `{run_id}` / `{run_attempt}` for header templates.
+    run: crate::intercept::RunVars,
+    /// Copilot BYOK from the daemon's environment.
+    byok: Option<crate::copilot::ByokEnv>,
+    /// The `[copilot]` table, expanded by `build`.
+    copilot: Option<crate::copilot::CopilotTable>,
+    provenance: crate::provenance::ProvenanceConfig,
     errors: Vec<Error>,
 }
 
@@ -124,6 +138,7 @@ impl ConfigBuilder {
     ///
     /// `GITHUB_SERVER_URL` is not a usable URL.
     pub fn github(&mut self, env: &crate::github::GitHubEnv, copilot: bool) -> Result<(), Error> {
+        self.github_env = Some(env.clone());
         match crate::github::derive(env, copilot) {
             Ok(derived) => {
                 self.github = Some(derived);
@@ -134,6 +149,34 @@ impl ConfigBuilder {
                 kind,
             )]),
         }
+    }
+
+    /// Names the GitHub deployment without deriving allowlist entries (`--no-github`): Copilot
+    /// still needs its API base and hosts.
+    pub fn github_deployment(&mut self, env: &crate::github::GitHubEnv) {
+        self.github_env = Some(env.clone());
+    }
+
+    /// Sets the values of `{run_id}` / `{run_attempt}` in header templates (`GITHUB_RUN_ID`,
+    /// `GITHUB_RUN_ATTEMPT`); values that are not a plain word are ignored.
+    pub fn github_run(&mut self, run: crate::intercept::RunVars) {
+        let word = |v: Option<String>| {
+            v.filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+        };
+        self.run = crate::intercept::RunVars {
+            run_id: word(run.run_id),
+            run_attempt: word(run.run_attempt),
+        };
+    }
+
+    /// Maps Copilot BYOK (`COPILOT_PROVIDER_*` of the daemon's environment) onto an injection
+    /// rule at build time (see [`crate::copilot`]).
+    pub fn copilot_byok(&mut self, byok: crate::copilot::ByokEnv) {
+        self.byok = Some(byok);
     }
 
     /// An empty builder: no entries (so everything is denied), default ports and timeouts.
@@ -291,8 +334,18 @@ impl ConfigBuilder {
     ///
     /// Every error recorded by every source, in order: the single error when there is one,
     /// [`Error::Partial`] otherwise.
-    pub fn build(self) -> Result<Config, Error> {
-        let mut errors = self.errors;
+    pub fn build(mut self) -> Result<Config, Error> {
+        let mut errors = std::mem::take(&mut self.errors);
+        let placeholders = match self.expand_copilot() {
+            Ok(placeholders) => placeholders,
+            Err(e) => {
+                errors.extend(e);
+                Vec::new()
+            }
+        };
+        for rule in &mut self.intercepts {
+            rule.fill_headers(&self.run);
+        }
         errors.extend(credential::check_references(&self.credentials));
         if let Some(error) = Error::from_many(errors) {
             return Err(error);
@@ -320,10 +373,47 @@ impl ConfigBuilder {
                 .map(|g| g.notes.clone())
                 .unwrap_or_default(),
             github: self.github.and_then(|g| g.deployment),
+            placeholders,
+            provenance: self.provenance,
         })
     }
 
     // === helpers ===
+
+    /// Adds what `[copilot]` and BYOK expand into for the deployment, and fills the API base
+    /// of `copilot` credentials that do not name one. Returns the sandbox's placeholders.
+    fn expand_copilot(&mut self) -> Result<Vec<(String, String)>, Vec<Error>> {
+        use crate::github::Deployment;
+        let env = self.github_env.clone().unwrap_or_default();
+        // The runner's rule: no GITHUB_SERVER_URL means github.com.
+        let deployment = self
+            .github
+            .as_ref()
+            .and_then(|g| g.deployment.clone())
+            .or_else(|| Deployment::classify(&env).ok())
+            .unwrap_or(Deployment::DotCom);
+        let api_base = deployment.api_base(&env);
+        for (credential, _) in &mut self.credentials {
+            if let crate::CredentialSource::Copilot(c) = &mut credential.source
+                && c.api_url.is_none()
+            {
+                c.api_url = Some(api_base.clone());
+            }
+        }
+        if self.copilot.is_none() && self.byok.is_none() {
+            return Ok(Vec::new());
+        }
+        let expanded = crate::copilot::expand(
+            self.copilot.as_ref(),
+            self.byok.as_ref(),
+            &deployment,
+            &api_base,
+            &self.credentials,
+        )?;
+        self.credentials.extend(expanded.credentials);
+        self.intercepts.extend(expanded.rules);
+        Ok(expanded.placeholders)
+    }
 
     fn record(&mut self, errors: Vec<Error>) -> Result<(), Error> {
         self.errors.extend(errors.iter().cloned());
@@ -429,6 +519,10 @@ struct FileContext<'a> {
 
 impl FileContext<'_> {
     /// Applies `file` to `builder`, returning every error (not yet recorded).
+    #[allow(
+        clippy::too_many_lines,
+        reason = "a flat list with one short block per key or table of the file"
+    )]
     fn apply(&self, file: File, builder: &mut ConfigBuilder) -> Vec<Error> {
         let mut errors = Vec::new();
         for (items, list) in [
@@ -486,6 +580,13 @@ impl FileContext<'_> {
                 Err(e) => errors.extend(e),
             }
         }
+        if let Some(table) = &file.provenance {
+            match crate::provenance::parse(table, &|offset| self.place(offset).1) {
+                Ok(provenance) => builder.provenance = provenance,
+                Err(e) => errors.extend(e),
+            }
+        }
+        errors.extend(self.copilot(file.copilot.as_ref(), builder));
         if let Some(denied) = &file.dns.denied {
             match denied.get_ref().to_ascii_lowercase().as_str() {
                 "nxdomain" => builder.dns_denied = DnsDenied::NxDomain,
@@ -524,6 +625,25 @@ impl FileContext<'_> {
             _ => (0, 0),
         });
         errors
+    }
+
+    /// Validates the `[copilot]` table into `builder`; returns its errors.
+    fn copilot(
+        &self,
+        table: Option<&toml::Spanned<crate::copilot::FileCopilot>>,
+        builder: &mut ConfigBuilder,
+    ) -> Vec<Error> {
+        let Some(table) = table else {
+            return Vec::new();
+        };
+        let at = self.place(table.span().start).1;
+        match crate::copilot::parse_table(table.get_ref(), &|offset| self.place(offset).1, at) {
+            Ok(copilot) => {
+                builder.copilot = Some(copilot);
+                Vec::new()
+            }
+            Err(e) => e,
+        }
     }
 
     /// The ports of a list, with an error for each port 0.

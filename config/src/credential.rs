@@ -91,6 +91,14 @@
 //! endpoint = "https://sts.us-east-1.amazonaws.com/"   # default https://sts.amazonaws.com/
 //! duration = "1h"                                      # the default; 15m to 12h
 //! # role_session_name = "egressd-bedrock"              # default: egressd-<credential name>
+//!
+//! # Per-user secrets: the entry for the verified `actor_id` of the run's GitHub OIDC token
+//! # (see `[provenance]`). The table is a root-only file (mode 0600) read by the proxy when
+//! # it starts; its format is in the proxy crate (`token/source/per_actor.rs`).
+//! [[credential]]
+//! name = "copilot-per-user"
+//! source = "per-actor"
+//! table = "/etc/egressd/actors.toml"
 //! ```
 //!
 //! Keys that do not apply to a table's `source` are errors, as are unknown keys: a typo must
@@ -177,6 +185,14 @@ pub struct FileCredential {
     pub iam_credentials_url: Option<Spanned<String>>,
     /// `oauth2-token-exchange` with `service_account`: the impersonated token's lifetime.
     pub lifetime: Option<Spanned<String>>,
+    /// `copilot`: the credential holding the GitHub token.
+    pub github_token: Option<Spanned<String>>,
+    /// `copilot`: `auto` (default), `exchange` or `direct`.
+    pub mode: Option<Spanned<String>>,
+    /// `copilot`: force `bearer` or `token`.
+    pub scheme: Option<Spanned<String>>,
+    /// `copilot`: the GitHub REST API base (default: the deployment's `GITHUB_API_URL`).
+    pub api_url: Option<Spanned<String>>,
     /// `aws-web-identity`: the role to assume.
     pub role_arn: Option<Spanned<String>>,
     /// `aws-web-identity`: `RoleSessionName` (default `egressd-<credential name>`).
@@ -187,6 +203,8 @@ pub struct FileCredential {
     pub web_identity_token: Option<Spanned<String>>,
     /// `aws-web-identity`: the STS endpoint (default `https://sts.amazonaws.com/`).
     pub endpoint: Option<Spanned<String>>,
+    /// `per-actor`: the table mapping `actor_id` to each user's secret.
+    pub table: Option<Spanned<PathBuf>>,
 }
 
 /// A validated credential.
@@ -206,6 +224,9 @@ pub struct Credential {
 pub enum CredentialSource {
     /// AWS STS `AssumeRoleWithWebIdentity` (`source = "aws-web-identity"`).
     AwsWebIdentity(AwsWebIdentitySource),
+    /// GitHub Copilot over another credential's GitHub token (`source = "copilot"`, see
+    /// [`crate::copilot`]).
+    Copilot(crate::copilot::CopilotSource),
     /// Entra client credentials with a client assertion (`source = "entra"`).
     Entra(EntraSource),
     /// Entra Agent ID, two hops (`source = "entra-agent"`).
@@ -224,6 +245,12 @@ pub enum CredentialSource {
     GithubOidc {
         /// The requested `aud`; `None` lets GitHub pick the owner's URL.
         audience: Option<String>,
+    },
+    /// The triggering user's own secret, chosen by the verified `actor_id` of the run's
+    /// provenance from a root-only table (`source = "per-actor"`).
+    PerActor {
+        /// The table (relative paths resolved against the config file's directory).
+        table: PathBuf,
     },
     /// An RFC 8693 token exchange, Google STS by default (`source = "oauth2-token-exchange"`).
     TokenExchange(TokenExchangeSource),
@@ -326,6 +353,7 @@ impl Credential {
             CredentialSource::AwsWebIdentity(a) => {
                 Some(("web_identity_token", &a.web_identity_token))
             }
+            CredentialSource::Copilot(c) => Some(("github_token", &c.github_token)),
             CredentialSource::Entra(e) => Some(("assertion", &e.assertion)),
             CredentialSource::EntraAgent(e) => Some(("assertion", &e.assertion)),
             CredentialSource::TokenExchange(t) => Some(("subject_token", &t.subject_token)),
@@ -337,11 +365,13 @@ impl Credential {
     pub fn source_name(&self) -> &'static str {
         match &self.source {
             CredentialSource::AwsWebIdentity(_) => "aws-web-identity",
+            CredentialSource::Copilot(_) => "copilot",
             CredentialSource::Entra(_) => "entra",
             CredentialSource::EntraAgent(_) => "entra-agent",
             CredentialSource::Env { .. } => "env",
             CredentialSource::File { .. } => "file",
             CredentialSource::GithubOidc { .. } => "github-oidc",
+            CredentialSource::PerActor { .. } => "per-actor",
             CredentialSource::TokenExchange(_) => "oauth2-token-exchange",
         }
     }
@@ -369,7 +399,7 @@ pub(crate) fn parse(
             table.source.span().start,
             format!(
                 "unknown source '{source}': use one of github-oidc, entra, entra-agent, \
-                 oauth2-token-exchange, aws-web-identity, env, file"
+                 oauth2-token-exchange, aws-web-identity, copilot, env, file, per-actor"
             ),
         );
         return Err(check.errors);
@@ -495,6 +525,18 @@ impl Checker<'_> {
             "env" => CredentialSource::Env {
                 var: self.required(source, "var", t.var.as_ref(), check_var),
             },
+            "copilot" => CredentialSource::Copilot(self.copilot(t)),
+            "per-actor" => {
+                if t.table.is_none() {
+                    self.fail(self.at_table, "source 'per-actor' needs `table`".to_owned());
+                }
+                CredentialSource::PerActor {
+                    table: t
+                        .table
+                        .as_ref()
+                        .map_or_else(PathBuf::new, |p| dir.join(p.get_ref())),
+                }
+            }
             _ => {
                 let path = t
                     .path
@@ -624,6 +666,36 @@ impl Checker<'_> {
                 check_token_type,
             ),
             impersonation,
+        }
+    }
+
+    fn copilot(&mut self, t: &FileCredential) -> crate::copilot::CopilotSource {
+        use crate::copilot::{CopilotMode, CopilotSource, parse_scheme};
+        let mode = t.mode.as_ref().map_or(CopilotMode::Auto, |m| {
+            CopilotMode::parse(m.get_ref()).unwrap_or_else(|why| {
+                self.fail(m.span().start, why);
+                CopilotMode::Auto
+            })
+        });
+        let scheme = t.scheme.as_ref().and_then(|s| {
+            parse_scheme(s.get_ref())
+                .map_err(|why| self.fail(s.span().start, why))
+                .ok()
+        });
+        CopilotSource {
+            github_token: self.required(
+                "copilot",
+                "github_token",
+                t.github_token.as_ref(),
+                check_token,
+            ),
+            mode,
+            scheme,
+            api_url: t.api_url.as_ref().map(|u| {
+                self.required("copilot", "api_url", Some(u), check_authority)
+                    .trim_end_matches('/')
+                    .to_owned()
+            }),
         }
     }
 
@@ -769,8 +841,10 @@ fn keys_of(source: &str) -> Option<&'static [&'static str]> {
             "duration",
             "web_identity_token",
         ],
+        "copilot" => &["github_token", "mode", "scheme", "api_url"],
         "env" => &["var"],
         "file" => &["path"],
+        "per-actor" => &["table"],
         _ => return None,
     })
 }
@@ -800,6 +874,10 @@ fn present_keys(t: &FileCredential) -> Vec<(&'static str, usize)> {
         ("duration", &t.duration),
         ("web_identity_token", &t.web_identity_token),
         ("endpoint", &t.endpoint),
+        ("github_token", &t.github_token),
+        ("mode", &t.mode),
+        ("scheme", &t.scheme),
+        ("api_url", &t.api_url),
     ];
     let mut keys: Vec<_> = strings
         .into_iter()
@@ -807,6 +885,9 @@ fn present_keys(t: &FileCredential) -> Vec<(&'static str, usize)> {
         .collect();
     if let Some(path) = &t.path {
         keys.push(("path", path.span().start));
+    }
+    if let Some(table) = &t.table {
+        keys.push(("table", table.span().start));
     }
     keys
 }
@@ -928,7 +1009,7 @@ fn check_var(var: &str) -> Result<(), String> {
 }
 
 /// An `https://` URL without query, fragment or user info; `http://` only on loopback.
-fn check_authority(text: &str) -> Result<(), String> {
+pub(crate) fn check_authority(text: &str) -> Result<(), String> {
     let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),

@@ -46,6 +46,7 @@
 //! ```
 //!
 //! `[[credential]]` tables name token sources; their format is in [`crate::credential`].
+//! The `[provenance]` table is in [`crate::provenance`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -93,6 +94,10 @@ pub struct File {
     /// `[[intercept]]` tables (see [`crate::intercept`]).
     #[serde(default, rename = "intercept")]
     pub intercepts: Vec<crate::intercept::FileIntercept>,
+    /// The `[copilot]` table (see [`crate::copilot`]).
+    pub copilot: Option<Spanned<crate::copilot::FileCopilot>>,
+    /// The `[provenance]` table (see [`crate::provenance`]).
+    pub provenance: Option<crate::provenance::FileProvenance>,
 }
 
 /// The `[dns]` table.

@@ -11,10 +11,17 @@
 //! host = "my-resource.openai.azure.com"
 //! credential = "azure-openai"         # a [[credential]] name
 //! header = "Authorization"            # default
-//! format = "Bearer {token}"           # default; e.g. "{token}" for `api-key`
+//! format = "Bearer {token}"           # default; e.g. "{token}" for `api-key`, or
+//!                                     # "{scheme} {token}": the token's own scheme (below)
 //! path_prefix = "/openai/"            # optional: inject only below this path
 //! methods = ["GET", "POST"]           # optional: inject only for these methods
 //! strip = ["x-custom-key"]            # client headers to remove, beyond the defaults
+//! # Headers set on every request that gets the credential; the client's values are replaced.
+//! # `{run_id}` and `{run_attempt}` are GITHUB_RUN_ID / GITHUB_RUN_ATTEMPT (attempt "1" when
+//! # unset); a header whose placeholder has no value (no GITHUB_RUN_ID) is not set.
+//! set_headers = { "Copilot-Integration-Id" = "agentic-workflows" }
+//! # Headers added only when the client sent none (its own value is kept).
+//! default_headers = { "X-Interaction-Id" = "{run_id}-{run_attempt}" }
 //!
 //! [[intercept]]                       # AWS: sign with the keys of an aws-web-identity credential
 //! host = "bedrock-runtime.us-east-1.amazonaws.com"
@@ -26,6 +33,15 @@
 //!
 //! An intercepted host is allowed implicitly (its rule is its allow entry). Requests to an
 //! intercepted host that no credential rule covers are forwarded without a credential.
+//!
+//! # `{scheme}`
+//!
+//! GitHub tokens go to the Copilot API as `Authorization: Bearer <t>` on some hosts and
+//! `Authorization: token <t>` on others (`reference/tokens.md` §4.5). A format may say
+//! `{scheme}` instead of a fixed word: the proxy then writes the scheme the token's source
+//! chose ([`AuthScheme`]: a `copilot` credential knows its token's type and the `scheme`
+//! override), or, when the source leaves it open (GitHub OAuth tokens, `gho_`/`ghu_`, and every
+//! other source), the scheme for the request's host: [`AuthScheme::for_host`].
 
 use std::sync::Arc;
 
@@ -71,6 +87,82 @@ pub struct FileIntercept {
     pub region: Option<Spanned<String>>,
     /// AWS service for `sign = "aws-sigv4"` (e.g. `bedrock`, `s3`).
     pub service: Option<Spanned<String>>,
+    /// Headers set (client values replaced) when the credential is applied.
+    #[serde(default)]
+    pub set_headers: std::collections::BTreeMap<String, Spanned<String>>,
+    /// Headers added when the client sent none, when the credential is applied.
+    #[serde(default)]
+    pub default_headers: std::collections::BTreeMap<String, Spanned<String>>,
+}
+
+/// The word before a token in `Authorization`, for formats that say `{scheme}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthScheme {
+    /// `Bearer <token>` (RFC 6750).
+    Bearer,
+    /// `token <token>`, GitHub's historical scheme.
+    Token,
+}
+
+impl AuthScheme {
+    /// `"Bearer"` or `"token"`, as written in the header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bearer => "Bearer",
+            Self::Token => "token",
+        }
+    }
+
+    /// The scheme a GitHub OAuth token (`gho_`, `ghu_`) needs on `host` (tokens.md §4.5, AWF's
+    /// auth matrix): `token` on the enterprise and business Copilot hosts and on GHE.com
+    /// tenants' `copilot-api.*.ghe.com`, which answer `400 Authorization header is badly
+    /// formatted` to `Bearer`; `Bearer` everywhere else (`api.githubcopilot.com`, BYOK, OIDC).
+    pub fn for_host(host: &str) -> Self {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let tenant_api = host
+            .strip_prefix("copilot-api.")
+            .and_then(|t| t.strip_suffix(".ghe.com"))
+            .is_some_and(|t| !t.is_empty() && !t.contains('.'));
+        if tenant_api
+            || host == "api.enterprise.githubcopilot.com"
+            || host == "api.business.githubcopilot.com"
+        {
+            Self::Token
+        } else {
+            Self::Bearer
+        }
+    }
+
+    /// The scheme a GitHub token's type decides by itself (tokens.md §4.5): `Bearer` for
+    /// fine-grained PATs (`github_pat_`) and installation tokens (`ghs_`, the Actions
+    /// `GITHUB_TOKEN`), which tenants refuse with `token`; `None` for OAuth tokens (`gho_`,
+    /// `ghu_`) and anything else, whose scheme depends on the host ([`for_host`](Self::for_host)).
+    pub fn for_github_token(token: &str) -> Option<Self> {
+        (token.starts_with("github_pat_") || token.starts_with("ghs_")).then_some(Self::Bearer)
+    }
+}
+
+/// Values the daemon passes for `{run_id}` / `{run_attempt}` in header templates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunVars {
+    /// `GITHUB_RUN_ID`.
+    pub run_id: Option<String>,
+    /// `GITHUB_RUN_ATTEMPT`.
+    pub run_attempt: Option<String>,
+}
+
+impl RunVars {
+    /// `template` with its placeholders filled; `None` when one has no value.
+    pub fn fill(&self, template: &str) -> Option<String> {
+        let mut out = template.to_owned();
+        if out.contains("{run_id}") {
+            out = out.replace("{run_id}", self.run_id.as_deref()?);
+        }
+        if out.contains("{run_attempt}") {
+            out = out.replace("{run_attempt}", self.run_attempt.as_deref().unwrap_or("1"));
+        }
+        Some(out)
+    }
 }
 
 /// How a rule's credential is applied to a request.
@@ -107,6 +199,12 @@ pub struct InterceptRule {
     pub strip: Vec<String>,
     /// How the credential is applied.
     pub apply: Apply,
+    /// Headers set when the credential is applied (name lowercase, value); the client's
+    /// values are replaced. Templates until [`ConfigBuilder::build`](crate::ConfigBuilder::build)
+    /// fills `{run_id}`/`{run_attempt}`.
+    pub set_headers: Vec<(String, String)>,
+    /// Headers added when the credential is applied and the client sent none.
+    pub default_headers: Vec<(String, String)>,
 }
 
 impl InterceptRule {
@@ -120,9 +218,33 @@ impl InterceptRule {
         method_ok && path_ok
     }
 
-    /// The header value for `token`.
+    /// The header value for `token`, with `Bearer` for a `{scheme}` in the format.
     pub fn header_value(&self, token: &str) -> String {
-        self.format.replacen("{token}", token, 1)
+        self.header_value_with(token, AuthScheme::Bearer)
+    }
+
+    /// The header value for `token`, writing `scheme` for a `{scheme}` in the format.
+    pub fn header_value_with(&self, token: &str, scheme: AuthScheme) -> String {
+        // The scheme first: a token containing "{scheme}" must stay as it is.
+        self.format
+            .replacen("{scheme}", scheme.as_str(), 1)
+            .replacen("{token}", token, 1)
+    }
+
+    /// Whether the format says `{scheme}` (the token's or the host's scheme, not a fixed one).
+    pub fn wants_scheme(&self) -> bool {
+        self.format.contains("{scheme}")
+    }
+
+    /// Fills `{run_id}`/`{run_attempt}` in the header templates; headers whose placeholder
+    /// has no value are dropped.
+    pub fn fill_headers(&mut self, vars: &RunVars) {
+        for headers in [&mut self.set_headers, &mut self.default_headers] {
+            *headers = headers
+                .drain(..)
+                .filter_map(|(name, template)| Some((name, vars.fill(&template)?)))
+                .collect();
+        }
     }
 }
 
@@ -265,6 +387,8 @@ pub(crate) fn parse(
             .map(|h| header_name(h, place, &mut errors)),
     );
     let apply = apply(table, place, credentials, &mut errors);
+    let set_headers = headers(&table.set_headers, place, &mut errors);
+    let default_headers = headers(&table.default_headers, place, &mut errors);
     match (host, errors.is_empty()) {
         (Some(host), true) => Ok(InterceptRule {
             host,
@@ -275,9 +399,56 @@ pub(crate) fn parse(
             methods,
             strip,
             apply,
+            set_headers,
+            default_headers,
         }),
         _ => Err(errors),
     }
+}
+
+/// `set_headers` / `default_headers`: valid names that are not credential headers, values
+/// without control characters whose only placeholders are `{run_id}` and `{run_attempt}`.
+fn headers(
+    table: &std::collections::BTreeMap<String, Spanned<String>>,
+    place: &dyn Fn(usize) -> (Origin, Location),
+    errors: &mut Vec<crate::Error>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in table {
+        let mut fail = |why: String| {
+            errors.push(crate::Error::at(
+                place(value.span().start).1,
+                ErrorKind::InvalidValue(why),
+            ));
+        };
+        let lower = name.to_ascii_lowercase();
+        if !is_token(name) {
+            fail(format!("'{name}' is not a valid HTTP header name"));
+            continue;
+        }
+        if DEFAULT_STRIPPED.contains(&lower.as_str()) || lower == "host" {
+            fail(format!(
+                "'{name}' cannot be set with a fixed value: credentials go in `header`/`format`"
+            ));
+            continue;
+        }
+        let rest = value
+            .get_ref()
+            .replace("{run_id}", "")
+            .replace("{run_attempt}", "");
+        if rest.contains(['{', '}']) {
+            fail(format!(
+                "header '{name}': the only placeholders are {{run_id}} and {{run_attempt}}"
+            ));
+        } else if value.get_ref().chars().any(char::is_control) {
+            fail(format!(
+                "header '{name}': control characters are not allowed"
+            ));
+        } else {
+            out.push((lower, value.get_ref().clone()));
+        }
+    }
+    out
 }
 
 /// `sign`/`region`/`service`, checked against the credential: AWS keys can only sign, and
@@ -376,6 +547,8 @@ fn check_format(
 ) -> String {
     let why = if f.get_ref().matches("{token}").count() != 1 {
         "`format` must contain `{token}` exactly once"
+    } else if f.get_ref().matches("{scheme}").count() > 1 {
+        "`format` may contain `{scheme}` at most once"
     } else if f.get_ref().chars().any(char::is_control) {
         "`format` must not contain control characters"
     } else {
@@ -409,6 +582,8 @@ mod tests {
             methods: methods.iter().map(|m| (*m).to_owned()).collect(),
             strip: vec![],
             apply: Apply::Header,
+            set_headers: vec![],
+            default_headers: vec![],
         }
     }
 
@@ -436,6 +611,61 @@ mod tests {
         assert!(!r.applies_to("GET", "/openai/models"));
         assert!(!r.applies_to("POST", "/other"));
         assert_eq!(r.header_value("t0k"), "Bearer t0k");
+    }
+
+    #[test]
+    fn schemes_follow_the_token_type_then_the_host() {
+        assert_eq!(
+            AuthScheme::for_github_token("github_pat_11AAA"),
+            Some(AuthScheme::Bearer)
+        );
+        assert_eq!(
+            AuthScheme::for_github_token("ghs_abc"),
+            Some(AuthScheme::Bearer)
+        );
+        assert_eq!(AuthScheme::for_github_token("gho_abc"), None);
+        assert_eq!(AuthScheme::for_github_token("ghu_abc"), None);
+        for host in [
+            "api.enterprise.githubcopilot.com",
+            "api.business.githubcopilot.com",
+            "copilot-api.acme.ghe.com",
+            "COPILOT-API.acme.ghe.com.",
+        ] {
+            assert_eq!(AuthScheme::for_host(host), AuthScheme::Token, "{host}");
+        }
+        for host in [
+            "api.githubcopilot.com",
+            "api.individual.githubcopilot.com",
+            "copilot-api.a.b.ghe.com",
+            "res.openai.azure.com",
+        ] {
+            assert_eq!(AuthScheme::for_host(host), AuthScheme::Bearer, "{host}");
+        }
+        let mut r = rule("x.test", None, &[]);
+        r.format = "{scheme} {token}".into();
+        assert!(r.wants_scheme());
+        assert_eq!(r.header_value_with("t", AuthScheme::Token), "token t");
+        assert_eq!(
+            r.header_value_with("{scheme}", AuthScheme::Bearer),
+            "Bearer {scheme}"
+        );
+    }
+
+    #[test]
+    fn header_templates_are_filled_or_dropped() {
+        let mut r = rule("x.test", None, &[]);
+        r.set_headers = vec![
+            ("copilot-integration-id".into(), "agentic-workflows".into()),
+            ("x-interaction-id".into(), "{run_id}-{run_attempt}".into()),
+        ];
+        let mut with = r.clone();
+        with.fill_headers(&RunVars {
+            run_id: Some("42".into()),
+            run_attempt: None,
+        });
+        assert_eq!(with.set_headers[1].1, "42-1");
+        r.fill_headers(&RunVars::default());
+        assert_eq!(r.set_headers.len(), 1, "{:?}", r.set_headers);
     }
 
     #[test]

@@ -35,6 +35,7 @@
 
 mod addr;
 mod builder;
+pub mod copilot;
 pub mod credential;
 pub mod defaults;
 mod error;
@@ -42,6 +43,7 @@ pub mod file;
 pub mod github;
 pub mod intercept;
 mod policy;
+pub mod provenance;
 
 pub use builder::{Config, ConfigBuilder, DnsDenied, ResolveOverride, Timeouts};
 pub use credential::{Credential, CredentialSource};

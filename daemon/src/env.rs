@@ -28,6 +28,7 @@ const SCRUBBED: &[&str] = &[
     "ANTHROPIC_AUTH_TOKEN",
     "CLAUDE_API_KEY",
     "COPILOT_PROVIDER_API_KEY",
+    "COPILOT_PROVIDER_BEARER_TOKEN",
     "GEMINI_API_KEY",
     "GOOGLE_API_KEY",
     "AZURE_OPENAI_API_KEY",
@@ -122,16 +123,19 @@ pub fn token_source_env(config: &egressd_config::Config) -> egressd_proxy::token
     SourceEnv { github_oidc, vars }
 }
 
-/// The daemon variables `env` credentials read: never passed to the sandbox.
+/// The daemon variables `env` credentials and `per-actor` tables read: never passed to the
+/// sandbox.
 pub fn credential_vars(config: &egressd_config::Config) -> Vec<String> {
-    config
+    let mut vars: Vec<String> = config
         .credentials
         .iter()
         .filter_map(|c| match &c.source {
             egressd_config::CredentialSource::Env { var } => Some(var.clone()),
             _ => None,
         })
-        .collect()
+        .collect();
+    vars.extend(egressd_proxy::token::per_actor_vars(&config.credentials));
+    vars
 }
 
 /// `GITHUB_STEP_SUMMARY`: the job summary file `audit --step-summary` appends to, if set.
@@ -161,6 +165,36 @@ pub fn github_env() -> Option<egressd_config::github::GitHubEnv> {
         server_url,
         api_url,
         force_ghes: std::env::var("GITHUB_ACTIONS_RUNNER_FORCE_GHES").is_ok_and(|v| v == "1"),
+    })
+}
+
+/// `GITHUB_RUN_ID` / `GITHUB_RUN_ATTEMPT`, for `{run_id}`/`{run_attempt}` in injected headers
+/// (Copilot's `X-Interaction-Id`).
+pub fn github_run() -> egressd_config::intercept::RunVars {
+    let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+    egressd_config::intercept::RunVars {
+        run_id: var("GITHUB_RUN_ID"),
+        run_attempt: var("GITHUB_RUN_ATTEMPT"),
+    }
+}
+
+/// Copilot BYOK (`COPILOT_PROVIDER_BASE_URL` and which key variable is set), when egressd's
+/// environment has a base URL. Only the variable's name is passed on: the broker reads the
+/// key through the `env` credential the configuration makes of it, and the sandbox gets a
+/// placeholder.
+pub fn copilot_byok() -> Option<egressd_config::copilot::ByokEnv> {
+    use egressd_config::copilot::{BYOK_BEARER_VAR, BYOK_KEY_VAR, ByokEnv};
+    let set = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let base_url = set("COPILOT_PROVIDER_BASE_URL")?;
+    // The bearer token takes precedence over the key (reference/tokens.md §4.6).
+    let key_var = [BYOK_BEARER_VAR, BYOK_KEY_VAR]
+        .into_iter()
+        .find(|v| set(v).is_some())
+        .map(str::to_owned);
+    Some(ByokEnv {
+        base_url,
+        provider_type: set("COPILOT_PROVIDER_TYPE").map(|t| t.to_ascii_lowercase()),
+        key_var,
     })
 }
 

@@ -9,6 +9,7 @@ mod commands;
 mod env;
 mod loader;
 mod policy;
+mod provenance;
 mod sandbox;
 
 use std::process::ExitCode;

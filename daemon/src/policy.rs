@@ -15,10 +15,19 @@ pub fn build(
 ) -> Result<Config, egressd_config::Error> {
     let mut builder = ConfigBuilder::new();
     let mut errors = Vec::new();
-    if !args.no_github
-        && let Some(github) = crate::env::github_env()
+    if let Some(github) = crate::env::github_env() {
+        if args.no_github {
+            // No derived entries, but Copilot still exchanges at this deployment's API.
+            builder.github_deployment(&github);
+        } else {
+            keep(&mut errors, builder.github(&github, !args.no_copilot));
+        }
+    }
+    builder.github_run(crate::env::github_run());
+    if !args.no_copilot
+        && let Some(byok) = crate::env::copilot_byok()
     {
-        keep(&mut errors, builder.github(&github, !args.no_copilot));
+        builder.copilot_byok(byok);
     }
 
     if let Some(path) = &args.config {

@@ -11,6 +11,14 @@
 //! They prove enforcement (`egressd audit` checks that every record falls between the two) and
 //! are never counted in the [`Summary`]. Traffic records have no `event` field.
 //!
+//! # Provenance
+//!
+//! Once the daemon has set the run's [`ProvenanceStatus`] ([`AuditLog::with_provenance`]),
+//! every line, traffic and lifecycle alike, carries `"provenance"`: the verified GitHub claims
+//! of the run (`{"issuer": ..., "actor": "octocat", "actor_id": "583231", "repository": ...,
+//! "job_workflow_ref": ..., "run_id": ..., ...}`), or `null` when there are none. Lifecycle
+//! lines then also say why in `"provenance_absent"`. Only verified claims are ever written.
+//!
 //! # Security
 //!
 //! Records never hold header values, query strings or bodies: `path` is the path only, since
@@ -26,6 +34,8 @@ use std::sync::Mutex;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use crate::token::{Provenance, ProvenanceStatus};
 
 /// The most distinct denied names the summary keeps (the rest are only counted).
 const MAX_DENIED_NAMES: usize = 64;
@@ -160,6 +170,8 @@ impl Record {
 pub struct AuditLog {
     file: Option<Mutex<File>>,
     summary: Mutex<Summary>,
+    /// The run's provenance; `None` until the daemon sets it (then every line carries it).
+    provenance: Option<ProvenanceStatus>,
 }
 
 impl AuditLog {
@@ -179,7 +191,15 @@ impl AuditLog {
         Ok(Self {
             file,
             summary: Mutex::new(Summary::default()),
+            provenance: None,
         })
+    }
+
+    /// Stamps every line from now on with the run's provenance (see the module docs).
+    #[must_use]
+    pub fn with_provenance(mut self, status: ProvenanceStatus) -> Self {
+        self.provenance = Some(status);
+        self
     }
 
     /// A snapshot of the counts so far.
@@ -205,7 +225,7 @@ impl AuditLog {
             ),
         }
         lock(&self.summary).add(record);
-        self.write_line(record);
+        self.write_line(record, false);
     }
 
     /// Writes a lifecycle line (`arm`/`disarm`), stamped now unless `event.time` is set. Not
@@ -214,16 +234,36 @@ impl AuditLog {
         if event.time.is_empty() {
             let mut stamped = event.clone();
             stamped.time = now_rfc3339();
-            self.write_line(&stamped);
+            self.write_line(&stamped, true);
         } else {
-            self.write_line(event);
+            self.write_line(event, true);
         }
     }
 
-    /// One JSON line, one `write` call, flushed.
-    fn write_line(&self, value: &impl Serialize) {
+    /// One JSON line, one `write` call, flushed; with the provenance fields once set.
+    fn write_line(&self, value: &impl Serialize, lifecycle: bool) {
+        /// `value`'s fields followed by the provenance fields.
+        #[derive(Serialize)]
+        struct Stamped<'a, T> {
+            #[serde(flatten)]
+            value: &'a T,
+            provenance: Option<&'a Provenance>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            provenance_absent: Option<&'a str>,
+        }
         let Some(file) = &self.file else { return };
-        let mut line = match serde_json::to_vec(value) {
+        let serialised = match &self.provenance {
+            None => serde_json::to_vec(value),
+            Some(status) => serde_json::to_vec(&Stamped {
+                value,
+                provenance: status.verified(),
+                provenance_absent: match status {
+                    ProvenanceStatus::Absent(why) if lifecycle => Some(why),
+                    _ => None,
+                },
+            }),
+        };
+        let mut line = match serialised {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "serialising an audit record");
@@ -545,6 +585,55 @@ mod tests {
         assert!(lines[1].get("event").is_none());
         assert_eq!(lines[2]["event"], "disarm");
         assert_eq!(lines[2]["exit_code"], 3);
+        assert!(lines.iter().all(|l| l.get("provenance").is_none()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn provenance_is_on_every_line_once_set() {
+        let dir = std::env::temp_dir().join(format!("egressd-provenance-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (verified, absent) = (dir.join("verified.jsonl"), dir.join("absent.jsonl"));
+        let status =
+            ProvenanceStatus::Verified(Box::new(Provenance::for_tests("octocat", "583231")));
+        let log = AuditLog::new(Some(&verified))
+            .unwrap()
+            .with_provenance(status);
+        log.lifecycle(&Lifecycle::arm("sb", "ebpf"));
+        log.record(&rec(Some("a.test"), AuditDecision::Allow, "allowed"));
+        let mut dns = rec(Some("b.test"), AuditDecision::Deny, "not in the allowlist");
+        dns.proto = Proto::Dns;
+        log.record(&dns);
+        let lines = read_jsonl(&verified);
+        assert_eq!(lines.len(), 3);
+        for line in &lines {
+            assert_eq!(line["provenance"]["actor"], "octocat", "{line}");
+            assert_eq!(line["provenance"]["actor_id"], "583231", "{line}");
+            assert_eq!(line["provenance"]["repository"], "octo-org/octo-repo");
+            assert_eq!(line["provenance"]["run_id"], "1234567890");
+            assert!(line.get("provenance_absent").is_none());
+        }
+        assert_eq!(lines[1]["name"], "a.test", "the record's own fields stay");
+        assert_eq!(lines[2]["proto"], "dns");
+
+        let log = AuditLog::new(Some(&absent))
+            .unwrap()
+            .with_provenance(ProvenanceStatus::Absent("no token".into()));
+        log.lifecycle(&Lifecycle::arm("sb", "ebpf"));
+        log.record(&rec(Some("a.test"), AuditDecision::Allow, "allowed"));
+        let lines = read_jsonl(&absent);
+        assert!(lines[0]["provenance"].is_null());
+        assert_eq!(lines[0]["provenance_absent"], "no token");
+        assert!(lines[1]["provenance"].is_null());
+        assert!(lines[1].get("provenance_absent").is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

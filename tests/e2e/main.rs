@@ -10,6 +10,7 @@
 
 mod audit;
 mod cli;
+mod copilot;
 mod core;
 mod coverage;
 mod dns;
@@ -18,6 +19,7 @@ mod github;
 mod intercept;
 mod isolation;
 mod namespaces;
+mod provenance;
 mod resolve;
 mod udp;
 

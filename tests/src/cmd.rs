@@ -242,6 +242,17 @@ impl EgressdCommand {
             "GITHUB_SERVER_URL",
             "GITHUB_API_URL",
             "GITHUB_ACTIONS_RUNNER_FORCE_GHES",
+            // Copilot: BYOK becomes an injection rule; run IDs fill injected headers.
+            "COPILOT_PROVIDER_BASE_URL",
+            "COPILOT_PROVIDER_TYPE",
+            "COPILOT_PROVIDER_API_KEY",
+            "COPILOT_PROVIDER_BEARER_TOKEN",
+            "GITHUB_RUN_ID",
+            "GITHUB_RUN_ATTEMPT",
+            // Provenance: a CI job's own OIDC variables would make egressd verify the real
+            // issuer's token.
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
         ] {
             command.env_remove(var);
         }

@@ -41,6 +41,7 @@ fn documented_example_builds() {
             "gcp",
             "github-oidc-aws",
             "bedrock",
+            "copilot-per-user",
         ]
     );
     assert_eq!(
@@ -169,8 +170,8 @@ source = "vault"
             ),
             format!(
                 "{p}:18:10: credential 'bad name!': unknown source 'vault': use one of \
-                 github-oidc, entra, entra-agent, oauth2-token-exchange, aws-web-identity, env, \
-                 file"
+                 github-oidc, entra, entra-agent, oauth2-token-exchange, aws-web-identity, \
+                 copilot, env, file, per-actor"
             ),
         ]
     );

@@ -52,9 +52,12 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
              sandbox, so this confinement is NOT enforceable"
         );
     }
+    // Who triggered the run, verified, before anything is set up (`[provenance]`).
+    let provenance = crate::provenance::establish(&config)?;
     let audit = Arc::new(
         AuditLog::new(config.audit_log.as_deref())
-            .map_err(|e| Failure::usage(anyhow!(e).context("opening the audit log")))?,
+            .map_err(|e| Failure::usage(anyhow!(e).context("opening the audit log")))?
+            .with_provenance(provenance.clone()),
     );
     let sandbox = format!("egressd-{}", std::process::id());
 
@@ -118,8 +121,14 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
     let proxy = if config_intercepts.is_empty() {
         proxy
     } else {
-        let (with, written, fingerprint) =
-            intercepting(proxy, &config_for_broker, &sandbox, &runtime).map_err(Failure::setup)?;
+        let (with, written, fingerprint) = intercepting(
+            proxy,
+            &config_for_broker,
+            &sandbox,
+            &runtime,
+            provenance.verified().cloned(),
+        )
+        .map_err(Failure::setup)?;
         bundle = Some(written);
         ca_fingerprint = Some(fingerprint);
         with
@@ -165,7 +174,12 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         env: env::sandbox_env(
             uid,
             &env::credential_vars(&config_for_broker),
-            &bundle.as_ref().map(TrustBundle::env).unwrap_or_default(),
+            // The trust bundle, and placeholders for keys the daemon keeps (Copilot BYOK).
+            &[
+                bundle.as_ref().map(TrustBundle::env).unwrap_or_default(),
+                config_for_broker.placeholders.clone(),
+            ]
+            .concat(),
         ),
     });
     let child = match spawned {
@@ -200,13 +214,15 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
 }
 
 /// Adds TLS interception to `proxy`: a CA for the intercepted hosts (key in memory), the
-/// token broker fed from the daemon's environment, and the sandbox's trust bundle; also
-/// returns the CA certificate's fingerprint (`sha256:<hex>` of the DER) for the audit log.
+/// token broker fed from the daemon's environment (and the run's verified provenance, for
+/// `per-actor` credentials), and the sandbox's trust bundle; also returns the CA
+/// certificate's fingerprint (`sha256:<hex>` of the DER) for the audit log.
 fn intercepting(
     proxy: Proxy,
     config: &egressd_config::Config,
     sandbox: &str,
     runtime: &tokio::runtime::Runtime,
+    provenance: Option<egressd_proxy::token::Provenance>,
 ) -> anyhow::Result<(Proxy, TrustBundle, String)> {
     let hosts = config.intercepts.host_patterns();
     let ca = Arc::new(
@@ -215,8 +231,12 @@ fn intercepting(
     );
     let broker = {
         let _guard = runtime.enter();
-        egressd_proxy::token::Broker::new(config, env::token_source_env(config))
-            .context("setting up the credentials")?
+        egressd_proxy::token::Broker::with_provenance(
+            config,
+            env::token_source_env(config),
+            provenance,
+        )
+        .context("setting up the credentials")?
     };
     let system = egressd_proxy::intercept::find_system_bundle().ok_or_else(|| {
         anyhow!(

@@ -9,8 +9,10 @@
 //! 2. `CONNECT` is refused;
 //! 3. the first rule of this host whose credential applies to the method and path is
 //!    chosen; the client's credential headers are removed and the minted token is put in
-//!    the rule's header and format. A credential that cannot be had gives a `503` JSON body,
-//!    never a request without its credential;
+//!    the rule's header and format (a `{scheme}` there is the token's scheme, or the one for
+//!    this host: `AuthScheme::for_host`); the rule's `set_headers` replace the client's
+//!    values and its `default_headers` fill in those the client did not send. A credential
+//!    that cannot be had gives a `503` JSON body, never a request without its credential;
 //! 4. the request goes to the real upstream over a pooled, verified connection; redirects
 //!    are passed to the client, never followed; bodies stream both ways;
 //! 5. an HTTP/1.1 upgrade (WebSocket) is relayed once both sides agreed to it.
@@ -23,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use egressd_config::InterceptRule;
-use egressd_config::intercept::Apply;
+use egressd_config::intercept::{Apply, AuthScheme};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
@@ -48,7 +50,8 @@ const MAX_SIGNED_BODY: usize = 16 << 20;
 /// Why a credential could not be applied to a request.
 #[derive(Debug)]
 enum InjectError {
-    /// The broker has no token (503; retryable as the broker says).
+    /// The broker has no token (503; retryable as the broker says), or withholds it from
+    /// this run's user (403, `TokenErrorKind::Forbidden`).
     Token(crate::token::TokenError),
     /// The token or rule cannot produce a request (503, not retryable).
     Unusable(&'static str),
@@ -62,6 +65,9 @@ impl InjectError {
     /// The status, message and retryability the client gets.
     fn response(self) -> (StatusCode, String, bool) {
         match self {
+            Self::Token(e) if e.kind == crate::token::TokenErrorKind::Forbidden => {
+                (StatusCode::FORBIDDEN, e.message, false)
+            }
             Self::Token(e) => (StatusCode::SERVICE_UNAVAILABLE, e.message, e.retryable),
             Self::Unusable(why) => (StatusCode::SERVICE_UNAVAILABLE, why.to_owned(), false),
             Self::BodyTooLarge => (
@@ -188,6 +194,7 @@ impl Conn {
                     pending.rec.token_source = Some(source.to_owned());
                     pending.rec.token_expires_in_s = expires_in;
                     body = injected;
+                    set_headers(rule, &mut parts.headers);
                 }
                 Err(e) => {
                     let (status, message, retryable) = e.response();
@@ -274,8 +281,14 @@ impl Conn {
             (token.expires_in != std::time::Duration::MAX).then_some(token.expires_in.as_secs());
         let body = match (&rule.apply, token.bearer(), token.aws.as_ref()) {
             (Apply::Header, Some(secret), _) => {
-                let mut value = HeaderValue::from_str(&rule.header_value(secret.expose()))
-                    .map_err(|_| InjectError::Unusable("the token is not a valid header value"))?;
+                let scheme = token
+                    .scheme
+                    .unwrap_or_else(|| AuthScheme::for_host(&self.sni));
+                let mut value =
+                    HeaderValue::from_str(&rule.header_value_with(secret.expose(), scheme))
+                        .map_err(|_| {
+                            InjectError::Unusable("the token is not a valid header value")
+                        })?;
                 value.set_sensitive(true);
                 let name = HeaderName::from_bytes(rule.header.as_bytes())
                     .map_err(|_| InjectError::Unusable("the rule's header name is invalid"))?;
@@ -409,6 +422,29 @@ impl Conn {
     }
 }
 
+/// Applies the rule's `set_headers` (replacing the client's values) and `default_headers`
+/// (only where the client sent none, or an empty value). Names and values were validated
+/// with the configuration.
+fn set_headers(rule: &InterceptRule, headers: &mut hyper::HeaderMap) {
+    let pairs = rule
+        .set_headers
+        .iter()
+        .map(|h| (h, true))
+        .chain(rule.default_headers.iter().map(|h| (h, false)));
+    for ((name, value), replace) in pairs {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            continue;
+        };
+        let client_has_one = headers.get(&name).is_some_and(|v| !v.is_empty());
+        if replace || !client_has_one {
+            headers.insert(name, value);
+        }
+    }
+}
+
 /// Whether the request asks for an HTTP/1.1 protocol upgrade (WebSocket).
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(UPGRADE)
@@ -439,7 +475,44 @@ fn strip_port(authority: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_port;
+    use super::{set_headers, strip_port};
+
+    #[test]
+    fn set_headers_replace_and_default_headers_fill_in() {
+        let mut rule = egressd_config::ConfigBuilder::new();
+        rule.toml_str(
+            r#"
+[[intercept]]
+host = "api.githubcopilot.com"
+set_headers = { "Copilot-Integration-Id" = "agentic-workflows" }
+default_headers = { "X-Initiator" = "agent", "X-Interaction-Id" = "run" }
+"#,
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let config = rule.build().unwrap();
+        let rule = &config.intercepts.rules()[0];
+        let mut headers = hyper::HeaderMap::new();
+        headers.append("copilot-integration-id", "a".parse().unwrap());
+        headers.append("copilot-integration-id", "b".parse().unwrap());
+        headers.insert("x-interaction-id", "client-session".parse().unwrap());
+        headers.insert("x-initiator", "".parse().unwrap());
+        set_headers(rule, &mut headers);
+        let all = |name: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("copilot-integration-id"), ["agentic-workflows"]);
+        assert_eq!(all("x-interaction-id"), ["client-session"]);
+        assert_eq!(
+            all("x-initiator"),
+            ["agent"],
+            "an empty value counts as none"
+        );
+    }
 
     #[test]
     fn ports_are_stripped_from_authorities() {

@@ -30,6 +30,10 @@ pub struct TokenError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TokenErrorKind {
+    /// The credential is withheld from this run: a `per-actor` credential found no entry for
+    /// the verified triggering user, or the run has no verified provenance. Not retryable; the
+    /// interception answers `403`.
+    Forbidden,
     /// The token endpoint answered with something that is not the documented shape.
     Malformed,
     /// The token endpoint refused the request (wrong client ID, scope, federated credential
@@ -131,6 +135,16 @@ impl TokenError {
             kind: TokenErrorKind::UnknownCredential,
             retryable: false,
             message: "no credential of that name is configured".to_owned(),
+        }
+    }
+
+    /// A credential withheld from this run (see [`TokenErrorKind::Forbidden`]).
+    pub(crate) fn forbidden(credential: &str, message: String) -> Self {
+        TokenError {
+            credential: credential.to_owned(),
+            kind: TokenErrorKind::Forbidden,
+            retryable: false,
+            message,
         }
     }
 

@@ -105,6 +105,31 @@ impl TokenHttp {
         self.send(url, request).await
     }
 
+    /// `GET url` without credentials, accepting JSON (OIDC discovery and JWKS).
+    pub(crate) async fn get(&self, url: &Url) -> Result<Response, MintError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .body(Full::new(Bytes::new()));
+        self.send(url, request).await
+    }
+
+    /// `GET url` with `headers` (sensitive: they may hold a credential), accepting JSON unless
+    /// they say otherwise (the Copilot token exchange).
+    pub(crate) async fn get_with_headers(
+        &self,
+        url: &Url,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, MintError> {
+        let mut request = Request::builder().method(Method::GET);
+        for (name, value) in headers {
+            let mut value = HeaderValue::try_from(*value)
+                .map_err(|_| MintError::rejected(format!("the {name} header is not valid")))?;
+            value.set_sensitive(true);
+            request = request.header(*name, value);
+        }
+        self.send(url, request.body(Full::new(Bytes::new()))).await
+    }
+
     /// `POST url` with an `application/x-www-form-urlencoded` body of `fields`, accepting JSON.
     pub(crate) async fn post_form(
         &self,

@@ -21,7 +21,10 @@
 //! The refresh policy (refresh point, hard guard, jitter, backoff) is in `cache.rs`; the
 //! wire protocols are in `source/`. Sources: `github-oidc`, `entra`, `entra-agent` (two
 //! chained Entra hops), `oauth2-token-exchange` (Google STS, optionally impersonating a
-//! service account), `aws-web-identity` (temporary AWS keys, [`Token::aws`]), `env`, `file`.
+//! service account), `aws-web-identity` (temporary AWS keys, [`Token::aws`]), `copilot` (the
+//! GitHub token or the Copilot v2 exchange, [`Token::scheme`]), `env`, `file`,
+//! `per-actor` (the triggering user's own secret, chosen once per run by the verified
+//! `actor_id` of the run's [`Provenance`], which `provenance.rs` establishes).
 //!
 //! # What this module does not do
 //!
@@ -42,6 +45,7 @@
 mod cache;
 mod error;
 mod http;
+pub mod provenance;
 mod secret;
 mod source;
 
@@ -59,14 +63,17 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 pub use self::error::{BrokerError, TokenError, TokenErrorKind};
+pub use self::provenance::{Provenance, ProvenanceStatus};
 pub use self::secret::Secret;
 pub use self::source::aws_web_identity::AwsCredentials;
 pub use self::source::github_oidc::GithubOidcEnv;
+pub use self::source::per_actor::table_vars as per_actor_vars;
 
 use self::cache::{Entry, Lookup, MintResult, State};
 use self::error::{MintError, Retry};
 use self::http::TokenHttp;
 use self::source::aws_web_identity::AwsWebIdentity;
+use self::source::copilot::Copilot;
 use self::source::entra::Entra;
 use self::source::github_oidc::GithubOidc;
 use self::source::static_secret::Static;
@@ -87,8 +94,13 @@ pub struct Token {
     /// [`Duration::MAX`] for static secrets (`env`, `file`), which do not expire.
     pub expires_in: Duration,
     /// The `source` of the credential: `github-oidc`, `entra`, `entra-agent`,
-    /// `oauth2-token-exchange`, `aws-web-identity`, `env`, `file`.
+    /// `oauth2-token-exchange`, `aws-web-identity`, `env`, `file`, `copilot` (an exchanged
+    /// Copilot token) or `copilot-direct` (the GitHub token itself).
     pub source: &'static str,
+    /// The `Authorization` scheme the source chose for this token, for rule formats that say
+    /// `{scheme}` (`copilot` credentials); `None` leaves it to the request's host
+    /// ([`AuthScheme::for_host`](egressd_config::intercept::AuthScheme::for_host)).
+    pub scheme: Option<egressd_config::intercept::AuthScheme>,
 }
 
 impl Token {
@@ -121,6 +133,9 @@ pub struct BrokerOptions {
     pub backoff_min: Duration,
     /// The longest delay after failures.
     pub backoff_max: Duration,
+    /// The run's verified provenance: selects `per-actor` credentials (none: they answer
+    /// `Forbidden`).
+    pub provenance: Option<Provenance>,
 }
 
 impl Default for BrokerOptions {
@@ -131,6 +146,7 @@ impl Default for BrokerOptions {
             attempts: 3,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+            provenance: None,
         }
     }
 }
@@ -160,6 +176,19 @@ impl Broker {
     /// As [`with_options`](Self::with_options); also [`BrokerError::UpstreamCa`] when the CA
     /// file cannot be read.
     pub fn new(config: &Config, env: SourceEnv) -> Result<Self, BrokerError> {
+        Self::with_provenance(config, env, None)
+    }
+
+    /// As [`new`](Self::new), with the run's verified provenance for `per-actor` credentials.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn with_provenance(
+        config: &Config,
+        env: SourceEnv,
+        provenance: Option<Provenance>,
+    ) -> Result<Self, BrokerError> {
         let extra_ca_pem = match &config.upstream_ca {
             None => None,
             Some(path) => Some(std::fs::read(path).map_err(|e| BrokerError::UpstreamCa {
@@ -169,6 +198,7 @@ impl Broker {
         };
         let options = BrokerOptions {
             extra_ca_pem,
+            provenance,
             ..BrokerOptions::default()
         };
         Self::with_options(&config.credentials, env, options)
@@ -200,6 +230,7 @@ impl Broker {
             by_key: HashMap::new(),
             named: HashMap::new(),
             building: Vec::new(),
+            provenance: options.provenance.as_ref(),
         };
         for credential in credentials {
             build.slot(&credential.name)?;
@@ -245,7 +276,10 @@ impl Broker {
     /// (for an upstream that answered 401 to it). Static secrets are not affected.
     pub fn invalidate(&self, name: &str) {
         if let Some(slot) = self.inner.named.get(name) {
-            slot.lock().invalidate();
+            match &slot.source {
+                Source::PerActor(Ok(selected)) => selected.lock().invalidate(),
+                _ => slot.lock().invalidate(),
+            }
         }
     }
 
@@ -297,8 +331,22 @@ impl Slot {
 impl Inner {
     /// [`Broker::get`] for one slot.
     async fn get(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Token, TokenError> {
+        // A per-actor credential is its user's slot (never itself per-actor), chosen at build.
+        let slot = match &slot.source {
+            Source::PerActor(selected) => selected.as_ref().map_err(Clone::clone)?,
+            _ => slot,
+        };
+        if let Source::Copilot(copilot) = &slot.source
+            && copilot.is_direct()
+        {
+            return copilot.direct(self).await.map_err(|mut e| {
+                slot.name.clone_into(&mut e.credential);
+                e
+            });
+        }
         if let Source::Static(secret) = &slot.source {
             return Ok(Token {
+                scheme: None,
                 secret: secret.secret().clone(),
                 aws: None,
                 expires_in: Duration::MAX,
@@ -441,6 +489,7 @@ impl Inner {
 /// The [`Token`] of a cached entry at `now`.
 fn token(entry: &Entry, slot: &Slot, now: Instant) -> Token {
     Token {
+        scheme: slot.source.scheme_for(&entry.secret),
         secret: entry.secret.clone(),
         aws: entry.aws.clone(),
         expires_in: entry.expires_at.saturating_duration_since(now),
@@ -462,6 +511,8 @@ struct Build<'a> {
     named: HashMap<String, Arc<Slot>>,
     /// The credentials being built, to refuse loops (the config crate refuses them too).
     building: Vec<String>,
+    /// The run's verified provenance, for `per-actor` credentials.
+    provenance: Option<&'a Provenance>,
 }
 
 impl Build<'_> {
@@ -521,7 +572,12 @@ impl Build<'_> {
             CredentialSource::Env { var } => {
                 Source::Static(Static::env(var, &self.env.vars).map_err(fail)?)
             }
+            CredentialSource::Copilot(copilot) => {
+                let github = self.presented(&copilot.github_token)?;
+                Source::Copilot(Copilot::new(copilot, github).map_err(fail)?)
+            }
             CredentialSource::File { path } => Source::Static(Static::file(path).map_err(fail)?),
+            CredentialSource::PerActor { table } => Source::PerActor(self.per_actor(name, table)?),
             other => {
                 return Err(fail(format!(
                     "source {other:?} is not supported by this broker"
@@ -532,6 +588,52 @@ impl Build<'_> {
         let slot = self.intern(name, source, credential.refresh_margin);
         self.named.insert(name.to_owned(), Arc::clone(&slot));
         Ok(slot)
+    }
+
+    /// The slot of the run's user in `table` (`source::per_actor`), or the `Forbidden` error
+    /// every request for `name` gets. The table is checked whole (readable by its owner only,
+    /// well-formed, every `credential` it names exists); only the user's own secret is read.
+    fn per_actor(
+        &mut self,
+        name: &str,
+        table: &std::path::Path,
+    ) -> Result<Result<Arc<Slot>, TokenError>, BrokerError> {
+        use self::source::per_actor::{ActorTable, Entry, Selection};
+        let fail = |why: String| BrokerError::Credential {
+            name: name.to_owned(),
+            why,
+        };
+        let table = ActorTable::load(table).map_err(fail)?;
+        for target in table.credentials() {
+            let why = match self.credentials.get(target) {
+                None => "which is not configured",
+                Some(c) if matches!(c.source, CredentialSource::PerActor { .. }) => {
+                    "which is itself per-actor: name the user's own credential"
+                }
+                Some(_) => continue,
+            };
+            return Err(fail(format!(
+                "the actor table names credential '{target}', {why}"
+            )));
+        }
+        let (entry, id) = match (table.select(self.provenance), self.provenance) {
+            (Selection::Entry(entry), Some(p)) => (entry, &p.actor_id),
+            (Selection::Forbidden(why), _) => return Ok(Err(TokenError::forbidden(name, why))),
+            (Selection::Entry(_), None) => unreachable!("no entry is selected without provenance"),
+        };
+        let internal = format!("{name} (actor {id})");
+        let slot = match entry {
+            Entry::Credential(target) => self.slot(&target)?,
+            Entry::Env(var) => {
+                let secret = Static::env(&var, &self.env.vars).map_err(fail)?;
+                self.intern(&internal, Source::Static(secret), None)
+            }
+            Entry::File(path) => {
+                let secret = Static::file(&path).map_err(fail)?;
+                self.intern(&internal, Source::Static(secret), None)
+            }
+        };
+        Ok(Ok(slot))
     }
 
     /// The slot of a credential whose token another one presents: any but AWS keys, which
@@ -553,8 +655,10 @@ impl Build<'_> {
     fn intern(&mut self, name: &str, source: Source, margin: Option<Duration>) -> Arc<Slot> {
         let key = match &source {
             Source::AwsWebIdentity(a) => a.cache_key(),
+            Source::Copilot(c) => c.cache_key(),
             Source::Entra(e) => e.cache_key(),
             Source::GithubOidc(g) => g.cache_key(),
+            Source::PerActor(_) => format!("per-actor|{name}"),
             Source::Static(s) => format!("{}|{name}", s.label()),
             Source::TokenExchange(t) => t.cache_key(),
             #[cfg(test)]

@@ -15,8 +15,13 @@
 //!   [`FakeOidc`]'s keys, and IAM Credentials `generateAccessToken`.
 //! * [`FakeAwsSts`]: AWS STS `AssumeRoleWithWebIdentity` (§6.1), XML or JSON, role trust
 //!   policies, the XML `ErrorResponse` codes.
+//! * [`FakeCopilot`]: the GitHub API's `/copilot_internal/v2/token` exchange and
+//!   `/copilot_internal/user` (§4.1, §4.2), and a Copilot API ([`FakeCopilotApi`], inside an
+//!   [`UpstreamNet`](crate::UpstreamNet) so sandboxes reach it through egressd) that checks
+//!   the `Authorization` scheme per host and `Copilot-Integration-Id`.
 
 mod aws_sts;
+mod copilot;
 mod entra;
 mod google_sts;
 mod jwt;
@@ -39,6 +44,7 @@ use tokio::{net::TcpListener, sync::Notify};
 use tokio_rustls::TlsAcceptor;
 
 pub use aws_sts::{AwsCall, AwsFailure, FakeAwsSts};
+pub use copilot::{ApiCall, ExchangeCall, FakeCopilot, FakeCopilotApi};
 pub use entra::{EntraCall, Failure, FakeEntra, Fic};
 pub use google_sts::{FakeGoogleSts, GoogleCall, GoogleFailure};
 pub use oidc::FakeOidc;
@@ -145,6 +151,73 @@ impl FakeServer {
         ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("the fake server reports readiness");
+        Self {
+            addr,
+            control,
+            thread: Some(thread),
+        }
+    }
+
+    /// Serves `handler` over HTTPS on `addr` inside `net` (a certificate for `names`), for
+    /// fakes that sandboxed clients reach through egressd.
+    pub(crate) fn start_in_net(
+        ca: &TestCa,
+        name: &str,
+        handler: Handler,
+        net: &crate::UpstreamNet,
+        addr: SocketAddr,
+        names: &[&str],
+    ) -> Self {
+        let leaf = ca.leaf(names);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(leaf.cert_chain(), leaf.private_key())
+            .expect("the test leaf is a valid certificate and key");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = TlsAcceptor::from(Arc::new(config));
+        let netns = std::fs::File::open(net.netns_path())
+            .unwrap_or_else(|e| panic!("opening {}: {e}", net.netns_path().display()));
+        let control = Arc::new(Control {
+            down: Mutex::new(None),
+            stop: Mutex::new(false),
+            changed: Notify::new(),
+        });
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let thread_control = Arc::clone(&control);
+        let thread = thread::Builder::new()
+            .name(format!("fake {name} {addr}"))
+            .spawn(move || {
+                // This thread only ever lives in the upstream namespace.
+                if let Err(e) = nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET) {
+                    let _ = ready_tx.send(Err(format!("setns: {e}")));
+                    return;
+                }
+                drop(netns);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("building a current-thread runtime");
+                rt.block_on(async move {
+                    let listener = match TcpListener::bind(addr).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("binding {addr}: {e}")));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    serve(listener, addr, tls, handler, thread_control).await;
+                });
+            })
+            .expect("spawning a fake server thread");
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("fake {name} failed to start: {e}"),
+            Err(e) => panic!("fake {name} did not report readiness: {e}"),
+        }
         Self {
             addr,
             control,

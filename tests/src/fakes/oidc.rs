@@ -52,6 +52,8 @@ struct Inner {
     unpublished: Option<SigningKey>,
     fail_next: usize,
     audiences: Vec<Option<String>>,
+    /// The discovery document's `jwks_uri` instead of the server's own.
+    jwks_uri: Option<String>,
 }
 
 #[derive(Clone)]
@@ -77,6 +79,7 @@ impl FakeOidc {
                 unpublished: None,
                 fail_next: 0,
                 audiences: Vec::new(),
+                jwks_uri: None,
             }),
             mints: AtomicUsize::new(0),
         });
@@ -145,6 +148,11 @@ impl FakeOidc {
             unknown.then(|| signing_key(2, "unpublished-key"));
     }
 
+    /// Makes the discovery document point `jwks_uri` at `uri` (`None`: its own JWKS).
+    pub fn set_jwks_uri(&self, uri: Option<&str>) {
+        self.state.inner.lock().unwrap().jwks_uri = uri.map(str::to_owned);
+    }
+
     /// Takes the issuer down, or brings it back up.
     pub fn set_down(&self, down: Option<Down>) {
         self.server.set_down(down);
@@ -190,11 +198,12 @@ impl State {
             "/.well-known/openid-configuration" => {
                 let issuer = self.issuer();
                 let base = self.base_url.lock().unwrap().clone();
+                let jwks_uri = self.inner.lock().unwrap().jwks_uri.clone();
                 json(
                     StatusCode::OK,
                     &json!({
                         "issuer": issuer,
-                        "jwks_uri": format!("{base}/.well-known/jwks"),
+                        "jwks_uri": jwks_uri.unwrap_or_else(|| format!("{base}/.well-known/jwks")),
                         "subject_types_supported": ["public", "pairwise"],
                         "response_types_supported": ["id_token"],
                         "claims_supported": ["sub", "aud", "exp", "iat", "iss", "jti", "nbf",

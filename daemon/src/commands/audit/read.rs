@@ -68,11 +68,12 @@ pub struct Rec {
     pub credential: Option<String>,
     /// Where the credential came from.
     pub token_source: Option<String>,
-    /// Provenance, when records carry it.
+    /// Provenance, when records carry it: the verified `actor` (login).
     pub actor: Option<String>,
     /// Provenance: repository.
     pub repository: Option<String>,
-    /// Provenance: workflow.
+    /// Provenance: the workflow that ran (`job_workflow_ref`, the reusable workflow of a
+    /// `workflow_call`; else `workflow_ref`).
     pub workflow: Option<String>,
 }
 
@@ -167,6 +168,9 @@ struct Raw<'a> {
     repository: Option<Cow<'a, str>>,
     #[serde(borrow)]
     workflow: Option<Cow<'a, str>>,
+    /// egressd's verified provenance object (`proxy/src/audit.rs`); `null` when absent.
+    #[serde(borrow)]
+    provenance: Option<RawProvenance<'a>>,
     // AWF audit.jsonl.
     #[serde(borrow)]
     host: Option<Cow<'a, str>>,
@@ -185,6 +189,19 @@ struct Raw<'a> {
     #[serde(borrow)]
     ca_fingerprint: Option<Cow<'a, str>>,
     exit_code: Option<u8>,
+}
+
+/// The fields of egressd's `provenance` object the views use.
+#[derive(Deserialize)]
+struct RawProvenance<'a> {
+    #[serde(borrow)]
+    actor: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    repository: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    job_workflow_ref: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    workflow_ref: Option<Cow<'a, str>>,
 }
 
 fn parse_json(line: &str) -> Line {
@@ -235,9 +252,21 @@ fn parse_json(line: &str) -> Line {
         status: raw.status,
         credential: own(&raw.credential),
         token_source: own(&raw.token_source),
-        actor: own(&raw.actor),
-        repository: own(&raw.repository),
-        workflow: own(&raw.workflow),
+        actor: raw
+            .provenance
+            .as_ref()
+            .and_then(|p| own(&p.actor))
+            .or_else(|| own(&raw.actor)),
+        repository: raw
+            .provenance
+            .as_ref()
+            .and_then(|p| own(&p.repository))
+            .or_else(|| own(&raw.repository)),
+        workflow: raw
+            .provenance
+            .as_ref()
+            .and_then(|p| own(&p.job_workflow_ref).or_else(|| own(&p.workflow_ref)))
+            .or_else(|| own(&raw.workflow)),
     })
 }
 
@@ -426,6 +455,21 @@ mod tests {
         assert_eq!(r.credential.as_deref(), Some("azure-openai"));
         assert_eq!(r.status, Some(503));
         assert_eq!(r.actor.as_deref(), Some("octocat"));
+
+        // The nested, verified provenance egressd writes; `null` when absent.
+        let r = record(
+            r#"{"time":"2026-11-21T21:58:27Z","sandbox":"s","client":"127.0.0.1:3","orig_dst":"192.0.2.7:443","proto":"tls","name":"a.example","port":443,"decision":"allow","rule":null,"reason":"in the allowlist","upstream":null,"bytes_up":0,"bytes_down":0,"duration_ms":0,"provenance":{"issuer":"https://token.actions.githubusercontent.com","actor":"octocat","actor_id":"583231","repository":"org/consumer","job_workflow_ref":"org/platform/.github/workflows/agent.yml@refs/heads/main","workflow_ref":"org/consumer/.github/workflows/caller.yml@refs/heads/main","run_id":"9"}}"#,
+        );
+        assert_eq!(r.actor.as_deref(), Some("octocat"));
+        assert_eq!(r.repository.as_deref(), Some("org/consumer"));
+        assert_eq!(
+            r.workflow.as_deref(),
+            Some("org/platform/.github/workflows/agent.yml@refs/heads/main")
+        );
+        let r = record(
+            r#"{"time":"2026-11-21T21:58:28Z","sandbox":"s","client":"127.0.0.1:4","orig_dst":null,"proto":"dns","name":"a.example","port":53,"decision":"deny","rule":null,"reason":"x","upstream":null,"bytes_up":0,"bytes_down":0,"duration_ms":0,"provenance":null}"#,
+        );
+        assert_eq!((r.actor, r.repository, r.workflow), (None, None, None));
     }
 
     #[test]

@@ -12,12 +12,17 @@
 //! * `static_secret.rs`: a secret from the daemon's environment or a root-only file;
 //! * `token_exchange.rs`: RFC 8693 token exchange at Google STS, optionally followed by IAM
 //!   Credentials `generateAccessToken` (§6.2, §6.3);
-//! * `aws_web_identity.rs`: AWS STS `AssumeRoleWithWebIdentity`, temporary keys (§6.1).
+//! * `copilot.rs`: GitHub Copilot, the GitHub token itself or the `/copilot_internal/v2/token`
+//!   exchange, with the fallback between them (§4);
+//! * `aws_web_identity.rs`: AWS STS `AssumeRoleWithWebIdentity`, temporary keys (§6.1);
+//! * `per_actor.rs`: the triggering user's own secret, chosen by the verified `actor_id`.
 
 pub(crate) mod aws_web_identity;
+pub(crate) mod copilot;
 pub(crate) mod entra;
 pub(crate) mod entra_agent;
 pub(crate) mod github_oidc;
+pub(crate) mod per_actor;
 pub(crate) mod static_secret;
 pub(crate) mod token_exchange;
 
@@ -36,10 +41,14 @@ use super::secret::Secret;
 pub(crate) enum Source {
     /// AWS STS `AssumeRoleWithWebIdentity`.
     AwsWebIdentity(aws_web_identity::AwsWebIdentity),
+    /// GitHub Copilot over a GitHub token.
+    Copilot(copilot::Copilot),
     /// An Entra token endpoint.
     Entra(entra::Entra),
     /// The GitHub Actions OIDC endpoint.
     GithubOidc(github_oidc::GithubOidc),
+    /// The run's user's own credential (another slot), or why they get none (a 403).
+    PerActor(Result<Arc<super::Slot>, super::TokenError>),
     /// A secret that never changes while the daemon runs.
     Static(static_secret::Static),
     /// An RFC 8693 token exchange (Google STS), maybe with impersonation.
@@ -69,12 +78,26 @@ impl Source {
     pub(crate) fn label(&self) -> &'static str {
         match self {
             Source::AwsWebIdentity(_) => aws_web_identity::LABEL,
+            Source::Copilot(c) => c.label(),
             Source::Entra(e) => e.label(),
             Source::GithubOidc(_) => "github-oidc",
+            Source::PerActor(_) => "per-actor",
             Source::Static(s) => s.label(),
             Source::TokenExchange(_) => token_exchange::LABEL,
             #[cfg(test)]
             Source::Scripted(_) => "scripted",
+        }
+    }
+
+    /// The scheme this source chose for `secret`, for formats that say `{scheme}`; `None`
+    /// leaves it to the request's host.
+    pub(crate) fn scheme_for(
+        &self,
+        secret: &Secret,
+    ) -> Option<egressd_config::intercept::AuthScheme> {
+        match self {
+            Source::Copilot(c) => c.scheme_for(secret),
+            _ => None,
         }
     }
 
@@ -87,8 +110,10 @@ impl Source {
     pub(crate) async fn mint(&self, broker: &Arc<Inner>) -> Result<Minted, MintError> {
         match self {
             Source::AwsWebIdentity(a) => a.mint(broker).await,
+            Source::Copilot(c) => c.mint(broker).await,
             Source::Entra(e) => e.mint(broker).await,
             Source::GithubOidc(g) => g.mint(&broker.http).await,
+            Source::PerActor(_) => unreachable!("the broker serves the selected slot instead"),
             Source::Static(_) => unreachable!("the broker serves static secrets without minting"),
             Source::TokenExchange(t) => t.mint(broker).await,
             #[cfg(test)]
