@@ -113,6 +113,11 @@ pub struct ExecArgs {
     /// (SUDO_UID/SUDO_GID).
     #[arg(long = "user", value_name = "UID[:GID]")]
     pub user: Option<String>,
+    /// Refuse to start unless the job's GitHub OIDC token can be minted and verified, so
+    /// that every audit record names who triggered the run (same as `[provenance]
+    /// required = true`).
+    #[arg(long = "require-provenance")]
+    pub require_provenance: bool,
     /// Allow COMMAND to run as root. Root can leave the sandbox, so this is reported as
     /// not enforceable.
     #[arg(long = "allow-root")]

@@ -275,3 +275,20 @@ fn required_provenance_that_cannot_be_verified_refuses_to_start() {
     assert!(out.stderr.contains("id-token: write"), "\n{out}");
     assert!(!out.stdout.contains("the-command-ran"), "\n{out}");
 }
+
+#[test]
+fn require_provenance_flag_refuses_to_start_without_an_oidc_token() {
+    if !egressd_tests::privileged() {
+        return;
+    }
+    let out = egressd_tests::EgressdCommand::new()
+        .allow("api.allowed.example")
+        .arg("--require-provenance")
+        .sh("echo ran")
+        .run();
+    assert_eq!(out.code(), Some(125), "\n{out}");
+    assert!(
+        !out.stdout.contains("ran"),
+        "the command ran without provenance\n{out}"
+    );
+}

@@ -37,7 +37,10 @@ use crate::{
 
 /// Runs `egressd exec`; returns the command's exit code.
 pub fn run(args: ExecArgs) -> Result<u8, Failure> {
-    let config = policy::build(&args.policy, args.audit_log.clone()).map_err(Failure::usage)?;
+    let mut config = policy::build(&args.policy, args.audit_log.clone()).map_err(Failure::usage)?;
+    if args.require_provenance {
+        config.provenance.required = true;
+    }
     let mode = NetnsMode::parse(&args.netns).map_err(Failure::usage)?;
     let (uid, gid) = target_user(&args)?;
     if !nix::unistd::geteuid().is_root() {
