@@ -43,6 +43,7 @@ mod sigv4;
 mod upstream;
 
 pub(crate) use self::server::serve;
+pub(crate) use self::upstream::client_roots;
 
 pub use self::bundle::{BundleError, SYSTEM_BUNDLES, find_system_bundle, trust_bundle};
 pub use self::ca::{CA_LIFETIME, CaError, CaResolver, EphemeralCa, LEAF_CACHE_CAPACITY};

@@ -20,8 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -65,22 +64,7 @@ impl TokenHttp {
     ///
     /// A text saying what is wrong with `extra_ca_pem` (no certificate, bad PEM or DER).
     pub(crate) fn new(extra_ca_pem: Option<&[u8]>, timeout: Duration) -> Result<Self, String> {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(pem) = extra_ca_pem {
-            let mut added = 0;
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| format!("invalid PEM: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("invalid certificate: {e}"))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err("no PEM certificate in it".to_owned());
-            }
-        }
+        let roots = crate::intercept::client_roots(extra_ca_pem)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
