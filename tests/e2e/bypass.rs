@@ -80,3 +80,71 @@ echo done
         "the direct connection should be audited as having no original destination\n{out}"
     );
 }
+
+#[test]
+fn an_absolute_form_target_naming_another_host_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    // Host says the allowed name, the request line names the forbidden one (domain fronting
+    // in plain HTTP); and the reverse.
+    let script = format!(
+        "curl -sS --max-time 5 -o /dev/null -w '%{{http_code}}\\n' --resolve {API}:80:192.0.2.10 --request-target http://evil.example/ http://{API}/; \
+         curl -sS --max-time 5 -o /dev/null -w '%{{http_code}}\\n' --resolve evil.example:80:192.0.2.10 -H 'Host: {API}' --request-target http://evil.example/ http://evil.example/"
+    );
+    let out = s.egressd().allow(API).sh(&script).run();
+    out.assert_success();
+    let codes: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(codes.len(), 2, "\n{out}");
+    for code in codes {
+        assert!(
+            code == "403" || code == "400",
+            "a mismatched request got {code}\n{out}"
+        );
+    }
+    assert_eq!(s.evil_http.connections(), 0, "\n{out}");
+    assert_eq!(s.api_http.connections(), 0, "\n{out}");
+}
+
+#[test]
+fn numeric_ip_forms_are_not_names() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    // 192.0.2.10 written as a decimal, a hex and an octal number, and as IPv4-mapped IPv6.
+    let mut script = String::new();
+    for host in [
+        "3221225994",
+        "0xc000020a",
+        "030000001012",
+        "[::ffff:192.0.2.10]",
+    ] {
+        script.push_str(&format!(
+            "curl -sS --max-time 5 -o /dev/null -w '{host} %{{http_code}}\\n' http://{host}/; "
+        ));
+    }
+    let out = s.egressd().allow(API).sh(&script).run();
+    for host in [
+        "3221225994",
+        "0xc000020a",
+        "030000001012",
+        "[::ffff:192.0.2.10]",
+    ] {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(host))
+            .unwrap_or_else(|| panic!("no result for {host}\n{out}"));
+        assert!(
+            !line.ends_with(" 200"),
+            "{host} reached something: {line}\n{out}"
+        );
+    }
+    assert_eq!(
+        s.api_http.connections() + s.evil_http.connections(),
+        0,
+        "\n{out}"
+    );
+}
