@@ -50,6 +50,12 @@ pub enum Command {
     ///
     /// Example: egressd man > /usr/local/share/man/man1/egressd.1
     Man,
+    /// Drop-in for AWF (gh-aw-firewall): `awf [FLAGS] -- COMMAND` and `awf logs ...`. The
+    /// binary also answers to the name `awf` (a symlink).
+    ///
+    /// Example: sudo egressd awf --allow-domains github.com -- curl https://github.com
+    #[command(disable_version_flag = true)]
+    Awf(Box<AwfArgs>),
     /// Internal: the sandbox's PID 1 (started by `exec`, not by users).
     #[command(name = "__sandbox-init", hide = true)]
     SandboxInit(SandboxInitArgs),
@@ -135,6 +141,165 @@ pub struct ExecArgs {
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `egressd awf` (AWF's command line, `shared/reference/awf.md` §2). Flags AWF has that need
+/// Docker are refused by name before parsing (`commands/awf/flags.rs`).
+#[derive(Debug, Args)]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
+pub struct AwfArgs {
+    /// `awf logs ...`.
+    #[command(subcommand)]
+    pub logs: Option<AwfCommand>,
+    /// AWF configuration file (JSON; `-` for stdin): network.allowDomains, blockDomains,
+    /// logging.proxyLogsDir, auditDir...
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Allowed domains, comma-separated (AWF syntax). Repeatable.
+    #[arg(short = 'd', long = "allow-domains", value_name = "LIST")]
+    pub allow_domains: Vec<String>,
+    /// File of allowed domains. Repeatable.
+    #[arg(long = "allow-domains-file", value_name = "FILE")]
+    pub allow_domains_file: Vec<PathBuf>,
+    /// Blocked domains, comma-separated. Repeatable.
+    #[arg(long = "block-domains", value_name = "LIST")]
+    pub block_domains: Vec<String>,
+    /// File of blocked domains. Repeatable.
+    #[arg(long = "block-domains-file", value_name = "FILE")]
+    pub block_domains_file: Vec<PathBuf>,
+    /// Set KEY=VALUE in the command's environment. Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Pass egressd's environment through (credentials and proxy settings are still removed).
+    #[arg(long = "env-all")]
+    pub env_all: bool,
+    /// Do not pass NAME (with --env-all). Repeatable.
+    #[arg(long = "exclude-env", value_name = "NAME")]
+    pub exclude_env: Vec<String>,
+    /// File of KEY=VALUE lines for the command's environment.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// host:container[:ro|rw]; only identity mappings (the command runs on the host).
+    /// (AWF's `-v` short form is egressd's `--verbose`.)
+    #[arg(long = "mount", value_name = "HOST:CONTAINER[:MODE]")]
+    pub mount: Vec<String>,
+    /// The command's working directory.
+    #[arg(long = "container-workdir", value_name = "DIR")]
+    pub container_workdir: Option<PathBuf>,
+    /// debug, info, warn or error.
+    #[arg(long = "log-level", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Where access.log and audit.jsonl go (default: $TMPDIR/squid-logs-<ms>).
+    #[arg(long = "proxy-logs-dir", value_name = "DIR")]
+    pub proxy_logs_dir: Option<PathBuf>,
+    /// Where policy-manifest.json goes (default: $TMPDIR/awf-<ms>/audit; env AWF_AUDIT_DIR).
+    #[arg(long = "audit-dir", value_name = "DIR", env = "AWF_AUDIT_DIR")]
+    pub audit_dir: Option<PathBuf>,
+    /// Kill the command after this many minutes (exit 124).
+    #[arg(long = "agent-timeout", value_name = "MINUTES")]
+    pub agent_timeout: Option<u64>,
+    /// Accepted, no effect: egressd uses no images.
+    #[arg(long = "skip-pull")]
+    pub skip_pull: bool,
+    /// Accepted: the command already shares egressd's terminal.
+    #[arg(long = "tty")]
+    pub tty: bool,
+    /// Deprecated in AWF (the api-proxy is always on); accepted, no effect.
+    #[arg(long = "enable-api-proxy", hide = true)]
+    pub enable_api_proxy: bool,
+    /// Isolation is always on; accepted, no effect.
+    #[arg(long = "network-isolation", hide = true)]
+    pub network_isolation: bool,
+    /// Ignored with a warning, as AWF does without --legacy-security.
+    #[arg(long = "no-network-isolation", hide = true)]
+    pub no_network_isolation: bool,
+    /// Print the AWF version egressd is compatible with.
+    #[arg(short = 'V', long = "version")]
+    pub version: bool,
+    /// egressd extension: the proxy resolves HOST to ADDR. Repeatable.
+    #[arg(long = "resolve", value_name = "HOST:ADDR")]
+    pub resolve: Vec<String>,
+    /// egressd extension: DNS server for allowed names. Repeatable.
+    #[arg(long = "dns-server", value_name = "ADDR[:PORT]")]
+    pub dns_server: Vec<String>,
+    /// egressd extension: run the command as UID[:GID] (default: the user who ran sudo).
+    #[arg(long = "user", value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// egressd extension: also write egressd's own JSONL audit log to FILE.
+    #[arg(long = "audit-log", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// The command, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `awf logs`.
+#[derive(Debug, Subcommand)]
+pub enum AwfCommand {
+    /// Show the proxy's log (`awf logs [summary|stats|audit]`).
+    ///
+    /// Example: egressd awf logs --source /tmp/gh-aw/sandbox/firewall/logs --format json
+    Logs(AwfLogsArgs),
+}
+
+/// `awf logs [summary|stats|audit]`.
+#[derive(Debug, Args)]
+pub struct AwfLogsArgs {
+    /// summary, stats or audit; none: the log lines.
+    #[command(subcommand)]
+    pub view: Option<AwfLogsView>,
+    /// raw, pretty or json.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// A directory holding access.log / audit.jsonl (default: $AWF_LOGS_DIR, then the newest
+    /// $TMPDIR/squid-logs-*).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub source: Option<PathBuf>,
+    /// List the log sources found.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// The views of `awf logs`.
+#[derive(Debug, Subcommand)]
+pub enum AwfLogsView {
+    /// Counts per domain (default format pretty).
+    ///
+    /// Example: egressd awf logs stats --format json
+    Stats(AwfViewArgs),
+    /// Same as stats, markdown by default (for $GITHUB_STEP_SUMMARY).
+    ///
+    /// Example: egressd awf logs summary >> "$GITHUB_STEP_SUMMARY"
+    Summary(AwfViewArgs),
+    /// Each request with the policy rule that decided it (needs policy-manifest.json).
+    ///
+    /// Example: egressd awf logs audit --decision denied --format json
+    Audit(AwfAuditArgs),
+}
+
+/// `--format` of `awf logs stats|summary`.
+#[derive(Debug, Args)]
+pub struct AwfViewArgs {
+    /// json, markdown or pretty.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+}
+
+/// `awf logs audit`.
+#[derive(Debug, Args)]
+pub struct AwfAuditArgs {
+    /// json or pretty.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// Only entries decided by this rule id.
+    #[arg(long, value_name = "ID")]
+    pub rule: Option<String>,
+    /// Only entries for this domain.
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// allowed or denied.
+    #[arg(long, value_name = "DECISION")]
+    pub decision: Option<String>,
 }
 
 /// `egressd ca ...`.

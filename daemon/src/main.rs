@@ -55,7 +55,28 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    // `awf ...` (a symlink named awf) is `egressd awf ...`.
+    let (argv, awf) = commands::argv_for(std::env::args_os().collect());
+    let cli = if awf {
+        // AWF's conventions: errors on stderr, exit 1; flags that need Docker named.
+        if let Err(message) = commands::awf_precheck(&argv[2..]) {
+            eprintln!("[ERROR] {message}");
+            return ExitCode::from(1);
+        }
+        match cli::Cli::try_parse_from(&argv) {
+            Ok(cli) => cli,
+            Err(e) if e.use_stderr() => {
+                eprint!("{e}");
+                return ExitCode::from(1);
+            }
+            Err(e) => {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+        }
+    } else {
+        cli::Cli::parse_from(argv)
+    };
     if let cli::Command::SandboxInit(args) = &cli.command {
         // The sandbox's PID 1: no logging set-up, no runtime, nothing shared.
         return sandbox::init::run(args);

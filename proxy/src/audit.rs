@@ -37,6 +37,10 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::token::{Provenance, ProvenanceStatus};
 
+mod awf;
+
+pub use awf::{AccessLine, AwfLog, HostField};
+
 /// The most distinct denied names the summary keeps (the rest are only counted).
 const MAX_DENIED_NAMES: usize = 64;
 
@@ -172,6 +176,8 @@ pub struct AuditLog {
     summary: Mutex<Summary>,
     /// The run's provenance; `None` until the daemon sets it (then every line carries it).
     provenance: Option<ProvenanceStatus>,
+    /// AWF-format `access.log` and `audit.jsonl`, when the run asked for them (`egressd awf`).
+    awf: Option<AwfLog>,
 }
 
 impl AuditLog {
@@ -192,6 +198,7 @@ impl AuditLog {
             file,
             summary: Mutex::new(Summary::default()),
             provenance: None,
+            awf: None,
         })
     }
 
@@ -199,6 +206,14 @@ impl AuditLog {
     #[must_use]
     pub fn with_provenance(mut self, status: ProvenanceStatus) -> Self {
         self.provenance = Some(status);
+        self
+    }
+
+    /// Also writes every traffic record to AWF's `access.log` and `audit.jsonl` (see
+    /// [`AwfLog`]); lifecycle lines are not written there.
+    #[must_use]
+    pub fn with_awf(mut self, awf: AwfLog) -> Self {
+        self.awf = Some(awf);
         self
     }
 
@@ -226,6 +241,9 @@ impl AuditLog {
         }
         lock(&self.summary).add(record);
         self.write_line(record, false);
+        if let Some(awf) = &self.awf {
+            awf.record(record);
+        }
     }
 
     /// Writes a lifecycle line (`arm`/`disarm`), stamped now unless `event.time` is set. Not

@@ -64,7 +64,9 @@ use std::sync::Arc;
 #[cfg(any(test, feature = "test-util"))]
 pub use crate::addr::StaticOrigDst;
 pub use crate::addr::{ClientAddr, LoopbackSockets, OrigDst, OrigDstLookup};
-pub use crate::audit::{AttachedProgram, AuditLog, Lifecycle, LifecycleEvent, Summary};
+pub use crate::audit::{
+    AccessLine, AttachedProgram, AuditLog, AwfLog, HostField, Lifecycle, LifecycleEvent, Summary,
+};
 pub use crate::error::{ClassifyError, ConnectError, Error, ErrorKind};
 
 use crate::conn::connect::Connector;

@@ -9,6 +9,7 @@
 //! fake upstreams in a namespace the test made, through `--resolve`.
 
 mod audit;
+mod awf;
 mod bypass;
 mod cli;
 mod copilot;

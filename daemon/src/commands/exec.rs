@@ -6,11 +6,11 @@
 //! start, already inside the cgroup. Cleanup (kill what is left in the cgroup, remove it,
 //! detach the programs) runs on every exit path, Ctrl-C included.
 
-use std::sync::Arc;
+use std::{ffi::OsString, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, anyhow};
 use egressd_ebpf_common::{FLAG_REDIRECT_LOOPBACK, SandboxConfig};
-use egressd_proxy::{AuditLog, Lifecycle, Proxy};
+use egressd_proxy::{AuditLog, AwfLog, Lifecycle, Proxy};
 use nix::{
     sys::{
         signal::{Signal, kill},
@@ -42,7 +42,85 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         config.provenance.required = true;
     }
     let mode = NetnsMode::parse(&args.netns).map_err(Failure::usage)?;
-    let (uid, gid) = target_user(&args)?;
+    let (uid, gid) = target_user(args.user.as_deref(), args.allow_root)?;
+    let outcome = run_plan(Plan {
+        config,
+        mode,
+        uid,
+        gid,
+        command: args.command,
+        env: None,
+        cwd: None,
+        timeout: None,
+        awf: None,
+        test_proxy_down: args.test_proxy_down,
+    })?;
+    eprintln!("{}", outcome.summary);
+    if !outcome.counters.is_empty() {
+        let list: Vec<String> = outcome
+            .counters
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        eprintln!("egressd: kernel: {}", list.join(" "));
+    }
+    Ok(outcome.code)
+}
+
+/// Everything a sandboxed run needs, validated by the caller (`exec`, `awf`).
+pub(crate) struct Plan {
+    /// The compiled configuration (policy, credentials, audit log path).
+    pub config: egressd_config::Config,
+    /// Which network namespace the command gets.
+    pub mode: NetnsMode,
+    /// User the command runs as (see [`target_user`]).
+    pub uid: u32,
+    /// Group the command runs as.
+    pub gid: u32,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// The command's environment before the trust bundle and placeholders are added;
+    /// `None`: ours, scrubbed ([`env::sandbox_env`]).
+    pub env: Option<Vec<(OsString, OsString)>>,
+    /// The command's working directory (`None`: egressd's). Must be absolute.
+    pub cwd: Option<PathBuf>,
+    /// Kill the command after this long (SIGTERM, SIGKILL 10 s later) and return 124.
+    pub timeout: Option<Duration>,
+    /// AWF-format logs to write besides egressd's own.
+    pub awf: Option<AwfLog>,
+    /// Testing only: see `ExecArgs::test_proxy_down`.
+    pub test_proxy_down: bool,
+}
+
+/// How a run ended.
+pub(crate) struct RunOutcome {
+    /// The command's exit code (128+N when killed by signal N; 124 on timeout).
+    pub code: u8,
+    /// The run was ended by `Plan::timeout`.
+    pub timed_out: bool,
+    /// The audit summary.
+    pub summary: egressd_proxy::Summary,
+    /// The kernel-side counters.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+/// Exit code when the command was killed by `Plan::timeout` (as `timeout(1)`, AWF).
+pub(crate) const EXIT_TIMEOUT: u8 = 124;
+
+/// Sets up the sandbox, runs `plan.command` in it, and tears it all down.
+pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
+    let Plan {
+        config,
+        mode,
+        uid,
+        gid,
+        command,
+        env: base_env,
+        cwd,
+        timeout,
+        awf,
+        test_proxy_down,
+    } = plan;
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure::setup(anyhow!(
             "egressd exec needs root: it loads eBPF programs, creates a cgroup and a network \
@@ -57,11 +135,13 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
     }
     // Who triggered the run, verified, before anything is set up (`[provenance]`).
     let provenance = crate::provenance::establish(&config)?;
-    let audit = Arc::new(
-        AuditLog::new(config.audit_log.as_deref())
-            .map_err(|e| Failure::usage(anyhow!(e).context("opening the audit log")))?
-            .with_provenance(provenance.clone()),
-    );
+    let audit = AuditLog::new(config.audit_log.as_deref())
+        .map_err(|e| Failure::usage(anyhow!(e).context("opening the audit log")))?
+        .with_provenance(provenance.clone());
+    let audit = Arc::new(match awf {
+        Some(awf) => audit.with_awf(awf),
+        None => audit,
+    });
     let sandbox = format!("egressd-{}", std::process::id());
 
     // Declared before the cgroup so that it is dropped after it: the cgroup is emptied
@@ -143,14 +223,14 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         let _guard = runtime.enter();
         let listeners = std::iter::once(net.listener4).chain(net.listener6);
         // --test-proxy-down: the listeners are dropped (closed) here, unserved.
-        for listener in listeners.filter(|_| !args.test_proxy_down) {
+        for listener in listeners.filter(|_| !test_proxy_down) {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .context("registering the proxy listener")
                 .map_err(Failure::setup)?;
             servers.push(runtime.spawn(proxy.clone().serve(listener, shutdown.clone())));
         }
         let dns_sockets = std::iter::once(net.dns4).chain(net.dns6);
-        for socket in dns_sockets.filter(|_| !args.test_proxy_down) {
+        for socket in dns_sockets.filter(|_| !test_proxy_down) {
             let socket = tokio::net::UdpSocket::from_std(socket)
                 .context("registering the DNS listener")
                 .map_err(Failure::setup)?;
@@ -168,23 +248,42 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
     );
     // Start the command from this (the main) thread: the parent-death signal follows the
     // thread that created the child.
+    let extra = [
+        bundle.as_ref().map(TrustBundle::env).unwrap_or_default(),
+        config_for_broker.placeholders.clone(),
+    ]
+    .concat();
+    let env = match base_env {
+        // The trust bundle, and placeholders for keys the daemon keeps (Copilot BYOK).
+        None => env::sandbox_env(uid, &env::credential_vars(&config_for_broker), &extra),
+        Some(mut given) => {
+            given.retain(|(k, _)| !extra.iter().any(|(e, _)| k == e.as_str()));
+            given.extend(extra.into_iter().map(|(k, v)| (k.into(), v.into())));
+            given
+        }
+    };
+    // The child inherits the working directory: set it only around the spawn.
+    let previous_cwd = match &cwd {
+        Some(dir) => {
+            let previous = std::env::current_dir().ok();
+            std::env::set_current_dir(dir)
+                .with_context(|| format!("changing to the working directory {}", dir.display()))
+                .map_err(Failure::setup)?;
+            previous
+        }
+        None => None,
+    };
     let spawned = spawn::spawn(spawn::Spec {
         cgroup_procs: &cgroup.procs_file(),
         netns: net.netns.as_ref(),
         uid,
         gid,
-        command: &args.command,
-        env: env::sandbox_env(
-            uid,
-            &env::credential_vars(&config_for_broker),
-            // The trust bundle, and placeholders for keys the daemon keeps (Copilot BYOK).
-            &[
-                bundle.as_ref().map(TrustBundle::env).unwrap_or_default(),
-                config_for_broker.placeholders.clone(),
-            ]
-            .concat(),
-        ),
+        command: &command,
+        env,
     });
+    if let Some(previous) = previous_cwd {
+        let _ = std::env::set_current_dir(previous);
+    }
     let child = match spawned {
         Ok(child) => child,
         Err(e) => {
@@ -193,27 +292,27 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         }
     };
 
-    let code = runtime.block_on(async {
-        let code = wait_forwarding_signals(child).await;
+    let (code, timed_out) = runtime.block_on(async {
+        let ended = wait_forwarding_signals(child, timeout).await;
         shutdown.cancel();
         for server in servers {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(3), server).await;
         }
-        code
+        ended
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     audit.lifecycle(&Lifecycle::disarm(&sandbox, code));
 
-    eprintln!("{}", audit.summary());
-    let counters = loader.counters();
-    if !counters.is_empty() {
-        let list: Vec<String> = counters.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        eprintln!("egressd: kernel: {}", list.join(" "));
-    }
+    let outcome = RunOutcome {
+        code,
+        timed_out,
+        summary: audit.summary(),
+        counters: loader.counters(),
+    };
     drop(cgroup);
     drop(loader);
     drop(bundle);
-    Ok(code)
+    Ok(outcome)
 }
 
 /// Adds TLS interception to `proxy`: a CA for the intercepted hosts (key in memory), the
@@ -263,8 +362,8 @@ fn intercepting(
 
 /// The user the command runs as: `--user`, else the one who ran sudo; root only with
 /// `--allow-root`.
-fn target_user(args: &ExecArgs) -> Result<(u32, u32), Failure> {
-    let (uid, gid) = if let Some(spec) = &args.user {
+pub(crate) fn target_user(user: Option<&str>, allow_root: bool) -> Result<(u32, u32), Failure> {
+    let (uid, gid) = if let Some(spec) = user {
         parse_user(spec).map_err(Failure::usage)?
     } else if let Some(ids) = env::sudo_user() {
         ids
@@ -274,7 +373,7 @@ fn target_user(args: &ExecArgs) -> Result<(u32, u32), Failure> {
             nix::unistd::getgid().as_raw(),
         )
     };
-    if uid == 0 && !args.allow_root {
+    if uid == 0 && !allow_root {
         return Err(Failure::usage(anyhow!(
             "refusing to run the command as root: root could leave the sandbox; run egressd \
              through sudo from your own account, pass --user UID[:GID], or accept the risk \
@@ -306,8 +405,8 @@ fn parse_user(spec: &str) -> anyhow::Result<(u32, u32)> {
 }
 
 /// Waits for the sandbox's PID 1, passing on SIGINT/SIGTERM/SIGHUP/SIGQUIT; returns its
-/// exit code (128+signal when killed).
-async fn wait_forwarding_signals(child: Pid) -> u8 {
+/// exit code (128+signal when killed) and whether `timeout` ended it ([`EXIT_TIMEOUT`]).
+async fn wait_forwarding_signals(child: Pid, timeout: Option<Duration>) -> (u8, bool) {
     let mut wait = tokio::task::spawn_blocking(move || {
         loop {
             match waitpid(child, None) {
@@ -337,11 +436,26 @@ async fn wait_forwarding_signals(child: Pid) -> u8 {
             });
         }
     }
+    // Far enough away to never fire when there is no timeout.
+    let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::from_secs(100 * 365 * 86_400)));
+    tokio::pin!(deadline);
+    let mut timed_out = false;
     loop {
         tokio::select! {
-            result = &mut wait => return result.unwrap_or(crate::EXIT_SETUP),
+            result = &mut wait => {
+                let code = result.unwrap_or(crate::EXIT_SETUP);
+                return if timed_out { (EXIT_TIMEOUT, true) } else { (code, false) };
+            }
             Some(sig) = rx.recv() => {
                 let _ = kill(child, sig);
+            }
+            () = &mut deadline, if timeout.is_some() && !timed_out => {
+                timed_out = true;
+                let _ = kill(child, Signal::SIGTERM);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    let _ = kill(child, Signal::SIGKILL);
+                });
             }
         }
     }

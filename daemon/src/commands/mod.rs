@@ -2,6 +2,7 @@
 
 mod allowlist;
 pub(crate) mod audit;
+mod awf;
 mod ca;
 mod exec;
 mod generate;
@@ -9,10 +10,13 @@ mod lint;
 
 use crate::{Failure, cli};
 
+pub use awf::{argv_for, precheck as awf_precheck};
+
 /// Runs a parsed command line; `Ok` carries the exit code.
 pub fn run(cli: cli::Cli) -> Result<u8, Failure> {
     match cli.command {
         cli::Command::Exec(args) => exec::run(args),
+        cli::Command::Awf(args) => awf::run(*args),
         cli::Command::Allowlist(cli::AllowlistCommand::Check(args)) => allowlist::check(&args),
         cli::Command::Allowlist(cli::AllowlistCommand::Show(args)) => allowlist::show(&args),
         cli::Command::Allowlist(cli::AllowlistCommand::Explain(args)) => allowlist::explain(&args),

@@ -1,0 +1,238 @@
+//! `egressd awf` / `awf`: the gh-aw smoke invocation (`shared/reference/awf.md` §1.2) replayed
+//! against the Scene's fakes, its AWF-format logs read the way gh-aw reads them (§6.3), and
+//! `awf logs summary` (§6.4).
+
+use std::fs;
+
+use egressd_tests::{API, EVIL, EgressdCommand, Scene, Scratch, privileged, shell_words};
+use serde_json::Value;
+
+/// gh-aw's classification (`firewall_blocked_domains.cjs`, `pkg/cli/firewall_log.go`): `None`
+/// when the line is not a log line, else `Some((domain, allowed))`.
+fn gh_aw_classify(line: &str) -> Option<(String, bool)> {
+    // Split on whitespace, quoted strings kept together.
+    let mut fields = Vec::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        if let Some(q) = rest.strip_prefix('"') {
+            let end = q.find('"').unwrap_or(q.len());
+            fields.push(&q[..end]);
+            rest = q.get(end + 1..).unwrap_or("").trim_start();
+        } else {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            fields.push(&rest[..end]);
+            rest = rest[end..].trim_start();
+        }
+    }
+    if fields.len() < 10 {
+        return None;
+    }
+    let ts = fields[0];
+    let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    let ts_ok = match ts.split_once('.') {
+        Some((a, b)) => numeric(a) && numeric(b),
+        None => numeric(ts),
+    };
+    if !ts_ok {
+        return None;
+    }
+    let (status, decision) = (fields[6], fields[7]);
+    let blocked = ["403", "407"].contains(&status)
+        || decision.contains("NONE_NONE")
+        || decision.contains("TCP_DENIED");
+    let allowed = !blocked
+        && (["200", "206", "304"].contains(&status)
+            || ["TCP_TUNNEL", "TCP_HIT", "TCP_MISS"]
+                .iter()
+                .any(|d| decision.contains(d)));
+    let domain = fields[2].rsplit_once(':').map_or(fields[2], |(d, _)| d);
+    Some((domain.to_owned(), allowed))
+}
+
+#[test]
+fn gh_aw_smoke_invocation_runs_with_awf_logs_and_summary() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let logs = s.scratch.path("firewall/logs");
+    let audit = s.scratch.path("firewall/audit");
+    let work = s.scratch.path("workspace");
+    fs::create_dir_all(&work).unwrap();
+    // The JSON line gh-aw writes (§1.2), with our allowlist and directories.
+    let config = format!(
+        r#"{{"$schema":"https://github.com/github/gh-aw-firewall/releases/download/v0.28.4/awf-config.schema.json","network":{{"allowDomains":["{API}"],"isolation":true}},"apiProxy":{{"enabled":true,"enableTokenSteering":true,"maxRuns":500,"maxAiCredits":1000,"maxCacheMisses":5,"models":{{}}}},"container":{{"imageTag":"0.28.4,squid=sha256:aa,agent=sha256:bb,api-proxy=sha256:cc,cli-proxy=sha256:dd"}},"logging":{{"proxyLogsDir":"{}","auditDir":"{}"}}}}"#,
+        logs.display(),
+        audit.display()
+    );
+    let config = s.scratch.write("awf-config.json", config);
+    let script = format!(
+        "pwd; {}; {}; exit 7",
+        shell_words(&s.curl_https(API, "192.0.2.10")),
+        shell_words(&s.curl_https(EVIL, "192.0.2.11"))
+    );
+    let dir = s.scratch.dir().display().to_string();
+    let out = EgressdCommand::new()
+        .subcommand(["awf"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--container-workdir")
+        .arg(&work)
+        .args(["--mount", &format!("{dir}:{dir}:ro")])
+        .args(["--mount", &format!("{dir}:/host{dir}:ro")])
+        .args([
+            "--env-all",
+            "--exclude-env",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+        ])
+        .args(["--exclude-env", "COPILOT_GITHUB_TOKEN"])
+        .args([
+            "--mount",
+            "/tmp:/tmp:rw",
+            "--log-level",
+            "info",
+            "--skip-pull",
+        ])
+        // egressd extensions: the fakes' addresses and the sandbox user.
+        .args(["--resolve", &format!("{API}:{}", s.net.addr())])
+        .args(["--resolve", &format!("{EVIL}:{}", s.net.addr2())])
+        .args(["--user", "65534:65534", "--"])
+        .command([script])
+        .run();
+
+    // Exit code and messages (§7).
+    assert_eq!(out.code(), Some(7), "\n{out}");
+    assert!(
+        out.stdout.starts_with(&format!("{}\n", work.display())),
+        "--container-workdir is the command's cwd\n{out}"
+    );
+    for line in [
+        format!("[INFO] Allowed domains: {API}\n"),
+        "[WARN] Firewall blocked domains:\n".to_owned(),
+        format!("[WARN]   - Blocked: {EVIL}:443 (domain not in allowlist)\n"),
+        format!("[WARN]   - Allowed: {API}\n"),
+        format!("[WARN] To fix domain issues: --allow-domains \"{API},{EVIL}\"\n"),
+        "[WARN] Command completed with exit code: 7\n".to_owned(),
+    ] {
+        assert!(out.stderr.contains(&line), "missing {line:?}\n{out}");
+    }
+    assert!(
+        out.stderr.ends_with("Process exiting with code: 7\n"),
+        "\n{out}"
+    );
+
+    // access.log: firewall_detailed lines that gh-aw classifies as Squid's.
+    let access = fs::read_to_string(logs.join("access.log")).unwrap();
+    let classified: Vec<(String, bool)> = access.lines().filter_map(gh_aw_classify).collect();
+    assert_eq!(classified.len(), access.lines().count(), "{access}");
+    assert!(classified.contains(&(API.to_owned(), true)), "{access}");
+    assert!(classified.contains(&(EVIL.to_owned(), false)), "{access}");
+    let allowed_line = access.lines().find(|l| l.contains(API)).unwrap();
+    assert!(
+        allowed_line.contains(&format!(
+            " {API}:443 {}:443 1.1 CONNECT 200 TCP_TUNNEL:HIER_DIRECT {API}:443 \"-\"",
+            s.net.addr()
+        )),
+        "{allowed_line}"
+    );
+    let denied_line = access.lines().find(|l| l.contains(EVIL)).unwrap();
+    assert!(
+        denied_line.contains(&format!(
+            " {EVIL}:443 -:- 1.1 CONNECT 403 TCP_DENIED:HIER_NONE {EVIL}:443 \"-\""
+        )),
+        "{denied_line}"
+    );
+
+    // audit.jsonl in AWF's schema, beside access.log (§6.1).
+    let records: Vec<Value> = fs::read_to_string(logs.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let denied = records
+        .iter()
+        .find(|r| r["host"] == format!("{EVIL}:443"))
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(denied["_schema"], "audit/v0.28.4");
+    assert_eq!(denied["event"], "http_access");
+    assert_eq!(denied["method"], "CONNECT");
+    assert_eq!(denied["status"], 403);
+    assert_eq!(denied["decision"], "TCP_DENIED");
+    assert_eq!(denied["dest"], "-:-");
+
+    // policy-manifest.json in the audit dir (§6.5).
+    let manifest: Value =
+        serde_json::from_str(&fs::read_to_string(audit.join("policy-manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["version"], 1);
+    let rule = manifest["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "allow-both-plain")
+        .unwrap_or_else(|| panic!("{manifest:#}"));
+    assert_eq!(rule["domains"][0], API);
+
+    // `awf logs summary` (markdown by default), with the Policy Rules block from ../audit.
+    let summary = EgressdCommand::new()
+        .subcommand(["awf", "logs", "summary", "--source"])
+        .command([&logs])
+        .run();
+    assert_eq!(summary.code(), Some(0), "\n{summary}");
+    let (first, second) = if API < EVIL { (API, EVIL) } else { (EVIL, API) };
+    let row = |d: &str| {
+        if d == API {
+            format!("| {API} | 1 | 0 |\n")
+        } else {
+            format!("| {EVIL} | 0 | 1 |\n")
+        }
+    };
+    let expected = format!(
+        "<details>\n<summary>Firewall Activity</summary>\n\n▼ 2 requests | 1 allowed | 1 \
+         blocked | 2 unique domains\n\n| Domain | Allowed | Denied |\n|--------|---------|\
+         --------|\n{}{}\n<details>\n<summary>Policy Rules</summary>\n\n| Rule | Action | Hits \
+         | Description |\n|------|--------|------|-------------|\n| deny-raw-ipv4 | 🚫 deny | 0 \
+         | Deny direct IPv4 connections (no allowed name) |\n| deny-raw-ipv6 | 🚫 deny | 0 | \
+         Deny direct IPv6 connections (no allowed name) |\n| allow-both-plain | ✅ allow | 1 | \
+         Allow HTTP and HTTPS to listed domains |\n| deny-default | 🚫 deny | 1 | Deny all \
+         other traffic |\n\n</details>\n\n</details>\n\n",
+        row(first),
+        row(second)
+    );
+    assert_eq!(summary.stdout, expected, "\n{summary}");
+}
+
+#[test]
+fn awf_name_version_and_refusals() {
+    let scratch = Scratch::new();
+    let link = scratch.path("awf");
+    std::os::unix::fs::symlink(egressd_tests::egressd_bin(), &link).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(&link)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--version"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0.28.4\n");
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = run(&["--build-local", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("[ERROR] --build-local is not supported by egressd: "),
+        "{err}"
+    );
+
+    let config = scratch.write("c.json", r#"{"network":{"allowDomainz":["x.com"]}}"#);
+    let out = run(&["--config", &config.display().to_string(), "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("[ERROR] Fatal error: --config ")
+            && err.contains("unknown configuration key network.allowDomainz"),
+        "{err}"
+    );
+    assert!(err.ends_with("Process exiting with code: 1\n"), "{err}");
+}
