@@ -52,6 +52,8 @@ pub struct Config {
     pub placeholders: Vec<(String, String)>,
     /// The `[provenance]` settings (defaults when the table is absent).
     pub provenance: crate::provenance::ProvenanceConfig,
+    /// AWF's api-proxy, served by egressd (`egressd awf` only; see [`crate::apiproxy`]).
+    pub api_proxy: Option<crate::apiproxy::ApiProxy>,
 }
 
 /// The sandbox DNS listener's answer for a name the allowlist does not cover.
@@ -375,6 +377,7 @@ impl ConfigBuilder {
             github: self.github.and_then(|g| g.deployment),
             placeholders,
             provenance: self.provenance,
+            api_proxy: None,
         })
     }
 

@@ -34,6 +34,7 @@
 )]
 
 mod addr;
+pub mod apiproxy;
 mod builder;
 pub mod copilot;
 pub mod credential;

@@ -222,6 +222,9 @@ pub struct AwfArgs {
     /// egressd extension: DNS server for allowed names. Repeatable.
     #[arg(long = "dns-server", value_name = "ADDR[:PORT]")]
     pub dns_server: Vec<String>,
+    /// egressd extension: extra CA certificates (PEM) trusted for the api-proxy's upstreams.
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
     /// egressd extension: run the command as UID[:GID] (default: the user who ran sudo).
     #[arg(long = "user", value_name = "UID[:GID]")]
     pub user: Option<String>,

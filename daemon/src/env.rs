@@ -178,6 +178,32 @@ pub fn github_run() -> egressd_config::intercept::RunVars {
     }
 }
 
+/// What `egressd awf`'s api-proxy reads from the daemon's environment (reference/awf.md
+/// §5.2): which provider key variables are set (names only; the broker reads the values
+/// through `env` credentials), `COPILOT_API_TARGET` and `COPILOT_INTEGRATION_ID`.
+pub struct ApiProxyEnv {
+    /// The set (non-empty) variables among the providers' key variables.
+    pub keys: Vec<&'static str>,
+    /// `COPILOT_API_TARGET`: the Copilot API host (or URL).
+    pub copilot_target: Option<String>,
+    /// `COPILOT_INTEGRATION_ID`.
+    pub integration_id: Option<String>,
+}
+
+/// Reads [`ApiProxyEnv`].
+pub fn api_proxy_env() -> ApiProxyEnv {
+    let set = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    ApiProxyEnv {
+        keys: egressd_config::apiproxy::Provider::ALL
+            .into_iter()
+            .map(egressd_config::apiproxy::Provider::key_var)
+            .filter(|v| set(v).is_some())
+            .collect(),
+        copilot_target: set("COPILOT_API_TARGET"),
+        integration_id: set("COPILOT_INTEGRATION_ID"),
+    }
+}
+
 /// Copilot BYOK (`COPILOT_PROVIDER_BASE_URL` and which key variable is set), when egressd's
 /// environment has a base URL. Only the variable's name is passed on: the broker reads the
 /// key through the `env` credential the configuration makes of it, and the sandbox gets a

@@ -235,6 +235,16 @@ impl Proxy {
         if let Some(q) = query.queries.first() {
             rec.qtype = Some(q.query_type().to_string());
         }
+        if let Some(answers) = self.api_proxy_answer(&query) {
+            rec.name = Some(egressd_config::apiproxy::HOST.to_owned());
+            rec.decision = AuditDecision::Allow;
+            rec.reason = "the api-proxy".to_owned();
+            rec.answers = Some(answers.len() as u32);
+            reply.add_answers(answers);
+            self.finish_dns(rec, started);
+            let client_limit = query.edns.as_ref().map(Edns::max_payload);
+            return encode(&reply, transport, client_limit);
+        }
         match decide(&self.config.policy, self.config.dns_denied, &query) {
             DnsVerdict::Refuse {
                 name,
@@ -275,6 +285,31 @@ impl Proxy {
         self.finish_dns(rec, started);
         let client_limit = query.edns.as_ref().map(Edns::max_payload);
         encode(&reply, transport, client_limit)
+    }
+
+    /// In AWF mode, the answers for `api-proxy` (A: `172.30.0.30`; no AAAA); `None` for any
+    /// other question, or outside AWF mode.
+    fn api_proxy_answer(&self, query: &Message) -> Option<Vec<DnsRecord>> {
+        self.api_proxy.as_ref()?;
+        let [q] = query.queries.as_slice() else {
+            return None;
+        };
+        let ascii = q.name().to_ascii();
+        let name = ascii.strip_suffix('.').unwrap_or(&ascii);
+        if !name.eq_ignore_ascii_case(egressd_config::apiproxy::HOST)
+            || q.query_class() != DNSClass::IN
+        {
+            return None;
+        }
+        let owner = Name::from_ascii(format!("{}.", egressd_config::apiproxy::HOST)).ok()?;
+        Some(match q.query_type() {
+            RecordType::A => vec![DnsRecord::from_rdata(
+                owner,
+                OVERRIDE_TTL,
+                RData::A(A(egressd_config::apiproxy::IP)),
+            )],
+            _ => Vec::new(),
+        })
     }
 
     /// Answers for an allowed name: `--resolve` overrides first, else the resolver.

@@ -7,6 +7,7 @@
 //! ```text
 //!  accept ─► original dst (OrigDstLookup; recorded, never trusted)
 //!     │        none ─► deny          loopback ─► decide on the port ─► dial it, relay
+//!     │        172.30.0.30 (AWF mode) ─► apiproxy.rs: AWF's api-proxy, not the allowlist
 //!     ▼
 //!  classify  (conn/classify.rs)   first bytes, kept for replay, with a timeout
 //!     │   TLS ClientHello ─► SNI, ALPN, ECH?        HTTP/1 request head ─► Host
@@ -46,6 +47,7 @@
 #![warn(missing_docs)]
 
 mod addr;
+mod apiproxy;
 mod audit;
 mod body;
 mod conn;
@@ -82,6 +84,7 @@ pub struct Proxy {
     sandbox: String,
     connector: Arc<Connector>,
     interception: Option<intercept::Interception>,
+    api_proxy: Option<apiproxy::Server>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -116,6 +119,7 @@ impl Proxy {
             sandbox,
             connector,
             interception: None,
+            api_proxy: None,
         })
     }
 
@@ -146,6 +150,33 @@ impl Proxy {
         )
         .map_err(Error::Interception)?;
         self.interception = Some(interception);
+        Ok(self)
+    }
+
+    /// Serves AWF's api-proxy (`config.api_proxy`) at `172.30.0.30:10000-10004` with
+    /// credentials from `broker`, upstream certificates verified against the webpki roots and
+    /// `config.upstream_ca`. Without `config.api_proxy` this does nothing.
+    ///
+    /// # Errors
+    ///
+    /// The upstream CA file cannot be read or holds no certificate.
+    pub fn with_api_proxy(mut self, broker: token::Broker) -> Result<Self, Error> {
+        let Some(api) = self.config.api_proxy.clone() else {
+            return Ok(self);
+        };
+        let extra = match &self.config.upstream_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                Error::Interception(format!("reading the upstream CA {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let upstream = intercept::upstream::Upstream::new(
+            Arc::clone(&self.connector),
+            Arc::clone(&self.config.policy),
+            extra.as_deref(),
+        )
+        .map_err(Error::Interception)?;
+        self.api_proxy = Some(apiproxy::Server::new(api, upstream, broker));
         Ok(self)
     }
 

@@ -236,3 +236,94 @@ fn awf_name_version_and_refusals() {
     );
     assert!(err.ends_with("Process exiting with code: 1\n"), "{err}");
 }
+
+/// The api-proxy (§5): the agent calls `http://api-proxy:10000` with AWF's placeholder key;
+/// egressd serves it, strips the placeholder and sends the daemon's key to the (fake) OpenAI
+/// over verified TLS. `/health` answers like AWF's, an unconfigured provider gets AWF's 403.
+#[test]
+fn api_proxy_injects_the_daemons_key_and_answers_health() {
+    if !privileged() {
+        return;
+    }
+    const OPENAI: &str = "api.openai.com";
+    let s = Scene::new();
+    let openai = egressd_tests::HttpsUpstream::start(&s.net, s.net.addr3(), &[OPENAI], &s.ca);
+    let curl = "curl -sS --max-time 20 -w ' [HTTP %{http_code}]'";
+    let script = format!(
+        "{curl} http://api-proxy:10000/health; echo; \
+         {curl} -H \"Authorization: Bearer $OPENAI_API_KEY\" -H 'Content-Type: application/json' \
+           -d '{{\"model\":\"gpt-4o\"}}' http://api-proxy:10000/v1/chat/completions; echo; \
+         {curl} -d '{{}}' http://api-proxy:10001/v1/messages; echo; \
+         echo \"base=$OPENAI_BASE_URL key=$OPENAI_API_KEY\"; \
+         env | grep -c 'sk-real-openai-key' || true"
+    );
+    let out = EgressdCommand::new()
+        .subcommand(["awf"])
+        .args(["--log-level", "info", "--env-all"])
+        .args(["--resolve", &format!("{OPENAI}:{}", s.net.addr3())])
+        .arg("--upstream-ca")
+        .arg(&s.ca_pem)
+        .arg("--audit-log")
+        .arg(&s.audit_log)
+        .arg("--proxy-logs-dir")
+        .arg(s.scratch.path("logs"))
+        .env("OPENAI_API_KEY", "sk-real-openai-key")
+        .args(["--user", "65534:65534", "--"])
+        .command([script])
+        .run();
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "\n{out}");
+    let health: Value = serde_json::from_str(
+        lines[0]
+            .strip_suffix(" [HTTP 200]")
+            .unwrap_or_else(|| panic!("/health\n{out}")),
+    )
+    .unwrap();
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert_eq!(health["providers"]["openai"], true, "{health}");
+    assert_eq!(health["providers"]["anthropic"], false, "{health}");
+    assert_eq!(
+        lines[1],
+        format!("hello from {OPENAI} via {OPENAI} [HTTP 200]"),
+        "\n{out}"
+    );
+    assert!(
+        lines[2].contains("\"type\":\"provider_not_configured\"")
+            && lines[2].ends_with("[HTTP 403]"),
+        "\n{out}"
+    );
+    assert_eq!(
+        lines[3], "base=http://172.30.0.30:10000 key=sk-placeholder-for-api-proxy",
+        "\n{out}"
+    );
+    assert_eq!(lines[4], "0", "the real key is in the sandbox\n{out}");
+    assert_eq!(
+        openai.credentials(),
+        vec![(
+            0,
+            "authorization".to_owned(),
+            "Bearer sk-real-openai-key".to_owned()
+        )],
+        "the upstream must get the daemon's key and not the placeholder\n{out}"
+    );
+    let records = egressd_tests::read_audit(&s.audit_log);
+    let rec = records
+        .iter()
+        .find(|r| r["path"] == "/v1/chat/completions")
+        .unwrap_or_else(|| panic!("no record of the proxied request\n{out}"));
+    assert_eq!(rec["name"], OPENAI, "{rec}");
+    assert_eq!(rec["decision"], "allow", "{rec}");
+    assert_eq!(rec["status"], 200, "{rec}");
+    assert_eq!(rec["credential"], "awf-openai", "{rec}");
+    let log = fs::read_to_string(&s.audit_log).unwrap();
+    assert!(
+        !log.contains("sk-real-openai-key"),
+        "the key is in the audit log"
+    );
+    // AWF's access.log: the forwarded request under the provider's host; what the api-proxy
+    // answered itself (health, unconfigured provider) is not there, as Squid never sees it.
+    let access = fs::read_to_string(s.scratch.path("logs/access.log")).unwrap();
+    let classified: Vec<(String, bool)> = access.lines().filter_map(gh_aw_classify).collect();
+    assert_eq!(classified, vec![(OPENAI.to_owned(), true)], "\n{access}");
+}

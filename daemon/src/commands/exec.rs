@@ -216,6 +216,22 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         ca_fingerprint = Some(fingerprint);
         with
     };
+    // AWF's api-proxy (`egressd awf`): routes per provider port, keys through the broker.
+    let proxy = if config_for_broker.api_proxy.is_some() {
+        let _guard = runtime.enter();
+        let broker = egressd_proxy::token::Broker::with_provenance(
+            &config_for_broker,
+            env::token_source_env(&config_for_broker),
+            provenance.verified().cloned(),
+        )
+        .context("setting up the api-proxy credentials")
+        .map_err(Failure::setup)?;
+        proxy
+            .with_api_proxy(broker)
+            .map_err(|e| Failure::setup(anyhow!(e).context("starting the api-proxy")))?
+    } else {
+        proxy
+    };
     let proxy = Arc::new(proxy);
     let shutdown = CancellationToken::new();
     let mut servers = Vec::new();

@@ -121,6 +121,13 @@ pub struct HostField<'a> {
 impl<'a> AccessLine<'a> {
     /// The line for `r`, or `None` for records Squid would not log.
     pub(crate) fn from_record(r: &'a Record) -> Option<Self> {
+        // Requests the api-proxy answered itself never reach Squid in AWF (the agent talks
+        // to the sidecar directly); the ones it forwards are logged under the provider's host.
+        if r.name.as_deref() == Some(egressd_config::apiproxy::HOST)
+            && r.orig_dst.map(|o| o.ip()) == Some(egressd_config::apiproxy::IP.into())
+        {
+            return None;
+        }
         let allow = r.decision == AuditDecision::Allow;
         let port = r.port.or(r.orig_dst.map(|o| o.port())).unwrap_or(0);
         let host = HostField {
@@ -338,6 +345,15 @@ mod tests {
             r.upstream = Some(format!("140.82.116.5:{port}").parse().unwrap());
         }
         r
+    }
+
+    #[test]
+    fn what_the_api_proxy_answers_itself_is_not_logged() {
+        let mut r = rec(Proto::Https, Some("api-proxy"), 10000, true);
+        r.orig_dst = Some("172.30.0.30:10000".parse().unwrap());
+        assert!(AccessLine::from_record(&r).is_none());
+        r.name = Some("api.openai.com".to_owned());
+        assert!(AccessLine::from_record(&r).is_some());
     }
 
     fn access(r: &Record) -> String {

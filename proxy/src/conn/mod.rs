@@ -56,6 +56,12 @@ impl Proxy {
             // The kernel sends TCP to port 53 here: DNS over TCP, answered like UDP.
             return crate::dns::serve_tcp(&self, stream, client.0, orig.0).await;
         }
+        if self.api_proxy.is_some()
+            && orig.0.ip() == std::net::IpAddr::V4(egressd_config::apiproxy::IP)
+        {
+            // AWF's api-proxy sidecar: served here, not decided by the allowlist.
+            return crate::apiproxy::serve(self, stream, client.0, orig.0).await;
+        }
         let local_dst = connect::is_local(orig.0.ip());
         if orig.0 == local || (local_dst && orig.0.port() == local.port()) {
             rec.reason = SELF_LOOP.to_owned();

@@ -40,7 +40,7 @@ mod ca;
 mod scope;
 mod server;
 mod sigv4;
-mod upstream;
+pub(crate) mod upstream;
 
 pub(crate) use self::server::serve;
 pub(crate) use self::upstream::client_roots;

@@ -2,7 +2,8 @@
 //! egressd does not know is an error naming it, as AWF's schema (`additionalProperties:
 //! false`) makes it. Keys that AWF honours with Docker or the api-proxy are either refused
 //! (they would change what is enforced) or accepted with a warning (they only tune the
-//! api-proxy, which egressd does not run yet); none is ignored silently.
+//! budgets and limits of the api-proxy, which egressd does not enforce); none is ignored
+//! silently.
 
 use std::path::PathBuf;
 
@@ -97,7 +98,7 @@ pub fn parse(text: &str) -> Result<AwfConfig, String> {
 }
 
 const DOCKER: &str = "it configures AWF's containers; egressd runs the command on the host";
-const API_PROXY: &str = "not enforced: egressd does not run the api-proxy (ports 10000-10004) yet";
+const API_PROXY: &str = "not enforced: egressd's api-proxy routes requests and injects credentials, without budgets, rate limits or model aliases";
 
 fn network(config: &mut AwfConfig, network: &Map<String, Value>) -> Result<(), String> {
     for (k, v) in network {
@@ -167,7 +168,7 @@ fn api_proxy(config: &mut AwfConfig, api: &Map<String, Value>) -> Result<(), Str
             _ => {
                 return Err(refused(
                     &format!("apiProxy.{k}"),
-                    "the api-proxy (ports 10000-10004) is not supported yet",
+                    "not supported yet by egressd's api-proxy",
                 ));
             }
         }

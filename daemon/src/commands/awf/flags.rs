@@ -82,79 +82,100 @@ const REFUSED: &[(&str, &str)] = &[
     ("--enable-dlp", "DLP URL filtering is not supported yet"),
     ("--session-state-dir", "not supported yet"),
     ("--diagnostic-logs", "container diagnostics need Docker"),
-    (
-        "--reflect",
-        "the api-proxy (ports 10000-10004) is not supported yet",
-    ),
+    ("--reflect", "not supported yet by egressd's api-proxy"),
     ("--difc-proxy-host", "the cli-proxy sidecar needs Docker"),
     ("--difc-proxy-ca-cert", "the cli-proxy sidecar needs Docker"),
-    ("--copilot-api-target", "the api-proxy is not supported yet"),
-    ("--openai-api-target", "the api-proxy is not supported yet"),
+    (
+        "--copilot-api-target",
+        "not supported yet by egressd's api-proxy",
+    ),
+    (
+        "--openai-api-target",
+        "not supported yet by egressd's api-proxy",
+    ),
     (
         "--openai-api-base-path",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
     (
         "--openai-base-url-env",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
     (
         "--openai-api-auth-header",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
     (
         "--anthropic-api-target",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
     (
         "--anthropic-api-base-path",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
     (
         "--anthropic-api-auth-header",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
     (
         "--anthropic-auto-cache",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
     (
         "--anthropic-cache-tail-ttl",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
-    ("--gemini-api-target", "the api-proxy is not supported yet"),
+    (
+        "--gemini-api-target",
+        "not supported yet by egressd's api-proxy",
+    ),
     (
         "--gemini-api-base-path",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
-    ("--vertex-api-target", "the api-proxy is not supported yet"),
+    (
+        "--vertex-api-target",
+        "not supported yet by egressd's api-proxy",
+    ),
     (
         "--vertex-api-base-path",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
-    ("--rate-limit-rpm", "the api-proxy is not supported yet"),
-    ("--rate-limit-rph", "the api-proxy is not supported yet"),
+    (
+        "--rate-limit-rpm",
+        "not supported yet by egressd's api-proxy",
+    ),
+    (
+        "--rate-limit-rph",
+        "not supported yet by egressd's api-proxy",
+    ),
     (
         "--rate-limit-bytes-pm",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
-    ("--no-rate-limit", "the api-proxy is not supported yet"),
+    (
+        "--no-rate-limit",
+        "not supported yet by egressd's api-proxy",
+    ),
     (
         "--max-model-multiplier",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
     (
         "--max-model-multiplier-cap",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
     (
         "--max-permission-denied",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
-    ("--max-cache-misses", "the api-proxy is not supported yet"),
+    (
+        "--max-cache-misses",
+        "not supported yet by egressd's api-proxy",
+    ),
     (
         "--enable-token-steering",
-        "the api-proxy is not supported yet",
+        "not supported yet by egressd's api-proxy",
     ),
 ];
 

@@ -7,6 +7,7 @@
 //! `Process exiting with code: N`. Exit codes: the command's own, 124 on `--agent-timeout`,
 //! 1 for any error of ours (validation, configuration, sandbox set-up).
 
+mod apiproxy;
 mod config;
 mod flags;
 mod logs;
@@ -154,10 +155,21 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
         no_copilot: true,
         resolve: args.resolve.clone(),
         dns_server: args.dns_server.clone(),
+        upstream_ca: args.upstream_ca.clone(),
         ..PolicyArgs::default()
     };
-    let config =
+    let mut config =
         policy::build(&policy_args, args.audit_log.clone()).map_err(|e| format!("{e:#}"))?;
+    // The api-proxy (172.30.0.30:10000-10004): provider keys from our environment become
+    // credentials; the command gets base URLs and placeholders (reference §5.2, §5.3).
+    let api_env = env::api_proxy_env();
+    let placeholders = apiproxy::configure(
+        &mut config,
+        &api_env,
+        env::github_env().as_ref(),
+        &env::github_run(),
+    );
+    config.placeholders.extend(placeholders);
     check_mounts(&args.mount, out)?;
     let cwd = match &args.container_workdir {
         Some(dir) => Some(
@@ -210,6 +222,22 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
     }
     out.info(&format!("Proxy logs: {}", logs_dir.display()));
     out.info(&format!("Audit artifacts: {}", audit_dir.display()));
+    if let Some(api) = &config.api_proxy {
+        let configured: Vec<&str> = api
+            .routes
+            .iter()
+            .filter(|r| r.credential.is_some())
+            .map(|r| r.provider.name())
+            .collect();
+        out.info(&format!(
+            "API proxy at api-proxy (172.30.0.30) ports 10000-10004; providers with a key: {}",
+            if configured.is_empty() {
+                "none".to_owned()
+            } else {
+                configured.join(", ")
+            }
+        ));
+    }
     out.info("Running the command in an egressd sandbox (on the host, no containers)");
 
     let outcome = exec::run_plan(Plan {

@@ -1,0 +1,501 @@
+//! AWF's api-proxy sidecar, served in the proxy (`reference/awf.md` §5).
+//!
+//! In `egressd awf` mode the sandbox reaches `http://api-proxy:<port>` (`172.30.0.30`, which
+//! the sandbox's DNS listener answers for `api-proxy`). The kernel redirects those connections
+//! here like all TCP; [`Proxy::handle`](crate::Proxy) recognises them by their original
+//! destination and hands them to [`serve`] *before* the allowlist is consulted (AWF exempts
+//! the sidecar too). Per request, in order:
+//!
+//! 1. `GET /health` and `GET /reflect` are answered here (§5.4);
+//! 2. the port names the provider ([`egressd_config::apiproxy::Provider`]); a provider without a
+//!    credential gets AWF's error (`404` for OpenAI, `403 provider_not_configured` otherwise);
+//! 3. the client's credential, host, proxy and forwarding headers are removed
+//!    ([`STRIPPED`]), an `x-request-id` is kept (when valid) or added, the provider's
+//!    headers are added (Copilot: `Copilot-Integration-Id`, `x-initiator`,
+//!    `X-Interaction-Id`; Anthropic: `anthropic-version`), the OpenAI base path `/v1` is
+//!    added for `api.openai.com`, and Gemini's `key` query parameters are dropped;
+//! 4. the credential comes from the broker and goes in the provider's header;
+//! 5. the request goes to the provider over the interception's pooled, verified HTTPS client.
+//!
+//! Every request yields one audit record: named after the upstream host when forwarded,
+//! `api-proxy` when answered here (those are left out of AWF's `access.log`, as Squid never
+//! sees them in AWF).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use egressd_config::apiproxy::{ApiProxy, Provider, Route};
+use egressd_config::intercept::AuthScheme;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::Proxy;
+use crate::audit::{AuditDecision, Proto, Record};
+use crate::body::{AuditedBody, PendingRecord, ResBody, strip_hop_by_hop};
+use crate::intercept::upstream::{UpBody, Upstream};
+
+/// Headers removed from every client request (§5.1), besides hop-by-hop ones and
+/// `x-forwarded-*`.
+pub(crate) const STRIPPED: &[&str] = &[
+    "host",
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "forwarded",
+    "via",
+];
+/// `anthropic-version` added when the client sent none.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+/// Longest path written to the audit log.
+const MAX_AUDIT_PATH: usize = 1024;
+
+/// The api-proxy of a proxy: its routes, an upstream client and the broker.
+pub(crate) struct Server {
+    config: ApiProxy,
+    upstream: Upstream,
+    broker: crate::token::Broker,
+}
+
+impl Server {
+    pub(crate) fn new(config: ApiProxy, upstream: Upstream, broker: crate::token::Broker) -> Self {
+        Self {
+            config,
+            upstream,
+            broker,
+        }
+    }
+}
+
+/// Serves one sandbox connection to the api-proxy address until it closes.
+pub(crate) async fn serve(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    client: SocketAddr,
+    orig: SocketAddr,
+) {
+    if Provider::for_port(orig.port()).is_none() {
+        let mut rec = Record::new(&proxy.sandbox, client, Some(orig), Proto::Unknown);
+        rec.name = Some(egressd_config::apiproxy::HOST.to_owned());
+        rec.port = Some(orig.port());
+        rec.reason = "the api-proxy serves ports 10000-10004 only".to_owned();
+        crate::respond::reset(stream);
+        rec.duration_ms = 0;
+        proxy.audit.record(&rec);
+        return;
+    }
+    let idle = proxy.config.timeouts.idle;
+    let service = hyper::service::service_fn(move |req| {
+        let proxy = Arc::clone(&proxy);
+        async move { Ok::<_, Infallible>(handle(&proxy, client, orig, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .keep_alive(true);
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "api-proxy client connection ended with an error");
+    }
+}
+
+async fn handle(
+    proxy: &Proxy,
+    client: SocketAddr,
+    orig: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ResBody> {
+    let server = proxy
+        .api_proxy
+        .as_ref()
+        .expect("serve is called only when the api-proxy is configured");
+    let port = orig.port();
+    let provider = Provider::for_port(port).unwrap_or(Provider::OpenAi);
+    let route = server.config.route(port);
+    let mut rec = Record::new(&proxy.sandbox, client, Some(orig), Proto::Https);
+    rec.name = Some(route.map_or_else(
+        || provider.default_upstream().to_owned(),
+        |r| r.upstream.clone(),
+    ));
+    rec.port = Some(443);
+    rec.rule = Some(format!("api-proxy:{}", provider.name()));
+    rec.method = Some(req.method().as_str().to_owned());
+    let path = req.uri().path();
+    rec.path = Some(path.get(..MAX_AUDIT_PATH).unwrap_or(path).to_owned());
+    let mut pending = PendingRecord::new(Arc::clone(&proxy.audit), rec);
+
+    if req.method() == Method::GET && matches!(req.uri().path(), "/health" | "/reflect") {
+        pending.rec.name = Some(egressd_config::apiproxy::HOST.to_owned());
+        pending.rec.port = Some(port);
+        pending.rec.decision = AuditDecision::Allow;
+        let (status, body) = if req.uri().path() == "/health" {
+            health(&server.config, provider)
+        } else {
+            (StatusCode::OK, reflect(&server.config))
+        };
+        pending.rec.status = Some(status.as_u16());
+        pending.rec.reason = "api-proxy management endpoint".to_owned();
+        return json(status, &body);
+    }
+    let Some((route, credential)) = route.and_then(|r| Some((r, r.credential.as_deref()?))) else {
+        pending.rec.name = Some(egressd_config::apiproxy::HOST.to_owned());
+        pending.rec.port = Some(port);
+        pending.rec.reason = format!("api-proxy: {} is not configured", provider.name());
+        let (status, body) = not_configured(provider);
+        pending.rec.status = Some(status.as_u16());
+        return body;
+    };
+    pending.rec.credential = Some(credential.to_owned());
+    let (mut parts, body) = req.into_parts();
+    if let Err(reason) = prepare(&server.config, route, &mut parts) {
+        pending.rec.reason = reason.clone();
+        pending.rec.status = Some(400);
+        return error(
+            StatusCode::BAD_REQUEST,
+            provider,
+            &reason,
+            "invalid_request",
+            false,
+        );
+    }
+    let token = match server.broker.get(credential).await {
+        Ok(t) => t,
+        Err(e) => {
+            pending.rec.reason = e.message.clone();
+            pending.rec.status = Some(503);
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                provider,
+                &e.message,
+                "credential_unavailable",
+                e.retryable,
+            );
+        }
+    };
+    pending.rec.token_source = Some(token.source.to_owned());
+    let Some(secret) = token.bearer() else {
+        let reason = "the credential does not hold a token for a header";
+        pending.rec.reason = reason.to_owned();
+        pending.rec.status = Some(503);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            provider,
+            reason,
+            "credential_unavailable",
+            false,
+        );
+    };
+    let scheme = token
+        .scheme
+        .unwrap_or_else(|| AuthScheme::for_host(&route.upstream));
+    if auth(provider, secret.expose(), scheme, &mut parts.headers).is_err() {
+        let reason = "the token is not a valid header value";
+        pending.rec.reason = reason.to_owned();
+        pending.rec.status = Some(503);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            provider,
+            reason,
+            "credential_unavailable",
+            false,
+        );
+    }
+    let body: UpBody =
+        crate::body::Counted::new(body, Arc::clone(&pending.bytes_up)).boxed_unsync();
+    let resp = server
+        .upstream
+        .auto
+        .request(Request::from_parts(parts, body))
+        .await;
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = format!("upstream request failed: {}", crate::error::chain(&e));
+            pending.rec.decision = AuditDecision::Allow;
+            pending.rec.reason.clone_from(&reason);
+            pending.rec.status = Some(502);
+            return error(
+                StatusCode::BAD_GATEWAY,
+                provider,
+                &reason,
+                "upstream_error",
+                true,
+            );
+        }
+    };
+    pending.rec.decision = AuditDecision::Allow;
+    pending.rec.status = Some(resp.status().as_u16());
+    pending.rec.reason = "api-proxy".to_owned();
+    strip_hop_by_hop(resp.headers_mut());
+    resp.map(|body| AuditedBody::new(body.boxed_unsync(), pending).boxed_unsync())
+}
+
+/// Turns the client's request into the upstream one, without the credential: target,
+/// stripped headers, request id and the provider's extra headers.
+pub(crate) fn prepare(
+    config: &ApiProxy,
+    route: &Route,
+    parts: &mut hyper::http::request::Parts,
+) -> Result<(), String> {
+    let pq = upstream_path(route, &parts.uri);
+    parts.uri = Uri::builder()
+        .scheme("https")
+        .authority(route.upstream.as_str())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| format!("bad request target: {e}"))?;
+    parts.version = hyper::Version::HTTP_11;
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    for name in STRIPPED {
+        headers.remove(*name);
+    }
+    let forwarded: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in forwarded {
+        headers.remove(name);
+    }
+    let id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id);
+    headers.remove("x-request-id");
+    headers.insert("x-request-id", header(&id));
+    match route.provider {
+        Provider::Anthropic => {
+            if !headers.contains_key("anthropic-version") {
+                headers.insert("anthropic-version", header(ANTHROPIC_VERSION));
+            }
+        }
+        Provider::Copilot => {
+            headers.remove("copilot-integration-id");
+            headers.insert("copilot-integration-id", header(&config.integration_id));
+            let host = route.upstream.to_ascii_lowercase();
+            if host == "githubcopilot.com" || host.ends_with(".githubcopilot.com") {
+                if headers.get("x-initiator").is_none_or(HeaderValue::is_empty) {
+                    headers.insert("x-initiator", header("agent"));
+                }
+                let client_id = headers
+                    .get_all("x-interaction-id")
+                    .iter()
+                    .find(|v| !v.is_empty())
+                    .cloned();
+                headers.remove("x-interaction-id");
+                let id = client_id.or_else(|| config.interaction_id.as_deref().map(header));
+                if let Some(id) = id {
+                    headers.insert("x-interaction-id", id);
+                }
+            }
+        }
+        Provider::OpenAi | Provider::Gemini | Provider::Vertex => {}
+    }
+    Ok(())
+}
+
+/// The credential in the provider's header (§5.1).
+pub(crate) fn auth(
+    provider: Provider,
+    secret: &str,
+    scheme: AuthScheme,
+    headers: &mut HeaderMap,
+) -> Result<(), ()> {
+    let (name, value) = match provider {
+        Provider::OpenAi => ("authorization", format!("Bearer {secret}")),
+        Provider::Copilot => ("authorization", format!("{} {secret}", scheme.as_str())),
+        Provider::Anthropic => ("x-api-key", secret.to_owned()),
+        Provider::Gemini | Provider::Vertex => ("x-goog-api-key", secret.to_owned()),
+    };
+    let mut value = HeaderValue::from_str(&value).map_err(|_| ())?;
+    value.set_sensitive(true);
+    headers.insert(name, value);
+    Ok(())
+}
+
+/// Base path + request path (OpenAI's `/v1` on api.openai.com, not doubled); Gemini's key
+/// query parameters dropped.
+fn upstream_path(route: &Route, uri: &Uri) -> String {
+    let path = uri.path();
+    let path = if route.provider == Provider::OpenAi
+        && route.upstream.eq_ignore_ascii_case("api.openai.com")
+        && path != "/v1"
+        && !path.starts_with("/v1/")
+    {
+        format!("/v1{path}")
+    } else {
+        path.to_owned()
+    };
+    let query = uri.query().map(|q| {
+        if route.provider == Provider::Gemini {
+            q.split('&')
+                .filter(|kv| {
+                    let k = kv.split('=').next().unwrap_or("");
+                    !matches!(k, "key" | "apiKey" | "api_key")
+                })
+                .collect::<Vec<_>>()
+                .join("&")
+        } else {
+            q.to_owned()
+        }
+    });
+    match query {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path,
+    }
+}
+
+fn valid_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// A random UUID (version 4).
+fn new_request_id() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn header(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// `GET /health` (§5.4): the aggregate on port 10000, the provider's state elsewhere.
+fn health(config: &ApiProxy, provider: Provider) -> (StatusCode, serde_json::Value) {
+    if provider == Provider::OpenAi {
+        let providers: serde_json::Map<String, serde_json::Value> = Provider::ALL
+            .into_iter()
+            .map(|p| (p.name().to_owned(), config.configured(p).into()))
+            .collect();
+        return (
+            StatusCode::OK,
+            serde_json::json!({
+                "status": "healthy",
+                "service": "awf-api-proxy",
+                "squid_proxy": "egressd",
+                "providers": providers,
+                "key_validation": {},
+                "models_fetch_complete": true,
+                "model_fallback": null,
+                "metrics_summary": {},
+                "rate_limits": {},
+            }),
+        );
+    }
+    let service = format!("awf-api-proxy-{}", provider.name());
+    if config.configured(provider) {
+        (
+            StatusCode::OK,
+            serde_json::json!({"status": "healthy", "service": service}),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "not_configured", "service": service}),
+        )
+    }
+}
+
+/// `GET /reflect` (§5.4): the endpoints and whether each is configured.
+fn reflect(config: &ApiProxy) -> serde_json::Value {
+    let endpoints: Vec<serde_json::Value> = Provider::ALL
+        .into_iter()
+        .map(|p| {
+            serde_json::json!({
+                "provider": p.name(),
+                "port": p.port(),
+                "base_url": format!("http://{}:{}", egressd_config::apiproxy::HOST, p.port()),
+                "configured": config.configured(p),
+                "models": null,
+                "models_url": null,
+            })
+        })
+        .collect();
+    serde_json::json!({"endpoints": endpoints, "models_fetch_complete": true})
+}
+
+/// AWF's answer for a provider without a credential: plain `404` on OpenAI's port, `403
+/// provider_not_configured` elsewhere.
+fn not_configured(provider: Provider) -> (StatusCode, Response<ResBody>) {
+    if provider == Provider::OpenAi {
+        let mut resp = Response::new(full(Bytes::from_static(b"Not Found")));
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        return (StatusCode::NOT_FOUND, resp);
+    }
+    let message = format!(
+        "The {} provider is not configured in the api-proxy (egressd holds no credential for it)",
+        provider.name()
+    );
+    (
+        StatusCode::FORBIDDEN,
+        error(
+            StatusCode::FORBIDDEN,
+            provider,
+            &message,
+            "provider_not_configured",
+            false,
+        ),
+    )
+}
+
+/// `{"error":{"message","type","provider","port","retryable"}}` (§5.4).
+fn error(
+    status: StatusCode,
+    provider: Provider,
+    message: &str,
+    kind: &str,
+    retryable: bool,
+) -> Response<ResBody> {
+    json(
+        status,
+        &serde_json::json!({"error": {
+            "message": message,
+            "type": kind,
+            "provider": provider.name(),
+            "port": provider.port(),
+            "retryable": retryable,
+        }}),
+    )
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResBody> {
+    let mut resp = Response::new(full(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn full(bytes: Bytes) -> ResBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests;
