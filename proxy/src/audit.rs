@@ -29,7 +29,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -77,7 +77,7 @@ pub(crate) enum AuditDecision {
 pub(crate) struct Record {
     /// RFC 3339, UTC.
     pub time: String,
-    pub sandbox: String,
+    pub sandbox: Arc<str>,
     pub client: SocketAddr,
     pub orig_dst: Option<SocketAddr>,
     pub proto: Proto,
@@ -124,14 +124,14 @@ pub(crate) struct Record {
 impl Record {
     /// A record stamped now, denied with `reason`, with nothing else known yet.
     pub(crate) fn new(
-        sandbox: &str,
+        sandbox: &Arc<str>,
         client: SocketAddr,
         orig_dst: Option<SocketAddr>,
         proto: Proto,
     ) -> Self {
         Self {
             time: now_rfc3339(),
-            sandbox: sandbox.to_owned(),
+            sandbox: Arc::clone(sandbox),
             client,
             orig_dst,
             proto,
@@ -496,7 +496,7 @@ mod tests {
 
     fn rec(name: Option<&str>, decision: AuditDecision, reason: &str) -> Record {
         let mut r = Record::new(
-            "sb",
+            &Arc::from("sb"),
             "127.0.0.1:5000".parse().unwrap(),
             Some("192.0.2.9:443".parse().unwrap()),
             Proto::Tls,

@@ -333,7 +333,7 @@ mod tests {
 
     fn rec(proto: Proto, name: Option<&str>, port: u16, allow: bool) -> Record {
         let mut r = Record::new(
-            "egressd-1",
+            &std::sync::Arc::from("egressd-1"),
             "172.30.0.20:55872".parse().unwrap(),
             Some(format!("192.0.2.10:{port}").parse().unwrap()),
             proto,
