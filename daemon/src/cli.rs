@@ -27,6 +27,29 @@ pub enum Command {
     ///
     /// Example: sudo egressd exec -d github.com,api.example.com -- ./agent.sh
     Exec(ExecArgs),
+    /// Run as a daemon that firewalls cgroups it is told to attach to (a CI job, a
+    /// container), controlled through a root-only Unix socket.
+    ///
+    /// Example: sudo egressd run --config /etc/egressd.toml
+    Run(RunArgs),
+    /// Ask the daemon to firewall a cgroup: a path, a process's cgroup (`--pid`), or the
+    /// job this command runs in (`--job`).
+    ///
+    /// Example: sudo egressd attach --job
+    Attach(AttachArgs),
+    /// Ask the daemon to stop firewalling an attachment (by name, or all of them).
+    ///
+    /// Example: sudo egressd detach job
+    Detach(DetachArgs),
+    /// Show the daemon's attachments, policy and counters.
+    ///
+    /// Example: sudo egressd status --wait 10
+    Status(StatusArgs),
+    /// Ask the daemon to re-read its configuration (the same as SIGHUP); a bad file is
+    /// reported and the running policy kept.
+    ///
+    /// Example: sudo egressd reload
+    Reload(ControlArgs),
     /// Explain the allowlist: check or explain a host, show every entry, diff two configs.
     ///
     /// Example: egressd allowlist check -d github.com api.github.com
@@ -141,6 +164,92 @@ pub struct ExecArgs {
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `egressd run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The allowlist and proxy settings (re-read on `reload` and SIGHUP).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Append one JSON record per connection and per plain-HTTP request to FILE.
+    #[arg(long = "audit-log", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// The control socket (created root-only; requests are checked with SO_PEERCRED).
+    #[arg(long = "control-socket", value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Attach to this cgroup at start-up, before the socket opens. Repeatable.
+    #[arg(long = "attach-cgroup", value_name = "PATH")]
+    pub attach_cgroup: Vec<PathBuf>,
+    /// Refuse to start unless the job's GitHub OIDC token can be minted and verified.
+    #[arg(long = "require-provenance")]
+    pub require_provenance: bool,
+}
+
+/// Where `egressd run` listens and the control commands connect by default.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/egressd/control.sock";
+
+/// The control socket, for the commands that talk to a running daemon.
+#[derive(Debug, Args, Clone)]
+pub struct ControlArgs {
+    /// The daemon's control socket.
+    #[arg(long = "control-socket", value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Print the daemon's answer as JSON.
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+/// `egressd attach`: exactly one of `--cgroup`, `--pid`, `--job`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["cgroup", "pid", "job"])))]
+pub struct AttachArgs {
+    /// The daemon's control socket.
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// A cgroup v2 directory, e.g. /sys/fs/cgroup/system.slice/docker-ID.scope.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// The network namespace the cgroup's processes use (default: the daemon's own).
+    #[arg(long = "netns", value_name = "PATH", requires = "cgroup")]
+    pub netns: Option<PathBuf>,
+    /// The cgroup and network namespace of process PID (a container's init process).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pid: Option<i32>,
+    /// The cgroup and network namespace of the caller: the CI job this step belongs to.
+    /// Every later step (and everything they start) is covered; the daemon moves itself
+    /// out of that cgroup first.
+    #[arg(long = "job")]
+    pub job: bool,
+    /// The attachment's name in status and audit records (default: derived from the target).
+    #[arg(long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+/// `egressd detach`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["name", "all"])))]
+pub struct DetachArgs {
+    /// The daemon's control socket.
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// The attachment to release (as `egressd status` names it).
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Release every attachment.
+    #[arg(long = "all")]
+    pub all: bool,
+}
+
+/// `egressd status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The daemon's control socket.
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Wait up to SECONDS for the daemon to answer (for scripts that just started it).
+    #[arg(long = "wait", value_name = "SECONDS")]
+    pub wait: Option<u64>,
 }
 
 /// `egressd awf` (AWF's command line, `shared/reference/awf.md` §2). Flags AWF has that need

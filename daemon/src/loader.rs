@@ -15,6 +15,8 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
+        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId,
+        cgroup_sock_addr::CgroupSockAddrLinkId, sock_ops::SockOpsLinkId,
     },
 };
 use egressd_ebpf_common::{ClientKey, OrigDst, SandboxConfig, counter};
@@ -39,6 +41,17 @@ const SOCK_ADDR_PROGRAMS: [&str; 8] = [
 const SOCK_RELEASE_PROGRAM: &str = "egressd_sock_release";
 const SOCK_OPS_PROGRAM: &str = "egressd_sock_ops";
 const SKB_EGRESS_PROGRAM: &str = "egressd_skb_egress";
+
+/// The programs attached to one cgroup, for [`Loader::detach`].
+#[derive(Debug)]
+#[must_use = "dropping the links keeps the programs attached until the loader is dropped"]
+pub struct Links {
+    cgroup_id: u64,
+    sock_addr: Vec<(&'static str, CgroupSockAddrLinkId)>,
+    ops: Option<SockOpsLinkId>,
+    release: Option<CgroupSockLinkId>,
+    skb: Option<CgroupSkbLinkId>,
+}
 
 /// The loaded programs and the maps userspace uses. Dropping it detaches every program.
 pub struct Loader {
@@ -85,32 +98,99 @@ impl Loader {
         })
     }
 
-    /// Registers the sandbox's settings and attaches every program to its cgroup.
+    /// Registers the sandbox's settings and attaches every program to its cgroup; returns
+    /// the links, which [`Loader::detach`] takes to release this cgroup alone (dropping the
+    /// loader releases every cgroup).
     ///
     /// The settings go in first: a connect that reaches the programs before them is
-    /// refused, never let through.
-    pub fn attach(&mut self, cgroup: &Cgroup, config: SandboxConfig) -> anyhow::Result<()> {
+    /// refused, never let through. On failure, whatever was attached is detached again.
+    pub fn attach(&mut self, cgroup: &Cgroup, config: SandboxConfig) -> anyhow::Result<Links> {
         self.sandboxes
             .insert(cgroup.id(), config, 0)
             .context("registering the sandbox in the SANDBOXES map")?;
+        let mut links = Links {
+            cgroup_id: cgroup.id(),
+            sock_addr: Vec::new(),
+            ops: None,
+            release: None,
+            skb: None,
+        };
+        match self.attach_programs(cgroup, &mut links) {
+            Ok(()) => Ok(links),
+            Err(e) => {
+                self.detach(links);
+                Err(e)
+            }
+        }
+    }
+
+    fn attach_programs(&mut self, cgroup: &Cgroup, links: &mut Links) -> anyhow::Result<()> {
         let dir = cgroup.dir();
         let path = cgroup.path().display().to_string();
         for name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            prog.attach(dir, CgroupAttachMode::Single)
+            let id = prog
+                .attach(dir, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to cgroup {path}"))?;
+            links.sock_addr.push((name, id));
         }
         let ops: &mut SockOps = program(&mut self.ebpf, SOCK_OPS_PROGRAM)?;
-        ops.attach(dir, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {SOCK_OPS_PROGRAM} to cgroup {path}"))?;
+        links.ops = Some(
+            ops.attach(dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {SOCK_OPS_PROGRAM} to cgroup {path}"))?,
+        );
         let release: &mut CgroupSock = program(&mut self.ebpf, SOCK_RELEASE_PROGRAM)?;
-        release
-            .attach(dir, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {SOCK_RELEASE_PROGRAM} to cgroup {path}"))?;
+        links.release = Some(
+            release
+                .attach(dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {SOCK_RELEASE_PROGRAM} to cgroup {path}"))?,
+        );
         let skb: &mut CgroupSkb = program(&mut self.ebpf, SKB_EGRESS_PROGRAM)?;
-        skb.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {SKB_EGRESS_PROGRAM} to cgroup {path}"))?;
+        links.skb = Some(
+            skb.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {SKB_EGRESS_PROGRAM} to cgroup {path}"))?,
+        );
         Ok(())
+    }
+
+    /// Detaches the programs `links` attached and forgets the cgroup's settings. Errors are
+    /// logged, not returned: detaching is cleanup, and each program is tried.
+    pub fn detach(&mut self, links: Links) {
+        let Links {
+            cgroup_id,
+            sock_addr,
+            ops,
+            release,
+            skb,
+        } = links;
+        for (name, id) in sock_addr {
+            if let Err(e) =
+                program::<CgroupSockAddr>(&mut self.ebpf, name).and_then(|p| Ok(p.detach(id)?))
+            {
+                tracing::warn!("detaching {name}: {e:#}");
+            }
+        }
+        if let Some(id) = ops
+            && let Err(e) =
+                program::<SockOps>(&mut self.ebpf, SOCK_OPS_PROGRAM).and_then(|p| Ok(p.detach(id)?))
+        {
+            tracing::warn!("detaching {SOCK_OPS_PROGRAM}: {e:#}");
+        }
+        if let Some(id) = release
+            && let Err(e) = program::<CgroupSock>(&mut self.ebpf, SOCK_RELEASE_PROGRAM)
+                .and_then(|p| Ok(p.detach(id)?))
+        {
+            tracing::warn!("detaching {SOCK_RELEASE_PROGRAM}: {e:#}");
+        }
+        if let Some(id) = skb
+            && let Err(e) = program::<CgroupSkb>(&mut self.ebpf, SKB_EGRESS_PROGRAM)
+                .and_then(|p| Ok(p.detach(id)?))
+        {
+            tracing::warn!("detaching {SKB_EGRESS_PROGRAM}: {e:#}");
+        }
+        if let Err(e) = self.sandboxes.remove(&cgroup_id) {
+            tracing::warn!("removing cgroup {cgroup_id} from the SANDBOXES map: {e}");
+        }
     }
 
     /// How the proxy finds the destination a sandboxed client dialled.

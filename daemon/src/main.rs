@@ -6,6 +6,7 @@
 
 mod cli;
 mod commands;
+mod control;
 mod env;
 mod loader;
 mod policy;

@@ -15,6 +15,7 @@ mod cli;
 mod copilot;
 mod core;
 mod coverage;
+mod daemon;
 mod dns;
 mod fixtures;
 mod github;

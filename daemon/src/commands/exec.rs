@@ -170,7 +170,8 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             0
         },
     };
-    loader
+    // The links stay attached until the loader is dropped, after the cgroup is emptied.
+    let _links = loader
         .attach(&cgroup, sandbox_config)
         .map_err(Failure::setup)?;
     tracing::debug!(cgroup = %cgroup.path().display(), port4, port6, "programs attached");

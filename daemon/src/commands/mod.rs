@@ -4,9 +4,11 @@ mod allowlist;
 pub(crate) mod audit;
 mod awf;
 mod ca;
+mod control;
 mod exec;
 mod generate;
 mod lint;
+mod run;
 
 use crate::{Failure, cli};
 
@@ -17,6 +19,11 @@ pub fn run(cli: cli::Cli) -> Result<u8, Failure> {
     match cli.command {
         cli::Command::Exec(args) => exec::run(args),
         cli::Command::Awf(args) => awf::run(*args),
+        cli::Command::Run(args) => run::run(args),
+        cli::Command::Attach(args) => control::attach(args),
+        cli::Command::Detach(args) => control::detach(args),
+        cli::Command::Status(args) => control::status(&args),
+        cli::Command::Reload(args) => control::reload(&args),
         cli::Command::Allowlist(cli::AllowlistCommand::Check(args)) => allowlist::check(&args),
         cli::Command::Allowlist(cli::AllowlistCommand::Show(args)) => allowlist::show(&args),
         cli::Command::Allowlist(cli::AllowlistCommand::Explain(args)) => allowlist::explain(&args),

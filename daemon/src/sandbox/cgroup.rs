@@ -19,13 +19,17 @@ const OWN_MOUNT: &str = "/run/egressd/cgroup2";
 /// Folder under the cgroup2 root that holds one folder per sandbox.
 const PARENT: &str = "egressd";
 
-/// A cgroup v2 directory created for one sandbox; removed (after killing whatever is left
-/// in it) on drop.
+/// A cgroup v2 directory: one created for a sandbox (removed, after killing whatever is
+/// left in it, on drop), or an existing one the daemon attaches to (left alone on drop).
 pub struct Cgroup {
     path: PathBuf,
     dir: File,
     id: u64,
+    owned: bool,
 }
+
+/// `statfs` magic of cgroup v2 (`CGROUP2_SUPER_MAGIC`).
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 impl Cgroup {
     /// Creates `<cgroup2 root>/egressd/<name>`.
@@ -40,7 +44,50 @@ impl Cgroup {
         let dir =
             File::open(&path).with_context(|| format!("opening cgroup {}", path.display()))?;
         let id = dir.metadata()?.ino();
-        Ok(Self { path, dir, id })
+        Ok(Self {
+            path,
+            dir,
+            id,
+            owned: true,
+        })
+    }
+
+    /// Opens an existing cgroup v2 directory (`egressd attach --cgroup PATH`); it is not
+    /// emptied or removed on drop.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let dir = File::open(path).with_context(|| format!("opening cgroup {}", path.display()))?;
+        let fs = nix::sys::statfs::fstatfs(&dir)
+            .with_context(|| format!("statfs of {}", path.display()))?;
+        if i64::from(fs.filesystem_type().0) != CGROUP2_SUPER_MAGIC {
+            anyhow::bail!(
+                "{} is not a cgroup v2 directory (egressd attaches to cgroup2 only)",
+                path.display()
+            );
+        }
+        let id = dir.metadata()?.ino();
+        Ok(Self {
+            path: path.to_path_buf(),
+            dir,
+            id,
+            owned: false,
+        })
+    }
+
+    /// The cgroup of process `pid` (`/proc/PID/cgroup`, its `0::` line), opened.
+    pub fn of_pid(pid: i32) -> anyhow::Result<Self> {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .with_context(|| format!("reading /proc/{pid}/cgroup (is process {pid} running?)"))?;
+        let rel = unified_path(&text).ok_or_else(|| {
+            anyhow::anyhow!(
+                "process {pid} is in no cgroup v2 (no `0::` line in /proc/{pid}/cgroup)"
+            )
+        })?;
+        Self::open(&cgroup2_root()?.join(rel.trim_start_matches('/')))
+    }
+
+    /// Whether this cgroup is `other` or one of its ancestors (both paths as opened).
+    pub fn contains(&self, other: &Path) -> bool {
+        other.starts_with(&self.path)
     }
 
     /// The cgroup's id, as `bpf_get_current_cgroup_id()` returns it (its inode number).
@@ -89,6 +136,9 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         self.kill_all();
         if let Err(e) = fs::remove_dir(&self.path) {
             tracing::warn!("could not remove cgroup {}: {e}", self.path.display());
@@ -106,7 +156,10 @@ fn remove_stale(parent: &Path) {
         let name = entry.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|n| n.strip_prefix("egressd-"))
+            .and_then(|n| {
+                n.strip_prefix("egressd-")
+                    .or_else(|| n.strip_prefix("daemon-"))
+            })
             .and_then(|p| p.parse::<i32>().ok())
         else {
             continue;
@@ -126,8 +179,32 @@ fn remove_stale(parent: &Path) {
     }
 }
 
+/// The path of a `/proc/PID/cgroup` text's cgroup v2 entry (`0::/PATH`), relative to the
+/// cgroup2 root.
+fn unified_path(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// The cgroup of the calling process (`/proc/self/cgroup`), as a path under the root.
+pub fn own_path() -> anyhow::Result<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let rel = unified_path(&text).ok_or_else(|| anyhow::anyhow!("egressd is in no cgroup v2"))?;
+    Ok(cgroup2_root()?.join(rel.trim_start_matches('/')))
+}
+
+/// Moves the calling process (every thread) into `<cgroup2 root>/egressd/daemon-<pid>`,
+/// created if needed: the daemon leaves a cgroup it firewalls (`attach --job`).
+pub fn move_self_out() -> anyhow::Result<PathBuf> {
+    let parent = cgroup2_root()?.join(PARENT);
+    let path = parent.join(format!("daemon-{}", std::process::id()));
+    fs::create_dir_all(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+    fs::write(path.join("cgroup.procs"), std::process::id().to_string())
+        .with_context(|| format!("moving egressd into cgroup {}", path.display()))?;
+    Ok(path)
+}
+
 /// The cgroup2 mount point: from mountinfo, else one egressd mounts itself.
-fn cgroup2_root() -> anyhow::Result<PathBuf> {
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
     let mountinfo =
         fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     if let Some(path) = find_cgroup2(&mountinfo) {
@@ -205,6 +282,13 @@ mod tests {
             find_cgroup2(info),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+    }
+
+    #[test]
+    fn the_unified_entry_of_proc_pid_cgroup() {
+        let text = "12:cpu:/x\n0::/system.slice/runner.service\n";
+        assert_eq!(unified_path(text), Some("/system.slice/runner.service"));
+        assert_eq!(unified_path("1:name=systemd:/\n"), None);
     }
 
     #[test]

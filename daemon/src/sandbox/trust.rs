@@ -52,6 +52,11 @@ impl TrustBundle {
         Ok(bundle)
     }
 
+    /// The bundle file (system roots + the CA).
+    pub fn file(&self) -> &std::path::Path {
+        &self.file
+    }
+
     /// The variables to set in the sandbox, each naming the bundle.
     pub fn env(&self) -> Vec<(String, String)> {
         BUNDLE_VARS

@@ -1,0 +1,118 @@
+//! `egressd run`: the long-running daemon for runners.
+//!
+//! Start-up is fail-closed like `exec`: the configuration is validated and the programs are
+//! loaded (verifier included) before anything is attached or the control socket opens.
+//! Then the daemon serves the control socket (`control.rs` describes the protocol) until
+//! SIGTERM or SIGINT, re-reads its configuration on SIGHUP, and on the way out detaches
+//! every cgroup it attached and writes a `disarm` record for each.
+
+mod attachment;
+mod daemon;
+mod server;
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow};
+use egressd_proxy::AuditLog;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{Failure, cli::RunArgs, control::Target, loader::Loader, policy};
+
+use self::daemon::Daemon;
+
+/// Runs the daemon until it is told to stop; returns its exit code.
+pub fn run(args: RunArgs) -> Result<u8, Failure> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Failure::setup(anyhow!(
+            "egressd run needs root: it loads eBPF programs and attaches them to cgroups"
+        )));
+    }
+    let mut config = policy::build(&args.policy, args.audit_log.clone()).map_err(Failure::usage)?;
+    if args.require_provenance {
+        config.provenance.required = true;
+    }
+    let provenance = crate::provenance::establish(&config)?;
+    let audit = AuditLog::new(config.audit_log.as_deref())
+        .map_err(|e| Failure::usage(anyhow!(e).context("opening the audit log")))?
+        .with_provenance(provenance.clone());
+    let audit = Arc::new(audit);
+    let loader = Loader::load().map_err(Failure::setup)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(Failure::setup)?;
+    let code = runtime.block_on(async move {
+        let socket = server::bind(&args.control_socket).map_err(Failure::setup)?;
+        let startup = args.attach_cgroup.clone();
+        let socket_path = args.control_socket.clone();
+        let daemon = Arc::new(
+            Daemon::new(args, config, loader, audit, provenance.verified().cloned())
+                .map_err(Failure::setup)?,
+        );
+        for path in startup {
+            let target = Target::Cgroup { path, netns: None };
+            match daemon.attach(target, None, None).await {
+                Ok(message) => eprintln!("egressd: {message}"),
+                Err(e) => {
+                    daemon.shutdown().await;
+                    let _ = std::fs::remove_file(&socket_path);
+                    return Err(Failure::setup(e));
+                }
+            }
+        }
+        let signals = Signals::new().map_err(Failure::setup)?;
+        eprintln!(
+            "egressd: daemon ready (pid {}), control socket {}",
+            std::process::id(),
+            socket_path.display()
+        );
+        serve(&daemon, socket, signals).await;
+        daemon.shutdown().await;
+        let _ = std::fs::remove_file(&socket_path);
+        eprintln!("egressd: daemon stopped; every attachment was released");
+        Ok(0)
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
+}
+
+/// The signals the daemon acts on.
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            hangup: signal(SignalKind::hangup()).context("listening for SIGHUP")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+}
+
+/// Serves control requests and signals until SIGTERM or SIGINT.
+async fn serve(daemon: &Arc<Daemon>, socket: tokio::net::UnixListener, mut signals: Signals) {
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(server::handle(Arc::clone(daemon), stream));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = signals.hangup.recv() => {
+                let _ = daemon.reload().await;
+            }
+            _ = signals.terminate.recv() => break,
+            _ = signals.interrupt.recv() => break,
+        }
+    }
+}

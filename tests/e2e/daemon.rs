@@ -1,0 +1,495 @@
+//! `egressd run` and its control commands: a daemon firewalls cgroups it is told about
+//! (`attach --cgroup`, `--pid`, `--job`), lets them go (`detach`), and swaps its policy on
+//! `reload` or SIGHUP, keeping the old one when the new file is bad.
+//!
+//! The "job" processes live in a test cgroup and in the scene's upstream namespace, which
+//! has no route out: before an attach (and after a detach) their connections to the TEST-NET
+//! address fail with "network unreachable", never reaching anything.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use egressd_tests::{
+    API, EVIL, EgressdCommand, Output, Running, Scene, privileged, read_audit, shell_words,
+};
+use serde_json::Value;
+
+/// A cgroup made for one test under `<cgroup2>/egressd-tests/`; emptied and removed on drop.
+struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        let path = cgroup2_root()
+            .join("egressd-tests")
+            .join(format!("{tag}-{}", std::process::id()));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self { path }
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::read_to_string(self.procs()).is_ok_and(|s| !s.trim().is_empty())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+fn cgroup2_root() -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// A running `egressd run`; stopped with SIGTERM by [`Daemon::stop`].
+struct Daemon {
+    running: Option<Running>,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cmd` (an `egressd run` command) and waits until its control socket answers.
+    fn start(cmd: &EgressdCommand, socket: &Path) -> Self {
+        let running = cmd
+            .clone()
+            .arg("--control-socket")
+            .arg(socket)
+            .timeout(Duration::from_secs(120))
+            .spawn();
+        let daemon = Self {
+            running: Some(running),
+            socket: socket.to_path_buf(),
+        };
+        let ready = daemon.control(&["status", "--wait", "30"]);
+        assert!(ready.status.success(), "the daemon never answered\n{ready}");
+        daemon
+    }
+
+    fn pid(&self) -> u32 {
+        self.running.as_ref().expect("running").id()
+    }
+
+    /// `egressd <words> --control-socket SOCKET`.
+    fn control(&self, words: &[&str]) -> Output {
+        EgressdCommand::new()
+            .subcommand(words)
+            .arg("--control-socket")
+            .arg(&self.socket)
+            .run()
+    }
+
+    /// The daemon's state (`status --json`).
+    fn status(&self) -> Value {
+        let out = self.control(&["status", "--json"]);
+        out.assert_success();
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status JSON: {e}\n{out}"))
+    }
+
+    /// SIGTERM, then everything it printed.
+    fn stop(mut self) -> Output {
+        let running = self.running.take().expect("running");
+        signal(running.id(), "TERM");
+        running.wait()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            signal(running.id(), "KILL");
+            let _ = running.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// `egressd run` with the scene's names resolved to its upstreams and its audit log.
+fn run_command(s: &Scene) -> EgressdCommand {
+    EgressdCommand::new()
+        .subcommand(["run"])
+        .resolve(API, s.net.addr())
+        .resolve(EVIL, s.net.addr2())
+        .audit_log(&s.audit_log)
+}
+
+/// Runs `argv` as root in `cgroup` and in the scene's upstream namespace (no route out).
+fn job_command(s: &Scene, cgroup: &TestCgroup, argv: &[String]) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec ip netns exec {} \"$@\"",
+            cgroup.procs().display(),
+            s.net.name()
+        ))
+        .arg("sh")
+        .args(argv);
+    cmd
+}
+
+/// Runs `argv` in the job (see [`job_command`]); returns (exit code, stdout, stderr).
+fn in_job(s: &Scene, cgroup: &TestCgroup, argv: &[String]) -> (i32, String, String) {
+    let out = job_command(s, cgroup, argv)
+        .output()
+        .expect("running the job command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// curl of `https://NAME/` dialled at a TEST-NET address, as the job would.
+fn curl(s: &Scene, name: &str) -> Vec<String> {
+    s.curl_https(name, "192.0.2.10")
+}
+
+fn hello(name: &str) -> String {
+    format!("hello from {name} via {name}")
+}
+
+#[test]
+fn attach_a_cgroup_by_path_then_detach_it() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let cgroup = TestCgroup::new("by-path");
+    let daemon = Daemon::start(&run_command(&s).allow(API), &s.scratch.path("ctl.sock"));
+
+    // Not attached yet: the namespace has no route to the TEST-NET address.
+    let (code, _, err) = in_job(&s, &cgroup, &curl(&s, API));
+    assert_ne!(code, 0, "curl must fail before the attach: {err}");
+
+    let netns = s.net.netns_path();
+    let attached = daemon.control(&[
+        "attach",
+        "--cgroup",
+        cgroup.path.to_str().unwrap(),
+        "--netns",
+        netns.to_str().unwrap(),
+        "--name",
+        "ci-job",
+    ]);
+    attached.assert_success();
+    assert!(attached.stdout.contains("attached ci-job"), "{attached}");
+    let status = daemon.status();
+    assert_eq!(status["status"]["attachments"][0]["name"], "ci-job");
+    assert_eq!(
+        status["status"]["attachments"][0]["cgroup"],
+        cgroup.path.display().to_string()
+    );
+
+    let (code, out, err) = in_job(&s, &cgroup, &curl(&s, API));
+    assert_eq!((code, out.as_str()), (0, hello(API).as_str()), "{err}");
+    let (code, out, _) = in_job(&s, &cgroup, &curl(&s, EVIL));
+    assert_ne!(code, 0, "EVIL must be refused, got {out}");
+
+    let detached = daemon.control(&["detach", "ci-job"]);
+    detached.assert_success();
+    let (code, out, err) = in_job(&s, &cgroup, &curl(&s, API));
+    assert_ne!(
+        code, 0,
+        "after detach the job is on its own again: {out} {err}"
+    );
+    assert_eq!(
+        s.api.connections(),
+        1,
+        "only the attached run reached the upstream"
+    );
+
+    let stopped = daemon.stop();
+    assert!(stopped.status.success(), "{stopped}");
+    let records = read_audit(&s.audit_log);
+    let of = |event: &str| {
+        records
+            .iter()
+            .filter(|r| r["event"] == event && r["sandbox"] == "ci-job")
+            .count()
+    };
+    assert_eq!((of("arm"), of("disarm")), (1, 1), "{stopped}");
+    let allowed = records
+        .iter()
+        .any(|r| r["name"] == API && r["decision"] == "allow" && r["sandbox"] == "ci-job");
+    let denied = records
+        .iter()
+        .find(|r| r["name"] == EVIL && r["decision"] == "deny")
+        .unwrap_or_else(|| panic!("no denial of {EVIL}\n{stopped}"));
+    assert!(allowed, "{stopped}");
+    assert_eq!(denied["sandbox"], "ci-job");
+    assert!(
+        denied["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{denied}"
+    );
+}
+
+#[test]
+fn attach_by_pid_covers_a_process_that_is_already_running() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let cgroup = TestCgroup::new("by-pid");
+    let daemon = Daemon::start(&run_command(&s).allow(API), &s.scratch.path("ctl.sock"));
+
+    // A process already running in the cgroup and namespace: it waits for a line, then curls.
+    let script = format!("read go; {}", shell_words(&curl(&s, API)));
+    let mut job: Child = job_command(&s, &cgroup, &["sh".into(), "-c".into(), script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the job");
+    let pid = job.id().to_string();
+    // `ip netns exec` replaces itself with the shell: wait until the pid is in the namespace.
+    let want = fs::metadata(s.net.netns_path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt as _;
+        m.ino() == want.ino()
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the job never entered the namespace"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let attached = daemon.control(&["attach", "--pid", &pid]);
+    attached.assert_success();
+    assert!(
+        attached.stdout.contains(&format!("attached pid-{pid}")),
+        "{attached}"
+    );
+
+    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = job.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        hello(API),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemon.control(&["detach", "--all"]).assert_success();
+    assert_eq!(
+        daemon.status()["status"]["attachments"],
+        Value::Array(vec![])
+    );
+}
+
+#[test]
+fn job_mode_covers_later_steps_and_the_daemon_leaves_the_job_cgroup() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let cgroup = TestCgroup::new("job");
+    let socket = s.scratch.path("ctl.sock");
+    // The daemon starts the way a workflow step starts it: inside the job's cgroup.
+    let daemon = Daemon::start(
+        &run_command(&s).allow(API).wrapped_in([
+            "sh",
+            "-c",
+            &format!("echo $$ > {} && exec \"$@\"", cgroup.procs().display()),
+            "sh",
+        ]),
+        &socket,
+    );
+    let daemon_cgroup = || fs::read_to_string(format!("/proc/{}/cgroup", daemon.pid())).unwrap();
+    let job_rel = cgroup
+        .path
+        .strip_prefix(cgroup2_root())
+        .unwrap()
+        .display()
+        .to_string();
+    assert!(daemon_cgroup().contains(&job_rel), "{}", daemon_cgroup());
+
+    // One step attaches the job; the next step (a new process) is covered.
+    let egressd = egressd_tests::egressd_bin().display().to_string();
+    let step1 = in_job(
+        &s,
+        &cgroup,
+        &[
+            egressd.clone(),
+            "attach".into(),
+            "--job".into(),
+            "--control-socket".into(),
+            socket.display().to_string(),
+        ],
+    );
+    assert_eq!(step1.0, 0, "attach --job failed: {} {}", step1.1, step1.2);
+    assert!(step1.1.contains("attached job"), "{}", step1.1);
+    assert!(
+        !daemon_cgroup().contains(&job_rel),
+        "the daemon must leave the job's cgroup: {}",
+        daemon_cgroup()
+    );
+
+    let (code, out, err) = in_job(&s, &cgroup, &curl(&s, API));
+    assert_eq!((code, out.as_str()), (0, hello(API).as_str()), "{err}");
+    let (code, _, _) = in_job(&s, &cgroup, &curl(&s, EVIL));
+    assert_ne!(code, 0);
+    let stopped = daemon.stop();
+    assert!(
+        stopped.stderr.contains("moved the daemon out of"),
+        "{stopped}"
+    );
+    let records = read_audit(&s.audit_log);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["sandbox"] == "job" && r["name"] == EVIL && r["decision"] == "deny"),
+        "{stopped}"
+    );
+}
+
+#[test]
+fn reload_swaps_the_policy_and_a_bad_file_keeps_the_old_one() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let cgroup = TestCgroup::new("reload");
+    let config = s
+        .scratch
+        .write("egressd.toml", format!("allow_domains = [\"{API}\"]\n"));
+    let daemon = Daemon::start(
+        &run_command(&s).arg("--config").arg(&config),
+        &s.scratch.path("ctl.sock"),
+    );
+    let netns = s.net.netns_path();
+    daemon
+        .control(&[
+            "attach",
+            "--cgroup",
+            cgroup.path.to_str().unwrap(),
+            "--netns",
+            netns.to_str().unwrap(),
+        ])
+        .assert_success();
+    let (code, _, _) = in_job(&s, &cgroup, &curl(&s, EVIL));
+    assert_ne!(code, 0, "EVIL is not allowed yet");
+
+    // A new policy through the control socket.
+    fs::write(
+        &config,
+        format!("allow_domains = [\"{API}\", \"{EVIL}\"]\n"),
+    )
+    .unwrap();
+    let reloaded = daemon.control(&["reload"]);
+    reloaded.assert_success();
+    assert!(
+        reloaded.stdout.contains("reloaded: 2 policy entries"),
+        "{reloaded}"
+    );
+    let (code, out, err) = in_job(&s, &cgroup, &curl(&s, EVIL));
+    assert_eq!((code, out.as_str()), (0, hello(EVIL).as_str()), "{err}");
+
+    // A broken file: refused with its location, the running policy stays.
+    fs::write(&config, "allow_domains = [\"unterminated\n").unwrap();
+    let refused = daemon.control(&["reload"]);
+    assert_eq!(refused.code(), Some(1), "{refused}");
+    assert!(
+        refused.stderr.contains("egressd.toml:1"),
+        "the error names file:line\n{refused}"
+    );
+    let status = daemon.status();
+    assert!(
+        status["status"]["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("egressd.toml:1")),
+        "{status}"
+    );
+    let (code, out, err) = in_job(&s, &cgroup, &curl(&s, EVIL));
+    assert_eq!((code, out.as_str()), (0, hello(EVIL).as_str()), "{err}");
+
+    // SIGHUP does the same as `reload`.
+    fs::write(&config, format!("allow_domains = [\"{API}\"]\n")).unwrap();
+    signal(daemon.pid(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while daemon.status()["status"]["reloads"] != 2 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _, _) = in_job(&s, &cgroup, &curl(&s, EVIL));
+    assert_ne!(code, 0, "EVIL is refused again after SIGHUP");
+    let (code, out, err) = in_job(&s, &cgroup, &curl(&s, API));
+    assert_eq!((code, out.as_str()), (0, hello(API).as_str()), "{err}");
+}
+
+#[test]
+fn the_control_socket_is_root_only() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let socket = s.scratch.path("ctl.sock");
+    let daemon = Daemon::start(&run_command(&s).allow(API), &socket);
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+
+    let as_nobody = |words: &[&str]| {
+        EgressdCommand::new()
+            .subcommand(words)
+            .arg("--control-socket")
+            .arg(&socket)
+            .wrapped_in([
+                "setpriv",
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+            ])
+            .run()
+    };
+    let refused = as_nobody(&["status"]);
+    assert_eq!(refused.code(), Some(1), "{refused}");
+    assert!(refused.stderr.contains("root-only"), "{refused}");
+
+    // Even with the file opened up, the daemon checks who is calling (SO_PEERCRED).
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
+    let refused = as_nobody(&["detach", "--all"]);
+    assert_eq!(refused.code(), Some(1), "{refused}");
+    assert!(
+        refused.stderr.contains("for root only"),
+        "the daemon itself must refuse\n{refused}"
+    );
+    // A second daemon on the same socket is refused while the first answers.
+    let second = run_command(&s)
+        .allow(API)
+        .arg("--control-socket")
+        .arg(&socket)
+        .run();
+    assert_ne!(second.code(), Some(0));
+    assert!(second.stderr.contains("another egressd daemon"), "{second}");
+    drop(daemon);
+}
