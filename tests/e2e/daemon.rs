@@ -493,3 +493,99 @@ fn the_control_socket_is_root_only() {
     assert!(second.stderr.contains("another egressd daemon"), "{second}");
     drop(daemon);
 }
+
+/// A client that opens one TLS connection to `https://NAME/` (dialled at the TEST-NET
+/// address), makes a request, waits for a line on stdin, then makes a second request on the
+/// same connection; prints each status line.
+const KEEPALIVE_CLIENT: &str = r#"
+import socket, ssl, sys
+name, cafile = sys.argv[1], sys.argv[2]
+ctx = ssl.create_default_context(cafile=cafile)
+conn = ctx.wrap_socket(socket.create_connection(("192.0.2.10", 443), timeout=10), server_hostname=name)
+def get():
+    conn.sendall(("GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % name).encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    while len(body) < length:
+        body += conn.recv(4096)
+    print(head.split(b"\r\n")[0].decode(), body.decode(), flush=True)
+get()
+sys.stdin.readline()
+get()
+"#;
+
+#[test]
+fn a_reload_drops_no_connection_in_flight() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let cgroup = TestCgroup::new("inflight");
+    let config = s
+        .scratch
+        .write("egressd.toml", format!("allow_domains = [\"{API}\"]\n"));
+    let daemon = Daemon::start(
+        &run_command(&s).arg("--config").arg(&config),
+        &s.scratch.path("ctl.sock"),
+    );
+    let netns = s.net.netns_path();
+    daemon
+        .control(&[
+            "attach",
+            "--cgroup",
+            cgroup.path.to_str().unwrap(),
+            "--netns",
+            netns.to_str().unwrap(),
+        ])
+        .assert_success();
+    let script = s.scratch.write("keepalive.py", KEEPALIVE_CLIENT);
+    let mut client = job_command(
+        &s,
+        &cgroup,
+        &[
+            "python3".into(),
+            script.display().to_string(),
+            API.into(),
+            s.ca_pem.display().to_string(),
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("starting the client");
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(
+        first.starts_with("HTTP/1.1 200"),
+        "first request: {first:?}"
+    );
+
+    // The new policy no longer allows API: new connections are refused, the open one lives.
+    fs::write(&config, format!("allow_domains = [\"{EVIL}\"]\n")).unwrap();
+    daemon.control(&["reload"]).assert_success();
+    let (code, _, _) = in_job(&s, &cgroup, &curl(&s, API));
+    assert_ne!(
+        code, 0,
+        "a new connection to API is refused after the reload"
+    );
+
+    client.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let mut second = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut second).unwrap();
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "the connection opened before the reload still works: {second:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        s.api.connections(),
+        1,
+        "one connection carried both requests"
+    );
+}
