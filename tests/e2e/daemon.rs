@@ -141,8 +141,9 @@ fn run_command(s: &Scene) -> EgressdCommand {
 }
 
 /// Runs `argv` as root in `cgroup` and in the scene's upstream namespace (no route out).
+/// Through bash, which (unlike dash) passes on variables such as `INPUT_ALLOW-DOMAINS`.
 fn job_command(s: &Scene, cgroup: &TestCgroup, argv: &[String]) -> Command {
-    let mut cmd = Command::new("sh");
+    let mut cmd = Command::new("bash");
     cmd.arg("-c")
         .arg(format!(
             "echo $$ > {} && exec ip netns exec {} \"$@\"",
@@ -588,4 +589,172 @@ fn a_reload_drops_no_connection_in_flight() {
         1,
         "one connection carried both requests"
     );
+}
+
+/// The repository root (the action and the systemd unit live there).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let s = egressd_tests::Scratch::new();
+    let unit = fs::read_to_string(repo_root().join("dist/systemd/egressd.service")).unwrap();
+    assert!(
+        unit.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "reload is SIGHUP"
+    );
+    let bin = egressd_tests::egressd_bin().display().to_string();
+    let unit = unit
+        .replace("/usr/local/bin/egressd", &bin)
+        .replace("Documentation=man:egressd(1)\n", "");
+    let path = s.write("egressd.service", unit);
+    let out = Command::new("systemd-analyze")
+        .args(["verify", path.to_str().unwrap()])
+        .output()
+        .expect("systemd-analyze (Debian's systemd package)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
+/// The variables a runner passes the action (inputs as `INPUT_<NAME>`, files for env,
+/// state, outputs and the job summary), pointing into `dir`.
+fn action_env(dir: &Path) -> Vec<(String, String)> {
+    [
+        "GITHUB_ENV",
+        "GITHUB_STATE",
+        "GITHUB_OUTPUT",
+        "GITHUB_STEP_SUMMARY",
+    ]
+    .iter()
+    .map(|v| {
+        let file = dir.join(v.to_lowercase());
+        fs::write(&file, "").unwrap();
+        ((*v).to_owned(), file.display().to_string())
+    })
+    .chain([("RUNNER_TEMP".to_owned(), dir.display().to_string())])
+    .collect()
+}
+
+/// `key=value` lines of a runner file.
+fn kv_file(path: &str) -> Vec<(String, String)> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_github_action_firewalls_the_rest_of_the_job_and_summarises_it() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let cgroup = TestCgroup::new("action");
+    let env = action_env(s.scratch.dir());
+    let file = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
+    let socket = s.scratch.path("ctl.sock");
+    let inputs = [
+        (
+            "INPUT_BINARY",
+            egressd_tests::egressd_bin().display().to_string(),
+        ),
+        ("INPUT_ALLOW-DOMAINS", API.to_owned()),
+        ("INPUT_GITHUB", "false".to_owned()),
+        ("INPUT_MODE", "block".to_owned()),
+        ("INPUT_CONTROL-SOCKET", socket.display().to_string()),
+        (
+            "INPUT_ARGS",
+            format!(
+                "--resolve {API}:{}\n--resolve {EVIL}:{}",
+                s.net.addr(),
+                s.net.addr2()
+            ),
+        ),
+    ];
+    let node = |script: &str, extra: &[(String, String)]| {
+        let mut cmd = job_command(
+            &s,
+            &cgroup,
+            &[
+                "node".into(),
+                repo_root()
+                    .join("action")
+                    .join(script)
+                    .display()
+                    .to_string(),
+            ],
+        );
+        cmd.envs(env.iter().cloned())
+            .envs(extra.iter().cloned())
+            .env_remove("GITHUB_SERVER_URL")
+            .env_remove("GITHUB_API_URL");
+        let out = cmd.output().expect("running node");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("::error"),
+            "{script}:\n{text}"
+        );
+        text
+    };
+    let main = node(
+        "main.js",
+        &inputs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect::<Vec<_>>(),
+    );
+    assert!(main.contains("attached job"), "{main}");
+
+    // Later steps of the job.
+    let (code, out, err) = in_job(&s, &cgroup, &curl(&s, API));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, hello(API).as_str()),
+        "{err}\n{main}"
+    );
+    let (code, _, _) = in_job(&s, &cgroup, &curl(&s, EVIL));
+    assert_ne!(code, 0, "EVIL is refused");
+
+    // The runner hands the saved state to the post step as STATE_<key>.
+    let state: Vec<(String, String)> = kv_file(&file("GITHUB_STATE"))
+        .into_iter()
+        .map(|(k, v)| (format!("STATE_{k}"), v))
+        .collect();
+    let pid = state
+        .iter()
+        .find(|(k, _)| k == "STATE_pid")
+        .unwrap()
+        .1
+        .clone();
+    let post = node("post.js", &state);
+    assert!(!post.contains("::warning"), "{post}");
+    let summary = fs::read_to_string(file("GITHUB_STEP_SUMMARY")).unwrap();
+    assert!(
+        summary.contains(EVIL),
+        "the job summary names the refused host\n{summary}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the daemon stopped\n{post}"
+    );
+    let outputs = kv_file(&file("GITHUB_OUTPUT"));
+    assert!(
+        outputs
+            .iter()
+            .any(|(k, v)| k == "audit-log" && v.ends_with("audit.jsonl")),
+        "{outputs:?}"
+    );
+    // After the post step the job is no longer firewalled (and the namespace has no route).
+    let (code, _, _) = in_job(&s, &cgroup, &curl(&s, API));
+    assert_ne!(code, 0);
 }
