@@ -123,6 +123,10 @@ pub struct Status {
     pub denied: u64,
     /// The current attachments.
     pub attachments: Vec<AttachmentInfo>,
+    /// Attachments of a daemon that died that could not be re-armed: still closed by their
+    /// pinned programs until `egressd detach NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphans: Vec<String>,
 }
 
 /// One attachment.

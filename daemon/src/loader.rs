@@ -15,8 +15,11 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
-        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId,
-        cgroup_sock_addr::CgroupSockAddrLinkId, sock_ops::SockOpsLinkId,
+        cgroup_skb::CgroupSkbLinkId,
+        cgroup_sock::CgroupSockLinkId,
+        cgroup_sock_addr::CgroupSockAddrLinkId,
+        links::{FdLink, PinnedLink},
+        sock_ops::SockOpsLinkId,
     },
 };
 use egressd_ebpf_common::{ClientKey, OrigDst, SandboxConfig, counter};
@@ -51,6 +54,22 @@ pub struct Links {
     ops: Option<SockOpsLinkId>,
     release: Option<CgroupSockLinkId>,
     skb: Option<CgroupSkbLinkId>,
+}
+
+/// The links of one cgroup pinned on bpffs ([`Loader::pin`]): they stay attached when the
+/// daemon dies, until [`Loader::release`] or [`unpin_dir`] removes them.
+#[derive(Debug)]
+pub struct PinnedLinks {
+    cgroup_id: u64,
+    dir: std::path::PathBuf,
+    links: Vec<PinnedLink>,
+}
+
+impl PinnedLinks {
+    /// The bpffs directory holding the pins.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
 }
 
 /// The loaded programs and the maps userspace uses. Dropping it detaches every program.
@@ -153,6 +172,88 @@ impl Loader {
         Ok(())
     }
 
+    /// Pins `links` under `dir` (on bpffs, created here), so that the cgroup stays redirected
+    /// if this process dies. On failure every link of `links` is detached.
+    pub fn pin(&mut self, links: Links, dir: &std::path::Path) -> anyhow::Result<PinnedLinks> {
+        let Links {
+            cgroup_id,
+            sock_addr,
+            ops,
+            release,
+            skb,
+        } = links;
+        // Take every link out of aya's bookkeeping first: from here on dropping one detaches it.
+        let mut taken: Vec<(&str, anyhow::Result<FdLink>)> = Vec::new();
+        for (name, id) in sock_addr {
+            let link = program::<CgroupSockAddr>(&mut self.ebpf, name)
+                .and_then(|p| Ok(p.take_link(id)?))
+                .and_then(|l| Ok(FdLink::try_from(l)?));
+            taken.push((name, link));
+        }
+        if let Some(id) = ops {
+            let link = program::<SockOps>(&mut self.ebpf, SOCK_OPS_PROGRAM)
+                .and_then(|p| Ok(p.take_link(id)?))
+                .and_then(|l| Ok(FdLink::try_from(l)?));
+            taken.push((SOCK_OPS_PROGRAM, link));
+        }
+        if let Some(id) = release {
+            let link = program::<CgroupSock>(&mut self.ebpf, SOCK_RELEASE_PROGRAM)
+                .and_then(|p| Ok(p.take_link(id)?))
+                .and_then(|l| Ok(FdLink::try_from(l)?));
+            taken.push((SOCK_RELEASE_PROGRAM, link));
+        }
+        if let Some(id) = skb {
+            let link = program::<CgroupSkb>(&mut self.ebpf, SKB_EGRESS_PROGRAM)
+                .and_then(|p| Ok(p.take_link(id)?))
+                .and_then(|l| Ok(FdLink::try_from(l)?));
+            taken.push((SKB_EGRESS_PROGRAM, link));
+        }
+        let mut pinned = PinnedLinks {
+            cgroup_id,
+            dir: dir.to_path_buf(),
+            links: Vec::new(),
+        };
+        let result = std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {}", dir.display()))
+            .and_then(|()| {
+                for (name, link) in taken {
+                    let link = link.with_context(|| {
+                        format!("taking the link of {name} (pinning needs kernel 5.7+ BPF links)")
+                    })?;
+                    let path = dir.join(name);
+                    pinned.links.push(
+                        link.pin(&path)
+                            .with_context(|| format!("pinning {}", path.display()))?,
+                    );
+                }
+                Ok(())
+            });
+        match result {
+            Ok(()) => Ok(pinned),
+            Err(e) => {
+                self.release(pinned);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unpins and detaches pinned links and forgets the cgroup's settings.
+    pub fn release(&mut self, pinned: PinnedLinks) {
+        for link in pinned.links {
+            // Unpinned and dropped: the last reference goes, the program is detached.
+            if let Err(e) = link.unpin() {
+                tracing::warn!("unpinning a link in {}: {e}", pinned.dir.display());
+            }
+        }
+        let _ = std::fs::remove_dir(&pinned.dir);
+        if let Err(e) = self.sandboxes.remove(&pinned.cgroup_id) {
+            tracing::debug!(
+                "removing cgroup {} from the SANDBOXES map: {e}",
+                pinned.cgroup_id
+            );
+        }
+    }
+
     /// Detaches the programs `links` attached and forgets the cgroup's settings. Errors are
     /// logged, not returned: detaching is cleanup, and each program is tried.
     pub fn detach(&mut self, links: Links) {
@@ -226,6 +327,22 @@ impl Loader {
             })
             .collect()
     }
+}
+
+/// Unpins every link in `dir` (left by a daemon that died) and removes the directory: the
+/// programs they kept attached are detached. Returns how many were unpinned.
+pub fn unpin_dir(dir: &std::path::Path) -> anyhow::Result<usize> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let link = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening the pinned link {}", path.display()))?;
+        link.unpin()
+            .with_context(|| format!("unpinning {}", path.display()))?;
+        count += 1;
+    }
+    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(count)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>

@@ -114,10 +114,21 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// SIGKILL: the daemon gets no chance to clean up.
+    fn kill(mut self) {
+        let running = self.running.take().expect("running");
+        signal(running.id(), "KILL");
+        let _ = running.wait();
+    }
+}
+
 impl Drop for Daemon {
+    /// A test that ends without [`Daemon::stop`] still stops it cleanly (its pinned links
+    /// are removed).
     fn drop(&mut self) {
         if let Some(running) = self.running.take() {
-            signal(running.id(), "KILL");
+            signal(running.id(), "TERM");
             let _ = running.wait();
         }
     }
@@ -757,4 +768,71 @@ fn the_github_action_firewalls_the_rest_of_the_job_and_summarises_it() {
     // After the post step the job is no longer firewalled (and the namespace has no route).
     let (code, _, _) = in_job(&s, &cgroup, &curl(&s, API));
     assert_ne!(code, 0);
+}
+
+/// The probe's `tcp` result from inside the job: `ok`, or the errno name.
+fn tcp_probe(s: &Scene, cgroup: &TestCgroup) -> String {
+    let (_, out, err) = in_job(
+        s,
+        cgroup,
+        &[
+            s.probe.display().to_string(),
+            "tcp".into(),
+            "192.0.2.10:443".into(),
+        ],
+    );
+    let line: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("probe output {out:?} ({e}): {err}"));
+    match line["result"].as_str() {
+        Some("ok") => "ok".to_owned(),
+        _ => line["errno"].as_str().unwrap_or("?").to_owned(),
+    }
+}
+
+#[test]
+fn a_killed_daemon_leaves_the_job_closed_and_a_restart_re_arms_it() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let cgroup = TestCgroup::new("restart");
+    let socket = s.scratch.path("ctl.sock");
+    let daemon = Daemon::start(&run_command(&s).allow(API), &socket);
+    let netns = s.net.netns_path();
+    daemon
+        .control(&[
+            "attach",
+            "--cgroup",
+            cgroup.path.to_str().unwrap(),
+            "--netns",
+            netns.to_str().unwrap(),
+            "--name",
+            "ci",
+        ])
+        .assert_success();
+    assert_eq!(tcp_probe(&s, &cgroup), "ok");
+
+    // SIGKILL: no cleanup runs. The pinned programs still redirect the job's connections,
+    // now to a listener that is gone: refused, never sent out.
+    daemon.kill();
+    assert_eq!(tcp_probe(&s, &cgroup), "ECONNREFUSED");
+    let (code, _, _) = in_job(&s, &cgroup, &curl(&s, API));
+    assert_ne!(code, 0);
+
+    // A new daemon on the same socket re-arms the job from the saved state.
+    let restarted = Daemon::start(&run_command(&s).allow(API), &socket);
+    let status = restarted.status();
+    assert_eq!(status["status"]["attachments"][0]["name"], "ci", "{status}");
+    let (code, out, err) = in_job(&s, &cgroup, &curl(&s, API));
+    assert_eq!((code, out.as_str()), (0, hello(API).as_str()), "{err}");
+
+    // A clean detach releases everything: the namespace's own lack of a route shows.
+    restarted.control(&["detach", "ci"]).assert_success();
+    assert_eq!(tcp_probe(&s, &cgroup), "ENETUNREACH");
+    let stopped = restarted.stop();
+    assert!(stopped.stderr.contains("re-armed ci"), "{stopped}");
+    assert!(
+        !socket.with_extension("state").exists(),
+        "nothing left to re-arm after a clean stop"
+    );
 }

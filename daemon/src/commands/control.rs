@@ -125,6 +125,12 @@ fn render(status: &Status) -> String {
         "connections: {} allowed, {} denied",
         status.allowed, status.denied
     );
+    for name in &status.orphans {
+        let _ = writeln!(
+            out,
+            "orphaned: {name} (left by a daemon that died; closed until `egressd detach {name}`)"
+        );
+    }
     if status.attachments.is_empty() {
         let _ = writeln!(out, "attachments: none");
         return out;

@@ -4,6 +4,7 @@
 //! The pieces are RAII owners: dropping them kills what is left in the cgroup, removes it,
 //! and closes the namespace.
 
+pub mod bpffs;
 pub mod cgroup;
 pub mod init;
 pub mod netns;

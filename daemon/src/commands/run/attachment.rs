@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     control::AttachmentInfo,
-    loader::Links,
+    loader::{Links, PinnedLinks},
     sandbox::{cgroup::Cgroup, netns::NetnsSockets},
 };
 
@@ -32,7 +32,10 @@ pub struct Attachment {
     /// Sockets in that namespace, for allowed loopback destinations there.
     pub loopback: Option<Arc<NetnsSockets>>,
     /// The attached programs; `None` once detached.
-    pub links: Option<Links>,
+    pub links: Option<AttachedLinks>,
+    /// A bind mount of the namespace under `/run/egressd/netns/` (when not the daemon's),
+    /// so that a restarted daemon can find it again.
+    pub netns_pin: Option<std::path::PathBuf>,
     /// Proxy listeners (IPv4, and IPv6 when available), in the namespace's loopback.
     pub tcp: Vec<TcpListener>,
     /// DNS listeners, likewise.
@@ -45,6 +48,14 @@ pub struct Attachment {
     pub serving: CancellationToken,
     /// When it was attached.
     pub since: String,
+}
+
+/// How the programs are held.
+pub enum AttachedLinks {
+    /// By this process only: released if it dies (no bpffs).
+    Plain(Links),
+    /// Pinned on bpffs: the cgroup stays redirected (fail closed) if the daemon dies.
+    Pinned(PinnedLinks),
 }
 
 impl Attachment {

@@ -16,7 +16,7 @@ use egressd_proxy::{AuditLog, Lifecycle, OrigDstLookup, Proxy, token::Provenance
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::attachment::Attachment;
+use super::attachment::{AttachedLinks, Attachment};
 use crate::{
     cli::RunArgs,
     control::{Response, Status, Target},
@@ -57,6 +57,10 @@ pub struct Daemon {
     ca_fingerprint: Option<String>,
     /// The trust bundle file (removed on drop).
     bundle: Option<TrustBundle>,
+    /// Where links are pinned (`<bpffs>/egressd/<daemon id>`), when bpffs is available.
+    pins: Option<PathBuf>,
+    /// Where the attachments are saved for a restarted daemon.
+    state_file: PathBuf,
     state: Mutex<State>,
 }
 
@@ -66,6 +70,24 @@ struct State {
     reloads: u64,
     last_reload_error: Option<String>,
     attachments: BTreeMap<String, Attachment>,
+    /// Attachments of a daemon that died which could not be re-armed: their pinned links
+    /// keep the cgroup closed until `detach NAME`.
+    orphans: BTreeMap<String, Saved>,
+}
+
+/// An attachment as saved for a restarted daemon (`<control socket>.state`, root-only).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    /// The attachment's name.
+    pub name: String,
+    /// The cgroup directory.
+    pub cgroup: PathBuf,
+    /// A path to its network namespace, when not the daemon's.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// The bpffs directory of its pinned links.
+    #[serde(default)]
+    pub pins: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -76,6 +98,8 @@ impl Daemon {
         loader: Loader,
         audit: Arc<AuditLog>,
         provenance: Option<Provenance>,
+        pins: Option<PathBuf>,
+        state_file: PathBuf,
     ) -> anyhow::Result<Self> {
         let orig = loader.orig_dst();
         let intercept_hosts = config.intercepts.host_patterns();
@@ -113,11 +137,14 @@ impl Daemon {
             started: now(),
             ca_fingerprint,
             bundle,
+            pins,
+            state_file,
             state: Mutex::new(State {
                 generation: Arc::new(generation),
                 reloads: 0,
                 last_reload_error: None,
                 attachments: BTreeMap::new(),
+                orphans: BTreeMap::new(),
             }),
         })
     }
@@ -191,6 +218,10 @@ impl Daemon {
         let net = netns::prepare(&mode)?;
         // The listeners (and the socket thread) keep the namespace alive.
         let netns: Option<OwnedFd> = net.netns;
+        let netns_fd_for_pin = match &netns {
+            Some(fd) => Some(fd.try_clone()?),
+            None => None,
+        };
         let loopback = match &netns {
             Some(fd) => Some(Arc::new(NetnsSockets::start(fd)?)),
             None => None,
@@ -209,6 +240,7 @@ impl Daemon {
             netns_label: netns_path.map(|p| p.display().to_string()),
             loopback,
             links: None,
+            netns_pin: None,
             tcp: std::iter::once(net.listener4)
                 .chain(net.listener6)
                 .collect(),
@@ -238,6 +270,18 @@ impl Daemon {
             let links = loader.attach(&attachment.cgroup, sandbox_config);
             (links, loader.programs())
         };
+        let links = links.and_then(|links| match &self.pins {
+            Some(root) => {
+                // bpffs refuses names with a dot.
+                let dir = root.join(format!("{}-{}", name.replace('.', "_"), std::process::id()));
+                let mut loader = self
+                    .loader
+                    .lock()
+                    .map_err(|_| anyhow!("loader lock poisoned"))?;
+                Ok(AttachedLinks::Pinned(loader.pin(links, &dir)?))
+            }
+            None => Ok(AttachedLinks::Plain(links)),
+        });
         let links = match links {
             Ok(l) => l,
             Err(e) => {
@@ -246,6 +290,18 @@ impl Daemon {
             }
         };
         attachment.links = Some(links);
+        attachment.netns_pin = match (&netns_fd_for_pin, &attachment.netns_label) {
+            (Some(fd), Some(_)) => match pin_netns(fd, &name) {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    tracing::warn!(
+                        "keeping the namespace of {name} findable after a restart: {e:#}"
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
         self.audit.lifecycle(
             &Lifecycle::arm(&name, "ebpf")
                 .programs(programs)
@@ -263,6 +319,7 @@ impl Daemon {
                 .unwrap_or_default()
         );
         state.attachments.insert(name, attachment);
+        self.save(&state);
         Ok(message)
     }
 
@@ -270,10 +327,15 @@ impl Daemon {
     pub async fn detach(&self, name: Option<&str>, all: bool) -> anyhow::Result<String> {
         let mut state = self.state.lock().await;
         let names: Vec<String> = if all {
-            state.attachments.keys().cloned().collect()
+            state
+                .attachments
+                .keys()
+                .chain(state.orphans.keys())
+                .cloned()
+                .collect()
         } else {
             let name = name.ok_or_else(|| anyhow!("detach needs a name or --all"))?;
-            if !state.attachments.contains_key(name) {
+            if !state.attachments.contains_key(name) && !state.orphans.contains_key(name) {
                 let known: Vec<&str> = state.attachments.keys().map(String::as_str).collect();
                 bail!(
                     "no attachment named {name:?} (attached: {})",
@@ -290,7 +352,11 @@ impl Daemon {
             if let Some(attachment) = state.attachments.remove(name) {
                 self.release(attachment);
             }
+            if let Some(orphan) = state.orphans.remove(name) {
+                release_saved(&orphan);
+            }
         }
+        self.save(&state);
         Ok(if names.is_empty() {
             "nothing was attached".to_owned()
         } else {
@@ -304,7 +370,13 @@ impl Daemon {
         if let Some(links) = attachment.links.take()
             && let Ok(mut loader) = self.loader.lock()
         {
-            loader.detach(links);
+            match links {
+                AttachedLinks::Plain(links) => loader.detach(links),
+                AttachedLinks::Pinned(pinned) => loader.release(pinned),
+            }
+        }
+        if let Some(path) = attachment.netns_pin.take() {
+            unpin_netns(&path);
         }
         attachment.serving.cancel();
         self.audit
@@ -385,6 +457,7 @@ impl Daemon {
             allowed: summary.allowed,
             denied: summary.denied,
             attachments: state.attachments.values().map(Attachment::info).collect(),
+            orphans: state.orphans.keys().cloned().collect(),
         }
     }
 
@@ -405,12 +478,101 @@ impl Daemon {
         }
     }
 
-    /// Releases every attachment (shutdown).
+    /// Releases every attachment (shutdown). Orphans stay closed (and saved).
     pub async fn shutdown(&self) {
         let mut state = self.state.lock().await;
         let attachments = std::mem::take(&mut state.attachments);
         for (_, attachment) in attachments {
             self.release(attachment);
+        }
+        self.save(&state);
+        if let Some(pins) = &self.pins {
+            // Only when empty: orphans' pins stay.
+            let _ = std::fs::remove_dir(pins);
+        }
+    }
+
+    /// Re-arms the attachments a previous daemon on this socket left pinned (it died):
+    /// each is attached again, then the old pins are removed. One that cannot be re-armed
+    /// stays closed by its old pins and is reported.
+    pub async fn rearm(&self) -> Vec<String> {
+        let saved: Vec<Saved> = match std::fs::read(&self.state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                eprintln!("egressd: ignoring {}: {e}", self.state_file.display());
+                Vec::new()
+            }),
+            Err(_) => return Vec::new(),
+        };
+        let mut messages = Vec::new();
+        for old in saved {
+            if !old.cgroup.exists() {
+                release_saved(&old);
+                messages.push(format!(
+                    "released {}: its cgroup {} is gone",
+                    old.name,
+                    old.cgroup.display()
+                ));
+                continue;
+            }
+            let target = Target::Cgroup {
+                path: old.cgroup.clone(),
+                netns: old.netns.clone(),
+            };
+            match self.attach(target, Some(old.name.clone()), None).await {
+                Ok(_) => {
+                    release_saved(&old);
+                    messages.push(format!(
+                        "re-armed {} (cgroup {}) left by a previous daemon",
+                        old.name,
+                        old.cgroup.display()
+                    ));
+                }
+                Err(e) => {
+                    messages.push(format!(
+                        "could not re-arm {} (cgroup {}), it stays closed until `egressd detach {}`: {e:#}",
+                        old.name,
+                        old.cgroup.display(),
+                        old.name
+                    ));
+                    let mut state = self.state.lock().await;
+                    state.orphans.insert(old.name.clone(), old);
+                    self.save(&state);
+                }
+            }
+        }
+        messages
+    }
+
+    /// Writes the attachments (and orphans) for a restarted daemon; removes the file when
+    /// there are none.
+    fn save(&self, state: &State) {
+        let saved: Vec<Saved> = state
+            .attachments
+            .values()
+            .filter_map(|a| match &a.links {
+                Some(AttachedLinks::Pinned(p)) => Some(Saved {
+                    name: a.name.clone(),
+                    cgroup: a.cgroup.path().to_path_buf(),
+                    netns: a.netns_pin.clone(),
+                    pins: Some(p.dir().to_path_buf()),
+                }),
+                _ => None,
+            })
+            .chain(state.orphans.values().cloned())
+            .collect();
+        let result = if saved.is_empty() {
+            match std::fs::remove_file(&self.state_file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            write_private(
+                &self.state_file,
+                &serde_json::to_vec_pretty(&saved).unwrap_or_default(),
+            )
+        };
+        if let Err(e) = result {
+            tracing::warn!("saving {}: {e}", self.state_file.display());
         }
     }
 
@@ -466,6 +628,64 @@ fn generation(
         interception,
         intercept_hosts,
     })
+}
+
+/// Removes what a saved attachment left: its pinned links (detaching its programs) and
+/// its namespace bind mount.
+fn release_saved(saved: &Saved) {
+    if let Some(pins) = &saved.pins
+        && pins.exists()
+        && let Err(e) = crate::loader::unpin_dir(pins)
+    {
+        eprintln!("egressd: releasing {}: {e:#}", saved.name);
+    }
+    if let Some(netns) = &saved.netns
+        && netns.starts_with(NETNS_DIR)
+    {
+        unpin_netns(netns);
+    }
+}
+
+/// Writes `bytes` to `path` (mode 0600), replacing it atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Where namespaces of attachments are bind-mounted (as `ip netns add` does).
+const NETNS_DIR: &str = "/run/egressd/netns";
+
+/// Bind-mounts the namespace `fd` at `/run/egressd/netns/<name>.<pid>`.
+fn pin_netns(fd: &OwnedFd, name: &str) -> anyhow::Result<PathBuf> {
+    use std::os::fd::AsRawFd as _;
+    std::fs::create_dir_all(NETNS_DIR).with_context(|| format!("creating {NETNS_DIR}"))?;
+    let path = Path::new(NETNS_DIR).join(format!("{name}.{}", std::process::id()));
+    File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    nix::mount::mount(
+        Some(source.as_str()),
+        &path,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mounting the namespace at {}", path.display()))?;
+    Ok(path)
+}
+
+/// Undoes [`pin_netns`].
+fn unpin_netns(path: &Path) {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(path);
 }
 
 /// Attachment names appear in audit records and status tables: keep them plain.

@@ -47,10 +47,32 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         let socket = server::bind(&args.control_socket).map_err(Failure::setup)?;
         let startup = args.attach_cgroup.clone();
         let socket_path = args.control_socket.clone();
+        let state_file = socket_path.with_extension("state");
+        let pins = match crate::sandbox::bpffs::root() {
+            Ok(root) => Some(root.join("egressd").join(daemon_id(&socket_path))),
+            Err(e) => {
+                eprintln!(
+                    "egressd: warning: no bpffs ({e:#}); links are not pinned, so if the daemon \
+                     dies the cgroups it firewalls are released"
+                );
+                None
+            }
+        };
         let daemon = Arc::new(
-            Daemon::new(args, config, loader, audit, provenance.verified().cloned())
-                .map_err(Failure::setup)?,
+            Daemon::new(
+                args,
+                config,
+                loader,
+                audit,
+                provenance.verified().cloned(),
+                pins,
+                state_file,
+            )
+            .map_err(Failure::setup)?,
         );
+        for message in daemon.rearm().await {
+            eprintln!("egressd: {message}");
+        }
         for path in startup {
             let target = Target::Cgroup { path, netns: None };
             match daemon.attach(target, None, None).await {
@@ -76,6 +98,14 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     code
+}
+
+/// A short, stable name for the daemon behind `socket` (its pins live under it).
+fn daemon_id(socket: &std::path::Path) -> String {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(socket.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("daemon-{hex}")
 }
 
 /// The signals the daemon acts on.
