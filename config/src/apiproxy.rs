@@ -97,10 +97,55 @@ impl Provider {
 pub struct Route {
     /// The provider (and so the port).
     pub provider: Provider,
-    /// The upstream API host (HTTPS, port 443).
+    /// The upstream API authority: a host, or `host:port` (HTTPS).
     pub upstream: String,
+    /// A path prefix for every upstream request (`--*-api-base-path`, the path of a BYOK
+    /// base URL), without a trailing slash; not added twice.
+    pub base_path: Option<String>,
     /// The credential injected; `None`: the provider is not configured (403/404 as AWF).
     pub credential: Option<String>,
+    /// How the credential goes upstream.
+    pub auth: RouteAuth,
+    /// Copilot BYOK: `GET /models` still goes to this Copilot API host with this credential
+    /// (the GitHub token), as AWF does.
+    pub models_via: Option<(String, String)>,
+}
+
+impl Route {
+    /// A route to `upstream` with the provider's own header and no base path.
+    #[must_use]
+    pub fn new(provider: Provider, upstream: String, credential: Option<String>) -> Self {
+        Self {
+            provider,
+            upstream,
+            base_path: None,
+            credential,
+            auth: RouteAuth::Provider,
+            models_via: None,
+        }
+    }
+}
+
+/// How a route's credential is put on the upstream request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// The provider's own header (§5.1): `Authorization: Bearer` (`OpenAI`), `x-api-key`
+    /// (Anthropic), `Authorization: <token|Bearer>` (Copilot), `x-goog-api-key` (Google).
+    #[default]
+    Provider,
+    /// The raw secret in this header (`--openai-api-auth-header`, `AWF_*_AUTH_HEADER`).
+    Header(String),
+    /// `Authorization: Bearer <token>` (OIDC-minted tokens, BYOK bearer tokens).
+    Bearer,
+    /// `api-key: <key>` (Azure `OpenAI` BYOK with a static key).
+    AzureKey,
+    /// AWS `SigV4` over the request (Bedrock with `AssumeRoleWithWebIdentity` keys).
+    SigV4 {
+        /// The signing region.
+        region: String,
+        /// The signing service (`bedrock`).
+        service: String,
+    },
 }
 
 /// The api-proxy of an `egressd awf` run: one route per provider.
@@ -112,6 +157,30 @@ pub struct ApiProxy {
     pub integration_id: String,
     /// `X-Interaction-Id` on Copilot requests without one (`<run_id>-<attempt>`).
     pub interaction_id: Option<String>,
+    /// Per-provider request limits (`--rate-limit-*`); `None`: no limit (AWF's default).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// AWF's per-provider rate limits (§5.5): once any is given, the others take these
+/// defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests per minute.
+    pub per_minute: u32,
+    /// Requests per hour.
+    pub per_hour: u32,
+    /// Request body bytes per minute.
+    pub bytes_per_minute: u64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            per_minute: 600,
+            per_hour: 10_000,
+            bytes_per_minute: 52_428_800,
+        }
+    }
 }
 
 impl ApiProxy {
@@ -148,13 +217,14 @@ mod tests {
     #[test]
     fn routes_by_port() {
         let proxy = ApiProxy {
-            routes: vec![Route {
-                provider: Provider::Anthropic,
-                upstream: "api.anthropic.com".into(),
-                credential: Some("k".into()),
-            }],
+            routes: vec![Route::new(
+                Provider::Anthropic,
+                "api.anthropic.com".into(),
+                Some("k".into()),
+            )],
             integration_id: "agentic-workflows".into(),
             interaction_id: None,
+            rate_limit: None,
         };
         assert_eq!(proxy.route(10001).unwrap().upstream, "api.anthropic.com");
         assert!(proxy.route(10000).is_none());

@@ -37,6 +37,8 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Proxy timeouts.
     pub timeouts: Timeouts,
+    /// Per-sandbox limits of the proxy.
+    pub limits: Limits,
     /// Token sources, in the order given; names are unique and references resolve.
     pub credentials: Vec<Credential>,
     /// The hosts egressd terminates TLS for (their hosts are allowed implicitly).
@@ -69,8 +71,14 @@ pub enum DnsDenied {
 /// Proxy timeouts; the defaults are in [`defaults`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Waiting for the first bytes (`ClientHello` or HTTP request head).
+    /// Waiting for the first bytes (`ClientHello` or HTTP request head), in total: the
+    /// handshake (slowloris) timeout.
     pub classify: Duration,
+    /// An intercepted client finishing its TLS handshake with egressd.
+    pub tls_handshake: Duration,
+    /// The whole head of each later request on a kept-alive HTTP/1 connection (plain or
+    /// intercepted), counted from the previous response.
+    pub request_head: Duration,
     /// Connecting to an upstream.
     pub connect: Duration,
     /// Silence in both directions on a relayed connection (not a total time).
@@ -83,9 +91,36 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             classify: defaults::CLASSIFY_TIMEOUT,
+            tls_handshake: defaults::TLS_HANDSHAKE_TIMEOUT,
+            request_head: defaults::REQUEST_HEAD_TIMEOUT,
             connect: defaults::CONNECT_TIMEOUT,
             idle: defaults::IDLE_TIMEOUT,
             resolve: defaults::RESOLVE_TIMEOUT,
+        }
+    }
+}
+
+/// Per-sandbox limits of the proxy; the defaults are in [`defaults`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most connections open through the proxy at once; more are reset and audited.
+    pub max_connections: u32,
+    /// Largest HTTP request head (request line and headers) in bytes; larger ones get `431`.
+    pub max_header_bytes: u32,
+}
+
+impl Limits {
+    /// The smallest `max_header_bytes` accepted: below it ordinary requests would fail.
+    pub const MIN_HEADER_BYTES: u32 = 1024;
+    /// The largest `max_header_bytes` accepted.
+    pub const MAX_HEADER_BYTES: u32 = 1024 * 1024;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_header_bytes: defaults::MAX_HEADER_BYTES,
         }
     }
 }
@@ -116,6 +151,7 @@ pub struct ConfigBuilder {
     upstream_ca: Option<PathBuf>,
     audit_log: Option<PathBuf>,
     timeouts: Timeouts,
+    limits: Limits,
     credentials: Vec<(Credential, Location)>,
     intercepts: Vec<crate::intercept::InterceptRule>,
     dns_denied: DnsDenied,
@@ -130,9 +166,16 @@ pub struct ConfigBuilder {
     copilot: Option<crate::copilot::CopilotTable>,
     provenance: crate::provenance::ProvenanceConfig,
     errors: Vec<Error>,
+    audit_only: bool,
 }
 
 impl ConfigBuilder {
+    /// Audit-only mode: denials are recorded, not enforced (see
+    /// [`Policy::with_audit_only`](crate::Policy::with_audit_only)).
+    pub fn audit_only(&mut self, audit_only: bool) {
+        self.audit_only = audit_only;
+    }
+
     /// Adds the entries derived from the GitHub deployment in `env` (and its Copilot hosts
     /// when `copilot`), each with a `github:...` origin.
     ///
@@ -324,6 +367,11 @@ impl ConfigBuilder {
         self.timeouts = timeouts;
     }
 
+    /// Replaces all limits. Out-of-range values are reported by [`build`](Self::build).
+    pub fn limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// Adds an already parsed entry (for entries egressd derives itself, with an
     /// [`Origin::Builtin`]).
     pub fn entry(&mut self, entry: Entry) {
@@ -349,6 +397,7 @@ impl ConfigBuilder {
             rule.fill_headers(&self.run);
         }
         errors.extend(credential::check_references(&self.credentials));
+        errors.extend(check_limits(self.limits));
         if let Some(error) = Error::from_many(errors) {
             return Err(error);
         }
@@ -360,12 +409,15 @@ impl ConfigBuilder {
         }
         entries.extend(self.intercepts.iter().map(|r| (*r.host).clone()));
         Ok(Config {
-            policy: Arc::new(Policy::new(entries, ports, &self.loopback_ports)),
+            policy: Arc::new(
+                Policy::new(entries, ports, &self.loopback_ports).with_audit_only(self.audit_only),
+            ),
             resolve: self.resolve,
             dns_servers: self.dns_servers,
             upstream_ca: self.upstream_ca,
             audit_log: self.audit_log,
             timeouts: self.timeouts,
+            limits: self.limits,
             credentials: self.credentials.into_iter().map(|(c, _)| c).collect(),
             intercepts: crate::intercept::Intercepts::new(self.intercepts),
             dns_denied: self.dns_denied,
@@ -579,7 +631,13 @@ impl FileContext<'_> {
             builder.credentials.iter().map(|(c, _)| c.clone()).collect();
         for table in &file.intercepts {
             match crate::intercept::parse(table, &|offset| self.place(offset), &credentials) {
-                Ok(rule) => builder.intercepts.push(rule),
+                Ok(rule) => match crate::intercept::spiffe_conflict(&builder.intercepts, &rule) {
+                    Some(why) => errors.push(Error::at(
+                        self.place(table.host.span().start).1,
+                        ErrorKind::InvalidValue(why),
+                    )),
+                    None => builder.intercepts.push(rule),
+                },
                 Err(e) => errors.extend(e),
             }
         }
@@ -606,6 +664,16 @@ impl FileContext<'_> {
         let timeouts = file.timeouts;
         for (key, value, slot) in [
             ("timeouts.classify", timeouts.classify, &mut t.classify),
+            (
+                "timeouts.tls_handshake",
+                timeouts.tls_handshake,
+                &mut t.tls_handshake,
+            ),
+            (
+                "timeouts.request_head",
+                timeouts.request_head,
+                &mut t.request_head,
+            ),
             ("timeouts.connect", timeouts.connect, &mut t.connect),
             ("timeouts.idle", timeouts.idle, &mut t.idle),
             ("timeouts.resolve", timeouts.resolve, &mut t.resolve),
@@ -621,6 +689,28 @@ impl FileContext<'_> {
                     };
                     errors.push(Error::at(self.place(value.span().start).1, kind));
                 }
+            }
+        }
+        let limits = file.limits;
+        let l = &mut builder.limits;
+        for (key, value, slot) in [
+            (
+                "limits.max_connections",
+                limits.max_connections,
+                &mut l.max_connections,
+            ),
+            (
+                "limits.max_header_bytes",
+                limits.max_header_bytes,
+                &mut l.max_header_bytes,
+            ),
+        ] {
+            let Some(value) = value else { continue };
+            if let Some(why) = limit_error(key, *value.get_ref()) {
+                let at = self.place(value.span().start).1;
+                errors.push(Error::at(at, ErrorKind::InvalidValue(why)));
+            } else {
+                *slot = *value.get_ref();
             }
         }
         errors.sort_by_key(|e| match e.location() {
@@ -676,6 +766,29 @@ impl FileContext<'_> {
             Location::File { path, line, column },
         )
     }
+}
+
+/// The errors of limits set through [`ConfigBuilder::limits`] (file values are checked as
+/// they are read, where their line is known).
+fn check_limits(limits: Limits) -> Vec<Error> {
+    [
+        ("limits.max_connections", limits.max_connections),
+        ("limits.max_header_bytes", limits.max_header_bytes),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| limit_error(key, value))
+    .map(|why| Error::at(Location::Builtin("limits"), ErrorKind::InvalidValue(why)))
+    .collect()
+}
+
+/// What is wrong with `value` for the limit `key`, if anything.
+fn limit_error(key: &str, value: u32) -> Option<String> {
+    let (min, max) = match key {
+        "limits.max_header_bytes" => (Limits::MIN_HEADER_BYTES, Limits::MAX_HEADER_BYTES),
+        _ => (1, u32::MAX),
+    };
+    (!(min..=max).contains(&value))
+        .then(|| format!("{key} = {value}: use a number from {min} to {max}"))
 }
 
 /// Splits a list on commas and whitespace, skipping empty pieces; yields byte offsets.

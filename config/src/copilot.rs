@@ -488,6 +488,7 @@ fn rule(host: &str, credential: &str, header: &str, format: &str) -> Result<Inte
         apply: crate::intercept::Apply::Header,
         set_headers: Vec::new(),
         default_headers: Vec::new(),
+        spiffe: None,
     })
 }
 

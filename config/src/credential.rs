@@ -99,6 +99,15 @@
 //! name = "copilot-per-user"
 //! source = "per-actor"
 //! table = "/etc/egressd/actors.toml"
+//!
+//! # An X.509-SVID from the SPIFFE Workload API (the SPIRE agent's socket), kept current as
+//! # it rotates. It is not a token: `[[intercept]]` rules name it with `spiffe = "..."` to
+//! # present it as the client certificate to the upstream (see `crate::intercept`).
+//! [[credential]]
+//! name = "runner-svid"
+//! source = "spiffe-x509"
+//! socket = "unix:///run/spire/agent/public/api.sock"   # default: SPIFFE_ENDPOINT_SOCKET
+//! spiffe_id = "spiffe://aim.example.com/github-runner" # optional: which SVID, when several
 //! ```
 //!
 //! Keys that do not apply to a table's `source` are errors, as are unknown keys: a typo must
@@ -136,6 +145,8 @@ pub const AWS_DURATION: Duration = Duration::from_hours(1);
 pub const AWS_DURATION_MIN: Duration = Duration::from_mins(15);
 /// `aws-web-identity`: the longest `duration` STS accepts (a role's maximum may be lower).
 pub const AWS_DURATION_MAX: Duration = Duration::from_hours(12);
+/// `spiffe-x509`: the variable that names the Workload API when `socket` is not set.
+pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
 
 /// One `[[credential]]` table, as written.
 #[derive(Debug, Deserialize)]
@@ -205,6 +216,10 @@ pub struct FileCredential {
     pub endpoint: Option<Spanned<String>>,
     /// `per-actor`: the table mapping `actor_id` to each user's secret.
     pub table: Option<Spanned<PathBuf>>,
+    /// `spiffe-x509`: the Workload API endpoint (default: `SPIFFE_ENDPOINT_SOCKET`).
+    pub socket: Option<Spanned<String>>,
+    /// `spiffe-x509`: the SPIFFE ID of the SVID to use when the Workload API offers several.
+    pub spiffe_id: Option<Spanned<String>>,
 }
 
 /// A validated credential.
@@ -252,8 +267,21 @@ pub enum CredentialSource {
         /// The table (relative paths resolved against the config file's directory).
         table: PathBuf,
     },
+    /// An X.509-SVID from the SPIFFE Workload API (`source = "spiffe-x509"`): a client
+    /// certificate for mTLS, not a token.
+    SpiffeX509(SpiffeX509Source),
     /// An RFC 8693 token exchange, Google STS by default (`source = "oauth2-token-exchange"`).
     TokenExchange(TokenExchangeSource),
+}
+
+/// `source = "spiffe-x509"`: X.509-SVIDs and trust bundles streamed by the SPIFFE Workload API
+/// (`FetchX509SVID`), kept current as they rotate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiffeX509Source {
+    /// The Workload API; `None` for the daemon's `SPIFFE_ENDPOINT_SOCKET`.
+    pub socket: Option<crate::spiffe::WorkloadEndpoint>,
+    /// The SVID to present; `None` for the first one offered (the default identity).
+    pub spiffe_id: Option<crate::spiffe::SpiffeId>,
 }
 
 /// `source = "entra"`: `POST {authority}/{tenant}/oauth2/v2.0/token`, client credentials.
@@ -372,8 +400,15 @@ impl Credential {
             CredentialSource::File { .. } => "file",
             CredentialSource::GithubOidc { .. } => "github-oidc",
             CredentialSource::PerActor { .. } => "per-actor",
+            CredentialSource::SpiffeX509(_) => "spiffe-x509",
             CredentialSource::TokenExchange(_) => "oauth2-token-exchange",
         }
+    }
+
+    /// Whether this credential is an X.509 identity (`spiffe-x509`), which rules present as
+    /// their client certificate (`spiffe = ...`) rather than inject as a token.
+    pub fn is_x509_identity(&self) -> bool {
+        matches!(self.source, CredentialSource::SpiffeX509(_))
     }
 }
 
@@ -399,7 +434,8 @@ pub(crate) fn parse(
             table.source.span().start,
             format!(
                 "unknown source '{source}': use one of github-oidc, entra, entra-agent, \
-                 oauth2-token-exchange, aws-web-identity, copilot, env, file, per-actor"
+                 oauth2-token-exchange, aws-web-identity, copilot, env, file, per-actor, \
+                 spiffe-x509"
             ),
         );
         return Err(check.errors);
@@ -411,6 +447,14 @@ pub(crate) fn parse(
                 format!("`{key}` does not apply to source '{source}': remove it"),
             );
         }
+    }
+    if let (Some(margin), "spiffe-x509") = (&table.refresh_margin, source) {
+        check.fail(
+            margin.span().start,
+            "`refresh_margin` does not apply to source 'spiffe-x509': the Workload API \
+             pushes rotated SVIDs itself; remove it"
+                .to_owned(),
+        );
     }
     let source = check.source(source, table, dir);
     let refresh_margin = table.refresh_margin.as_ref().and_then(|text| {
@@ -526,6 +570,7 @@ impl Checker<'_> {
                 var: self.required(source, "var", t.var.as_ref(), check_var),
             },
             "copilot" => CredentialSource::Copilot(self.copilot(t)),
+            "spiffe-x509" => CredentialSource::SpiffeX509(self.spiffe_x509(t)),
             "per-actor" => {
                 if t.table.is_none() {
                     self.fail(self.at_table, "source 'per-actor' needs `table`".to_owned());
@@ -699,6 +744,21 @@ impl Checker<'_> {
         }
     }
 
+    fn spiffe_x509(&mut self, t: &FileCredential) -> SpiffeX509Source {
+        use crate::spiffe::{SpiffeId, WorkloadEndpoint};
+        let socket = t.socket.as_ref().and_then(|s| {
+            WorkloadEndpoint::parse(s.get_ref())
+                .map_err(|why| self.fail(s.span().start, format!("`socket`: {why}")))
+                .ok()
+        });
+        let spiffe_id = t.spiffe_id.as_ref().and_then(|s| {
+            SpiffeId::parse(s.get_ref())
+                .map_err(|why| self.fail(s.span().start, format!("`spiffe_id`: {why}")))
+                .ok()
+        });
+        SpiffeX509Source { socket, spiffe_id }
+    }
+
     fn aws_web_identity(&mut self, t: &FileCredential) -> AwsWebIdentitySource {
         let source = "aws-web-identity";
         let default_session = default_session_name(self.name);
@@ -766,6 +826,14 @@ pub(crate) fn check_references(credentials: &[(Credential, Location)]) -> Vec<Er
             let why = format!(
                 "`{key}` names '{target}', which is not a credential: define a \
                  [[credential]] with that name (usually source = \"github-oidc\")"
+            );
+            errors.push(error(at, &credential.name, why));
+            continue;
+        }
+        if credentials[by_name[target]].0.is_x509_identity() {
+            let why = format!(
+                "`{key}` names '{target}', an X.509-SVID (spiffe-x509) with no token to \
+                 present: name a token credential (usually source = \"github-oidc\")"
             );
             errors.push(error(at, &credential.name, why));
             continue;
@@ -845,6 +913,7 @@ fn keys_of(source: &str) -> Option<&'static [&'static str]> {
         "env" => &["var"],
         "file" => &["path"],
         "per-actor" => &["table"],
+        "spiffe-x509" => &["socket", "spiffe_id"],
         _ => return None,
     })
 }
@@ -878,6 +947,8 @@ fn present_keys(t: &FileCredential) -> Vec<(&'static str, usize)> {
         ("mode", &t.mode),
         ("scheme", &t.scheme),
         ("api_url", &t.api_url),
+        ("socket", &t.socket),
+        ("spiffe_id", &t.spiffe_id),
     ];
     let mut keys: Vec<_> = strings
         .into_iter()

@@ -4,8 +4,17 @@
 
 use std::time::Duration;
 
-/// How long the proxy waits for the first bytes (`ClientHello` or HTTP request head).
+/// How long the proxy waits for the first bytes (`ClientHello` or HTTP request head), in
+/// total: a client that sends them slowly (slowloris) or never finishes them is closed then.
 pub const CLASSIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an intercepted client may take to finish its TLS handshake with egressd.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a kept-alive plain-HTTP or intercepted HTTP/1 connection may take to send the
+/// whole head of its next request (counted from the end of the previous response, so it is
+/// also how long such a connection may sit idle between requests). hyper's default.
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the proxy waits for a TCP connection to an upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -15,6 +24,15 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_mins(5);
 
 /// How long a DNS resolution of an allowed name may take.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most connections one sandbox may have open through the proxy at once; more are reset
+/// and audited. Each costs the daemon two file descriptors (client and upstream).
+pub const MAX_CONNECTIONS: u32 = 4096;
+
+/// Largest HTTP request head (request line and headers, in bytes) egressd reads from a
+/// plain-HTTP or intercepted client; a larger one gets `431`. Envoy's default is 60 KiB,
+/// nginx's 32 KiB.
+pub const MAX_HEADER_BYTES: u32 = 64 * 1024;
 
 /// Destination ports an allowed name may be reached on, unless the file sets `ports`
 /// (AWF's `Safe_ports` without the host and api-proxy additions).
@@ -28,3 +46,10 @@ pub const ENTRA_EXCHANGE_SCOPE: &str = "api://AzureADTokenExchange/.default";
 
 /// Port used for a `--dns-server` address given without one.
 pub const DNS_PORT: u16 = 53;
+
+/// How long a request to a SPIFFE rule's host waits for the Workload API's first X.509-SVID
+/// after egressd started (before it answers `503`).
+pub const SPIFFE_FIRST_SVID_WAIT: Duration = Duration::from_secs(5);
+
+/// How long egressd waits to connect to the SPIFFE Workload API socket.
+pub const SPIFFE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

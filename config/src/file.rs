@@ -32,10 +32,16 @@
 //! denied = "nxdomain"   # the sandbox's answer for a denied name; or "refused"
 //!
 //! [timeouts]
-//! classify = "10s"    # a whole number and a unit: ms, s, m or h; never zero
+//! classify = "10s"       # a whole number and a unit: ms, s, m or h; never zero
+//! tls_handshake = "10s"
+//! request_head = "30s"
 //! connect = "10s"
 //! idle = "5m"
 //! resolve = "5s"
+//!
+//! [limits]
+//! max_connections = 4096     # open at once, per sandbox
+//! max_header_bytes = 65536   # request line and headers, 1024 to 1048576
 //!
 //! # An allow entry with more to say: extra ports, and permission for the name to
 //! # resolve to private or loopback addresses.
@@ -82,6 +88,9 @@ pub struct File {
     /// Timeouts; missing keys keep their defaults.
     #[serde(default)]
     pub timeouts: FileTimeouts,
+    /// Limits; missing keys keep their defaults.
+    #[serde(default)]
+    pub limits: FileLimits,
     /// `[[rule]]` tables: allow entries with extra ports or `allow_private`.
     #[serde(default, rename = "rule")]
     pub rules: Vec<FileRule>,
@@ -112,14 +121,28 @@ pub struct FileDns {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTimeouts {
-    /// Waiting for the first bytes of a connection.
+    /// Waiting for the first bytes of a connection (in total: the slowloris guard).
     pub classify: Option<Spanned<String>>,
+    /// An intercepted client finishing its TLS handshake.
+    pub tls_handshake: Option<Spanned<String>>,
+    /// The head of each later request on a kept-alive HTTP/1 connection.
+    pub request_head: Option<Spanned<String>>,
     /// Connecting to an upstream.
     pub connect: Option<Spanned<String>>,
     /// Silence on a relayed connection.
     pub idle: Option<Spanned<String>>,
     /// A DNS resolution.
     pub resolve: Option<Spanned<String>>,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// Connections open through the proxy at once, per sandbox.
+    pub max_connections: Option<Spanned<u32>>,
+    /// Largest HTTP request head in bytes.
+    pub max_header_bytes: Option<Spanned<u32>>,
 }
 
 /// One `[[rule]]` table.

@@ -34,6 +34,26 @@
 //! An intercepted host is allowed implicitly (its rule is its allow entry). Requests to an
 //! intercepted host that no credential rule covers are forwarded without a credential.
 //!
+//! # SPIFFE workload identity (mTLS to the upstream)
+//!
+//! A rule may also name a `spiffe-x509` credential: egressd then presents that X.509-SVID as
+//! its client certificate when it dials the upstream, and verifies the upstream's certificate
+//! against the Workload API's trust bundle (not the web PKI) and its SPIFFE ID against the
+//! rule. It combines with a bearer `credential` on the same rule (two identities at once):
+//!
+//! ```toml
+//! [[intercept]]
+//! host = "budget-backend.internal"
+//! credential = "budget-agent"                   # Authorization: Bearer <Entra agent token>
+//! spiffe = "runner-svid"                        # a [[credential]] with source = "spiffe-x509"
+//! upstream_spiffe_ids = ["spiffe://aim.example.com/budget-backend"]
+//! # upstream_trust_domain = "aim.example.com"   # instead: any ID of this trust domain
+//! ```
+//!
+//! mTLS is a property of the connection, so it applies to every request to the rule's host,
+//! whatever its path and method (`path_prefix` and `methods` narrow only the bearer
+//! `credential`). Rules for the same host must not name different SPIFFE settings.
+//!
 //! # `{scheme}`
 //!
 //! GitHub tokens go to the Copilot API as `Authorization: Bearer <t>` on some hosts and
@@ -93,6 +113,13 @@ pub struct FileIntercept {
     /// Headers added when the client sent none, when the credential is applied.
     #[serde(default)]
     pub default_headers: std::collections::BTreeMap<String, Spanned<String>>,
+    /// A `spiffe-x509` credential: present its SVID to the upstream (mTLS).
+    pub spiffe: Option<Spanned<String>>,
+    /// With `spiffe`: the SPIFFE IDs the upstream may present.
+    #[serde(default)]
+    pub upstream_spiffe_ids: Vec<Spanned<String>>,
+    /// With `spiffe`: the trust domain whose IDs the upstream may present.
+    pub upstream_trust_domain: Option<Spanned<String>>,
 }
 
 /// The word before a token in `Authorization`, for formats that say `{scheme}`.
@@ -205,6 +232,17 @@ pub struct InterceptRule {
     pub set_headers: Vec<(String, String)>,
     /// Headers added when the credential is applied and the client sent none.
     pub default_headers: Vec<(String, String)>,
+    /// SPIFFE mTLS to the upstream, for every request to this rule's host.
+    pub spiffe: Option<SpiffeUpstream>,
+}
+
+/// A rule's SPIFFE settings: the SVID egressd presents and the upstream IDs it accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpiffeUpstream {
+    /// The `spiffe-x509` credential whose SVID is the client certificate.
+    pub svid: String,
+    /// The SPIFFE IDs the upstream may present.
+    pub peer: crate::spiffe::PeerAuthorization,
 }
 
 impl InterceptRule {
@@ -337,18 +375,10 @@ pub(crate) fn parse(
             None
         }
     };
-    let credential = table.credential.as_ref().map(|c| {
-        if !credentials.iter().any(|n| n.name == *c.get_ref()) {
-            errors.push(crate::Error::at(
-                place(c.span().start).1,
-                ErrorKind::InvalidValue(format!(
-                    "no [[credential]] named '{}': define it, or remove `credential` for strict interception only",
-                    c.get_ref()
-                )),
-            ));
-        }
-        c.get_ref().clone()
-    });
+    let credential = table
+        .credential
+        .as_ref()
+        .map(|c| bearer_credential(c, place, credentials, &mut errors));
     let header = match &table.header {
         Some(h) => header_name(h, place, &mut errors),
         None => "authorization".to_owned(),
@@ -389,6 +419,7 @@ pub(crate) fn parse(
     let apply = apply(table, place, credentials, &mut errors);
     let set_headers = headers(&table.set_headers, place, &mut errors);
     let default_headers = headers(&table.default_headers, place, &mut errors);
+    let spiffe = self::spiffe::parse(table, place, credentials, &mut errors);
     match (host, errors.is_empty()) {
         (Some(host), true) => Ok(InterceptRule {
             host,
@@ -401,9 +432,38 @@ pub(crate) fn parse(
             apply,
             set_headers,
             default_headers,
+            spiffe,
         }),
         _ => Err(errors),
     }
+}
+
+/// `credential`: a configured credential that has a token (not a `spiffe-x509` one).
+fn bearer_credential(
+    c: &Spanned<String>,
+    place: &dyn Fn(usize) -> (Origin, Location),
+    credentials: &[crate::Credential],
+    errors: &mut Vec<crate::Error>,
+) -> String {
+    let why = match credentials.iter().find(|n| n.name == *c.get_ref()) {
+        Some(n) if n.is_x509_identity() => Some(format!(
+            "'{}' is an X.509-SVID, not a token: name it with `spiffe = \"{}\"` to present it to the upstream",
+            c.get_ref(),
+            c.get_ref()
+        )),
+        Some(_) => None,
+        None => Some(format!(
+            "no [[credential]] named '{}': define it, or remove `credential` for strict interception only",
+            c.get_ref()
+        )),
+    };
+    if let Some(why) = why {
+        errors.push(crate::Error::at(
+            place(c.span().start).1,
+            ErrorKind::InvalidValue(why),
+        ));
+    }
+    c.get_ref().clone()
 }
 
 /// `set_headers` / `default_headers`: valid names that are not credential headers, values
@@ -568,111 +628,9 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+mod spiffe;
+
+pub(crate) use self::spiffe::spiffe_conflict;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rule(host: &str, prefix: Option<&str>, methods: &[&str]) -> InterceptRule {
-        InterceptRule {
-            host: Arc::new(Entry::parse(host, List::Allow, Origin::Builtin("test")).unwrap()),
-            credential: Some("c".into()),
-            header: "authorization".into(),
-            format: "Bearer {token}".into(),
-            path_prefix: prefix.map(str::to_owned),
-            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
-            strip: vec![],
-            apply: Apply::Header,
-            set_headers: vec![],
-            default_headers: vec![],
-        }
-    }
-
-    #[test]
-    fn hosts_match_with_awf_semantics() {
-        let set = Intercepts::new(vec![
-            rule("api.example.com", None, &[]),
-            rule("*.openai.azure.com", Some("/openai/"), &["POST"]),
-        ]);
-        assert_eq!(set.for_host("api.example.com").len(), 1);
-        assert_eq!(set.for_host("v2.api.example.com").len(), 1);
-        assert_eq!(set.for_host("res.openai.azure.com").len(), 1);
-        assert!(set.for_host("openai.azure.com").is_empty());
-        assert!(set.for_host("example.com").is_empty());
-        assert_eq!(
-            set.host_patterns(),
-            vec!["*.openai.azure.com", "api.example.com"]
-        );
-    }
-
-    #[test]
-    fn path_and_method_narrow_injection() {
-        let r = rule("x.test", Some("/openai/"), &["POST"]);
-        assert!(r.applies_to("POST", "/openai/deployments/x/chat/completions"));
-        assert!(!r.applies_to("GET", "/openai/models"));
-        assert!(!r.applies_to("POST", "/other"));
-        assert_eq!(r.header_value("t0k"), "Bearer t0k");
-    }
-
-    #[test]
-    fn schemes_follow_the_token_type_then_the_host() {
-        assert_eq!(
-            AuthScheme::for_github_token("github_pat_11AAA"),
-            Some(AuthScheme::Bearer)
-        );
-        assert_eq!(
-            AuthScheme::for_github_token("ghs_abc"),
-            Some(AuthScheme::Bearer)
-        );
-        assert_eq!(AuthScheme::for_github_token("gho_abc"), None);
-        assert_eq!(AuthScheme::for_github_token("ghu_abc"), None);
-        for host in [
-            "api.enterprise.githubcopilot.com",
-            "api.business.githubcopilot.com",
-            "copilot-api.acme.ghe.com",
-            "COPILOT-API.acme.ghe.com.",
-        ] {
-            assert_eq!(AuthScheme::for_host(host), AuthScheme::Token, "{host}");
-        }
-        for host in [
-            "api.githubcopilot.com",
-            "api.individual.githubcopilot.com",
-            "copilot-api.a.b.ghe.com",
-            "res.openai.azure.com",
-        ] {
-            assert_eq!(AuthScheme::for_host(host), AuthScheme::Bearer, "{host}");
-        }
-        let mut r = rule("x.test", None, &[]);
-        r.format = "{scheme} {token}".into();
-        assert!(r.wants_scheme());
-        assert_eq!(r.header_value_with("t", AuthScheme::Token), "token t");
-        assert_eq!(
-            r.header_value_with("{scheme}", AuthScheme::Bearer),
-            "Bearer {scheme}"
-        );
-    }
-
-    #[test]
-    fn header_templates_are_filled_or_dropped() {
-        let mut r = rule("x.test", None, &[]);
-        r.set_headers = vec![
-            ("copilot-integration-id".into(), "agentic-workflows".into()),
-            ("x-interaction-id".into(), "{run_id}-{run_attempt}".into()),
-        ];
-        let mut with = r.clone();
-        with.fill_headers(&RunVars {
-            run_id: Some("42".into()),
-            run_attempt: None,
-        });
-        assert_eq!(with.set_headers[1].1, "42-1");
-        r.fill_headers(&RunVars::default());
-        assert_eq!(r.set_headers.len(), 1, "{:?}", r.set_headers);
-    }
-
-    #[test]
-    fn header_tokens() {
-        assert!(is_token("api-key"));
-        assert!(is_token("Authorization"));
-        assert!(!is_token("bad header"));
-        assert!(!is_token(""));
-    }
-}
+mod tests;

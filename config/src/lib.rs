@@ -45,8 +45,9 @@ pub mod github;
 pub mod intercept;
 mod policy;
 pub mod provenance;
+pub mod spiffe;
 
-pub use builder::{Config, ConfigBuilder, DnsDenied, ResolveOverride, Timeouts};
+pub use builder::{Config, ConfigBuilder, DnsDenied, Limits, ResolveOverride, Timeouts};
 pub use credential::{Credential, CredentialSource};
 pub use error::{EntryError, Error, ErrorKind, Location};
 pub use intercept::{InterceptRule, Intercepts};

@@ -50,6 +50,11 @@ pub enum Command {
     ///
     /// Example: sudo egressd reload
     Reload(ControlArgs),
+    /// Check this host (kernel, BTF, cgroup v2, bpffs, privileges, nftables) and say which
+    /// backend egressd will use and why.
+    ///
+    /// Example: sudo egressd doctor
+    Doctor(DoctorArgs),
     /// Explain the allowlist: check or explain a host, show every entry, diff two configs.
     ///
     /// Example: egressd allowlist check -d github.com api.github.com
@@ -127,6 +132,10 @@ pub struct PolicyArgs {
     /// (`--netns host`). Repeatable.
     #[arg(long = "allow-loopback-port", value_name = "PORT")]
     pub allow_loopback_port: Vec<u16>,
+    /// Record what the policy would deny, but let it through (audit records say
+    /// `"decision": "deny", "enforced": false`). For finding the allowlist a job needs.
+    #[arg(long = "audit-only")]
+    pub audit_only: bool,
 }
 
 /// `egressd exec`.
@@ -156,6 +165,11 @@ pub struct ExecArgs {
     /// path such as /run/netns/NAME.
     #[arg(long = "netns", value_name = "new|host|PATH", default_value = "new")]
     pub netns: String,
+    /// How connections reach the proxy: `ebpf` (cgroup BPF), `nftables` (rules in the
+    /// sandbox's own namespace; `--netns new` only), or `auto` (eBPF, else nftables).
+    /// `egressd doctor` says which one this host supports.
+    #[arg(long = "backend", value_enum, default_value = "auto")]
+    pub backend: crate::commands::exec::Backend,
     /// Testing only: close the proxy's listeners before COMMAND starts, as if the proxy had
     /// died, with the kernel programs still attached. Proves that connections then fail
     /// instead of going out. Makes the sandbox stricter, never looser.
@@ -241,6 +255,14 @@ pub struct DetachArgs {
     pub all: bool,
 }
 
+/// `egressd doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the checks as JSON.
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
 /// `egressd status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -307,6 +329,53 @@ pub struct AwfArgs {
     /// Kill the command after this many minutes (exit 124).
     #[arg(long = "agent-timeout", value_name = "MINUTES")]
     pub agent_timeout: Option<u64>,
+    /// api-proxy: the `OpenAI` upstream host (env `OPENAI_API_TARGET`); added to the allowlist.
+    #[arg(long = "openai-api-target", value_name = "HOST")]
+    pub openai_api_target: Option<String>,
+    /// api-proxy: path prefix for `OpenAI` requests (env `OPENAI_API_BASE_PATH`).
+    #[arg(long = "openai-api-base-path", value_name = "PATH")]
+    pub openai_api_base_path: Option<String>,
+    /// api-proxy: header carrying the raw `OpenAI` key (env `AWF_OPENAI_AUTH_HEADER`).
+    #[arg(long = "openai-api-auth-header", value_name = "NAME")]
+    pub openai_api_auth_header: Option<String>,
+    /// api-proxy: the Anthropic upstream host (env `ANTHROPIC_API_TARGET`).
+    #[arg(long = "anthropic-api-target", value_name = "HOST")]
+    pub anthropic_api_target: Option<String>,
+    /// api-proxy: path prefix for Anthropic requests (env `ANTHROPIC_API_BASE_PATH`).
+    #[arg(long = "anthropic-api-base-path", value_name = "PATH")]
+    pub anthropic_api_base_path: Option<String>,
+    /// api-proxy: header carrying the raw Anthropic key (env `AWF_ANTHROPIC_AUTH_HEADER`).
+    #[arg(long = "anthropic-api-auth-header", value_name = "NAME")]
+    pub anthropic_api_auth_header: Option<String>,
+    /// api-proxy: the Copilot API host (env `COPILOT_API_TARGET`; default from
+    /// `GITHUB_SERVER_URL`).
+    #[arg(long = "copilot-api-target", value_name = "HOST")]
+    pub copilot_api_target: Option<String>,
+    /// api-proxy: the Gemini upstream host (env `GEMINI_API_TARGET`).
+    #[arg(long = "gemini-api-target", value_name = "HOST")]
+    pub gemini_api_target: Option<String>,
+    /// api-proxy: path prefix for Gemini requests (env `GEMINI_API_BASE_PATH`).
+    #[arg(long = "gemini-api-base-path", value_name = "PATH")]
+    pub gemini_api_base_path: Option<String>,
+    /// api-proxy: the Vertex AI upstream host (env `VERTEX_API_TARGET`).
+    #[arg(long = "vertex-api-target", value_name = "HOST")]
+    pub vertex_api_target: Option<String>,
+    /// api-proxy: path prefix for Vertex AI requests (env `VERTEX_API_BASE_PATH`).
+    #[arg(long = "vertex-api-base-path", value_name = "PATH")]
+    pub vertex_api_base_path: Option<String>,
+    /// api-proxy: requests per minute per provider (429 beyond; turns rate limiting on, the
+    /// other limits then default to 10000/h and 52428800 bytes/min).
+    #[arg(long = "rate-limit-rpm", value_name = "N")]
+    pub rate_limit_rpm: Option<u32>,
+    /// api-proxy: requests per hour per provider (default 10000 once limiting is on).
+    #[arg(long = "rate-limit-rph", value_name = "N")]
+    pub rate_limit_rph: Option<u32>,
+    /// api-proxy: request bytes per minute per provider (default 52428800 once limiting is on).
+    #[arg(long = "rate-limit-bytes-pm", value_name = "N")]
+    pub rate_limit_bytes_pm: Option<u64>,
+    /// api-proxy: no rate limits (the default; wins over the other rate-limit flags).
+    #[arg(long = "no-rate-limit")]
+    pub no_rate_limit: bool,
     /// Accepted, no effect: egressd uses no images.
     #[arg(long = "skip-pull")]
     pub skip_pull: bool,
@@ -370,6 +439,12 @@ pub struct AwfLogsArgs {
     /// List the log sources found.
     #[arg(long)]
     pub list: bool,
+    /// Keep printing lines as they are appended (until Ctrl-C), like `tail -f`.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// AWF shows the process of each request with -f; egressd's logs do not carry it.
+    #[arg(long = "with-pid", requires = "follow")]
+    pub with_pid: bool,
 }
 
 /// The views of `awf logs`.

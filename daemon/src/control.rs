@@ -121,6 +121,9 @@ pub struct Status {
     pub allowed: u64,
     /// Connections denied since start (all attachments).
     pub denied: u64,
+    /// Audit lines that could not be written (disk full...): lost, and counted here.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub audit_unwritten: u64,
     /// The current attachments.
     pub attachments: Vec<AttachmentInfo>,
     /// Attachments of a daemon that died that could not be re-armed: still closed by their
@@ -145,6 +148,14 @@ pub struct AttachmentInfo {
     pub dns_port: u16,
     /// When it was attached (RFC 3339, UTC).
     pub since: String,
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Sends `request` to the daemon at `socket` and returns its answer.

@@ -102,8 +102,9 @@ pub fn sandbox_env(
 }
 
 /// What the token sources read from the daemon's environment: the GitHub Actions OIDC
-/// request URL and token, and each variable an `env` credential names. Missing ones are
-/// left out; the broker says which credential needs them.
+/// request URL and token, each variable an `env` credential names, and
+/// `SPIFFE_ENDPOINT_SOCKET` (the Workload API of `spiffe-x509` credentials without a
+/// `socket`). Missing ones are left out; the broker says which credential needs them.
 pub fn token_source_env(config: &egressd_config::Config) -> egressd_proxy::token::SourceEnv {
     use egressd_proxy::token::{GithubOidcEnv, Secret, SourceEnv};
     let github_oidc = match (
@@ -120,11 +121,18 @@ pub fn token_source_env(config: &egressd_config::Config) -> egressd_proxy::token
         .into_iter()
         .filter_map(|var| Some((var.clone(), Secret::new(std::env::var(&var).ok()?))))
         .collect();
-    SourceEnv { github_oidc, vars }
+    let spiffe_endpoint_socket =
+        std::env::var(egressd_config::credential::SPIFFE_ENDPOINT_SOCKET).ok();
+    SourceEnv {
+        github_oidc,
+        vars,
+        spiffe_endpoint_socket,
+    }
 }
 
-/// The daemon variables `env` credentials and `per-actor` tables read: never passed to the
-/// sandbox.
+/// The daemon variables `env` credentials, `per-actor` tables and `spiffe-x509` credentials
+/// read: never passed to the sandbox (the sandbox is not the workload the SPIRE agent serves;
+/// egressd is).
 pub fn credential_vars(config: &egressd_config::Config) -> Vec<String> {
     let mut vars: Vec<String> = config
         .credentials
@@ -135,6 +143,13 @@ pub fn credential_vars(config: &egressd_config::Config) -> Vec<String> {
         })
         .collect();
     vars.extend(egressd_proxy::token::per_actor_vars(&config.credentials));
+    if config
+        .credentials
+        .iter()
+        .any(egressd_config::Credential::is_x509_identity)
+    {
+        vars.push(egressd_config::credential::SPIFFE_ENDPOINT_SOCKET.to_owned());
+    }
     vars
 }
 
@@ -180,7 +195,9 @@ pub fn github_run() -> egressd_config::intercept::RunVars {
 
 /// What `egressd awf`'s api-proxy reads from the daemon's environment (reference/awf.md
 /// §5.2): which provider key variables are set (names only; the broker reads the values
-/// through `env` credentials), `COPILOT_API_TARGET` and `COPILOT_INTEGRATION_ID`.
+/// through `env` credentials), and the non-secret settings: targets, base paths, auth header
+/// names, Copilot BYOK and `AWF_AUTH_*` (OIDC) variables.
+#[derive(Debug, Clone, Default)]
 pub struct ApiProxyEnv {
     /// The set (non-empty) variables among the providers' key variables.
     pub keys: Vec<&'static str>,
@@ -188,7 +205,53 @@ pub struct ApiProxyEnv {
     pub copilot_target: Option<String>,
     /// `COPILOT_INTEGRATION_ID`.
     pub integration_id: Option<String>,
+    /// The settings below, by variable name (only those set and non-empty). Secrets are
+    /// never read here: key variables are only checked for presence, in `keys` and
+    /// `byok_*_set`.
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// `COPILOT_PROVIDER_API_KEY` is set.
+    pub byok_key_set: bool,
+    /// `COPILOT_PROVIDER_BEARER_TOKEN` is set.
+    pub byok_bearer_set: bool,
 }
+
+/// The non-secret api-proxy settings [`api_proxy_env`] reads into `vars`.
+pub const API_PROXY_SETTINGS: &[&str] = &[
+    "OPENAI_API_TARGET",
+    "OPENAI_API_BASE_PATH",
+    "AWF_OPENAI_AUTH_HEADER",
+    "ANTHROPIC_API_TARGET",
+    "ANTHROPIC_API_BASE_PATH",
+    "AWF_ANTHROPIC_AUTH_HEADER",
+    "COPILOT_API_TARGET",
+    "COPILOT_API_BASE_PATH",
+    "GEMINI_API_TARGET",
+    "GEMINI_API_BASE_PATH",
+    "AWF_GEMINI_AUTH_HEADER",
+    "VERTEX_API_TARGET",
+    "VERTEX_API_BASE_PATH",
+    "AWF_VERTEX_AUTH_HEADER",
+    "COPILOT_PROVIDER_BASE_URL",
+    "COPILOT_PROVIDER_TYPE",
+    "ENGINE_API_TARGET",
+    "AWF_AUTH_TYPE",
+    "AWF_AUTH_PROVIDER",
+    "AWF_AUTH_OIDC_AUDIENCE",
+    "AWF_AUTH_AZURE_TENANT_ID",
+    "AWF_AUTH_AZURE_CLIENT_ID",
+    "AWF_AUTH_AZURE_SCOPE",
+    "AWF_AUTH_AZURE_CLOUD",
+    "AWF_AUTH_AZURE_AUTHORITY",
+    "AWF_AUTH_AWS_ROLE_ARN",
+    "AWF_AUTH_AWS_REGION",
+    "AWF_AUTH_AWS_ROLE_SESSION_NAME",
+    "AWF_AUTH_AWS_STS_ENDPOINT",
+    "AWF_AUTH_GCP_WORKLOAD_IDENTITY_PROVIDER",
+    "AWF_AUTH_GCP_SERVICE_ACCOUNT",
+    "AWF_AUTH_GCP_SCOPE",
+    "AWF_AUTH_GCP_STS_URL",
+    "AWF_AUTH_GCP_IAM_CREDENTIALS_URL",
+];
 
 /// Reads [`ApiProxyEnv`].
 pub fn api_proxy_env() -> ApiProxyEnv {
@@ -201,6 +264,12 @@ pub fn api_proxy_env() -> ApiProxyEnv {
             .collect(),
         copilot_target: set("COPILOT_API_TARGET"),
         integration_id: set("COPILOT_INTEGRATION_ID"),
+        vars: API_PROXY_SETTINGS
+            .iter()
+            .filter_map(|name| set(name).map(|v| ((*name).to_owned(), v)))
+            .collect(),
+        byok_key_set: set(egressd_config::copilot::BYOK_KEY_VAR).is_some(),
+        byok_bearer_set: set(egressd_config::copilot::BYOK_BEARER_VAR).is_some(),
     }
 }
 

@@ -69,6 +69,7 @@ pub fn build(
     if let Some(path) = audit_log {
         builder.audit_log(path);
     }
+    builder.audit_only(args.audit_only);
     match errors.len() {
         0 => {}
         1 => return Err(errors.remove(0)),

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use egressd_config::apiproxy::{ApiProxy, Provider, Route};
+use egressd_config::apiproxy::{ApiProxy, Provider, Route, RouteAuth};
 use egressd_config::intercept::AuthScheme;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -47,6 +47,7 @@ pub(crate) const STRIPPED: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "x-api-key",
+    "api-key",
     "x-goog-api-key",
     "forwarded",
     "via",
@@ -55,17 +56,21 @@ pub(crate) const STRIPPED: &[&str] = &[
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Longest path written to the audit log.
 const MAX_AUDIT_PATH: usize = 1024;
+/// Largest request body buffered to sign it with SigV4 (AWF's api-proxy body limit).
+const MAX_SIGNED_BODY: usize = 10 * 1024 * 1024;
 
-/// The api-proxy of a proxy: its routes, an upstream client and the broker.
+/// The api-proxy of a proxy: its routes, an upstream client, the broker, the rate limits.
 pub(crate) struct Server {
     config: ApiProxy,
     upstream: Upstream,
     broker: crate::token::Broker,
+    limiter: Option<ratelimit::Limiter>,
 }
 
 impl Server {
     pub(crate) fn new(config: ApiProxy, upstream: Upstream, broker: crate::token::Broker) -> Self {
         Self {
+            limiter: config.rate_limit.map(ratelimit::Limiter::new),
             config,
             upstream,
             broker,
@@ -90,7 +95,8 @@ pub(crate) async fn serve(
         proxy.audit.record(&rec);
         return;
     }
-    let idle = proxy.config.timeouts.idle;
+    let request_head = proxy.config.timeouts.request_head;
+    let max_buf = crate::conn::limits::hyper_buf_size(proxy.config.limits.max_header_bytes);
     let service = hyper::service::service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
         async move { Ok::<_, Infallible>(handle(&proxy, client, orig, req).await) }
@@ -98,7 +104,8 @@ pub(crate) async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(idle)
+        .header_read_timeout(request_head)
+        .max_buf_size(max_buf)
         .keep_alive(true);
     if let Err(e) = builder
         .serve_connection(TokioIo::new(stream), service)
@@ -146,6 +153,24 @@ async fn handle(
         pending.rec.reason = "api-proxy management endpoint".to_owned();
         return json(status, &body);
     }
+    // Copilot BYOK: the model list still comes from the Copilot API (AWF §5.1).
+    let models_route;
+    let route = match route {
+        Some(r)
+            if req.method() == Method::GET
+                && (req.uri().path() == "/models" || req.uri().path().starts_with("/models/")) =>
+        {
+            match &r.models_via {
+                Some((host, credential)) => {
+                    models_route = Route::new(r.provider, host.clone(), Some(credential.clone()));
+                    pending.rec.name = Some(host.clone());
+                    Some(&models_route)
+                }
+                None => Some(r),
+            }
+        }
+        other => other,
+    };
     let Some((route, credential)) = route.and_then(|r| Some((r, r.credential.as_deref()?))) else {
         pending.rec.name = Some(egressd_config::apiproxy::HOST.to_owned());
         pending.rec.port = Some(port);
@@ -155,6 +180,23 @@ async fn handle(
         return body;
     };
     pending.rec.credential = Some(credential.to_owned());
+    if let Some(limiter) = &server.limiter {
+        let bytes = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let now = std::time::Instant::now();
+        if let Err(exceeded) = limiter.admit(provider, bytes, now) {
+            pending.rec.reason = format!(
+                "api-proxy rate limit: {} ({})",
+                exceeded.window.name(),
+                exceeded.limit
+            );
+            pending.rec.status = Some(429);
+            return rate_limited(provider, &exceeded, limiter.remaining(provider, now));
+        }
+    }
     let (mut parts, body) = req.into_parts();
     if let Err(reason) = prepare(&server.config, route, &mut parts) {
         pending.rec.reason = reason.clone();
@@ -182,35 +224,21 @@ async fn handle(
         }
     };
     pending.rec.token_source = Some(token.source.to_owned());
-    let Some(secret) = token.bearer() else {
-        let reason = "the credential does not hold a token for a header";
-        pending.rec.reason = reason.to_owned();
-        pending.rec.status = Some(503);
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            provider,
-            reason,
-            "credential_unavailable",
-            false,
-        );
-    };
-    let scheme = token
-        .scheme
-        .unwrap_or_else(|| AuthScheme::for_host(&route.upstream));
-    if auth(provider, secret.expose(), scheme, &mut parts.headers).is_err() {
-        let reason = "the token is not a valid header value";
-        pending.rec.reason = reason.to_owned();
-        pending.rec.status = Some(503);
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            provider,
-            reason,
-            "credential_unavailable",
-            false,
-        );
-    }
     let body: UpBody =
         crate::body::Counted::new(body, Arc::clone(&pending.bytes_up)).boxed_unsync();
+    let body = match apply_auth(route, &token, &mut parts, body).await {
+        Ok(body) => body,
+        Err((status, reason)) => {
+            pending.rec.reason = reason.to_owned();
+            pending.rec.status = Some(status.as_u16());
+            let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "request_too_large"
+            } else {
+                "credential_unavailable"
+            };
+            return error(status, provider, reason, kind, false);
+        }
+    };
     let resp = server
         .upstream
         .auto
@@ -236,6 +264,25 @@ async fn handle(
     pending.rec.status = Some(resp.status().as_u16());
     pending.rec.reason = "api-proxy".to_owned();
     strip_hop_by_hop(resp.headers_mut());
+    // The provider must not be able to echo the key back to the sandbox (redact.rs).
+    let reflected = match (&route.auth, token.aws.as_ref()) {
+        (RouteAuth::SigV4 { .. }, Some(aws)) => aws.session_token.expose().as_bytes().to_vec(),
+        _ => token
+            .bearer()
+            .map(|s| s.expose().as_bytes().to_vec())
+            .unwrap_or_default(),
+    };
+    if !reflected.is_empty() {
+        crate::intercept::redact::headers(resp.headers_mut(), &reflected);
+        resp.headers_mut().remove(hyper::header::CONTENT_LENGTH);
+        return resp.map(|body| {
+            AuditedBody::new(
+                crate::intercept::redact::Redacting::new(body, &reflected).boxed_unsync(),
+                pending,
+            )
+            .boxed_unsync()
+        });
+    }
     resp.map(|body| AuditedBody::new(body.boxed_unsync(), pending).boxed_unsync())
 }
 
@@ -306,6 +353,87 @@ pub(crate) fn prepare(
     Ok(())
 }
 
+/// Puts the credential on the request as the route says; returns the body to send (buffered
+/// when SigV4 signs it).
+async fn apply_auth(
+    route: &Route,
+    token: &crate::token::Token,
+    parts: &mut hyper::http::request::Parts,
+    body: UpBody,
+) -> Result<UpBody, (StatusCode, &'static str)> {
+    let unusable = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the credential does not fit the route (a token for a header, AWS keys for SigV4)",
+    );
+    let bad_value = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the token is not a valid header value",
+    );
+    if let RouteAuth::SigV4 { region, service } = &route.auth {
+        let aws = token.aws.as_ref().ok_or(unusable)?;
+        let bytes = http_body_util::Limited::new(body, MAX_SIGNED_BODY)
+            .collect()
+            .await
+            .map_err(|_| {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is over 10 MiB",
+                )
+            })?
+            .to_bytes();
+        let keys = crate::intercept::sigv4::Keys {
+            access_key_id: aws.access_key_id.expose(),
+            secret_access_key: aws.secret_access_key.expose(),
+            session_token: Some(aws.session_token.expose()),
+        };
+        let scope = crate::intercept::sigv4::Scope {
+            region,
+            service,
+            now: time::OffsetDateTime::now_utc(),
+            content_sha256: false,
+        };
+        crate::intercept::sigv4::sign(
+            parts.method.as_str(),
+            &parts.uri,
+            &mut parts.headers,
+            &crate::intercept::sigv4::sha256_hex(&bytes),
+            keys,
+            scope,
+        )
+        .map_err(|_| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request could not be signed",
+            )
+        })?;
+        return Ok(Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync());
+    }
+    let secret = token.bearer().ok_or(unusable)?;
+    let secret = secret.expose();
+    let (name, value) = match &route.auth {
+        RouteAuth::Provider => {
+            let scheme = token
+                .scheme
+                .unwrap_or_else(|| AuthScheme::for_host(&route.upstream));
+            auth(route.provider, secret, scheme, &mut parts.headers).map_err(|()| bad_value)?;
+            return Ok(body);
+        }
+        RouteAuth::Header(name) => (
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_value)?,
+            secret.to_owned(),
+        ),
+        RouteAuth::Bearer => (hyper::header::AUTHORIZATION, format!("Bearer {secret}")),
+        RouteAuth::AzureKey => (HeaderName::from_static("api-key"), secret.to_owned()),
+        RouteAuth::SigV4 { .. } => unreachable!("handled above"),
+    };
+    let mut value = HeaderValue::from_str(&value).map_err(|_| bad_value)?;
+    value.set_sensitive(true);
+    parts.headers.insert(name, value);
+    Ok(body)
+}
+
 /// The credential in the provider's header (§5.1).
 pub(crate) fn auth(
     provider: Provider,
@@ -329,7 +457,15 @@ pub(crate) fn auth(
 /// query parameters dropped.
 fn upstream_path(route: &Route, uri: &Uri) -> String {
     let path = uri.path();
-    let path = if route.provider == Provider::OpenAi
+    let path = if let Some(base) = route.base_path.as_deref().filter(|b| !b.is_empty()) {
+        if path == base || path.starts_with(&format!("{base}/")) {
+            path.to_owned()
+        } else if path == "/" {
+            base.to_owned()
+        } else {
+            format!("{base}{path}")
+        }
+    } else if route.provider == Provider::OpenAi
         && route.upstream.eq_ignore_ascii_case("api.openai.com")
         && path != "/v1"
         && !path.starts_with("/v1/")
@@ -483,6 +619,39 @@ fn error(
     )
 }
 
+/// AWF's `429` (§5.5): `Retry-After`, `X-RateLimit-*`, `X-Request-ID` and a
+/// `rate_limit_error` body.
+fn rate_limited(
+    provider: Provider,
+    exceeded: &ratelimit::Exceeded,
+    remaining: u64,
+) -> Response<ResBody> {
+    let window = exceeded.window.name();
+    let mut resp = json(
+        StatusCode::TOO_MANY_REQUESTS,
+        &serde_json::json!({"error": {
+            "type": "rate_limit_error",
+            "message": format!(
+                "Rate limit exceeded for {}: {} {window}. Retry after {} seconds.",
+                provider.name(),
+                exceeded.limit,
+                exceeded.retry_after
+            ),
+            "provider": provider.name(),
+            "limit": exceeded.limit,
+            "window": window,
+            "retry_after": exceeded.retry_after,
+        }}),
+    );
+    let headers = resp.headers_mut();
+    headers.insert("retry-after", HeaderValue::from(exceeded.retry_after));
+    headers.insert("x-ratelimit-limit", HeaderValue::from(exceeded.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(exceeded.retry_after));
+    headers.insert("x-request-id", header(&new_request_id()));
+    resp
+}
+
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResBody> {
     let mut resp = Response::new(full(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
@@ -497,5 +666,6 @@ fn full(bytes: Bytes) -> ResBody {
         .boxed_unsync()
 }
 
+mod ratelimit;
 #[cfg(test)]
 mod tests;

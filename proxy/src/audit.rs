@@ -85,6 +85,9 @@ pub(crate) struct Record {
     pub name: Option<String>,
     pub port: Option<u16>,
     pub decision: AuditDecision,
+    /// `false` for a denial that audit-only mode let through (absent otherwise).
+    #[serde(skip_serializing_if = "is_true")]
+    pub enforced: bool,
     /// The deciding rule (`Entry`'s `Display`), if any.
     pub rule: Option<String>,
     pub reason: String,
@@ -119,9 +122,36 @@ pub(crate) struct Record {
     /// Seconds the injected token had left (absent for static secrets).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_expires_in_s: Option<u64>,
+    /// SPIFFE rules: the SPIFFE ID of the X.509-SVID egressd presented to the upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spiffe_presented: Option<String>,
+    /// SPIFFE rules: the upstream's SPIFFE ID, verified against the Workload API's bundle and
+    /// allowed by the rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spiffe_verified: Option<String>,
+}
+
+/// For `skip_serializing_if`: `enforced` is written only when it is false.
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde passes a reference"
+)]
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Record {
+    /// Records the decision of a connection or request that goes ahead: `allow`, or in
+    /// audit-only mode a `deny` that was not enforced.
+    pub(crate) fn went_ahead(&mut self, decision: &egressd_config::Decision) {
+        if decision.action == egressd_config::Action::Deny {
+            self.decision = AuditDecision::Deny;
+            self.enforced = false;
+        } else {
+            self.decision = AuditDecision::Allow;
+        }
+    }
+
     /// A record stamped now, denied with `reason`, with nothing else known yet.
     pub(crate) fn new(
         sandbox: &Arc<str>,
@@ -138,6 +168,7 @@ impl Record {
             name: None,
             port: orig_dst.map(|o| o.port()),
             decision: AuditDecision::Deny,
+            enforced: true,
             rule: None,
             reason: String::new(),
             upstream: None,
@@ -153,6 +184,8 @@ impl Record {
             credential: None,
             token_source: None,
             token_expires_in_s: None,
+            spiffe_presented: None,
+            spiffe_verified: None,
         }
     }
 
@@ -172,7 +205,7 @@ impl Record {
 /// file, so lines from concurrent connections never interleave.
 #[derive(Debug)]
 pub struct AuditLog {
-    file: Option<Mutex<File>>,
+    file: Option<Mutex<LogFile>>,
     summary: Mutex<Summary>,
     /// The run's provenance; `None` until the daemon sets it (then every line carries it).
     provenance: Option<ProvenanceStatus>,
@@ -189,9 +222,10 @@ impl AuditLog {
     /// Opening the file failed (missing directory, permissions).
     pub fn new(path: Option<&Path>) -> io::Result<Self> {
         let file = match path {
-            Some(p) => Some(Mutex::new(
-                OpenOptions::new().create(true).append(true).open(p)?,
-            )),
+            Some(p) => Some(Mutex::new(LogFile {
+                file: OpenOptions::new().create(true).append(true).open(p)?,
+                broken: false,
+            })),
             None => None,
         };
         Ok(Self {
@@ -290,10 +324,41 @@ impl AuditLog {
         };
         line.push(b'\n');
         let mut f = lock(file);
-        if let Err(e) = f.write_all(&line).and_then(|()| f.flush()) {
-            tracing::warn!(error = %e, "writing the audit log");
+        // After a failed write (disk full) the file may end in half a line: end it first, so
+        // the records written once there is room again are each a line of their own.
+        let result = if f.broken {
+            f.file
+                .write_all(b"\n")
+                .and_then(|()| f.file.write_all(&line))
+        } else {
+            f.file.write_all(&line)
+        }
+        .and_then(|()| f.file.flush());
+        match result {
+            Ok(()) => f.broken = false,
+            Err(e) => {
+                f.broken = true;
+                drop(f);
+                let mut summary = lock(&self.summary);
+                if summary.unwritten == 0 {
+                    // Once, loudly: from here on the summary counts what was lost.
+                    eprintln!(
+                        "egressd: error: writing the audit log failed ({e}); records are being \
+                         lost and counted"
+                    );
+                }
+                summary.unwritten += 1;
+                summary.unwritten_error = Some(e.to_string());
+            }
         }
     }
+}
+
+/// The audit log file and whether its last write failed.
+#[derive(Debug)]
+struct LogFile {
+    file: File,
+    broken: bool,
 }
 
 /// A lifecycle line: what was enforced and when (see the module docs).
@@ -425,6 +490,12 @@ pub struct Summary {
     /// Distinct denied names (or IPs when there was no name), in first-seen order, with the
     /// first reason seen and how many times each was denied.
     pub denied_names: Vec<(String, String, u64)>,
+    /// Denials (connections, requests and DNS queries) that audit-only mode let through.
+    pub not_enforced: u64,
+    /// Audit lines (records and lifecycle lines) that could not be written (disk full...).
+    pub unwritten: u64,
+    /// The last error writing the audit log.
+    pub unwritten_error: Option<String>,
 }
 
 impl Summary {
@@ -437,6 +508,9 @@ impl Summary {
             AuditDecision::Allow if dns => {}
             AuditDecision::Allow => self.allowed += 1,
             AuditDecision::Deny => {
+                if !r.enforced {
+                    self.not_enforced += 1;
+                }
                 if dns {
                     self.dns_refused += 1;
                 } else {
@@ -471,9 +545,24 @@ impl fmt::Display for Summary {
                 self.dns_queries, self.dns_refused
             )?;
         }
+        if self.not_enforced > 0 {
+            write!(
+                f,
+                " (audit-only: {} not enforced, let through)",
+                self.not_enforced
+            )?;
+        }
         for (i, (name, reason, count)) in self.denied_names.iter().enumerate() {
             f.write_str(if i == 0 { ": " } else { ", " })?;
             write!(f, "{name} ({reason}) x{count}")?;
+        }
+        if self.unwritten > 0 {
+            write!(
+                f,
+                "\negressd: error: {} audit lines could NOT be written to the audit log ({})",
+                self.unwritten,
+                self.unwritten_error.as_deref().unwrap_or("unknown error")
+            )?;
         }
         Ok(())
     }

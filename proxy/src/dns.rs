@@ -66,6 +66,8 @@ pub(crate) enum DnsVerdict {
         rtype: RecordType,
         /// The deciding allowlist entry (`Entry`'s Display).
         rule: Option<String>,
+        /// Audit-only mode: why it would have been refused (recorded as an unenforced deny).
+        unenforced: Option<String>,
     },
     /// An allowed name, a type we do not answer: NOERROR with no records.
     NoData {
@@ -73,6 +75,8 @@ pub(crate) enum DnsVerdict {
         name: String,
         /// The deciding allowlist entry.
         rule: Option<String>,
+        /// Audit-only mode: why it would have been refused.
+        unenforced: Option<String>,
     },
     /// Refuse with `rcode` and say why.
     Refuse {
@@ -133,7 +137,8 @@ pub(crate) fn decide(policy: &Policy, denied: DnsDenied, query: &Message) -> Dns
         decision.reason,
         Reason::Allowlisted | Reason::SchemeNotAllowed | Reason::PortNotAllowed
     );
-    if !name_allowed {
+    let unenforced = (!name_allowed && policy.audit_only()).then(|| decision.reason.to_string());
+    if !name_allowed && unenforced.is_none() {
         return DnsVerdict::Refuse {
             name: Some(name),
             rcode: match denied {
@@ -145,8 +150,17 @@ pub(crate) fn decide(policy: &Policy, denied: DnsDenied, query: &Message) -> Dns
         };
     }
     match question.query_type() {
-        rtype @ (RecordType::A | RecordType::AAAA) => DnsVerdict::Resolve { name, rtype, rule },
-        _ => DnsVerdict::NoData { name, rule },
+        rtype @ (RecordType::A | RecordType::AAAA) => DnsVerdict::Resolve {
+            name,
+            rtype,
+            rule,
+            unenforced,
+        },
+        _ => DnsVerdict::NoData {
+            name,
+            rule,
+            unenforced,
+        },
     }
 }
 
@@ -201,115 +215,22 @@ impl Proxy {
     ) -> Option<Vec<u8>> {
         let started = Instant::now();
         let mut rec = Record::new(&self.sandbox, client, orig, Proto::Dns);
-        rec.port = Some(53);
-        let query = match Message::from_vec(bytes) {
-            Ok(q) => q,
-            Err(_) => {
-                rec.reason = "malformed DNS message".to_owned();
-                self.finish_dns(rec, started);
-                // Answer FORMERR when at least the id is there, as resolvers expect.
-                let id = u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]);
-                return encode(
-                    &Message::error_msg(id, OpCode::Query, ResponseCode::FormErr),
-                    transport,
-                    None,
-                );
+        let ctx = Context {
+            policy: &self.config.policy,
+            denied: self.config.dns_denied,
+            api_proxy: self.api_proxy.is_some(),
+            transport,
+        };
+        let reply = match first_step(&ctx, bytes, &mut rec) {
+            Step::Ignore => return None,
+            Step::Done(reply) => reply,
+            Step::Resolve(pending) => {
+                let found = self.lookup_records(&pending.name, pending.rtype).await;
+                pending.complete(found, &mut rec, transport)
             }
         };
-        if query.metadata.message_type != MessageType::Query {
-            return None;
-        }
-        let mut reply = Message::new(
-            query.metadata.id,
-            MessageType::Response,
-            query.metadata.op_code,
-        );
-        reply.metadata.recursion_desired = query.metadata.recursion_desired;
-        reply.metadata.recursion_available = true;
-        reply.add_queries(query.queries.iter().cloned());
-        if query.edns.is_some() {
-            let mut edns = Edns::new();
-            edns.set_max_payload(EDNS_UDP_LIMIT);
-            reply.set_edns(edns);
-        }
-        if let Some(q) = query.queries.first() {
-            rec.qtype = Some(q.query_type().to_string());
-        }
-        if let Some(answers) = self.api_proxy_answer(&query) {
-            rec.name = Some(egressd_config::apiproxy::HOST.to_owned());
-            rec.decision = AuditDecision::Allow;
-            rec.reason = "the api-proxy".to_owned();
-            rec.answers = Some(answers.len() as u32);
-            reply.add_answers(answers);
-            self.finish_dns(rec, started);
-            let client_limit = query.edns.as_ref().map(Edns::max_payload);
-            return encode(&reply, transport, client_limit);
-        }
-        match decide(&self.config.policy, self.config.dns_denied, &query) {
-            DnsVerdict::Refuse {
-                name,
-                rcode,
-                reason,
-                rule,
-            } => {
-                rec.name = name;
-                rec.reason = reason;
-                rec.rule = rule;
-                reply.metadata.response_code = rcode;
-            }
-            DnsVerdict::NoData { name, rule } => {
-                rec.name = Some(name);
-                rec.rule = rule;
-                rec.decision = AuditDecision::Allow;
-                rec.reason = "allowed name; only A and AAAA are answered".to_owned();
-                rec.answers = Some(0);
-            }
-            DnsVerdict::Resolve { name, rtype, rule } => {
-                rec.decision = AuditDecision::Allow;
-                rec.rule = rule;
-                match self.lookup_records(&name, rtype).await {
-                    Ok(records) => {
-                        rec.reason = "in the allowlist".to_owned();
-                        rec.answers = Some(records.len() as u32);
-                        reply.add_answers(records);
-                    }
-                    Err(failure) => {
-                        rec.reason = failure.reason.clone();
-                        rec.answers = Some(0);
-                        reply.metadata.response_code = failure.rcode;
-                    }
-                }
-                rec.name = Some(name);
-            }
-        }
         self.finish_dns(rec, started);
-        let client_limit = query.edns.as_ref().map(Edns::max_payload);
-        encode(&reply, transport, client_limit)
-    }
-
-    /// In AWF mode, the answers for `api-proxy` (A: `172.30.0.30`; no AAAA); `None` for any
-    /// other question, or outside AWF mode.
-    fn api_proxy_answer(&self, query: &Message) -> Option<Vec<DnsRecord>> {
-        self.api_proxy.as_ref()?;
-        let [q] = query.queries.as_slice() else {
-            return None;
-        };
-        let ascii = q.name().to_ascii();
-        let name = ascii.strip_suffix('.').unwrap_or(&ascii);
-        if !name.eq_ignore_ascii_case(egressd_config::apiproxy::HOST)
-            || q.query_class() != DNSClass::IN
-        {
-            return None;
-        }
-        let owner = Name::from_ascii(format!("{}.", egressd_config::apiproxy::HOST)).ok()?;
-        Some(match q.query_type() {
-            RecordType::A => vec![DnsRecord::from_rdata(
-                owner,
-                OVERRIDE_TTL,
-                RData::A(A(egressd_config::apiproxy::IP)),
-            )],
-            _ => Vec::new(),
-        })
+        reply
     }
 
     /// Answers for an allowed name: `--resolve` overrides first, else the resolver.
@@ -365,6 +286,189 @@ impl Proxy {
     }
 }
 
+/// What [`first_step`] needs to know besides the message: no I/O handles.
+pub(crate) struct Context<'a> {
+    /// The allowlist.
+    pub policy: &'a Policy,
+    /// The answer for names it does not cover.
+    pub denied: DnsDenied,
+    /// AWF mode: `api-proxy` is answered with its fixed address.
+    pub api_proxy: bool,
+    /// How the reply travels (UDP replies must fit the client's buffer).
+    pub transport: Transport,
+}
+
+/// The outcome of [`first_step`].
+pub(crate) enum Step {
+    /// Not a query (a response): no reply and no audit record.
+    Ignore,
+    /// The encoded reply (`None`: send nothing back).
+    Done(Option<Vec<u8>>),
+    /// An allowed name to resolve before answering.
+    Resolve(PendingLookup),
+}
+
+/// A reply waiting for the resolution of an allowed name.
+pub(crate) struct PendingLookup {
+    reply: Message,
+    /// Lowercase, no trailing dot.
+    pub name: String,
+    /// `A` or `AAAA`.
+    pub rtype: RecordType,
+    client_limit: Option<u16>,
+}
+
+impl PendingLookup {
+    /// Finishes the reply with the lookup's result, fills in `rec`, and encodes it.
+    pub(crate) fn complete(
+        mut self,
+        found: Result<Vec<DnsRecord>, LookupFailure>,
+        rec: &mut Record,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        match found {
+            Ok(records) => {
+                if rec.enforced {
+                    "in the allowlist".clone_into(&mut rec.reason);
+                }
+                rec.answers = Some(u32::try_from(records.len()).unwrap_or(u32::MAX));
+                self.reply.add_answers(records);
+            }
+            Err(failure) => {
+                rec.reason = failure.reason;
+                rec.answers = Some(0);
+                self.reply.metadata.response_code = failure.rcode;
+            }
+        }
+        encode(&self.reply, transport, self.client_limit)
+    }
+}
+
+/// Everything of answering `bytes` that needs no I/O: parse, decide, and either the encoded
+/// reply or the name to resolve; fills in `rec` (name, type, decision, reason, rule).
+///
+/// Never panics on any input (fuzzed: `fuzz/fuzz_targets/dns.rs`).
+pub(crate) fn first_step(ctx: &Context<'_>, bytes: &[u8], rec: &mut Record) -> Step {
+    rec.port = Some(53);
+    let query = match Message::from_vec(bytes) {
+        Ok(q) => q,
+        Err(_) => {
+            rec.reason = "malformed DNS message".to_owned();
+            // Answer FORMERR when at least the id is there, as resolvers expect.
+            let (Some(&hi), Some(&lo)) = (bytes.first(), bytes.get(1)) else {
+                return Step::Done(None);
+            };
+            let id = u16::from_be_bytes([hi, lo]);
+            return Step::Done(encode(
+                &Message::error_msg(id, OpCode::Query, ResponseCode::FormErr),
+                ctx.transport,
+                None,
+            ));
+        }
+    };
+    if query.metadata.message_type != MessageType::Query {
+        return Step::Ignore;
+    }
+    let mut reply = Message::new(
+        query.metadata.id,
+        MessageType::Response,
+        query.metadata.op_code,
+    );
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.add_queries(query.queries.iter().cloned());
+    if query.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_UDP_LIMIT);
+        reply.set_edns(edns);
+    }
+    if let Some(q) = query.queries.first() {
+        rec.qtype = Some(q.query_type().to_string());
+    }
+    let client_limit = query.edns.as_ref().map(Edns::max_payload);
+    if let Some(answers) = ctx.api_proxy.then(|| api_proxy_answer(&query)).flatten() {
+        rec.name = Some(egressd_config::apiproxy::HOST.to_owned());
+        rec.decision = AuditDecision::Allow;
+        rec.reason = "the api-proxy".to_owned();
+        rec.answers = Some(u32::try_from(answers.len()).unwrap_or(u32::MAX));
+        reply.add_answers(answers);
+        return Step::Done(encode(&reply, ctx.transport, client_limit));
+    }
+    match decide(ctx.policy, ctx.denied, &query) {
+        DnsVerdict::Refuse {
+            name,
+            rcode,
+            reason,
+            rule,
+        } => {
+            rec.name = name;
+            rec.reason = reason;
+            rec.rule = rule;
+            reply.metadata.response_code = rcode;
+        }
+        DnsVerdict::NoData {
+            name,
+            rule,
+            unenforced,
+        } => {
+            rec.name = Some(name);
+            rec.rule = rule;
+            rec.decision = AuditDecision::Allow;
+            rec.reason = "allowed name; only A and AAAA are answered".to_owned();
+            rec.answers = Some(0);
+            if let Some(reason) = unenforced {
+                rec.decision = AuditDecision::Deny;
+                rec.enforced = false;
+                rec.reason = reason;
+            }
+        }
+        DnsVerdict::Resolve {
+            name,
+            rtype,
+            rule,
+            unenforced,
+        } => {
+            rec.decision = AuditDecision::Allow;
+            if let Some(reason) = unenforced {
+                rec.decision = AuditDecision::Deny;
+                rec.enforced = false;
+                rec.reason = reason;
+            }
+            rec.rule = rule;
+            rec.name = Some(name.clone());
+            return Step::Resolve(PendingLookup {
+                reply,
+                name,
+                rtype,
+                client_limit,
+            });
+        }
+    }
+    Step::Done(encode(&reply, ctx.transport, client_limit))
+}
+
+/// The answers for `api-proxy` (A: `172.30.0.30`; no AAAA); `None` for any other question.
+fn api_proxy_answer(query: &Message) -> Option<Vec<DnsRecord>> {
+    let [q] = query.queries.as_slice() else {
+        return None;
+    };
+    let ascii = q.name().to_ascii();
+    let name = ascii.strip_suffix('.').unwrap_or(&ascii);
+    if !name.eq_ignore_ascii_case(egressd_config::apiproxy::HOST) || q.query_class() != DNSClass::IN
+    {
+        return None;
+    }
+    let owner = Name::from_ascii(format!("{}.", egressd_config::apiproxy::HOST)).ok()?;
+    Some(match q.query_type() {
+        RecordType::A => vec![DnsRecord::from_rdata(
+            owner,
+            OVERRIDE_TTL,
+            RData::A(A(egressd_config::apiproxy::IP)),
+        )],
+        _ => Vec::new(),
+    })
+}
+
 /// Serves DNS over TCP (RFC 7766 framing: a two-byte length before each message) on a
 /// connection the kernel redirected from port 53.
 pub(crate) async fn serve_tcp(
@@ -403,21 +507,27 @@ pub(crate) async fn serve_tcp(
 
 /// How a message travels: UDP answers must fit the client's buffer, TCP ones need not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Transport {
+pub(crate) enum Transport {
     Udp,
     Tcp,
 }
 
 /// Why an allowed name got no addresses.
 #[derive(Debug)]
-struct LookupFailure {
-    rcode: ResponseCode,
-    reason: String,
+pub(crate) struct LookupFailure {
+    /// The reply's response code.
+    pub rcode: ResponseCode,
+    /// The audit reason.
+    pub reason: String,
 }
 
 /// Encodes `reply`; a UDP answer too big for the client is sent truncated (TC set, no
 /// records) so that it retries over TCP.
-fn encode(reply: &Message, transport: Transport, client_limit: Option<u16>) -> Option<Vec<u8>> {
+pub(crate) fn encode(
+    reply: &Message,
+    transport: Transport,
+    client_limit: Option<u16>,
+) -> Option<Vec<u8>> {
     let bytes = reply.to_vec().ok()?;
     let limit = match (transport, client_limit) {
         (Transport::Tcp, _) => usize::from(u16::MAX),
@@ -434,7 +544,14 @@ fn encode(reply: &Message, transport: Transport, client_limit: Option<u16>) -> O
     );
     truncated.metadata = reply.metadata;
     truncated.metadata.truncation = true;
-    truncated.add_queries(reply.queries.iter().cloned());
+    // The first question only, and none if even that does not fit: a query may carry many
+    // long questions (found by fuzzing: the truncated reply to one was over 512 bytes).
+    truncated.add_queries(reply.queries.iter().take(1).cloned());
+    let bytes = truncated.to_vec().ok()?;
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    truncated.queries.clear();
     truncated.to_vec().ok()
 }
 
@@ -473,6 +590,7 @@ mod tests {
                     name: "api.github.com".into(),
                     rtype,
                     rule: Some("github.com (from --allow-domains)".into()),
+                    unenforced: None,
                 }
             );
         }
@@ -573,6 +691,27 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/dns.rs`): a query with many long questions got a
+    /// "truncated" UDP reply that echoed them all and was still over 512 bytes.
+    #[test]
+    fn a_truncated_reply_fits_even_when_the_questions_do_not() {
+        let mut reply = Message::new(3, MessageType::Response, OpCode::Query);
+        // Distinct names, so that name compression cannot shrink them.
+        for c in ['a', 'b', 'c', 'd'] {
+            let long = format!("{0}.{0}.{0}.example.", c.to_string().repeat(60));
+            reply.add_query(Query::query(
+                Name::from_ascii(&long).unwrap(),
+                RecordType::A,
+            ));
+        }
+        let bytes = encode(&reply, Transport::Udp, None).unwrap();
+        assert!(bytes.len() <= PLAIN_UDP_LIMIT, "{}", bytes.len());
+        let parsed = Message::from_vec(&bytes).unwrap();
+        assert!(parsed.metadata.truncation);
+        assert_eq!(parsed.metadata.id, 3);
+        assert_eq!(parsed.queries.len(), 1);
     }
 
     #[test]

@@ -48,6 +48,12 @@ pub enum ClassifyError {
         /// The buffer limit in bytes.
         limit: usize,
     },
+    /// The HTTP request head has more headers than egressd reads.
+    #[error("HTTP request head has more than {limit} headers")]
+    TooManyHeaders {
+        /// The most headers accepted.
+        limit: usize,
+    },
     /// Reading from the client failed.
     #[error("reading from the client")]
     Io(#[source] io::Error),
@@ -60,8 +66,11 @@ pub enum ClassifyError {
     /// The bytes started like an HTTP request but the head does not parse.
     #[error("malformed HTTP request head")]
     MalformedHttp(#[source] httparse::Error),
-    /// The client sent nothing complete within the classification timeout.
-    #[error("no ClientHello or request head within the classification timeout")]
+    /// The client sent nothing complete within the classification timeout (it was silent,
+    /// or slow: a slowloris).
+    #[error(
+        "no complete ClientHello or request head within the handshake timeout (timeouts.classify)"
+    )]
     Timeout,
     /// The ClientHello did not fit in the classification buffer.
     #[error("ClientHello larger than {limit} bytes")]
@@ -75,6 +84,15 @@ pub enum ClassifyError {
 }
 
 impl ClassifyError {
+    /// Returns true if and only if the client sent an HTTP request head too large to read
+    /// (answered `431`).
+    pub(crate) fn is_head_too_large(&self) -> bool {
+        matches!(
+            self,
+            Self::HttpHeadTooLarge { .. } | Self::TooManyHeaders { .. }
+        )
+    }
+
     /// Returns true if and only if the client was speaking TLS when it failed.
     pub(crate) fn is_tls(&self) -> bool {
         matches!(

@@ -20,6 +20,8 @@
 //!  relay     (conn/relay.rs)      TLS: replay the ClientHello, copy both ways, idle timeout
 //!  intercept (intercept/)         TLS for [[intercept]] hosts: terminate, inject a token
 //!                                 from token/ (Broker), forward over a verified pool
+//!                                 (rules with `spiffe`: mTLS with the Workload API's
+//!                                 X.509-SVID, upstream SPIFFE ID checked; spiffe/)
 //!  http      (conn/http.rs)       HTTP: hyper server, each request decided on its own Host
 //!     ▼
 //!  audit     (audit.rs)           one record per connection / per HTTP request
@@ -41,7 +43,17 @@
 //! Decisions rest on the name the client sent, and the proxy connects to that name itself.
 //! A denied name is never resolved; an allowed name that resolves to loopback, private,
 //! link-local or metadata addresses is refused unless its rule allows private addresses.
-//! Malformed input never panics and never lets traffic through.
+//! Malformed input never panics and never lets traffic through (the parsers are fuzzed:
+//! `fuzz/`, entry points in `fuzz.rs` behind the `fuzzing` feature).
+//!
+//! # Limits
+//!
+//! Every stage that waits on the sandbox is bounded by `config.timeouts` and every buffer by
+//! `config.limits`: the first bytes by `classify` (in total, so a slowloris gains nothing by
+//! sending slowly), an intercepted TLS handshake by `tls_handshake`, each later request head
+//! by `request_head`, a head's size by `max_header_bytes` (`431`), the connections open at
+//! once by `max_connections` (`listener.rs`; more are reset). Each refusal is audited with
+//! the key that caused it. Accept errors (`EMFILE`) back off instead of spinning.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -53,9 +65,12 @@ mod body;
 mod conn;
 mod dns;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod intercept;
 mod listener;
 mod respond;
+mod spiffe;
 pub mod token;
 
 #[cfg(test)]
@@ -85,6 +100,9 @@ pub struct Proxy {
     connector: Arc<Connector>,
     interception: Option<intercept::Interception>,
     api_proxy: Option<apiproxy::Server>,
+    /// One permit per open connection, `config.limits.max_connections` in all: connections
+    /// past the limit are reset and audited (`listener.rs`).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -112,7 +130,11 @@ impl Proxy {
         sandbox: String,
     ) -> Result<Self, Error> {
         let connector = Arc::new(Connector::new(&config)?);
+        let slots = usize::try_from(config.limits.max_connections)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         Ok(Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             config,
             orig,
             audit,
@@ -147,6 +169,7 @@ impl Proxy {
             Arc::clone(&self.connector),
             Arc::clone(&self.config.policy),
             extra.as_deref(),
+            &self.config.intercepts,
         )
         .map_err(Error::Interception)?;
         self.interception = Some(interception);

@@ -14,11 +14,13 @@
 //! resolved addresses, header values or anything about the host running egressd.
 
 use std::fmt;
+use std::io;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::conn::classify::HostName;
@@ -89,6 +91,50 @@ pub(crate) fn upstream_failed(kind: ErrorKind, denial: &Denial) -> Response<Full
     )
 }
 
+/// `431 Request Header Fields Too Large` for a plain-HTTP request whose head is over
+/// `limits.max_header_bytes`; the connection is closed after it.
+pub(crate) fn header_too_large(denial: &Denial) -> Response<Full<Bytes>> {
+    let mut resp = text(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        denial.to_string(),
+    );
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Writes `resp` (a response built here, with a complete body) on a connection no HTTP
+/// server is serving, then shuts the connection down: for the first request of a
+/// connection whose head was refused before hyper could parse it (too large).
+///
+/// # Errors
+///
+/// Writing to the client failed.
+pub(crate) async fn write_raw<S>(stream: &mut S, resp: Response<Full<Bytes>>) -> io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    let (parts, body) = resp.into_parts();
+    let Ok(body) = body.collect().await;
+    let body = body.to_bytes();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    stream.write_all(&head).await?;
+    stream.write_all(&body).await?;
+    stream.shutdown().await
+}
+
 /// Closes a TLS or unclassified connection egressd refuses, with a reset (`SO_LINGER` 0) so
 /// the client fails fast instead of waiting for a handshake that will never come.
 pub(crate) fn reset(stream: TcpStream) {
@@ -110,9 +156,31 @@ fn text(status: StatusCode, mut line: String) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
-    use http_body_util::BodyExt;
-
     use super::*;
+
+    #[tokio::test]
+    async fn header_too_large_is_written_as_a_complete_response() {
+        let d = Denial {
+            host: None,
+            port: 80,
+            reason: "request head larger than 1024 bytes".into(),
+            rule: None,
+        };
+        let mut out = Vec::new();
+        write_raw(&mut out, header_too_large(&d)).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let body =
+            "egressd: denied (no host):80: request head larger than 1024 bytes (rule: none)\n";
+        assert!(
+            text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(
+            text.ends_with(&format!("content-length: {}\r\n\r\n{body}", body.len())),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn forbidden_has_the_one_line_body() {

@@ -115,3 +115,69 @@ fn a_log_without_arm_is_reported_as_not_proven() {
     assert_eq!(out.code(), Some(1), "\n{out}");
     assert!(out.stdout.contains("ENFORCEMENT NOT PROVEN"), "\n{out}");
 }
+
+/// Issue 9 faults: the audit log's disk fills up. Records are not silently lost: egressd says
+/// so at the first failure and the summary counts what could not be written; the traffic
+/// decisions themselves still hold.
+#[test]
+fn a_full_disk_for_the_audit_log_is_reported_and_counted() {
+    if !egressd_tests::privileged() {
+        return;
+    }
+    let s = egressd_tests::Scene::new();
+    let small = s.scratch.path("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a small tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let log = small.join("audit.jsonl");
+    let curl = egressd_tests::shell_words(&s.curl_https(egressd_tests::EVIL, "192.0.2.11"));
+    let script = format!("i=0; while [ $i -lt 80 ]; do {curl} 2>/dev/null; i=$((i+1)); done; true");
+    let out = egressd_tests::EgressdCommand::new()
+        .resolve(egressd_tests::EVIL, s.net.addr2())
+        .allow(egressd_tests::API)
+        .audit_log(&log)
+        .sh(&script)
+        .run();
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(
+        s.evil.connections(),
+        0,
+        "denials still hold\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("writing the audit log failed"),
+        "the first failure is reported\n{}",
+        out.stderr
+    );
+    let lost = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("could NOT be written"))
+        .unwrap_or_else(|| panic!("the summary counts the lost lines\n{}", out.stderr));
+    let count: u64 = lost
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or(0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let complete = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .count() as u64;
+    // 80 denials plus arm and disarm: every line is either in the file or counted as lost.
+    assert!(
+        count > 0 && complete + count >= 82,
+        "{complete} written + {count} lost\n{lost}"
+    );
+}

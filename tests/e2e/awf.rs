@@ -327,3 +327,315 @@ fn api_proxy_injects_the_daemons_key_and_answers_health() {
     let classified: Vec<(String, bool)> = access.lines().filter_map(gh_aw_classify).collect();
     assert_eq!(classified, vec![(OPENAI.to_owned(), true)], "\n{access}");
 }
+
+/// Copilot BYOK through the api-proxy (reference/awf.md §5.1, tokens.md §4.6): an Azure
+/// deployment URL with a key. The agent's Copilot CLI talks to `api-proxy:10002` with a
+/// placeholder; the deployment gets the daemon's key in `api-key` under its base path, and
+/// the deployment's host is added to the allowlist as AWF adds it.
+#[test]
+fn api_proxy_copilot_byok_azure_key() {
+    if !privileged() {
+        return;
+    }
+    const AZURE: &str = "res.openai.azure.com";
+    let s = Scene::new();
+    let azure = egressd_tests::HttpsUpstream::start(&s.net, s.net.addr3(), &[AZURE], &s.ca);
+    let script = "curl -sS --max-time 20 -w ' [HTTP %{http_code}]' \
+         -H \"api-key: $COPILOT_PROVIDER_API_KEY\" -d '{}' \
+         \"$COPILOT_PROVIDER_BASE_URL/chat/completions?api-version=2024-10-21\"; echo; \
+         env | grep -c 'real-azure-key' || true";
+    let out = EgressdCommand::new()
+        .subcommand(["awf"])
+        .args(["--log-level", "info", "--env-all"])
+        .args(["--resolve", &format!("{AZURE}:{}", s.net.addr3())])
+        .arg("--upstream-ca")
+        .arg(&s.ca_pem)
+        .arg("--audit-log")
+        .arg(&s.audit_log)
+        .arg("--proxy-logs-dir")
+        .arg(s.scratch.path("logs"))
+        .env(
+            "COPILOT_PROVIDER_BASE_URL",
+            format!("https://{AZURE}/openai/deployments/gpt-4o"),
+        )
+        .env("COPILOT_PROVIDER_TYPE", "azure")
+        .env("COPILOT_PROVIDER_API_KEY", "real-azure-key")
+        .args(["--user", "65534:65534", "--"])
+        .command([script])
+        .run();
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("hello from {AZURE} via {AZURE} [HTTP 200]").as_str(),
+            "0"
+        ],
+        "\n{out}"
+    );
+    assert_eq!(
+        azure.credentials(),
+        vec![(0, "api-key".to_owned(), "real-azure-key".to_owned())],
+        "\n{out}"
+    );
+    assert_eq!(
+        azure.paths(),
+        vec!["/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"]
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "Added to the allowlist (API targets, GitHub deployment): https://{AZURE}"
+        )),
+        "\n{out}"
+    );
+}
+
+/// `AWF_AUTH_TYPE=github-oidc` (Azure): the api-proxy mints an Entra token from the job's
+/// GitHub OIDC token and sends it to the Azure OpenAI target as a bearer; nothing of either
+/// token reaches the sandbox.
+#[test]
+fn api_proxy_oidc_azure_mints_an_entra_token() {
+    if !privileged() {
+        return;
+    }
+    use egressd_tests::fakes::{FakeEntra, FakeOidc, Fic};
+    const AZURE: &str = "res.openai.azure.com";
+    const TENANT: &str = "00000000-0000-0000-0000-0000000000aa";
+    const APP: &str = "11111111-2222-3333-4444-555555555555";
+    let s = Scene::new();
+    let azure = egressd_tests::HttpsUpstream::start(&s.net, s.net.addr3(), &[AZURE], &s.ca);
+    let oidc = FakeOidc::start(&s.ca);
+    let entra = FakeEntra::start(&s.ca, &oidc, TENANT);
+    entra.add_app(
+        APP,
+        Fic {
+            issuer: oidc.issuer(),
+            subject: "repo:octo-org/octo-repo:ref:refs/heads/main".into(),
+            audience: "api://AzureADTokenExchange".into(),
+        },
+    );
+    let script = format!(
+        "curl -sS --max-time 20 -w ' [HTTP %{{http_code}}]' -H \"Authorization: Bearer $OPENAI_API_KEY\" \
+         -d '{{}}' \"$OPENAI_BASE_URL/openai/v1/chat/completions\"; echo; \
+         env | grep -c -e ACTIONS_ID_TOKEN -e '{}' || true",
+        oidc.request_token()
+    );
+    let out = EgressdCommand::new()
+        .subcommand(["awf"])
+        .args(["--log-level", "info", "--env-all"])
+        .args(["--resolve", &format!("{AZURE}:{}", s.net.addr3())])
+        .args(["--openai-api-target", AZURE])
+        .arg("--upstream-ca")
+        .arg(&s.ca_pem)
+        .arg("--audit-log")
+        .arg(&s.audit_log)
+        .arg("--proxy-logs-dir")
+        .arg(s.scratch.path("logs"))
+        .env("AWF_AUTH_TYPE", "github-oidc")
+        .env("AWF_AUTH_AZURE_TENANT_ID", TENANT)
+        .env("AWF_AUTH_AZURE_CLIENT_ID", APP)
+        .env("AWF_AUTH_AZURE_AUTHORITY", entra.authority())
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", oidc.request_url())
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", oidc.request_token())
+        .args(["--user", "65534:65534", "--"])
+        .command([script])
+        .run();
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("hello from {AZURE} via {AZURE} [HTTP 200]").as_str(),
+            "0"
+        ],
+        "\n{out}"
+    );
+    let creds = azure.credentials();
+    assert_eq!(creds.len(), 1, "{creds:?}\n{out}");
+    let token = creds[0]
+        .2
+        .strip_prefix("Bearer ")
+        .unwrap_or_else(|| panic!("not a bearer: {creds:?}"));
+    assert_eq!(
+        entra.issued(token),
+        Some((
+            APP.to_owned(),
+            "https://cognitiveservices.azure.com/.default".to_owned()
+        )),
+        "the target got a token Entra did not issue"
+    );
+    assert_eq!(azure.paths(), vec!["/openai/v1/chat/completions"]);
+    let records = egressd_tests::read_audit(&s.audit_log);
+    let rec = records
+        .iter()
+        .find(|r| r["name"] == AZURE)
+        .unwrap_or_else(|| panic!("no record for {AZURE}\n{out}"));
+    assert_eq!(rec["credential"], "awf-oidc", "{rec}");
+    assert_eq!(rec["token_source"], "entra", "{rec}");
+}
+
+/// `awf logs -f`: the lines already there, then each line appended, as they come.
+#[test]
+fn awf_logs_follow_prints_appended_lines() {
+    use std::io::{BufRead as _, Write as _};
+    let dir = Scratch::new();
+    let line = |host: &str, status: u16, code: &str| {
+        format!(
+            "1774290908.910 172.30.0.20:55872 {host}:443 140.82.116.5:443 1.1 CONNECT {status} \
+             {code} {host}:443 \"-\"\n"
+        )
+    };
+    let log = dir.write(
+        "access.log",
+        line("api.github.com", 200, "TCP_TUNNEL:HIER_DIRECT"),
+    );
+    let mut child = std::process::Command::new(egressd_tests::egressd_bin())
+        .args(["awf", "logs", "-f", "--source"])
+        .arg(dir.dir())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting awf logs -f");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(
+        first.contains("CONNECT api.github.com:443 → 200 (ALLOWED)"),
+        "{first:?}"
+    );
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(line("evil.example", 403, "TCP_DENIED:HIER_NONE").as_bytes())
+        .unwrap();
+    let mut second = String::new();
+    out.read_line(&mut second).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        second.contains("evil.example") && second.contains("(DENIED)"),
+        "{second:?}"
+    );
+}
+
+/// `--rate-limit-rpm` (AWF §5.5): past the limit the api-proxy answers 429 with
+/// `Retry-After` and AWF's `rate_limit_error`, and nothing reaches the upstream.
+#[test]
+fn api_proxy_rate_limit_answers_429() {
+    if !privileged() {
+        return;
+    }
+    const OPENAI: &str = "api.openai.com";
+    let s = Scene::new();
+    let openai = egressd_tests::HttpsUpstream::start(&s.net, s.net.addr3(), &[OPENAI], &s.ca);
+    let one = "curl -sS --max-time 20 -D - -o /tmp/body -w '%{http_code}\\n' -d '{}' \
+               \"$OPENAI_BASE_URL/v1/chat/completions\" | grep -i -e '^retry-after' -e '^[0-9][0-9][0-9]$'; \
+               cat /tmp/body; echo";
+    let script = format!("{one}; {one}; {one}");
+    let out = EgressdCommand::new()
+        .subcommand(["awf"])
+        .args(["--log-level", "info", "--env-all", "--rate-limit-rpm", "2"])
+        .args(["--resolve", &format!("{OPENAI}:{}", s.net.addr3())])
+        .arg("--upstream-ca")
+        .arg(&s.ca_pem)
+        .arg("--audit-log")
+        .arg(&s.audit_log)
+        .arg("--proxy-logs-dir")
+        .arg(s.scratch.path("logs"))
+        .env("OPENAI_API_KEY", "sk-real-openai-key")
+        .args(["--user", "65534:65534", "--"])
+        .command([script])
+        .run();
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    assert_eq!(
+        openai.requests().len(),
+        2,
+        "two requests got through\n{out}"
+    );
+    assert!(out.stdout.contains("\n429\n"), "\n{out}");
+    assert!(
+        out.stdout.to_ascii_lowercase().contains("retry-after: "),
+        "\n{out}"
+    );
+    let body = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("rate_limit_error"))
+        .unwrap_or_else(|| panic!("no rate_limit_error body\n{out}"));
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["error"]["window"], "per_minute", "{body}");
+    assert_eq!(body["error"]["limit"], 2, "{body}");
+    assert_eq!(body["error"]["provider"], "openai", "{body}");
+}
+
+/// gh-aw's Copilot engine through egressd's api-proxy (§5.1), as the smoke-copilot workflow
+/// runs it: the GitHub token is in egressd's environment only (`--exclude-env
+/// COPILOT_GITHUB_TOKEN`); the agent's Copilot CLI, in offline mode, posts to
+/// `$COPILOT_PROVIDER_BASE_URL` with the placeholder; egressd exchanges the token at the
+/// (fake) GitHub API, sends the Copilot token and the Copilot headers to the (fake) Copilot
+/// API, and the run succeeds.
+#[test]
+fn gh_aw_copilot_engine_runs_through_the_api_proxy() {
+    if !privileged() {
+        return;
+    }
+    use egressd_tests::fakes::FakeCopilot;
+    const OAUTH: &str = "gho_0123456789abcdef0123456789abcdef0123";
+    const COPILOT: &str = "api.githubcopilot.com";
+    let s = Scene::new();
+    let fake = FakeCopilot::start(&s.ca);
+    fake.add_github_token(OAUTH);
+    let api = fake.serve_api(&s.ca, &s.net, s.net.addr3(), &[COPILOT]);
+    let config = s.scratch.write(
+        "awf-config.json",
+        format!(
+            r#"{{"network":{{"allowDomains":["{API}"]}},"apiProxy":{{"enabled":true}},"logging":{{"proxyLogsDir":"{}"}}}}"#,
+            s.scratch.path("logs").display()
+        ),
+    );
+    let script = "curl -sS --max-time 20 -o /dev/null -w 'copilot [HTTP %{http_code}]\\n' \
+        -H \"Authorization: Bearer $COPILOT_GITHUB_TOKEN\" -H 'content-type: application/json' \
+        -d '{\"messages\":[]}' \"$COPILOT_PROVIDER_BASE_URL/chat/completions\"; \
+        echo \"offline=$COPILOT_OFFLINE\"; env | grep -c 'gho_' || true";
+    let out = EgressdCommand::new()
+        .subcommand(["awf"])
+        .arg("--config")
+        .arg(&config)
+        .args(["--env-all", "--exclude-env", "COPILOT_GITHUB_TOKEN"])
+        .args(["--log-level", "info", "--skip-pull"])
+        .args(["--resolve", &format!("{COPILOT}:{}", s.net.addr3())])
+        .arg("--upstream-ca")
+        .arg(&s.ca_pem)
+        .arg("--audit-log")
+        .arg(&s.audit_log)
+        .env("COPILOT_GITHUB_TOKEN", OAUTH)
+        .env("GITHUB_SERVER_URL", "https://github.com")
+        .env("GITHUB_API_URL", fake.api_url())
+        .env("GITHUB_RUN_ID", "4242")
+        .args(["--user", "65534:65534", "--"])
+        .command([script])
+        .run();
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        vec!["copilot [HTTP 200]", "offline=true", "0"],
+        "\n{out}"
+    );
+    assert_eq!(fake.exchanges().len(), 1, "\n{out}");
+    let calls = api.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}\n{out}");
+    let call = &calls[0];
+    let token = call.authorization[0]
+        .strip_prefix("Bearer ")
+        .unwrap_or_else(|| panic!("{call:?}"));
+    assert!(
+        fake.issued(token),
+        "the Copilot API got a token the exchange did not issue"
+    );
+    assert_eq!(call.integration_id, ["agentic-workflows"], "{call:?}");
+    assert_eq!(call.interaction_id, ["4242-1"], "{call:?}");
+    assert_eq!(call.initiator, ["agent"], "{call:?}");
+    let access = fs::read_to_string(s.scratch.path("logs/access.log")).unwrap();
+    let classified: Vec<(String, bool)> = access.lines().filter_map(gh_aw_classify).collect();
+    assert_eq!(classified, vec![(COPILOT.to_owned(), true)], "\n{access}");
+}

@@ -148,3 +148,124 @@ fn numeric_ip_forms_are_not_names() {
         "\n{out}"
     );
 }
+
+/// Catalogue §10: the proxy is not a forward proxy. A `CONNECT` sent in plain HTTP to an
+/// allowed host (a relayed tunnel to a denied one) is refused and audited; nothing reaches
+/// either upstream.
+#[test]
+fn a_connect_request_to_an_allowed_host_does_not_open_a_tunnel() {
+    if !privileged() {
+        return;
+    }
+    let s = egressd_tests::Scene::new();
+    let script = format!(
+        "curl -sS --max-time 5 -o /dev/null -w '%{{http_code}}\\n' -p -x http://{API}:80 \
+         --resolve {API}:80:192.0.2.10 https://evil.example/ ; echo \"exit $?\""
+    );
+    let out = s.egressd().allow(API).sh(&script).run();
+    out.assert_success();
+    assert!(!out.stdout.contains("exit 0"), "the tunnel opened\n{out}");
+    assert_eq!(s.evil.connections(), 0, "\n{out}");
+    assert_eq!(s.api_http.connections(), 0, "\n{out}");
+    let records = out.audit();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["decision"] == "deny" && r["method"] == "CONNECT"),
+        "the refused CONNECT is audited\n{out}"
+    );
+}
+
+/// Catalogue §14: a request smuggled behind an allowed one (CL.TE, and a second request in
+/// the body) is either refused whole or decided on its own `Host`: the denied upstream never
+/// sees a byte.
+#[test]
+fn smuggled_requests_do_not_reach_a_denied_host() {
+    if !privileged() {
+        return;
+    }
+    let s = egressd_tests::Scene::new();
+    let smuggle = |first: &str| {
+        format!(
+            "bash -c \"exec 3<>/dev/tcp/192.0.2.10/80; printf '{first}GET / HTTP/1.1\\r\\nHost: evil.example\\r\\n\\r\\n' >&3; \
+             timeout 5 cat <&3 | head -c 2000\"; echo; echo ---"
+        )
+    };
+    let script = [
+        // CL.TE: both headers; hyper refuses the ambiguity.
+        smuggle(&format!(
+            "POST / HTTP/1.1\\r\\nHost: {API}\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n"
+        )),
+        // Two Content-Length values.
+        smuggle(&format!(
+            "POST / HTTP/1.1\\r\\nHost: {API}\\r\\nContent-Length: 0\\r\\nContent-Length: 44\\r\\n\\r\\n"
+        )),
+        // A plain pipeline: the second request is judged on its own Host.
+        smuggle(&format!("GET / HTTP/1.1\\r\\nHost: {API}\\r\\n\\r\\n")),
+    ]
+    .join("\n");
+    let out = s.egressd().allow(API).sh(&script).run();
+    assert_eq!(s.evil_http.connections(), 0, "\n{out}");
+    assert!(
+        !out.stdout.contains("hello from evil.example"),
+        "a smuggled request reached the denied host\n{out}"
+    );
+    // The pipelined second request is refused with egressd's 403.
+    assert!(out.stdout.contains("403"), "\n{out}");
+}
+
+/// Catalogue §11: case and a trailing dot do not get a name past the blocklist.
+#[test]
+fn case_and_trailing_dots_do_not_evade_the_blocklist() {
+    if !privileged() {
+        return;
+    }
+    let s = egressd_tests::Scene::new();
+    let blocked = format!("blocked.{API}");
+    let mut script = String::new();
+    for sni in [
+        blocked.clone(),
+        blocked.to_ascii_uppercase(),
+        format!("{blocked}."),
+        format!("{}.", blocked.to_ascii_uppercase()),
+    ] {
+        script.push_str(&format!(
+            "echo | timeout 5 openssl s_client -connect 192.0.2.10:443 -servername '{sni}' 2>&1 \
+             | grep -q 'BEGIN CERTIFICATE' && echo '{sni} handshake' || echo '{sni} refused'; "
+        ));
+    }
+    let out = s.egressd().allow(API).block(&blocked).sh(&script).run();
+    out.assert_success();
+    assert_eq!(out.stdout.matches(" refused").count(), 4, "\n{out}");
+    assert_eq!(s.api.connections(), 0, "\n{out}");
+    let denials: Vec<_> = out
+        .audit()
+        .into_iter()
+        .filter(|r| r["decision"] == "deny" && r["name"] == blocked.as_str())
+        .collect();
+    assert_eq!(
+        denials.len(),
+        4,
+        "each is audited under the normalised name\n{out}"
+    );
+}
+
+/// Catalogue §9: the sandbox cannot reach the daemon's control socket, bpffs or the
+/// daemon's other files.
+#[test]
+fn the_sandbox_cannot_reach_bpffs_or_egressds_files() {
+    if !privileged() {
+        return;
+    }
+    let s = egressd_tests::Scene::new();
+    let script = "ls /sys/fs/bpf/ >/dev/null 2>&1 && echo bpffs-readable || echo bpffs-denied; \
+                  ls /proc/1/root/ >/dev/null 2>&1 && echo init-root || echo no-init-root; \
+                  for p in $(ls /proc | grep -E '^[0-9]+$'); do tr '\\0' '\\n' < /proc/$p/cmdline 2>/dev/null | sed -n 2p; done | grep -c '^exec$' || true";
+    let out = s.egressd().allow(API).sh(script).run();
+    out.assert_success();
+    assert!(out.stdout.contains("bpffs-denied"), "\n{out}");
+    assert!(
+        out.stdout.lines().last() == Some("0"),
+        "the egressd that runs the sandbox is visible in it\n{out}"
+    );
+}

@@ -431,3 +431,38 @@ fn tcp_fast_open_is_redirected_like_connect() {
         "the proxy should have seen and denied the fast-open connection\n{out}"
     );
 }
+
+/// `--audit-only`: the policy decides and records as usual, but a denial is let through and
+/// marked `"enforced": false`, for connections and DNS alike.
+#[test]
+fn audit_only_records_denials_without_enforcing_them() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let script = format!(
+        "{}; echo; {} dns 192.0.2.53:53 {EVIL} A",
+        shell_words(&s.curl_https(EVIL, "192.0.2.11")),
+        s.probe.display()
+    );
+    let out = s.egressd().allow(API).arg("--audit-only").sh(&script).run();
+    out.assert_success();
+    assert!(
+        out.stdout
+            .starts_with(&format!("hello from {EVIL} via {EVIL}")),
+        "audit-only lets the denied host through\n{out}"
+    );
+    let dns = probe_line(&out, "dns");
+    assert_eq!(dns["rcode"], "NOERROR", "{dns}");
+    let records = out.audit_for(EVIL);
+    assert_eq!(records.len(), 2, "a connection and a DNS query\n{out}");
+    for rec in &records {
+        assert_eq!(rec["decision"], "deny", "{rec}");
+        assert_eq!(rec["enforced"], false, "{rec}");
+        assert_eq!(rec["reason"], "not in the allowlist", "{rec}");
+    }
+    assert!(
+        out.stderr.contains("audit-only mode") && out.summary().contains("not enforced"),
+        "\n{out}"
+    );
+}

@@ -662,11 +662,23 @@ fn kv_file(path: &str) -> Vec<(String, String)> {
 
 #[test]
 fn the_github_action_firewalls_the_rest_of_the_job_and_summarises_it() {
-    if !privileged() {
-        return;
+    if privileged() {
+        action_run("block");
     }
+}
+
+#[test]
+fn the_github_action_in_audit_only_mode_records_without_blocking() {
+    if privileged() {
+        action_run("audit-only");
+    }
+}
+
+/// The Action's main step, two later steps (an allowed and a denied host), and its post step,
+/// as a runner runs them, in `mode`.
+fn action_run(mode: &str) {
     let s = Scene::new();
-    let cgroup = TestCgroup::new("action");
+    let cgroup = TestCgroup::new(&format!("action-{mode}"));
     let env = action_env(s.scratch.dir());
     let file = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
     let socket = s.scratch.path("ctl.sock");
@@ -677,7 +689,7 @@ fn the_github_action_firewalls_the_rest_of_the_job_and_summarises_it() {
         ),
         ("INPUT_ALLOW-DOMAINS", API.to_owned()),
         ("INPUT_GITHUB", "false".to_owned()),
-        ("INPUT_MODE", "block".to_owned()),
+        ("INPUT_MODE", mode.to_owned()),
         ("INPUT_CONTROL-SOCKET", socket.display().to_string()),
         (
             "INPUT_ARGS",
@@ -733,8 +745,16 @@ fn the_github_action_firewalls_the_rest_of_the_job_and_summarises_it() {
         (0, hello(API).as_str()),
         "{err}\n{main}"
     );
-    let (code, _, _) = in_job(&s, &cgroup, &curl(&s, EVIL));
-    assert_ne!(code, 0, "EVIL is refused");
+    let (code, out, _) = in_job(&s, &cgroup, &curl(&s, EVIL));
+    if mode == "block" {
+        assert_ne!(code, 0, "EVIL is refused");
+    } else {
+        assert_eq!(
+            (code, out.as_str()),
+            (0, hello(EVIL).as_str()),
+            "audit-only lets it through"
+        );
+    }
 
     // The runner hands the saved state to the post step as STATE_<key>.
     let state: Vec<(String, String)> = kv_file(&file("GITHUB_STATE"))
@@ -754,6 +774,12 @@ fn the_github_action_firewalls_the_rest_of_the_job_and_summarises_it() {
         summary.contains(EVIL),
         "the job summary names the refused host\n{summary}"
     );
+    if mode == "audit-only" {
+        assert!(
+            summary.to_ascii_lowercase().contains("suggest"),
+            "audit-only adds the allowlist suggestions\n{summary}"
+        );
+    }
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
         "the daemon stopped\n{post}"

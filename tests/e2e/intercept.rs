@@ -745,3 +745,62 @@ service = "bedrock"
         "the session token is in the audit log"
     );
 }
+
+/// Bypass catalogue §12, credential reflection: an allowed upstream that echoes the request
+/// (its headers, in the body and in a response header) must not hand the sandbox the real
+/// key egressd injected. Both copies come back redacted.
+#[test]
+fn an_upstream_echoing_the_request_does_not_reveal_the_injected_key() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let config = s.scratch.write(
+        "static.toml",
+        format!(
+            r#"upstream_ca = "{ca}"
+
+[[credential]]
+name = "openai-key"
+source = "env"
+var = "EGRESSD_TEST_API_KEY"
+
+[[intercept]]
+host = "{API}"
+credential = "openai-key"
+header = "api-key"
+format = "{{token}}"
+"#,
+            ca = s.ca_pem.display()
+        ),
+    );
+    let script = format!(
+        "curl -sS --max-time 20 -D - -H 'api-key: agent-placeholder' https://{API}/echo-headers"
+    );
+    let out = s
+        .egressd()
+        .arg("--config")
+        .arg(&config)
+        .env("EGRESSD_TEST_API_KEY", "s3cr3t-key-value")
+        .sh(&script)
+        .run();
+    out.assert_success();
+    // The upstream did get the real key...
+    assert_eq!(
+        s.api.credentials(),
+        vec![(0, "api-key".to_owned(), "s3cr3t-key-value".to_owned())],
+        "\n{out}"
+    );
+    // ...and echoed it twice, but the sandbox saw neither copy.
+    assert!(!out.stdout.contains("s3cr3t-key-value"), "\n{out}");
+    assert!(
+        out.stdout.contains("api-key: [token redacted by egressd]"),
+        "the body's copy is redacted\n{out}"
+    );
+    assert!(
+        out.stdout
+            .to_ascii_lowercase()
+            .contains("x-echo-api-key: [token redacted by egressd]"),
+        "the header's copy is redacted\n{out}"
+    );
+}

@@ -21,9 +21,12 @@ mod fixtures;
 mod github;
 mod intercept;
 mod isolation;
+mod limits;
 mod namespaces;
+mod nftables;
 mod provenance;
 mod resolve;
+mod spiffe;
 mod udp;
 
 use egressd_tests::Output;

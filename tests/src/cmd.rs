@@ -301,6 +301,16 @@ impl Running {
         self.child.id()
     }
 
+    /// What egressd (the command) printed on stdout so far, while it runs.
+    pub fn stdout_so_far(&self) -> String {
+        let bytes = self
+            .stdout
+            .bytes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// Wait for egressd to exit. Past the deadline it is terminated and the test panics with
     /// the output collected so far.
     pub fn wait(mut self) -> Output {

@@ -13,6 +13,12 @@
 //! * `.../ws`: a WebSocket (RFC 6455) echo: `101` with `Sec-WebSocket-Accept`, then every
 //!   text or binary message is sent back (at most 16 messages, 10 s), recorded in
 //!   [`HttpsUpstream::websocket_messages`].
+//!
+//! [`HttpsUpstream::start_spiffe`] makes a SPIFFE service instead: its certificate is an
+//! X.509-SVID, it requires a client certificate chaining to a SPIFFE CA, answers `403` to a
+//! client whose SPIFFE ID it does not allow, records each request's client ID and certificate
+//! serial ([`HttpsUpstream::clients`]), and closes every connection after one request (so each
+//! request shows the client certificate of that moment).
 
 use std::{
     fs::File,
@@ -55,7 +61,23 @@ struct Seen {
     received: Mutex<Vec<Instant>>,
     /// Messages received on WebSocket connections (text, or `<N bytes>` for binary).
     websocket: Mutex<Vec<String>>,
+    /// mTLS: `(request number, client SPIFFE ID, client certificate serial)` per request.
+    clients: Mutex<Vec<(usize, String, String)>>,
+    /// The path and query of each request, by request number.
+    paths: Mutex<Vec<String>>,
 }
+
+/// How a server treats its clients beyond TLS.
+#[derive(Clone, Debug, Default)]
+struct Options {
+    /// Answer `403` unless the client certificate's SPIFFE ID is one of these.
+    allowed_clients: Option<Arc<[String]>>,
+    /// Close each connection after one request.
+    close_after_each: bool,
+}
+
+/// The client certificate's SPIFFE ID (its URI SAN) and serial (hex), if any.
+type ClientId = Option<(String, String)>;
 
 /// The response body of every fake upstream: whole, or streamed.
 type Body = BoxBody<Bytes, std::convert::Infallible>;
@@ -103,6 +125,11 @@ impl HttpsUpstream {
         Self::start_on(net, SocketAddr::new(addr.into(), 443), names, ca)
     }
 
+    /// The path (and query) of every request it answered, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.server.seen.paths.lock().unwrap().clone()
+    }
+
     /// As [`HttpsUpstream::start`], on any address and port.
     pub fn start_on(net: &UpstreamNet, addr: SocketAddr, names: &[&str], ca: &TestCa) -> Self {
         let leaf = ca.leaf(names);
@@ -116,8 +143,60 @@ impl HttpsUpstream {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = TlsAcceptor::from(Arc::new(config));
         Self {
-            server: Server::start(net, addr, names[0], Some(tls)),
+            server: Server::start(net, addr, names[0], Some(tls), Options::default()),
         }
+    }
+
+    /// A SPIFFE service on `addr:443` in `net`: it presents `svid`, requires a client
+    /// certificate from `client_ca` (a SPIFFE CA certificate, DER), and answers only clients
+    /// whose SPIFFE ID is in `allowed_clients` (others get `403`). `name` is what the body
+    /// reports. Connections close after each request.
+    pub fn start_spiffe(
+        net: &UpstreamNet,
+        addr: impl Into<IpAddr>,
+        name: &str,
+        svid: &crate::fakes::IssuedSvid,
+        client_ca: Vec<u8>,
+        allowed_clients: &[&str],
+    ) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(client_ca))
+            .expect("a valid SPIFFE CA certificate");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .expect("a client verifier over the SPIFFE CA");
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(svid.cert_chain(), svid.private_key())
+            .expect("the SVID is a valid certificate and key");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let options = Options {
+            allowed_clients: Some(allowed_clients.iter().map(|c| (*c).to_owned()).collect()),
+            close_after_each: true,
+        };
+        let addr = SocketAddr::new(addr.into(), 443);
+        Self {
+            server: Server::start(
+                net,
+                addr,
+                name,
+                Some(TlsAcceptor::from(Arc::new(config))),
+                options,
+            ),
+        }
+    }
+
+    /// mTLS: `(request number, client SPIFFE ID, client certificate serial in hex)` of every
+    /// request, allowed or not.
+    pub fn clients(&self) -> Vec<(usize, String, String)> {
+        self.server.seen.clients.lock().unwrap().clone()
     }
 
     /// The address it listens on.
@@ -141,7 +220,7 @@ impl HttpUpstream {
     pub fn start(net: &UpstreamNet, addr: impl Into<IpAddr>, name: &str) -> Self {
         let addr = SocketAddr::new(addr.into(), 80);
         Self {
-            server: Server::start(net, addr, name, None),
+            server: Server::start(net, addr, name, None, Options::default()),
         }
     }
 
@@ -153,6 +232,11 @@ impl HttpUpstream {
     /// How many TCP connections it accepted.
     pub fn connections(&self) -> usize {
         self.server.seen.connections.load(Ordering::SeqCst)
+    }
+
+    /// The path (and query) of every request it answered, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.server.seen.paths.lock().unwrap().clone()
     }
 
     /// `("-", Host)` of every request it answered.
@@ -170,7 +254,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(net: &UpstreamNet, addr: SocketAddr, name: &str, tls: Option<TlsAcceptor>) -> Self {
+    fn start(
+        net: &UpstreamNet,
+        addr: SocketAddr,
+        name: &str,
+        tls: Option<TlsAcceptor>,
+        options: Options,
+    ) -> Self {
         let netns = File::open(net.netns_path())
             .unwrap_or_else(|e| panic!("opening {}: {e}", net.netns_path().display()));
         let seen = Arc::new(Seen::default());
@@ -191,7 +281,15 @@ impl Server {
                     .enable_all()
                     .build()
                     .expect("building a current-thread runtime");
-                rt.block_on(serve(addr, name, tls, thread_seen, ready_tx, stop_rx));
+                rt.block_on(serve(
+                    addr,
+                    name,
+                    tls,
+                    options,
+                    thread_seen,
+                    ready_tx,
+                    stop_rx,
+                ));
             })
             .expect("spawning an upstream thread");
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
@@ -223,6 +321,7 @@ async fn serve(
     addr: SocketAddr,
     name: String,
     tls: Option<TlsAcceptor>,
+    options: Options,
     seen: Arc<Seen>,
     ready: mpsc::Sender<Result<(), String>>,
     mut stop: oneshot::Receiver<()>,
@@ -243,14 +342,26 @@ async fn serve(
                 let Ok((stream, _)) = accepted else { continue };
                 seen.connections.fetch_add(1, Ordering::SeqCst);
                 let (name, seen, tls) = (Arc::clone(&name), Arc::clone(&seen), tls.clone());
+                let options = options.clone();
                 tokio::spawn(async move {
                     match tls {
                         Some(acceptor) => {
                             let Ok(stream) = acceptor.accept(stream).await else { return };
                             let sni = stream.get_ref().1.server_name().unwrap_or("-").to_owned();
-                            serve_http(TokioIo::new(stream), name, sni, seen).await;
+                            let client = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|leaf| client_id(leaf));
+                            let conn = Conn { name, sni, client, options, seen };
+                            serve_http(TokioIo::new(stream), conn).await;
                         }
-                        None => serve_http(TokioIo::new(stream), name, "-".to_owned(), seen).await,
+                        None => {
+                            let sni = "-".to_owned();
+                            let conn = Conn { name, sni, client: None, options, seen };
+                            serve_http(TokioIo::new(stream), conn).await;
+                        }
                     }
                 });
             }
@@ -258,23 +369,51 @@ async fn serve(
     }
 }
 
-async fn serve_http<IO>(io: IO, name: Arc<str>, sni: String, seen: Arc<Seen>)
+/// One accepted connection: what its requests are answered with.
+struct Conn {
+    name: Arc<str>,
+    sni: String,
+    client: ClientId,
+    options: Options,
+    seen: Arc<Seen>,
+}
+
+/// The SPIFFE ID (URI SAN) and hex serial of a client certificate.
+fn client_id(cert: &[u8]) -> ClientId {
+    use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(cert).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let uri = san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(uri) => Some((*uri).to_owned()),
+        _ => None,
+    })?;
+    let serial = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some((uri, serial))
+}
+
+async fn serve_http<IO>(io: IO, conn: Conn)
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let keep_alive = !conn.options.close_after_each;
+    let conn = Arc::new(conn);
     let service = service_fn(move |req: Request<Incoming>| {
-        std::future::ready(Ok::<_, std::convert::Infallible>(answer(
-            req, &name, &sni, &seen,
-        )))
+        std::future::ready(Ok::<_, std::convert::Infallible>(answer(req, &conn)))
     });
     let _ = http1::Builder::new()
+        .keep_alive(keep_alive)
         .serve_connection(io, service)
         .with_upgrades()
         .await;
 }
 
 /// Records the request, then answers it (see the module documentation for the paths).
-fn answer(mut req: Request<Incoming>, name: &str, sni: &str, seen: &Arc<Seen>) -> Response<Body> {
+fn answer(mut req: Request<Incoming>, conn: &Conn) -> Response<Body> {
+    let (name, sni, seen) = (&*conn.name, conn.sni.as_str(), &conn.seen);
     let host = req
         .headers()
         .get(hyper::header::HOST)
@@ -285,6 +424,11 @@ fn answer(mut req: Request<Incoming>, name: &str, sni: &str, seen: &Arc<Seen>) -
         let mut requests = seen.requests.lock().unwrap();
         seen.received.lock().unwrap().push(Instant::now());
         requests.push((sni.to_owned(), host.clone()));
+        seen.paths.lock().unwrap().push(
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), ToString::to_string),
+        );
         requests.len() - 1
     };
     for name in CREDENTIAL_HEADERS {
@@ -296,6 +440,19 @@ fn answer(mut req: Request<Incoming>, name: &str, sni: &str, seen: &Arc<Seen>) -
             ));
         }
     }
+    if let Some(allowed) = &conn.options.allowed_clients {
+        let (id, serial) = conn.client.clone().unwrap_or_default();
+        seen.clients
+            .lock()
+            .unwrap()
+            .push((number, id.clone(), serial));
+        if !allowed.contains(&id) {
+            return Response::builder()
+                .status(StatusCode::FORBIDDEN)
+                .body(whole(format!("client SPIFFE ID {id:?} is not allowed")))
+                .expect("a valid 403 response");
+        }
+    }
     let path = req.uri().path().to_owned();
     // `/redirect-to/<host>` answers 302 to `https://<host>/` (redirect tests).
     if let Some(target) = path.strip_prefix("/redirect-to/") {
@@ -304,6 +461,22 @@ fn answer(mut req: Request<Incoming>, name: &str, sni: &str, seen: &Arc<Seen>) -
             .header("location", format!("https://{target}/"))
             .body(whole("moved"))
             .expect("a valid redirect response");
+    }
+    // `/echo-headers`: the request's headers, in the body and reflected in a response header
+    // (an echo endpoint, for credential-reflection tests).
+    if path == "/echo-headers" || path.ends_with("/echo-headers") {
+        let mut text = String::new();
+        for (name, value) in req.headers() {
+            text.push_str(&format!(
+                "{name}: {}\n",
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
+        let mut resp = Response::new(whole(text));
+        for value in req.headers().get_all("api-key") {
+            resp.headers_mut().append("x-echo-api-key", value.clone());
+        }
+        return resp;
     }
     if path == "/sse" || path.ends_with("/sse") {
         return sse(req.uri().query().unwrap_or_default());

@@ -3,12 +3,14 @@
 //! Each subcommand is one module with its own `Options` struct. Every command says what it is
 //! doing as it goes (`xtask: ...` on stderr), so a fresh machine's first run is not a silent
 //! minute of compiling. `setup` installs what is missing and is fast when nothing is;
-//! `build`, `test` and `demo` run it first. The eBPF object itself is built by
+//! `build`, `test`, `demo` and `fuzz` run it first. The eBPF object itself is built by
 //! `daemon/build.rs` through aya-build; xtask only makes sure its toolchain is there
 //! (`shared/TOOLCHAIN.md`).
 
+mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod setup;
 mod shell;
 mod test;
@@ -35,6 +37,11 @@ enum Command {
     Test(test::Options),
     /// Set up, build, then run the scripted demo of a sandboxed "agent".
     Demo(demo::Options),
+    /// Set up, build the fuzz targets (cargo-fuzz, nightly), then run each for a while.
+    Fuzz(fuzz::Options),
+    /// Set up, install HAProxy, nginx, Squid and mitmproxy, build in release mode, then
+    /// benchmark egressd against them and plot its cost curves (target/bench/).
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +51,8 @@ fn main() -> ExitCode {
         Command::Build(opts) => build::run(&opts),
         Command::Test(opts) => test::run(&opts),
         Command::Demo(opts) => demo::run(&opts),
+        Command::Fuzz(opts) => fuzz::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

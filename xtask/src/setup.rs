@@ -2,8 +2,9 @@
 //!
 //! Checks, in order: root, a cgroup v2 mount, the nightly toolchain with `rust-src`,
 //! `bpf-linker` (built against the nightly's own LLVM, as `shared/TOOLCHAIN.md` describes,
-//! because Debian 12 has no LLVM new enough), and the Debian packages the tests call
-//! (`ip`, `curl`, `ping`, CA certificates). Whatever is present is left alone, so a second run
+//! because Debian 12 has no LLVM new enough), `cargo-fuzz` (the runner of the libFuzzer
+//! targets in `fuzz/`), and the Debian packages the tests call (`ip`, `curl`, `ping`, CA
+//! certificates). Whatever is present is left alone, so a second run
 //! takes well under a second. Not being root or lacking cgroup v2 is reported, not fatal:
 //! building works without them; only the privileged tests need them.
 
@@ -28,6 +29,9 @@ const NIGHTLY: &str = "nightly";
 /// The bpf-linker release known to link our programs with the nightly's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The cargo-fuzz release `cargo xtask fuzz` was written against.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// Commands the tests run, and the Debian package providing each.
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -45,6 +49,7 @@ pub fn run(opts: &Options) -> Result<()> {
     check_cgroup2();
     ensure_nightly(&sh)?;
     ensure_bpf_linker(&sh)?;
+    ensure_cargo_fuzz(&sh)?;
     ensure_packages(&sh, opts.no_apt)?;
     say!("setup: all set");
     Ok(())
@@ -196,6 +201,28 @@ fn ensure_bpf_linker(sh: &Shell) -> Result<()> {
         bail!("bpf-linker was installed but `rustup run nightly bpf-linker --version` still fails");
     }
     say!("bpf-linker: installed");
+    Ok(())
+}
+
+/// `cargo-fuzz` builds the fuzz targets (`cargo xtask fuzz`, and the short run in `cargo
+/// xtask test`); any installed version that starts is kept.
+pub fn ensure_cargo_fuzz(sh: &Shell) -> Result<()> {
+    if sh.which("cargo-fuzz").is_some() && succeeds(sh.cmd("cargo").args(["fuzz", "--version"])) {
+        say!("cargo-fuzz: present");
+        return Ok(());
+    }
+    say!(
+        "installing cargo-fuzz {CARGO_FUZZ_VERSION}, the runner of the fuzz targets in fuzz/ (about a minute)..."
+    );
+    run_cmd(sh.cmd("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
+    .context("installing cargo-fuzz")?;
+    say!("cargo-fuzz: installed");
     Ok(())
 }
 

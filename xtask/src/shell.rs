@@ -57,6 +57,11 @@ impl Shell {
         })
     }
 
+    /// The workspace root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// `$CARGO_HOME`, or `~/.cargo`.
     pub fn cargo_home(&self) -> &Path {
         &self.cargo_home

@@ -4,19 +4,23 @@
 //! "fail" when not root, so CI never passes by skipping. The binaries are built first because
 //! the e2e tests run `target/debug/egressd`, which `cargo test` alone does not build (it is
 //! another package's binary). `--no-fail-fast` so that one failing package does not hide the
-//! results of the others.
+//! results of the others. Then every fuzz target runs for `--fuzz-seconds` (default 4; the
+//! build is incremental after the first time), and the command fails if either part did.
 
 use anyhow::Result;
 use clap::Args;
 
 use crate::{
-    build, setup,
+    build, fuzz, setup,
     shell::{Shell, run as run_cmd, say},
 };
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, Args)]
 pub struct Options {
+    /// Seconds each fuzz target runs after the tests; 0 skips fuzzing.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub fuzz_seconds: u32,
     /// Extra arguments for `cargo test` (for example `-p egressd-tests -- core::`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
@@ -27,10 +31,25 @@ pub fn run(opts: &Options) -> Result<()> {
     build::build(false)?;
     let sh = Shell::new()?;
     say!("running the tests (privileged tests required: EGRESSD_PRIVILEGED_TESTS=1)...");
-    run_cmd(
+    let tests = run_cmd(
         sh.cmd("cargo")
             .args(["test", "--no-fail-fast"])
             .args(&opts.args)
             .env("EGRESSD_PRIVILEGED_TESTS", "1"),
-    )
+    );
+    let fuzzed = if opts.fuzz_seconds == 0 {
+        say!("fuzzing skipped (--fuzz-seconds 0)");
+        Ok(())
+    } else {
+        say!(
+            "running each fuzz target for {} s (cargo xtask fuzz runs longer)...",
+            opts.fuzz_seconds
+        );
+        fuzz::smoke(opts.fuzz_seconds)
+    };
+    match (tests, fuzzed) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(t), Err(f)) => Err(t.context(format!("and fuzzing failed too: {f:#}"))),
+    }
 }

@@ -441,3 +441,46 @@ fn intercept_tables_are_validated_and_allow_their_host() {
         "{all:?}"
     );
 }
+
+#[test]
+fn limits_and_new_timeouts_have_defaults_and_are_checked() {
+    let config = toml("").unwrap();
+    assert_eq!(config.limits, Limits::default());
+    assert_eq!(config.limits.max_connections, defaults::MAX_CONNECTIONS);
+    assert_eq!(config.timeouts.request_head, Duration::from_secs(30));
+
+    let config = toml(
+        "[timeouts]\ntls_handshake = \"3s\"\nrequest_head = \"7s\"\n\
+         [limits]\nmax_connections = 10\nmax_header_bytes = 2048\n",
+    )
+    .unwrap();
+    assert_eq!(config.timeouts.tls_handshake, Duration::from_secs(3));
+    assert_eq!(config.timeouts.request_head, Duration::from_secs(7));
+    assert_eq!(
+        config.limits,
+        Limits {
+            max_connections: 10,
+            max_header_bytes: 2048
+        }
+    );
+
+    let err = toml("[limits]\nmax_connections = 0\nmax_header_bytes = 100\n").unwrap_err();
+    let lines = messages(&err);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0].starts_with("egressd.toml:2:19: "), "{}", lines[0]);
+    assert!(
+        lines[0].contains("limits.max_connections = 0"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("from 1024 to 1048576"), "{}", lines[1]);
+    assert!(toml("[limits]\nmax_conections = 1\n").is_err());
+
+    let mut builder = ConfigBuilder::new();
+    builder.limits(Limits {
+        max_connections: 0,
+        ..Limits::default()
+    });
+    let err = builder.build().unwrap_err();
+    assert!(err.to_string().contains("limits.max_connections"), "{err}");
+}

@@ -42,6 +42,7 @@ fn documented_example_builds() {
             "github-oidc-aws",
             "bedrock",
             "copilot-per-user",
+            "runner-svid",
         ]
     );
     assert_eq!(
@@ -171,7 +172,7 @@ source = "vault"
             format!(
                 "{p}:18:10: credential 'bad name!': unknown source 'vault': use one of \
                  github-oidc, entra, entra-agent, oauth2-token-exchange, aws-web-identity, \
-                 copilot, env, file, per-actor"
+                 copilot, env, file, per-actor, spiffe-x509"
             ),
         ]
     );
@@ -473,4 +474,94 @@ fn aws_names_and_arns() {
     for bad in ["a", "has space", "slash/no", &"a".repeat(65)] {
         assert!(check_session_name(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn spiffe_x509_names_its_socket_and_svid() {
+    use crate::spiffe::{SpiffeId, WorkloadEndpoint};
+    let config = toml(
+        r#"
+[[credential]]
+name = "svid"
+source = "spiffe-x509"
+socket = "unix:///run/spire/agent.sock"
+spiffe_id = "spiffe://aim.example.com/github-runner"
+
+[[credential]]
+name = "default-svid"
+source = "spiffe-x509"
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        config.credentials[0].source,
+        CredentialSource::SpiffeX509(SpiffeX509Source {
+            socket: Some(WorkloadEndpoint::Unix("/run/spire/agent.sock".into())),
+            spiffe_id: Some(SpiffeId::parse("spiffe://aim.example.com/github-runner").unwrap()),
+        })
+    );
+    assert!(config.credentials[0].is_x509_identity());
+    assert_eq!(config.credentials[0].source_name(), "spiffe-x509");
+    assert_eq!(
+        config.credentials[1].source,
+        CredentialSource::SpiffeX509(SpiffeX509Source {
+            socket: None,
+            spiffe_id: None,
+        })
+    );
+}
+
+#[test]
+fn spiffe_x509_errors_point_at_the_value() {
+    let lines = messages(
+        r#"
+[[credential]]
+name = "svid"
+source = "spiffe-x509"
+socket = "tcp://127.0.0.1:8081"
+spiffe_id = "spiffe://Aim.example.com/x"
+refresh_margin = "5m"
+var = "X"
+
+[[credential]]
+name = "ok-svid"
+source = "spiffe-x509"
+
+[[credential]]
+name = "e"
+source = "entra"
+tenant = "t"
+client_id = "c"
+scope = "s"
+assertion = "ok-svid"
+"#,
+    );
+    let p = "/etc/egressd/egressd.toml";
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{p}:5:10: credential 'svid': `socket`: 'tcp://127.0.0.1:8081': only unix: \
+                 Workload API endpoints are supported (the agent identifies its callers \
+                 through the Unix socket)"
+            ),
+            format!(
+                "{p}:6:13: credential 'svid': `spiffe_id`: 'spiffe://Aim.example.com/x': a \
+                 trust domain is lowercase"
+            ),
+            format!(
+                "{p}:7:18: credential 'svid': `refresh_margin` does not apply to source \
+                 'spiffe-x509': the Workload API pushes rotated SVIDs itself; remove it"
+            ),
+            format!(
+                "{p}:8:7: credential 'svid': `var` does not apply to source 'spiffe-x509': \
+                 remove it"
+            ),
+            format!(
+                "{p}:15:8: credential 'e': `assertion` names 'ok-svid', an X.509-SVID \
+                 (spiffe-x509) with no token to present: name a token credential (usually \
+                 source = \"github-oidc\")"
+            ),
+        ]
+    );
 }

@@ -46,6 +46,7 @@ pub struct Policy {
     has_allow_entries: bool,
     ports: Vec<u16>,
     loopback_ports: Vec<u16>,
+    audit_only: bool,
 }
 
 /// A connection to decide on.
@@ -124,6 +125,20 @@ pub enum Reason {
 }
 
 impl Policy {
+    /// Audit-only mode (`--audit-only`): decisions are made and recorded as usual, but a
+    /// denial is not enforced; the proxy lets the connection through and marks its record.
+    #[must_use]
+    pub fn with_audit_only(mut self, audit_only: bool) -> Self {
+        self.audit_only = audit_only;
+        self
+    }
+
+    /// Whether denials are recorded but not enforced ([`Policy::with_audit_only`]).
+    #[must_use]
+    pub fn audit_only(&self) -> bool {
+        self.audit_only
+    }
+
     /// Compiles `entries` (allow and block, in order) with the globally allowed `ports` and
     /// the allowed `loopback_ports`.
     ///
@@ -141,6 +156,7 @@ impl Policy {
             has_allow_entries: false,
             ports: sorted_unique(ports),
             loopback_ports: sorted_unique(loopback_ports),
+            audit_only: false,
         };
         for entry in entries {
             if policy.entries.iter().any(|e| same_rule(e, &entry)) {

@@ -264,8 +264,12 @@ fn strip_scheme(text: &str) -> (SchemeFilter, &str) {
         ("https://", SchemeFilter::HttpsOnly),
         ("http://", SchemeFilter::HttpOnly),
     ] {
-        if text.len() >= prefix.len() && text[..prefix.len()].eq_ignore_ascii_case(prefix) {
-            return (scheme, &text[prefix.len()..]);
+        // `get`: the text is arbitrary UTF-8, and byte `prefix.len()` may fall inside a
+        // character (found by fuzzing: `http:/э...` panicked here).
+        if let (Some(head), Some(rest)) = (text.get(..prefix.len()), text.get(prefix.len()..))
+            && head.eq_ignore_ascii_case(prefix)
+        {
+            return (scheme, rest);
         }
     }
     (SchemeFilter::Any, text)
@@ -301,6 +305,23 @@ mod tests {
             Err(ErrorKind::InvalidEntry { why, .. }) => why,
             other => panic!("{text:?}: expected an invalid entry, got {other:?}"),
         }
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/config_toml.rs`): a multi-byte character across
+    /// the length of `https://` panicked while looking for the scheme.
+    #[test]
+    fn non_ascii_where_a_scheme_could_be_does_not_panic() {
+        for text in [
+            "http:/эegccy.example",
+            "http:эa",
+            "httpsэ//a",
+            "э",
+            "HTTP://é.test",
+        ] {
+            let _ = parse(text);
+        }
+        assert_eq!(strip_scheme("http:/эa"), (SchemeFilter::Any, "http:/эa"));
+        assert_eq!(strip_scheme("HTTP://é"), (SchemeFilter::HttpOnly, "é"));
     }
 
     #[test]

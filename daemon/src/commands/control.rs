@@ -125,6 +125,13 @@ fn render(status: &Status) -> String {
         "connections: {} allowed, {} denied",
         status.allowed, status.denied
     );
+    if status.audit_unwritten > 0 {
+        let _ = writeln!(
+            out,
+            "audit log: {} lines could NOT be written (lost)",
+            status.audit_unwritten
+        );
+    }
     for name in &status.orphans {
         let _ = writeln!(
             out,

@@ -54,6 +54,7 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         timeout: None,
         awf: None,
         test_proxy_down: args.test_proxy_down,
+        backend: args.backend,
     })?;
     eprintln!("{}", outcome.summary);
     if !outcome.counters.is_empty() {
@@ -90,6 +91,57 @@ pub(crate) struct Plan {
     pub awf: Option<AwfLog>,
     /// Testing only: see `ExecArgs::test_proxy_down`.
     pub test_proxy_down: bool,
+    /// How connections are sent to the proxy.
+    pub backend: Backend,
+}
+
+/// How the kernel sends a sandbox's connections to the proxy (`--backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// eBPF if the kernel allows it, else nftables (with `--netns new`), saying so.
+    #[default]
+    Auto,
+    /// cgroup BPF programs (the default where available).
+    Ebpf,
+    /// nftables rules in the sandbox's own network namespace (`--netns new` only).
+    Nftables,
+}
+
+/// The backend chosen for a run, with what it holds.
+enum Armed {
+    Ebpf(Box<Loader>),
+    Nftables,
+}
+
+/// Picks the backend: loads the programs for eBPF (fail closed on error unless `auto` can
+/// fall back to nftables).
+fn choose(backend: Backend, mode: &NetnsMode) -> Result<Armed, Failure> {
+    let nftables = || -> Result<Armed, Failure> {
+        if *mode != NetnsMode::New {
+            return Err(Failure::usage(anyhow!(
+                "the nftables backend firewalls a whole network namespace: it needs --netns new"
+            )));
+        }
+        crate::sandbox::nft::available()
+            .map_err(|e| Failure::setup(anyhow!("the nftables backend is not available: {e}")))?;
+        Ok(Armed::Nftables)
+    };
+    match backend {
+        Backend::Ebpf => Ok(Armed::Ebpf(Box::new(
+            Loader::load().map_err(Failure::setup)?,
+        ))),
+        Backend::Nftables => nftables(),
+        Backend::Auto => match Loader::load() {
+            Ok(loader) => Ok(Armed::Ebpf(Box::new(loader))),
+            Err(e) if *mode == NetnsMode::New && crate::sandbox::nft::available().is_ok() => {
+                eprintln!(
+                    "egressd: cgroup BPF is not usable here ({e:#}); using the nftables backend"
+                );
+                Ok(Armed::Nftables)
+            }
+            Err(e) => Err(Failure::setup(e)),
+        },
+    }
 }
 
 /// How a run ended.
@@ -120,6 +172,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         timeout,
         awf,
         test_proxy_down,
+        backend,
     } = plan;
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure::setup(anyhow!(
@@ -132,6 +185,9 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             "egressd: warning: the command runs as root (--allow-root); root can leave the \
              sandbox, so this confinement is NOT enforceable"
         );
+    }
+    if config.policy.audit_only() {
+        eprintln!("egressd: audit-only mode: what the policy denies is recorded but NOT blocked");
     }
     // Who triggered the run, verified, before anything is set up (`[provenance]`).
     let provenance = crate::provenance::establish(&config)?;
@@ -146,7 +202,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
 
     // Declared before the cgroup so that it is dropped after it: the cgroup is emptied
     // before the programs are detached.
-    let mut loader = Loader::load().map_err(Failure::setup)?;
+    let mut armed = choose(backend, &mode)?;
     let cgroup = Cgroup::create(&sandbox).map_err(Failure::setup)?;
     let net = netns::prepare(&mode).map_err(Failure::setup)?;
     let port4 = net.listener4.local_addr().map_err(Failure::setup)?.port();
@@ -170,10 +226,32 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             0
         },
     };
-    // The links stay attached until the loader is dropped, after the cgroup is emptied.
-    let _links = loader
-        .attach(&cgroup, sandbox_config)
-        .map_err(Failure::setup)?;
+    let orig: Arc<dyn egressd_proxy::OrigDstLookup> = match &mut armed {
+        Armed::Ebpf(loader) => {
+            // The links stay attached until the loader is dropped, after the cgroup is
+            // emptied.
+            let _links = loader
+                .attach(&cgroup, sandbox_config)
+                .map_err(Failure::setup)?;
+            loader.orig_dst()
+        }
+        Armed::Nftables => {
+            let netns = net.netns.as_ref().ok_or_else(|| {
+                Failure::setup(anyhow!("the nftables backend needs its own namespace"))
+            })?;
+            crate::sandbox::nft::arm(
+                netns,
+                crate::sandbox::nft::Ports {
+                    proxy4: port4,
+                    proxy6: port6,
+                    dns4: dns_port4,
+                    dns6: dns_port6,
+                },
+            )
+            .map_err(Failure::setup)?;
+            Arc::new(crate::sandbox::nft::OriginalDst)
+        }
+    };
     tracing::debug!(cgroup = %cgroup.path().display(), port4, port6, "programs attached");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -189,7 +267,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     let config_for_broker = Arc::clone(&config);
     let proxy = {
         let _guard = runtime.enter();
-        let proxy = Proxy::new(config, loader.orig_dst(), audit.clone(), sandbox.clone())
+        let proxy = Proxy::new(config, orig, audit.clone(), sandbox.clone())
             .map_err(|e| Failure::setup(anyhow!(e).context("starting the proxy")))?;
         match (&mode, &net.netns) {
             // The sandbox's loopback is not ours: reach it from inside its namespace.
@@ -257,11 +335,20 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
 
     // Everything is attached and serving: the audit log's proof of enforcement starts here.
     audit.lifecycle(
-        &Lifecycle::arm(&sandbox, "ebpf")
-            .programs(loader.programs())
-            .cgroup(cgroup.path().display().to_string())
-            .policy_hash(policy_hash)
-            .ca_fingerprint(ca_fingerprint),
+        &Lifecycle::arm(
+            &sandbox,
+            match &armed {
+                Armed::Ebpf(_) => "ebpf",
+                Armed::Nftables => "nftables",
+            },
+        )
+        .programs(match &armed {
+            Armed::Ebpf(loader) => loader.programs(),
+            Armed::Nftables => Vec::new(),
+        })
+        .cgroup(cgroup.path().display().to_string())
+        .policy_hash(policy_hash)
+        .ca_fingerprint(ca_fingerprint),
     );
     // Start the command from this (the main) thread: the parent-death signal follows the
     // thread that created the child.
@@ -320,14 +407,24 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     audit.lifecycle(&Lifecycle::disarm(&sandbox, code));
 
+    let net_netns_dropped = match (&armed, &net.netns) {
+        (Armed::Nftables, Some(fd)) => crate::sandbox::nft::dropped(fd)
+            .filter(|n| *n > 0)
+            .map(|n| vec![("nft_dropped", n)])
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     let outcome = RunOutcome {
         code,
         timed_out,
         summary: audit.summary(),
-        counters: loader.counters(),
+        counters: match &armed {
+            Armed::Ebpf(loader) => loader.counters(),
+            Armed::Nftables => net_netns_dropped,
+        },
     };
     drop(cgroup);
-    drop(loader);
+    drop(armed);
     drop(bundle);
     Ok(outcome)
 }

@@ -5,7 +5,8 @@ pub(crate) mod audit;
 mod awf;
 mod ca;
 mod control;
-mod exec;
+mod doctor;
+pub(crate) mod exec;
 mod generate;
 mod lint;
 mod run;
@@ -20,6 +21,7 @@ pub fn run(cli: cli::Cli) -> Result<u8, Failure> {
         cli::Command::Exec(args) => exec::run(args),
         cli::Command::Awf(args) => awf::run(*args),
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Doctor(args) => doctor::run(&args),
         cli::Command::Attach(args) => control::attach(args),
         cli::Command::Detach(args) => control::detach(args),
         cli::Command::Status(args) => control::status(&args),

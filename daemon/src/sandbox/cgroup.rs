@@ -58,7 +58,7 @@ impl Cgroup {
         let dir = File::open(path).with_context(|| format!("opening cgroup {}", path.display()))?;
         let fs = nix::sys::statfs::fstatfs(&dir)
             .with_context(|| format!("statfs of {}", path.display()))?;
-        if i64::from(fs.filesystem_type().0) != CGROUP2_SUPER_MAGIC {
+        if fs.filesystem_type().0 != CGROUP2_SUPER_MAGIC {
             anyhow::bail!(
                 "{} is not a cgroup v2 directory (egressd attaches to cgroup2 only)",
                 path.display()

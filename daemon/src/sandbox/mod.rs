@@ -8,5 +8,6 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod init;
 pub mod netns;
+pub mod nft;
 pub mod spawn;
 pub mod trust;

@@ -14,15 +14,12 @@ fn config() -> ApiProxy {
         ],
         integration_id: "agentic-workflows".into(),
         interaction_id: Some("42-1".into()),
+        rate_limit: None,
     }
 }
 
 fn route(provider: Provider, host: &str) -> Route {
-    Route {
-        provider,
-        upstream: host.into(),
-        credential: Some(provider.name().into()),
-    }
+    Route::new(provider, host.into(), Some(provider.name().into()))
 }
 
 fn parts(uri: &str, headers: &[(&str, &str)]) -> hyper::http::request::Parts {

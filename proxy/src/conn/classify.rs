@@ -22,11 +22,9 @@ use crate::error::ClassifyError;
 /// hello split over two records (post-quantum key shares make hellos larger than 2 KiB).
 pub(crate) const MAX_CLIENT_HELLO: usize = 16 * 1024 + 4 * 1024;
 
-/// The largest HTTP/1 request head we buffer while classifying.
-pub(crate) const MAX_HTTP_HEAD: usize = 32 * 1024;
-
-/// The most headers the classification parse accepts (hyper re-parses the head later).
-const MAX_HEADERS: usize = 128;
+/// The most headers a request head may have: here, and in the hyper servers that parse the
+/// later requests (plain HTTP and intercepted); more is answered `431` like an oversize head.
+pub(crate) const MAX_HEADERS: usize = 128;
 
 /// TLS extension number of the ECH extension (draft-ietf-tls-esni, RFC 9849).
 const EXT_ENCRYPTED_CLIENT_HELLO: u16 = 0xfe0d;
@@ -86,7 +84,9 @@ impl std::fmt::Display for HostName {
 /// Reads from `stream` until the buffered bytes form a ClientHello or a request head.
 ///
 /// Returns the classification and every byte read (to be replayed). The whole read is
-/// bounded by `timeout`.
+/// bounded by `timeout` (so a client that sends its first bytes slowly, or never finishes
+/// them, fails with [`ClassifyError::Timeout`]); an HTTP request head by `max_head` bytes
+/// and [`MAX_HEADERS`] headers, a ClientHello by [`MAX_CLIENT_HELLO`] bytes.
 ///
 /// # Errors
 ///
@@ -100,26 +100,32 @@ impl std::fmt::Display for HostName {
 pub(crate) async fn classify<S>(
     stream: &mut S,
     timeout: Duration,
+    max_head: usize,
 ) -> Result<(Classified, Vec<u8>), ClassifyError>
 where
     S: AsyncRead + Unpin,
 {
     let mut buf = Vec::with_capacity(4096);
-    match tokio::time::timeout(timeout, classify_inner(stream, &mut buf)).await {
+    match tokio::time::timeout(timeout, classify_inner(stream, &mut buf, max_head)).await {
         Ok(Ok(c)) => Ok((c, buf)),
         Ok(Err(e)) => Err(e),
         Err(_elapsed) => Err(ClassifyError::Timeout),
     }
 }
 
-async fn classify_inner<S>(stream: &mut S, buf: &mut Vec<u8>) -> Result<Classified, ClassifyError>
+/// [`classify`] without the timeout: reads into `buf` until it classifies.
+pub(crate) async fn classify_inner<S>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    max_head: usize,
+) -> Result<Classified, ClassifyError>
 where
     S: AsyncRead + Unpin,
 {
     read_more(stream, buf).await?;
     match buf.first() {
         Some(0x16) => classify_tls(stream, buf).await,
-        Some(b) if b.is_ascii_uppercase() => classify_http(stream, buf).await,
+        Some(b) if b.is_ascii_uppercase() => classify_http(stream, buf, max_head).await,
         _ => Err(ClassifyError::UnknownProtocol),
     }
 }
@@ -191,7 +197,11 @@ fn malformed(detail: &str) -> ClassifyError {
     }
 }
 
-async fn classify_http<S>(stream: &mut S, buf: &mut Vec<u8>) -> Result<Classified, ClassifyError>
+async fn classify_http<S>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    max_head: usize,
+) -> Result<Classified, ClassifyError>
 where
     S: AsyncRead + Unpin,
 {
@@ -212,12 +222,13 @@ where
             Err(httparse::Error::Token) if req.method.is_none() => {
                 return Err(ClassifyError::UnknownProtocol);
             }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(ClassifyError::TooManyHeaders { limit: MAX_HEADERS });
+            }
             Err(e) => return Err(ClassifyError::MalformedHttp(e)),
         }
-        if buf.len() >= MAX_HTTP_HEAD {
-            return Err(ClassifyError::HttpHeadTooLarge {
-                limit: MAX_HTTP_HEAD,
-            });
+        if buf.len() >= max_head {
+            return Err(ClassifyError::HttpHeadTooLarge { limit: max_head });
         }
         read_more(stream, buf).await?;
     }
@@ -238,8 +249,9 @@ fn host_header<'a>(headers: &[httparse::Header<'a>]) -> Option<&'a str> {
 /// Parses a `Host` header value or URI authority (`name`, `name:port`, `1.2.3.4:80`,
 /// `[::1]:80`) into a [`HostName`]: port dropped, name lowercased, one trailing dot removed.
 ///
-/// Returns `None` for anything that is not a plausible host: empty, userinfo (`a@b`),
-/// characters outside letters, digits, `-`, `.` and `_`, or a bad port.
+/// Returns `None` for anything that is not a plausible host: empty, an empty label (`a..b`,
+/// `.a`), userinfo (`a@b`), characters outside letters, digits, `-`, `.` and `_`, or a bad
+/// port.
 pub(crate) fn normalize_host(value: &str) -> Option<HostName> {
     let value = value.trim();
     let (host, port) = if let Some(rest) = value.strip_prefix('[') {
@@ -263,7 +275,9 @@ pub(crate) fn normalize_host(value: &str) -> Option<HostName> {
         p.parse::<u16>().ok()?;
     }
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty()
+    // Empty labels (`a..b`, `.a`, `a..`) are no host name; found by fuzzing: `1..` became
+    // the name `1.`, which normalising again changed to `1`.
+    if host.split('.').any(str::is_empty)
         || !host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')

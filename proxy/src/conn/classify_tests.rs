@@ -9,6 +9,8 @@ use tokio::io::AsyncWriteExt;
 use super::*;
 
 const T: Duration = Duration::from_secs(5);
+/// The head limit of these tests (the default `limits.max_header_bytes`).
+const H: usize = 64 * 1024;
 
 /// A ClientHello as a real rustls client writes it.
 fn rustls_client_hello(sni: &str, alpn: &[&[u8]]) -> Vec<u8> {
@@ -54,7 +56,7 @@ fn with_extension(hello: &[u8], typ: u16, body: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn real_client_hello_gives_sni_and_alpn() {
     let hello = rustls_client_hello("Upstream.Test", &[b"h2", b"http/1.1"]);
-    let (c, buf) = classify(&mut &hello[..], T).await.unwrap();
+    let (c, buf) = classify(&mut &hello[..], T, H).await.unwrap();
     let Classified::Tls(h) = c else {
         panic!("{c:?}")
     };
@@ -78,7 +80,7 @@ async fn client_hello_split_into_one_byte_writes() {
             near
         })
     };
-    let (c, buf) = classify(&mut far, T).await.unwrap();
+    let (c, buf) = classify(&mut far, T, H).await.unwrap();
     let Classified::Tls(h) = c else {
         panic!("{c:?}")
     };
@@ -98,7 +100,7 @@ async fn client_hello_split_over_two_records() {
         two.extend_from_slice(&u16::try_from(part.len()).unwrap().to_be_bytes());
         two.extend_from_slice(part);
     }
-    let (c, _) = classify(&mut &two[..], T).await.unwrap();
+    let (c, _) = classify(&mut &two[..], T, H).await.unwrap();
     assert!(
         matches!(c, Classified::Tls(ClientHello { sni: Some(_), .. })),
         "{c:?}"
@@ -109,7 +111,7 @@ async fn client_hello_split_over_two_records() {
 #[tokio::test]
 async fn truncated_client_hello_is_refused() {
     let hello = rustls_client_hello("upstream.test", &[]);
-    let err = classify(&mut &hello[..hello.len() / 2], T)
+    let err = classify(&mut &hello[..hello.len() / 2], T, H)
         .await
         .unwrap_err();
     assert!(matches!(err, ClassifyError::Closed), "{err:?}");
@@ -119,7 +121,7 @@ async fn truncated_client_hello_is_refused() {
 async fn garbage_after_a_tls_record_header_is_malformed() {
     let mut bytes = vec![0x16, 0x03, 0x01, 0x00, 0x40];
     bytes.extend_from_slice(&[0xAB; 0x40]);
-    let err = classify(&mut &bytes[..], T).await.unwrap_err();
+    let err = classify(&mut &bytes[..], T, H).await.unwrap_err();
     assert!(
         matches!(err, ClassifyError::MalformedClientHello { .. }),
         "{err:?}"
@@ -136,7 +138,7 @@ async fn mutated_client_hellos_never_panic() {
         for flip in [0xFFu8, 0x01, 0x80] {
             let mut m = hello.clone();
             m[i] ^= flip;
-            let _ = classify(&mut &m[..], T).await;
+            let _ = classify(&mut &m[..], T, H).await;
             let _ = has_ech_extension(&m);
         }
     }
@@ -155,7 +157,7 @@ async fn ech_extension_is_detected_and_decided_on_the_outer_sni() {
     ech.extend_from_slice(&[0x22; 16]);
     let crafted = with_extension(&hello, 0xfe0d, &ech);
     assert_eq!(has_ech_extension(&crafted), Some(true));
-    let (c, _) = classify(&mut &crafted[..], T).await.unwrap();
+    let (c, _) = classify(&mut &crafted[..], T, H).await.unwrap();
     match c {
         Classified::Tls(hello) => {
             assert!(hello.ech, "ECH must be flagged");
@@ -167,14 +169,14 @@ async fn ech_extension_is_detected_and_decided_on_the_outer_sni() {
     // Another unknown extension does not trip the detector.
     let other = with_extension(&hello, 0xfe0c, &[1, 2, 3]);
     assert_eq!(has_ech_extension(&other), Some(false));
-    let (c, _) = classify(&mut &other[..], T).await.unwrap();
+    let (c, _) = classify(&mut &other[..], T, H).await.unwrap();
     assert!(matches!(c, Classified::Tls(_)), "{c:?}");
 }
 
 #[tokio::test]
 async fn http_head_gives_host() {
     let req = b"GET /x?secret=1 HTTP/1.1\r\nHost: Example.COM.:8080\r\nAccept: */*\r\n\r\n";
-    let (c, buf) = classify(&mut &req[..], T).await.unwrap();
+    let (c, buf) = classify(&mut &req[..], T, H).await.unwrap();
     let want = HttpHead {
         host: Some(HostName::Name("example.com".into())),
     };
@@ -182,11 +184,11 @@ async fn http_head_gives_host() {
     assert_eq!(buf, req);
 
     let no_host = b"GET / HTTP/1.0\r\n\r\n";
-    let (c, _) = classify(&mut &no_host[..], T).await.unwrap();
+    let (c, _) = classify(&mut &no_host[..], T, H).await.unwrap();
     assert_eq!(c, Classified::Http(HttpHead { host: None }));
 
     let two_hosts = b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n";
-    let (c, _) = classify(&mut &two_hosts[..], T).await.unwrap();
+    let (c, _) = classify(&mut &two_hosts[..], T, H).await.unwrap();
     assert_eq!(c, Classified::Http(HttpHead { host: None }));
 }
 
@@ -205,7 +207,7 @@ async fn http_head_split_across_reads() {
         }
         near
     });
-    let (c, _) = classify(&mut far, T).await.unwrap();
+    let (c, _) = classify(&mut far, T, H).await.unwrap();
     let want = HttpHead {
         host: Some(HostName::Ip("::1".parse().unwrap())),
     };
@@ -221,19 +223,19 @@ async fn other_protocols_are_unknown() {
         b"hello world\r\n\r\n",
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00",
     ] {
-        match classify(&mut &bytes[..], T).await {
+        match classify(&mut &bytes[..], T, H).await {
             Err(ClassifyError::UnknownProtocol | ClassifyError::MalformedHttp(_)) => {}
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bytes)),
         }
     }
-    let err = classify(&mut &b""[..], T).await.unwrap_err();
+    let err = classify(&mut &b""[..], T, H).await.unwrap_err();
     assert!(matches!(err, ClassifyError::Closed), "{err:?}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn silent_client_times_out() {
     let (_near, mut far) = tokio::io::duplex(8);
-    let err = classify(&mut far, Duration::from_secs(10))
+    let err = classify(&mut far, Duration::from_secs(10), H)
         .await
         .unwrap_err();
     assert!(matches!(err, ClassifyError::Timeout), "{err:?}");
@@ -254,16 +256,52 @@ async fn endless_http_head_is_bounded() {
             }
         }
     });
-    let err = classify(&mut far, Duration::from_secs(10))
+    let err = classify(&mut far, Duration::from_secs(10), H)
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            ClassifyError::HttpHeadTooLarge { .. } | ClassifyError::MalformedHttp(_)
-        ),
+        matches!(err, ClassifyError::TooManyHeaders { limit: MAX_HEADERS }),
         "{err:?}"
     );
+    assert!(err.is_head_too_large());
+    drop(far);
+    w.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversize_head_is_refused_at_the_configured_limit() {
+    let mut head = b"GET / HTTP/1.1\r\nHost: a.test\r\nCookie: ".to_vec();
+    head.resize(5000, b'c');
+    let err = classify(&mut &head[..], T, 4096).await.unwrap_err();
+    assert!(
+        matches!(err, ClassifyError::HttpHeadTooLarge { limit: 4096 }),
+        "{err:?}"
+    );
+    assert!(err.is_head_too_large());
+    // The same head under a larger limit is only incomplete: the client closes early.
+    let err = classify(&mut &head[..], T, 8192).await.unwrap_err();
+    assert!(matches!(err, ClassifyError::Closed), "{err:?}");
+}
+
+/// A client that sends a valid head one byte at a time, too slowly, is cut off at the
+/// classification timeout however much it has sent (slowloris).
+#[tokio::test(start_paused = true)]
+async fn slowly_dripped_head_times_out() {
+    let (mut near, mut far) = tokio::io::duplex(64);
+    let w = tokio::spawn(async move {
+        for b in b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n" {
+            if near.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let err = classify(&mut far, Duration::from_secs(5), H)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClassifyError::Timeout), "{err:?}");
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
     drop(far);
     w.await.unwrap();
 }
@@ -288,6 +326,12 @@ fn normalize_host_cases() {
         "[::1",
         "::1",
         "é.test",
+        // Empty labels; `1..` was found by fuzzing (it became the name `1.`).
+        "1..",
+        "a.test..",
+        "a..test",
+        ".a.test",
+        ".",
     ] {
         assert_eq!(normalize_host(bad), None, "{bad:?}");
     }

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ pub(crate) struct Connector {
     loopback_sockets: std::sync::OnceLock<Arc<dyn LoopbackSockets>>,
     /// Number of DNS lookups issued (overrides excluded); tests assert denied names are never
     /// looked up.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) lookups: AtomicU64,
 }
 
@@ -105,7 +105,7 @@ impl Connector {
             resolve_timeout: config.timeouts.resolve,
             connect_timeout: config.timeouts.connect,
             loopback_sockets: std::sync::OnceLock::new(),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             lookups: AtomicU64::new(0),
         })
     }
@@ -122,7 +122,7 @@ impl Connector {
         name: hickory_resolver::proto::rr::Name,
         rtype: hickory_resolver::proto::rr::RecordType,
     ) -> Result<Vec<hickory_resolver::proto::rr::Record>, hickory_resolver::net::NetError> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fuzzing"))]
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let lookup = tokio::time::timeout(self.resolve_timeout, self.resolver.lookup(name, rtype))
             .await
@@ -167,7 +167,7 @@ impl Connector {
             // Overrides come from the operator's configuration: trusted, not guarded.
             return Ok(addrs.clone());
         }
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fuzzing"))]
         self.lookups.fetch_add(1, Ordering::Relaxed);
         // Absolute name: no search-domain expansion into a name policy never saw.
         let fqdn = format!("{name}.");

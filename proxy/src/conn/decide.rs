@@ -80,7 +80,10 @@ pub(crate) fn decide(policy: &Policy, classified: &Classified, orig: SocketAddr)
     let (host, scheme) = match classified {
         Classified::Tls(hello) => {
             let host = match &hello.sni {
-                Some(name) => HostName::Name(name.to_ascii_lowercase()),
+                // One spelling per name in decisions and records: lower case, no final dot.
+                Some(name) => {
+                    HostName::Name(name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase())
+                }
                 None => HostName::Ip(orig.ip()),
             };
             (host, Scheme::Https)
@@ -131,7 +134,9 @@ fn decide_dest(policy: &Policy, dest: Dest, scheme: Scheme) -> Verdict {
         scheme,
     });
     match decision.action {
+        // Audit-only: the denial stays in `decision` (and so in the record), unenforced.
         Action::Allow => Verdict::PassThrough { dest, decision },
+        Action::Deny if policy.audit_only() => Verdict::PassThrough { dest, decision },
         Action::Deny => Verdict::Deny { dest, decision },
     }
 }

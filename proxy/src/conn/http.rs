@@ -12,8 +12,13 @@
 //! 6. allowed requests are forwarded over one cached upstream connection per (host, port),
 //!    resolved and guarded by `connect`, and the response is streamed back.
 //!
+//! Before these, a request whose head is over `limits.max_header_bytes` gets `431` (see
+//! `conn/limits.rs`); the head of each later request must arrive within
+//! `timeouts.request_head` of the previous response, else the connection is closed.
+//!
 //! Every request yields exactly one audit record, written when its response body is done
-//! (or dropped), with the request and response body byte counts.
+//! (or dropped), with the request and response body byte counts. A head so large that
+//! hyper refuses it itself is audited when the connection ends.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,7 +33,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HOST, HeaderMap, UPGRADE};
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 
 use crate::Proxy;
@@ -37,7 +42,7 @@ use crate::audit::{AuditDecision, Proto, Record};
 use crate::body::{AuditedBody, Counted, PendingRecord, ResBody, strip_hop_by_hop};
 use crate::conn::classify::{Classified, HostName, HttpHead, normalize_host};
 use crate::conn::decide::{Dest, Verdict, decide};
-use crate::conn::rewind::Rewind;
+use crate::conn::limits;
 use crate::error::{ErrorKind, chain};
 use crate::respond::{self, Denial};
 
@@ -49,7 +54,13 @@ const NO_INTERCEPT: &str = "interception not available yet";
 const MAX_AUDIT_PATH: usize = 1024;
 
 /// Serves one client connection until it closes, auditing each request.
-pub(super) async fn serve(proxy: &Proxy, io: Rewind<TcpStream>, client: ClientAddr, orig: OrigDst) {
+///
+/// `io` is the client connection with the classified bytes replayed first (a
+/// `Rewind<TcpStream>`; anything else in tests and fuzzing).
+pub(crate) async fn serve<IO>(proxy: &Proxy, io: IO, client: ClientAddr, orig: OrigDst)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let conn = HttpConn {
         proxy,
         client,
@@ -57,12 +68,21 @@ pub(super) async fn serve(proxy: &Proxy, io: Rewind<TcpStream>, client: ClientAd
         upstreams: Mutex::new(HashMap::new()),
     };
     let service = hyper::service::service_fn(|req| conn.handle(req));
+    let limit = proxy.config.limits.max_header_bytes;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(proxy.config.timeouts.idle)
+        .header_read_timeout(proxy.config.timeouts.request_head)
+        .max_buf_size(limits::hyper_buf_size(limit))
+        .max_headers(limits::HYPER_MAX_HEADERS)
         .keep_alive(true);
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        if e.is_parse_too_large() {
+            // hyper answered 431 itself (a head over twice the limit, or too many headers).
+            let mut rec = Record::new(&proxy.sandbox, client.0, Some(orig.0), Proto::Http);
+            rec.reason = limits::too_large_reason(limit);
+            proxy.audit.record(&rec);
+        }
         tracing::debug!(error = %e, "plain-HTTP client connection ended with an error");
     }
 }
@@ -86,6 +106,19 @@ impl HttpConn<'_> {
     }
 
     async fn route(&self, req: Request<Incoming>, p: &mut PendingRecord) -> Response<ResBody> {
+        let limit = self.proxy.config.limits.max_header_bytes;
+        if let Some(reason) = limits::head_too_large(&req, limit) {
+            let host = host_header(req.headers()).ok();
+            p.rec.name = host.as_ref().map(ToString::to_string);
+            p.rec.reason.clone_from(&reason);
+            let denial = Denial {
+                host,
+                port: self.orig.0.port(),
+                reason,
+                rule: None,
+            };
+            return full(respond::header_too_large(&denial));
+        }
         if req.method() == Method::CONNECT {
             let host = req
                 .uri()
@@ -123,7 +156,8 @@ impl HttpConn<'_> {
                     return self.refuse(p, Some(host), UPGRADE_REFUSED, rule);
                 }
                 p.rec.reason = reason;
-                self.forward(req, dest, decision.allows_private(), p, rule)
+                let went_ahead = decision.clone();
+                self.forward(req, dest, decision.allows_private(), p, rule, &went_ahead)
                     .await
             }
         }
@@ -136,6 +170,7 @@ impl HttpConn<'_> {
         allow_private: bool,
         p: &mut PendingRecord,
         rule: Option<String>,
+        decision: &egressd_config::Decision,
     ) -> Response<ResBody> {
         let mut upstreams = self.upstreams.lock().await;
         if upstreams.get(&dest).is_some_and(|(s, _)| s.is_closed()) {
@@ -148,7 +183,7 @@ impl HttpConn<'_> {
                     Ok(up) => v.insert(up),
                     Err((kind, reason)) => {
                         if !kind.is_denial() {
-                            p.rec.decision = AuditDecision::Allow;
+                            p.rec.went_ahead(decision);
                         }
                         p.rec.reason.clone_from(&reason);
                         let denial = Denial {
@@ -162,7 +197,7 @@ impl HttpConn<'_> {
                 }
             }
         };
-        p.rec.decision = AuditDecision::Allow;
+        p.rec.went_ahead(decision);
         p.rec.upstream = Some(*addr);
         let req = upstream_request(req, Arc::clone(&p.bytes_up));
         let idle = self.proxy.config.timeouts.idle;

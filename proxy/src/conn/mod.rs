@@ -8,19 +8,21 @@
 pub(crate) mod classify;
 pub(crate) mod connect;
 pub(crate) mod decide;
-mod http;
+pub(crate) mod http;
+pub(crate) mod limits;
 pub(crate) mod relay;
 pub(crate) mod rewind;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::Proxy;
 use crate::addr::{ClientAddr, OrigDst};
-use crate::audit::{AuditDecision, Proto, Record};
+use crate::audit::{Proto, Record};
 use crate::conn::classify::{Classified, HostName, classify};
 use crate::conn::decide::{Verdict, decide, decide_loopback};
 use crate::conn::relay::relay;
@@ -33,6 +35,12 @@ use crate::respond;
 const NO_ORIG_DST: &str = "no original destination recorded";
 /// Audit reason for a connection aimed at the proxy listener itself.
 const SELF_LOOP: &str = "destination is the egressd listener itself";
+/// How long a refused client's remaining bytes are read and dropped before closing.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most bytes read and dropped that way.
+const LINGER_MAX_BYTES: usize = 1 << 20;
+/// Audit reason (start) for a connection past `limits.max_connections`.
+const OVER_LIMIT: &str = "connection limit reached";
 /// Audit reason while interception is not implemented.
 const NO_INTERCEPT: &str = "interception not available yet";
 
@@ -74,20 +82,28 @@ impl Proxy {
                 .pass_through(stream, Vec::new(), verdict, rec, started)
                 .await;
         }
-        let (classified, buffered) =
-            match classify(&mut stream, self.config.timeouts.classify).await {
-                Ok(c) => c,
-                Err(e) => {
-                    if e.is_tls() {
-                        rec.proto = Proto::Tls;
-                    }
-                    if let crate::error::ClassifyError::EncryptedClientHello { public_name } = &e {
-                        rec.name.clone_from(public_name);
-                    }
-                    rec.reason = chain(&e);
-                    return self.refuse(stream, rec, started);
+        let max_head = self.config.limits.max_header_bytes as usize;
+        let classified = classify(&mut stream, self.config.timeouts.classify, max_head).await;
+        let (classified, buffered) = match classified {
+            Ok(c) => c,
+            Err(e) => {
+                if e.is_tls() {
+                    rec.proto = Proto::Tls;
                 }
-            };
+                if let crate::error::ClassifyError::EncryptedClientHello { public_name } = &e {
+                    rec.name.clone_from(public_name);
+                }
+                rec.reason = chain(&e);
+                if e.is_head_too_large() {
+                    rec.proto = Proto::Http;
+                    if let crate::error::ClassifyError::HttpHeadTooLarge { .. } = e {
+                        rec.reason = limits::too_large_reason(self.config.limits.max_header_bytes);
+                    }
+                    return self.head_too_large(stream, rec, started).await;
+                }
+                return self.refuse(stream, rec, started);
+            }
+        };
         match classified {
             Classified::Http(_) => {
                 let io = Rewind::new(buffered, stream);
@@ -164,13 +180,13 @@ impl Proxy {
             Ok(u) => u,
             Err(e) => {
                 if !ErrorKind::of(&e).is_denial() {
-                    rec.decision = AuditDecision::Allow;
+                    rec.went_ahead(&decision);
                 }
                 rec.reason = chain(&e);
                 return self.refuse(stream, rec, started);
             }
         };
-        rec.decision = AuditDecision::Allow;
+        rec.went_ahead(&decision);
         rec.upstream = Some(upstream.addr);
         let out = relay(
             &mut stream,
@@ -183,6 +199,55 @@ impl Proxy {
         rec.bytes_down = out.bytes_down;
         if let Some(end) = out.end.describe() {
             rec.reason = format!("{}; {end}", rec.reason);
+        }
+        self.finish(rec, started);
+    }
+
+    /// Refuses a connection accepted past `limits.max_connections`: reset and audited.
+    pub(crate) fn refuse_over_limit(
+        &self,
+        stream: TcpStream,
+        client: ClientAddr,
+        orig: Option<OrigDst>,
+    ) {
+        let mut rec = Record::new(&self.sandbox, client.0, orig.map(|o| o.0), Proto::Unknown);
+        rec.reason = format!(
+            "{OVER_LIMIT}: {} connections open (limits.max_connections)",
+            self.config.limits.max_connections
+        );
+        self.refuse(stream, rec, Instant::now());
+    }
+
+    /// Answers `431` to a first request whose head is over the limit, closes, audits.
+    async fn head_too_large(&self, mut stream: TcpStream, rec: Record, started: Instant) {
+        let denial = respond::Denial {
+            host: None,
+            port: rec.orig_dst.map_or(80, |o| o.port()),
+            reason: rec.reason.clone(),
+            rule: None,
+        };
+        let written = tokio::time::timeout(
+            self.config.timeouts.classify,
+            respond::write_raw(&mut stream, respond::header_too_large(&denial)),
+        )
+        .await;
+        if matches!(written, Ok(Ok(()))) {
+            // The client is likely still sending its head: read and drop the rest for a
+            // moment, as closing with unread bytes would reset the connection and could
+            // discard the 431 before the client reads it (nginx's lingering close).
+            let drain = async {
+                let mut sink = [0u8; 8192];
+                let mut total = 0usize;
+                while total < LINGER_MAX_BYTES {
+                    match stream.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        } else {
+            tracing::debug!("could not send the 431 response");
         }
         self.finish(rec, started);
     }

@@ -37,9 +37,10 @@
 
 mod bundle;
 mod ca;
+pub(crate) mod redact;
 mod scope;
 mod server;
-mod sigv4;
+pub(crate) mod sigv4;
 pub(crate) mod upstream;
 
 pub(crate) use self::server::serve;
@@ -58,23 +59,64 @@ pub(crate) struct Interception {
     pub(crate) tls: std::sync::Arc<rustls::ServerConfig>,
     /// Verified, pooled connections to the real upstreams.
     pub(crate) upstream: upstream::Upstream,
+    /// Pooled SPIFFE mTLS connections, by the host pattern of the rules that name `spiffe`.
+    pub(crate) spiffe: std::collections::HashMap<String, SpiffeRoute>,
     /// Mints the credentials the rules inject.
     pub(crate) broker: crate::token::Broker,
 }
 
+/// The upstream of a host whose rules name `spiffe`: the SVID source and its own clients.
+pub(crate) struct SpiffeRoute {
+    /// The `spiffe-x509` credential's name.
+    pub(crate) credential: String,
+    /// Its SVID.
+    pub(crate) source: crate::spiffe::X509Source,
+    /// Clients presenting that SVID and checking the upstream's SPIFFE ID.
+    pub(crate) upstream: upstream::Upstream,
+}
+
 impl Interception {
-    /// Builds the server side over `ca` and the client side over `connector`.
+    /// Builds the server side over `ca` and the client side over `connector`: the web-PKI
+    /// clients, and SPIFFE clients for the hosts of `intercepts` whose rules name `spiffe`.
     ///
     /// # Errors
     ///
-    /// `extra_ca_pem` (the `--upstream-ca` file's contents) holds no usable certificate.
+    /// `extra_ca_pem` (the `--upstream-ca` file's contents) holds no usable certificate; a
+    /// rule names a `spiffe` credential the broker does not follow.
     pub(crate) fn new(
         ca: std::sync::Arc<EphemeralCa>,
         broker: crate::token::Broker,
         connector: std::sync::Arc<crate::conn::connect::Connector>,
         policy: std::sync::Arc<egressd_config::Policy>,
         extra_ca_pem: Option<&[u8]>,
+        intercepts: &egressd_config::Intercepts,
     ) -> Result<Self, String> {
+        let mut spiffe = std::collections::HashMap::new();
+        for rule in intercepts.rules() {
+            let Some(settings) = &rule.spiffe else {
+                continue;
+            };
+            if spiffe.contains_key(&rule.host.text) {
+                continue; // the configuration makes every rule of a host agree
+            }
+            let source = broker.x509(&settings.svid).ok_or_else(|| {
+                format!(
+                    "rule {}: `spiffe` names '{}', which is not a spiffe-x509 credential",
+                    rule.host, settings.svid
+                )
+            })?;
+            let route = SpiffeRoute {
+                credential: settings.svid.clone(),
+                source: source.clone(),
+                upstream: upstream::Upstream::spiffe(
+                    std::sync::Arc::clone(&connector),
+                    std::sync::Arc::clone(&policy),
+                    source.clone(),
+                    &settings.peer,
+                ),
+            };
+            spiffe.insert(rule.host.text.clone(), route);
+        }
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -85,6 +127,7 @@ impl Interception {
         Ok(Self {
             tls: std::sync::Arc::new(tls),
             upstream: upstream::Upstream::new(connector, policy, extra_ca_pem)?,
+            spiffe,
             broker,
         })
     }

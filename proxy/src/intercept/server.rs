@@ -3,6 +3,7 @@
 //!
 //! Per request, in order:
 //!
+//! 0. a head over `limits.max_header_bytes` gets `431` (see `conn/limits.rs`);
 //! 1. the `Host` / `:authority` must name the SNI the connection was opened for, else `421`
 //!    and nothing is injected (this stops domain fronting and h2 connection reuse across
 //!    hosts);
@@ -13,12 +14,16 @@
 //!    this host: `AuthScheme::for_host`); the rule's `set_headers` replace the client's
 //!    values and its `default_headers` fill in those the client did not send. A credential
 //!    that cannot be had gives a `503` JSON body, never a request without its credential;
-//! 4. the request goes to the real upstream over a pooled, verified connection; redirects
-//!    are passed to the client, never followed; bodies stream both ways;
+//!    when the host's rules name `spiffe`, its SVID must be valid first (else `503`, before
+//!    any token is minted);
+//! 4. the request goes to the real upstream over a pooled, verified connection (for a
+//!    `spiffe` host: mTLS with the SVID, the upstream's SPIFFE ID checked, else `502`);
+//!    redirects are passed to the client, never followed; bodies stream both ways;
 //! 5. an HTTP/1.1 upgrade (WebSocket) is relayed once both sides agreed to it.
 //!
 //! Every request yields one audit record (method, path, status, credential, token source and
-//! remaining lifetime), never the token.
+//! remaining lifetime, and for a `spiffe` host the SPIFFE IDs presented and verified), never
+//! the token.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,7 +35,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -39,8 +44,10 @@ use super::upstream::UpBody;
 use crate::Proxy;
 use crate::audit::{AuditDecision, Proto, Record};
 use crate::body::{AuditedBody, PendingRecord, ResBody, strip_hop_by_hop};
+use crate::conn::limits;
 use crate::conn::relay::relay;
 use crate::respond::{self, JsonError};
+use crate::spiffe::{DialError, SpiffePeer};
 
 /// Longest path written to the audit log.
 const MAX_AUDIT_PATH: usize = 1024;
@@ -110,9 +117,9 @@ where
         return Err("interception is not configured".to_owned());
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&interception.tls));
-    let tls = tokio::time::timeout(proxy.config.timeouts.classify, acceptor.accept(io))
+    let tls = tokio::time::timeout(proxy.config.timeouts.tls_handshake, acceptor.accept(io))
         .await
-        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|_| "TLS handshake timed out (timeouts.tls_handshake)".to_owned())?
         .map_err(|e| format!("TLS handshake with the client failed: {e}"))?;
     let conn = Arc::new(Conn {
         proxy: Arc::clone(&proxy),
@@ -121,19 +128,62 @@ where
         orig,
         rules,
     });
-    let service = hyper::service::service_fn(move |req| {
-        let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
-    });
-    auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-        .await
-        .map_err(|e| format!("serving intercepted HTTP: {e}"))
+    // Set by the first request: until then the connection runs under `request_head`.
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let service = {
+        let first_request = Arc::clone(&first_request);
+        hyper::service::service_fn(move |req| {
+            first_request.notify_one();
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        })
+    };
+    let timeouts = &proxy.config.timeouts;
+    let limit = proxy.config.limits.max_header_bytes;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.request_head)
+        .max_buf_size(limits::hyper_buf_size(limit))
+        .max_headers(limits::HYPER_MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits::hyper_buf_size(limit)).unwrap_or(u32::MAX));
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(served);
+    // hyper's HTTP/1 header timer starts only once it knows the protocol, and HTTP/2 has
+    // none: bound the wait for the first request here (a client that finishes the TLS
+    // handshake and then sends nothing, or dribbles its first request).
+    tokio::select! {
+        result = &mut served => {
+            return result.map_err(|e| served_error(&*e, limit));
+        }
+        () = first_request.notified() => {}
+        () = tokio::time::sleep(timeouts.request_head) => {
+            return Err("no request within the request head timeout (timeouts.request_head)".to_owned());
+        }
+    }
+    served.await.map_err(|e| served_error(&*e, limit))
+}
+
+/// The audit reason for a connection hyper ended with an error.
+fn served_error(e: &(dyn std::error::Error + Send + Sync + 'static), limit: u32) -> String {
+    match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_parse_too_large() => limits::too_large_reason(limit),
+        _ => format!("serving intercepted HTTP: {e}"),
+    }
 }
 
 impl Conn {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ResBody> {
         let mut pending = PendingRecord::new(Arc::clone(&self.proxy.audit), self.record(&req));
+        let limit = self.proxy.config.limits.max_header_bytes;
+        if let Some(reason) = limits::head_too_large(&req, limit) {
+            let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+            return self.refuse(pending, status, &reason, None, false);
+        }
         if let Err(authority) = self.check_authority(&req) {
             let reason = format!(
                 "misdirected request: this connection is for {}, the request names {authority}",
@@ -154,7 +204,19 @@ impl Conn {
         let rule = self.rules.iter().find(|r| {
             r.credential.is_some() && r.applies_to(req.method().as_str(), req.uri().path())
         });
-        pending.rec.rule = rule.map(|r| r.host.to_string());
+        // mTLS is per connection: a host whose rules name `spiffe` uses it for every request.
+        let spiffe = self.rules.iter().find_map(|r| {
+            r.spiffe.as_ref()?;
+            Some((r, self.interception().spiffe.get(&r.host.text)?))
+        });
+        pending.rec.rule = rule.or(spiffe.map(|(r, _)| r)).map(|r| r.host.to_string());
+        if let Some((_, route)) = spiffe
+            && let Err(unavailable) = route.source.ready().await
+        {
+            let reason = unavailable.to_string();
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            return self.refuse(pending, status, &reason, Some(&route.credential), true);
+        }
         let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         parts.uri = match self.upstream_uri(&parts.uri) {
@@ -183,6 +245,7 @@ impl Conn {
         // The client's HTTP version says nothing about the upstream connection: the pooled
         // client speaks h2 where the upstream negotiated it, HTTP/1.1 otherwise.
         parts.version = hyper::Version::HTTP_11;
+        let mut reflected = None;
         if let Some(rule) = rule {
             for name in &rule.strip {
                 parts.headers.remove(name.as_str());
@@ -190,10 +253,11 @@ impl Conn {
             let credential = rule.credential.as_deref().unwrap_or_default();
             pending.rec.credential = Some(credential.to_owned());
             match self.inject(rule, credential, &mut parts, body).await {
-                Ok((source, expires_in, injected)) => {
+                Ok((source, expires_in, injected, secret)) => {
                     pending.rec.token_source = Some(source.to_owned());
                     pending.rec.token_expires_in_s = expires_in;
                     body = injected;
+                    reflected = Some(secret);
                     set_headers(rule, &mut parts.headers);
                 }
                 Err(e) => {
@@ -202,7 +266,10 @@ impl Conn {
                 }
             }
         }
-        let upstream = &self.interception().upstream;
+        let upstream = match spiffe {
+            Some((_, route)) => &route.upstream,
+            None => &self.interception().upstream,
+        };
         let client = if upgrade.is_some() {
             &upstream.http1
         } else {
@@ -211,6 +278,21 @@ impl Conn {
         let mut resp = match client.request(Request::from_parts(parts, body)).await {
             Ok(resp) => resp,
             Err(e) => {
+                if let (Some((_, route)), Some(dial)) = (spiffe, find_cause::<DialError>(&e)) {
+                    let status = match dial {
+                        DialError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::BAD_GATEWAY,
+                    };
+                    pending.rec.spiffe_presented = dial.presented().map(ToString::to_string);
+                    let (reason, retryable) = (dial.to_string(), dial.retryable());
+                    return self.refuse(
+                        pending,
+                        status,
+                        &reason,
+                        Some(&route.credential),
+                        retryable,
+                    );
+                }
                 let reason = format!("upstream request failed: {}", crate::error::chain(&e));
                 let credential = pending.rec.credential.clone();
                 return self.refuse(
@@ -224,6 +306,10 @@ impl Conn {
         };
         pending.rec.decision = AuditDecision::Allow;
         pending.rec.status = Some(resp.status().as_u16());
+        if let Some(peer) = resp.extensions().get::<SpiffePeer>() {
+            pending.rec.spiffe_presented = Some(peer.presented.to_string());
+            pending.rec.spiffe_verified = Some(peer.verified.to_string());
+        }
         pending.rec.reason = "intercepted".to_owned();
         if let Some(client_side) = upgrade
             && resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -250,6 +336,21 @@ impl Conn {
             return resp.map(|body| body.boxed_unsync());
         }
         strip_hop_by_hop_response(&mut resp);
+        if let Some(secret) = reflected.filter(|s| !s.expose().is_empty()) {
+            // An upstream echoing the request must not hand the sandbox the token.
+            let secret = secret.expose().as_bytes().to_vec();
+            if super::redact::headers(resp.headers_mut(), &secret) > 0 {
+                tracing::warn!(credential = ?pending.rec.credential, "the upstream echoed the injected token in a header; redacted");
+            }
+            resp.headers_mut().remove(hyper::header::CONTENT_LENGTH);
+            return resp.map(|body| {
+                AuditedBody::new(
+                    super::redact::Redacting::new(body, &secret).boxed_unsync(),
+                    pending,
+                )
+                .boxed_unsync()
+            });
+        }
         resp.map(|body| AuditedBody::new(body.boxed_unsync(), pending).boxed_unsync())
     }
 
@@ -270,7 +371,7 @@ impl Conn {
         credential: &str,
         parts: &mut hyper::http::request::Parts,
         body: UpBody,
-    ) -> Result<(&'static str, Option<u64>, UpBody), InjectError> {
+    ) -> Result<(&'static str, Option<u64>, UpBody, crate::token::Secret), InjectError> {
         let token = self
             .interception()
             .broker
@@ -340,7 +441,14 @@ impl Conn {
                 ));
             }
         };
-        Ok((token.source, expires, body))
+        // What the upstream must not be able to hand back to the sandbox (redact.rs): the
+        // bearer token, or for SigV4 the session token sent in `x-amz-security-token`.
+        let reflected = match (&rule.apply, token.bearer(), token.aws.as_ref()) {
+            (Apply::AwsSigV4 { .. }, _, Some(aws)) => aws.session_token.clone(),
+            (_, Some(secret), _) => secret.clone(),
+            _ => token.secret.clone(),
+        };
+        Ok((token.source, expires, body, reflected))
     }
 
     /// `Ok` when the request names this connection's host; `Err(what it names)` otherwise.
@@ -443,6 +551,20 @@ fn set_headers(rule: &InterceptRule, headers: &mut hyper::HeaderMap) {
             headers.insert(name, value);
         }
     }
+}
+
+/// The first error of type `T` in `error`'s source chain.
+fn find_cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// Whether the request asks for an HTTP/1.1 protocol upgrade (WebSocket).

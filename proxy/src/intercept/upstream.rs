@@ -1,5 +1,8 @@
 //! The client side of interception: pooled HTTPS connections to the real upstream, with
-//! real certificate verification (webpki roots plus `--upstream-ca`).
+//! real certificate verification: webpki roots plus `--upstream-ca` ([`Upstream::new`]), or,
+//! for a rule with `spiffe`, SPIFFE mTLS with the Workload API's SVID and bundle
+//! ([`Upstream::spiffe`], see `crate::spiffe`). A SPIFFE connection tells hyper which
+//! identities it carries ([`SpiffePeer`] on every response, for the audit record).
 //!
 //! Connections go through the proxy's own [`Connector`]: the upstream *name* is resolved by
 //! egressd, answers pointing inside (loopback, private, metadata) are refused unless the
@@ -25,6 +28,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::conn::classify::HostName;
 use crate::conn::connect::Connector;
+use crate::spiffe::{Dialer, SpiffePeer, X509Source};
 
 /// Request body the upstream client sends.
 pub(crate) type UpBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -62,7 +66,7 @@ impl Upstream {
             let connector = UpstreamConnector {
                 connector: Arc::clone(&connector),
                 policy: Arc::clone(&policy),
-                tls: TlsConnector::from(Arc::new(tls)),
+                tls: Tls::WebPki(TlsConnector::from(Arc::new(tls))),
             };
             Ok(Client::builder(TokioExecutor::new()).build(connector))
         };
@@ -70,6 +74,29 @@ impl Upstream {
             auto: make(&[b"h2", b"http/1.1"])?,
             http1: make(&[b"http/1.1"])?,
         })
+    }
+
+    /// Both clients for a SPIFFE rule: `source`'s SVID as the client certificate, upstreams
+    /// verified against its bundle and allowed by `peer`. Their pools are their own, so a
+    /// connection made with an SVID never serves a request of a web-PKI rule.
+    pub(crate) fn spiffe(
+        connector: Arc<Connector>,
+        policy: Arc<Policy>,
+        source: X509Source,
+        peer: &egressd_config::spiffe::PeerAuthorization,
+    ) -> Self {
+        let make = |alpn: &[&[u8]]| {
+            let connector = UpstreamConnector {
+                connector: Arc::clone(&connector),
+                policy: Arc::clone(&policy),
+                tls: Tls::Spiffe(Arc::new(Dialer::new(source.clone(), peer.clone(), alpn))),
+            };
+            Client::builder(TokioExecutor::new()).build(connector)
+        };
+        Self {
+            auto: make(&[b"h2", b"http/1.1"]),
+            http1: make(&[b"http/1.1"]),
+        }
     }
 }
 
@@ -104,7 +131,16 @@ pub(crate) fn client_roots(extra_ca_pem: Option<&[u8]>) -> Result<rustls::RootCe
 pub(crate) struct UpstreamConnector {
     connector: Arc<Connector>,
     policy: Arc<Policy>,
-    tls: TlsConnector,
+    tls: Tls,
+}
+
+/// How an upstream is authenticated.
+#[derive(Clone)]
+enum Tls {
+    /// Web PKI: the name checked against webpki roots plus `--upstream-ca`.
+    WebPki(TlsConnector),
+    /// SPIFFE: the current SVID presented, the upstream's ID checked (`crate::spiffe`).
+    Spiffe(Arc<Dialer>),
 }
 
 impl tower_service::Service<Uri> for UpstreamConnector {
@@ -139,24 +175,45 @@ impl tower_service::Service<Uri> for UpstreamConnector {
                     scheme: Scheme::Https,
                 })
                 .allows_private();
+            if let Tls::Spiffe(dialer) = &tls {
+                // Before dialling: no connection is made without an SVID to present.
+                dialer
+                    .source()
+                    .ready()
+                    .await
+                    .map_err(crate::spiffe::DialError::from)?;
+            }
             let up = connector.connect(&target, port, allow_private).await?;
             let server_name = ServerName::try_from(name)?;
-            let stream = tls.connect(server_name, up.stream).await?;
-            Ok(UpstreamIo(TokioIo::new(stream)))
+            match tls {
+                Tls::WebPki(tls) => {
+                    let stream = tls.connect(server_name, up.stream).await?;
+                    Ok(UpstreamIo(TokioIo::new(stream), None))
+                }
+                Tls::Spiffe(dialer) => {
+                    let (stream, peer) = dialer.handshake(server_name, up.stream).await?;
+                    Ok(UpstreamIo(TokioIo::new(stream), Some(peer)))
+                }
+            }
         })
     }
 }
 
-/// A TLS connection to an upstream, telling hyper whether h2 was negotiated.
-pub(crate) struct UpstreamIo(TokioIo<TlsStream<TcpStream>>);
+/// A TLS connection to an upstream, telling hyper whether h2 was negotiated and, for SPIFFE,
+/// which identities it carries.
+pub(crate) struct UpstreamIo(TokioIo<TlsStream<TcpStream>>, Option<SpiffePeer>);
 
 impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
         let h2 = self.0.inner().get_ref().1.alpn_protocol() == Some(b"h2");
-        if h2 {
+        let connected = if h2 {
             Connected::new().negotiated_h2()
         } else {
             Connected::new()
+        };
+        match &self.1 {
+            Some(peer) => connected.extra(peer.clone()),
+            None => connected,
         }
     }
 }

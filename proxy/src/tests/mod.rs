@@ -5,6 +5,7 @@
 //! trusted by design (the address guard applies to resolver answers only).
 
 mod http;
+mod limits;
 mod tls;
 
 use std::convert::Infallible;
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use egressd_config::{ConfigBuilder, Origin, Timeouts};
+use egressd_config::{ConfigBuilder, Limits, Origin, Timeouts};
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -149,6 +150,10 @@ pub(super) struct Setup<'a> {
     pub resolve: &'a [&'a str],
     pub ports: &'a [u16],
     pub loopback_ports: &'a [u16],
+    /// Replaces the harness's short timeouts.
+    pub timeouts: Option<Timeouts>,
+    /// Replaces the default limits.
+    pub limits: Option<Limits>,
 }
 
 /// A running proxy with its audit log file.
@@ -178,12 +183,16 @@ impl Harness {
         b.loopback_ports(setup.loopback_ports, Origin::Flag("--loopback-ports"));
         // Nothing answers on the discard port: a lookup that escapes fails fast.
         b.dns_server("127.0.0.1:9").unwrap();
-        b.timeouts(Timeouts {
+        b.timeouts(setup.timeouts.unwrap_or(Timeouts {
             classify: Duration::from_secs(5),
             connect: Duration::from_secs(5),
             idle: Duration::from_secs(30),
             resolve: Duration::from_millis(500),
-        });
+            ..Timeouts::default()
+        }));
+        if let Some(limits) = setup.limits {
+            b.limits(limits);
+        }
         let config = Arc::new(b.build().unwrap());
         let dir = std::env::temp_dir().join(format!(
             "egressd-proxy-{}-{}",

@@ -26,6 +26,11 @@
 //! `per-actor` (the triggering user's own secret, chosen once per run by the verified
 //! `actor_id` of the run's [`Provenance`], which `provenance.rs` establishes).
 //!
+//! `spiffe-x509` credentials are not tokens: the broker starts one `X509Source` per such
+//! credential (`crate::spiffe`, which follows the Workload API's stream) and hands it to the
+//! interception code, which presents its SVID on upstream connections. [`Broker::get`] does
+//! not serve them.
+//!
 //! # What this module does not do
 //!
 //! * It reads no environment variable: the daemon passes the GitHub OIDC variables and the
@@ -118,6 +123,9 @@ pub struct SourceEnv {
     pub github_oidc: Option<GithubOidcEnv>,
     /// The variables named by `source = "env"` credentials, by name.
     pub vars: HashMap<String, Secret>,
+    /// `SPIFFE_ENDPOINT_SOCKET`: the Workload API of `spiffe-x509` credentials that do not
+    /// name a `socket`.
+    pub spiffe_endpoint_socket: Option<String>,
 }
 
 /// Knobs of a [`Broker`]; [`Default`] gives the production values.
@@ -232,12 +240,19 @@ impl Broker {
             building: Vec::new(),
             provenance: options.provenance.as_ref(),
         };
+        let mut x509 = HashMap::new();
         for credential in credentials {
-            build.slot(&credential.name)?;
+            if let CredentialSource::SpiffeX509(spiffe) = &credential.source {
+                let source = x509_source(&credential.name, spiffe, &env)?;
+                x509.insert(credential.name.clone(), source);
+            } else {
+                build.slot(&credential.name)?;
+            }
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 named: build.named,
+                x509,
                 http,
                 attempts: options.attempts.max(1),
                 backoff_min: options.backoff_min,
@@ -296,6 +311,46 @@ impl Broker {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.inner.named.keys().map(String::as_str)
     }
+
+    /// The SVID source of `spiffe-x509` credential `name`.
+    pub(crate) fn x509(&self, name: &str) -> Option<&crate::spiffe::X509Source> {
+        self.inner.x509.get(name)
+    }
+}
+
+/// Starts following the Workload API for a `spiffe-x509` credential: its `socket`, else the
+/// daemon's `SPIFFE_ENDPOINT_SOCKET`.
+fn x509_source(
+    name: &str,
+    spiffe: &egressd_config::credential::SpiffeX509Source,
+    env: &SourceEnv,
+) -> Result<crate::spiffe::X509Source, BrokerError> {
+    use egressd_config::credential::SPIFFE_ENDPOINT_SOCKET;
+    use egressd_config::spiffe::WorkloadEndpoint;
+    let fail = |why: String| BrokerError::Credential {
+        name: name.to_owned(),
+        why,
+    };
+    let endpoint = match (&spiffe.socket, &env.spiffe_endpoint_socket) {
+        (Some(socket), _) => socket.clone(),
+        (None, Some(var)) => WorkloadEndpoint::parse(var)
+            .map_err(|why| fail(format!("{SPIFFE_ENDPOINT_SOCKET}: {why}")))?,
+        (None, None) => {
+            return Err(fail(format!(
+                "no Workload API: set `socket` (unix:///path/to/agent.sock) or                  {SPIFFE_ENDPOINT_SOCKET} in egressd's environment"
+            )));
+        }
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(fail(
+            "the broker must be built inside a tokio runtime to follow the Workload API".into(),
+        ));
+    }
+    Ok(crate::spiffe::X509Source::start(
+        name,
+        endpoint,
+        spiffe.spiffe_id.clone(),
+    ))
 }
 
 // === internals ===
@@ -304,6 +359,8 @@ impl Broker {
 struct Inner {
     /// Slots by credential name (several names may share a slot with the same cache key).
     named: HashMap<String, Arc<Slot>>,
+    /// The SVID sources of `spiffe-x509` credentials, by name.
+    x509: HashMap<String, crate::spiffe::X509Source>,
     http: TokenHttp,
     attempts: u32,
     backoff_min: Duration,
@@ -578,6 +635,13 @@ impl Build<'_> {
             }
             CredentialSource::File { path } => Source::Static(Static::file(path).map_err(fail)?),
             CredentialSource::PerActor { table } => Source::PerActor(self.per_actor(name, table)?),
+            CredentialSource::SpiffeX509(_) => {
+                return Err(fail(
+                    "it is an X.509-SVID (spiffe-x509), not a token: it cannot be presented as \
+                     another credential's token"
+                        .to_owned(),
+                ));
+            }
             other => {
                 return Err(fail(format!(
                     "source {other:?} is not supported by this broker"

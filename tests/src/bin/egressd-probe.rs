@@ -18,6 +18,9 @@
 //! egressd-probe h2-authorities https://HOST[:PORT]/PATH OTHER_HOST
 //!                                                   one TLS+h2 connection, GET the URL, then the same
 //!                                                   path with `:authority` OTHER_HOST on it
+//! egressd-probe slow ADDR:PORT HEX DRIP_MS WAIT_S     a slow client (see `limits.rs`)
+//! egressd-probe hold ADDR:PORT N WAIT_MS              N idle connections held open
+//! egressd-probe load ADDR:PORT HOST N ROUNDS          N concurrent HTTP requests per round
 //! ```
 //!
 //! The HTTPS actions (`sse`, `websocket`, `h2-authorities`) trust exactly the CA bundle in
@@ -40,8 +43,11 @@ use std::{
     time::Duration,
 };
 
+#[path = "egressd-probe/limits.rs"]
+mod limits;
+
 const TIMEOUT: Duration = Duration::from_secs(5);
-const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR | tcp-fastopen ADDR:PORT | tcp-reconnect ADDR:PORT | io-uring-connect ADDR:PORT | sctp ADDR:PORT | packet IFACE | raw ADDR | dns SERVER:PORT NAME TYPE | dns-tcp SERVER:PORT NAME TYPE | sse URL | websocket URL MESSAGE | h2-authorities URL OTHER_HOST)...";
+const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR | tcp-fastopen ADDR:PORT | tcp-reconnect ADDR:PORT | io-uring-connect ADDR:PORT | sctp ADDR:PORT | packet IFACE | raw ADDR | dns SERVER:PORT NAME TYPE | dns-tcp SERVER:PORT NAME TYPE | sse URL | websocket URL MESSAGE | h2-authorities URL OTHER_HOST | slow ADDR:PORT HEX DRIP_MS WAIT_S | hold ADDR:PORT N WAIT_MS | load ADDR:PORT HOST N ROUNDS)...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -93,6 +99,19 @@ fn main() -> ExitCode {
                     https::websocket(target, extra)
                 } else {
                     https::h2_authorities(target, extra)
+                }
+            }
+            "slow" | "hold" | "load" => {
+                let extra = if action == "hold" { 2 } else { 3 };
+                let Some(more) = args.get(i..i + extra) else {
+                    eprintln!("{action}: needs {extra} more arguments\n{USAGE}");
+                    return ExitCode::from(2);
+                };
+                i += extra;
+                match action {
+                    "slow" => limits::slow(target, &more[0], &more[1], &more[2]),
+                    "hold" => limits::hold(target, &more[0], &more[1]),
+                    _ => limits::load(target, &more[0], &more[1], &more[2]),
                 }
             }
             other => {

@@ -19,6 +19,9 @@
 //!   `/copilot_internal/user` (§4.1, §4.2), and a Copilot API ([`FakeCopilotApi`], inside an
 //!   [`UpstreamNet`](crate::UpstreamNet) so sandboxes reach it through egressd) that checks
 //!   the `Authorization` scheme per host and `Copilot-Integration-Id`.
+//! * [`FakeWorkloadApi`]: the SPIFFE Workload API on a Unix socket (gRPC, `FetchX509SVID`),
+//!   issuing short-lived X.509-SVIDs from a [`SpiffeCa`] and rotating them. Not HTTPS on
+//!   127.0.0.1 like the others: the real one is a SPIRE agent's socket.
 
 mod aws_sts;
 mod copilot;
@@ -26,6 +29,7 @@ mod entra;
 mod google_sts;
 mod jwt;
 mod oidc;
+mod workload_api;
 
 use std::{
     net::SocketAddr,
@@ -48,6 +52,9 @@ pub use copilot::{ApiCall, ExchangeCall, FakeCopilot, FakeCopilotApi};
 pub use entra::{EntraCall, Failure, FakeEntra, Fic};
 pub use google_sts::{FakeGoogleSts, GoogleCall, GoogleFailure};
 pub use oidc::FakeOidc;
+pub use workload_api::{
+    FakeWorkloadApi, IssuedSvid, SpiffeCa, X509Svid, X509SvidRequest, X509SvidResponse,
+};
 
 use crate::TestCa;
 

@@ -98,7 +98,7 @@ pub fn parse(text: &str) -> Result<AwfConfig, String> {
 }
 
 const DOCKER: &str = "it configures AWF's containers; egressd runs the command on the host";
-const API_PROXY: &str = "not enforced: egressd's api-proxy routes requests and injects credentials, without budgets, rate limits or model aliases";
+const API_PROXY: &str = "not enforced: egressd's api-proxy routes requests and injects credentials, without budgets or model aliases";
 
 fn network(config: &mut AwfConfig, network: &Map<String, Value>) -> Result<(), String> {
     for (k, v) in network {

@@ -86,35 +86,7 @@ const REFUSED: &[(&str, &str)] = &[
     ("--difc-proxy-host", "the cli-proxy sidecar needs Docker"),
     ("--difc-proxy-ca-cert", "the cli-proxy sidecar needs Docker"),
     (
-        "--copilot-api-target",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--openai-api-target",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--openai-api-base-path",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
         "--openai-base-url-env",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--openai-api-auth-header",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--anthropic-api-target",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--anthropic-api-base-path",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--anthropic-api-auth-header",
         "not supported yet by egressd's api-proxy",
     ),
     (
@@ -123,38 +95,6 @@ const REFUSED: &[(&str, &str)] = &[
     ),
     (
         "--anthropic-cache-tail-ttl",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--gemini-api-target",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--gemini-api-base-path",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--vertex-api-target",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--vertex-api-base-path",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--rate-limit-rpm",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--rate-limit-rph",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--rate-limit-bytes-pm",
-        "not supported yet by egressd's api-proxy",
-    ),
-    (
-        "--no-rate-limit",
         "not supported yet by egressd's api-proxy",
     ),
     (

@@ -100,6 +100,46 @@ impl Messages {
     }
 }
 
+/// AWF's rate limits (§5.5): off unless a `--rate-limit-*` flag is given; then the others
+/// take their defaults. `--no-rate-limit` turns them off.
+fn rate_limit(args: &AwfArgs) -> Option<egressd_config::apiproxy::RateLimit> {
+    let any = args.rate_limit_rpm.is_some()
+        || args.rate_limit_rph.is_some()
+        || args.rate_limit_bytes_pm.is_some();
+    if args.no_rate_limit || !any {
+        return None;
+    }
+    let defaults = egressd_config::apiproxy::RateLimit::default();
+    Some(egressd_config::apiproxy::RateLimit {
+        per_minute: args.rate_limit_rpm.unwrap_or(defaults.per_minute),
+        per_hour: args.rate_limit_rph.unwrap_or(defaults.per_hour),
+        bytes_per_minute: args
+            .rate_limit_bytes_pm
+            .unwrap_or(defaults.bytes_per_minute),
+    })
+}
+
+/// The `--*-api-target`, `--*-api-base-path` and `--*-api-auth-header` flags given, as the
+/// environment variables they stand for (reference §2.1).
+fn api_target_flags(args: &AwfArgs) -> Vec<(&'static str, &String)> {
+    [
+        ("OPENAI_API_TARGET", &args.openai_api_target),
+        ("OPENAI_API_BASE_PATH", &args.openai_api_base_path),
+        ("AWF_OPENAI_AUTH_HEADER", &args.openai_api_auth_header),
+        ("ANTHROPIC_API_TARGET", &args.anthropic_api_target),
+        ("ANTHROPIC_API_BASE_PATH", &args.anthropic_api_base_path),
+        ("AWF_ANTHROPIC_AUTH_HEADER", &args.anthropic_api_auth_header),
+        ("COPILOT_API_TARGET", &args.copilot_api_target),
+        ("GEMINI_API_TARGET", &args.gemini_api_target),
+        ("GEMINI_API_BASE_PATH", &args.gemini_api_base_path),
+        ("VERTEX_API_TARGET", &args.vertex_api_target),
+        ("VERTEX_API_BASE_PATH", &args.vertex_api_base_path),
+    ]
+    .into_iter()
+    .filter_map(|(var, value)| Some((var, value.as_ref()?)))
+    .collect()
+}
+
 /// Validates everything, runs the command, reports; `Err` is a fatal error of ours.
 fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
     let file = match &args.config {
@@ -134,6 +174,31 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
         split_lists(&args.allow_domains)
     };
     allow.extend(file.topology_attach.iter().cloned());
+    // The api-proxy's settings: our environment, then the flags (which win).
+    let mut api_env = env::api_proxy_env();
+    for (var, value) in api_target_flags(&args) {
+        api_env.vars.insert(var.to_owned(), value.clone());
+        if var == "COPILOT_API_TARGET" {
+            api_env.copilot_target = Some(value.clone());
+        }
+    }
+    // What AWF adds by itself: explicit api-proxy targets, GHE.com tenant hosts, GHES hosts
+    // named by ENGINE_API_TARGET (reference §2.3).
+    let github = env::github_env();
+    let mut added = apiproxy::explicit_targets(&api_env)?;
+    added.extend(apiproxy::github_additions(
+        github.as_ref(),
+        api_env.vars.get("ENGINE_API_TARGET").map(String::as_str),
+    ));
+    added.retain(|d| !allow.contains(d));
+    added.dedup();
+    if !added.is_empty() {
+        out.info(&format!(
+            "Added to the allowlist (API targets, GitHub deployment): {}",
+            added.join(", ")
+        ));
+        allow.extend(added);
+    }
     let block = if args.block_domains.is_empty() {
         file.block_domains.clone()
     } else {
@@ -162,14 +227,12 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
         policy::build(&policy_args, args.audit_log.clone()).map_err(|e| format!("{e:#}"))?;
     // The api-proxy (172.30.0.30:10000-10004): provider keys from our environment become
     // credentials; the command gets base URLs and placeholders (reference §5.2, §5.3).
-    let api_env = env::api_proxy_env();
-    let placeholders = apiproxy::configure(
-        &mut config,
-        &api_env,
-        env::github_env().as_ref(),
-        &env::github_run(),
-    );
-    config.placeholders.extend(placeholders);
+    let configured =
+        apiproxy::configure(&mut config, &api_env, github.as_ref(), &env::github_run())?;
+    config.placeholders.extend(configured.placeholders);
+    if let Some(api) = config.api_proxy.as_mut() {
+        api.rate_limit = rate_limit(&args);
+    }
     check_mounts(&args.mount, out)?;
     let cwd = match &args.container_workdir {
         Some(dir) => Some(
@@ -251,6 +314,7 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
         timeout: args.agent_timeout.map(|m| Duration::from_secs(m * 60)),
         awf: Some(awf_log),
         test_proxy_down: false,
+        backend: exec::Backend::Auto,
     })
     .map_err(|f| format!("{:#}", f.error))?;
 
@@ -275,17 +339,26 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
 /// Reads `--config` (`-`: stdin). JSON only for now.
 fn read_config(path: &Path) -> Result<config::AwfConfig, String> {
     let shown = path.display();
-    if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-        return Err(format!(
-            "--config {shown}: YAML configuration files are not supported yet; use JSON"
-        ));
-    }
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).map_err(|e| format!("reading stdin: {e}"))?
     } else {
         std::fs::read_to_string(path).map_err(|e| format!("--config {shown}: {e}"))?
     };
+    // JSON or YAML by extension, as AWF chooses (stdin is JSON). YAML is read into the same
+    // tree, so the closed-world checks are the same.
+    let text = if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+        yaml_to_json(&text).map_err(|e| format!("--config {shown}: {e}"))?
+    } else {
+        text
+    };
     config::parse(&text).map_err(|e| format!("--config {shown}: {e}"))
+}
+
+/// A YAML document as JSON text; errors say where (`line L column C`).
+fn yaml_to_json(text: &str) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_norway::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+    serde_json::to_string(&value).map_err(|e| format!("invalid YAML: {e}"))
 }
 
 fn split_lists(lists: &[String]) -> Vec<String> {
@@ -365,11 +438,33 @@ fn command_env(
     for kv in &args.env {
         set.push(parse_kv(kv, "--env")?);
     }
+    // GH_HOST names a GHE.com or GHES server for `gh` (as AWF sets it, reference §2.3);
+    // on github.com it is removed. An explicit --env/--env-file value wins.
+    env.retain(|(k, _)| k != "GH_HOST");
+    if let Some(host) = gh_host(env::github_env().as_ref()) {
+        env.push(("GH_HOST".into(), host.into()));
+    }
     for (k, v) in set {
         env.retain(|(name, _)| *name != *k);
         env.push((k.into(), v.into()));
     }
     Ok(env)
+}
+
+/// The host (port dropped) of `GITHUB_SERVER_URL`, unless it is github.com.
+fn gh_host(github: Option<&egressd_config::github::GitHubEnv>) -> Option<String> {
+    let url = github?.server_url.as_deref()?.trim();
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    let host = rest
+        .split('/')
+        .next()?
+        .split(':')
+        .next()?
+        .to_ascii_lowercase();
+    (!host.is_empty() && host != "github.com").then_some(host)
 }
 
 fn parse_kv(kv: &str, flag: &str) -> Result<(String, String), String> {
@@ -476,6 +571,56 @@ fn report_blocked(logs_dir: &Path, allow: &[String], out: &Messages) {
     ));
 }
 
+/// `awf logs -f`: prints the lines of `path` in `format`, then each line appended to it, until
+/// the process is interrupted. A file that shrinks (rotated, truncated) is read again from
+/// its start.
+fn follow(path: &Path, format: &str) -> std::io::Result<()> {
+    use std::io::{BufRead as _, Seek as _, Write as _};
+    let mut file = std::fs::File::open(path)?;
+    let mut reader = std::io::BufReader::new(file.try_clone()?);
+    let mut offset = 0u64;
+    let mut pending = String::new();
+    let stdout = std::io::stdout();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line)?;
+        if n > 0 {
+            offset += n as u64;
+            pending.push_str(&line);
+            if !pending.ends_with('\n') {
+                continue; // a line still being written
+            }
+            let text = std::mem::take(&mut pending);
+            let text = text.trim_end_matches('\n');
+            let mut out = stdout.lock();
+            match format {
+                "raw" => writeln!(out, "{text}")?,
+                "json" => {
+                    if let Some(e) = logs::parse_access(text) {
+                        writeln!(out, "{}", logs::json_line(&e))?;
+                    }
+                }
+                _ => {
+                    if let Some(e) = logs::parse_access(text) {
+                        writeln!(out, "{}", logs::pretty_line(&e))?;
+                    }
+                }
+            }
+            out.flush()?;
+            continue;
+        }
+        // At the end: wait for more (as `tail -f` does), start over if the file shrank.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if file.metadata()?.len() < offset {
+            file = std::fs::File::open(path)?;
+            file.rewind()?;
+            reader = std::io::BufReader::new(file.try_clone()?);
+            offset = 0;
+            pending.clear();
+        }
+    }
+}
+
 /// `awf logs [summary|stats|audit]`; returns the exit code.
 fn logs_command(args: &AwfLogsArgs) -> u8 {
     if args.list {
@@ -504,7 +649,26 @@ fn logs_command(args: &AwfLogsArgs) -> u8 {
         }
     };
     let manifest = logs::find_manifest(&dir);
+    if args.with_pid {
+        eprintln!(
+            "[ERROR] --with-pid is not supported: egressd's access.log carries no process ids"
+        );
+        return 1;
+    }
     match &args.view {
+        None if args.follow => {
+            let format = args.format.as_deref().unwrap_or("pretty").to_owned();
+            match follow(&dir.join("access.log"), &format) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!(
+                        "[ERROR] following {}: {e}",
+                        dir.join("access.log").display()
+                    );
+                    1
+                }
+            }
+        }
         None => {
             let format = args.format.as_deref().unwrap_or("pretty");
             if format == "raw" {
@@ -625,6 +789,44 @@ mod tests {
             shell_command(&["curl".into(), "-s".into(), "a b".into()])[2],
             "curl -s 'a b'"
         );
+    }
+
+    #[test]
+    fn yaml_configs_read_like_json() {
+        let json = super::yaml_to_json(
+            "$schema: x\nnetwork:\n  allowDomains:\n    - github.com\n    - api.example.com\n",
+        )
+        .unwrap();
+        let config = super::config::parse(&json).unwrap();
+        assert_eq!(config.allow_domains, vec!["github.com", "api.example.com"]);
+        let err = super::yaml_to_json("network:\n  allowDomains: [a.com\n").unwrap_err();
+        assert!(
+            err.contains("invalid YAML") && err.contains("line"),
+            "{err}"
+        );
+        // Unknown keys are refused as in JSON.
+        let json = super::yaml_to_json("network:\n  allowDomainz: [a.com]\n").unwrap();
+        let err = super::config::parse(&json).unwrap_err();
+        assert!(err.contains("network.allowDomainz"), "{err}");
+    }
+
+    #[test]
+    fn gh_host_is_the_servers_host_unless_github_com() {
+        let env = |url: &str| egressd_config::github::GitHubEnv {
+            server_url: Some(url.into()),
+            api_url: None,
+            force_ghes: false,
+        };
+        assert_eq!(super::gh_host(Some(&env("https://github.com"))), None);
+        assert_eq!(
+            super::gh_host(Some(&env("https://acme.ghe.com/"))).as_deref(),
+            Some("acme.ghe.com")
+        );
+        assert_eq!(
+            super::gh_host(Some(&env("https://git.corp.example:8443"))).as_deref(),
+            Some("git.corp.example")
+        );
+        assert_eq!(super::gh_host(None), None);
     }
 
     #[test]

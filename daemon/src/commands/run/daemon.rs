@@ -456,6 +456,7 @@ impl Daemon {
                 .map(|p| p.display().to_string()),
             allowed: summary.allowed,
             denied: summary.denied,
+            audit_unwritten: summary.unwritten,
             attachments: state.attachments.values().map(Attachment::info).collect(),
             orphans: state.orphans.keys().cloned().collect(),
         }

@@ -31,6 +31,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     if args.require_provenance {
         config.provenance.required = true;
     }
+    if config.policy.audit_only() {
+        eprintln!("egressd: audit-only mode: what the policy denies is recorded but NOT blocked");
+    }
     let provenance = crate::provenance::establish(&config)?;
     let audit = AuditLog::new(config.audit_log.as_deref())
         .map_err(|e| Failure::usage(anyhow!(e).context("opening the audit log")))?

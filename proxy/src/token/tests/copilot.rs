@@ -56,6 +56,7 @@ api_url = "{api}"
 
     fn env(&self, token: &str) -> SourceEnv {
         SourceEnv {
+            spiffe_endpoint_socket: None,
             github_oidc: None,
             vars: HashMap::from([("GH_TOKEN".to_owned(), Secret::new(token))]),
         }

@@ -124,6 +124,7 @@ endpoint = "{sts}"
             .unwrap();
         let credentials = builder.build().unwrap().credentials;
         let env = SourceEnv {
+            spiffe_endpoint_socket: None,
             github_oidc: Some(GithubOidcEnv {
                 request_url: self.oidc.request_url(),
                 request_token: Secret::new(self.oidc.request_token()),
@@ -421,6 +422,7 @@ async fn aws_keys_cannot_be_presented_as_a_token() {
         "{error}"
     );
     let env = SourceEnv {
+        spiffe_endpoint_socket: None,
         github_oidc: Some(GithubOidcEnv {
             request_url: fakes.oidc.request_url(),
             request_token: Secret::new("t"),

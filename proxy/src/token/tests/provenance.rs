@@ -238,6 +238,7 @@ fn per_actor_broker(table: &Path, provenance: Option<Provenance>) -> Result<Brok
         .unwrap();
     let credentials = builder.build().unwrap().credentials;
     let env = SourceEnv {
+        spiffe_endpoint_socket: None,
         github_oidc: None,
         vars: HashMap::from([
             ("TEAM_KEY".to_owned(), Secret::new("team-secret")),

@@ -62,6 +62,7 @@ fn broker(script: &Arc<Script>) -> Broker {
     Broker {
         inner: Arc::new(Inner {
             named: HashMap::from([("s".to_owned(), slot)]),
+            x509: HashMap::new(),
             http: TokenHttp::new(None, Duration::from_secs(5)).unwrap(),
             attempts: 3,
             backoff_min: Duration::from_secs(1),

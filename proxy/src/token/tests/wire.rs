@@ -92,6 +92,7 @@ var = "AZURE_OPENAI_KEY"
 
     fn env(&self) -> SourceEnv {
         SourceEnv {
+            spiffe_endpoint_socket: None,
             github_oidc: Some(GithubOidcEnv {
                 request_url: self.oidc.request_url(),
                 request_token: Secret::new(self.oidc.request_token()),

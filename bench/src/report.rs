@@ -1,0 +1,292 @@
+//! The report: Markdown tables with ratios to `direct`, the connection curve, the allowlist
+//! curve, and the issue's targets checked one by one against the medians.
+
+use std::fmt::Write as _;
+
+use crate::run::{RunResult, Summary, TargetResult};
+
+/// The whole report as Markdown (printed, and written to `results.md`).
+pub fn markdown(run: &RunResult) -> String {
+    let mut md = String::new();
+    let direct = run
+        .targets
+        .iter()
+        .find(|t| t.id == "direct")
+        .map(|t| t.summary.clone())
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "# egressd bench ({} run)\n\n{}; {} repetition(s) per figure, medians shown; {:.0} s.\n",
+        run.mode, run.machine, run.plan.reps, run.secs
+    );
+    for note in &run.notes {
+        let _ = writeln!(md, "Note: {note}.\n");
+    }
+    let _ = writeln!(
+        md,
+        "## Throughput and latency\n\n\
+         New connections: connect, TLS 1.3 full handshake (ECDSA P-256, no resumption), one \
+         `GET` of {} bytes, close; {c} workers. Keep-alive: {c} connections, one request in \
+         flight each. Latency: one connection, one request at a time. Bulk: one {} MiB \
+         download. MB = 10^6 bytes.\n",
+        crate::proto::SMALL_BODY,
+        run.plan.bulk_bytes >> 20,
+        c = run.plan.concurrency,
+    );
+    md.push_str(
+        "| target | what | new conn/s | × direct | setup p50 / p99 ms | keep-alive req/s | × direct | 1-conn req p50 / p99 ms | bulk MB/s | × direct |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for t in &run.targets {
+        let s = &t.summary;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            t.id,
+            t.describe,
+            num(s.conn_per_s, 0),
+            ratio(s.conn_per_s, direct.conn_per_s),
+            pair(s.conn_p50_ms, s.conn_p99_ms),
+            num(s.req_per_s, 0),
+            ratio(s.req_per_s, direct.req_per_s),
+            pair(s.lat_p50_ms, s.lat_p99_ms),
+            num(s.bulk_mb_s, 0),
+            ratio(s.bulk_mb_s, direct.bulk_mb_s),
+        );
+    }
+    md.push_str(
+        "\n## Proxy resources\n\n\
+         CPU: the proxy's own CPU time (all its threads and processes) during the bulk \
+         transfer, per 10^9 bytes. RSS: `VmRSS` summed over the proxy's processes, at idle \
+         (after one request) and its peak (`VmHWM`) while holding the most idle connections \
+         (each opened with a handshake and one request); per connection: the RSS difference \
+         divided by the connections held.\n\n\
+         | target | CPU s/GB | RSS idle MiB | peak RSS MiB | at connections | KiB per idle conn |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for t in run.targets.iter().filter(|t| t.id != "direct") {
+        let s = &t.summary;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            t.id,
+            num(s.cpu_s_per_gb, 2),
+            num(s.rss_idle_mib, 1),
+            num(s.rss_peak_mib, 1),
+            s.held.map_or("–".into(), |h| h.to_string()),
+            num(s.kib_per_conn, 1),
+        );
+    }
+    curve_table(&mut md, run);
+    policy_table(&mut md, run);
+    targets_check(&mut md, run);
+    md.push_str("\n## Runs\n\n");
+    for t in &run.targets {
+        let _ = writeln!(
+            md,
+            "- **{}** ({}): {}",
+            t.id,
+            t.version.as_deref().unwrap_or("–"),
+            t.status
+        );
+        for note in &t.notes {
+            let _ = writeln!(md, "  - {note}");
+        }
+    }
+    md
+}
+
+fn curve_table(md: &mut String, run: &RunResult) {
+    let levels = &run.plan.hold_levels;
+    md.push_str(
+        "\n## Cost curve: concurrent connections\n\n\
+         Setup latency of a new connection (median ms) and proxy RSS (MiB) while N idle \
+         connections are held (`connections.png`, `rss.png`).\n\n| target |",
+    );
+    for l in levels {
+        let _ = write!(md, " N={l} |");
+    }
+    md.push_str("\n|---|");
+    for _ in levels {
+        md.push_str("---:|");
+    }
+    md.push('\n');
+    for t in run.targets.iter().filter(|t| !t.curve.is_empty()) {
+        let _ = write!(md, "| {} |", t.id);
+        for &l in levels {
+            match t.curve.iter().find(|p| p.level == l && p.held == l) {
+                #[allow(clippy::cast_precision_loss, reason = "KiB counts far below 2^52")]
+                Some(p) => {
+                    let rss = p
+                        .rss_kib
+                        .map_or(String::new(), |k| format!(" / {:.1}", k as f64 / 1024.0));
+                    let _ = write!(md, " {:.2}{rss} |", p.setup_p50_ms);
+                }
+                None => md.push_str(" – |"),
+            }
+        }
+        md.push('\n');
+    }
+}
+
+fn policy_table(md: &mut String, run: &RunResult) {
+    md.push_str(
+        "\n## Cost curve: allowlist size\n\n\
+         `Policy::decide` in process, half hits and half misses (`policy.png`); build is \
+         `Policy::new`.\n\n\
+         | entries | ns/decision (domains) | build ms | ns/decision (1% wildcards) | build ms |\n\
+         |---:|---:|---:|---:|---:|\n",
+    );
+    let plain: Vec<_> = run
+        .policy
+        .iter()
+        .filter(|p| p.wildcard_share == 0.0)
+        .collect();
+    for p in plain {
+        let w = run
+            .policy
+            .iter()
+            .find(|q| q.wildcard_share > 0.0 && q.entries == p.entries);
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.1} | {} | {} |",
+            p.entries,
+            p.decide_ns,
+            p.build_ms,
+            w.map_or("–".into(), |w| format!("{:.0}", w.decide_ns)),
+            w.map_or("–".into(), |w| format!("{:.1}", w.build_ms)),
+        );
+    }
+}
+
+/// Issue 8's targets, each with the measured figures and whether it is met.
+fn targets_check(md: &mut String, run: &RunResult) {
+    let get = |id: &str| -> Option<&TargetResult> {
+        run.targets.iter().find(|t| t.id == id && t.status == "ok")
+    };
+    let s = |id: &str| -> Summary { get(id).map(|t| t.summary.clone()).unwrap_or_default() };
+    let (direct, haproxy, squid, mitm) = (s("direct"), s("haproxy"), s("squid"), s("mitmproxy"));
+    let (pass, icpt, strict) = (
+        s("egressd-pass"),
+        s("egressd-intercept"),
+        s("egressd-strict"),
+    );
+    md.push_str("\n## Issue 8 targets\n\n| target | measured | verdict |\n|---|---|---|\n");
+    let mut row = |what: &str, measured: String, met: Option<bool>| {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "not measured",
+        };
+        let _ = writeln!(md, "| {what} | {measured} | {verdict} |");
+    };
+    row(
+        "pass-through new conn/s ≥ HAProxy's",
+        format!(
+            "{} vs {}",
+            num(pass.conn_per_s, 0),
+            num(haproxy.conn_per_s, 0)
+        ),
+        both(pass.conn_per_s, haproxy.conn_per_s).map(|(a, b)| a >= b),
+    );
+    row(
+        "pass-through bulk ≥ 0.95 × direct",
+        format!(
+            "{} MB/s vs {} ({})",
+            num(pass.bulk_mb_s, 0),
+            num(direct.bulk_mb_s, 0),
+            ratio(pass.bulk_mb_s, direct.bulk_mb_s)
+        ),
+        both(pass.bulk_mb_s, direct.bulk_mb_s).map(|(a, b)| a >= 0.95 * b),
+    );
+    row(
+        "pass-through CPU per GB below HAProxy's",
+        format!(
+            "{} vs {} s/GB",
+            num(pass.cpu_s_per_gb, 2),
+            num(haproxy.cpu_s_per_gb, 2)
+        ),
+        both(pass.cpu_s_per_gb, haproxy.cpu_s_per_gb).map(|(a, b)| a < b),
+    );
+    row(
+        "intercept req/s ≥ 10 × mitmproxy's",
+        format!(
+            "{} vs {} ({})",
+            num(icpt.req_per_s, 0),
+            num(mitm.req_per_s, 0),
+            ratio(icpt.req_per_s, mitm.req_per_s)
+        ),
+        both(icpt.req_per_s, mitm.req_per_s).map(|(a, b)| a >= 10.0 * b),
+    );
+    row(
+        "intercept req/s ≥ Squid's CONNECT pass-through",
+        format!("{} vs {}", num(icpt.req_per_s, 0), num(squid.req_per_s, 0)),
+        both(icpt.req_per_s, squid.req_per_s).map(|(a, b)| a >= b),
+    );
+    row(
+        "intercept adds < 1 ms p99 per request",
+        format!(
+            "p99 {} ms vs direct {} ms",
+            num(icpt.lat_p99_ms, 3),
+            num(direct.lat_p99_ms, 3)
+        ),
+        both(icpt.lat_p99_ms, direct.lat_p99_ms).map(|(a, b)| a - b < 1.0),
+    );
+    row(
+        "under 30 MiB RSS idle",
+        format!("{} MiB", num(pass.rss_idle_mib, 1)),
+        pass.rss_idle_mib.map(|m| m < 30.0),
+    );
+    row(
+        "under 16 KiB per idle pass-through connection",
+        format!(
+            "{} KiB ({} connections)",
+            num(pass.kib_per_conn, 1),
+            pass.held.map_or("–".into(), |h| h.to_string())
+        ),
+        pass.kib_per_conn.map(|k| k < 16.0),
+    );
+    row(
+        "token broker: cached path adds no measurable latency",
+        format!(
+            "p50 {} / p99 {} ms with the credential, {} / {} ms without",
+            num(icpt.lat_p50_ms, 3),
+            num(icpt.lat_p99_ms, 3),
+            num(strict.lat_p50_ms, 3),
+            num(strict.lat_p99_ms, 3)
+        ),
+        // "Not measurable": within 20% or 0.05 ms of the run without a credential.
+        both(icpt.lat_p50_ms, strict.lat_p50_ms).map(|(a, b)| a - b < (0.2 * b).max(0.05)),
+    );
+    let at_10k = run
+        .policy
+        .iter()
+        .find(|p| p.entries == 10_000 && p.wildcard_share == 0.0);
+    row(
+        "a 10,000-entry allowlist decides in < 1 µs",
+        at_10k.map_or("–".into(), |p| format!("{:.0} ns", p.decide_ns)),
+        at_10k.map(|p| p.decide_ns < 1000.0),
+    );
+}
+
+fn both(a: Option<f64>, b: Option<f64>) -> Option<(f64, f64)> {
+    a.zip(b)
+}
+
+fn num(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("–".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn pair(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{a:.2} / {b:.2}"),
+        _ => "–".into(),
+    }
+}
+
+fn ratio(v: Option<f64>, base: Option<f64>) -> String {
+    match (v, base) {
+        (Some(v), Some(b)) if b > 0.0 => format!("{:.2}", v / b),
+        _ => "–".into(),
+    }
+}

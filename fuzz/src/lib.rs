@@ -1,0 +1,15 @@
+//! Parsers of the `egressd` binary crate, compiled here by path so the fuzz targets can reach
+//! them without making the daemon a library. Both modules are self-contained (they use only
+//! serde, serde_json and time); if one starts to depend on the rest of the daemon, move its
+//! pure parsing into `egressd-config` instead.
+
+#![allow(dead_code, reason = "only the parse functions are fuzzed")]
+
+/// AWF's `--config` JSON (`daemon/src/commands/awf/config.rs`).
+#[path = "../../daemon/src/commands/awf/config.rs"]
+pub mod awf_config;
+
+/// Audit and access log lines: egressd's JSONL, AWF's `audit.jsonl` and Squid `access.log`
+/// (`daemon/src/commands/audit/read.rs`).
+#[path = "../../daemon/src/commands/audit/read.rs"]
+pub mod audit_read;
