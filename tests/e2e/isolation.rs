@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egressd_tests::{EgressdCommand, Scratch, privileged};
+use egressd_tests::{API, EgressdCommand, Scene, Scratch, privileged};
 use nix::{
     sys::signal::{self, Signal},
     unistd::Pid,
@@ -294,4 +294,54 @@ fn sandbox_cgroup(egressd_pid: u32) -> std::path::PathBuf {
     std::path::Path::new(&mount)
         .join("egressd")
         .join(format!("egressd-{egressd_pid}"))
+}
+
+/// Issue 9, least privilege: once the sandbox runs, every thread of the egressd that runs it
+/// holds only `CAP_KILL` (to signal the sandbox), not the capabilities it set up with.
+#[test]
+fn egressd_drops_its_capabilities_once_the_sandbox_runs() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let flags = s.scratch.path("flags");
+    fs::create_dir_all(&flags).unwrap();
+    fs::set_permissions(&flags, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let started = flags.join("started");
+    let running = s
+        .egressd()
+        .allow(API)
+        .sh(&format!("touch {}; sleep 3", started.display()))
+        .spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut threads = Vec::new();
+    for task in fs::read_dir(format!("/proc/{}/task", running.id())).unwrap() {
+        let status = fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap()
+        };
+        threads.push((field("CapEff:"), field("CapPrm:"), field("CapBnd:")));
+    }
+    let out = running.wait();
+    out.assert_success();
+    const CAP_KILL: u64 = 1 << 5;
+    assert!(threads.len() >= 3, "{threads:?}");
+    for (eff, prm, bnd) in &threads {
+        assert_eq!(
+            (*eff, *prm, *bnd),
+            (CAP_KILL, CAP_KILL, CAP_KILL),
+            "a thread kept capabilities: {threads:x?}"
+        );
+    }
 }

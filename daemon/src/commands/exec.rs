@@ -156,6 +156,9 @@ pub(crate) struct RunOutcome {
     pub counters: Vec<(&'static str, u64)>,
 }
 
+/// The proxy's worker threads.
+const WORKERS: usize = 2;
+
 /// Exit code when the command was killed by `Plan::timeout` (as `timeout(1)`, AWF).
 pub(crate) const EXIT_TIMEOUT: u8 = 124;
 
@@ -255,7 +258,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     tracing::debug!(cgroup = %cgroup.path().display(), port4, port6, "programs attached");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(WORKERS)
         .enable_all()
         .build()
         .context("starting the async runtime")
@@ -396,6 +399,28 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         }
     };
 
+    // Set-up is over: from here on egressd only signals the sandbox (CAP_KILL) and, with
+    // nftables, reads its counter in the sandbox's namespace.
+    let mut keep = vec![caps::Capability::CAP_KILL];
+    if matches!(armed, Armed::Nftables) {
+        keep.extend([
+            caps::Capability::CAP_NET_ADMIN,
+            caps::Capability::CAP_SYS_ADMIN,
+        ]);
+    }
+    // Secrets read from files at mint time may belong to another user (the runner's).
+    if config_for_broker.credentials.iter().any(|c| {
+        matches!(
+            c.source,
+            egressd_config::CredentialSource::File { .. }
+                | egressd_config::CredentialSource::PerActor { .. }
+        )
+    }) {
+        keep.push(caps::Capability::CAP_DAC_READ_SEARCH);
+    }
+    if let Err(e) = crate::sandbox::privilege::drop_everywhere(&runtime, WORKERS, &keep) {
+        tracing::warn!("dropping capabilities after set-up: {e:#}");
+    }
     let (code, timed_out) = runtime.block_on(async {
         let ended = wait_forwarding_signals(child, timeout).await;
         shutdown.cancel();

@@ -9,5 +9,6 @@ pub mod cgroup;
 pub mod init;
 pub mod netns;
 pub mod nft;
+pub mod privilege;
 pub mod spawn;
 pub mod trust;
