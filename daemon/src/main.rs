@@ -83,11 +83,36 @@ fn main() -> ExitCode {
         return sandbox::init::run(args);
     }
     cli::init_logging(cli.verbose);
+    raise_nofile_limit();
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(Failure { code, error }) => {
             eprintln!("egressd: error: {error:#}");
             ExitCode::from(code)
+        }
+    }
+}
+
+/// Each proxied connection holds two descriptors (client and upstream): lift the soft limit
+/// on open files to the hard one, so the connection limit (`limits.max_connections`) is what
+/// bounds a sandbox, not a default of 1024 descriptors.
+fn raise_nofile_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes a valid rlimit into `limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads a valid, initialised rlimit struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            tracing::debug!(
+                "could not raise RLIMIT_NOFILE: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }

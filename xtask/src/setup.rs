@@ -38,6 +38,12 @@ const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("ping", "iputils-ping"),
     ("openssl", "openssl"),
+    // The nftables backend (`exec --backend nftables`) and its tests.
+    ("nft", "nftables"),
+    // The daemon tests: the systemd unit is checked with `systemd-analyze verify`, the GitHub
+    // Action's scripts run under node.
+    ("systemd-analyze", "systemd"),
+    ("node", "nodejs"),
 ];
 
 /// The CA bundle `ca-certificates` installs (curl and the proxy's upstream verification use it).
@@ -264,7 +270,9 @@ fn ensure_packages(sh: &Shell, no_apt: bool) -> Result<()> {
         missing.push("ca-certificates");
     }
     if missing.is_empty() {
-        say!("test tools (ip, curl, ping, CA certificates): present");
+        say!(
+            "test tools (ip, curl, ping, openssl, nft, systemd-analyze, node, CA certificates): present"
+        );
         return Ok(());
     }
     let list = missing.join(" ");

@@ -116,10 +116,14 @@ pub fn hold(target: &str, n: &str, wait_ms: &str) -> Json {
     };
     let mut streams = Vec::with_capacity(n);
     let mut connect_errors = 0usize;
+    let mut first_error = None;
     for _ in 0..n {
         match TcpStream::connect_timeout(&addr, TIMEOUT) {
             Ok(s) => streams.push(s),
-            Err(_) => connect_errors += 1,
+            Err(e) => {
+                connect_errors += 1;
+                first_error.get_or_insert(e);
+            }
         }
     }
     std::thread::sleep(Duration::from_millis(wait_ms));
@@ -135,6 +139,9 @@ pub fn hold(target: &str, n: &str, wait_ms: &str) -> Json {
     out.field("result", "ok");
     out.raw("connected", &streams.len().to_string());
     out.raw("connect_errors", &connect_errors.to_string());
+    if let Some(e) = first_error {
+        out.field("first_connect_error", &e.to_string());
+    }
     out.raw("closed", &closed.to_string());
     out.raw("open", &(streams.len() - closed).to_string());
     out
