@@ -12,6 +12,7 @@ pub(crate) mod http;
 pub(crate) mod limits;
 pub(crate) mod relay;
 pub(crate) mod rewind;
+pub(crate) mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -188,13 +189,17 @@ impl Proxy {
         };
         rec.went_ahead(&decision);
         rec.upstream = Some(upstream.addr);
-        let out = relay(
-            &mut stream,
-            &mut upstream.stream,
-            &prefix,
-            self.config.timeouts.idle,
-        )
-        .await;
+        let idle = self.config.timeouts.idle;
+        // In the kernel when pipes can be had (splice), copying through a buffer otherwise.
+        let out = match splice::Pipes::new() {
+            Ok(pipes) => {
+                splice::relay(&mut stream, &mut upstream.stream, &prefix, idle, pipes).await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no pipes for splice; copying instead");
+                relay(&mut stream, &mut upstream.stream, &prefix, idle).await
+            }
+        };
         rec.bytes_up = out.bytes_up;
         rec.bytes_down = out.bytes_down;
         if let Some(end) = out.end.describe() {

@@ -1,0 +1,273 @@
+//! The pass-through fast path: once a connection is allowed, bytes move socket -> pipe ->
+//! socket inside the kernel with `splice(2)`, never through a userspace buffer. Same contract
+//! as [`relay`](super::relay::relay): the prefix first, half-close per direction, an idle
+//! timeout only, and the bytes counted each way.
+//!
+//! Each direction owns a pipe (created per connection, closed with it). When no pipe can be
+//! made (descriptors exhausted), the caller falls back to the copying relay.
+
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use nix::fcntl::{OFlag, SpliceFFlags};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::relay::{End, Outcome};
+
+/// The most bytes moved into a pipe at once (the default pipe capacity).
+const CHUNK: usize = 64 * 1024;
+
+/// The two pipes of a connection, made before relaying so a failure can fall back.
+pub(crate) struct Pipes {
+    up: (OwnedFd, OwnedFd),
+    down: (OwnedFd, OwnedFd),
+}
+
+impl Pipes {
+    /// Two non-blocking pipes, or the error (`EMFILE`...) that says to copy instead.
+    pub(crate) fn new() -> io::Result<Self> {
+        let flags = OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        Ok(Self {
+            up: nix::unistd::pipe2(flags)?,
+            down: nix::unistd::pipe2(flags)?,
+        })
+    }
+}
+
+/// Writes `prefix` to `upstream`, then splices `client` <-> `upstream` through `pipes` until
+/// both directions end, a socket fails, or nothing moves for `idle`.
+pub(crate) async fn relay(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    prefix: &[u8],
+    idle: Duration,
+    pipes: Pipes,
+) -> Outcome {
+    let mut outcome = Outcome {
+        bytes_up: 0,
+        bytes_down: 0,
+        end: End::Closed,
+    };
+    match tokio::time::timeout(idle, upstream.write_all(prefix)).await {
+        Ok(Ok(())) => outcome.bytes_up = prefix.len() as u64,
+        Ok(Err(e)) => {
+            outcome.end = End::Failed(e);
+            return outcome;
+        }
+        Err(_) => {
+            outcome.end = End::Idle;
+            return outcome;
+        }
+    }
+    let mut up = Direction::new(pipes.up);
+    let mut down = Direction::new(pipes.down);
+    let mut sleep: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
+    let (client, upstream) = (&*client, &*upstream);
+    let result = poll_fn(|cx| {
+        let mut progressed = false;
+        let up_done = match up.poll_splice(cx, client, upstream, &mut progressed) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Some(e))),
+            Poll::Ready(Ok(())) => true,
+            Poll::Pending => false,
+        };
+        let down_done = match down.poll_splice(cx, upstream, client, &mut progressed) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Some(e))),
+            Poll::Ready(Ok(())) => true,
+            Poll::Pending => false,
+        };
+        if up_done && down_done {
+            return Poll::Ready(Ok(()));
+        }
+        if progressed {
+            sleep.as_mut().reset(Instant::now() + idle);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(None)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    outcome.bytes_up += up.amount;
+    outcome.bytes_down = down.amount;
+    outcome.end = match result {
+        Ok(()) => End::Closed,
+        Err(Some(e)) => End::Failed(e),
+        Err(None) => End::Idle,
+    };
+    outcome
+}
+
+/// One direction: reader -> pipe -> writer, then shut the writer's write side down.
+struct Direction {
+    /// The pipe's read end and write end.
+    pipe: (OwnedFd, OwnedFd),
+    /// Bytes in the pipe, not yet written out.
+    in_pipe: usize,
+    read_done: bool,
+    shut_down: bool,
+    amount: u64,
+}
+
+impl Direction {
+    fn new(pipe: (OwnedFd, OwnedFd)) -> Self {
+        Self {
+            pipe,
+            in_pipe: 0,
+            read_done: false,
+            shut_down: false,
+            amount: 0,
+        }
+    }
+
+    /// Moves bytes until the reader or the writer would block; `Ready(Ok)` once the reader
+    /// hit EOF, the pipe is empty and the writer's write side was shut down.
+    fn poll_splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &TcpStream,
+        writer: &TcpStream,
+        progressed: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        if self.shut_down {
+            return Poll::Ready(Ok(()));
+        }
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        loop {
+            if self.in_pipe == 0 && !self.read_done {
+                ready!(reader.poll_read_ready(cx))?;
+                let filled = reader.try_io(Interest::READABLE, || {
+                    nix::fcntl::splice(
+                        reader.as_fd(),
+                        None,
+                        self.pipe.1.as_fd(),
+                        None,
+                        CHUNK,
+                        flags,
+                    )
+                    .map_err(io::Error::from)
+                });
+                match filled {
+                    Ok(0) => self.read_done = true,
+                    Ok(n) => {
+                        self.in_pipe = n;
+                        *progressed = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            while self.in_pipe > 0 {
+                ready!(writer.poll_write_ready(cx))?;
+                let written = writer.try_io(Interest::WRITABLE, || {
+                    nix::fcntl::splice(
+                        self.pipe.0.as_fd(),
+                        None,
+                        writer.as_fd(),
+                        None,
+                        self.in_pipe,
+                        flags,
+                    )
+                    .map_err(io::Error::from)
+                });
+                match written {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        self.amount += n as u64;
+                        *progressed = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if self.read_done {
+                // Half-close; a peer that already went away cannot be told, which is not a
+                // failure of the relay.
+                let _ = nix::sys::socket::shutdown(
+                    std::os::fd::AsRawFd::as_raw_fd(writer),
+                    nix::sys::socket::Shutdown::Write,
+                );
+                self.shut_down = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair of loopback TCP sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn splices_both_ways_with_half_close_and_counts() {
+        let (mut client, mut client_far) = pair().await;
+        let (mut upstream, mut upstream_far) = pair().await;
+        let task = tokio::spawn(async move {
+            relay(
+                &mut client_far,
+                &mut upstream_far,
+                b"HELLO",
+                Duration::from_secs(5),
+                Pipes::new().unwrap(),
+            )
+            .await
+        });
+        let big = vec![7u8; 3 * 1024 * 1024 + 17];
+        let far = tokio::spawn(async move {
+            let mut got = Vec::new();
+            upstream.read_to_end(&mut got).await.unwrap();
+            upstream.write_all(b"response").await.unwrap();
+            upstream.shutdown().await.unwrap();
+            got
+        });
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        assert_eq!(writer.await.unwrap(), b"response");
+        let got = far.await.unwrap();
+        assert_eq!(&got[..5], b"HELLO");
+        assert_eq!(got.len(), 5 + big.len());
+        assert!(got[5..].iter().all(|b| *b == 7));
+        let out = task.await.unwrap();
+        assert_eq!(out.bytes_up, 5 + big.len() as u64);
+        assert_eq!(out.bytes_down, 8);
+        assert!(matches!(out.end, End::Closed), "{:?}", out.end);
+    }
+
+    #[tokio::test]
+    async fn nothing_moving_ends_at_the_idle_timeout() {
+        let (_client, mut client_far) = pair().await;
+        let (_upstream, mut upstream_far) = pair().await;
+        let out = relay(
+            &mut client_far,
+            &mut upstream_far,
+            b"",
+            Duration::from_millis(100),
+            Pipes::new().unwrap(),
+        )
+        .await;
+        assert!(matches!(out.end, End::Idle), "{:?}", out.end);
+    }
+}
