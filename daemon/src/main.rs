@@ -93,9 +93,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Each proxied connection holds two descriptors (client and upstream): lift the soft limit
-/// on open files to the hard one, so the connection limit (`limits.max_connections`) is what
-/// bounds a sandbox, not a default of 1024 descriptors.
+/// Each proxied connection holds two descriptors (client and upstream): lift the limit on
+/// open files (as root, up to the kernel's `fs.nr_open`, at most 2^20; else the soft limit to
+/// the hard one), so the connection limit (`limits.max_connections`) is what bounds a
+/// sandbox, not a default of 1024 descriptors.
 fn raise_nofile_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -104,6 +105,22 @@ fn raise_nofile_limit() {
     // SAFETY: getrlimit writes a valid rlimit into `limit`.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return;
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(0)
+        .min(1 << 20);
+    if nr_open > limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: nr_open,
+            rlim_max: nr_open,
+        };
+        // SAFETY: setrlimit reads a valid, initialised rlimit struct. Needs root; when it
+        // fails, the soft limit is raised to the hard one below.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return;
+        }
     }
     if limit.rlim_cur < limit.rlim_max {
         limit.rlim_cur = limit.rlim_max;

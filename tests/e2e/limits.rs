@@ -374,22 +374,34 @@ fn a_burst_of_concurrent_connections_has_no_errors_and_flat_memory() {
     if !privileged() {
         return;
     }
-    // 2,000 at once: the probe, the proxy (two per connection) and the upstream each need
-    // that many descriptors.
-    raise_nofile(16_384);
+    // 10,000 at once (issue 9), or as many as the host's hard limit on open files allows:
+    // egressd needs two descriptors per connection, and raising the hard limit needs
+    // CAP_SYS_RESOURCE, which some CI sandboxes withhold (here: 20,000, so 9,000).
+    raise_nofile(65_536);
     let s = Scene::new();
-    const N: u64 = 2000;
+    let hard = hard_nofile();
+    let n: u64 = 10_000.min(hard.saturating_sub(2_000) / 2);
+    eprintln!("{n} concurrent connections (hard RLIMIT_NOFILE {hard})");
+    assert!(
+        n >= 2_000,
+        "the host allows too few descriptors ({hard}) for a load test"
+    );
     const ROUNDS: u64 = 3;
+    let config = s
+        .scratch
+        .write("load.toml", "[limits]\nmax_connections = 12000\n");
     let running = s
         .egressd()
         .allow(API)
+        .arg("--config")
+        .arg(&config)
         .timeout(Duration::from_secs(150))
         .command([
             s.probe.display().to_string(),
             "load".into(),
             format!("{FAKE_IP}:80"),
             API.into(),
-            N.to_string(),
+            n.to_string(),
             ROUNDS.to_string(),
         ])
         .spawn();
@@ -410,21 +422,30 @@ fn a_burst_of_concurrent_connections_has_no_errors_and_flat_memory() {
     out.assert_success();
     let rounds = lines(&out, "load-round");
     assert_eq!(rounds.len(), ROUNDS as usize, "\n{}", out.stdout);
+    let failed: Vec<String> = out
+        .audit()
+        .into_iter()
+        .filter(|r| {
+            r["proto"] == "http" && r["reason"] != "in the allowlist" && r["event"].is_null()
+        })
+        .map(|r| format!("{} {}", r["status"], r["reason"]))
+        .take(3)
+        .collect();
     for r in &rounds {
-        assert_eq!(r["ok"], N, "{r}");
+        assert_eq!(r["ok"], n, "{r} {failed:?}");
         assert_eq!(r["errors"], 0, "{r}");
         eprintln!(
             "round {}: {} connections in {} ms",
             r["round"], r["ok"], r["ms"]
         );
     }
-    assert_eq!(s.api_http.connections() as u64, N * ROUNDS);
+    assert_eq!(s.api_http.connections() as u64, n * ROUNDS);
     let allowed = out
         .audit()
         .into_iter()
         .filter(|r| r["proto"] == "http" && r["decision"] == "allow")
         .count() as u64;
-    assert_eq!(allowed, N * ROUNDS, "one audit record per request");
+    assert_eq!(allowed, n * ROUNDS, "one audit record per request");
     eprintln!("egressd RSS after each round (KiB): {rss:?}");
     assert_eq!(rss.len(), ROUNDS as usize, "RSS samples: {rss:?}");
     let (first, last) = (rss[0], rss[rss.len() - 1]);
@@ -452,6 +473,20 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// Raises this process's soft `RLIMIT_NOFILE` to at least `want` (within the hard limit);
 /// egressd and its sandbox inherit it.
+/// The hard limit on open files of this (test) process.
+fn hard_nofile() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) },
+        0
+    );
+    limit.rlim_max
+}
+
 fn raise_nofile(want: u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

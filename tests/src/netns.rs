@@ -67,6 +67,18 @@ impl UpstreamNet {
         };
         let ns = net.name.as_str();
         ip(&["netns", "add", ns]);
+        // Load tests connect thousands at once: let the upstreams' accept queues hold them.
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.core.somaxconn=65535",
+            ])
+            .status();
         ip(&[
             "link",
             "add",

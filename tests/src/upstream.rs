@@ -40,7 +40,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::{
     WebSocketStream,
@@ -326,7 +326,18 @@ async fn serve(
     ready: mpsc::Sender<Result<(), String>>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let listener = match TcpListener::bind(addr).await {
+    // A deep accept queue: load tests open thousands of connections at once.
+    let bound = (|| {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(65_535)
+    })();
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(format!("binding {addr}: {e}")));

@@ -88,10 +88,10 @@ fn prepare_in_thread(mode: &NetnsMode) -> anyhow::Result<SandboxNet> {
             Some(OwnedFd::from(fd))
         }
     };
-    let listener4 = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    let listener4 = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .context("binding the proxy listener on 127.0.0.1")?;
     listener4.set_nonblocking(true)?;
-    let listener6 = match TcpListener::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, 0))) {
+    let listener6 = match listen(SocketAddr::from((Ipv6Addr::LOCALHOST, 0))) {
         Ok(l) => {
             l.set_nonblocking(true)?;
             Some(l)
@@ -121,6 +121,26 @@ fn prepare_in_thread(mode: &NetnsMode) -> anyhow::Result<SandboxNet> {
         dns4,
         dns6,
     })
+}
+
+/// The accept queue of a proxy listener: a sandbox opening thousands of connections at once
+/// must not see its SYNs dropped (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// A TCP listener on `addr` with a [`BACKLOG`]-deep accept queue.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, socket,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    nix::sys::socket::listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))?;
+    Ok(TcpListener::from(fd))
 }
 
 /// `ip link set lo up`, with an ioctl on a socket in the current namespace.

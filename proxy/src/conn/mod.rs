@@ -26,7 +26,6 @@ use crate::addr::{ClientAddr, OrigDst};
 use crate::audit::{Proto, Record};
 use crate::conn::classify::{Classified, HostName, classify};
 use crate::conn::decide::{Verdict, decide, decide_loopback};
-use crate::conn::relay::relay;
 use crate::conn::rewind::Rewind;
 use crate::error::{ErrorKind, chain};
 use crate::intercept;
@@ -189,17 +188,14 @@ impl Proxy {
         };
         rec.went_ahead(&decision);
         rec.upstream = Some(upstream.addr);
-        let idle = self.config.timeouts.idle;
-        // In the kernel when pipes can be had (splice), copying through a buffer otherwise.
-        let out = match splice::Pipes::new() {
-            Ok(pipes) => {
-                splice::relay(&mut stream, &mut upstream.stream, &prefix, idle, pipes).await
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "no pipes for splice; copying instead");
-                relay(&mut stream, &mut upstream.stream, &prefix, idle).await
-            }
-        };
+        // Bytes move inside the kernel (splice): no userspace copy.
+        let out = splice::relay(
+            &mut stream,
+            &mut upstream.stream,
+            &prefix,
+            self.config.timeouts.idle,
+        )
+        .await;
         rec.bytes_up = out.bytes_up;
         rec.bytes_down = out.bytes_down;
         if let Some(end) = out.end.describe() {

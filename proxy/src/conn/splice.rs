@@ -3,8 +3,10 @@
 //! as [`relay`](super::relay::relay): the prefix first, half-close per direction, an idle
 //! timeout only, and the bytes counted each way.
 //!
-//! Each direction owns a pipe (created per connection, closed with it). When no pipe can be
-//! made (descriptors exhausted), the caller falls back to the copying relay.
+//! A direction holds a pipe only while bytes are in flight: it takes one from a shared pool
+//! when its reader is readable and gives it back once the pipe is drained, so ten thousand
+//! idle connections hold no pipes, and descriptors stay at two per connection plus one pair
+//! per transfer in progress.
 
 use std::future::poll_fn;
 use std::io;
@@ -23,31 +25,40 @@ use super::relay::{End, Outcome};
 /// The most bytes moved into a pipe at once (the default pipe capacity).
 const CHUNK: usize = 64 * 1024;
 
-/// The two pipes of a connection, made before relaying so a failure can fall back.
-pub(crate) struct Pipes {
-    up: (OwnedFd, OwnedFd),
-    down: (OwnedFd, OwnedFd),
+/// Pipes kept for reuse (each is empty when it is put back).
+static POOL: std::sync::Mutex<Vec<(OwnedFd, OwnedFd)>> = std::sync::Mutex::new(Vec::new());
+/// The most idle pipes kept; more are closed when given back.
+const POOL_MAX: usize = 256;
+
+/// An empty non-blocking pipe (read end, write end), from the pool or new.
+fn take_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    if let Some(pipe) = POOL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop()
+    {
+        return Ok(pipe);
+    }
+    Ok(nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?)
 }
 
-impl Pipes {
-    /// Two non-blocking pipes, or the error (`EMFILE`...) that says to copy instead.
-    pub(crate) fn new() -> io::Result<Self> {
-        let flags = OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-        Ok(Self {
-            up: nix::unistd::pipe2(flags)?,
-            down: nix::unistd::pipe2(flags)?,
-        })
+/// Returns an empty pipe to the pool (or closes it when the pool is full).
+fn give_pipe(pipe: (OwnedFd, OwnedFd)) {
+    let mut pool = POOL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if pool.len() < POOL_MAX {
+        pool.push(pipe);
     }
 }
 
-/// Writes `prefix` to `upstream`, then splices `client` <-> `upstream` through `pipes` until
-/// both directions end, a socket fails, or nothing moves for `idle`.
+/// Writes `prefix` to `upstream`, then splices `client` <-> `upstream` until both
+/// directions end, a socket fails, or nothing moves for `idle`.
 pub(crate) async fn relay(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     prefix: &[u8],
     idle: Duration,
-    pipes: Pipes,
 ) -> Outcome {
     let mut outcome = Outcome {
         bytes_up: 0,
@@ -65,8 +76,8 @@ pub(crate) async fn relay(
             return outcome;
         }
     }
-    let mut up = Direction::new(pipes.up);
-    let mut down = Direction::new(pipes.down);
+    let mut up = Direction::new();
+    let mut down = Direction::new();
     let mut sleep: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
     let (client, upstream) = (&*client, &*upstream);
     let result = poll_fn(|cx| {
@@ -105,8 +116,8 @@ pub(crate) async fn relay(
 
 /// One direction: reader -> pipe -> writer, then shut the writer's write side down.
 struct Direction {
-    /// The pipe's read end and write end.
-    pipe: (OwnedFd, OwnedFd),
+    /// The pipe (read end, write end) while bytes are in flight.
+    pipe: Option<(OwnedFd, OwnedFd)>,
     /// Bytes in the pipe, not yet written out.
     in_pipe: usize,
     read_done: bool,
@@ -115,9 +126,9 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(pipe: (OwnedFd, OwnedFd)) -> Self {
+    fn new() -> Self {
         Self {
-            pipe,
+            pipe: None,
             in_pipe: 0,
             read_done: false,
             shut_down: false,
@@ -140,33 +151,40 @@ impl Direction {
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
         loop {
             if self.in_pipe == 0 && !self.read_done {
+                if let Some(pipe) = self.pipe.take() {
+                    give_pipe(pipe);
+                }
                 ready!(reader.poll_read_ready(cx))?;
+                let pipe = take_pipe()?;
                 let filled = reader.try_io(Interest::READABLE, || {
-                    nix::fcntl::splice(
-                        reader.as_fd(),
-                        None,
-                        self.pipe.1.as_fd(),
-                        None,
-                        CHUNK,
-                        flags,
-                    )
-                    .map_err(io::Error::from)
+                    nix::fcntl::splice(reader.as_fd(), None, pipe.1.as_fd(), None, CHUNK, flags)
+                        .map_err(io::Error::from)
                 });
                 match filled {
-                    Ok(0) => self.read_done = true,
+                    Ok(0) => {
+                        self.read_done = true;
+                        give_pipe(pipe);
+                    }
                     Ok(n) => {
                         self.in_pipe = n;
+                        self.pipe = Some(pipe);
                         *progressed = true;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        give_pipe(pipe);
+                        continue;
+                    }
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             }
             while self.in_pipe > 0 {
                 ready!(writer.poll_write_ready(cx))?;
+                let Some(pipe) = self.pipe.as_ref() else {
+                    return Poll::Ready(Err(io::Error::other("bytes in flight without a pipe")));
+                };
                 let written = writer.try_io(Interest::WRITABLE, || {
                     nix::fcntl::splice(
-                        self.pipe.0.as_fd(),
+                        pipe.0.as_fd(),
                         None,
                         writer.as_fd(),
                         None,
@@ -225,7 +243,6 @@ mod tests {
                 &mut upstream_far,
                 b"HELLO",
                 Duration::from_secs(5),
-                Pipes::new().unwrap(),
             )
             .await
         });
@@ -265,7 +282,6 @@ mod tests {
             &mut upstream_far,
             b"",
             Duration::from_millis(100),
-            Pipes::new().unwrap(),
         )
         .await;
         assert!(matches!(out.end, End::Idle), "{:?}", out.end);
