@@ -58,6 +58,19 @@ enum Command {
         #[arg(long)]
         mitmdump: Option<PathBuf>,
     },
+    /// Only the allowlist decision micro-benchmark (no root needed); prints a table.
+    Policy {
+        /// Allowlist sizes, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "10,100,1000,10000,100000"
+        )]
+        sizes: Vec<usize>,
+        /// Milliseconds of deciding per size.
+        #[arg(long, default_value_t = 300)]
+        millis: u64,
+    },
     /// The TLS upstream (started by `run` in its namespace).
     Upstream {
         /// Address to listen on.
@@ -108,6 +121,18 @@ fn main() -> ExitCode {
             out,
             egressd,
         }),
+        Command::Policy { sizes, millis } => {
+            for p in policy::curve(&sizes, std::time::Duration::from_millis(millis)) {
+                println!(
+                    "{:>7} entries, {:>4.0}% wildcards: {:>9.0} ns/decision, built in {:>9.1} ms",
+                    p.entries,
+                    p.wildcard_share * 100.0,
+                    p.decide_ns,
+                    p.build_ms
+                );
+            }
+            Ok(())
+        }
         Command::Upstream { listen, cert, key } => upstream::main(listen, &cert, &key),
         Command::Client {
             connect,

@@ -11,7 +11,8 @@
 //! `resolv.conf` naming only 127.0.0.1, which `ip netns exec` mounts over `/etc`; Squid and
 //! mitmproxy resolve `bench.test` through it. Its sysctls (port range, TIME_WAIT reuse,
 //! backlogs) are set for tens of thousands of short connections; they are per namespace
-//! and vanish with it. Dropping a [`BenchNet`] deletes both namespaces (the veth goes with
+//! and vanish with it. Ephemeral ports start at 20,000, above the proxies' listening ports,
+//! so that a socket left in TIME_WAIT never holds a port a proxy is about to bind. Dropping a [`BenchNet`] deletes both namespaces (the veth goes with
 //! them) and the `/etc/netns` folder; namespaces left by a killed run are removed by the
 //! next one.
 
@@ -76,7 +77,7 @@ impl BenchNet {
             ip(&["-n", ns, "link", "set", dev, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             for setting in [
-                "net.ipv4.ip_local_port_range=1024 65000",
+                "net.ipv4.ip_local_port_range=20000 65000",
                 "net.ipv4.tcp_tw_reuse=1",
                 "net.core.somaxconn=65535",
                 "net.ipv4.tcp_max_syn_backlog=65535",

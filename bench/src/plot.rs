@@ -133,7 +133,18 @@ pub fn all(run: &RunResult, out: &Path) -> Result<Vec<String>> {
     Ok(written)
 }
 
-/// A log-x, linear-y chart of `series`, with an optional horizontal reference line.
+/// `1.5`, `20`, `3000`: as few digits as the magnitude needs.
+fn compact(v: f64) -> String {
+    if v >= 10.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// A log-log chart of `series`, with an optional horizontal reference line.
 fn chart(
     path: &Path,
     title: &str,
@@ -145,13 +156,16 @@ fn chart(
     let text = text_available();
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let x_max = xs.fold(10.0_f64, f64::max);
-    let y_max = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .chain(reference.map(|r| r.1))
-        .fold(0.0_f64, f64::max)
-        * 1.15;
-    let y_max = if y_max > 0.0 { y_max } else { 1.0 };
+    let ys = || {
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .chain(reference.map(|r| r.1))
+            .filter(|y| *y > 0.0)
+    };
+    // Log scale on both axes: the targets differ by orders of magnitude.
+    let y_max = ys().fold(f64::MIN_POSITIVE, f64::max) * 2.0;
+    let y_min = ys().fold(f64::MAX, f64::min).min(y_max / 4.0) / 2.0;
 
     let root = BitMapBackend::new(path, (1000, 620)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
@@ -164,13 +178,17 @@ fn chart(
             .y_label_area_size(70);
     }
     let mut chart = builder
-        .build_cartesian_2d((1.0_f64..x_max * 1.2).log_scale(), 0.0_f64..y_max)
+        .build_cartesian_2d(
+            (1.0_f64..x_max * 1.2).log_scale(),
+            (y_min..y_max).log_scale(),
+        )
         .map_err(draw_err)?;
     let mut mesh = chart.configure_mesh();
     if text {
         mesh.x_desc(x_desc)
             .y_desc(y_desc)
             .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| compact(*y))
             .label_style(("sans-serif", 15));
     } else {
         mesh.x_labels(0).y_labels(0);

@@ -16,8 +16,12 @@ pub fn markdown(run: &RunResult) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         md,
-        "# egressd bench ({} run)\n\n{}; {} repetition(s) per figure, medians shown; {:.0} s.\n",
-        run.mode, run.machine, run.plan.reps, run.secs
+        "# egressd bench ({} run)\n\n{}; {} round(s), medians shown (bulk: of {} transfers); {:.0} s.\n",
+        run.mode,
+        run.machine,
+        run.plan.reps,
+        run.plan.reps * run.plan.bulk_per_round,
+        run.secs
     );
     for note in &run.notes {
         let _ = writeln!(md, "Note: {note}.\n");

@@ -1,18 +1,22 @@
 //! `egressd-bench run`: the orchestrator. Sets up the namespaces, the CA and the upstream,
-//! then for each target starts it, drives its client through the workloads while sampling
-//! the proxy in `/proc`, stops it, and finally writes the report and the curves.
+//! starts every target, drives each one's client through the workloads while sampling the
+//! proxy in `/proc`, stops them, and finally writes the report and the curves.
 //!
-//! Per target, in this order (memory first, on a fresh proxy):
+//! In this order:
 //!
-//! 1. `Ready`, then RSS at idle;
-//! 2. the connection curve: hold 1, 10, 100, 1,000, 10,000 idle connections (each opened
-//!    with a TLS handshake and one request), and at each level sample the proxy's RSS and
-//!    time new connections (setup latency);
-//! 3. new connections per second (`reps` times), keep-alive requests per second, request
-//!    latency on one connection, and the bulk transfer with the proxy's CPU time around it.
+//! 1. each target is started and checked with one request (the injected header must arrive
+//!    where a target injects one, and only there); its RSS at idle is read;
+//! 2. the connection curve, one target at a time: hold 1, 10, 100, 1,000, 10,000 idle
+//!    connections (each opened with a TLS handshake and one request), and at each level
+//!    read the proxy's RSS and time new connections (setup latency); then release them;
+//! 3. `reps` rounds of the throughput workloads (new connections per second, keep-alive
+//!    requests per second, request latency on one connection, `bulk_per_round` bulk
+//!    transfers with the proxy's CPU time around each), every target once per round, so
+//!    that a change in the machine's load touches every target alike. The medians are
+//!    reported.
 //!
-//! Every step has a time limit; a target that fails is reported as failed and the run goes
-//! on with the next.
+//! Every step has a time limit; a target that fails is stopped and reported as failed, and
+//! the run goes on with the others.
 
 use std::{
     fs,
@@ -68,6 +72,8 @@ pub struct Plan {
     pub concurrency: usize,
     /// Size of the bulk transfer.
     pub bulk_bytes: u64,
+    /// Bulk transfers per round (short transfers are noisy: more samples for the median).
+    pub bulk_per_round: usize,
     /// Idle connections held at each step of the curve.
     pub hold_levels: Vec<usize>,
     /// Connections opened at once while climbing the curve.
@@ -85,19 +91,20 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The full run (about a minute per target on 2 cores).
+    /// The full run (six to seven minutes on 2 cores).
     pub fn full() -> Self {
         Self {
-            reps: 3,
+            reps: 5,
             conn_rate: Duration::from_secs(2),
             keep_alive: Duration::from_secs(2),
             latency: Duration::from_secs(1),
             concurrency: 4,
             bulk_bytes: 100 << 20,
+            bulk_per_round: 3,
             hold_levels: vec![1, 10, 100, 1_000, 10_000],
             hold_parallel: 64,
-            hold_budget: Duration::from_secs(120),
-            probes: 20,
+            hold_budget: Duration::from_secs(90),
+            probes: 50,
             policy_sizes: vec![10, 100, 1_000, 10_000, 100_000],
             policy_time: Duration::from_millis(300),
             fd_limit: 0,
@@ -130,6 +137,7 @@ impl Plan {
             latency: Duration::from_millis(200),
             concurrency: 2,
             bulk_bytes: 8 << 20,
+            bulk_per_round: 1,
             hold_levels: vec![1, 10, 100],
             hold_parallel: 16,
             hold_budget: Duration::from_secs(20),
@@ -300,6 +308,8 @@ pub fn main(opts: &Options) -> Result<()> {
         opts.only.clone()
     };
     let logs = opts.out.join("logs");
+    // Logs (egressd's audit logs append) are this run's only.
+    let _ = fs::remove_dir_all(&logs);
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
 
     let work = WorkDir::create()?;
@@ -326,18 +336,38 @@ pub fn main(opts: &Options) -> Result<()> {
         tools: &tools,
         fd_limit,
     };
-    let mut results = Vec::new();
-    for kind in kinds {
+    let load_before = load_average();
+    let mut slots: Vec<Slot> = kinds.into_iter().map(|k| Slot::start(k, &setup)).collect();
+
+    // Memory first, one target at a time, each on a proxy that has served one request.
+    for slot in &mut slots {
+        if slot.kind.requests_only() {
+            continue;
+        }
         let t = Instant::now();
-        say(&format!("{kind}: {}", kind.describe()));
-        let result = bench_target(kind, &setup, &plan);
+        slot.step(|_, running, result| curve(running, &plan, result));
         say(&format!(
-            "{kind}: {} ({:.0} s)",
-            result.status,
+            "{}: connection curve {} ({:.0} s)",
+            slot.kind,
+            slot.state(),
             t.elapsed().as_secs_f64()
         ));
-        results.push(result);
     }
+    // Then the throughput workloads in rounds: every target once per round, so that a
+    // change in the machine's load during the run touches every target alike.
+    for round in 1..=plan.reps {
+        let t = Instant::now();
+        for slot in &mut slots {
+            slot.step(|kind, running, result| workloads(kind, running, &plan, result));
+        }
+        say(&format!(
+            "round {round}/{}: done ({:.0} s)",
+            plan.reps,
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    let load_after = load_average();
+    let results: Vec<TargetResult> = slots.into_iter().map(Slot::finish).collect();
     // SAFETY: kill(2) on the upstream we started.
     unsafe { libc::kill(pid(&upstream), libc::SIGKILL) };
     let _ = upstream.wait();
@@ -349,7 +379,10 @@ pub fn main(opts: &Options) -> Result<()> {
     let run = RunResult {
         mode: if opts.quick { "quick" } else { "full" }.into(),
         plan,
-        machine: machine(),
+        machine: format!(
+            "{}; load average {load_before} before the targets ran, {load_after} after",
+            machine()
+        ),
         notes,
         targets: results,
         policy,
@@ -372,44 +405,72 @@ pub fn main(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn bench_target(kind: Kind, setup: &Setup<'_>, plan: &Plan) -> TargetResult {
-    let mut result = TargetResult {
-        id: kind.id().into(),
-        describe: kind.describe().into(),
-        version: setup.tools.version(kind),
-        ..TargetResult::default()
-    };
-    if let Some(why) = setup.tools.missing(kind) {
-        result.status = format!("skipped: {why}");
-        return result;
-    }
-    let running = match targets::start(kind, setup) {
-        Ok(r) => r,
-        Err(e) => {
-            result.status = format!("failed: {e:#}");
-            return result;
-        }
-    };
-    let mut running = running;
-    let outcome = measure(kind, &mut running, plan, &mut result);
-    running.stop();
-    result.status = match outcome {
-        Ok(()) => "ok".into(),
-        Err(e) => format!("failed: {e:#}"),
-    };
-    result.summary = summarize(&result);
-    result
+/// One target through the run: its result so far and, while it works, its processes.
+struct Slot {
+    kind: Kind,
+    running: Option<Running>,
+    result: TargetResult,
 }
 
-fn measure(
-    kind: Kind,
-    running: &mut Running,
-    plan: &Plan,
-    result: &mut TargetResult,
-) -> Result<()> {
-    let measured = running.measured;
-    let driver = &mut running.driver;
-    let ready = driver.call(&Op::Ready { timeout_ms: 30_000 }, Duration::from_secs(45))?;
+impl Slot {
+    /// Starts the target and checks it: one request through it (with the injected header
+    /// where it injects one), then its memory at idle.
+    fn start(kind: Kind, setup: &Setup<'_>) -> Self {
+        let mut slot = Slot {
+            kind,
+            running: None,
+            result: TargetResult {
+                id: kind.id().into(),
+                describe: kind.describe().into(),
+                version: setup.tools.version(kind),
+                status: "ok".into(),
+                ..TargetResult::default()
+            },
+        };
+        if let Some(why) = setup.tools.missing(kind) {
+            slot.result.status = format!("skipped: {why}");
+            say(&format!("{kind}: {}", slot.result.status));
+            return slot;
+        }
+        match targets::start(kind, setup) {
+            Ok(running) => slot.running = Some(running),
+            Err(e) => slot.result.status = format!("failed: {e:#}"),
+        }
+        slot.step(ready);
+        say(&format!("{kind}: {} ({})", kind.describe(), slot.state()));
+        slot
+    }
+
+    /// Runs `work` if the target is still running; a failure stops it and is recorded.
+    fn step(&mut self, work: impl FnOnce(Kind, &mut Running, &mut TargetResult) -> Result<()>) {
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        if let Err(e) = work(self.kind, running, &mut self.result) {
+            self.result.status = format!("failed: {e:#}");
+            if let Some(running) = self.running.take() {
+                running.stop();
+            }
+        }
+    }
+
+    fn state(&self) -> &str {
+        &self.result.status
+    }
+
+    fn finish(mut self) -> TargetResult {
+        if let Some(running) = self.running.take() {
+            running.stop();
+        }
+        self.result.summary = summarize(&self.result);
+        self.result
+    }
+}
+
+fn ready(kind: Kind, running: &mut Running, result: &mut TargetResult) -> Result<()> {
+    let ready = running
+        .driver
+        .call(&Op::Ready { timeout_ms: 30_000 }, Duration::from_secs(45))?;
     if !ready.ok {
         bail!("{}", ready.error.unwrap_or_default());
     }
@@ -420,49 +481,53 @@ fn measure(
         bail!("the upstream received a token header that nobody should have injected");
     }
     thread::sleep(Duration::from_millis(500));
-    result.idle = measured.map(mem);
+    result.idle = running.measured.map(mem);
+    Ok(())
+}
 
+/// One round of the throughput workloads.
+fn workloads(
+    kind: Kind,
+    running: &mut Running,
+    plan: &Plan,
+    result: &mut TargetResult,
+) -> Result<()> {
+    let measured = running.measured;
+    let driver = &mut running.driver;
     if !kind.requests_only() {
-        curve(driver, measured, plan, result)?;
-        for _ in 0..plan.reps {
-            let r = driver.call(
-                &Op::ConnRate {
-                    concurrency: plan.concurrency,
-                    duration_ms: millis(plan.conn_rate),
-                },
-                plan.conn_rate + Duration::from_secs(30),
-            )?;
-            result
-                .conn_rate
-                .push(rate(&r, "new connections", &mut result.notes)?);
-        }
-    }
-    for _ in 0..plan.reps {
         let r = driver.call(
-            &Op::KeepAlive {
+            &Op::ConnRate {
                 concurrency: plan.concurrency,
-                duration_ms: millis(plan.keep_alive),
+                duration_ms: millis(plan.conn_rate),
             },
-            plan.keep_alive + Duration::from_secs(30),
+            plan.conn_rate + Duration::from_secs(30),
         )?;
         result
-            .keep_alive
-            .push(rate(&r, "keep-alive", &mut result.notes)?);
+            .conn_rate
+            .push(rate(&r, "new connections", &mut result.notes)?);
     }
-    for _ in 0..plan.reps {
-        let r = driver.call(
-            &Op::KeepAlive {
-                concurrency: 1,
-                duration_ms: millis(plan.latency),
-            },
-            plan.latency + Duration::from_secs(30),
-        )?;
-        result.latency.push(rate(&r, "latency", &mut result.notes)?);
-    }
+    let r = driver.call(
+        &Op::KeepAlive {
+            concurrency: plan.concurrency,
+            duration_ms: millis(plan.keep_alive),
+        },
+        plan.keep_alive + Duration::from_secs(30),
+    )?;
+    result
+        .keep_alive
+        .push(rate(&r, "keep-alive", &mut result.notes)?);
+    let r = driver.call(
+        &Op::KeepAlive {
+            concurrency: 1,
+            duration_ms: millis(plan.latency),
+        },
+        plan.latency + Duration::from_secs(30),
+    )?;
+    result.latency.push(rate(&r, "latency", &mut result.notes)?);
     if kind.requests_only() {
         return Ok(());
     }
-    for _ in 0..plan.reps {
+    for _ in 0..plan.bulk_per_round {
         let cpu_before = measured.map(|m| m.cpu_ns());
         let r = driver.call(
             &Op::Bulk {
@@ -487,12 +552,9 @@ fn measure(
 }
 
 /// Climbs the connection curve, then releases the connections.
-fn curve(
-    driver: &mut targets::Driver,
-    measured: Option<Measured>,
-    plan: &Plan,
-    result: &mut TargetResult,
-) -> Result<()> {
+fn curve(running: &mut Running, plan: &Plan, result: &mut TargetResult) -> Result<()> {
+    let measured = running.measured;
+    let driver = &mut running.driver;
     let deadline = Instant::now() + plan.hold_budget;
     for &level in &plan.hold_levels {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -685,6 +747,14 @@ fn machine() -> String {
         .unwrap_or_default();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpus} CPUs ({model}), Linux {}", kernel.trim())
+}
+
+/// The one-minute load average, from `/proc/loadavg`.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// A private, world-readable scratch folder (`/tmp/egressd-bench-<pid>`): the sandboxed

@@ -397,7 +397,10 @@ pub fn start(kind: Kind, setup: &Setup<'_>) -> Result<Running> {
         tree: true,
     });
     let mut cmd = setup.net.in_client();
-    cmd.arg(setup.bench)
+    // The peers' clients trust only the bench CA (and mitmproxy's); egressd's sandbox sets
+    // its own SSL_CERT_FILE.
+    cmd.env_remove("SSL_CERT_FILE")
+        .arg(setup.bench)
         .arg("client")
         .arg("--connect")
         .arg(connect.to_string())

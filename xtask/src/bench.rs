@@ -89,7 +89,7 @@ pub fn run(opts: &Options) -> Result<()> {
         if opts.quick {
             "quick"
         } else {
-            "full, about 10 minutes"
+            "full, about 7 minutes"
         },
         out.display()
     );
