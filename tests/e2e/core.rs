@@ -459,7 +459,11 @@ fn audit_only_records_denials_without_enforcing_them() {
     for rec in &records {
         assert_eq!(rec["decision"], "deny", "{rec}");
         assert_eq!(rec["enforced"], false, "{rec}");
-        assert_eq!(rec["reason"], "not in the allowlist", "{rec}");
+        // The connection's record may add how it ended ("; closed by reset").
+        assert!(
+            text(&rec["reason"]).starts_with("not in the allowlist"),
+            "{rec}"
+        );
     }
     assert!(
         out.stderr.contains("audit-only mode") && out.summary().contains("not enforced"),
