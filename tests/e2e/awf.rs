@@ -237,6 +237,21 @@ fn awf_name_version_and_refusals() {
     assert!(err.ends_with("Process exiting with code: 1\n"), "{err}");
 }
 
+/// `egressd awf` (info messages, the environment passed) with `host` resolved to the scene's
+/// third upstream address, the scene's CA trusted upstream, and its audit and proxy logs.
+fn awf_with_api_upstream(s: &Scene, host: &str) -> EgressdCommand {
+    EgressdCommand::new()
+        .subcommand(["awf"])
+        .args(["--log-level", "info", "--env-all"])
+        .args(["--resolve", &format!("{host}:{}", s.net.addr3())])
+        .arg("--upstream-ca")
+        .arg(&s.ca_pem)
+        .arg("--audit-log")
+        .arg(&s.audit_log)
+        .arg("--proxy-logs-dir")
+        .arg(s.scratch.path("logs"))
+}
+
 /// The api-proxy (§5): the agent calls `http://api-proxy:10000` with AWF's placeholder key;
 /// egressd serves it, strips the placeholder and sends the daemon's key to the (fake) OpenAI
 /// over verified TLS. `/health` answers like AWF's, an unconfigured provider gets AWF's 403.
@@ -257,16 +272,7 @@ fn api_proxy_injects_the_daemons_key_and_answers_health() {
          echo \"base=$OPENAI_BASE_URL key=$OPENAI_API_KEY\"; \
          env | grep -c 'sk-real-openai-key' || true"
     );
-    let out = EgressdCommand::new()
-        .subcommand(["awf"])
-        .args(["--log-level", "info", "--env-all"])
-        .args(["--resolve", &format!("{OPENAI}:{}", s.net.addr3())])
-        .arg("--upstream-ca")
-        .arg(&s.ca_pem)
-        .arg("--audit-log")
-        .arg(&s.audit_log)
-        .arg("--proxy-logs-dir")
-        .arg(s.scratch.path("logs"))
+    let out = awf_with_api_upstream(&s, OPENAI)
         .env("OPENAI_API_KEY", "sk-real-openai-key")
         .args(["--user", "65534:65534", "--"])
         .command([script])
@@ -344,16 +350,7 @@ fn api_proxy_copilot_byok_azure_key() {
          -H \"api-key: $COPILOT_PROVIDER_API_KEY\" -d '{}' \
          \"$COPILOT_PROVIDER_BASE_URL/chat/completions?api-version=2024-10-21\"; echo; \
          env | grep -c 'real-azure-key' || true";
-    let out = EgressdCommand::new()
-        .subcommand(["awf"])
-        .args(["--log-level", "info", "--env-all"])
-        .args(["--resolve", &format!("{AZURE}:{}", s.net.addr3())])
-        .arg("--upstream-ca")
-        .arg(&s.ca_pem)
-        .arg("--audit-log")
-        .arg(&s.audit_log)
-        .arg("--proxy-logs-dir")
-        .arg(s.scratch.path("logs"))
+    let out = awf_with_api_upstream(&s, AZURE)
         .env(
             "COPILOT_PROVIDER_BASE_URL",
             format!("https://{AZURE}/openai/deployments/gpt-4o"),
@@ -420,17 +417,8 @@ fn api_proxy_oidc_azure_mints_an_entra_token() {
          env | grep -c -e ACTIONS_ID_TOKEN -e '{}' || true",
         oidc.request_token()
     );
-    let out = EgressdCommand::new()
-        .subcommand(["awf"])
-        .args(["--log-level", "info", "--env-all"])
-        .args(["--resolve", &format!("{AZURE}:{}", s.net.addr3())])
+    let out = awf_with_api_upstream(&s, AZURE)
         .args(["--openai-api-target", AZURE])
-        .arg("--upstream-ca")
-        .arg(&s.ca_pem)
-        .arg("--audit-log")
-        .arg(&s.audit_log)
-        .arg("--proxy-logs-dir")
-        .arg(s.scratch.path("logs"))
         .env("AWF_AUTH_TYPE", "github-oidc")
         .env("AWF_AUTH_AZURE_TENANT_ID", TENANT)
         .env("AWF_AUTH_AZURE_CLIENT_ID", APP)
@@ -481,7 +469,7 @@ fn awf_logs_follow_prints_appended_lines() {
     let dir = Scratch::new();
     let line = |host: &str, status: u16, code: &str| {
         format!(
-            "1774290908.910 172.30.0.20:55872 {host}:443 140.82.116.5:443 1.1 CONNECT {status} \
+            "1774290908.910 172.30.0.20:55872 {host}:443 203.0.113.5:443 1.1 CONNECT {status} \
              {code} {host}:443 \"-\"\n"
         )
     };
@@ -532,16 +520,8 @@ fn api_proxy_rate_limit_answers_429() {
                \"$OPENAI_BASE_URL/v1/chat/completions\" | grep -i -e '^retry-after' -e '^[0-9][0-9][0-9]$'; \
                cat /tmp/body; echo";
     let script = format!("{one}; {one}; {one}");
-    let out = EgressdCommand::new()
-        .subcommand(["awf"])
-        .args(["--log-level", "info", "--env-all", "--rate-limit-rpm", "2"])
-        .args(["--resolve", &format!("{OPENAI}:{}", s.net.addr3())])
-        .arg("--upstream-ca")
-        .arg(&s.ca_pem)
-        .arg("--audit-log")
-        .arg(&s.audit_log)
-        .arg("--proxy-logs-dir")
-        .arg(s.scratch.path("logs"))
+    let out = awf_with_api_upstream(&s, OPENAI)
+        .args(["--rate-limit-rpm", "2"])
         .env("OPENAI_API_KEY", "sk-real-openai-key")
         .args(["--user", "65534:65534", "--"])
         .command([script])

@@ -99,6 +99,22 @@ impl Daemon {
             .run()
     }
 
+    /// `attach --cgroup CGROUP --netns <the scene's namespace> [--name NAME]`.
+    fn attach_in_scene(&self, s: &Scene, cgroup: &TestCgroup, name: Option<&str>) -> Output {
+        let netns = s.net.netns_path();
+        let mut words = vec![
+            "attach",
+            "--cgroup",
+            cgroup.path.to_str().unwrap(),
+            "--netns",
+            netns.to_str().unwrap(),
+        ];
+        if let Some(name) = name {
+            words.extend(["--name", name]);
+        }
+        self.control(&words)
+    }
+
     /// The daemon's state (`status --json`).
     fn status(&self) -> Value {
         let out = self.control(&["status", "--json"]);
@@ -200,16 +216,7 @@ fn attach_a_cgroup_by_path_then_detach_it() {
     let (code, _, err) = in_job(&s, &cgroup, &curl(&s, API));
     assert_ne!(code, 0, "curl must fail before the attach: {err}");
 
-    let netns = s.net.netns_path();
-    let attached = daemon.control(&[
-        "attach",
-        "--cgroup",
-        cgroup.path.to_str().unwrap(),
-        "--netns",
-        netns.to_str().unwrap(),
-        "--name",
-        "ci-job",
-    ]);
+    let attached = daemon.attach_in_scene(&s, &cgroup, Some("ci-job"));
     attached.assert_success();
     assert!(attached.stdout.contains("attached ci-job"), "{attached}");
     let status = daemon.status();
@@ -396,16 +403,7 @@ fn reload_swaps_the_policy_and_a_bad_file_keeps_the_old_one() {
         &run_command(&s).arg("--config").arg(&config),
         &s.scratch.path("ctl.sock"),
     );
-    let netns = s.net.netns_path();
-    daemon
-        .control(&[
-            "attach",
-            "--cgroup",
-            cgroup.path.to_str().unwrap(),
-            "--netns",
-            netns.to_str().unwrap(),
-        ])
-        .assert_success();
+    daemon.attach_in_scene(&s, &cgroup, None).assert_success();
     let (code, _, _) = in_job(&s, &cgroup, &curl(&s, EVIL));
     assert_ne!(code, 0, "EVIL is not allowed yet");
 
@@ -543,16 +541,7 @@ fn a_reload_drops_no_connection_in_flight() {
         &run_command(&s).arg("--config").arg(&config),
         &s.scratch.path("ctl.sock"),
     );
-    let netns = s.net.netns_path();
-    daemon
-        .control(&[
-            "attach",
-            "--cgroup",
-            cgroup.path.to_str().unwrap(),
-            "--netns",
-            netns.to_str().unwrap(),
-        ])
-        .assert_success();
+    daemon.attach_in_scene(&s, &cgroup, None).assert_success();
     let script = s.scratch.write("keepalive.py", KEEPALIVE_CLIENT);
     let mut client = job_command(
         &s,
@@ -824,17 +813,8 @@ fn a_killed_daemon_leaves_the_job_closed_and_a_restart_re_arms_it() {
     let cgroup = TestCgroup::new("restart");
     let socket = s.scratch.path("ctl.sock");
     let daemon = Daemon::start(&run_command(&s).allow(API), &socket);
-    let netns = s.net.netns_path();
     daemon
-        .control(&[
-            "attach",
-            "--cgroup",
-            cgroup.path.to_str().unwrap(),
-            "--netns",
-            netns.to_str().unwrap(),
-            "--name",
-            "ci",
-        ])
+        .attach_in_scene(&s, &cgroup, Some("ci"))
         .assert_success();
     assert_eq!(tcp_probe(&s, &cgroup), "ok");
 

@@ -87,8 +87,9 @@ impl Limiter {
         {
             requests.pop_front();
         }
-        let in_minute = |t: &Instant| now.saturating_duration_since(*t) < MINUTE;
-        let minute: Vec<&(Instant, u64)> = requests.iter().filter(|(t, _)| in_minute(t)).collect();
+        // Arrivals are in order: the last minute's requests are a suffix of the queue.
+        let first = requests.partition_point(|(t, _)| now.saturating_duration_since(*t) >= MINUTE);
+        let in_minute = (requests.len() - first) as u64;
         let retry = |oldest: Option<&Instant>, window: Duration| {
             oldest.map_or(1, |t| {
                 window
@@ -97,11 +98,12 @@ impl Limiter {
                     .max(1)
             })
         };
-        if minute.len() as u64 >= u64::from(self.limit.per_minute) {
+        let oldest_in_minute = requests.get(first).map(|(t, _)| t);
+        if in_minute >= u64::from(self.limit.per_minute) {
             return Err(Exceeded {
                 window: Window::Minute,
                 limit: u64::from(self.limit.per_minute),
-                retry_after: retry(minute.first().map(|(t, _)| t), MINUTE),
+                retry_after: retry(oldest_in_minute, MINUTE),
             });
         }
         if requests.len() as u64 >= u64::from(self.limit.per_hour) {
@@ -111,12 +113,12 @@ impl Limiter {
                 retry_after: retry(requests.front().map(|(t, _)| t), HOUR),
             });
         }
-        let bytes_in_minute: u64 = minute.iter().map(|(_, b)| *b).sum();
+        let bytes_in_minute: u64 = requests.range(first..).map(|(_, b)| *b).sum();
         if bytes_in_minute.saturating_add(bytes) > self.limit.bytes_per_minute {
             return Err(Exceeded {
                 window: Window::MinuteBytes,
                 limit: self.limit.bytes_per_minute,
-                retry_after: retry(minute.first().map(|(t, _)| t), MINUTE),
+                retry_after: retry(oldest_in_minute, MINUTE),
             });
         }
         requests.push_back((now, bytes));

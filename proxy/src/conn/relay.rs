@@ -81,59 +81,90 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut outcome = Outcome {
-        bytes_up: 0,
-        bytes_down: 0,
-        end: End::Closed,
+    let bytes_prefix = match write_prefix(upstream, prefix, idle).await {
+        Ok(n) => n,
+        Err(end) => return Outcome::ended(end),
     };
-    match tokio::time::timeout(idle, upstream.write_all(prefix)).await {
-        Ok(Ok(())) => outcome.bytes_up = prefix.len() as u64,
-        Ok(Err(e)) => {
-            outcome.end = End::Failed(e);
-            return outcome;
-        }
-        Err(_) => {
-            outcome.end = End::Idle;
-            return outcome;
-        }
-    }
-
     let mut up = Direction::new();
     let mut down = Direction::new();
+    let end = both_ways(idle, |cx, upward, progressed| {
+        if upward {
+            up.poll_copy(cx, client, upstream, progressed)
+        } else {
+            down.poll_copy(cx, upstream, client, progressed)
+        }
+    })
+    .await;
+    Outcome {
+        bytes_up: bytes_prefix + up.amount,
+        bytes_down: down.amount,
+        end,
+    }
+}
+
+impl Outcome {
+    /// A relay that ended before any byte was relayed.
+    pub(crate) fn ended(end: End) -> Self {
+        Self {
+            bytes_up: 0,
+            bytes_down: 0,
+            end,
+        }
+    }
+}
+
+/// Writes the bytes classification consumed to the upstream, within `idle`; returns their
+/// count. Shared by the copying relay and the splice one (`splice.rs`).
+pub(crate) async fn write_prefix<U: AsyncWrite + Unpin>(
+    upstream: &mut U,
+    prefix: &[u8],
+    idle: Duration,
+) -> Result<u64, End> {
+    match tokio::time::timeout(idle, upstream.write_all(prefix)).await {
+        Ok(Ok(())) => Ok(prefix.len() as u64),
+        Ok(Err(e)) => Err(End::Failed(e)),
+        Err(_) => Err(End::Idle),
+    }
+}
+
+/// Drives both directions (`pump(cx, upward, progressed)`: client -> upstream when `upward`)
+/// until both are done (`Ready(Ok)`), one fails, or neither moved a byte for `idle`. A
+/// direction sets `progressed` when bytes moved, which pushes the idle deadline back. Shared
+/// by the copying relay and the splice one.
+pub(crate) async fn both_ways(
+    idle: Duration,
+    mut pump: impl FnMut(&mut Context<'_>, bool, &mut bool) -> Poll<io::Result<()>>,
+) -> End {
     let mut sleep: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
-    let result = poll_fn(|cx| {
+    let (mut up_done, mut down_done) = (false, false);
+    poll_fn(|cx| {
         let mut progressed = false;
-        let up_done = match up.poll_copy(cx, client, upstream, &mut progressed) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) => true,
-            Poll::Pending => false,
-        };
-        let down_done = match down.poll_copy(cx, upstream, client, &mut progressed) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) => true,
-            Poll::Pending => false,
-        };
+        if !up_done {
+            match pump(cx, true, &mut progressed) {
+                Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
+                Poll::Ready(Ok(())) => up_done = true,
+                Poll::Pending => {}
+            }
+        }
+        if !down_done {
+            match pump(cx, false, &mut progressed) {
+                Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
+                Poll::Ready(Ok(())) => down_done = true,
+                Poll::Pending => {}
+            }
+        }
         if up_done && down_done {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(End::Closed);
         }
         if progressed {
             sleep.as_mut().reset(Instant::now() + idle);
         }
         match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(None)),
+            Poll::Ready(()) => Poll::Ready(End::Idle),
             Poll::Pending => Poll::Pending,
         }
     })
-    .await;
-
-    outcome.bytes_up += up.amount;
-    outcome.bytes_down = down.amount;
-    outcome.end = match result {
-        Ok(()) => End::Closed,
-        Err(Some(e)) => End::Failed(e),
-        Err(None) => End::Idle,
-    };
-    outcome
+    .await
 }
 
 /// One direction of the copy: reader -> buffer -> writer, then shut the writer down.
@@ -168,7 +199,7 @@ impl Direction {
         reader: &mut R,
         writer: &mut W,
         progressed: &mut bool,
-    ) -> Poll<Result<(), Option<io::Error>>>
+    ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -190,10 +221,10 @@ impl Direction {
                             *progressed = true;
                         }
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Some(e))),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
                         if self.need_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(Some)?;
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
@@ -202,10 +233,9 @@ impl Direction {
             }
             while self.pos < self.cap {
                 let n =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))
-                        .map_err(Some)?;
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))?;
                 if n == 0 {
-                    return Poll::Ready(Err(Some(io::ErrorKind::WriteZero.into())));
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.pos += n;
                 self.amount += n as u64;

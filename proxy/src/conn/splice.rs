@@ -8,19 +8,16 @@
 //! idle connections hold no pipes, and descriptors stay at two per connection plus one pair
 //! per transfer in progress.
 
-use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use nix::fcntl::{OFlag, SpliceFFlags};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
 
-use super::relay::{End, Outcome};
+use super::relay::{Outcome, both_ways, write_prefix};
 
 /// The most bytes moved into a pipe at once (the default pipe capacity).
 const CHUNK: usize = 64 * 1024;
@@ -60,58 +57,26 @@ pub(crate) async fn relay(
     prefix: &[u8],
     idle: Duration,
 ) -> Outcome {
-    let mut outcome = Outcome {
-        bytes_up: 0,
-        bytes_down: 0,
-        end: End::Closed,
+    let bytes_prefix = match write_prefix(upstream, prefix, idle).await {
+        Ok(n) => n,
+        Err(end) => return Outcome::ended(end),
     };
-    match tokio::time::timeout(idle, upstream.write_all(prefix)).await {
-        Ok(Ok(())) => outcome.bytes_up = prefix.len() as u64,
-        Ok(Err(e)) => {
-            outcome.end = End::Failed(e);
-            return outcome;
-        }
-        Err(_) => {
-            outcome.end = End::Idle;
-            return outcome;
-        }
-    }
     let mut up = Direction::new();
     let mut down = Direction::new();
-    let mut sleep: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
     let (client, upstream) = (&*client, &*upstream);
-    let result = poll_fn(|cx| {
-        let mut progressed = false;
-        let up_done = match up.poll_splice(cx, client, upstream, &mut progressed) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(Some(e))),
-            Poll::Ready(Ok(())) => true,
-            Poll::Pending => false,
-        };
-        let down_done = match down.poll_splice(cx, upstream, client, &mut progressed) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(Some(e))),
-            Poll::Ready(Ok(())) => true,
-            Poll::Pending => false,
-        };
-        if up_done && down_done {
-            return Poll::Ready(Ok(()));
-        }
-        if progressed {
-            sleep.as_mut().reset(Instant::now() + idle);
-        }
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(None)),
-            Poll::Pending => Poll::Pending,
+    let end = both_ways(idle, |cx, upward, progressed| {
+        if upward {
+            up.poll_splice(cx, client, upstream, progressed)
+        } else {
+            down.poll_splice(cx, upstream, client, progressed)
         }
     })
     .await;
-    outcome.bytes_up += up.amount;
-    outcome.bytes_down = down.amount;
-    outcome.end = match result {
-        Ok(()) => End::Closed,
-        Err(Some(e)) => End::Failed(e),
-        Err(None) => End::Idle,
-    };
-    outcome
+    Outcome {
+        bytes_up: bytes_prefix + up.amount,
+        bytes_down: down.amount,
+        end,
+    }
 }
 
 /// One direction: reader -> pipe -> writer, then shut the writer's write side down.
@@ -220,9 +185,10 @@ impl Direction {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    use super::super::relay::End;
     use super::*;
 
     /// A connected pair of loopback TCP sockets.

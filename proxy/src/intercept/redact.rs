@@ -25,10 +25,11 @@ pub(crate) fn headers(headers: &mut HeaderMap, secret: &[u8]) -> usize {
         return 0;
     }
     let mut count = 0;
+    let finder = memchr::memmem::Finder::new(secret);
     for value in headers.values_mut() {
         let bytes = value.as_bytes();
-        if memchr::memmem::find(bytes, secret).is_some() {
-            let (scrubbed, n) = replace_all(bytes, secret);
+        if finder.find(bytes).is_some() {
+            let (scrubbed, n) = replace_all(bytes, &finder);
             if let Ok(v) = HeaderValue::from_bytes(&scrubbed) {
                 *value = v;
                 count += n;
@@ -38,16 +39,16 @@ pub(crate) fn headers(headers: &mut HeaderMap, secret: &[u8]) -> usize {
     count
 }
 
-/// `bytes` with every occurrence of `secret` replaced by [`MARKER`], and how many there were.
-fn replace_all(bytes: &[u8], secret: &[u8]) -> (Vec<u8>, usize) {
+/// `bytes` with every occurrence of the secret `finder` looks for replaced by [`MARKER`], and
+/// how many there were.
+fn replace_all(bytes: &[u8], finder: &memchr::memmem::Finder<'_>) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(bytes.len());
     let mut count = 0;
     let mut rest = bytes;
-    let finder = memchr::memmem::Finder::new(secret);
     while let Some(at) = finder.find(rest) {
         out.extend_from_slice(&rest[..at]);
         out.extend_from_slice(MARKER);
-        rest = &rest[at + secret.len()..];
+        rest = &rest[at + finder.needle().len()..];
         count += 1;
     }
     out.extend_from_slice(rest);
@@ -58,6 +59,8 @@ fn replace_all(bytes: &[u8], secret: &[u8]) -> (Vec<u8>, usize) {
 pub(crate) struct Redacting<B> {
     inner: B,
     secret: Vec<u8>,
+    /// Searches for `secret`, built once per body.
+    finder: memchr::memmem::Finder<'static>,
     /// Bytes held back: they may be the start of the secret.
     carry: BytesMut,
     /// Trailers that arrived while bytes were held back: sent after them.
@@ -71,19 +74,28 @@ impl<B> Redacting<B> {
         Self {
             inner,
             secret: secret.to_vec(),
+            finder: memchr::memmem::Finder::new(secret).into_owned(),
             carry: BytesMut::new(),
             trailers: None,
             done: false,
         }
     }
 
-    /// Scrubs `chunk` (after the held-back bytes) and returns what can be sent now.
-    fn scrub(&mut self, chunk: &[u8]) -> Bytes {
+    /// Scrubs `chunk` (after the held-back bytes) and returns what can be sent now. The
+    /// common case, a chunk with nothing held back and no trace of the secret, is passed on
+    /// as it is, without a copy.
+    fn scrub(&mut self, chunk: Bytes) -> Bytes {
         if self.secret.is_empty() {
-            return Bytes::copy_from_slice(chunk);
+            return chunk;
         }
-        self.carry.extend_from_slice(chunk);
-        let (scrubbed, _) = replace_all(&self.carry, &self.secret);
+        if self.carry.is_empty()
+            && self.finder.find(&chunk).is_none()
+            && partial_tail(&chunk, &self.secret) == 0
+        {
+            return chunk;
+        }
+        self.carry.extend_from_slice(&chunk);
+        let (scrubbed, _) = replace_all(&self.carry, &self.finder);
         // A full match cannot remain; only a tail that is the start of the secret is held
         // back, so a stream of small events (SSE) still flows event by event.
         let keep = partial_tail(&scrubbed, &self.secret);
@@ -132,7 +144,7 @@ where
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        let out = self.scrub(&data);
+                        let out = self.scrub(data);
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
