@@ -6,7 +6,8 @@
 //!                                      then wait up to WAIT_S for the server to close;
 //!                                      `result` is `closed` (with `after_ms`) or `open`
 //! hold ADDR:PORT N WAIT_MS             open N connections that send nothing, wait WAIT_MS,
-//!                                      count how many the server closed (`closed`, `open`)
+//!                                      count how many the server closed (`closed`, `open`);
+//!                                      a reset that beat connect() is `reset_at_connect`
 //! load ADDR:PORT HOST N ROUNDS         ROUNDS times: N connections at once, each one
 //!                                      `GET /` with `Host: HOST` and its whole response; all
 //!                                      N stay open until the last response, then close.
@@ -116,10 +117,14 @@ pub fn hold(target: &str, n: &str, wait_ms: &str) -> Json {
     };
     let mut streams = Vec::with_capacity(n);
     let mut connect_errors = 0usize;
+    let mut reset_at_connect = 0usize;
     let mut first_error = None;
     for _ in 0..n {
         match TcpStream::connect_timeout(&addr, TIMEOUT) {
             Ok(s) => streams.push(s),
+            // The handshake completed and the peer reset it before connect() saw the
+            // established state: the peer answered and refused, as a reset after connect.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => reset_at_connect += 1,
             Err(e) => {
                 connect_errors += 1;
                 first_error.get_or_insert(e);
@@ -139,6 +144,7 @@ pub fn hold(target: &str, n: &str, wait_ms: &str) -> Json {
     out.field("result", "ok");
     out.raw("connected", &streams.len().to_string());
     out.raw("connect_errors", &connect_errors.to_string());
+    out.raw("reset_at_connect", &reset_at_connect.to_string());
     if let Some(e) = first_error {
         out.field("first_connect_error", &e.to_string());
     }
