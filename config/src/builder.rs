@@ -107,6 +107,10 @@ pub struct Limits {
     pub max_connections: u32,
     /// Largest HTTP request head (request line and headers) in bytes; larger ones get `431`.
     pub max_header_bytes: u32,
+    /// Largest HTTP request body in bytes on plain-HTTP, intercepted and api-proxy requests;
+    /// a larger one gets `413` and nothing more of it is forwarded. `None`: no limit (bodies
+    /// are streamed, never buffered, so size costs no memory).
+    pub max_body_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -121,6 +125,7 @@ impl Default for Limits {
         Limits {
             max_connections: defaults::MAX_CONNECTIONS,
             max_header_bytes: defaults::MAX_HEADER_BYTES,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
         }
     }
 }
@@ -713,6 +718,15 @@ impl FileContext<'_> {
                 *slot = *value.get_ref();
             }
         }
+        if let Some(value) = limits.max_body_bytes {
+            match body_limit_error(*value.get_ref()) {
+                Some(why) => {
+                    let at = self.place(value.span().start).1;
+                    errors.push(Error::at(at, ErrorKind::InvalidValue(why)));
+                }
+                None => l.max_body_bytes = Some(*value.get_ref()),
+            }
+        }
         errors.sort_by_key(|e| match e.location() {
             Some(Location::File { line, column, .. }) => (*line, *column),
             _ => (0, 0),
@@ -777,8 +791,18 @@ fn check_limits(limits: Limits) -> Vec<Error> {
     ]
     .into_iter()
     .filter_map(|(key, value)| limit_error(key, value))
+    .chain(limits.max_body_bytes.and_then(body_limit_error))
     .map(|why| Error::at(Location::Builtin("limits"), ErrorKind::InvalidValue(why)))
     .collect()
+}
+
+/// What is wrong with `value` for `limits.max_body_bytes`, if anything (0 would refuse every
+/// body, even an empty POST's declared length of 0 is fine, so the floor is 1).
+fn body_limit_error(value: u64) -> Option<String> {
+    (value == 0).then(|| {
+        "limits.max_body_bytes = 0: use a number of bytes from 1 up, or leave it out for no limit"
+            .to_owned()
+    })
 }
 
 /// What is wrong with `value` for the limit `key`, if anything.

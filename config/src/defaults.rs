@@ -34,6 +34,11 @@ pub const MAX_CONNECTIONS: u32 = 4096;
 /// nginx's 32 KiB.
 pub const MAX_HEADER_BYTES: u32 = 64 * 1024;
 
+/// Largest HTTP request body: none by default. Bodies stream through without being
+/// buffered (except to sign `SigV4`), so size costs no memory; the limit is a policy choice
+/// (Squid's `request_body_max_size` is unlimited by default too).
+pub const MAX_BODY_BYTES: Option<u64> = None;
+
 /// Destination ports an allowed name may be reached on, unless the file sets `ports`
 /// (AWF's `Safe_ports` without the host and api-proxy additions).
 pub const PORTS: &[u16] = &[80, 443];

@@ -42,6 +42,7 @@
 //! [limits]
 //! max_connections = 4096     # open at once, per sandbox
 //! max_header_bytes = 65536   # request line and headers, 1024 to 1048576
+//! max_body_bytes = 104857600  # request bodies (no limit when missing); more: 413
 //!
 //! # An allow entry with more to say: extra ports, and permission for the name to
 //! # resolve to private or loopback addresses.
@@ -143,6 +144,8 @@ pub struct FileLimits {
     pub max_connections: Option<Spanned<u32>>,
     /// Largest HTTP request head in bytes.
     pub max_header_bytes: Option<Spanned<u32>>,
+    /// Largest HTTP request body in bytes (no limit when missing).
+    pub max_body_bytes: Option<Spanned<u64>>,
 }
 
 /// One `[[rule]]` table.

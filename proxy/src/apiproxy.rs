@@ -197,6 +197,10 @@ async fn handle(
             return rate_limited(provider, &exceeded, limiter.remaining(provider, now));
         }
     }
+    let body_limit = proxy.config.limits.max_body_bytes;
+    if let Some(over) = crate::body::BodyTooLarge::declared(&req, body_limit) {
+        return body_too_large(&mut pending, provider, &over);
+    }
     let (mut parts, body) = req.into_parts();
     if let Err(reason) = prepare(&server.config, route, &mut parts) {
         pending.rec.reason = reason.clone();
@@ -225,16 +229,16 @@ async fn handle(
     };
     pending.rec.token_source = Some(token.source.to_owned());
     let body: UpBody =
-        crate::body::Counted::new(body, Arc::clone(&pending.bytes_up)).boxed_unsync();
+        crate::body::Counted::new(body, Arc::clone(&pending.sent), body_limit).boxed_unsync();
     let body = match apply_auth(route, &token, &mut parts, body).await {
         Ok(body) => body,
         Err((status, reason)) => {
             pending.rec.reason = reason.to_owned();
             pending.rec.status = Some(status.as_u16());
-            let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "request_too_large"
-            } else {
-                "credential_unavailable"
+            let kind = match status {
+                StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+                StatusCode::BAD_REQUEST => "invalid_request",
+                _ => "credential_unavailable",
             };
             return error(status, provider, reason, kind, false);
         }
@@ -246,6 +250,12 @@ async fn handle(
         .await;
     let mut resp = match resp {
         Ok(r) => r,
+        Err(_) if pending.sent.over_limit() => {
+            let over = crate::body::BodyTooLarge {
+                limit: body_limit.unwrap_or_default(),
+            };
+            return body_too_large(&mut pending, provider, &over);
+        }
         Err(e) => {
             let reason = format!("upstream request failed: {}", crate::error::chain(&e));
             pending.rec.decision = AuditDecision::Allow;
@@ -284,6 +294,24 @@ async fn handle(
         });
     }
     resp.map(|body| AuditedBody::new(body.boxed_unsync(), pending).boxed_unsync())
+}
+
+/// `413` in the provider's error shape for a body over `limits.max_body_bytes`.
+fn body_too_large(
+    pending: &mut PendingRecord,
+    provider: Provider,
+    over: &crate::body::BodyTooLarge,
+) -> Response<ResBody> {
+    let reason = over.to_string();
+    pending.rec.reason.clone_from(&reason);
+    pending.rec.status = Some(413);
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        provider,
+        &reason,
+        "request_too_large",
+        false,
+    )
 }
 
 /// Turns the client's request into the upstream one, without the credential: target,
@@ -374,11 +402,19 @@ async fn apply_auth(
         let bytes = http_body_util::Limited::new(body, MAX_SIGNED_BODY)
             .collect()
             .await
-            .map_err(|_| {
-                (
+            .map_err(|e| match e.downcast_ref() {
+                Some(crate::body::BodyError::TooLarge(_)) => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body larger than limits.max_body_bytes",
+                ),
+                Some(crate::body::BodyError::Client(_)) => (
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                ),
+                None => (
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "the request body is over 10 MiB",
-                )
+                ),
             })?
             .to_bytes();
         let keys = crate::intercept::sigv4::Keys {

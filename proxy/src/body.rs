@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -19,6 +19,68 @@ use crate::audit::{AuditLog, Record};
 
 /// Response body type of the request handlers.
 pub(crate) type ResBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Why a request body sent upstream ended early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// The client's connection failed.
+    #[error(transparent)]
+    Client(#[from] hyper::Error),
+    /// The body crossed `limits.max_body_bytes`.
+    #[error(transparent)]
+    TooLarge(#[from] BodyTooLarge),
+}
+
+/// A request body went over `limits.max_body_bytes`: the upstream request is aborted
+/// before the byte past the limit is forwarded.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {limit} bytes (limits.max_body_bytes)")]
+pub(crate) struct BodyTooLarge {
+    /// The configured limit.
+    pub(crate) limit: u64,
+}
+
+impl BodyTooLarge {
+    /// The refusal for a request that declares (`Content-Length`) a body over `limit`, so
+    /// it is refused before anything is forwarded; `None` when `limit` is `None` or the
+    /// declared length fits (a body without a length is checked as it streams).
+    pub(crate) fn declared<B>(req: &hyper::Request<B>, limit: Option<u64>) -> Option<Self> {
+        let limit = limit?;
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        (declared > limit).then_some(Self { limit })
+    }
+}
+
+/// What a request body has sent upstream so far, shared by the body and its audit record.
+#[derive(Debug, Default)]
+pub(crate) struct Sent {
+    bytes: AtomicU64,
+    over_limit: AtomicBool,
+}
+
+impl Sent {
+    /// Bytes forwarded.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` more bytes (relayed after an upgrade).
+    pub(crate) fn add(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Whether the body was cut at `limits.max_body_bytes`.
+    pub(crate) fn over_limit(&self) -> bool {
+        self.over_limit.load(Ordering::Relaxed)
+    }
+}
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), plus the
 /// proxy-era ones clients still send.
@@ -51,27 +113,40 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A request body that counts the bytes it yields.
+/// A request body on its way upstream: counts the bytes it yields and ends with
+/// [`BodyTooLarge`] instead of yielding the chunk that would cross the limit (so the
+/// upstream sees an aborted request, never a truncated one that looks complete).
 pub(crate) struct Counted {
     inner: Incoming,
-    counter: Arc<AtomicU64>,
+    sent: Arc<Sent>,
+    limit: Option<u64>,
 }
 
 impl Body for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.sent.over_limit() {
+            return Poll::Ready(None);
+        }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(Ok(f)) = &frame
             && let Some(d) = f.data_ref()
         {
-            self.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+            let len = d.len() as u64;
+            if let Some(limit) = self.limit
+                && self.sent.bytes().saturating_add(len) > limit
+            {
+                self.sent.over_limit.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(BodyTooLarge { limit }.into())));
+            }
+            self.sent.add(len);
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -84,9 +159,9 @@ impl Body for Counted {
 }
 
 impl Counted {
-    /// Counts `inner`'s bytes into `counter`.
-    pub(crate) fn new(inner: Incoming, counter: Arc<AtomicU64>) -> Self {
-        Self { inner, counter }
+    /// Counts `inner`'s bytes into `sent`, up to `limit` (`limits.max_body_bytes`).
+    pub(crate) fn new(inner: Incoming, sent: Arc<Sent>, limit: Option<u64>) -> Self {
+        Self { inner, sent, limit }
     }
 }
 
@@ -98,14 +173,14 @@ pub(crate) struct PendingRecord {
     audit: Arc<AuditLog>,
     started: Instant,
     /// Request body bytes, counted by [`Counted`].
-    pub(crate) bytes_up: Arc<AtomicU64>,
+    pub(crate) sent: Arc<Sent>,
     bytes_down: u64,
 }
 
 impl PendingRecord {
     /// Counts bytes relayed after an upgrade (WebSocket) into the record.
     pub(crate) fn add_relayed(&mut self, up: u64, down: u64) {
-        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.sent.add(up);
         self.bytes_down += down;
     }
 
@@ -115,7 +190,7 @@ impl PendingRecord {
             rec,
             audit,
             started: Instant::now(),
-            bytes_up: Arc::new(AtomicU64::new(0)),
+            sent: Arc::new(Sent::default()),
             bytes_down: 0,
         }
     }
@@ -123,7 +198,13 @@ impl PendingRecord {
 
 impl Drop for PendingRecord {
     fn drop(&mut self) {
-        self.rec.bytes_up = self.bytes_up.load(Ordering::Relaxed);
+        if self.sent.over_limit() && !self.rec.reason.contains("limits.max_body_bytes") {
+            // The upstream answered before the body crossed the limit; the rest was not sent.
+            self.rec
+                .reason
+                .push_str("; request body cut at limits.max_body_bytes");
+        }
+        self.rec.bytes_up = self.sent.bytes();
         self.rec.bytes_down = self.bytes_down;
         self.rec.duration_ms =
             u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);

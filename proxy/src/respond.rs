@@ -103,6 +103,16 @@ pub(crate) fn header_too_large(denial: &Denial) -> Response<Full<Bytes>> {
     resp
 }
 
+/// `413 Content Too Large` for a plain-HTTP request whose body is over
+/// `limits.max_body_bytes`; the connection is closed after it (the rest of the body was not
+/// read).
+pub(crate) fn body_too_large(denial: &Denial) -> Response<Full<Bytes>> {
+    let mut resp = text(StatusCode::PAYLOAD_TOO_LARGE, denial.to_string());
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// Writes `resp` (a response built here, with a complete body) on a connection no HTTP
 /// server is serving, then shuts the connection down: for the first request of a
 /// connection whose head was refused before hyper could parse it (too large).

@@ -1,5 +1,5 @@
 //! Limits and load: slow clients are cut off at the handshake timeout, oversize request
-//! heads get `431`, connections past `limits.max_connections` are refused, running out of
+//! heads get `431` and oversize bodies `413`, connections past `limits.max_connections` are refused, running out of
 //! file descriptors does not stop the listener, and a burst of concurrent connections goes
 //! through without errors and without memory growth. Each refusal is audited with its
 //! reason.
@@ -180,6 +180,89 @@ format = "{{token}}"
         4,
         "one deny record per oversize request\n{out}"
     );
+}
+
+#[test]
+fn oversize_bodies_get_413_plain_and_intercepted() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let config = config(
+        &s,
+        "bodies.toml",
+        &format!(
+            r#"upstream_ca = "{ca}"
+
+[limits]
+max_body_bytes = 10000
+
+[[credential]]
+name = "key"
+source = "env"
+var = "EGRESSD_TEST_API_KEY"
+
+[[intercept]]
+host = "{API}"
+credential = "key"
+header = "api-key"
+format = "{{token}}"
+"#,
+            ca = s.ca_pem.display()
+        ),
+    );
+    // Intercepted: a declared length over the limit (HTTP/1.1), streamed bodies without a
+    // length over the limit (h2 from stdin, HTTP/1.1 chunked), then one at the limit.
+    // Plain HTTP: a declared length over the limit. Each prints its body, then its status.
+    let opts = format!(
+        "-sS --max-time 10 -w '\n%{{http_code}}\n' --resolve {API}:80:{FAKE_IP}          --resolve {API}:443:{FAKE_IP}"
+    );
+    let script = format!(
+        "head -c 10001 /dev/zero > /tmp/big; head -c 10000 /dev/zero > /tmp/fits;          curl {opts} --http1.1 --data-binary @/tmp/big https://{API}/upload;          head -c 30000 /dev/zero | curl {opts} --http2 -T - https://{API}/upload;          head -c 30000 /dev/zero | curl {opts} --http1.1 -H 'Transfer-Encoding: chunked' -T - https://{API}/upload;          curl {opts} --http2 --data-binary @/tmp/fits https://{API}/upload;          curl {opts} --data-binary @/tmp/big http://{API}/upload",
+    );
+    let out = s
+        .egressd()
+        .arg("--config")
+        .arg(&config)
+        .env("EGRESSD_TEST_API_KEY", "s3cr3t")
+        .sh(&script)
+        .run();
+    out.assert_success();
+    let stdout: Vec<&str> = out.stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(stdout.len(), 10, "\n{out}");
+    let reason = "request body larger than 10000 bytes (limits.max_body_bytes)";
+    for (body, status) in [
+        (stdout[0], stdout[1]),
+        (stdout[2], stdout[3]),
+        (stdout[4], stdout[5]),
+    ] {
+        assert_eq!(status, "413", "\n{out}");
+        let json: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(json["error"], reason, "{json}");
+        assert_eq!(json["host"], API, "{json}");
+    }
+    assert_eq!(
+        (stdout[6], stdout[7]),
+        ("received 10000 bytes", "200"),
+        "\n{out}"
+    );
+    assert!(
+        stdout[8].starts_with(&format!(
+            "egressd: denied {API}:80: {reason} (rule: {API} (from "
+        )),
+        "\n{out}"
+    );
+    assert_eq!(stdout[9], "413", "\n{out}");
+    // Only the body at the limit arrived whole; the streamed ones were cut before the limit.
+    assert_eq!(s.api.uploads(), vec![10_000], "\n{out}");
+    assert!(s.api_http.requests().is_empty(), "\n{out}");
+    let refused = refused_for(&out, reason);
+    assert_eq!(refused.len(), 4, "one deny record per oversize body\n{out}");
+    for r in &refused {
+        assert_eq!(r["status"], 413, "{r}");
+        assert!(text(&r["rule"]).starts_with(API), "{r}");
+        assert!(r["bytes_up"].as_u64().unwrap() <= 10_000, "{r}");
+    }
 }
 
 #[test]

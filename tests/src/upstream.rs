@@ -10,6 +10,8 @@
 //! * `.../sse?n=N&gap_ms=MS`: server-sent events `data: <i>\n\n` for `i` in `0..N`, each
 //!   produced `MS` after the previous one was taken (a streaming body, never buffered here);
 //!   `N` at most 100, `MS` at most 5000;
+//! * `.../upload`: reads the whole request body, then answers `received N bytes`; each
+//!   body read to its end is recorded in [`HttpsUpstream::uploads`] (one cut short is not);
 //! * `.../ws`: a WebSocket (RFC 6455) echo: `101` with `Sec-WebSocket-Accept`, then every
 //!   text or binary message is sent back (at most 16 messages, 10 s), recorded in
 //!   [`HttpsUpstream::websocket_messages`].
@@ -65,6 +67,8 @@ struct Seen {
     clients: Mutex<Vec<(usize, String, String)>>,
     /// The path and query of each request, by request number.
     paths: Mutex<Vec<String>>,
+    /// Sizes of the `/upload` bodies received whole.
+    uploads: Mutex<Vec<usize>>,
 }
 
 /// How a server treats its clients beyond TLS.
@@ -128,6 +132,11 @@ impl HttpsUpstream {
     /// The path (and query) of every request it answered, in order.
     pub fn paths(&self) -> Vec<String> {
         self.server.seen.paths.lock().unwrap().clone()
+    }
+
+    /// The sizes of the `/upload` request bodies this server received whole.
+    pub fn uploads(&self) -> Vec<usize> {
+        self.server.seen.uploads.lock().unwrap().clone()
     }
 
     /// As [`HttpsUpstream::start`], on any address and port.
@@ -413,7 +422,14 @@ where
     let keep_alive = !conn.options.close_after_each;
     let conn = Arc::new(conn);
     let service = service_fn(move |req: Request<Incoming>| {
-        std::future::ready(Ok::<_, std::convert::Infallible>(answer(req, &conn)))
+        let conn = Arc::clone(&conn);
+        async move {
+            if req.uri().path().ends_with("/upload") {
+                note(&req, &conn);
+                return Ok::<_, std::convert::Infallible>(upload(req, &conn.seen).await);
+            }
+            Ok(answer(req, &conn))
+        }
     });
     let _ = http1::Builder::new()
         .keep_alive(keep_alive)
@@ -422,9 +438,24 @@ where
         .await;
 }
 
-/// Records the request, then answers it (see the module documentation for the paths).
-fn answer(mut req: Request<Incoming>, conn: &Conn) -> Response<Body> {
-    let (name, sni, seen) = (&*conn.name, conn.sni.as_str(), &conn.seen);
+/// `/upload`: reads the body to its end, records its size, answers with it.
+async fn upload(req: Request<Incoming>, seen: &Seen) -> Response<Body> {
+    match req.into_body().collect().await {
+        Ok(body) => {
+            let n = body.to_bytes().len();
+            seen.uploads.lock().unwrap().push(n);
+            Response::new(whole(format!("received {n} bytes")))
+        }
+        Err(e) => Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body(whole(format!("the body was cut short: {e}")))
+            .expect("a valid 400 response"),
+    }
+}
+
+/// Records the request (host, path, time, credential headers); returns its number.
+fn note(req: &Request<Incoming>, conn: &Conn) -> usize {
+    let (sni, seen) = (conn.sni.as_str(), &conn.seen);
     let host = req
         .headers()
         .get(hyper::header::HOST)
@@ -451,6 +482,19 @@ fn answer(mut req: Request<Incoming>, conn: &Conn) -> Response<Body> {
             ));
         }
     }
+    number
+}
+
+/// Records the request, then answers it (see the module documentation for the paths).
+fn answer(mut req: Request<Incoming>, conn: &Conn) -> Response<Body> {
+    let (name, seen) = (&*conn.name, &conn.seen);
+    let number = note(&req, conn);
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
     if let Some(allowed) = &conn.options.allowed_clients {
         let (id, serial) = conn.client.clone().unwrap_or_default();
         seen.clients

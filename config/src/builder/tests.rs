@@ -451,7 +451,8 @@ fn limits_and_new_timeouts_have_defaults_and_are_checked() {
 
     let config = toml(
         "[timeouts]\ntls_handshake = \"3s\"\nrequest_head = \"7s\"\n\
-         [limits]\nmax_connections = 10\nmax_header_bytes = 2048\n",
+         [limits]\nmax_connections = 10\nmax_header_bytes = 2048\n\
+         max_body_bytes = 5000000000\n",
     )
     .unwrap();
     assert_eq!(config.timeouts.tls_handshake, Duration::from_secs(3));
@@ -460,13 +461,27 @@ fn limits_and_new_timeouts_have_defaults_and_are_checked() {
         config.limits,
         Limits {
             max_connections: 10,
-            max_header_bytes: 2048
+            max_header_bytes: 2048,
+            max_body_bytes: Some(5_000_000_000),
         }
     );
+    assert_eq!(
+        Limits::default().max_body_bytes,
+        None,
+        "no body limit by default"
+    );
 
-    let err = toml("[limits]\nmax_connections = 0\nmax_header_bytes = 100\n").unwrap_err();
+    let err = toml("[limits]\nmax_connections = 0\nmax_header_bytes = 100\nmax_body_bytes = 0\n")
+        .unwrap_err();
     let lines = messages(&err);
-    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(lines[2].starts_with("egressd.toml:4:18: "), "{}", lines[2]);
+    assert!(
+        lines[2].contains("limits.max_body_bytes = 0"),
+        "{}",
+        lines[2]
+    );
+    assert!(toml("[limits]\nmax_body_bytes = -1\n").is_err());
     assert!(lines[0].starts_with("egressd.toml:2:19: "), "{}", lines[0]);
     assert!(
         lines[0].contains("limits.max_connections = 0"),

@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -39,7 +38,9 @@ use tokio::sync::Mutex;
 use crate::Proxy;
 use crate::addr::{ClientAddr, OrigDst};
 use crate::audit::{AuditDecision, Proto, Record};
-use crate::body::{AuditedBody, Counted, PendingRecord, ResBody, strip_hop_by_hop};
+use crate::body::{
+    AuditedBody, BodyTooLarge, Counted, PendingRecord, ResBody, Sent, strip_hop_by_hop,
+};
 use crate::conn::classify::{Classified, HostName, HttpHead, normalize_host};
 use crate::conn::decide::{Dest, Verdict, decide};
 use crate::conn::limits;
@@ -102,6 +103,7 @@ impl HttpConn<'_> {
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
         let mut pending = request_record(self, &req);
         let resp = self.route(req, &mut pending).await;
+        pending.rec.status = Some(resp.status().as_u16());
         Ok(resp.map(|inner| AuditedBody::new(inner, pending).boxed_unsync()))
     }
 
@@ -155,6 +157,10 @@ impl HttpConn<'_> {
                 if req.headers().contains_key(UPGRADE) {
                     return self.refuse(p, Some(host), UPGRADE_REFUSED, rule);
                 }
+                let body_limit = self.proxy.config.limits.max_body_bytes;
+                if let Some(over) = BodyTooLarge::declared(&req, body_limit) {
+                    return self.body_too_large(p, Some(host), &over, rule);
+                }
                 p.rec.reason = reason;
                 let went_ahead = decision.clone();
                 self.forward(req, dest, decision.allows_private(), p, rule, &went_ahead)
@@ -199,7 +205,8 @@ impl HttpConn<'_> {
         };
         p.rec.went_ahead(decision);
         p.rec.upstream = Some(*addr);
-        let req = upstream_request(req, Arc::clone(&p.bytes_up));
+        let body_limit = self.proxy.config.limits.max_body_bytes;
+        let req = upstream_request(req, Arc::clone(&p.sent), body_limit);
         let idle = self.proxy.config.timeouts.idle;
         let result = async {
             sender.ready().await?;
@@ -209,6 +216,14 @@ impl HttpConn<'_> {
             Ok(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
                 return resp.map(BodyExt::boxed_unsync);
+            }
+            Ok(Err(_)) if p.sent.over_limit() => {
+                // The upstream connection saw an aborted request and is not reusable.
+                upstreams.remove(&dest);
+                let over = BodyTooLarge {
+                    limit: body_limit.unwrap_or_default(),
+                };
+                return self.body_too_large(p, Some(dest.host), &over, rule);
             }
             Ok(Err(e)) => (
                 ErrorKind::UpstreamUnreachable,
@@ -258,6 +273,26 @@ impl HttpConn<'_> {
         Ok((sender, up.addr))
     }
 
+    /// `413` for a body over `limits.max_body_bytes`; the decision stays as it was (the
+    /// destination was allowed), the reason says what stopped the request.
+    fn body_too_large(
+        &self,
+        p: &mut PendingRecord,
+        host: Option<HostName>,
+        over: &BodyTooLarge,
+        rule: Option<String>,
+    ) -> Response<ResBody> {
+        p.rec.decision = AuditDecision::Deny;
+        p.rec.reason = over.to_string();
+        let denial = Denial {
+            host,
+            port: self.orig.0.port(),
+            reason: over.to_string(),
+            rule,
+        };
+        full(respond::body_too_large(&denial))
+    }
+
     fn refuse(
         &self,
         p: &mut PendingRecord,
@@ -294,15 +329,19 @@ fn host_header(headers: &HeaderMap) -> Result<HostName, &'static str> {
 }
 
 /// Turns a client request into the upstream one: origin-form target, no hop-by-hop
-/// headers, body counted into `bytes_up`.
-fn upstream_request(req: Request<Incoming>, bytes_up: Arc<AtomicU64>) -> Request<Counted> {
+/// headers, body counted into `sent` up to `body_limit`.
+fn upstream_request(
+    req: Request<Incoming>,
+    sent: Arc<Sent>,
+    body_limit: Option<u64>,
+) -> Request<Counted> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = path
         .parse::<Uri>()
         .unwrap_or_else(|_| Uri::from_static("/"));
     strip_hop_by_hop(&mut parts.headers);
-    Request::from_parts(parts, Counted::new(body, bytes_up))
+    Request::from_parts(parts, Counted::new(body, sent, body_limit))
 }
 
 fn full(resp: Response<Full<Bytes>>) -> Response<ResBody> {

@@ -7,7 +7,9 @@
 //! 1. the `Host` / `:authority` must name the SNI the connection was opened for, else `421`
 //!    and nothing is injected (this stops domain fronting and h2 connection reuse across
 //!    hosts);
-//! 2. `CONNECT` is refused;
+//! 2. `CONNECT` is refused, and so is a body over `limits.max_body_bytes` (`413`: at once
+//!    when `Content-Length` says so, else when the streamed body crosses it, before that
+//!    chunk is forwarded);
 //! 3. the first rule of this host whose credential applies to the method and path is
 //!    chosen; the client's credential headers are removed and the minted token is put in
 //!    the rule's header and format (a `{scheme}` there is the token's scheme, or the one for
@@ -43,7 +45,7 @@ use super::sigv4;
 use super::upstream::UpBody;
 use crate::Proxy;
 use crate::audit::{AuditDecision, Proto, Record};
-use crate::body::{AuditedBody, PendingRecord, ResBody, strip_hop_by_hop};
+use crate::body::{AuditedBody, BodyTooLarge, Counted, PendingRecord, ResBody, strip_hop_by_hop};
 use crate::conn::limits;
 use crate::conn::relay::relay;
 use crate::respond::{self, JsonError};
@@ -62,8 +64,11 @@ enum InjectError {
     Token(crate::token::TokenError),
     /// The token or rule cannot produce a request (503, not retryable).
     Unusable(&'static str),
-    /// The body is too large to buffer for signing (413).
-    BodyTooLarge,
+    /// The body is too large to buffer for signing, or over `limits.max_body_bytes` (413;
+    /// the message says which).
+    BodyTooLarge(String),
+    /// The client's body failed while it was read for signing (400).
+    BodyFailed(String),
     /// The request cannot be signed (400).
     Sign(String),
 }
@@ -77,11 +82,8 @@ impl InjectError {
             }
             Self::Token(e) => (StatusCode::SERVICE_UNAVAILABLE, e.message, e.retryable),
             Self::Unusable(why) => (StatusCode::SERVICE_UNAVAILABLE, why.to_owned(), false),
-            Self::BodyTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request bodies signed with SigV4 are limited to {MAX_SIGNED_BODY} bytes"),
-                false,
-            ),
+            Self::BodyTooLarge(why) => (StatusCode::PAYLOAD_TOO_LARGE, why, false),
+            Self::BodyFailed(why) => (StatusCode::BAD_REQUEST, why, false),
             Self::Sign(why) => (
                 StatusCode::BAD_REQUEST,
                 format!("cannot sign the request: {why}"),
@@ -210,6 +212,11 @@ impl Conn {
             Some((r, self.interception().spiffe.get(&r.host.text)?))
         });
         pending.rec.rule = rule.or(spiffe.map(|(r, _)| r)).map(|r| r.host.to_string());
+        let body_limit = self.proxy.config.limits.max_body_bytes;
+        if let Some(over) = BodyTooLarge::declared(&req, body_limit) {
+            let status = StatusCode::PAYLOAD_TOO_LARGE;
+            return self.refuse(pending, status, &over.to_string(), None, false);
+        }
         if let Some((_, route)) = spiffe
             && let Err(unavailable) = route.source.ready().await
         {
@@ -226,7 +233,7 @@ impl Conn {
             }
         };
         let mut body: UpBody =
-            crate::body::Counted::new(body, Arc::clone(&pending.bytes_up)).boxed_unsync();
+            Counted::new(body, Arc::clone(&pending.sent), body_limit).boxed_unsync();
         let upgrade_headers = upgrade.is_some().then(|| {
             (
                 parts.headers.get(UPGRADE).cloned(),
@@ -277,6 +284,15 @@ impl Conn {
         };
         let mut resp = match client.request(Request::from_parts(parts, body)).await {
             Ok(resp) => resp,
+            Err(_) if pending.sent.over_limit() => {
+                let reason = BodyTooLarge {
+                    limit: body_limit.unwrap_or_default(),
+                }
+                .to_string();
+                let credential = pending.rec.credential.clone();
+                let status = StatusCode::PAYLOAD_TOO_LARGE;
+                return self.refuse(pending, status, &reason, credential.as_deref(), false);
+            }
             Err(e) => {
                 if let (Some((_, route)), Some(dial)) = (spiffe, find_cause::<DialError>(&e)) {
                     let status = match dial {
@@ -401,7 +417,7 @@ impl Conn {
                 let bytes = Limited::new(body, MAX_SIGNED_BODY)
                     .collect()
                     .await
-                    .map_err(|_| InjectError::BodyTooLarge)?
+                    .map_err(|e| signing_body_error(&*e))?
                     .to_bytes();
                 for name in [
                     "authorization",
@@ -527,6 +543,19 @@ impl Conn {
         );
         drop(pending);
         resp.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+    }
+}
+
+/// Why a body read to be signed could not be had: over a limit (413) or the client failed.
+fn signing_body_error(e: &(dyn std::error::Error + 'static)) -> InjectError {
+    if let Some(crate::body::BodyError::TooLarge(over)) = e.downcast_ref() {
+        InjectError::BodyTooLarge(over.to_string())
+    } else if e.is::<http_body_util::LengthLimitError>() {
+        InjectError::BodyTooLarge(format!(
+            "request bodies signed with SigV4 are limited to {MAX_SIGNED_BODY} bytes"
+        ))
+    } else {
+        InjectError::BodyFailed(format!("reading the request body: {e}"))
     }
 }
 

@@ -31,7 +31,7 @@ use crate::conn::connect::Connector;
 use crate::spiffe::{Dialer, SpiffePeer, X509Source};
 
 /// Request body the upstream client sends.
-pub(crate) type UpBody = UnsyncBoxBody<Bytes, hyper::Error>;
+pub(crate) type UpBody = UnsyncBoxBody<Bytes, crate::body::BodyError>;
 
 /// The pooled clients: one that may speak h2 (most requests), one HTTP/1.1-only (upgrades,
 /// which need an HTTP/1.1 connection).
