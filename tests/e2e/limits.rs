@@ -265,6 +265,57 @@ format = "{{token}}"
     }
 }
 
+/// An intercepted h2 connection that has been served and then sits silent is closed after
+/// `timeouts.idle` (hyper's own timers cover only HTTP/1 request heads).
+#[test]
+fn an_idle_intercepted_h2_connection_is_closed_at_the_idle_timeout() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let config = config(
+        &s,
+        "idle.toml",
+        &format!(
+            r#"upstream_ca = "{ca}"
+
+[timeouts]
+idle = "2s"
+
+[[credential]]
+name = "key"
+source = "env"
+var = "EGRESSD_TEST_API_KEY"
+
+[[intercept]]
+host = "{API}"
+credential = "key"
+header = "api-key"
+format = "{{token}}"
+"#,
+            ca = s.ca_pem.display()
+        ),
+    );
+    let out = s
+        .egressd()
+        .arg("--config")
+        .arg(&config)
+        .env("EGRESSD_TEST_API_KEY", "s3cr3t")
+        .sh(&format!("{} h2-idle https://{API}/ 12", s.probe.display()))
+        .run();
+    out.assert_success();
+    let line = lines(&out, "h2-idle");
+    assert_eq!(line.len(), 1, "\n{out}");
+    assert_eq!(line[0]["result"], "ok", "\n{out}");
+    assert_eq!(line[0]["status"], 200, "\n{out}");
+    assert_eq!(line[0]["ended"], "closed", "\n{out}");
+    let after = line[0]["after_ms"].as_u64().unwrap();
+    assert!(
+        (1500..6000).contains(&after),
+        "closed {after} ms after the response\n{out}"
+    );
+}
+
 #[test]
 fn an_intercepted_client_that_stalls_is_closed_at_its_timeouts() {
     if !privileged() {

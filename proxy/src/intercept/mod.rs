@@ -37,6 +37,7 @@
 
 mod bundle;
 mod ca;
+mod idle;
 pub(crate) mod redact;
 mod scope;
 mod server;

@@ -23,6 +23,9 @@
 //!    redirects are passed to the client, never followed; bodies stream both ways;
 //! 5. an HTTP/1.1 upgrade (WebSocket) is relayed once both sides agreed to it.
 //!
+//! The connection waits at most `timeouts.request_head` for its first request, and is
+//! closed once no byte has moved either way for `timeouts.idle` (`idle.rs`).
+//!
 //! Every request yields one audit record (method, path, status, credential, token source and
 //! remaining lifetime, and for a `spiffe` host the SPIFFE IDs presented and verified), never
 //! the token.
@@ -55,6 +58,8 @@ use crate::spiffe::{DialError, SpiffePeer};
 const MAX_AUDIT_PATH: usize = 1024;
 /// Largest request body egressd buffers to sign it (SigV4 hashes the payload).
 const MAX_SIGNED_BODY: usize = 16 << 20;
+/// How long an idle connection's graceful shutdown (h2 GOAWAY) may take before it is dropped.
+const GRACEFUL_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why a credential could not be applied to a request.
 #[derive(Debug)]
@@ -153,6 +158,8 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits::hyper_buf_size(limit)).unwrap_or(u32::MAX));
+    let idle = super::idle::Idle::new();
+    let tls = super::idle::Activity::new(tls, Arc::clone(&idle));
     let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(served);
     // hyper's HTTP/1 header timer starts only once it knows the protocol, and HTTP/2 has
@@ -167,7 +174,24 @@ where
             return Err("no request within the request head timeout (timeouts.request_head)".to_owned());
         }
     }
-    served.await.map_err(|e| served_error(&*e, limit))
+    // Then the connection lives as long as bytes move: silent for `idle`, it is closed
+    // (h2 with a GOAWAY), as a relayed connection is.
+    loop {
+        tokio::select! {
+            result = &mut served => return result.map_err(|e| served_error(&*e, limit)),
+            () = tokio::time::sleep_until(idle.deadline(timeouts.idle)) => {
+                if idle.expired(timeouts.idle) {
+                    break;
+                }
+            }
+        }
+    }
+    served.as_mut().graceful_shutdown();
+    // Nothing is in flight on a silent connection, so this ends at once unless the client
+    // stalls the shutdown itself.
+    let _ = tokio::time::timeout(GRACEFUL_SHUTDOWN, served).await;
+    tracing::debug!(%client, "intercepted connection closed after the idle timeout");
+    Ok(())
 }
 
 /// The audit reason for a connection hyper ended with an error.

@@ -18,12 +18,15 @@
 //! egressd-probe h2-authorities https://HOST[:PORT]/PATH OTHER_HOST
 //!                                                   one TLS+h2 connection, GET the URL, then the same
 //!                                                   path with `:authority` OTHER_HOST on it
+//! egressd-probe h2-idle https://HOST[:PORT]/PATH WAIT_S
+//!                                                   one TLS+h2 connection, GET the URL, then wait
+//!                                                   silently for the server to close it
 //! egressd-probe slow ADDR:PORT HEX DRIP_MS WAIT_S     a slow client (see `limits.rs`)
 //! egressd-probe hold ADDR:PORT N WAIT_MS              N idle connections held open
 //! egressd-probe load ADDR:PORT HOST N ROUNDS          N concurrent HTTP requests per round
 //! ```
 //!
-//! The HTTPS actions (`sse`, `websocket`, `h2-authorities`) trust exactly the CA bundle in
+//! The HTTPS actions (`sse`, `websocket`, `h2-authorities`, `h2-idle`) trust exactly the CA bundle in
 //! `SSL_CERT_FILE` (the one egressd puts in the sandbox), resolve the host through the system
 //! resolver, send the agent's own placeholder credentials (`authorization: Bearer
 //! agent-placeholder`, `api-key: agent-placeholder`) so tests can check they are stripped, and
@@ -47,7 +50,7 @@ use std::{
 mod limits;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR | tcp-fastopen ADDR:PORT | tcp-reconnect ADDR:PORT | io-uring-connect ADDR:PORT | sctp ADDR:PORT | packet IFACE | raw ADDR | dns SERVER:PORT NAME TYPE | dns-tcp SERVER:PORT NAME TYPE | sse URL | websocket URL MESSAGE | h2-authorities URL OTHER_HOST | slow ADDR:PORT HEX DRIP_MS WAIT_S | hold ADDR:PORT N WAIT_MS | load ADDR:PORT HOST N ROUNDS)...";
+const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR | tcp-fastopen ADDR:PORT | tcp-reconnect ADDR:PORT | io-uring-connect ADDR:PORT | sctp ADDR:PORT | packet IFACE | raw ADDR | dns SERVER:PORT NAME TYPE | dns-tcp SERVER:PORT NAME TYPE | sse URL | websocket URL MESSAGE | h2-authorities URL OTHER_HOST | h2-idle URL WAIT_S | slow ADDR:PORT HEX DRIP_MS WAIT_S | hold ADDR:PORT N WAIT_MS | load ADDR:PORT HOST N ROUNDS)...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -89,16 +92,16 @@ fn main() -> ExitCode {
                 dns(action, target, name, rtype)
             }
             "sse" => https::sse(target),
-            "websocket" | "h2-authorities" => {
+            "websocket" | "h2-authorities" | "h2-idle" => {
                 let Some(extra) = args.get(i) else {
                     eprintln!("{action}: needs a second argument\n{USAGE}");
                     return ExitCode::from(2);
                 };
                 i += 1;
-                if action == "websocket" {
-                    https::websocket(target, extra)
-                } else {
-                    https::h2_authorities(target, extra)
+                match action {
+                    "websocket" => https::websocket(target, extra),
+                    "h2-idle" => https::h2_idle(target, extra),
+                    _ => https::h2_authorities(target, extra),
                 }
             }
             "slow" | "hold" | "load" => {
@@ -1016,6 +1019,45 @@ mod https {
             resp.into_body().collect().await.map_err(at("body"))?;
         }
         out.raw("statuses", &format!("[{}]", statuses.join(",")));
+        Ok(())
+    }
+
+    /// `h2-idle URL WAIT_S`: one h2 connection, GET the URL, then send nothing and wait up to
+    /// WAIT_S for the server to end the connection: `status`, then `ended`: `closed` (with
+    /// `after_ms` from the end of the response) or `open`.
+    pub(super) fn h2_idle(url: &str, wait_s: &str) -> Json {
+        let mut out = Json::new("h2-idle", url);
+        let result = run(h2_idle_work(&mut out, url, wait_s));
+        finish(out, result)
+    }
+
+    async fn h2_idle_work(out: &mut Json, url: &str, wait_s: &str) -> Result<(), Failure> {
+        let wait = wait_s
+            .parse::<u64>()
+            .map_err(|e| ("parse", format!("WAIT_S: {e}")))?;
+        let target = Target::parse(url, "https")?;
+        let (tls, alpn) = tls_connect(&target, &[b"h2"]).await?;
+        if alpn != "h2" {
+            return Err(("alpn", "the server did not choose h2".to_owned()));
+        }
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(at("http"))?;
+        let mut conn = tokio::spawn(conn);
+        let uri = format!("https://{}{}", target.authority(&target.host), target.path);
+        sender.ready().await.map_err(at("request"))?;
+        let resp = sender.send_request(get(uri)).await.map_err(at("request"))?;
+        out.raw("status", &resp.status().as_u16().to_string());
+        resp.into_body().collect().await.map_err(at("body"))?;
+        let done = std::time::Instant::now();
+        match tokio::time::timeout(std::time::Duration::from_secs(wait), &mut conn).await {
+            Ok(_) => {
+                out.field("ended", "closed");
+                out.raw("after_ms", &done.elapsed().as_millis().to_string());
+            }
+            Err(_) => out.field("ended", "open"),
+        }
         Ok(())
     }
 }
