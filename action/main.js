@@ -11,36 +11,56 @@ const lib = require('./lib.js');
 // `control-socket` is not a documented input: tests run several daemons at once.
 const DEFAULT_SOCKET = '/run/egressd/control.sock';
 
-/** The egressd binary: `binary`, or the release asset for this machine, checksum-verified. */
+// `install-dir` is not a documented input either: tests install somewhere harmless.
+const DEFAULT_INSTALL_DIR = '/usr/local/bin';
+
+/** Where the release assets are: `release-url`, else the action repository's release. */
+function releaseBase() {
+  const given = lib.input('release-url');
+  if (given) return given.replace(/\/+$/, '');
+  const repo = process.env.GITHUB_ACTION_REPOSITORY;
+  if (!repo) throw new Error('GITHUB_ACTION_REPOSITORY is not set: pass the `binary` or `release-url` input');
+  const version = lib.input('version') || 'latest';
+  return version === 'latest'
+    ? `https://github.com/${repo}/releases/latest/download`
+    : `https://github.com/${repo}/releases/download/${version}`;
+}
+
+/**
+ * The egressd binary: `binary`, or the release asset for this machine (as `cargo xtask
+ * dist` names it), checksum-verified before it is installed.
+ */
 async function install(dir) {
   const given = lib.input('binary');
   if (given) return path.resolve(given);
-  const repo = process.env.GITHUB_ACTION_REPOSITORY;
-  if (!repo) throw new Error('GITHUB_ACTION_REPOSITORY is not set: pass the `binary` input');
   const arch = { x64: 'x86_64', arm64: 'aarch64' }[process.arch];
   if (!arch || process.platform !== 'linux') {
     throw new Error(`egressd runs on Linux x86_64 and aarch64, not ${process.platform}/${process.arch}`);
   }
-  const version = lib.input('version') || 'latest';
-  const base = version === 'latest'
-    ? `https://github.com/${repo}/releases/latest/download`
-    : `https://github.com/${repo}/releases/download/${version}`;
+  const base = releaseBase();
   const asset = `egressd-${arch}-linux`;
   const binary = Buffer.from(await download(`${base}/${asset}`));
-  const expected = (await download(`${base}/${asset}.sha256`, 'text')).trim().split(/\s+/)[0];
+  const listed = (await download(`${base}/${asset}.sha256`, 'text')).trim().split(/\s+/);
+  const expected = (listed[0] || '').toLowerCase();
+  if (!/^[0-9a-f]{64}$/.test(expected)) {
+    throw new Error(`${base}/${asset}.sha256 does not start with a SHA-256 in hex`);
+  }
   const actual = crypto.createHash('sha256').update(binary).digest('hex');
   if (actual !== expected) {
-    throw new Error(`${asset}: sha256 ${actual} does not match the release's ${expected}`);
+    throw new Error(`${asset}: sha256 ${actual} does not match the release's ${expected}; not installed`);
   }
   const staged = path.join(dir, 'egressd');
   fs.writeFileSync(staged, binary, { mode: 0o755 });
   // Root-owned, so the job cannot swap the binary that later `sudo egressd` calls run.
-  lib.run(lib.privileged(['install', '-m', '0755', staged, '/usr/local/bin/egressd']));
-  return '/usr/local/bin/egressd';
+  const target = path.join(lib.input('install-dir') || DEFAULT_INSTALL_DIR, 'egressd');
+  lib.run(lib.privileged(['install', '-m', '0755', '-o', 'root', '-g', 'root', staged, target]));
+  fs.rmSync(staged, { force: true });
+  console.log(`[egressd] installed ${asset} (sha256 ${actual}) from ${base} as ${target}`);
+  return target;
 }
 
 async function download(url, kind = 'bytes') {
-  const response = await fetch(url, { redirect: 'follow' });
+  const response = await fetch(url, { redirect: 'follow', signal: AbortSignal.timeout(120_000) });
   if (!response.ok) throw new Error(`downloading ${url}: HTTP ${response.status}`);
   return kind === 'text' ? response.text() : response.arrayBuffer();
 }

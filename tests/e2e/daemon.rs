@@ -150,6 +150,25 @@ impl Drop for Daemon {
     }
 }
 
+/// `(CapEff, CapPrm, CapBnd)` of every thread of `pid`.
+fn thread_caps(pid: u32) -> Vec<(u64, u64, u64)> {
+    let mut threads = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(status) = fs::read_to_string(task.unwrap().path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap()
+        };
+        threads.push((field("CapEff:"), field("CapPrm:"), field("CapBnd:")));
+    }
+    threads
+}
+
 fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])
@@ -230,6 +249,27 @@ fn attach_a_cgroup_by_path_then_detach_it() {
     assert_eq!((code, out.as_str()), (0, hello(API).as_str()), "{err}");
     let (code, out, _) = in_job(&s, &cgroup, &curl(&s, EVIL));
     assert_ne!(code, 0, "EVIL must be refused, got {out}");
+
+    // Least privilege: the attach above ran after the daemon dropped every capability it
+    // does not need, in every thread (the proxy's included) and in the bounding set.
+    const KEEP: u64 = 1 << 21 // CAP_SYS_ADMIN
+        | 1 << 39 // CAP_BPF
+        | 1 << 38 // CAP_PERFMON
+        | 1 << 12 // CAP_NET_ADMIN
+        | 1 << 10 // CAP_NET_BIND_SERVICE
+        | 1 << 19 // CAP_SYS_PTRACE
+        | 1 << 1 // CAP_DAC_OVERRIDE
+        | 1 << 2 // CAP_DAC_READ_SEARCH
+        | 1 << 14; // CAP_IPC_LOCK
+    let threads = thread_caps(daemon.pid());
+    assert!(threads.len() >= 3, "{threads:x?}");
+    for caps in &threads {
+        assert_eq!(
+            *caps,
+            (KEEP, KEEP, KEEP),
+            "a thread kept more: {threads:x?}"
+        );
+    }
 
     let detached = daemon.control(&["detach", "ci-job"]);
     detached.assert_success();
@@ -652,30 +692,129 @@ fn kv_file(path: &str) -> Vec<(String, String)> {
 #[test]
 fn the_github_action_firewalls_the_rest_of_the_job_and_summarises_it() {
     if privileged() {
-        action_run("block");
+        action_run("block", false);
     }
 }
 
 #[test]
 fn the_github_action_in_audit_only_mode_records_without_blocking() {
     if privileged() {
-        action_run("audit-only");
+        action_run("audit-only", false);
     }
 }
 
-/// The Action's main step, two later steps (an allowed and a denied host), and its post step,
-/// as a runner runs them, in `mode`.
-fn action_run(mode: &str) {
+/// The Action without `binary`: it downloads the release asset `cargo xtask dist` names for
+/// this machine, checks its SHA-256 and installs it root-owned, then runs as usual.
+#[test]
+fn the_github_action_installs_the_release_asset_after_checking_its_hash() {
+    if privileged() {
+        action_run("block", true);
+    }
+}
+
+/// The release assets of a fake mirror: the binary under test as this machine's asset, and
+/// its `.sha256` as `sha256sum` writes it (or a wrong one, when `tampered`).
+fn release_files(tampered: bool) -> Vec<(String, Vec<u8>)> {
+    let asset = format!("egressd-{}-linux", std::env::consts::ARCH);
+    let binary = fs::read(egressd_tests::egressd_bin()).unwrap();
+    let out = Command::new("sha256sum")
+        .arg(egressd_tests::egressd_bin())
+        .output()
+        .unwrap();
+    let mut hash = String::from_utf8(out.stdout).unwrap()[..64].to_owned();
+    if tampered {
+        hash = hash.replace(|c: char| c != '0', "0");
+    }
+    vec![
+        (format!("/releases/v9/{asset}"), binary),
+        (
+            format!("/releases/v9/{asset}.sha256"),
+            format!("{hash}  {asset}\n").into_bytes(),
+        ),
+    ]
+}
+
+/// Serves [`release_files`] inside the scene's namespace (where the job runs), on port 8080.
+fn release_mirror(s: &Scene, tampered: bool) -> (egressd_tests::HttpUpstream, String) {
+    let files = release_files(tampered);
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
+    let addr = std::net::SocketAddr::new(s.net.addr3().into(), 8080);
+    let mirror = egressd_tests::HttpUpstream::files(&s.net, addr, &files);
+    (mirror, format!("http://{addr}/releases/v9/"))
+}
+
+/// A release whose `.sha256` does not match the binary: the main step fails, saying so, and
+/// installs and starts nothing.
+#[test]
+fn the_github_action_refuses_a_release_asset_with_the_wrong_hash() {
+    if !privileged() {
+        return;
+    }
     let s = Scene::new();
-    let cgroup = TestCgroup::new(&format!("action-{mode}"));
+    let cgroup = TestCgroup::new("action-tampered");
+    let env = action_env(s.scratch.dir());
+    let (mirror, url) = release_mirror(&s, true);
+    let install_dir = s.scratch.path("bin");
+    fs::create_dir_all(&install_dir).unwrap();
+    let socket = s.scratch.path("ctl.sock");
+    let out = job_command(
+        &s,
+        &cgroup,
+        &[
+            "node".into(),
+            repo_root().join("action/main.js").display().to_string(),
+        ],
+    )
+    .envs(env.iter().cloned())
+    .env("INPUT_RELEASE-URL", &url)
+    .env("INPUT_INSTALL-DIR", &install_dir)
+    .env("INPUT_CONTROL-SOCKET", &socket)
+    .env("INPUT_GITHUB", "false")
+    .output()
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("::error title=egressd::")
+            && text.contains("does not match the release's 0000")
+            && text.contains("not installed"),
+        "{text}"
+    );
+    assert_eq!(fs::read_dir(&install_dir).unwrap().count(), 0, "{text}");
+    assert!(!socket.exists(), "no daemon was started\n{text}");
+    assert_eq!(
+        mirror.paths().len(),
+        2,
+        "the binary and its hash were fetched"
+    );
+}
+
+/// The Action's main step, two later steps (an allowed and a denied host), and its post step,
+/// as a runner runs them, in `mode`; with `release`, the binary comes from a release mirror
+/// instead of the `binary` input.
+fn action_run(mode: &str, release: bool) {
+    let s = Scene::new();
+    let cgroup = TestCgroup::new(&format!("action-{mode}-{release}"));
     let env = action_env(s.scratch.dir());
     let file = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
     let socket = s.scratch.path("ctl.sock");
-    let inputs = [
-        (
+    let install_dir = s.scratch.path("bin");
+    fs::create_dir_all(&install_dir).unwrap();
+    let mirror = release.then(|| release_mirror(&s, false));
+    let (install_key, install_value) = match &mirror {
+        Some((_, url)) => ("INPUT_RELEASE-URL", url.clone()),
+        None => (
             "INPUT_BINARY",
             egressd_tests::egressd_bin().display().to_string(),
         ),
+    };
+    let inputs = [
+        (install_key, install_value),
+        ("INPUT_INSTALL-DIR", install_dir.display().to_string()),
         ("INPUT_ALLOW-DOMAINS", API.to_owned()),
         ("INPUT_GITHUB", "false".to_owned()),
         ("INPUT_MODE", mode.to_owned()),
@@ -726,6 +865,29 @@ fn action_run(mode: &str) {
             .collect::<Vec<_>>(),
     );
     assert!(main.contains("attached job"), "{main}");
+    if release {
+        let installed = install_dir.join("egressd");
+        let meta = fs::metadata(&installed).unwrap();
+        assert_eq!(
+            meta.len(),
+            fs::metadata(egressd_tests::egressd_bin()).unwrap().len(),
+            "{main}"
+        );
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0, "root-owned");
+        assert!(
+            main.contains(&format!(
+                "installed egressd-{}-linux (sha256 ",
+                std::env::consts::ARCH
+            )),
+            "{main}"
+        );
+        assert!(
+            kv_file(&file("GITHUB_STATE"))
+                .iter()
+                .any(|(k, v)| k == "bin" && Path::new(v) == installed),
+            "the daemon runs from the installed binary"
+        );
+    }
 
     // Later steps of the job.
     let (code, out, err) = in_job(&s, &cgroup, &curl(&s, API));

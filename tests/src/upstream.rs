@@ -76,6 +76,8 @@ struct Seen {
 struct Options {
     /// Answer `403` unless the client certificate's SPIFFE ID is one of these.
     allowed_clients: Option<Arc<[String]>>,
+    /// Serve these files by path (`404` for any other path) instead of the usual answers.
+    files: Option<Arc<std::collections::HashMap<String, Bytes>>>,
     /// Close each connection after one request.
     close_after_each: bool,
 }
@@ -189,6 +191,7 @@ impl HttpsUpstream {
         let options = Options {
             allowed_clients: Some(allowed_clients.iter().map(|c| (*c).to_owned()).collect()),
             close_after_each: true,
+            ..Options::default()
         };
         let addr = SocketAddr::new(addr.into(), 443);
         Self {
@@ -206,6 +209,22 @@ impl HttpsUpstream {
     /// request, allowed or not.
     pub fn clients(&self) -> Vec<(usize, String, String)> {
         self.server.seen.clients.lock().unwrap().clone()
+    }
+
+    /// Serve `files` (path, content) over plain HTTP on `addr` in `net`: a release mirror.
+    /// Every other path is `404`. Requests are recorded as usual ([`HttpUpstream::paths`]).
+    pub fn files(net: &UpstreamNet, addr: SocketAddr, files: &[(&str, Vec<u8>)]) -> Self {
+        let files = files
+            .iter()
+            .map(|(path, content)| ((*path).to_owned(), Bytes::from(content.clone())))
+            .collect();
+        let options = Options {
+            files: Some(Arc::new(files)),
+            ..Options::default()
+        };
+        Self {
+            server: Server::start(net, addr, "files", None, options),
+        }
     }
 
     /// The address it listens on.
@@ -230,6 +249,22 @@ impl HttpUpstream {
         let addr = SocketAddr::new(addr.into(), 80);
         Self {
             server: Server::start(net, addr, name, None, Options::default()),
+        }
+    }
+
+    /// Serve `files` (path, content) over plain HTTP on `addr` in `net`: a release mirror.
+    /// Every other path is `404`. Requests are recorded as usual ([`HttpUpstream::paths`]).
+    pub fn files(net: &UpstreamNet, addr: SocketAddr, files: &[(&str, Vec<u8>)]) -> Self {
+        let files = files
+            .iter()
+            .map(|(path, content)| ((*path).to_owned(), Bytes::from(content.clone())))
+            .collect();
+        let options = Options {
+            files: Some(Arc::new(files)),
+            ..Options::default()
+        };
+        Self {
+            server: Server::start(net, addr, "files", None, options),
         }
     }
 
@@ -509,6 +544,15 @@ fn answer(mut req: Request<Incoming>, conn: &Conn) -> Response<Body> {
         }
     }
     let path = req.uri().path().to_owned();
+    if let Some(files) = &conn.options.files {
+        return match files.get(&path) {
+            Some(content) => Response::new(whole(content.clone())),
+            None => Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(whole("not found"))
+                .expect("a valid 404 response"),
+        };
+    }
     // `/redirect-to/<host>` answers 302 to `https://<host>/` (redirect tests).
     if let Some(target) = path.strip_prefix("/redirect-to/") {
         return Response::builder()

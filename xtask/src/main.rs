@@ -10,6 +10,7 @@
 mod bench;
 mod build;
 mod demo;
+mod dist;
 mod fuzz;
 mod setup;
 mod shell;
@@ -39,6 +40,8 @@ enum Command {
     Demo(demo::Options),
     /// Set up, build the fuzz targets (cargo-fuzz, nightly), then run each for a while.
     Fuzz(fuzz::Options),
+    /// Build the release assets the GitHub Action installs (target/dist/).
+    Dist(dist::Options),
     /// Set up, install HAProxy, nginx, Squid and mitmproxy, build in release mode, then
     /// benchmark egressd against them and plot its cost curves (target/bench/).
     Bench(bench::Options),
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Demo(opts) => demo::run(&opts),
         Command::Fuzz(opts) => fuzz::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Dist(opts) => dist::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,8 @@
 //! loaded (verifier included) before anything is attached or the control socket opens.
 //! Then the daemon serves the control socket (`control.rs` describes the protocol) until
 //! SIGTERM or SIGINT, re-reads its configuration on SIGHUP, and on the way out detaches
-//! every cgroup it attached and writes a `disarm` record for each.
+//! every cgroup it attached and writes a `disarm` record for each. Once set up, it drops the
+//! capabilities attach, detach and reload do not use ([`KEEP`]).
 
 mod attachment;
 mod daemon;
@@ -19,6 +20,32 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{Failure, cli::RunArgs, control::Target, loader::Loader, policy};
 
 use self::daemon::Daemon;
+
+/// Worker threads of the daemon's runtime.
+const WORKERS: usize = 2;
+
+/// The capabilities the daemon keeps once it is ready; every other one (`CAP_SETUID`,
+/// `CAP_SYS_MODULE`, `CAP_SYS_RAWIO`, `CAP_NET_RAW`, `CAP_KILL`, `CAP_CHOWN`, ...) is dropped
+/// from every thread and from the bounding set, so a bug in the proxy cannot use them.
+const KEEP: &[caps::Capability] = &[
+    // Load and attach the cgroup programs, pin links on bpffs, bind-mount namespaces,
+    // enter a namespace to listen in it (`attach --netns/--pid`).
+    caps::Capability::CAP_SYS_ADMIN,
+    caps::Capability::CAP_BPF,
+    caps::Capability::CAP_PERFMON,
+    // cgroup skb programs and listening sockets inside attached namespaces.
+    caps::Capability::CAP_NET_ADMIN,
+    // The DNS listener on port 53 in an attached namespace.
+    caps::Capability::CAP_NET_BIND_SERVICE,
+    // `attach --pid`: another user's /proc/PID/ns/net and cgroup.
+    caps::Capability::CAP_SYS_PTRACE,
+    // Moving processes between cgroups a runner delegated to its user, and reading
+    // credential files that belong to the runner's user.
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_DAC_READ_SEARCH,
+    // BPF maps on kernels that still charge them to RLIMIT_MEMLOCK (before 5.11).
+    caps::Capability::CAP_IPC_LOCK,
+];
 
 /// Runs the daemon until it is told to stop; returns its exit code.
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
@@ -41,12 +68,12 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let audit = Arc::new(audit);
     let loader = Loader::load().map_err(Failure::setup)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(WORKERS)
         .enable_all()
         .build()
         .context("starting the async runtime")
         .map_err(Failure::setup)?;
-    let code = runtime.block_on(async move {
+    let set_up = runtime.block_on(async move {
         let socket = server::bind(&args.control_socket).map_err(Failure::setup)?;
         let startup = args.attach_cgroup.clone();
         let socket_path = args.control_socket.clone();
@@ -88,6 +115,20 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             }
         }
         let signals = Signals::new().map_err(Failure::setup)?;
+        Ok((daemon, socket, signals, socket_path))
+    });
+    let (daemon, socket, signals, socket_path) = match set_up {
+        Ok(set_up) => set_up,
+        Err(failure) => {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            return Err(failure);
+        }
+    };
+    // Set-up is over: every thread keeps only what attach, detach and reload use.
+    if let Err(e) = crate::sandbox::privilege::drop_everywhere(&runtime, WORKERS, KEEP) {
+        tracing::warn!("dropping capabilities after set-up: {e:#}");
+    }
+    let code = runtime.block_on(async move {
         eprintln!(
             "egressd: daemon ready (pid {}), control socket {}",
             std::process::id(),
