@@ -12,6 +12,7 @@ mod loader;
 mod policy;
 mod provenance;
 mod sandbox;
+mod stats;
 
 use std::process::ExitCode;
 

@@ -115,6 +115,15 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
+    /// Connections open through this proxy right now (each holds one of the
+    /// `limits.max_connections` slots).
+    pub fn open_connections(&self) -> usize {
+        let max = usize::try_from(self.config.limits.max_connections)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        max.saturating_sub(self.slots.available_permits())
+    }
+
     /// Builds the proxy for sandbox `sandbox` (the name written in every audit record).
     ///
     /// The DNS resolver is built here, from `config.dns_servers`, or from the system

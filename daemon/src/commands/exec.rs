@@ -422,7 +422,11 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         tracing::warn!("dropping capabilities after set-up: {e:#}");
     }
     let (code, timed_out) = runtime.block_on(async {
-        let ended = wait_forwarding_signals(child, timeout).await;
+        let stats = {
+            let (proxy, audit) = (Arc::clone(&proxy), Arc::clone(&audit));
+            move || crate::stats::line(proxy.open_connections(), &audit.summary())
+        };
+        let ended = wait_forwarding_signals(child, timeout, stats).await;
         shutdown.cancel();
         for server in servers {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(3), server).await;
@@ -545,7 +549,13 @@ fn parse_user(spec: &str) -> anyhow::Result<(u32, u32)> {
 
 /// Waits for the sandbox's PID 1, passing on SIGINT/SIGTERM/SIGHUP/SIGQUIT; returns its
 /// exit code (128+signal when killed) and whether `timeout` ended it ([`EXIT_TIMEOUT`]).
-async fn wait_forwarding_signals(child: Pid, timeout: Option<Duration>) -> (u8, bool) {
+/// SIGUSR1 is egressd's own: it prints the `stats` line to stderr.
+async fn wait_forwarding_signals(
+    child: Pid,
+    timeout: Option<Duration>,
+    stats: impl Fn() -> String,
+) -> (u8, bool) {
+    let mut usr1 = signal(SignalKind::user_defined1()).ok();
     let mut wait = tokio::task::spawn_blocking(move || {
         loop {
             match waitpid(child, None) {
@@ -587,6 +597,9 @@ async fn wait_forwarding_signals(child: Pid, timeout: Option<Duration>) -> (u8, 
             }
             Some(sig) = rx.recv() => {
                 let _ = kill(child, sig);
+            }
+            Some(()) = async { usr1.as_mut()?.recv().await } => {
+                eprintln!("{}", stats());
             }
             () = &mut deadline, if timeout.is_some() && !timed_out => {
                 timed_out = true;

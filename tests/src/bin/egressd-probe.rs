@@ -24,6 +24,7 @@
 //! egressd-probe slow ADDR:PORT HEX DRIP_MS WAIT_S     a slow client (see `limits.rs`)
 //! egressd-probe hold ADDR:PORT N WAIT_MS              N idle connections held open
 //! egressd-probe load ADDR:PORT HOST N ROUNDS          N concurrent HTTP requests per round
+//! egressd-probe sustain ADDR:PORT HOST N SECONDS      N kept-alive connections, requests for SECONDS
 //! ```
 //!
 //! The HTTPS actions (`sse`, `websocket`, `h2-authorities`, `h2-idle`) trust exactly the CA bundle in
@@ -50,7 +51,7 @@ use std::{
 mod limits;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR | tcp-fastopen ADDR:PORT | tcp-reconnect ADDR:PORT | io-uring-connect ADDR:PORT | sctp ADDR:PORT | packet IFACE | raw ADDR | dns SERVER:PORT NAME TYPE | dns-tcp SERVER:PORT NAME TYPE | sse URL | websocket URL MESSAGE | h2-authorities URL OTHER_HOST | h2-idle URL WAIT_S | slow ADDR:PORT HEX DRIP_MS WAIT_S | hold ADDR:PORT N WAIT_MS | load ADDR:PORT HOST N ROUNDS)...";
+const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR | tcp-fastopen ADDR:PORT | tcp-reconnect ADDR:PORT | io-uring-connect ADDR:PORT | sctp ADDR:PORT | packet IFACE | raw ADDR | dns SERVER:PORT NAME TYPE | dns-tcp SERVER:PORT NAME TYPE | sse URL | websocket URL MESSAGE | h2-authorities URL OTHER_HOST | h2-idle URL WAIT_S | slow ADDR:PORT HEX DRIP_MS WAIT_S | hold ADDR:PORT N WAIT_MS | load ADDR:PORT HOST N ROUNDS | sustain ADDR:PORT HOST N SECONDS)...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -104,7 +105,7 @@ fn main() -> ExitCode {
                     _ => https::h2_authorities(target, extra),
                 }
             }
-            "slow" | "hold" | "load" => {
+            "slow" | "hold" | "load" | "sustain" => {
                 let extra = if action == "hold" { 2 } else { 3 };
                 let Some(more) = args.get(i..i + extra) else {
                     eprintln!("{action}: needs {extra} more arguments\n{USAGE}");
@@ -114,6 +115,7 @@ fn main() -> ExitCode {
                 match action {
                     "slow" => limits::slow(target, &more[0], &more[1], &more[2]),
                     "hold" => limits::hold(target, &more[0], &more[1]),
+                    "sustain" => limits::sustain(target, &more[0], &more[1], &more[2]),
                     _ => limits::load(target, &more[0], &more[1], &more[2]),
                 }
             }

@@ -13,6 +13,12 @@
 //!                                      N stay open until the last response, then close.
 //!                                      One line per round (`round`, `ok`, `errors`, `ms`,
 //!                                      `first_error`), a pause of 1 s after each
+//! sustain ADDR:PORT HOST N SECONDS     open N connections, each with one `GET /` as in
+//!                                      `load`, and keep them: then round after round, one
+//!                                      more request on every open connection, a pause of
+//!                                      1 s after each, until SECONDS have passed. One line
+//!                                      per round as in `load` (`ok` counts the connections
+//!                                      still open and answering)
 //! ```
 //!
 //! Everything is bounded: connects and reads time out (5 s for `hold`, 20 s for `load`), and
@@ -153,6 +159,96 @@ pub fn hold(target: &str, n: &str, wait_ms: &str) -> Json {
     out
 }
 
+/// `sustain`: see the module doc. Prints one line per round itself and returns the summary.
+pub fn sustain(target: &str, host: &str, n: &str, secs: &str) -> Json {
+    let mut out = Json::new("sustain", target);
+    let (Ok(n), Ok(secs)) = (n.parse::<usize>(), secs.parse::<u64>()) else {
+        return out.failed("parse", "sustain needs HOST N SECONDS");
+    };
+    let addr = match resolve(target) {
+        Ok(a) => a,
+        Err(e) => return out.error("resolve", &e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return out.error("runtime", &e),
+    };
+    let request: Arc<[u8]> =
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: egressd-probe\r\n\r\n")
+            .into_bytes()
+            .into();
+    let began = Instant::now();
+    let mut total_errors = 0usize;
+    let mut open: Vec<tokio::net::TcpStream> = Vec::with_capacity(n);
+    let mut round = 0usize;
+    loop {
+        round += 1;
+        let started = Instant::now();
+        // Round 1 opens the N connections; every later round sends one more request on
+        // each of those still open.
+        let results = if round == 1 {
+            rt.block_on(round_of(addr, n, Arc::clone(&request)))
+        } else {
+            rt.block_on(again(std::mem::take(&mut open), Arc::clone(&request)))
+        };
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(stream) => open.push(stream),
+                Err(e) => {
+                    total_errors += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let mut line = Json::new("sustain-round", target);
+        line.raw("round", &round.to_string());
+        line.raw("ok", &open.len().to_string());
+        line.raw("errors", &(n - open.len()).to_string());
+        line.raw("ms", &started.elapsed().as_millis().to_string());
+        if let Some(e) = first_error {
+            line.field("first_error", &e);
+        }
+        println!("{line}");
+        if began.elapsed() >= Duration::from_secs(secs) || open.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    drop(open);
+    out.field("result", if total_errors == 0 { "ok" } else { "error" });
+    out.raw("rounds", &round.to_string());
+    out.raw("errors", &total_errors.to_string());
+    out
+}
+
+/// One more request on each of `streams`, all at once; gives back each stream that answered.
+async fn again(
+    streams: Vec<tokio::net::TcpStream>,
+    request: Arc<[u8]>,
+) -> Vec<Result<tokio::net::TcpStream, String>> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut stream in streams {
+        let (gate, request) = (Arc::clone(&gate), Arc::clone(&request));
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
+            tokio::time::timeout(LOAD_TIMEOUT, request_on(&mut stream, &request))
+                .await
+                .unwrap_or_else(|_| Err("timed out".to_owned()))?;
+            Ok(stream)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        results.push(r.unwrap_or_else(|e| Err(format!("task: {e}"))));
+    }
+    results
+}
+
 /// `load`: see the module doc. Prints one line per round itself and returns the summary.
 pub fn load(target: &str, host: &str, n: &str, rounds: &str) -> Json {
     let mut out = Json::new("load", target);
@@ -233,10 +329,16 @@ async fn round_of(
 
 /// Connects, sends `request`, reads one whole `200` response; returns the open stream.
 async fn exchange(addr: SocketAddr, request: &[u8]) -> Result<tokio::net::TcpStream, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    request_on(&mut s, request).await?;
+    Ok(s)
+}
+
+/// Sends `request` on `s` and reads its whole `200` response (by `Content-Length`).
+async fn request_on(s: &mut tokio::net::TcpStream, request: &[u8]) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(request)
         .await
         .map_err(|e| format!("write: {e}"))?;
@@ -259,7 +361,7 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> Result<tokio::net::TcpStr
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .ok_or("no content-length")?;
             if buf.len() >= end + 4 + length {
-                return Ok(s);
+                return Ok(());
             }
         }
         if buf.len() > 64 * 1024 {
