@@ -92,6 +92,23 @@
 //! duration = "1h"                                      # the default; 15m to 12h
 //! # role_session_name = "egressd-bedrock"              # default: egressd-<credential name>
 //!
+//! # Anthropic workload identity federation: the job's GitHub OIDC token exchanged for a
+//! # short-lived Claude API token (`POST /v1/oauth/token`, RFC 7523 jwt-bearer grant).
+//! [[credential]]
+//! name = "github-oidc-anthropic"
+//! source = "github-oidc"
+//! audience = "https://api.anthropic.com"
+//!
+//! [[credential]]
+//! name = "claude"
+//! source = "anthropic-wif"
+//! assertion = "github-oidc-anthropic"
+//! federation_rule_id = "fdrl_01AbCdEf"
+//! organization_id = "00000000-0000-0000-0000-000000000000"
+//! service_account_id = "svac_01AbCdEf"
+//! # workspace_id = "wrkspc_01AbCdEf"    # or "default"; needed when the rule has several
+//! # token_url = "https://api.anthropic.com/v1/oauth/token"   # the default
+//!
 //! # Per-user secrets: the entry for the verified `actor_id` of the run's GitHub OIDC token
 //! # (see `[provenance]`). The table is a root-only file (mode 0600) read by the proxy when
 //! # it starts; its format is in the proxy crate (`token/source/per_actor.rs`).
@@ -124,6 +141,9 @@ use toml::Spanned;
 use crate::defaults;
 use crate::error::{Error, ErrorKind, Location};
 use crate::file::parse_duration;
+
+/// `anthropic-wif`: the token endpoint when `token_url` is not set.
+pub const ANTHROPIC_TOKEN_URL: &str = "https://api.anthropic.com/v1/oauth/token";
 
 /// `oauth2-token-exchange`: the token endpoint when `token_url` is not set (Google STS).
 pub const GOOGLE_STS_URL: &str = "https://sts.googleapis.com/v1/token";
@@ -220,6 +240,14 @@ pub struct FileCredential {
     pub socket: Option<Spanned<String>>,
     /// `spiffe-x509`: the SPIFFE ID of the SVID to use when the Workload API offers several.
     pub spiffe_id: Option<Spanned<String>>,
+    /// `anthropic-wif`: the federation rule (`fdrl_...`).
+    pub federation_rule_id: Option<Spanned<String>>,
+    /// `anthropic-wif`: the Anthropic organization's UUID.
+    pub organization_id: Option<Spanned<String>>,
+    /// `anthropic-wif`: the service account the token acts as (`svac_...`).
+    pub service_account_id: Option<Spanned<String>>,
+    /// `anthropic-wif`: the workspace (`wrkspc_...` or `default`).
+    pub workspace_id: Option<Spanned<String>>,
 }
 
 /// A validated credential.
@@ -237,6 +265,8 @@ pub struct Credential {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CredentialSource {
+    /// Anthropic workload identity federation (`source = "anthropic-wif"`).
+    AnthropicWif(AnthropicWifSource),
     /// AWS STS `AssumeRoleWithWebIdentity` (`source = "aws-web-identity"`).
     AwsWebIdentity(AwsWebIdentitySource),
     /// GitHub Copilot over another credential's GitHub token (`source = "copilot"`, see
@@ -272,6 +302,26 @@ pub enum CredentialSource {
     SpiffeX509(SpiffeX509Source),
     /// An RFC 8693 token exchange, Google STS by default (`source = "oauth2-token-exchange"`).
     TokenExchange(TokenExchangeSource),
+}
+
+/// `source = "anthropic-wif"`: `POST {token_url}` with a JSON body, the RFC 7523 `jwt-bearer`
+/// grant: another credential's JWT as the `assertion`, and the federation rule, organization,
+/// service account and (optionally) workspace it is exchanged under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnthropicWifSource {
+    /// The token endpoint, `https://api.anthropic.com/v1/oauth/token` by default.
+    pub token_url: String,
+    /// The federation rule to evaluate (`fdrl_...`).
+    pub federation_rule_id: String,
+    /// The organization's UUID.
+    pub organization_id: String,
+    /// The service account the minted token acts as (`svac_...`).
+    pub service_account_id: String,
+    /// The workspace to scope the token to (`wrkspc_...` or `default`); `None` lets the
+    /// server pick the rule's only workspace.
+    pub workspace_id: Option<String>,
+    /// The credential supplying the `assertion` (a GitHub OIDC token, normally).
+    pub assertion: String,
 }
 
 /// `source = "spiffe-x509"`: X.509-SVIDs and trust bundles streamed by the SPIFFE Workload API
@@ -378,6 +428,7 @@ impl Credential {
     /// The key naming the credential this one presents, and its value.
     fn assertion_key(&self) -> Option<(&'static str, &str)> {
         match &self.source {
+            CredentialSource::AnthropicWif(a) => Some(("assertion", &a.assertion)),
             CredentialSource::AwsWebIdentity(a) => {
                 Some(("web_identity_token", &a.web_identity_token))
             }
@@ -392,6 +443,7 @@ impl Credential {
     /// The `source` keyword, such as `"entra"`.
     pub fn source_name(&self) -> &'static str {
         match &self.source {
+            CredentialSource::AnthropicWif(_) => "anthropic-wif",
             CredentialSource::AwsWebIdentity(_) => "aws-web-identity",
             CredentialSource::Copilot(_) => "copilot",
             CredentialSource::Entra(_) => "entra",
@@ -434,8 +486,8 @@ pub(crate) fn parse(
             table.source.span().start,
             format!(
                 "unknown source '{source}': use one of github-oidc, entra, entra-agent, \
-                 oauth2-token-exchange, aws-web-identity, copilot, env, file, per-actor, \
-                 spiffe-x509"
+                 oauth2-token-exchange, aws-web-identity, anthropic-wif, copilot, env, file, \
+                 per-actor, spiffe-x509"
             ),
         );
         return Err(check.errors);
@@ -566,6 +618,42 @@ impl Checker<'_> {
             }),
             "oauth2-token-exchange" => CredentialSource::TokenExchange(self.token_exchange(t)),
             "aws-web-identity" => CredentialSource::AwsWebIdentity(self.aws_web_identity(t)),
+            "anthropic-wif" => CredentialSource::AnthropicWif(AnthropicWifSource {
+                token_url: self.optional(
+                    "token_url",
+                    t.token_url.as_ref(),
+                    ANTHROPIC_TOKEN_URL,
+                    check_authority,
+                ),
+                federation_rule_id: self.required(
+                    source,
+                    "federation_rule_id",
+                    t.federation_rule_id.as_ref(),
+                    |v| check_tagged(v, "fdrl_"),
+                ),
+                organization_id: self.required(
+                    source,
+                    "organization_id",
+                    t.organization_id.as_ref(),
+                    check_uuid,
+                ),
+                service_account_id: self.required(
+                    source,
+                    "service_account_id",
+                    t.service_account_id.as_ref(),
+                    |v| check_tagged(v, "svac_"),
+                ),
+                workspace_id: t.workspace_id.as_ref().map(|w| {
+                    self.required(source, "workspace_id", Some(w), |v| {
+                        if v == "default" {
+                            Ok(())
+                        } else {
+                            check_tagged(v, "wrkspc_")
+                        }
+                    })
+                }),
+                assertion: self.required(source, "assertion", t.assertion.as_ref(), check_token),
+            }),
             "env" => CredentialSource::Env {
                 var: self.required(source, "var", t.var.as_ref(), check_var),
             },
@@ -909,6 +997,14 @@ fn keys_of(source: &str) -> Option<&'static [&'static str]> {
             "duration",
             "web_identity_token",
         ],
+        "anthropic-wif" => &[
+            "token_url",
+            "federation_rule_id",
+            "organization_id",
+            "service_account_id",
+            "workspace_id",
+            "assertion",
+        ],
         "copilot" => &["github_token", "mode", "scheme", "api_url"],
         "env" => &["var"],
         "file" => &["path"],
@@ -949,6 +1045,10 @@ fn present_keys(t: &FileCredential) -> Vec<(&'static str, usize)> {
         ("api_url", &t.api_url),
         ("socket", &t.socket),
         ("spiffe_id", &t.spiffe_id),
+        ("federation_rule_id", &t.federation_rule_id),
+        ("organization_id", &t.organization_id),
+        ("service_account_id", &t.service_account_id),
+        ("workspace_id", &t.workspace_id),
     ];
     let mut keys: Vec<_> = strings
         .into_iter()
@@ -989,6 +1089,38 @@ fn check_token(value: &str) -> Result<(), String> {
         return Err("it contains whitespace: give exactly one value".to_owned());
     }
     Ok(())
+}
+
+/// An Anthropic tagged ID: `prefix` then letters, digits, `_` or `-`.
+fn check_tagged(value: &str, prefix: &str) -> Result<(), String> {
+    let ok = value.strip_prefix(prefix).is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "write the tagged ID from the Claude Console, such as {prefix}01AbCd"
+        ))
+    }
+}
+
+/// A UUID in its 8-4-4-4-12 hex form.
+fn check_uuid(value: &str) -> Result<(), String> {
+    let groups: Vec<&str> = value.split('-').collect();
+    let ok = groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err("write the organization's UUID, such as 00000000-0000-0000-0000-000000000000".into())
+    }
 }
 
 /// A token type URI (RFC 8693 §3), such as `urn:ietf:params:oauth:token-type:jwt`.

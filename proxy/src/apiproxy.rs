@@ -467,6 +467,9 @@ async fn apply_auth(
     let mut value = HeaderValue::from_str(&value).map_err(|_| bad_value)?;
     value.set_sensitive(true);
     parts.headers.insert(name, value);
+    if token.source == crate::token::ANTHROPIC_WIF {
+        crate::token::add_oauth_beta(&mut parts.headers);
+    }
     Ok(body)
 }
 

@@ -41,6 +41,8 @@ fn documented_example_builds() {
             "gcp",
             "github-oidc-aws",
             "bedrock",
+            "github-oidc-anthropic",
+            "claude",
             "copilot-per-user",
             "runner-svid",
         ]
@@ -172,7 +174,7 @@ source = "vault"
             format!(
                 "{p}:18:10: credential 'bad name!': unknown source 'vault': use one of \
                  github-oidc, entra, entra-agent, oauth2-token-exchange, aws-web-identity, \
-                 copilot, env, file, per-actor, spiffe-x509"
+                 anthropic-wif, copilot, env, file, per-actor, spiffe-x509"
             ),
         ]
     );
@@ -563,5 +565,55 @@ assertion = "ok-svid"
                  source = \"github-oidc\")"
             ),
         ]
+    );
+}
+
+#[test]
+fn anthropic_wif_is_checked_key_by_key() {
+    let base = "[[credential]]\nname = \"oidc\"\nsource = \"github-oidc\"\naudience = \"https://api.anthropic.com\"\n\n\
+                [[credential]]\nname = \"claude\"\nsource = \"anthropic-wif\"\nassertion = \"oidc\"\n";
+    let config = toml(&format!(
+        "{base}federation_rule_id = \"fdrl_01Ab\"\norganization_id = \"00000000-0000-0000-0000-00000000000a\"\n\
+         service_account_id = \"svac_01Ab\"\nworkspace_id = \"default\"\n"
+    ))
+    .unwrap();
+    let CredentialSource::AnthropicWif(wif) = &config.credentials[1].source else {
+        panic!("{:?}", config.credentials[1]);
+    };
+    assert_eq!(wif.token_url, ANTHROPIC_TOKEN_URL);
+    assert_eq!(wif.workspace_id.as_deref(), Some("default"));
+    assert_eq!(config.credentials[1].assertion(), Some("oidc"));
+    assert_eq!(config.credentials[1].source_name(), "anthropic-wif");
+
+    let errors = messages(&format!(
+        "{base}federation_rule_id = \"rule-1\"\norganization_id = \"not-a-uuid\"\n\
+         workspace_id = \"ws_1\"\ntenant = \"x\"\n"
+    ));
+    let all = errors.join("\n");
+    assert_eq!(errors.len(), 5, "{all}");
+    assert!(all.contains("egressd.toml:10:"), "{all}");
+    assert!(
+        all.contains(
+            "`federation_rule_id`: write the tagged ID from the Claude Console, such as fdrl_01AbCd"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains("`organization_id`: write the organization's UUID"),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "`workspace_id`: write the tagged ID from the Claude Console, such as wrkspc_01AbCd"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains("source 'anthropic-wif' needs `service_account_id`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("`tenant` does not apply to source 'anthropic-wif'"),
+        "{all}"
     );
 }

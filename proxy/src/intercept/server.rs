@@ -434,6 +434,9 @@ impl Conn {
                 let name = HeaderName::from_bytes(rule.header.as_bytes())
                     .map_err(|_| InjectError::Unusable("the rule's header name is invalid"))?;
                 parts.headers.insert(name, value);
+                if token.source == crate::token::ANTHROPIC_WIF {
+                    crate::token::add_oauth_beta(&mut parts.headers);
+                }
                 body
             }
             (Apply::AwsSigV4 { region, service }, _, Some(aws)) => {

@@ -143,6 +143,25 @@ impl TokenHttp {
         self.send(url, request).await
     }
 
+    /// `POST url` with a JSON body (sensitive: it holds an assertion) and `headers` (the
+    /// Anthropic token endpoint).
+    pub(crate) async fn post_json(
+        &self,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+    ) -> Result<Response, MintError> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(url, request.body(Full::new(Bytes::from(body.to_string()))))
+            .await
+    }
+
     /// `POST url` with a JSON body and `Authorization: Bearer <bearer>` (Google IAM
     /// Credentials).
     pub(crate) async fn post_json_bearer(

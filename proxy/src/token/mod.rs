@@ -53,6 +53,7 @@ mod http;
 pub mod provenance;
 mod secret;
 mod source;
+pub(crate) use self::source::anthropic_wif::{LABEL as ANTHROPIC_WIF, add_oauth_beta};
 
 #[cfg(test)]
 mod tests;
@@ -77,6 +78,7 @@ pub use self::source::per_actor::table_vars as per_actor_vars;
 use self::cache::{Entry, Lookup, MintResult, State};
 use self::error::{MintError, Retry};
 use self::http::TokenHttp;
+use self::source::anthropic_wif::AnthropicWif;
 use self::source::aws_web_identity::AwsWebIdentity;
 use self::source::copilot::Copilot;
 use self::source::entra::Entra;
@@ -622,6 +624,10 @@ impl Build<'_> {
                 let subject = self.presented(&exchange.subject_token)?;
                 Source::TokenExchange(TokenExchange::new(exchange, subject).map_err(fail)?)
             }
+            CredentialSource::AnthropicWif(wif) => {
+                let assertion = self.presented(&wif.assertion)?;
+                Source::AnthropicWif(AnthropicWif::new(wif, assertion).map_err(fail)?)
+            }
             CredentialSource::AwsWebIdentity(aws) => {
                 let web_identity = self.presented(&aws.web_identity_token)?;
                 Source::AwsWebIdentity(AwsWebIdentity::new(aws, web_identity).map_err(fail)?)
@@ -718,6 +724,7 @@ impl Build<'_> {
     /// The slot for `source`: an existing one with the same cache key, or a new one.
     fn intern(&mut self, name: &str, source: Source, margin: Option<Duration>) -> Arc<Slot> {
         let key = match &source {
+            Source::AnthropicWif(a) => a.cache_key(),
             Source::AwsWebIdentity(a) => a.cache_key(),
             Source::Copilot(c) => c.cache_key(),
             Source::Entra(e) => e.cache_key(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use egressd_config::apiproxy::{ApiProxy, IP, Provider, Route, RouteAuth};
 use egressd_config::copilot::{BYOK_BEARER_VAR, BYOK_KEY_VAR, CopilotMode, CopilotSource};
 use egressd_config::credential::{
-    AwsWebIdentitySource, EntraSource, Impersonation, TokenExchangeSource,
+    AnthropicWifSource, AwsWebIdentitySource, EntraSource, Impersonation, TokenExchangeSource,
 };
 use egressd_config::github::{Deployment, GitHubEnv};
 use egressd_config::intercept::RunVars;
@@ -98,6 +98,8 @@ pub fn github_additions(
 
 /// The OIDC credential of `AWF_AUTH_TYPE=github-oidc`, once made.
 struct Oidc {
+    /// The api-proxy port whose requests it authenticates (when it has no key).
+    provider: Provider,
     auth: RouteAuth,
     /// The upstream when no target is given (Bedrock's regional endpoint for AWS).
     default_upstream: Option<String>,
@@ -175,7 +177,7 @@ pub fn configure(
                     route.credential = has_key.then_some(name);
                 }
             }
-            Provider::OpenAi if !has_key && oidc.is_some() => {
+            p if !has_key && oidc.as_ref().is_some_and(|o| o.provider == p) => {
                 let oidc = oidc.as_ref().expect("checked");
                 route.upstream = explicit
                     .clone()
@@ -317,6 +319,7 @@ fn oidc(config: &mut Config, env: &ApiProxyEnv) -> Result<Option<Oidc>, String> 
                 assertion: OIDC_GITHUB.to_owned(),
             });
             let oidc = Oidc {
+                provider: Provider::OpenAi,
                 auth: RouteAuth::Bearer,
                 default_upstream: None,
             };
@@ -341,6 +344,7 @@ fn oidc(config: &mut Config, env: &ApiProxyEnv) -> Result<Option<Oidc>, String> 
                 web_identity_token: OIDC_GITHUB.to_owned(),
             });
             let oidc = Oidc {
+                provider: Provider::OpenAi,
                 auth: RouteAuth::SigV4 {
                     region: region.clone(),
                     service: "bedrock".to_owned(),
@@ -377,6 +381,7 @@ fn oidc(config: &mut Config, env: &ApiProxyEnv) -> Result<Option<Oidc>, String> 
                 }),
             });
             let oidc = Oidc {
+                provider: Provider::OpenAi,
                 auth: RouteAuth::Bearer,
                 default_upstream: None,
             };
@@ -387,11 +392,44 @@ fn oidc(config: &mut Config, env: &ApiProxyEnv) -> Result<Option<Oidc>, String> 
             )
         }
         "anthropic" => {
-            return Err(
-                "AWF_AUTH_PROVIDER=anthropic (Anthropic workload identity federation) is not \
-                 supported by egressd yet; give egressd ANTHROPIC_API_KEY instead"
+            // AWF's AWF_AUTH_ANTHROPIC_* names, or the Anthropic SDKs' own variables.
+            let either = |awf: &str, sdk: &str| {
+                var(awf)
+                    .or_else(|| var(sdk))
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("AWF_AUTH_PROVIDER=anthropic needs {awf} (or {sdk})"))
+            };
+            let source = CredentialSource::AnthropicWif(AnthropicWifSource {
+                token_url: var("AWF_AUTH_ANTHROPIC_TOKEN_URL")
+                    .unwrap_or(egressd_config::credential::ANTHROPIC_TOKEN_URL)
                     .to_owned(),
-            );
+                federation_rule_id: either(
+                    "AWF_AUTH_ANTHROPIC_FEDERATION_RULE_ID",
+                    "ANTHROPIC_FEDERATION_RULE_ID",
+                )?,
+                organization_id: either(
+                    "AWF_AUTH_ANTHROPIC_ORGANIZATION_ID",
+                    "ANTHROPIC_ORGANIZATION_ID",
+                )?,
+                service_account_id: either(
+                    "AWF_AUTH_ANTHROPIC_SERVICE_ACCOUNT_ID",
+                    "ANTHROPIC_SERVICE_ACCOUNT_ID",
+                )?,
+                workspace_id: var("AWF_AUTH_ANTHROPIC_WORKSPACE_ID")
+                    .or_else(|| var("ANTHROPIC_WORKSPACE_ID"))
+                    .map(str::to_owned),
+                assertion: OIDC_GITHUB.to_owned(),
+            });
+            let oidc = Oidc {
+                provider: Provider::Anthropic,
+                auth: RouteAuth::Bearer,
+                default_upstream: None,
+            };
+            (
+                source,
+                audience("https://api.anthropic.com".to_owned()),
+                oidc,
+            )
         }
         other => {
             return Err(format!(
@@ -770,7 +808,81 @@ mod tests {
             ],
         );
         let err = configure(&mut empty_config(), &env, None, &RunVars::default()).unwrap_err();
-        assert!(err.contains("not supported"), "{err}");
+        assert!(
+            err.contains("AWF_AUTH_ANTHROPIC_FEDERATION_RULE_ID (or ANTHROPIC_FEDERATION_RULE_ID)"),
+            "{err}"
+        );
+        let env = env_with(
+            vec![],
+            &[
+                ("AWF_AUTH_TYPE", "github-oidc"),
+                ("AWF_AUTH_PROVIDER", "vertex"),
+            ],
+        );
+        let err = configure(&mut empty_config(), &env, None, &RunVars::default()).unwrap_err();
+        assert!(
+            err.contains("expected azure, aws, gcp or anthropic"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn anthropic_wif_authenticates_the_anthropic_port() {
+        let mut config = empty_config();
+        let env = env_with(
+            vec![],
+            &[
+                ("AWF_AUTH_TYPE", "github-oidc"),
+                ("AWF_AUTH_PROVIDER", "anthropic"),
+                ("ANTHROPIC_FEDERATION_RULE_ID", "fdrl_sdk"),
+                ("AWF_AUTH_ANTHROPIC_FEDERATION_RULE_ID", "fdrl_awf"),
+                (
+                    "ANTHROPIC_ORGANIZATION_ID",
+                    "00000000-0000-0000-0000-000000000001",
+                ),
+                ("ANTHROPIC_SERVICE_ACCOUNT_ID", "svac_1"),
+            ],
+        );
+        let out = configure(&mut config, &env, None, &RunVars::default()).unwrap();
+        let proxy = config.api_proxy.as_ref().unwrap();
+        let anthropic = proxy.route(10001).unwrap();
+        assert_eq!(anthropic.credential.as_deref(), Some("awf-oidc"));
+        assert_eq!(anthropic.auth, RouteAuth::Bearer);
+        assert_eq!(anthropic.upstream, "api.anthropic.com");
+        assert_eq!(
+            proxy.route(10000).unwrap().credential,
+            None,
+            "OpenAI has no key"
+        );
+        let find = |name: &str| {
+            config
+                .credentials
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap()
+                .source
+                .clone()
+        };
+        assert_eq!(
+            find("awf-oidc-github"),
+            CredentialSource::GithubOidc {
+                audience: Some("https://api.anthropic.com".into())
+            }
+        );
+        let CredentialSource::AnthropicWif(wif) = find("awf-oidc") else {
+            panic!("not anthropic-wif");
+        };
+        assert_eq!(wif.federation_rule_id, "fdrl_awf", "AWF's name wins");
+        assert_eq!(wif.service_account_id, "svac_1");
+        assert_eq!(wif.workspace_id, None);
+        assert_eq!(wif.token_url, "https://api.anthropic.com/v1/oauth/token");
+        assert!(
+            out.placeholders
+                .iter()
+                .any(|(k, v)| k == "ANTHROPIC_BASE_URL" && v.ends_with(":10001")),
+            "{:?}",
+            out.placeholders
+        );
     }
 
     #[test]

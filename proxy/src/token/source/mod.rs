@@ -17,6 +17,7 @@
 //! * `aws_web_identity.rs`: AWS STS `AssumeRoleWithWebIdentity`, temporary keys (§6.1);
 //! * `per_actor.rs`: the triggering user's own secret, chosen by the verified `actor_id`.
 
+pub(crate) mod anthropic_wif;
 pub(crate) mod aws_web_identity;
 pub(crate) mod copilot;
 pub(crate) mod entra;
@@ -39,6 +40,8 @@ use super::secret::Secret;
 
 /// Where one cache slot's tokens come from.
 pub(crate) enum Source {
+    /// Anthropic workload identity federation.
+    AnthropicWif(anthropic_wif::AnthropicWif),
     /// AWS STS `AssumeRoleWithWebIdentity`.
     AwsWebIdentity(aws_web_identity::AwsWebIdentity),
     /// GitHub Copilot over a GitHub token.
@@ -77,6 +80,7 @@ impl Source {
     /// The `source` keyword reported with each token (`Token::source`).
     pub(crate) fn label(&self) -> &'static str {
         match self {
+            Source::AnthropicWif(_) => anthropic_wif::LABEL,
             Source::AwsWebIdentity(_) => aws_web_identity::LABEL,
             Source::Copilot(c) => c.label(),
             Source::Entra(e) => e.label(),
@@ -109,6 +113,7 @@ impl Source {
     /// calls it from a spawned task, never from a caller's future.
     pub(crate) async fn mint(&self, broker: &Arc<Inner>) -> Result<Minted, MintError> {
         match self {
+            Source::AnthropicWif(a) => a.mint(broker).await,
             Source::AwsWebIdentity(a) => a.mint(broker).await,
             Source::Copilot(c) => c.mint(broker).await,
             Source::Entra(e) => e.mint(broker).await,
