@@ -773,15 +773,17 @@ fn ten_thousand_connections_held_for_minutes_have_no_errors_and_flat_memory() {
         );
     }
     // The heap in use (not RSS, which also grows while the pages of buffers allocated up
-    // front are first touched) stays flat once the first rounds are done: a leak of even
-    // 50 bytes per request would add about 450 KiB per round.
-    let settled = stats[2].1;
-    let last = stats[stats.len() - 1].1;
-    let peak = stats.iter().map(|s| s.1).max().unwrap();
+    // front are first touched) must not grow round after round. A leak of even 8 bytes per
+    // request adds more than 64 KiB every round (n requests a round). hyper's per-connection
+    // read buffers do grow now and then, all at once (measured: one step of about 10 KiB a
+    // connection after some 30 rounds, when a buffer first fills), so a few steps are allowed;
+    // steady growth is not.
+    let heap: Vec<u64> = stats.iter().map(|s| s.1).collect();
+    let growing = heap[2..].windows(2).filter(|w| w[1] > w[0] + 64).count();
+    let allowed = (heap.len() / 10).max(2);
     assert!(
-        last <= settled + settled / 50 + 1024 && peak <= settled + settled / 20,
-        "egressd's heap grew from {settled} KiB (round 3) to {last} KiB (peak {peak} KiB) \
-         over {} rounds: {stats:?}",
-        rounds.len()
+        growing <= allowed,
+        "egressd's heap grew in {growing} of {} rounds (at most {allowed} allowed): {heap:?}",
+        heap.len() - 3
     );
 }
