@@ -618,42 +618,7 @@ impl Checker<'_> {
             }),
             "oauth2-token-exchange" => CredentialSource::TokenExchange(self.token_exchange(t)),
             "aws-web-identity" => CredentialSource::AwsWebIdentity(self.aws_web_identity(t)),
-            "anthropic-wif" => CredentialSource::AnthropicWif(AnthropicWifSource {
-                token_url: self.optional(
-                    "token_url",
-                    t.token_url.as_ref(),
-                    ANTHROPIC_TOKEN_URL,
-                    check_authority,
-                ),
-                federation_rule_id: self.required(
-                    source,
-                    "federation_rule_id",
-                    t.federation_rule_id.as_ref(),
-                    |v| check_tagged(v, "fdrl_"),
-                ),
-                organization_id: self.required(
-                    source,
-                    "organization_id",
-                    t.organization_id.as_ref(),
-                    check_uuid,
-                ),
-                service_account_id: self.required(
-                    source,
-                    "service_account_id",
-                    t.service_account_id.as_ref(),
-                    |v| check_tagged(v, "svac_"),
-                ),
-                workspace_id: t.workspace_id.as_ref().map(|w| {
-                    self.required(source, "workspace_id", Some(w), |v| {
-                        if v == "default" {
-                            Ok(())
-                        } else {
-                            check_tagged(v, "wrkspc_")
-                        }
-                    })
-                }),
-                assertion: self.required(source, "assertion", t.assertion.as_ref(), check_token),
-            }),
+            "anthropic-wif" => CredentialSource::AnthropicWif(self.anthropic_wif(t)),
             "env" => CredentialSource::Env {
                 var: self.required(source, "var", t.var.as_ref(), check_var),
             },
@@ -729,6 +694,46 @@ impl Checker<'_> {
             self.fail(value.span().start, format!("`{key}`: {why}"));
             default
         })
+    }
+
+    fn anthropic_wif(&mut self, t: &FileCredential) -> AnthropicWifSource {
+        let source = "anthropic-wif";
+        AnthropicWifSource {
+            token_url: self.optional(
+                "token_url",
+                t.token_url.as_ref(),
+                ANTHROPIC_TOKEN_URL,
+                check_authority,
+            ),
+            federation_rule_id: self.required(
+                source,
+                "federation_rule_id",
+                t.federation_rule_id.as_ref(),
+                |v| check_tagged(v, "fdrl_"),
+            ),
+            organization_id: self.required(
+                source,
+                "organization_id",
+                t.organization_id.as_ref(),
+                check_uuid,
+            ),
+            service_account_id: self.required(
+                source,
+                "service_account_id",
+                t.service_account_id.as_ref(),
+                |v| check_tagged(v, "svac_"),
+            ),
+            workspace_id: t.workspace_id.as_ref().map(|w| {
+                self.required(source, "workspace_id", Some(w), |v| {
+                    if v == "default" {
+                        Ok(())
+                    } else {
+                        check_tagged(v, "wrkspc_")
+                    }
+                })
+            }),
+            assertion: self.required(source, "assertion", t.assertion.as_ref(), check_token),
+        }
     }
 
     fn token_exchange(&mut self, t: &FileCredential) -> TokenExchangeSource {

@@ -506,6 +506,127 @@ fn awf_logs_follow_prints_appended_lines() {
     );
 }
 
+/// Anthropic workload identity federation through the api-proxy (`AWF_AUTH_PROVIDER=
+/// anthropic`): egressd mints the job's GitHub OIDC token for `https://api.anthropic.com`,
+/// exchanges it at the (fake) token endpoint under the federation rule, and sends the minted
+/// `sk-ant-oat01-` token as a bearer with the oauth beta joined to the agent's own betas. The
+/// token is minted once for both requests; a rule that does not match the job is a 503 that
+/// says why.
+#[test]
+fn api_proxy_oidc_anthropic_exchanges_the_jobs_token() {
+    if !privileged() {
+        return;
+    }
+    use egressd_tests::fakes::{FakeAnthropicWif, FakeOidc, FederationRule};
+    const ANTHROPIC: &str = "api.anthropic.com";
+    const ORG: &str = "00000000-0000-0000-0000-0000000000bb";
+    let s = Scene::new();
+    let anthropic = egressd_tests::HttpsUpstream::start(&s.net, s.net.addr3(), &[ANTHROPIC], &s.ca);
+    let oidc = FakeOidc::start(&s.ca);
+    let wif = FakeAnthropicWif::start(&s.ca, &oidc);
+    wif.add_rule(FederationRule {
+        id: "fdrl_ci".into(),
+        organization_id: ORG.into(),
+        service_account_id: "svac_ci".into(),
+        subject: "repo:octo-org/octo-repo:ref:refs/heads/main".into(),
+    });
+    wif.add_rule(FederationRule {
+        id: "fdrl_other".into(),
+        organization_id: ORG.into(),
+        service_account_id: "svac_ci".into(),
+        subject: "repo:octo-org/other:ref:refs/heads/main".into(),
+    });
+    let curl = "curl -sS --max-time 20 -w ' [HTTP %{http_code}]'";
+    let script = format!(
+        "{curl} -H \"x-api-key: $ANTHROPIC_AUTH_TOKEN\" -d '{{}}' \"$ANTHROPIC_BASE_URL/v1/messages\"; echo; \
+         {curl} -H 'anthropic-beta: prompt-caching-2024-07-31' \"$ANTHROPIC_BASE_URL/echo-headers\" \
+           | grep -i '^anthropic-beta'; \
+         env | grep -c -e ACTIONS_ID_TOKEN -e sk-ant-oat01 || true"
+    );
+    let run = |rule: &str| {
+        awf_with_api_upstream(&s, ANTHROPIC)
+            .env("AWF_AUTH_TYPE", "github-oidc")
+            .env("AWF_AUTH_PROVIDER", "anthropic")
+            .env("AWF_AUTH_ANTHROPIC_FEDERATION_RULE_ID", rule)
+            .env("ANTHROPIC_ORGANIZATION_ID", ORG)
+            .env("ANTHROPIC_SERVICE_ACCOUNT_ID", "svac_ci")
+            .env("AWF_AUTH_ANTHROPIC_TOKEN_URL", wif.token_url())
+            .env("ACTIONS_ID_TOKEN_REQUEST_URL", oidc.request_url())
+            .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", oidc.request_token())
+            .args(["--user", "65534:65534", "--"])
+            .command([script.clone()])
+            .run()
+    };
+    let out = run("fdrl_ci");
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("hello from {ANTHROPIC} via {ANTHROPIC} [HTTP 200]").as_str(),
+            "anthropic-beta: prompt-caching-2024-07-31,oauth-2025-04-20",
+            "0"
+        ],
+        "\n{out}"
+    );
+    let creds: Vec<_> = anthropic
+        .credentials()
+        .into_iter()
+        .filter(|(_, name, _)| name == "authorization" || name == "x-api-key")
+        .collect();
+    assert_eq!(
+        creds.len(),
+        2,
+        "one bearer per request, no x-api-key: {creds:?}\n{out}"
+    );
+    for (_, name, value) in &creds {
+        assert_eq!(name, "authorization", "{creds:?}");
+        let token = value
+            .strip_prefix("Bearer ")
+            .unwrap_or_else(|| panic!("not a bearer: {creds:?}"));
+        assert_eq!(
+            wif.issued(token).as_deref(),
+            Some("svac_ci"),
+            "the upstream got a token the endpoint did not issue"
+        );
+    }
+    assert_eq!(
+        creds[0].2, creds[1].2,
+        "the cached token served both requests"
+    );
+    let calls = wif.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].outcome, "ok", "{calls:?}");
+    assert_eq!(calls[0].beta.as_deref(), Some("oidc-federation-2026-04-01"));
+    let records = egressd_tests::read_audit(&s.audit_log);
+    let rec = records
+        .iter()
+        .find(|r| r["path"] == "/v1/messages")
+        .unwrap_or_else(|| panic!("no record of the request\n{out}"));
+    assert_eq!(rec["token_source"], "anthropic-wif", "{rec}");
+    assert!(
+        !std::fs::read_to_string(&s.audit_log)
+            .unwrap()
+            .contains("sk-ant-oat01"),
+        "the minted token is in the audit log"
+    );
+
+    // A rule whose subject is another repository: refused, and the agent is told why.
+    let out = run("fdrl_other");
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    let first = out.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.ends_with("[HTTP 503]")
+            && first.contains("invalid_grant: the identity token was refused"),
+        "\n{out}"
+    );
+    assert!(
+        wif.calls().iter().any(|c| c.outcome == "401 invalid_grant"),
+        "{:?}",
+        wif.calls()
+    );
+}
+
 /// `--rate-limit-rpm` (AWF §5.5): past the limit the api-proxy answers 429 with
 /// `Retry-After` and AWF's `rate_limit_error`, and nothing reaches the upstream.
 #[test]

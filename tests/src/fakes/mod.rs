@@ -19,10 +19,14 @@
 //!   `/copilot_internal/user` (§4.1, §4.2), and a Copilot API ([`FakeCopilotApi`], inside an
 //!   [`UpstreamNet`](crate::UpstreamNet) so sandboxes reach it through egressd) that checks
 //!   the `Authorization` scheme per host and `Copilot-Integration-Id`.
+//! * [`FakeAnthropicWif`]: the Claude API's workload identity federation token endpoint
+//!   (`POST /v1/oauth/token`, RFC 7523 `jwt-bearer`), verifying the assertion against a
+//!   [`FakeOidc`]'s keys and a table of federation rules.
 //! * [`FakeWorkloadApi`]: the SPIFFE Workload API on a Unix socket (gRPC, `FetchX509SVID`),
 //!   issuing short-lived X.509-SVIDs from a [`SpiffeCa`] and rotating them. Not HTTPS on
 //!   127.0.0.1 like the others: the real one is a SPIRE agent's socket.
 
+mod anthropic;
 mod aws_sts;
 mod copilot;
 mod entra;
@@ -47,6 +51,7 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_rustls::TlsAcceptor;
 
+pub use anthropic::{AnthropicCall, FakeAnthropicWif, FederationRule};
 pub use aws_sts::{AwsCall, AwsFailure, FakeAwsSts};
 pub use copilot::{ApiCall, ExchangeCall, FakeCopilot, FakeCopilotApi};
 pub use entra::{EntraCall, Failure, FakeEntra, Fic};
