@@ -10,12 +10,15 @@
 //! 2. the port names the provider ([`egressd_config::apiproxy::Provider`]); a provider without a
 //!    credential gets AWF's error (`404` for OpenAI, `403 provider_not_configured` otherwise);
 //! 3. the client's credential, host, proxy and forwarding headers are removed
-//!    ([`STRIPPED`]), an `x-request-id` is kept (when valid) or added, the provider's
+//!    ([`STRIPPED`]), `Accept-Encoding` becomes `identity` (the token usage is read from
+//!    the response, `usage.rs`), an `x-request-id` is kept (when valid) or added, the provider's
 //!    headers are added (Copilot: `Copilot-Integration-Id`, `x-initiator`,
 //!    `X-Interaction-Id`; Anthropic: `anthropic-version`), the OpenAI base path `/v1` is
 //!    added for `api.openai.com`, and Gemini's `key` query parameters are dropped;
 //! 4. the credential comes from the broker and goes in the provider's header;
-//! 5. the request goes to the provider over the interception's pooled, verified HTTPS client.
+//! 5. the request goes to the provider over the interception's pooled, verified HTTPS client;
+//! 6. the response streams back through a tap that reads the token usage the provider
+//!    reports and, when the body ends, writes AWF's `token-usage.jsonl` line (`usage.rs`).
 //!
 //! Every request yields one audit record: named after the upstream host when forwarded,
 //! `api-proxy` when answered here (those are left out of AWF's `access.log`, as Squid never
@@ -243,6 +246,12 @@ async fn handle(
             return error(status, provider, reason, kind, false);
         }
     };
+    let tracked = Tracked {
+        request_id: header_text(&parts.headers, "x-request-id").unwrap_or_default(),
+        x_initiator: header_text(&parts.headers, "x-initiator"),
+        path: pending.rec.path.clone().unwrap_or_default(),
+        started: std::time::Instant::now(),
+    };
     let resp = server
         .upstream
         .auto
@@ -274,6 +283,7 @@ async fn handle(
     pending.rec.status = Some(resp.status().as_u16());
     pending.rec.reason = "api-proxy".to_owned();
     strip_hop_by_hop(resp.headers_mut());
+    let mut resp = track_usage(resp, tracked, provider, Arc::clone(&proxy.audit));
     // The provider must not be able to echo the key back to the sandbox (redact.rs).
     let reflected = match (&route.auth, token.aws.as_ref()) {
         (RouteAuth::SigV4 { .. }, Some(aws)) => aws.session_token.expose().as_bytes().to_vec(),
@@ -294,6 +304,71 @@ async fn handle(
         });
     }
     resp.map(|body| AuditedBody::new(body.boxed_unsync(), pending).boxed_unsync())
+}
+
+/// What a token-usage line needs from the request.
+struct Tracked {
+    request_id: String,
+    x_initiator: Option<String>,
+    path: String,
+    started: std::time::Instant,
+}
+
+/// A header's value as text, if it has one.
+fn header_text(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Taps the response body for the provider's token usage; when it ends, one line goes to
+/// AWF's `token-usage.jsonl` (only when the provider reported usage).
+fn track_usage(
+    resp: Response<Incoming>,
+    tracked: Tracked,
+    provider: Provider,
+    audit: Arc<crate::audit::AuditLog>,
+) -> Response<ResBody> {
+    let streaming = resp
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/event-stream"));
+    let status = resp.status().as_u16();
+    resp.map(|body| {
+        usage::UsageTap::new(
+            body.boxed_unsync(),
+            streaming,
+            move |usage: usage::Usage| {
+                if !usage.found {
+                    return;
+                }
+                audit.token_usage(&crate::audit::TokenUsageLine {
+                    schema: crate::audit::TOKEN_USAGE_SCHEMA,
+                    timestamp: time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    event: "token_usage",
+                    request_id: &tracked.request_id,
+                    provider: provider.name(),
+                    model: usage.model.as_deref().unwrap_or("unknown"),
+                    path: &tracked.path,
+                    status,
+                    streaming,
+                    input_tokens: usage.input_tokens,
+                    output_tokens: usage.output_tokens,
+                    cache_read_tokens: usage.cache_read_tokens,
+                    cache_write_tokens: usage.cache_write_tokens,
+                    duration_ms: u64::try_from(tracked.started.elapsed().as_millis())
+                        .unwrap_or(u64::MAX),
+                    x_initiator: tracked.x_initiator.as_deref(),
+                    reasoning_tokens: usage.reasoning_tokens,
+                });
+            },
+        )
+        .boxed_unsync()
+    })
 }
 
 /// `413` in the provider's error shape for a body over `limits.max_body_bytes`.
@@ -350,6 +425,12 @@ pub(crate) fn prepare(
         .unwrap_or_else(new_request_id);
     headers.remove("x-request-id");
     headers.insert("x-request-id", header(&id));
+    // AWF narrows Accept-Encoding to what its token tracker decodes; egressd's reads only
+    // plain bodies (usage.rs), so it asks for those.
+    headers.insert(
+        hyper::header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     match route.provider {
         Provider::Anthropic => {
             if !headers.contains_key("anthropic-version") {
@@ -708,3 +789,4 @@ fn full(bytes: Bytes) -> ResBody {
 mod ratelimit;
 #[cfg(test)]
 mod tests;
+mod usage;

@@ -39,7 +39,7 @@ use crate::token::{Provenance, ProvenanceStatus};
 
 mod awf;
 
-pub use awf::{AccessLine, AwfLog, HostField};
+pub use awf::{AccessLine, AwfLog, HostField, TOKEN_USAGE_SCHEMA, TokenUsageLine};
 
 /// The most distinct denied names the summary keeps (the rest are only counted).
 const MAX_DENIED_NAMES: usize = 64;
@@ -249,6 +249,13 @@ impl AuditLog {
     pub fn with_awf(mut self, awf: AwfLog) -> Self {
         self.awf = Some(awf);
         self
+    }
+
+    /// Writes a `token-usage.jsonl` line when the run keeps AWF logs (else nothing).
+    pub(crate) fn token_usage(&self, line: &awf::TokenUsageLine<'_>) {
+        if let Some(awf) = &self.awf {
+            awf.token_usage(line);
+        }
     }
 
     /// A snapshot of the counts so far.

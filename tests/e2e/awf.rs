@@ -7,6 +7,8 @@ use std::fs;
 use egressd_tests::{API, EVIL, EgressdCommand, Scene, Scratch, privileged, shell_words};
 use serde_json::Value;
 
+use crate::text;
+
 /// gh-aw's classification (`firewall_blocked_domains.cjs`, `pkg/cli/firewall_log.go`): `None`
 /// when the line is not a log line, else `Some((domain, allowed))`.
 fn gh_aw_classify(line: &str) -> Option<(String, bool)> {
@@ -739,4 +741,36 @@ fn gh_aw_copilot_engine_runs_through_the_api_proxy() {
     let access = fs::read_to_string(s.scratch.path("logs/access.log")).unwrap();
     let classified: Vec<(String, bool)> = access.lines().filter_map(gh_aw_classify).collect();
     assert_eq!(classified, vec![(COPILOT.to_owned(), true)], "\n{access}");
+    // AWF's token-usage.jsonl (§5.7), which gh-aw's AI-credit accounting reads.
+    let usage = fs::read_to_string(s.scratch.path("logs/api-proxy-logs/token-usage.jsonl"))
+        .unwrap_or_else(|e| panic!("token-usage.jsonl: {e}\n{out}"));
+    let lines: Vec<Value> = usage
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{usage}");
+    let u = &lines[0];
+    assert!(text(&u["_schema"]).starts_with("token-usage/v"), "{u}");
+    assert_eq!(u["event"], "token_usage", "{u}");
+    assert_eq!(u["provider"], "copilot", "{u}");
+    assert_eq!(u["model"], "gpt-4.1", "{u}");
+    assert_eq!(u["path"], "/chat/completions", "{u}");
+    assert_eq!(u["status"], 200, "{u}");
+    assert_eq!(u["streaming"], false, "{u}");
+    assert_eq!(
+        (&u["input_tokens"], &u["output_tokens"]),
+        (&11.into(), &3.into()),
+        "{u}"
+    );
+    assert_eq!(
+        (&u["cache_read_tokens"], &u["cache_write_tokens"]),
+        (&2.into(), &0.into()),
+        "{u}"
+    );
+    assert_eq!(u["x_initiator"], "agent", "{u}");
+    assert!(
+        !text(&u["request_id"]).is_empty() && u["duration_ms"].is_u64(),
+        "{u}"
+    );
+    assert!(text(&u["timestamp"]).ends_with('Z'), "{u}");
 }

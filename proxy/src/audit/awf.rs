@@ -38,10 +38,52 @@ pub struct AwfLog {
     audit: Mutex<(File, String)>,
     /// The AWF version in each `audit.jsonl` line's `_schema` (`audit/v<version>`).
     version: String,
+    /// `api-proxy-logs/token-usage.jsonl`: one line per api-proxy response that reported
+    /// token usage (§5.7).
+    token_usage: Mutex<File>,
+}
+
+/// The `_schema` of each `token-usage.jsonl` line.
+pub const TOKEN_USAGE_SCHEMA: &str = "token-usage/v1.0.0";
+
+/// One line of `token-usage.jsonl` (`reference/awf.md` §5.7): the required fields, and the
+/// optional `x_initiator` and `reasoning_tokens` when known.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenUsageLine<'a> {
+    /// Always [`TOKEN_USAGE_SCHEMA`].
+    #[serde(rename = "_schema")]
+    pub schema: &'static str,
+    /// RFC 3339, when the response ended.
+    pub timestamp: String,
+    /// Always `token_usage`.
+    pub event: &'static str,
+    /// The `x-request-id` the api-proxy sent upstream.
+    pub request_id: &'a str,
+    /// `openai`, `anthropic`, `copilot`, `gemini`, `vertex`.
+    pub provider: &'a str,
+    /// The model the provider says answered (`unknown` when it did not say).
+    pub model: &'a str,
+    /// The request path as the agent sent it.
+    pub path: &'a str,
+    /// The upstream's status.
+    pub status: u16,
+    /// Whether the response was an event stream.
+    pub streaming: bool,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// From the request to the end of the response.
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x_initiator: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
 }
 
 impl AwfLog {
-    /// Opens (creating, appending, mode 0644) `access.log` and `audit.jsonl` in `dir`.
+    /// Opens (creating, appending, mode 0644) `access.log` and `audit.jsonl` in `dir`, and
+    /// `api-proxy-logs/token-usage.jsonl` under it.
     ///
     /// # Errors
     ///
@@ -55,11 +97,22 @@ impl AwfLog {
                 .mode(0o644)
                 .open(dir.join(name))
         };
+        std::fs::create_dir_all(dir.join("api-proxy-logs"))?;
         Ok(Self {
             access: Mutex::new((open("access.log")?, String::with_capacity(256))),
             audit: Mutex::new((open("audit.jsonl")?, String::with_capacity(256))),
             version: version.to_owned(),
+            token_usage: Mutex::new(open("api-proxy-logs/token-usage.jsonl")?),
         })
+    }
+
+    /// Writes one `token-usage.jsonl` line.
+    pub(crate) fn token_usage(&self, line: &TokenUsageLine<'_>) {
+        let Ok(mut text) = serde_json::to_string(line) else {
+            return;
+        };
+        text.push('\n');
+        write_out(&mut lock(&self.token_usage), &text, "token-usage.jsonl");
     }
 
     /// Writes the lines for `record` (none for DNS and loopback records).

@@ -423,7 +423,10 @@ impl State {
             _ => json!({
                 "id": "chatcmpl-fake",
                 "object": "chat.completion",
+                "model": "gpt-4.1",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("hello from {host}")}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14,
+                          "prompt_tokens_details": {"cached_tokens": 2}},
             }),
         };
         (StatusCode::OK, body, kind)
