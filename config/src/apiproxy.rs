@@ -159,6 +159,19 @@ pub struct ApiProxy {
     pub interaction_id: Option<String>,
     /// Per-provider request limits (`--rate-limit-*`); `None`: no limit (AWF's default).
     pub rate_limit: Option<RateLimit>,
+    /// Run-wide budgets over all providers (`apiProxy.maxRuns`, `maxEffectiveTokens`).
+    pub budget: Budget,
+}
+
+/// AWF's budget guards (§5.6) that egressd enforces: past one, every further model request
+/// gets a terminal `403` and goes nowhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Most model invocations (requests other than `GET` sent to a provider).
+    pub max_runs: Option<u64>,
+    /// Most effective tokens: input + 0.1 x cache reads + 4 x (output + reasoning), summed
+    /// over the responses' reported usage.
+    pub max_effective_tokens: Option<u64>,
 }
 
 /// AWF's per-provider rate limits (§5.5): once any is given, the others take these
@@ -225,6 +238,7 @@ mod tests {
             integration_id: "agentic-workflows".into(),
             interaction_id: None,
             rate_limit: None,
+            budget: Budget::default(),
         };
         assert_eq!(proxy.route(10001).unwrap().upstream, "api.anthropic.com");
         assert!(proxy.route(10000).is_none());

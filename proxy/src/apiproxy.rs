@@ -68,12 +68,15 @@ pub(crate) struct Server {
     upstream: Upstream,
     broker: crate::token::Broker,
     limiter: Option<ratelimit::Limiter>,
+    /// What the run has spent of its budgets (shared with the usage taps).
+    spent: Arc<budget::Spent>,
 }
 
 impl Server {
     pub(crate) fn new(config: ApiProxy, upstream: Upstream, broker: crate::token::Broker) -> Self {
         Self {
             limiter: config.rate_limit.map(ratelimit::Limiter::new),
+            spent: Arc::new(budget::Spent::new(config.budget)),
             config,
             upstream,
             broker,
@@ -183,6 +186,13 @@ async fn handle(
         return body;
     };
     pending.rec.credential = Some(credential.to_owned());
+    // Model invocations (not `GET`s such as `/models`) spend the run's budgets.
+    let invocation = req.method() != Method::GET;
+    if invocation && let Err(spent) = server.spent.check() {
+        pending.rec.reason = format!("api-proxy budget: {}", spent.message());
+        pending.rec.status = Some(403);
+        return json(StatusCode::FORBIDDEN, &spent.body());
+    }
     if let Some(limiter) = &server.limiter {
         let bytes = req
             .headers()
@@ -252,6 +262,9 @@ async fn handle(
         path: pending.rec.path.clone().unwrap_or_default(),
         started: std::time::Instant::now(),
     };
+    if invocation {
+        server.spent.count_run();
+    }
     let resp = server
         .upstream
         .auto
@@ -283,7 +296,8 @@ async fn handle(
     pending.rec.status = Some(resp.status().as_u16());
     pending.rec.reason = "api-proxy".to_owned();
     strip_hop_by_hop(resp.headers_mut());
-    let mut resp = track_usage(resp, tracked, provider, Arc::clone(&proxy.audit));
+    let spent = server.spent.enabled().then(|| Arc::clone(&server.spent));
+    let mut resp = track_usage(resp, tracked, provider, Arc::clone(&proxy.audit), spent);
     // The provider must not be able to echo the key back to the sandbox (redact.rs).
     let reflected = match (&route.auth, token.aws.as_ref()) {
         (RouteAuth::SigV4 { .. }, Some(aws)) => aws.session_token.expose().as_bytes().to_vec(),
@@ -329,6 +343,7 @@ fn track_usage(
     tracked: Tracked,
     provider: Provider,
     audit: Arc<crate::audit::AuditLog>,
+    spent: Option<Arc<budget::Spent>>,
 ) -> Response<ResBody> {
     let streaming = resp
         .headers()
@@ -343,6 +358,9 @@ fn track_usage(
             move |usage: usage::Usage| {
                 if !usage.found {
                     return;
+                }
+                if let Some(spent) = &spent {
+                    spent.add_usage(&usage);
                 }
                 audit.token_usage(&crate::audit::TokenUsageLine {
                     schema: crate::audit::TOKEN_USAGE_SCHEMA,
@@ -786,6 +804,7 @@ fn full(bytes: Bytes) -> ResBody {
         .boxed_unsync()
 }
 
+mod budget;
 mod ratelimit;
 #[cfg(test)]
 mod tests;

@@ -629,6 +629,105 @@ fn api_proxy_oidc_anthropic_exchanges_the_jobs_token() {
     );
 }
 
+/// Budget guards (§5.6) from the AWF config: `maxRuns` counts model invocations across the
+/// run (`GET /models` is not one), `maxEffectiveTokens` the weighted usage the provider
+/// reported; once spent, the next invocation gets a terminal 403 with AWF's error type and
+/// never reaches the provider.
+#[test]
+fn api_proxy_budgets_stop_the_run_with_a_terminal_403() {
+    if !privileged() {
+        return;
+    }
+    use egressd_tests::fakes::FakeCopilot;
+    const OAUTH: &str = "gho_0123456789abcdef0123456789abcdef0123";
+    const COPILOT: &str = "api.githubcopilot.com";
+    let s = Scene::new();
+    let fake = FakeCopilot::start(&s.ca);
+    fake.add_github_token(OAUTH);
+    let api = fake.serve_api(&s.ca, &s.net, s.net.addr3(), &[COPILOT]);
+    // Each answer reports 11 input (2 cached) and 3 output tokens: 11 + 0.2 + 12 = 23.2.
+    let post = "curl -sS --max-time 20 -w ' [HTTP %{http_code}]\\n' -H 'content-type: application/json' \
+        -d '{\"messages\":[]}' \"$COPILOT_PROVIDER_BASE_URL/chat/completions\" | tail -c 300; echo";
+    let models = "curl -sS --max-time 20 -o /dev/null -w 'models [HTTP %{http_code}]\\n' \
+        \"$COPILOT_PROVIDER_BASE_URL/models\"";
+    let run = |budget: &str, script: String| {
+        let config = s.scratch.write(
+            "awf-config.json",
+            format!(
+                r#"{{"network":{{"allowDomains":["{API}"]}},"apiProxy":{{"enabled":true,{budget}}}}}"#
+            ),
+        );
+        EgressdCommand::new()
+            .subcommand(["awf"])
+            .arg("--config")
+            .arg(&config)
+            .args(["--env-all", "--exclude-env", "COPILOT_GITHUB_TOKEN"])
+            .args(["--resolve", &format!("{COPILOT}:{}", s.net.addr3())])
+            .arg("--upstream-ca")
+            .arg(&s.ca_pem)
+            .arg("--audit-log")
+            .arg(&s.audit_log)
+            .env("COPILOT_GITHUB_TOKEN", OAUTH)
+            .env("GITHUB_SERVER_URL", "https://github.com")
+            .env("GITHUB_API_URL", fake.api_url())
+            .args(["--user", "65534:65534", "--"])
+            .command([script])
+            .run()
+    };
+    let out = run(
+        r#""maxRuns":2"#,
+        format!("{post}; {models}; {post}; {post}"),
+    );
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    let statuses: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            l.rsplit_once(" [HTTP ")
+                .map(|(_, s)| s.trim_end_matches(']'))
+        })
+        .collect();
+    assert_eq!(statuses, ["200", "200", "200", "403"], "\n{out}");
+    assert!(
+        out.stdout.contains(r#""type":"max_runs_exceeded""#)
+            && out
+                .stdout
+                .contains("Maximum LLM invocations exceeded (2 / 2)."),
+        "\n{out}"
+    );
+    let chats = |calls: Vec<egressd_tests::fakes::ApiCall>| {
+        calls
+            .iter()
+            .filter(|c| c.path.ends_with("/chat/completions"))
+            .count()
+    };
+    assert_eq!(chats(api.calls()), 2, "the refused invocation went nowhere");
+    let refused = egressd_tests::read_audit(&s.audit_log)
+        .into_iter()
+        .filter(|r| r["status"] == 403 && text(&r["reason"]).starts_with("api-proxy budget: "))
+        .count();
+    assert_eq!(refused, 1, "\n{out}");
+
+    let out = run(
+        r#""maxEffectiveTokens":40"#,
+        format!("{post}; {post}; {post}"),
+    );
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    assert!(
+        out.stdout
+            .contains(r#""type":"effective_tokens_limit_exceeded""#)
+            && out
+                .stdout
+                .contains("Maximum effective tokens exceeded (46.40 / 40)."),
+        "\n{out}"
+    );
+    assert_eq!(
+        chats(api.calls()),
+        4,
+        "two more got through, the third did not"
+    );
+}
+
 /// `--rate-limit-rpm` (AWF §5.5): past the limit the api-proxy answers 429 with
 /// `Retry-After` and AWF's `rate_limit_error`, and nothing reaches the upstream.
 #[test]

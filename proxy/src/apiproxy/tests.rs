@@ -15,6 +15,7 @@ fn config() -> ApiProxy {
         integration_id: "agentic-workflows".into(),
         interaction_id: Some("42-1".into()),
         rate_limit: None,
+        budget: egressd_config::apiproxy::Budget::default(),
     }
 }
 

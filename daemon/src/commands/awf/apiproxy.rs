@@ -221,6 +221,7 @@ pub fn configure(
             .unwrap_or_else(|| egressd_config::copilot::DEFAULT_INTEGRATION_ID.to_owned()),
         interaction_id,
         rate_limit: None,
+        budget: egressd_config::apiproxy::Budget::default(),
     });
     Ok(out)
 }

@@ -28,6 +28,8 @@ pub struct AwfConfig {
     pub version: Option<String>,
     /// `[WARN]` lines for keys accepted without effect.
     pub warnings: Vec<String>,
+    /// `apiProxy.maxRuns` (alias `maxTurns`) and `apiProxy.maxEffectiveTokens`.
+    pub budget: egressd_config::apiproxy::Budget,
 }
 
 /// Parses the JSON text of an AWF configuration file.
@@ -98,7 +100,7 @@ pub fn parse(text: &str) -> Result<AwfConfig, String> {
 }
 
 const DOCKER: &str = "it configures AWF's containers; egressd runs the command on the host";
-const API_PROXY: &str = "not enforced: egressd's api-proxy routes requests and injects credentials, without budgets or model aliases";
+const API_PROXY: &str = "not enforced: egressd's api-proxy enforces maxRuns and maxEffectiveTokens, not AI credits, cache-miss limits, token steering or model aliases";
 
 fn network(config: &mut AwfConfig, network: &Map<String, Value>) -> Result<(), String> {
     for (k, v) in network {
@@ -155,12 +157,16 @@ fn api_proxy(config: &mut AwfConfig, api: &Map<String, Value>) -> Result<(), Str
                     ));
                 }
             }
+            "maxRuns" | "maxTurns" => {
+                config.budget.max_runs = Some(positive(v, &format!("apiProxy.{k}"))?);
+            }
+            "maxEffectiveTokens" => {
+                config.budget.max_effective_tokens =
+                    Some(positive(v, "apiProxy.maxEffectiveTokens")?);
+            }
             "enableTokenSteering"
-            | "maxRuns"
-            | "maxTurns"
             | "maxAiCredits"
             | "maxCacheMisses"
-            | "maxEffectiveTokens"
             | "models"
             | "allowedModels"
             | "disallowedModels"
@@ -179,6 +185,14 @@ fn api_proxy(config: &mut AwfConfig, api: &Map<String, Value>) -> Result<(), Str
             .push(format!("{}: {API_PROXY}", unenforced.join(", ")));
     }
     Ok(())
+}
+
+/// A positive integer (a number, or a string of digits as templates sometimes give).
+fn positive(v: &Value, path: &str) -> Result<u64, String> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{path} must be a positive integer"))
 }
 
 fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
@@ -236,7 +250,25 @@ mod tests {
         // Nothing accepted without effect goes unsaid.
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
         assert!(c.warnings.iter().any(|w| w.contains("topologyAttach")));
-        assert!(c.warnings.iter().any(|w| w.contains("apiProxy.maxRuns")));
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("apiProxy.enableTokenSteering, apiProxy.maxAiCredits")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(!c.warnings.iter().any(|w| w.contains("maxRuns")));
+        assert_eq!(c.budget.max_runs, Some(500));
+        let c = parse(r#"{"apiProxy":{"maxTurns":"7","maxEffectiveTokens":1000}}"#).unwrap();
+        assert_eq!(
+            (c.budget.max_runs, c.budget.max_effective_tokens),
+            (Some(7), Some(1000))
+        );
+        let err = parse(r#"{"apiProxy":{"maxRuns":0}}"#).unwrap_err();
+        assert!(
+            err.contains("apiProxy.maxRuns must be a positive integer"),
+            "{err}"
+        );
     }
 
     #[test]

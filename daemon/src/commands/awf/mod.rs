@@ -232,6 +232,7 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
     config.placeholders.extend(configured.placeholders);
     if let Some(api) = config.api_proxy.as_mut() {
         api.rate_limit = rate_limit(&args);
+        api.budget = file.budget;
     }
     check_mounts(&args.mount, out)?;
     let cwd = match &args.container_workdir {
