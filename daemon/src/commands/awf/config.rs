@@ -257,7 +257,7 @@ mod tests {
             "{:?}",
             c.warnings
         );
-        assert!(!c.warnings.iter().any(|w| w.contains("maxRuns")));
+        assert!(!c.warnings.iter().any(|w| w.contains("apiProxy.maxRuns")));
         assert_eq!(c.budget.max_runs, Some(500));
         let c = parse(r#"{"apiProxy":{"maxTurns":"7","maxEffectiveTokens":1000}}"#).unwrap();
         assert_eq!(
