@@ -27,13 +27,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use egressd_config::credential::AnthropicWifSource;
-use hyper::StatusCode;
 use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
+use super::token_exchange::{printable, retry_by_status};
 use super::{Minted, fingerprint};
-use crate::token::error::{MintError, Retry};
+use crate::token::error::MintError;
 use crate::token::http::Response;
 use crate::token::secret::Secret;
 use crate::token::{Inner, Slot};
@@ -241,27 +241,15 @@ fn classify(response: &Response) -> MintError {
             message.push_str(&format!(": {hint}"));
         }
     }
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        MintError {
-            retry: Retry::Backoff(response.retry_after()),
-            ..MintError::unavailable(message)
-        }
-    } else {
-        MintError::rejected(message)
-    }
-}
-
-/// An error code as shown: alphanumerics and `_` only, at most 64 characters.
-fn printable(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .take(64)
-        .collect()
+    retry_by_status(response, message, false)
 }
 
 #[cfg(test)]
 mod tests {
+    use hyper::StatusCode;
     use hyper::header::HeaderMap;
+
+    use crate::token::error::Retry;
 
     use super::*;
 

@@ -315,7 +315,7 @@ fn classify_google(response: &Response) -> MintError {
 }
 
 /// Backoff for 5xx, 429 and `transient` answers; fail fast otherwise.
-fn retry_by_status(response: &Response, message: String, transient: bool) -> MintError {
+pub(super) fn retry_by_status(response: &Response, message: String, transient: bool) -> MintError {
     let status = response.status;
     if transient || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         MintError {
@@ -328,7 +328,7 @@ fn retry_by_status(response: &Response, message: String, transient: bool) -> Min
 }
 
 /// An error code as shown: alphanumerics and `_` only, at most 64 characters.
-fn printable(code: &str) -> String {
+pub(super) fn printable(code: &str) -> String {
     code.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .take(64)
