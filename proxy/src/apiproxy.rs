@@ -265,11 +265,22 @@ async fn handle(
     if invocation {
         server.spent.count_run();
     }
-    let resp = server
+    let sent = server
         .upstream
         .auto
-        .request(Request::from_parts(parts, body))
-        .await;
+        .request(Request::from_parts(parts, body));
+    let Ok(resp) = tokio::time::timeout(proxy.config.timeouts.idle, sent).await else {
+        let reason = "upstream response timed out (timeouts.idle)";
+        pending.rec.reason = reason.to_owned();
+        pending.rec.status = Some(504);
+        return error(
+            StatusCode::GATEWAY_TIMEOUT,
+            provider,
+            reason,
+            "upstream_error",
+            true,
+        );
+    };
     let mut resp = match resp {
         Ok(r) => r,
         Err(_) if pending.sent.over_limit() => {
@@ -280,16 +291,20 @@ async fn handle(
         }
         Err(e) => {
             let reason = format!("upstream request failed: {}", crate::error::chain(&e));
+            let timed_out =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<crate::intercept::upstream::UpstreamTimeout>());
+            let status = if timed_out {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
             pending.rec.decision = AuditDecision::Allow;
             pending.rec.reason.clone_from(&reason);
-            pending.rec.status = Some(502);
-            return error(
-                StatusCode::BAD_GATEWAY,
-                provider,
-                &reason,
-                "upstream_error",
-                true,
-            );
+            pending.rec.status = Some(status.as_u16());
+            return error(status, provider, &reason, "upstream_error", true);
         }
     };
     pending.rec.decision = AuditDecision::Allow;

@@ -198,6 +198,10 @@ impl PendingRecord {
 
 impl Drop for PendingRecord {
     fn drop(&mut self) {
+        if self.rec.reason.is_empty() {
+            // The handler was dropped before it decided: the client went away first.
+            "the client closed the connection before the response".clone_into(&mut self.rec.reason);
+        }
         if self.sent.over_limit() && !self.rec.reason.contains("limits.max_body_bytes") {
             // The upstream answered before the body crossed the limit; the rest was not sent.
             self.rec

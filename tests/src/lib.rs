@@ -29,7 +29,7 @@ pub use dns::FakeDns;
 pub use netns::UpstreamNet;
 pub use scene::{API, EVIL, Scene, curl_base, shell_words};
 pub use scratch::Scratch;
-pub use upstream::{HttpUpstream, HttpsUpstream};
+pub use upstream::{HttpUpstream, HttpsUpstream, Misbehave};
 
 /// The variable `cargo xtask test` and CI set: privileged tests must run, not skip.
 pub const PRIVILEGED_MARKER: &str = "EGRESSD_PRIVILEGED_TESTS";

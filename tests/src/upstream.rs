@@ -78,8 +78,21 @@ struct Options {
     allowed_clients: Option<Arc<[String]>>,
     /// Serve these files by path (`404` for any other path) instead of the usual answers.
     files: Option<Arc<std::collections::HashMap<String, Bytes>>>,
+    /// Accept connections and then misbehave instead of serving them.
+    misbehave: Option<Misbehave>,
     /// Close each connection after one request.
     close_after_each: bool,
+}
+
+/// How a [`HttpUpstream::misbehaving`] server treats each connection it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misbehave {
+    /// Reset it at once (`SO_LINGER` 0, then close): the peer sees `ECONNRESET`.
+    Reset,
+    /// Keep it open and never send a byte (a hung server), until the server is dropped.
+    Silent,
+    /// Complete the TLS handshake, then never answer a request (a hung application).
+    SilentAfterHandshake,
 }
 
 /// The client certificate's SPIFFE ID (its URI SAN) and serial (hex), if any.
@@ -141,18 +154,27 @@ impl HttpsUpstream {
         self.server.seen.uploads.lock().unwrap().clone()
     }
 
+    /// A TLS server for `names` on `addr` in `net` that completes the handshake and then
+    /// never answers (a hung application behind a healthy TLS terminator).
+    pub fn hung_after_handshake(
+        net: &UpstreamNet,
+        addr: SocketAddr,
+        names: &[&str],
+        ca: &TestCa,
+    ) -> Self {
+        let options = Options {
+            misbehave: Some(Misbehave::SilentAfterHandshake),
+            ..Options::default()
+        };
+        let tls = tls_acceptor(names, ca);
+        Self {
+            server: Server::start(net, addr, names[0], Some(tls), options),
+        }
+    }
+
     /// As [`HttpsUpstream::start`], on any address and port.
     pub fn start_on(net: &UpstreamNet, addr: SocketAddr, names: &[&str], ca: &TestCa) -> Self {
-        let leaf = ca.leaf(names);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(leaf.cert_chain(), leaf.private_key())
-            .expect("the test leaf is a valid certificate and key");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tls = TlsAcceptor::from(Arc::new(config));
+        let tls = tls_acceptor(names, ca);
         Self {
             server: Server::start(net, addr, names[0], Some(tls), Options::default()),
         }
@@ -244,6 +266,18 @@ impl HttpsUpstream {
 }
 
 impl HttpUpstream {
+    /// A server on `addr` in `net` that accepts TCP connections and then misbehaves as `how`
+    /// says (faults tests); [`HttpUpstream::connections`] counts them.
+    pub fn misbehaving(net: &UpstreamNet, addr: SocketAddr, how: Misbehave) -> Self {
+        let options = Options {
+            misbehave: Some(how),
+            ..Options::default()
+        };
+        Self {
+            server: Server::start(net, addr, "misbehaving", None, options),
+        }
+    }
+
     /// Serve plain HTTP on `addr:80` in `net`; `name` is what the body reports.
     pub fn start(net: &UpstreamNet, addr: impl Into<IpAddr>, name: &str) -> Self {
         let addr = SocketAddr::new(addr.into(), 80);
@@ -287,6 +321,20 @@ impl HttpUpstream {
     pub fn requests(&self) -> Vec<(String, String)> {
         self.server.seen.requests.lock().unwrap().clone()
     }
+}
+
+/// A TLS acceptor with a leaf for `names` from `ca`, HTTP/1.1 only.
+fn tls_acceptor(names: &[&str], ca: &TestCa) -> TlsAcceptor {
+    let leaf = ca.leaf(names);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(leaf.cert_chain(), leaf.private_key())
+        .expect("the test leaf is a valid certificate and key");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// The thread, its stop signal and what it saw.
@@ -390,18 +438,36 @@ async fn serve(
     };
     let _ = ready.send(Ok(()));
     let name: Arc<str> = name.into();
+    // Silent connections are held here until the server stops.
+    let mut held = Vec::new();
     loop {
         tokio::select! {
             _ = &mut stop => return,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 seen.connections.fetch_add(1, Ordering::SeqCst);
+                match options.misbehave {
+                    Some(Misbehave::Reset) => {
+                        let _ = stream.set_zero_linger();
+                        drop(stream);
+                        continue;
+                    }
+                    Some(Misbehave::Silent) => {
+                        held.push(stream);
+                        continue;
+                    }
+                    Some(Misbehave::SilentAfterHandshake) | None => {}
+                }
                 let (name, seen, tls) = (Arc::clone(&name), Arc::clone(&seen), tls.clone());
                 let options = options.clone();
                 tokio::spawn(async move {
                     match tls {
                         Some(acceptor) => {
                             let Ok(stream) = acceptor.accept(stream).await else { return };
+                            if options.misbehave == Some(Misbehave::SilentAfterHandshake) {
+                                // Hold the connection, answer nothing, until the server stops.
+                                std::future::pending::<()>().await;
+                            }
                             let sni = stream.get_ref().1.server_name().unwrap_or("-").to_owned();
                             let client = stream
                                 .get_ref()

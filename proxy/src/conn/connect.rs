@@ -55,6 +55,13 @@ pub(crate) struct Connector {
     pub(crate) lookups: AtomicU64,
 }
 
+impl Connector {
+    /// `timeouts.connect`: also the bound on an upstream TLS handshake.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+}
+
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")

@@ -37,7 +37,8 @@ impl Idle {
         })
     }
 
-    fn touch(&self) {
+    /// Stamps now as the last activity.
+    pub(crate) fn touch(&self) {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
     }

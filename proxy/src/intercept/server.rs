@@ -33,6 +33,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use egressd_config::InterceptRule;
 use egressd_config::intercept::{Apply, AuthScheme};
@@ -137,12 +138,20 @@ where
     });
     // Set by the first request: until then the connection runs under `request_head`.
     let first_request = Arc::new(tokio::sync::Notify::new());
+    // Requests waiting for their response head: the idle timer leaves the connection alone
+    // meanwhile (each wait has its own bound, `timeouts.idle`, see `handle`).
+    let waiting = Arc::new(AtomicUsize::new(0));
     let service = {
-        let first_request = Arc::clone(&first_request);
+        let (first_request, waiting) = (Arc::clone(&first_request), Arc::clone(&waiting));
         hyper::service::service_fn(move |req| {
             first_request.notify_one();
             let conn = Arc::clone(&conn);
-            async move { Ok::<_, Infallible>(conn.handle(req).await) }
+            let waiting = Arc::clone(&waiting);
+            async move {
+                waiting.fetch_add(1, Ordering::Relaxed);
+                let _done = Waiting(waiting);
+                Ok::<_, Infallible>(conn.handle(req).await)
+            }
         })
     };
     let timeouts = &proxy.config.timeouts;
@@ -180,7 +189,10 @@ where
         tokio::select! {
             result = &mut served => return result.map_err(|e| served_error(&*e, limit)),
             () = tokio::time::sleep_until(idle.deadline(timeouts.idle)) => {
-                if idle.expired(timeouts.idle) {
+                if waiting.load(Ordering::Relaxed) > 0 {
+                    // Not idle: a request waits for its upstream. Look again later.
+                    idle.touch();
+                } else if idle.expired(timeouts.idle) {
                     break;
                 }
             }
@@ -192,6 +204,16 @@ where
     let _ = tokio::time::timeout(GRACEFUL_SHUTDOWN, served).await;
     tracing::debug!(%client, "intercepted connection closed after the idle timeout");
     Ok(())
+}
+
+/// Decrements a connection's count of requests waiting for their response head when the
+/// request's handler finishes or is dropped.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The audit reason for a connection hyper ended with an error.
@@ -306,7 +328,15 @@ impl Conn {
         } else {
             &upstream.auto
         };
-        let mut resp = match client.request(Request::from_parts(parts, body)).await {
+        let idle = self.proxy.config.timeouts.idle;
+        let sent = tokio::time::timeout(idle, client.request(Request::from_parts(parts, body)));
+        let Ok(sent) = sent.await else {
+            let reason = "upstream response timed out (timeouts.idle)";
+            let credential = pending.rec.credential.clone();
+            let status = StatusCode::GATEWAY_TIMEOUT;
+            return self.refuse(pending, status, reason, credential.as_deref(), true);
+        };
+        let mut resp = match sent {
             Ok(resp) => resp,
             Err(_) if pending.sent.over_limit() => {
                 let reason = BodyTooLarge {
@@ -335,13 +365,12 @@ impl Conn {
                 }
                 let reason = format!("upstream request failed: {}", crate::error::chain(&e));
                 let credential = pending.rec.credential.clone();
-                return self.refuse(
-                    pending,
-                    StatusCode::BAD_GATEWAY,
-                    &reason,
-                    credential.as_deref(),
-                    true,
-                );
+                let status = if find_cause::<super::upstream::UpstreamTimeout>(&e).is_some() {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                return self.refuse(pending, status, &reason, credential.as_deref(), true);
             }
         };
         pending.rec.decision = AuditDecision::Allow;

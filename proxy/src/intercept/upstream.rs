@@ -126,7 +126,13 @@ pub(crate) fn client_roots(extra_ca_pem: Option<&[u8]>) -> Result<rustls::RootCe
     Ok(roots)
 }
 
-/// Dials `https://host[:port]` URIs through the proxy's [`Connector`], then TLS.
+/// An upstream that did not answer in time: the client gets `504`, not `502`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UpstreamTimeout(pub(crate) &'static str);
+
+/// Dials `https://host[:port]` URIs through the proxy's [`Connector`], then TLS; the TLS
+/// handshake is bounded by `timeouts.connect` like the TCP connect before it.
 #[derive(Clone)]
 pub(crate) struct UpstreamConnector {
     connector: Arc<Connector>,
@@ -185,13 +191,21 @@ impl tower_service::Service<Uri> for UpstreamConnector {
             }
             let up = connector.connect(&target, port, allow_private).await?;
             let server_name = ServerName::try_from(name)?;
+            let timed_out =
+                || UpstreamTimeout("the upstream's TLS handshake timed out (timeouts.connect)");
+            let within = connector.connect_timeout();
             match tls {
                 Tls::WebPki(tls) => {
-                    let stream = tls.connect(server_name, up.stream).await?;
+                    let stream = tokio::time::timeout(within, tls.connect(server_name, up.stream))
+                        .await
+                        .map_err(|_| timed_out())??;
                     Ok(UpstreamIo(TokioIo::new(stream), None))
                 }
                 Tls::Spiffe(dialer) => {
-                    let (stream, peer) = dialer.handshake(server_name, up.stream).await?;
+                    let handshake = dialer.handshake(server_name, up.stream);
+                    let (stream, peer) = tokio::time::timeout(within, handshake)
+                        .await
+                        .map_err(|_| timed_out())??;
                     Ok(UpstreamIo(TokioIo::new(stream), Some(peer)))
                 }
             }
