@@ -181,13 +181,15 @@ pub fn send(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    stream
-        .write_all(&line)
-        .context("sending the request to the daemon")?;
+    // A daemon refusing the caller may answer and close before reading everything: its
+    // answer is still there to read, and says more than the failed write.
+    let sent = stream.write_all(&line);
     let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .context("reading the daemon's answer")?;
+    let read = BufReader::new(&stream).read_line(&mut answer);
+    if answer.is_empty() {
+        sent.context("sending the request to the daemon")?;
+    }
+    read.context("reading the daemon's answer")?;
     if answer.is_empty() {
         return Err(anyhow!(
             "the daemon closed the control connection without answering"

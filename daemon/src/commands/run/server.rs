@@ -21,6 +21,8 @@ use crate::control::{Request, Response};
 const MAX_REQUEST: u64 = 64 * 1024;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused (non-root) client's request is waited for before the refusal.
+const REFUSAL_DRAIN: Duration = Duration::from_secs(2);
 
 /// Binds the control socket at `path` (mode 0600, its directory created 0755 when missing).
 /// A socket file left by a daemon that died is replaced; one a live daemon answers on is an
@@ -77,6 +79,11 @@ pub async fn handle(daemon: Arc<Daemon>, stream: UnixStream) {
                 pid = cred.pid(),
                 "control connection from a non-root process refused"
             );
+            // Take (and ignore) the request first, so the refusal is what the client reads,
+            // not a broken pipe from a connection closed under its write.
+            let mut line = String::new();
+            let mut reader = BufReader::new(read.take(MAX_REQUEST));
+            let _ = tokio::time::timeout(REFUSAL_DRAIN, reader.read_line(&mut line)).await;
             Response::failed("permission denied: the egressd control socket is for root only")
         }
         None => Response::failed("the caller's credentials could not be read"),
