@@ -61,6 +61,8 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 const MAX_AUDIT_PATH: usize = 1024;
 /// Largest request body buffered to sign it with SigV4 (AWF's api-proxy body limit).
 const MAX_SIGNED_BODY: usize = 10 * 1024 * 1024;
+/// The largest request body the api-proxy forwards, as AWF's (§5.1).
+const AWF_MAX_BODY: u64 = 10 * 1024 * 1024;
 
 /// The api-proxy of a proxy: its routes, an upstream client, the broker, the rate limits.
 pub(crate) struct Server {
@@ -210,7 +212,14 @@ async fn handle(
             return rate_limited(provider, &exceeded, limiter.remaining(provider, now));
         }
     }
-    let body_limit = proxy.config.limits.max_body_bytes;
+    // AWF refuses bodies over 10 MiB (§5.1); a lower `limits.max_body_bytes` wins.
+    let body_limit = Some(
+        proxy
+            .config
+            .limits
+            .max_body_bytes
+            .map_or(AWF_MAX_BODY, |l| l.min(AWF_MAX_BODY)),
+    );
     if let Some(over) = crate::body::BodyTooLarge::declared(&req, body_limit) {
         return body_too_large(&mut pending, provider, &over);
     }
@@ -243,6 +252,28 @@ async fn handle(
     pending.rec.token_source = Some(token.source.to_owned());
     let body: UpBody =
         crate::body::Counted::new(body, Arc::clone(&pending.sent), body_limit).boxed_unsync();
+    let body = if is_json(&parts.headers) && parts.method == Method::POST {
+        match normalise_model(provider, &mut parts.headers, body).await {
+            Ok(body) => body,
+            Err(crate::body::BodyError::TooLarge(over)) => {
+                return body_too_large(&mut pending, provider, &over);
+            }
+            Err(crate::body::BodyError::Client(e)) => {
+                let reason = format!("reading the request body: {e}");
+                pending.rec.reason.clone_from(&reason);
+                pending.rec.status = Some(400);
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    provider,
+                    &reason,
+                    "invalid_request",
+                    false,
+                );
+            }
+        }
+    } else {
+        body
+    };
     let body = match apply_auth(route, &token, &mut parts, body).await {
         Ok(body) => body,
         Err((status, reason)) => {
@@ -333,6 +364,51 @@ async fn handle(
         });
     }
     resp.map(|body| AuditedBody::new(body.boxed_unsync(), pending).boxed_unsync())
+}
+
+/// Whether the request says its body is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.to_ascii_lowercase().contains("json"))
+}
+
+/// Reads a JSON request body (bounded by the body limit) and strips a redundant
+/// `<provider>/` prefix from its `model` (`copilot/auto` becomes `auto`), as AWF does for
+/// harnesses that name models the LiteLLM way; other bodies go on byte for byte.
+async fn normalise_model(
+    provider: Provider,
+    headers: &mut HeaderMap,
+    body: UpBody,
+) -> Result<UpBody, crate::body::BodyError> {
+    let bytes = body.collect().await?.to_bytes();
+    let bytes = match strip_provider_prefix(&bytes, provider) {
+        Some(rewritten) => {
+            headers.insert(
+                hyper::header::CONTENT_LENGTH,
+                HeaderValue::from(rewritten.len()),
+            );
+            Bytes::from(rewritten)
+        }
+        None => bytes,
+    };
+    Ok(Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync())
+}
+
+/// The body with `"model": "<provider>/<name>"` turned into `"model": "<name>"`, or `None`
+/// when there is nothing to change (not a JSON object, no such prefix).
+pub(crate) fn strip_provider_prefix(body: &[u8], provider: Provider) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let model = value.get("model")?.as_str()?;
+    let (prefix, name) = model.split_once('/')?;
+    if !prefix.eq_ignore_ascii_case(provider.name()) || name.is_empty() {
+        return None;
+    }
+    value["model"] = serde_json::Value::String(name.to_owned());
+    serde_json::to_vec(&value).ok()
 }
 
 /// What a token-usage line needs from the request.

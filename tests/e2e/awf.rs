@@ -336,6 +336,47 @@ fn api_proxy_injects_the_daemons_key_and_answers_health() {
     assert_eq!(classified, vec![(OPENAI.to_owned(), true)], "\n{access}");
 }
 
+/// The api-proxy's request handling that AWF does too: a `provider/model` name loses the
+/// redundant prefix before the body goes upstream (the upstream receives the shorter body),
+/// and a body over 10 MiB gets 413 `request_too_large` and goes nowhere.
+#[test]
+fn api_proxy_strips_the_provider_prefix_and_refuses_bodies_over_10_mib() {
+    if !privileged() {
+        return;
+    }
+    const OPENAI: &str = "api.openai.com";
+    let s = Scene::new();
+    let openai = egressd_tests::HttpsUpstream::start(&s.net, s.net.addr3(), &[OPENAI], &s.ca);
+    let curl =
+        "curl -sS --max-time 20 -w ' [HTTP %{http_code}]' -H 'content-type: application/json'";
+    let script = format!(
+        "{curl} -d '{{\"model\":\"openai/gpt-4o\"}}' \"$OPENAI_BASE_URL/v1/upload\"; echo; \
+         {curl} -d '{{\"model\":\"gpt-4o\"}}' \"$OPENAI_BASE_URL/v1/upload\"; echo; \
+         head -c 10485761 /dev/zero > /tmp/big.json; \
+         {curl} --data-binary @/tmp/big.json \"$OPENAI_BASE_URL/v1/upload\" | tail -c 200; echo"
+    );
+    let out = awf_with_api_upstream(&s, OPENAI)
+        .env("OPENAI_API_KEY", "sk-real-openai-key")
+        .args(["--user", "65534:65534", "--"])
+        .command([script])
+        .run();
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "\n{out}");
+    // {"model":"gpt-4o"} is 18 bytes, with the prefix 25.
+    assert_eq!(lines[0], "received 18 bytes [HTTP 200]", "\n{out}");
+    assert_eq!(lines[1], "received 18 bytes [HTTP 200]", "\n{out}");
+    assert!(
+        lines[2].ends_with("[HTTP 413]") && lines[2].contains("request_too_large"),
+        "\n{out}"
+    );
+    assert_eq!(
+        openai.uploads(),
+        vec![18, 18],
+        "the large body went nowhere"
+    );
+}
+
 /// Copilot BYOK through the api-proxy (reference/awf.md §5.1, tokens.md §4.6): an Azure
 /// deployment URL with a key. The agent's Copilot CLI talks to `api-proxy:10002` with a
 /// placeholder; the deployment gets the daemon's key in `api-key` under its base path, and

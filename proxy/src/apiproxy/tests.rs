@@ -2,7 +2,7 @@ use egressd_config::apiproxy::{ApiProxy, Provider, Route};
 use egressd_config::intercept::AuthScheme;
 use hyper::Request;
 
-use super::{auth, health, prepare, valid_request_id};
+use super::{auth, health, prepare, strip_provider_prefix, valid_request_id};
 
 fn config() -> ApiProxy {
     ApiProxy {
@@ -191,4 +191,24 @@ fn health_follows_awf() {
     assert_eq!(status, 200);
     assert_eq!(body["providers"]["openai"], true);
     assert_eq!(body["providers"]["vertex"], false);
+}
+
+#[test]
+fn a_redundant_provider_prefix_is_stripped_from_the_model() {
+    let body = br#"{"model":"copilot/auto","messages":[]}"#;
+    let out = strip_provider_prefix(body, Provider::Copilot).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["model"], "auto");
+    assert_eq!(v["messages"], serde_json::json!([]));
+    // Another provider's prefix, no prefix, a non-object, no model: untouched.
+    assert!(strip_provider_prefix(body, Provider::OpenAi).is_none());
+    assert!(strip_provider_prefix(br#"{"model":"gpt-4o"}"#, Provider::OpenAi).is_none());
+    assert!(strip_provider_prefix(br#"{"model":"openai/"}"#, Provider::OpenAi).is_none());
+    assert!(strip_provider_prefix(b"[1]", Provider::OpenAi).is_none());
+    assert!(strip_provider_prefix(b"not json", Provider::OpenAi).is_none());
+    let v: serde_json::Value = serde_json::from_slice(
+        &strip_provider_prefix(br#"{"model":"Anthropic/claude-x"}"#, Provider::Anthropic).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v["model"], "claude-x");
 }
