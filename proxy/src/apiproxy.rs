@@ -213,14 +213,12 @@ async fn handle(
         }
     }
     // AWF refuses bodies over 10 MiB (§5.1); a lower `limits.max_body_bytes` wins.
-    let body_limit = Some(
-        proxy
-            .config
-            .limits
-            .max_body_bytes
-            .map_or(AWF_MAX_BODY, |l| l.min(AWF_MAX_BODY)),
-    );
-    if let Some(over) = crate::body::BodyTooLarge::declared(&req, body_limit) {
+    let body_limit = proxy
+        .config
+        .limits
+        .max_body_bytes
+        .map_or(AWF_MAX_BODY, |l| l.min(AWF_MAX_BODY));
+    if let Some(over) = crate::body::BodyTooLarge::declared(&req, Some(body_limit)) {
         return body_too_large(&mut pending, provider, &over);
     }
     let (mut parts, body) = req.into_parts();
@@ -251,7 +249,7 @@ async fn handle(
     };
     pending.rec.token_source = Some(token.source.to_owned());
     let body: UpBody =
-        crate::body::Counted::new(body, Arc::clone(&pending.sent), body_limit).boxed_unsync();
+        crate::body::Counted::new(body, Arc::clone(&pending.sent), Some(body_limit)).boxed_unsync();
     let body = if is_json(&parts.headers) && parts.method == Method::POST {
         match normalise_model(provider, &mut parts.headers, body).await {
             Ok(body) => body,
@@ -315,9 +313,7 @@ async fn handle(
     let mut resp = match resp {
         Ok(r) => r,
         Err(_) if pending.sent.over_limit() => {
-            let over = crate::body::BodyTooLarge {
-                limit: body_limit.unwrap_or_default(),
-            };
+            let over = crate::body::BodyTooLarge { limit: body_limit };
             return body_too_large(&mut pending, provider, &over);
         }
         Err(e) => {
