@@ -319,10 +319,8 @@ async fn handle(
         Err(e) => {
             let reason = format!("upstream request failed: {}", crate::error::chain(&e));
             let timed_out =
-                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
-                    e.source()
-                })
-                .any(|e| e.is::<crate::intercept::upstream::UpstreamTimeout>());
+                crate::error::find_cause::<crate::intercept::upstream::UpstreamTimeout>(&e)
+                    .is_some();
             let status = if timed_out {
                 StatusCode::GATEWAY_TIMEOUT
             } else {
@@ -424,7 +422,8 @@ fn header_text(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
 }
 
 /// Taps the response body for the provider's token usage; when it ends, one line goes to
-/// AWF's `token-usage.jsonl` (only when the provider reported usage).
+/// AWF's `token-usage.jsonl` (only when the provider reported usage) and the usage is
+/// counted against the budgets. Without either reader the body is passed on untapped.
 fn track_usage(
     resp: Response<Incoming>,
     tracked: Tracked,
@@ -432,6 +431,9 @@ fn track_usage(
     audit: Arc<crate::audit::AuditLog>,
     spent: Option<Arc<budget::Spent>>,
 ) -> Response<ResBody> {
+    if spent.is_none() && !audit.keeps_token_usage() {
+        return resp.map(BodyExt::boxed_unsync);
+    }
     let streaming = resp
         .headers()
         .get(hyper::header::CONTENT_TYPE)
@@ -653,9 +655,7 @@ async fn apply_auth(
     let mut value = HeaderValue::from_str(&value).map_err(|_| bad_value)?;
     value.set_sensitive(true);
     parts.headers.insert(name, value);
-    if token.source == crate::token::ANTHROPIC_WIF {
-        crate::token::add_oauth_beta(&mut parts.headers);
-    }
+    token.add_required_headers(&mut parts.headers);
     Ok(body)
 }
 

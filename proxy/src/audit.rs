@@ -251,6 +251,11 @@ impl AuditLog {
         self
     }
 
+    /// Whether [`token_usage`](Self::token_usage) writes anywhere (the run keeps AWF logs).
+    pub(crate) fn keeps_token_usage(&self) -> bool {
+        self.awf.is_some()
+    }
+
     /// Writes a `token-usage.jsonl` line when the run keeps AWF logs (else nothing).
     pub(crate) fn token_usage(&self, line: &awf::TokenUsageLine<'_>) {
         if let Some(awf) = &self.awf {

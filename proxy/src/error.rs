@@ -221,6 +221,20 @@ impl ErrorKind {
     }
 }
 
+/// The first error of type `T` in `error`'s source chain.
+pub(crate) fn find_cause<'a, T: StdError + 'static>(
+    error: &'a (dyn StdError + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// Renders `err` and its sources as one line, `outer: inner: innermost`, for the audit log.
 pub(crate) fn chain(err: &(dyn StdError + 'static)) -> String {
     let mut out = err.to_string();

@@ -24,6 +24,22 @@ fn config(s: &Scene, name: &str, toml: &str) -> PathBuf {
     path
 }
 
+/// A config with `section` (such as `[limits]` and its keys) that intercepts `API` and
+/// injects the key from `EGRESSD_TEST_API_KEY`, trusting the scene's CA upstream.
+fn intercepted_key_config(s: &Scene, name: &str, section: &str) -> PathBuf {
+    config(
+        s,
+        name,
+        &format!(
+            "upstream_ca = \"{ca}\"\n\n{section}\n[[credential]]\nname = \"key\"\n\
+             source = \"env\"\nvar = \"EGRESSD_TEST_API_KEY\"\n\n[[intercept]]\n\
+             host = \"{API}\"\ncredential = \"key\"\nheader = \"api-key\"\n\
+             format = \"{{token}}\"\n",
+            ca = s.ca_pem.display()
+        ),
+    )
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -102,29 +118,7 @@ fn oversize_request_heads_get_431_plain_and_intercepted() {
         return;
     }
     let s = Scene::new();
-    let config = config(
-        &s,
-        "heads.toml",
-        &format!(
-            r#"upstream_ca = "{ca}"
-
-[limits]
-max_header_bytes = 8192
-
-[[credential]]
-name = "key"
-source = "env"
-var = "EGRESSD_TEST_API_KEY"
-
-[[intercept]]
-host = "{API}"
-credential = "key"
-header = "api-key"
-format = "{{token}}"
-"#,
-            ca = s.ca_pem.display()
-        ),
-    );
+    let config = intercepted_key_config(&s, "heads.toml", "[limits]\nmax_header_bytes = 8192\n");
     // Plain HTTP: a first request over the limit (refused while classifying), then on one
     // kept-alive connection a small request and one between the limit and twice it
     // (refused by egressd's check in the HTTP server). Intercepted: over the limit, on
@@ -188,29 +182,7 @@ fn oversize_bodies_get_413_plain_and_intercepted() {
         return;
     }
     let s = Scene::new();
-    let config = config(
-        &s,
-        "bodies.toml",
-        &format!(
-            r#"upstream_ca = "{ca}"
-
-[limits]
-max_body_bytes = 10000
-
-[[credential]]
-name = "key"
-source = "env"
-var = "EGRESSD_TEST_API_KEY"
-
-[[intercept]]
-host = "{API}"
-credential = "key"
-header = "api-key"
-format = "{{token}}"
-"#,
-            ca = s.ca_pem.display()
-        ),
-    );
+    let config = intercepted_key_config(&s, "bodies.toml", "[limits]\nmax_body_bytes = 10000\n");
     // Intercepted: a declared length over the limit (HTTP/1.1), streamed bodies without a
     // length over the limit (h2 from stdin, HTTP/1.1 chunked), then one at the limit.
     // Plain HTTP: a declared length over the limit. Each prints its body, then its status.
@@ -273,29 +245,7 @@ fn an_idle_intercepted_h2_connection_is_closed_at_the_idle_timeout() {
         return;
     }
     let s = Scene::new();
-    let config = config(
-        &s,
-        "idle.toml",
-        &format!(
-            r#"upstream_ca = "{ca}"
-
-[timeouts]
-idle = "2s"
-
-[[credential]]
-name = "key"
-source = "env"
-var = "EGRESSD_TEST_API_KEY"
-
-[[intercept]]
-host = "{API}"
-credential = "key"
-header = "api-key"
-format = "{{token}}"
-"#,
-            ca = s.ca_pem.display()
-        ),
-    );
+    let config = intercepted_key_config(&s, "idle.toml", "[timeouts]\nidle = \"2s\"\n");
     let out = s
         .egressd()
         .arg("--config")

@@ -237,8 +237,7 @@ impl<F: FnOnce(Usage) + Send + Unpin> Body for UsageTap<F> {
         match &frame {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
-                    let data = data.clone();
-                    self.feed(&data);
+                    self.feed(data);
                 }
             }
             None => self.finish(),

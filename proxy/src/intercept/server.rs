@@ -348,7 +348,9 @@ impl Conn {
                 return self.refuse(pending, status, &reason, credential.as_deref(), false);
             }
             Err(e) => {
-                if let (Some((_, route)), Some(dial)) = (spiffe, find_cause::<DialError>(&e)) {
+                if let (Some((_, route)), Some(dial)) =
+                    (spiffe, crate::error::find_cause::<DialError>(&e))
+                {
                     let status = match dial {
                         DialError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                         _ => StatusCode::BAD_GATEWAY,
@@ -365,11 +367,12 @@ impl Conn {
                 }
                 let reason = format!("upstream request failed: {}", crate::error::chain(&e));
                 let credential = pending.rec.credential.clone();
-                let status = if find_cause::<super::upstream::UpstreamTimeout>(&e).is_some() {
-                    StatusCode::GATEWAY_TIMEOUT
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
+                let status =
+                    if crate::error::find_cause::<super::upstream::UpstreamTimeout>(&e).is_some() {
+                        StatusCode::GATEWAY_TIMEOUT
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    };
                 return self.refuse(pending, status, &reason, credential.as_deref(), true);
             }
         };
@@ -463,9 +466,7 @@ impl Conn {
                 let name = HeaderName::from_bytes(rule.header.as_bytes())
                     .map_err(|_| InjectError::Unusable("the rule's header name is invalid"))?;
                 parts.headers.insert(name, value);
-                if token.source == crate::token::ANTHROPIC_WIF {
-                    crate::token::add_oauth_beta(&mut parts.headers);
-                }
+                token.add_required_headers(&mut parts.headers);
                 body
             }
             (Apply::AwsSigV4 { region, service }, _, Some(aws)) => {
@@ -636,20 +637,6 @@ fn set_headers(rule: &InterceptRule, headers: &mut hyper::HeaderMap) {
             headers.insert(name, value);
         }
     }
-}
-
-/// The first error of type `T` in `error`'s source chain.
-fn find_cause<'a, T: std::error::Error + 'static>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        next = e.source();
-    }
-    None
 }
 
 /// Whether the request asks for an HTTP/1.1 protocol upgrade (WebSocket).

@@ -53,7 +53,6 @@ mod http;
 pub mod provenance;
 mod secret;
 mod source;
-pub(crate) use self::source::anthropic_wif::{LABEL as ANTHROPIC_WIF, add_oauth_beta};
 
 #[cfg(test)]
 mod tests;
@@ -111,6 +110,14 @@ pub struct Token {
 }
 
 impl Token {
+    /// Adds the headers a request carrying this token needs besides the token itself:
+    /// `anthropic-wif` tokens need the oauth beta in `anthropic-beta`.
+    pub(crate) fn add_required_headers(&self, headers: &mut hyper::HeaderMap) {
+        if self.source == source::anthropic_wif::LABEL {
+            source::anthropic_wif::add_oauth_beta(headers);
+        }
+    }
+
     /// The bearer token to put in a header, or `None` for AWS keys ([`aws`](Self::aws)), which
     /// must sign the request instead.
     pub fn bearer(&self) -> Option<&Secret> {

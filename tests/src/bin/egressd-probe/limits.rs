@@ -165,21 +165,10 @@ pub fn sustain(target: &str, host: &str, n: &str, secs: &str) -> Json {
     let (Ok(n), Ok(secs)) = (n.parse::<usize>(), secs.parse::<u64>()) else {
         return out.failed("parse", "sustain needs HOST N SECONDS");
     };
-    let addr = match resolve(target) {
-        Ok(a) => a,
-        Err(e) => return out.error("resolve", &e),
+    let (addr, rt, request) = match http_client(target, host) {
+        Ok(parts) => parts,
+        Err((stage, e)) => return out.error(stage, &e),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return out.error("runtime", &e),
-    };
-    let request: Arc<[u8]> =
-        format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: egressd-probe\r\n\r\n")
-            .into_bytes()
-            .into();
     let began = Instant::now();
     let mut total_errors = 0usize;
     let mut open: Vec<tokio::net::TcpStream> = Vec::with_capacity(n);
@@ -249,27 +238,33 @@ async fn again(
     results
 }
 
+/// What `load` and `sustain` need: the target's address, a runtime, and the request they
+/// send (`GET /` with `Host: host`).
+type HttpClient = (SocketAddr, tokio::runtime::Runtime, Arc<[u8]>);
+
+/// The [`HttpClient`] for `target` and `host`; the error names the failed stage.
+fn http_client(target: &str, host: &str) -> Result<HttpClient, (&'static str, io::Error)> {
+    let addr = resolve(target).map_err(|e| ("resolve", e))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ("runtime", e))?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: egressd-probe\r\n\r\n")
+        .into_bytes()
+        .into();
+    Ok((addr, rt, request))
+}
+
 /// `load`: see the module doc. Prints one line per round itself and returns the summary.
 pub fn load(target: &str, host: &str, n: &str, rounds: &str) -> Json {
     let mut out = Json::new("load", target);
     let (Ok(n), Ok(rounds)) = (n.parse::<usize>(), rounds.parse::<usize>()) else {
         return out.failed("parse", "load needs HOST N ROUNDS");
     };
-    let addr = match resolve(target) {
-        Ok(a) => a,
-        Err(e) => return out.error("resolve", &e),
+    let (addr, rt, request) = match http_client(target, host) {
+        Ok(parts) => parts,
+        Err((stage, e)) => return out.error(stage, &e),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return out.error("runtime", &e),
-    };
-    let request: Arc<[u8]> =
-        format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: egressd-probe\r\n\r\n")
-            .into_bytes()
-            .into();
     let mut total_errors = 0usize;
     for round in 1..=rounds {
         let started = Instant::now();
