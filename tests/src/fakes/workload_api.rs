@@ -162,9 +162,10 @@ impl SpiffeCa {
         params.not_before = not_before;
         params.not_after = not_after;
         let serial: [u8; 16] = rand::random();
-        // A positive serial: clear the top bit.
+        // A positive serial in its shortest DER form (as the peer reads it back): the top
+        // bit clear, and the first byte never zero (DER would drop it).
         let mut serial = serial.to_vec();
-        serial[0] &= 0x7f;
+        serial[0] = serial[0] % 0x7f + 1;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params
             .signed_by(&key, &self.issuer)
