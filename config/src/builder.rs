@@ -56,6 +56,9 @@ pub struct Config {
     pub provenance: crate::provenance::ProvenanceConfig,
     /// AWF's api-proxy, served by egressd (`egressd awf` only; see [`crate::apiproxy`]).
     pub api_proxy: Option<crate::apiproxy::ApiProxy>,
+    /// The sandbox beyond the network: Unix sockets, hidden paths, secrets, seccomp,
+    /// resource limits (see [`crate::sandbox`]).
+    pub sandbox: crate::sandbox::SandboxSettings,
 }
 
 /// The sandbox DNS listener's answer for a name the allowlist does not cover.
@@ -170,6 +173,7 @@ pub struct ConfigBuilder {
     /// The `[copilot]` table, expanded by `build`.
     copilot: Option<crate::copilot::CopilotTable>,
     provenance: crate::provenance::ProvenanceConfig,
+    sandbox: crate::sandbox::SandboxSettings,
     errors: Vec<Error>,
     audit_only: bool,
 }
@@ -435,6 +439,7 @@ impl ConfigBuilder {
             placeholders,
             provenance: self.provenance,
             api_proxy: None,
+            sandbox: self.sandbox,
         })
     }
 
@@ -653,6 +658,7 @@ impl FileContext<'_> {
             }
         }
         errors.extend(self.copilot(file.copilot.as_ref(), builder));
+        errors.extend(self.sandbox(&file.sandbox, dir, builder));
         if let Some(denied) = &file.dns.denied {
             match denied.get_ref().to_ascii_lowercase().as_str() {
                 "nxdomain" => builder.dns_denied = DnsDenied::NxDomain,
@@ -718,6 +724,36 @@ impl FileContext<'_> {
                 *slot = *value.get_ref();
             }
         }
+        if let Some(value) = limits.pids {
+            match *value.get_ref() {
+                0 => errors.push(Error::at(
+                    self.place(value.span().start).1,
+                    ErrorKind::InvalidValue(
+                        "limits.pids = 0: use a number of processes from 1 up".into(),
+                    ),
+                )),
+                n => builder.sandbox.pids = Some(n),
+            }
+        }
+        if let Some(value) = &limits.memory {
+            let parsed = match value.get_ref() {
+                crate::sandbox::FileSize::Bytes(n) => Ok(*n),
+                crate::sandbox::FileSize::Text(t) => crate::sandbox::parse_size(t),
+            };
+            match parsed {
+                Ok(n) if n >= 16 << 20 => builder.sandbox.memory = Some(n),
+                Ok(_) => errors.push(Error::at(
+                    self.place(value.span().start).1,
+                    ErrorKind::InvalidValue(
+                        "limits.memory: less than 16M leaves no room to run anything".into(),
+                    ),
+                )),
+                Err(why) => errors.push(Error::at(
+                    self.place(value.span().start).1,
+                    ErrorKind::InvalidValue(format!("limits.memory {why}")),
+                )),
+            }
+        }
         if let Some(value) = limits.max_body_bytes {
             match body_limit_error(*value.get_ref()) {
                 Some(why) => {
@@ -731,6 +767,59 @@ impl FileContext<'_> {
             Some(Location::File { line, column, .. }) => (*line, *column),
             _ => (0, 0),
         });
+        errors
+    }
+
+    /// Validates the `[sandbox]` table into `builder`; returns its errors.
+    fn sandbox(
+        &self,
+        table: &crate::sandbox::FileSandbox,
+        dir: &Path,
+        builder: &mut ConfigBuilder,
+    ) -> Vec<Error> {
+        use crate::sandbox::{SecretsMode, UnixAllow, check_env_name, check_hide};
+        let mut errors = Vec::new();
+        let mut error = |offset: usize, why: String| {
+            errors.push(Error::at(
+                self.place(offset).1,
+                ErrorKind::InvalidValue(why),
+            ));
+        };
+        let s = &mut builder.sandbox;
+        for entry in &table.allow_unix {
+            match UnixAllow::parse(entry.get_ref()) {
+                Ok(allow) => s.allow_unix.push(allow),
+                Err(why) => error(entry.span().start, why),
+            }
+        }
+        for entry in &table.hide {
+            match check_hide(entry.get_ref()) {
+                Ok(path) => s.hide.push(path),
+                Err(why) => error(entry.span().start, why),
+            }
+        }
+        for entry in &table.pass_env {
+            match check_env_name(entry.get_ref()) {
+                Ok(()) => s.pass_env.push(entry.get_ref().clone()),
+                Err(why) => error(entry.span().start, why),
+            }
+        }
+        if let Some(mode) = &table.secrets {
+            match mode.get_ref().as_str() {
+                "warn" => s.secrets = SecretsMode::Warn,
+                "refuse" => s.secrets = SecretsMode::Refuse,
+                other => error(
+                    mode.span().start,
+                    format!("secrets = {other:?}: write \"warn\" or \"refuse\""),
+                ),
+            }
+        }
+        if let Some(profile) = &table.seccomp {
+            match crate::sandbox::Seccomp::parse(profile.get_ref(), dir) {
+                Ok(p) => s.seccomp = p,
+                Err(why) => error(profile.span().start, why),
+            }
+        }
         errors
     }
 

@@ -43,6 +43,8 @@
 //! max_connections = 4096     # open at once, per sandbox
 //! max_header_bytes = 65536   # request line and headers, 1024 to 1048576
 //! max_body_bytes = 104857600  # request bodies (no limit when missing); more: 413
+//! pids = 8192                # processes and threads in the sandbox
+//! memory = "8G"              # the sandbox's memory (default: 80% of the machine's)
 //!
 //! # An allow entry with more to say: extra ports, and permission for the name to
 //! # resolve to private or loopback addresses.
@@ -53,7 +55,8 @@
 //! ```
 //!
 //! `[[credential]]` tables name token sources; their format is in [`crate::credential`].
-//! The `[provenance]` table is in [`crate::provenance`].
+//! The `[provenance]` table is in [`crate::provenance`], the `[sandbox]` table in
+//! [`crate::sandbox`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,6 +111,9 @@ pub struct File {
     pub copilot: Option<Spanned<crate::copilot::FileCopilot>>,
     /// The `[provenance]` table (see [`crate::provenance`]).
     pub provenance: Option<crate::provenance::FileProvenance>,
+    /// The `[sandbox]` table (see [`crate::sandbox`]).
+    #[serde(default)]
+    pub sandbox: crate::sandbox::FileSandbox,
 }
 
 /// The `[dns]` table.
@@ -146,6 +152,10 @@ pub struct FileLimits {
     pub max_header_bytes: Option<Spanned<u32>>,
     /// Largest HTTP request body in bytes (no limit when missing).
     pub max_body_bytes: Option<Spanned<u64>>,
+    /// `pids.max` of the sandbox cgroup.
+    pub pids: Option<Spanned<u64>>,
+    /// `memory.max` of the sandbox cgroup.
+    pub memory: Option<Spanned<crate::sandbox::FileSize>>,
 }
 
 /// One `[[rule]]` table.

@@ -45,6 +45,7 @@ pub mod github;
 pub mod intercept;
 mod policy;
 pub mod provenance;
+pub mod sandbox;
 pub mod spiffe;
 
 pub use builder::{Config, ConfigBuilder, DnsDenied, Limits, ResolveOverride, Timeouts};

@@ -692,6 +692,9 @@ pub struct SandboxInitArgs {
     /// Group id to run the command as.
     #[arg(long)]
     pub gid: u32,
+    /// The filesystem and socket confinement, as JSON (`sandbox::confine::Confinement`).
+    #[arg(long)]
+    pub confine: Option<String>,
     /// The command.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

@@ -60,9 +60,107 @@ const SCRUBBED: &[&str] = &[
 /// Prefixes of variables that are never passed on.
 const SCRUBBED_PREFIXES: &[&str] = &["ACTIONS_ID_TOKEN_", "SUDO_"];
 
-/// Whether variable `name` is removed from the sandbox's environment.
+/// Whether variable `name` is on the fixed list of variables removed from the sandbox's
+/// environment (credentials egressd knows by name, proxy settings, loader tricks).
 pub fn is_scrubbed(name: &str) -> bool {
     SCRUBBED.contains(&name) || SCRUBBED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Parts of a variable's name (upper-cased) that say it holds a secret.
+const SECRET_NAME_PARTS: &[&str] = &[
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "CREDENTIAL",
+    "CONNECTION_STRING",
+    "CONNECTIONSTRING",
+    "PRIVATE_KEY",
+    "APIKEY",
+    "API_KEY",
+    "_SAS",
+];
+
+/// Endings of a variable's name (upper-cased) that say it holds a secret.
+const SECRET_NAME_ENDINGS: &[&str] = &["_KEY", "_PAT", "_AUTH"];
+
+/// Names that match the patterns above but hold no secret, and that tools need.
+const NOT_SECRETS: &[&str] = &["TOKENIZERS_PARALLELISM"];
+
+/// Why a variable looks like a secret: its name says so, or its value has the shape of a
+/// known token format. `None` when it does not.
+pub fn looks_secret(name: &str, value: &[u8]) -> Option<&'static str> {
+    let upper = name.to_ascii_uppercase();
+    if NOT_SECRETS.contains(&upper.as_str()) {
+        return None;
+    }
+    if SECRET_NAME_PARTS.iter().any(|p| upper.contains(p))
+        || SECRET_NAME_ENDINGS.iter().any(|e| upper.ends_with(e))
+    {
+        return Some("name");
+    }
+    token_shaped(value).then_some("value")
+}
+
+/// Prefixes of well-known token formats (GitHub, GitLab, Slack, Anthropic, OpenAI, npm,
+/// PyPI, Hugging Face) and PEM private keys.
+const TOKEN_PREFIXES: &[&str] = &[
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "ghu_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xoxa-",
+    "xoxb-",
+    "xoxp-",
+    "xoxs-",
+    "sk-ant-",
+    "sk-proj-",
+    "npm_",
+    "pypi-",
+    "hf_",
+    "-----BEGIN",
+];
+
+/// Whether `value` has the shape of a credential: a known token prefix followed by more
+/// token characters, an AWS access key id, or a JWT.
+fn token_shaped(value: &[u8]) -> bool {
+    let Ok(v) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let v = v.trim();
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "-_".contains(c);
+    if v.starts_with("-----BEGIN") && v.contains("PRIVATE KEY") {
+        return true;
+    }
+    for prefix in TOKEN_PREFIXES {
+        if let Some(rest) = v.strip_prefix(prefix)
+            && rest.len() >= 16
+            && rest.chars().all(token_char)
+        {
+            return true;
+        }
+    }
+    // AWS access key ids: AKIA/ASIA and 16 upper-case letters or digits.
+    if v.len() == 20
+        && (v.starts_with("AKIA") || v.starts_with("ASIA"))
+        && v[4..]
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    {
+        return true;
+    }
+    // JWTs: three base64url parts, the first a JSON object (`eyJ` is `{"`).
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() == 3
+        && v.starts_with("eyJ")
+        && parts[..2].iter().all(|p| p.len() >= 8)
+        && parts.iter().all(|p| {
+            p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=".contains(c))
+        })
 }
 
 /// The user who ran `sudo egressd ...`, if any.
@@ -72,22 +170,46 @@ pub fn sudo_user() -> Option<(u32, u32)> {
     Some((uid, gid))
 }
 
-/// The environment for the sandboxed command: ours minus the scrubbed variables and the
-/// variables credential sources read (`also_scrubbed`), plus `set`, with `HOME`, `USER` and
+/// The sandboxed command's environment, and the names of the variables removed from it
+/// because they looked like secrets (never their values), for the exit summary.
+#[derive(Debug, Default)]
+pub struct SandboxEnv {
+    /// Every variable the command gets.
+    pub vars: Vec<(OsString, OsString)>,
+    /// Names removed by pattern (the fixed list is removed silently, as always).
+    pub removed: Vec<String>,
+}
+
+/// The environment for the sandboxed command: ours minus the scrubbed variables, the
+/// variables credential sources read (`also_scrubbed`) and every variable that looks like
+/// a secret ([`looks_secret`]) unless `pass` names it, plus `set`, with `HOME`, `USER` and
 /// `LOGNAME` set for the target user when it has a passwd entry.
 pub fn sandbox_env(
     uid: u32,
     also_scrubbed: &[String],
     set: &[(String, String)],
-) -> Vec<(OsString, OsString)> {
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(name, _)| {
-            !name
-                .to_str()
-                .is_some_and(|n| is_scrubbed(n) || also_scrubbed.iter().any(|s| s == n))
-        })
-        .filter(|(name, _)| !set.iter().any(|(k, _)| name == k.as_str()))
-        .collect();
+    pass: &[String],
+) -> SandboxEnv {
+    let mut removed = Vec::new();
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        if set.iter().any(|(k, _)| name == k.as_str()) {
+            continue;
+        }
+        let Some(n) = name.to_str() else {
+            // A name that is not UTF-8 is nobody's setting: drop it.
+            continue;
+        };
+        if is_scrubbed(n) || also_scrubbed.iter().any(|s| s == n) {
+            continue;
+        }
+        if !pass.iter().any(|p| p == n) && looks_secret(n, value.as_encoded_bytes()).is_some() {
+            removed.push(n.to_owned());
+            continue;
+        }
+        env.push((name, value));
+    }
+    removed.sort();
     env.extend(set.iter().map(|(k, v)| (k.into(), v.into())));
     if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
         let set = |env: &mut Vec<(OsString, OsString)>, k: &str, v: OsString| {
@@ -98,7 +220,7 @@ pub fn sandbox_env(
         set(&mut env, "USER", user.name.clone().into());
         set(&mut env, "LOGNAME", user.name.into());
     }
-    env
+    SandboxEnv { vars: env, removed }
 }
 
 /// What the token sources read from the daemon's environment: the GitHub Actions OIDC
@@ -309,7 +431,61 @@ pub fn log_filter() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_scrubbed;
+    use super::{is_scrubbed, looks_secret};
+
+    #[test]
+    fn secret_looking_names_and_values_are_found() {
+        for name in [
+            "NPM_TOKEN",
+            "NODE_AUTH_TOKEN",
+            "CARGO_REGISTRY_TOKEN",
+            "HF_TOKEN",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "AWS_BEARER_TOKEN_BEDROCK",
+            "ARM_CLIENT_SECRET",
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "GH_AW_GITHUB_TOKEN",
+            "GITHUB_MCP_SERVER_TOKEN",
+            "MY_SERVICE_API_KEY",
+            "DB_PASSWORD",
+            "PGPASSWD",
+            "STORAGE_SAS_URL",
+            "DEPLOY_PAT",
+            "gcp_credentials",
+            "SIGNING_KEY",
+        ] {
+            assert_eq!(looks_secret(name, b"x"), Some("name"), "{name}");
+        }
+        for value in [
+            "ghp_0123456789abcdefABCDEF0123456789abcd",
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+            "glpat-0123456789abcdefghij",
+            "xoxb-1234567890-1234567890123-abcdefghijklmnop",
+            "sk-ant-api03-abcdefghijklmnopqrstuvwxyz",
+            "AKIAIOSFODNN7EXAMPLE",
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvIn0.c2lnbmF0dXJlLWJ5dGVz",
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----",
+        ] {
+            assert_eq!(
+                looks_secret("SOME_SETTING", value.as_bytes()),
+                Some("value"),
+                "{value}"
+            );
+        }
+        for (name, value) in [
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/home/runner"),
+            ("GITHUB_REPOSITORY", "octo/repo"),
+            ("TOKENIZERS_PARALLELISM", "false"),
+            ("SSH_AUTH_SOCK", "/tmp/ssh-x/agent.1"),
+            ("KEYMAP", "us"),
+            ("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567"),
+            ("LANG", "C.UTF-8"),
+            ("RUNNER_TEMP", "/home/runner/work/_temp"),
+        ] {
+            assert_eq!(looks_secret(name, value.as_bytes()), None, "{name}");
+        }
+    }
 
     #[test]
     fn credentials_and_proxies_are_scrubbed() {

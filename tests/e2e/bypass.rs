@@ -2,6 +2,8 @@
 //! might try: leaving its cgroup, making a namespace of its own, talking to the proxy
 //! listener directly. Each must fail, and where the proxy sees it, be audited.
 
+use std::fs;
+
 use egressd_tests::{API, Scene, privileged};
 
 #[test]
@@ -250,20 +252,54 @@ fn case_and_trailing_dots_do_not_evade_the_blocklist() {
     );
 }
 
-/// Catalogue §9: the sandbox cannot reach the daemon's control socket, bpffs or the
-/// daemon's other files.
+/// Unmounts a test's own mount when the test ends, however it ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Catalogue §9: the sandbox cannot reach egressd's kernel objects (pins on bpffs), the
+/// host's root or egressd's own process. What is tested is what must stay unreachable, not
+/// the mount point: where bpffs was never mounted, `/sys/fs/bpf` is an empty sysfs directory
+/// anyone may list, and that is fine. So the test mounts a bpffs of its own, as egressd
+/// mounts one (mode 0700), with a pin directory in it, and the sandbox must not list it;
+/// nor may it list anything under whatever `/sys/fs/bpf` holds on this machine.
 #[test]
 fn the_sandbox_cannot_reach_bpffs_or_egressds_files() {
     if !privileged() {
         return;
     }
+    let scratch = egressd_tests::Scratch::new();
+    let mnt = scratch.path("bpf");
+    fs::create_dir_all(&mnt).unwrap();
+    // A bpffs mounted as egressd mounts it (mode 0700), holding a directory like the
+    // daemon's pins; unmounted when the test ends.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "bpf", "-o", "mode=0700", "bpf"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a bpffs for the test failed");
+    let _unmount = Unmount(mnt.clone());
+    fs::create_dir(mnt.join("egressd")).unwrap();
     let s = egressd_tests::Scene::new();
-    let script = "ls /sys/fs/bpf/ >/dev/null 2>&1 && echo bpffs-readable || echo bpffs-denied; \
-                  ls /proc/1/root/ >/dev/null 2>&1 && echo init-root || echo no-init-root; \
-                  for p in $(ls /proc | grep -E '^[0-9]+$'); do tr '\\0' '\\n' < /proc/$p/cmdline 2>/dev/null | sed -n 2p; done | grep -c '^exec$' || true";
-    let out = s.egressd().allow(API).sh(script).run();
+    let script = format!(
+        "ls {mnt}/egressd >/dev/null 2>&1 && echo pins-readable || echo pins-denied; \
+         for d in /sys/fs/bpf/*; do [ -e \"$d\" ] && ls \"$d\" >/dev/null 2>&1 && echo \"bpffs-entry-readable $d\"; done; \
+         ls /proc/1/root/ >/dev/null 2>&1 && echo init-root || echo no-init-root; \
+         for p in $(ls /proc | grep -E '^[0-9]+$'); do tr '\\0' '\\n' < /proc/$p/cmdline 2>/dev/null | sed -n 2p; done | grep -c '^exec$' || true",
+        mnt = mnt.display()
+    );
+    let out = s.egressd().allow(API).sh(&script).run();
     out.assert_success();
-    assert!(out.stdout.contains("bpffs-denied"), "\n{out}");
+    assert!(out.stdout.contains("pins-denied"), "\n{out}");
+    assert!(
+        !out.stdout.contains("bpffs-entry-readable"),
+        "an entry of the host's bpffs is readable\n{out}"
+    );
     assert!(
         out.stdout.lines().last() == Some("0"),
         "the egressd that runs the sandbox is visible in it\n{out}"

@@ -57,6 +57,12 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         backend: args.backend,
     })?;
     eprintln!("{}", outcome.summary);
+    if !outcome.removed_env.is_empty() {
+        eprintln!(
+            "egressd: removed from the sandbox's environment (they look like secrets; --pass-env NAME keeps one): {}",
+            outcome.removed_env.join(", ")
+        );
+    }
     if !outcome.counters.is_empty() {
         let list: Vec<String> = outcome
             .counters
@@ -154,6 +160,8 @@ pub(crate) struct RunOutcome {
     pub summary: egressd_proxy::Summary,
     /// The kernel-side counters.
     pub counters: Vec<(&'static str, u64)>,
+    /// Variables removed from the command's environment because they looked like secrets.
+    pub removed_env: Vec<String>,
 }
 
 /// The proxy's worker threads.
@@ -182,6 +190,11 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             "egressd exec needs root: it loads eBPF programs, creates a cgroup and a network \
              namespace; run it with sudo (the command still runs as you)"
         )));
+    }
+    // Never a group that grants root (docker, sudo, disk...): the user's own, or nogroup.
+    let (gid, group_note) = crate::sandbox::groups::sandbox_gid(uid, gid);
+    if let Some(note) = group_note {
+        eprintln!("{note}");
     }
     if uid == 0 {
         eprintln!(
@@ -360,15 +373,46 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         config_for_broker.placeholders.clone(),
     ]
     .concat();
-    let env = match base_env {
+    let (env, removed_env) = match base_env {
         // The trust bundle, and placeholders for keys the daemon keeps (Copilot BYOK).
-        None => env::sandbox_env(uid, &env::credential_vars(&config_for_broker), &extra),
+        None => {
+            let scrubbed = env::sandbox_env(
+                uid,
+                &env::credential_vars(&config_for_broker),
+                &extra,
+                &config_for_broker.sandbox.pass_env,
+            );
+            (scrubbed.vars, scrubbed.removed)
+        }
         Some(mut given) => {
             given.retain(|(k, _)| !extra.iter().any(|(e, _)| k == e.as_str()));
             given.extend(extra.into_iter().map(|(k, v)| (k.into(), v.into())));
-            given
+            (given, Vec::new())
         }
     };
+    for name in &config_for_broker.sandbox.pass_env {
+        if std::env::var_os(name).is_some() {
+            eprintln!(
+                "egressd: passing {name} to the sandbox although it looks like a secret (--pass-env)"
+            );
+        }
+    }
+    // The sandbox's view of the filesystem: private /run, host sockets covered, --hide.
+    let keep: Vec<PathBuf> = bundle
+        .as_ref()
+        .and_then(|b| b.file().parent().map(std::path::Path::to_path_buf))
+        .into_iter()
+        .collect();
+    let confinement = crate::sandbox::confine::Confinement::plan(
+        &config_for_broker.sandbox.allow_unix,
+        &keep,
+        &config_for_broker.sandbox.hide,
+    );
+    let confine_json = serde_json::to_string(&confinement)
+        .context("writing the confinement plan")
+        .map_err(Failure::setup)?;
+    // A terminal of its own, relayed, when egressd was given one.
+    let mut relay = crate::sandbox::pty::Relay::open_if_terminal().map_err(Failure::setup)?;
     // The child inherits the working directory: set it only around the spawn.
     let previous_cwd = match &cwd {
         Some(dir) => {
@@ -387,6 +431,8 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         gid,
         command: &command,
         env,
+        stdio: relay.as_ref().map(|r| r.stdio()).unwrap_or_default(),
+        confine: Some(confine_json),
     });
     if let Some(previous) = previous_cwd {
         let _ = std::env::set_current_dir(previous);
@@ -398,6 +444,12 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             return Err(Failure::setup(e));
         }
     };
+    if let Some(relay) = &mut relay
+        && let Err(e) = relay.start()
+    {
+        let _ = kill(child, Signal::SIGKILL);
+        return Err(Failure::setup(e));
+    }
 
     // Set-up is over: from here on egressd only signals the sandbox (CAP_KILL) and, with
     // nftables, reads its counter in the sandbox's namespace.
@@ -443,7 +495,10 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             .unwrap_or_default(),
         _ => Vec::new(),
     };
+    // The invoking terminal back in its own mode before anything more is printed.
+    drop(relay);
     let outcome = RunOutcome {
+        removed_env,
         code,
         timed_out,
         summary: audit.summary(),

@@ -61,6 +61,7 @@ pub fn run(args: &SandboxInitArgs) -> ExitCode {
     // SAFETY: this process is single-threaded (a fresh exec), so fork is safe.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            foreground();
             let err = execvp(&argv[0], &argv).unwrap_err();
             eprintln!("egressd: cannot run {:?}: {err}", args.command[0]);
             let code = if err == nix::errno::Errno::ENOENT {
@@ -82,6 +83,49 @@ pub fn run(args: &SandboxInitArgs) -> ExitCode {
     }
 }
 
+/// The first of stdin, stdout and stderr that is a terminal.
+fn terminal_fd() -> Option<i32> {
+    // SAFETY: isatty only inspects the descriptor.
+    (0..3).find(|fd| unsafe { libc::isatty(*fd) } == 1)
+}
+
+/// In the command's process, before `execve`: a process group of its own, in the foreground
+/// of the sandbox's terminal, so that the terminal's signals (Ctrl-C) reach the command and
+/// not the init that forwards egressd's.
+fn foreground() {
+    // SAFETY: plain system calls in a single-threaded child; SIGTTOU is blocked around
+    // tcsetpgrp so that a background group may take the terminal.
+    unsafe {
+        libc::setpgid(0, 0);
+        if let Some(fd) = terminal_fd() {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTTOU);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+            libc::tcsetpgrp(fd, libc::getpid());
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Starts a new session; when one of stdin, stdout and stderr is a terminal (only egressd's
+/// relayed pseudo-terminal can be: the invoking terminal is never passed in), makes it the
+/// session's controlling terminal.
+fn new_session() -> Result<(), String> {
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    if let Some(fd) = terminal_fd() {
+        // SAFETY: plain ioctl on a descriptor we own; TIOCSCTTY takes an int argument.
+        if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(format!(
+                "making the terminal the sandbox's own: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn setup(args: &SandboxInitArgs) -> Result<(), String> {
     // Our mounts must not propagate back to the host.
     mount(
@@ -101,9 +145,22 @@ fn setup(args: &SandboxInitArgs) -> Result<(), String> {
     )
     .map_err(|e| format!("mounting /proc for the sandbox's PID namespace: {e}"))?;
 
+    // Private /run, host sockets covered, --hide paths hidden.
+    if let Some(json) = &args.confine {
+        let plan: super::confine::Confinement =
+            serde_json::from_str(json).map_err(|e| format!("reading the confinement plan: {e}"))?;
+        for note in super::confine::apply(&plan)? {
+            eprintln!("egressd: {note}");
+        }
+    }
+
     // Close every descriptor the daemon might have leaked, except stdio.
     // SAFETY: plain system call; no Rust object owns descriptors >= 3 in this process.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+
+    // A session of its own: no controlling terminal but the pseudo-terminal egressd relays
+    // (if any), so nothing in the sandbox can push input into the invoking terminal.
+    new_session()?;
 
     let gid = Gid::from_raw(args.gid);
     let uid = Uid::from_raw(args.uid);
@@ -120,6 +177,15 @@ fn setup(args: &SandboxInitArgs) -> Result<(), String> {
         }
         // Changing credentials cleared the parent-death signal; set it again.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    // Abstract Unix sockets outside the sandbox out of reach (Linux 6.12+; the eBPF hooks
+    // refuse them where the kernel lacks it and the network namespace is the host's).
+    if args
+        .confine
+        .as_deref()
+        .is_some_and(|c| c.contains("\"scope_abstract\":true"))
+    {
+        super::confine::scope_abstract_sockets();
     }
 
     let action = SigAction::new(

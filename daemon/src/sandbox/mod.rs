@@ -6,9 +6,12 @@
 
 pub mod bpffs;
 pub mod cgroup;
+pub mod confine;
+pub mod groups;
 pub mod init;
 pub mod netns;
 pub mod nft;
 pub mod privilege;
+pub mod pty;
 pub mod spawn;
 pub mod trust;

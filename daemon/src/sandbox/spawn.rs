@@ -32,6 +32,10 @@ pub struct Spec<'a> {
     pub command: &'a [String],
     /// The complete environment of the command.
     pub env: Vec<(OsString, OsString)>,
+    /// Descriptors to install as stdin, stdout, stderr (`None`: egressd's own).
+    pub stdio: [Option<i32>; 3],
+    /// The confinement plan for the init, as JSON.
+    pub confine: Option<String>,
 }
 
 /// Starts PID 1 of the sandbox and returns its pid (in our namespace).
@@ -48,6 +52,10 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
     argv.push(CString::new(spec.uid.to_string()).expect("digits have no NUL"));
     argv.push(CString::new("--gid").expect("static"));
     argv.push(CString::new(spec.gid.to_string()).expect("digits have no NUL"));
+    if let Some(plan) = &spec.confine {
+        argv.push(CString::new("--confine").expect("static"));
+        argv.push(CString::new(plan.as_bytes()).context("the confinement plan contains NUL")?);
+    }
     argv.push(CString::new("--").expect("static"));
     for arg in spec.command {
         argv.push(
@@ -76,10 +84,11 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     let netns_fd = spec.netns.map(|fd| fd.as_raw_fd());
+    let stdio = spec.stdio;
 
     let child = move || -> isize {
         // SAFETY: only async-signal-safe system calls on memory prepared before clone.
-        unsafe { child_main(&procs, netns_fd, &exe, &argv_ptrs, &envp_ptrs) }
+        unsafe { child_main(&procs, netns_fd, stdio, &exe, &argv_ptrs, &envp_ptrs) }
     };
     let mut stack = vec![0u8; 1 << 20];
     let flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS;
@@ -94,6 +103,7 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
 unsafe fn child_main(
     procs: &CString,
     netns: Option<i32>,
+    stdio: [Option<i32>; 3],
     exe: &CString,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
@@ -111,6 +121,13 @@ unsafe fn child_main(
             && libc::setns(ns, libc::CLONE_NEWNET) != 0
         {
             fail(b"egressd: sandbox: cannot enter the sandbox network namespace\n");
+        }
+        for (target, source) in stdio.iter().enumerate() {
+            if let Some(fd) = source
+                && libc::dup2(*fd, target as i32) < 0
+            {
+                fail(b"egressd: sandbox: cannot pass the terminal to the sandbox\n");
+            }
         }
         libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(b"egressd: sandbox: cannot execute egressd's sandbox init\n")

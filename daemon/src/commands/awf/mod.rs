@@ -412,7 +412,13 @@ fn command_env(
     const BASICS: &[&str] = &[
         "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TERM", "TZ", "TMPDIR", "CI",
     ];
-    let mut env = env::sandbox_env(uid, &env::credential_vars(config), &[]);
+    let mut env = env::sandbox_env(
+        uid,
+        &env::credential_vars(config),
+        &[],
+        &config.sandbox.pass_env,
+    )
+    .vars;
     env.retain(|(k, _)| {
         let k = k.to_string_lossy();
         if args.exclude_env.iter().any(|x| *x == k) {
