@@ -170,6 +170,9 @@ pub struct ExecArgs {
     /// `egressd doctor` says which one this host supports.
     #[arg(long = "backend", value_enum, default_value = "auto")]
     pub backend: crate::commands::exec::Backend,
+    /// The sandbox beyond the network: Unix sockets, hidden paths, secrets, seccomp.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// Testing only: close the proxy's listeners before COMMAND starts, as if the proxy had
     /// died, with the kernel programs still attached. Proves that connections then fail
     /// instead of going out. Makes the sandbox stricter, never looser.
@@ -178,6 +181,33 @@ pub struct ExecArgs {
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// What the sandbox may reach besides the network (`[sandbox]` in the config file; these
+/// flags add to it, or replace its single values).
+#[derive(Debug, Args, Default)]
+pub struct SandboxArgs {
+    /// A Unix socket outside the sandbox it may connect to (an X server, an ssh-agent, a
+    /// database); a path ending in `/` allows the sockets under that directory. Repeatable.
+    /// Every other host socket is out of the sandbox's reach.
+    #[arg(long = "allow-unix", value_name = "PATH")]
+    pub allow_unix: Vec<String>,
+    /// Show PATH (a file or a directory) empty and read-only in the sandbox, for
+    /// credentials on disk the command must not read. Repeatable.
+    #[arg(long = "hide", value_name = "PATH")]
+    pub hide: Vec<String>,
+    /// Pass variable NAME to the sandbox although its name or value looks like a secret
+    /// (said on stderr). Repeatable.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pub pass_env: Vec<String>,
+    /// Credentials on disk the sandbox user can read: `warn` (name each file) or `refuse`
+    /// (and do not start).
+    #[arg(long = "secrets", value_name = "warn|refuse")]
+    pub secrets: Option<String>,
+    /// The command's system-call filter: `default` (egressd's profile), `off`, or the path
+    /// of an OCI (Docker) JSON profile.
+    #[arg(long = "seccomp", value_name = "default|off|FILE")]
+    pub seccomp: Option<String>,
 }
 
 /// `egressd run`.

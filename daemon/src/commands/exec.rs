@@ -41,6 +41,7 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
     if args.require_provenance {
         config.provenance.required = true;
     }
+    apply_sandbox_args(&mut config.sandbox, &args.sandbox).map_err(Failure::usage)?;
     let mode = NetnsMode::parse(&args.netns).map_err(Failure::usage)?;
     let (uid, gid) = target_user(args.user.as_deref(), args.allow_root)?;
     let outcome = run_plan(Plan {
@@ -72,6 +73,40 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         eprintln!("egressd: kernel: {}", list.join(" "));
     }
     Ok(outcome.code)
+}
+
+/// Adds the `--allow-unix`, `--hide`, `--pass-env`, `--secrets` and `--seccomp` flags to the
+/// `[sandbox]` settings of the configuration.
+pub(crate) fn apply_sandbox_args(
+    settings: &mut egressd_config::sandbox::SandboxSettings,
+    args: &crate::cli::SandboxArgs,
+) -> anyhow::Result<()> {
+    use egressd_config::sandbox::{self as s, SecretsMode, UnixAllow};
+    for path in &args.allow_unix {
+        settings
+            .allow_unix
+            .push(UnixAllow::parse(path).map_err(|e| anyhow!("--allow-unix: {e}"))?);
+    }
+    for path in &args.hide {
+        settings
+            .hide
+            .push(s::check_hide(path).map_err(|e| anyhow!("--{e}"))?);
+    }
+    for name in &args.pass_env {
+        s::check_env_name(name).map_err(|e| anyhow!("--pass-env: {e}"))?;
+        settings.pass_env.push(name.clone());
+    }
+    match args.secrets.as_deref() {
+        None => {}
+        Some("warn") => settings.secrets = SecretsMode::Warn,
+        Some("refuse") => settings.secrets = SecretsMode::Refuse,
+        Some(other) => anyhow::bail!("--secrets {other:?}: write warn or refuse"),
+    }
+    if let Some(profile) = &args.seccomp {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        settings.seccomp = s::Seccomp::parse(profile, &cwd).map_err(|e| anyhow!("--{e}"))?;
+    }
+    Ok(())
 }
 
 /// Everything a sandboxed run needs, validated by the caller (`exec`, `awf`).
@@ -220,6 +255,30 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     // before the programs are detached.
     let mut armed = choose(backend, &mode)?;
     let cgroup = Cgroup::create(&sandbox).map_err(Failure::setup)?;
+    // pids.max and memory.max: a fork bomb or a runaway build stays in the sandbox.
+    let limits = {
+        let pids = config
+            .sandbox
+            .pids
+            .unwrap_or(crate::sandbox::limits::DEFAULT_PIDS);
+        let memory = config
+            .sandbox
+            .memory
+            .or_else(crate::sandbox::limits::default_memory)
+            .unwrap_or(u64::MAX);
+        match crate::sandbox::limits::apply(&cgroup, &sandbox, pids, memory) {
+            Ok(limits) => limits,
+            Err(e) if config.sandbox.pids.is_some() || config.sandbox.memory.is_some() => {
+                return Err(Failure::setup(
+                    e.context("setting the sandbox's resource limits"),
+                ));
+            }
+            Err(e) => {
+                eprintln!("egressd: warning: the sandbox has no resource limits: {e:#}");
+                crate::sandbox::limits::Limits::default()
+            }
+        }
+    };
     let net = netns::prepare(&mode).map_err(Failure::setup)?;
     let port4 = net.listener4.local_addr().map_err(Failure::setup)?.port();
     let port6 = match &net.listener6 {
@@ -426,6 +485,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     };
     let spawned = spawn::spawn(spawn::Spec {
         cgroup_procs: &cgroup.procs_file(),
+        extra_procs: &limits.extra_procs,
         netns: net.netns.as_ref(),
         uid,
         gid,
@@ -508,6 +568,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         },
     };
     drop(cgroup);
+    drop(limits);
     drop(armed);
     drop(bundle);
     Ok(outcome)

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod confine;
 pub mod groups;
 pub mod init;
+pub mod limits;
 pub mod netns;
 pub mod nft;
 pub mod privilege;

@@ -22,6 +22,8 @@ use nix::{sched::CloneFlags, unistd::Pid};
 pub struct Spec<'a> {
     /// `cgroup.procs` of the sandbox cgroup.
     pub cgroup_procs: &'a Path,
+    /// More `cgroup.procs` files to join (the v1 hierarchies of the resource limits).
+    pub extra_procs: &'a [std::path::PathBuf],
     /// The network namespace to enter (`None`: stay in the host's).
     pub netns: Option<&'a OwnedFd>,
     /// User and group the command runs as.
@@ -43,8 +45,10 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
     let exe = std::env::current_exe().context("finding egressd's own executable")?;
     let exe =
         CString::new(exe.into_os_string().into_vec()).context("egressd's path contains NUL")?;
-    let procs = CString::new(spec.cgroup_procs.as_os_str().as_encoded_bytes())
-        .context("cgroup path contains NUL")?;
+    let procs: Vec<CString> = std::iter::once(spec.cgroup_procs)
+        .chain(spec.extra_procs.iter().map(std::path::PathBuf::as_path))
+        .map(|p| CString::new(p.as_os_str().as_encoded_bytes()).context("cgroup path contains NUL"))
+        .collect::<anyhow::Result<_>>()?;
     let mut argv: Vec<CString> = ["egressd", "__sandbox-init", "--uid"]
         .into_iter()
         .map(|s| CString::new(s).expect("static strings have no NUL"))
@@ -101,7 +105,7 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
 
 /// The child between `clone` and `execve`. Exits 125 with a message on any failure.
 unsafe fn child_main(
-    procs: &CString,
+    procs: &[CString],
     netns: Option<i32>,
     stdio: [Option<i32>; 3],
     exe: &CString,
@@ -112,11 +116,13 @@ unsafe fn child_main(
     unsafe {
         // Die with the daemon: without it nothing would answer the redirected connects.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-            fail(b"egressd: sandbox: cannot join the sandbox cgroup\n");
+        for file in procs {
+            let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(b"egressd: sandbox: cannot join the sandbox cgroup\n");
+            }
+            libc::close(fd);
         }
-        libc::close(fd);
         if let Some(ns) = netns
             && libc::setns(ns, libc::CLONE_NEWNET) != 0
         {
