@@ -240,6 +240,32 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     if config.policy.audit_only() {
         eprintln!("egressd: audit-only mode: what the policy denies is recorded but NOT blocked");
     }
+    // Secrets on disk: egressd's own credential files out of the sandbox user's reach, and
+    // credentials other tools left readable named (or fatal with `secrets = "refuse"`).
+    crate::sandbox::secrets::check_credential_files(&config, uid, gid)
+        .map_err(|e| Failure::usage(anyhow!(e)))?;
+    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir);
+    let findings =
+        crate::sandbox::secrets::find_readable(uid, gid, home.as_deref(), &config.sandbox.hide);
+    if !findings.is_empty() {
+        let list: Vec<String> = findings
+            .iter()
+            .map(|f| format!("{} ({})", f.path.display(), f.what))
+            .collect();
+        let refuse = config.sandbox.secrets == egressd_config::sandbox::SecretsMode::Refuse;
+        let message = format!(
+            "the sandbox's user can read credentials on disk: {}; hide each with --hide PATH \
+             (or [sandbox] hide), or remove it",
+            list.join(", ")
+        );
+        if refuse {
+            return Err(Failure::usage(anyhow!("{message} (secrets = \"refuse\")")));
+        }
+        eprintln!("egressd: warning: {message}");
+    }
     // Who triggered the run, verified, before anything is set up (`[provenance]`).
     let provenance = crate::provenance::establish(&config)?;
     let audit = AuditLog::new(config.audit_log.as_deref())

@@ -233,11 +233,7 @@ fn cover(source: &Path, target: &Path) -> nix::Result<()> {
 /// Scopes abstract Unix sockets to the calling process and its descendants (Landlock ABI
 /// 6, Linux 6.12). Returns whether the kernel enforces it.
 pub fn scope_abstract_sockets() -> bool {
-    use landlock::{
-        ABI, CompatLevel, Compatible as _, Ruleset, RulesetAttr as _, RulesetCreatedAttr as _,
-        RulesetStatus, Scope,
-    };
-    let _ = ABI::V6;
+    use landlock::{CompatLevel, Compatible as _, Ruleset, RulesetAttr as _, RulesetStatus, Scope};
     let status = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .scope(Scope::AbstractUnixSocket)

@@ -14,5 +14,6 @@ pub mod netns;
 pub mod nft;
 pub mod privilege;
 pub mod pty;
+pub mod secrets;
 pub mod spawn;
 pub mod trust;
