@@ -17,6 +17,7 @@ mod core;
 mod coverage;
 mod daemon;
 mod dns;
+mod doors;
 mod faults;
 mod fixtures;
 mod github;

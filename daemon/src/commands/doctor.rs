@@ -86,6 +86,31 @@ fn examine() -> Report {
                 .map_err(|e| format!("{e:#}")),
         );
     let nft = check("nftables", sandbox::nft::available());
+    // The layers beyond the network (they never decide the backend).
+    check(
+        "landlock",
+        if sandbox::confine::landlock_scopes_abstract() {
+            Ok("abstract Unix sockets are scoped to the sandbox (Landlock ABI 6+)".to_owned())
+        } else {
+            Err("Landlock cannot scope abstract Unix sockets here (Linux 6.12+): with \
+                 --netns host the eBPF Unix hooks refuse them instead, or they stay open"
+                .to_owned())
+        },
+    );
+    check(
+        "pty",
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/ptmx")
+            .map(|_| "a terminal on egressd's stdio is relayed through a new pseudo-terminal".to_owned())
+            .map_err(|e| format!("/dev/ptmx: {e}: the sandbox gets no terminal of its own (setsid still keeps it off egressd's)")),
+    );
+    check("limits", limits_available(&mountinfo));
+    check(
+        "mounts",
+        Ok("private /run, host Unix sockets covered, --hide paths masked (every kernel)".to_owned()),
+    );
     let (backend, reason) = if ebpf {
         (
             Some("ebpf"),
@@ -145,6 +170,37 @@ fn kernel_ok(release: &str) -> Result<String, String> {
         Err(format!(
             "{release}: egressd's eBPF backend needs Linux 5.15 or newer"
         ))
+    }
+}
+
+/// Where `pids.max` and `memory.max` can be set: cgroup v2 controllers, or v1 hierarchies.
+fn limits_available(mountinfo: &str) -> Result<String, String> {
+    let v2 = mount_of(mountinfo, "cgroup2")
+        .and_then(|m| std::fs::read_to_string(format!("{m}/cgroup.controllers")).ok())
+        .unwrap_or_default();
+    let v1 = |c: &str| {
+        mountinfo.lines().any(|l| {
+            l.split_once(" - ").is_some_and(|(_, rest)| {
+                let mut r = rest.split_whitespace();
+                r.next() == Some("cgroup") && r.nth(1).is_some_and(|o| o.split(',').any(|x| x == c))
+            })
+        })
+    };
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for c in ["pids", "memory"] {
+        if v2.split_whitespace().any(|x| x == c) {
+            found.push(format!("{c} (cgroup v2)"));
+        } else if v1(c) {
+            found.push(format!("{c} (cgroup v1)"));
+        } else {
+            missing.push(c);
+        }
+    }
+    if missing.is_empty() {
+        Ok(format!("sandbox resource limits: {}", found.join(", ")))
+    } else {
+        Err(format!("no {} controller: the sandbox runs without that limit", missing.join(" or ")))
     }
 }
 

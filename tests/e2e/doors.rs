@@ -1,0 +1,392 @@
+//! The doors that are not the network (issue "A sandbox with no side doors"): host Unix
+//! sockets (pathname and abstract), the terminal, privileged groups, secrets in the
+//! environment and on disk, resource limits. Each test first shows the door open without
+//! egressd (the same probe run as the same user outside the sandbox), then closed inside.
+
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt as _, net::UnixListener},
+    process::Command,
+};
+
+use egressd_tests::{EgressdCommand, Scratch, privileged};
+
+/// `/usr/bin/python3` (the sandbox user cannot reach a pyenv shim under /root).
+const PY: &str = "/usr/bin/python3";
+
+/// A Python client: connects to each Unix socket path given (`@name`: abstract) and prints
+/// `PATH connected` or `PATH refused ERRNO`; then binds and reaches a socket of its own.
+const CONNECT: &str = r#"
+import errno, os, socket, sys, tempfile
+for p in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX)
+    addr = "\0" + p[1:] if p.startswith("@") else p
+    try:
+        s.connect(addr); print(p, "connected")
+    except OSError as e:
+        print(p, "refused", errno.errorcode.get(e.errno, e.errno))
+d = tempfile.mkdtemp()
+own = os.path.join(d, "own.sock")
+srv = socket.socket(socket.AF_UNIX); srv.bind(own); srv.listen()
+c = socket.socket(socket.AF_UNIX); c.connect(own); print("own connected")
+"#;
+
+/// Runs `argv` as user 65534 outside any sandbox: the door-open control.
+fn as_nobody(argv: &[&str]) -> String {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .args(argv)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A listening host socket at `path`, reachable by anyone (mode 0666).
+fn host_socket(path: &std::path::Path) -> UnixListener {
+    let _ = fs::remove_file(path);
+    let l = UnixListener::bind(path).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666)).unwrap();
+    l
+}
+
+#[test]
+fn host_unix_sockets_are_out_of_reach_unless_allowed() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let client = scratch.write("connect.py", CONNECT);
+    let in_tmp = scratch.path("service.sock");
+    let in_run = std::path::PathBuf::from(format!("/run/egressd-test-{}.sock", std::process::id()));
+    let allowed = scratch.path("allowed.sock");
+    let _a = host_socket(&in_tmp);
+    let _b = host_socket(&in_run);
+    let _c = host_socket(&allowed);
+    let paths = [
+        in_tmp.to_str().unwrap(),
+        in_run.to_str().unwrap(),
+        allowed.to_str().unwrap(),
+    ];
+    let mut argv = vec![PY, client.to_str().unwrap()];
+    argv.extend(paths);
+    // Open without egressd.
+    let control = as_nobody(&argv);
+    for p in paths {
+        assert!(
+            control.contains(&format!("{p} connected")),
+            "control:\n{control}"
+        );
+    }
+    for netns in ["new", "host"] {
+        let out = EgressdCommand::new()
+            .netns(netns)
+            .args(["--allow-unix", allowed.to_str().unwrap()])
+            .command(&argv)
+            .run();
+        out.assert_success();
+        for p in [&in_tmp, &in_run] {
+            assert!(
+                out.stdout.contains(&format!("{} refused", p.display())),
+                "--netns {netns}: {} answered\n{out}",
+                p.display()
+            );
+        }
+        assert!(
+            out.stdout
+                .contains(&format!("{} connected", allowed.display())),
+            "--netns {netns}\n{out}"
+        );
+        assert!(
+            out.stdout.contains("own connected"),
+            "--netns {netns}: own sockets must work\n{out}"
+        );
+    }
+    let _ = fs::remove_file(&in_run);
+}
+
+#[test]
+fn host_abstract_sockets_are_out_of_reach_with_the_hosts_network_namespace() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let client = scratch.write("connect.py", CONNECT);
+    let name = format!("egressd-test-abstract-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let at = format!("@{name}");
+    let argv = [PY, client.to_str().unwrap(), at.as_str()];
+    let control = as_nobody(&argv);
+    assert!(
+        control.contains(&format!("{at} connected")),
+        "control:\n{control}"
+    );
+    for netns in ["host", "new"] {
+        let out = EgressdCommand::new().netns(netns).command(argv).run();
+        out.assert_success();
+        assert!(
+            out.stdout.contains(&format!("{at} refused")),
+            "--netns {netns}\n{out}"
+        );
+        assert!(
+            out.stdout.contains("own connected"),
+            "--netns {netns}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn the_sandbox_never_keeps_a_root_equivalent_group() {
+    if !privileged() {
+        return;
+    }
+    // `disk` (gid 6 on Debian and Ubuntu) stands for docker, sudo...: a file only it can read.
+    let scratch = Scratch::new();
+    let file = scratch.write("disk-only", "raw-disk-bytes");
+    nix::unistd::chown(
+        &file,
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(6)),
+    )
+    .unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+    let control = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "6", "--clear-groups", "cat"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&control.stdout), "raw-disk-bytes");
+    let script = format!("id -g; id -G; cat {} || echo unreadable", file.display());
+    for out in [
+        EgressdCommand::new().user("65534:6").sh(&script).run(),
+        // sudo's primary group (SUDO_GID), as `sudo egressd exec` on a runner gives it.
+        EgressdCommand::new()
+            .default_user()
+            .env("SUDO_UID", "65534")
+            .env("SUDO_GID", "6")
+            .sh(&script)
+            .run(),
+    ] {
+        out.assert_success();
+        assert!(out.stdout.contains("unreadable"), "\n{out}");
+        assert!(
+            !out.stdout
+                .lines()
+                .any(|l| l.split_whitespace().any(|g| g == "6")),
+            "\n{out}"
+        );
+        assert!(
+            out.stderr.contains("not disk (6)"),
+            "the change is said\n{out}"
+        );
+    }
+}
+
+#[test]
+fn secret_looking_variables_are_removed_and_named() {
+    if !privileged() {
+        return;
+    }
+    let vars = [
+        ("NPM_TOKEN", "npm-secret-1"),
+        ("CARGO_REGISTRY_TOKEN", "cargo-secret-2"),
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "DefaultEndpointsProtocol=https;AccountKey=k3",
+        ),
+        ("MY_SERVICE_API_KEY", "service-secret-4"),
+        ("DB_PASSWORD", "db-secret-5"),
+        (
+            "INNOCENT_LOOKING",
+            "ghp_0123456789abcdefABCDEF0123456789abcd",
+        ),
+        ("KEEP_THIS_TOKEN", "kept-on-purpose"),
+        ("PLAIN_SETTING", "plain-value"),
+    ];
+    let mut cmd = EgressdCommand::new()
+        .args(["--pass-env", "KEEP_THIS_TOKEN"])
+        .command(["env"]);
+    for (k, v) in vars {
+        cmd = cmd.env(k, v);
+    }
+    let out = cmd.run();
+    out.assert_success();
+    for (k, v) in &vars[..6] {
+        assert!(!out.stdout.contains(v), "{k} reached the sandbox\n{out}");
+        assert!(
+            out.stderr.contains(k),
+            "{k} is not named in the summary\n{out}"
+        );
+    }
+    assert!(
+        out.stdout.contains("KEEP_THIS_TOKEN=kept-on-purpose"),
+        "\n{out}"
+    );
+    assert!(out.stderr.contains("passing KEEP_THIS_TOKEN"), "\n{out}");
+    assert!(out.stdout.contains("PLAIN_SETTING=plain-value"), "\n{out}");
+    for (_, v) in vars {
+        assert!(!out.stderr.contains(v), "a value was printed\n{out}");
+    }
+}
+
+#[test]
+fn a_credential_file_the_sandbox_user_can_read_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let secret = scratch.write("token", "file-secret");
+    nix::unistd::chown(&secret, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let config = scratch.write(
+        "c.toml",
+        format!(
+            "[[credential]]\nname = \"k\"\nsource = \"file\"\npath = \"{}\"\n\n[[intercept]]\nhost = \"api.example.com\"\ncredential = \"k\"\n",
+            secret.display()
+        ),
+    );
+    // The door: the sandbox user reads it.
+    assert_eq!(as_nobody(&["cat", secret.to_str().unwrap()]), "file-secret");
+    let out = EgressdCommand::new()
+        .arg("-c")
+        .arg(&config)
+        .command(["true"])
+        .run();
+    assert_ne!(out.code(), Some(0), "\n{out}");
+    assert!(
+        out.stderr.contains(secret.to_str().unwrap()),
+        "the file is named\n{out}"
+    );
+    // Owned by root, 0600: accepted.
+    nix::unistd::chown(&secret, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    let out = EgressdCommand::new()
+        .arg("-c")
+        .arg(&config)
+        .sh(&format!("cat {} || echo unreadable", secret.display()))
+        .run();
+    out.assert_success();
+    assert!(out.stdout.contains("unreadable"), "\n{out}");
+}
+
+#[test]
+fn readable_credentials_on_disk_are_named_hidden_or_fatal() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let git = scratch.path(".git");
+    fs::create_dir_all(&git).unwrap();
+    fs::set_permissions(&git, fs::Permissions::from_mode(0o755)).unwrap();
+    let config = scratch.write(
+        ".git/config",
+        "[http \"https://github.com/\"]\n\textraheader = AUTHORIZATION: basic eC1hY2Nlc3MtdG9rZW46Z2hzX3NlY3JldA==\n",
+    );
+    assert!(as_nobody(&["cat", config.to_str().unwrap()]).contains("extraheader"));
+    let read = format!(
+        "cat {} 2>&1 | head -c 200; echo; echo done",
+        config.display()
+    );
+    let ws = scratch.dir().to_str().unwrap();
+    // Named.
+    let out = EgressdCommand::new()
+        .env("GITHUB_WORKSPACE", ws)
+        .sh(&read)
+        .run();
+    out.assert_success();
+    assert!(out.stderr.contains(config.to_str().unwrap()), "\n{out}");
+    // Hidden: the file reads empty, and is no longer reported.
+    let out = EgressdCommand::new()
+        .env("GITHUB_WORKSPACE", ws)
+        .args(["--hide", config.to_str().unwrap()])
+        .sh(&read)
+        .run();
+    out.assert_success();
+    assert!(!out.stdout.contains("extraheader"), "\n{out}");
+    assert!(!out.stderr.contains("can read credentials"), "\n{out}");
+    // Fatal on request.
+    let out = EgressdCommand::new()
+        .env("GITHUB_WORKSPACE", ws)
+        .args(["--secrets", "refuse"])
+        .sh("echo ran")
+        .run();
+    assert_ne!(out.code(), Some(0), "\n{out}");
+    assert!(!out.stdout.contains("ran"), "\n{out}");
+}
+
+#[test]
+fn a_fork_bomb_and_a_memory_hog_stay_inside_the_limits() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let config = scratch.write("limits.toml", "[limits]\npids = 40\nmemory = \"64M\"\n");
+    // Bounded "bomb": 100 sleepers, each printed once started.
+    let bomb =
+        "i=0; while [ $i -lt 100 ]; do sleep 5 & i=$((i+1)); echo $i; done; echo all-started";
+    let control = as_nobody(&["sh", "-c", &format!("{bomb}; kill $(jobs -p) 2>/dev/null")]);
+    assert!(control.contains("all-started"), "control:\n{control}");
+    let out = EgressdCommand::new().arg("-c").arg(&config).sh(bomb).run();
+    assert!(!out.stdout.contains("all-started"), "\n{out}");
+    let started: u32 = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(started < 40, "{started} processes started\n{out}");
+    let hog = [
+        PY,
+        "-c",
+        "x = bytearray(256 * 1024 * 1024); x[::4096] = b'x' * len(x[::4096]); print('allocated')",
+    ];
+    assert!(as_nobody(&hog).contains("allocated"));
+    let out = EgressdCommand::new()
+        .arg("-c")
+        .arg(&config)
+        .command(hog)
+        .run();
+    assert!(!out.stdout.contains("allocated"), "\n{out}");
+    assert_eq!(out.code(), Some(128 + 9), "killed by the OOM killer\n{out}");
+}
+
+#[test]
+fn keystrokes_pushed_with_tiocsti_never_reach_the_invoking_terminal() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let inject = scratch.write(
+        "inject.py",
+        "import fcntl, termios\nfor c in b'echo PWNED\\n':\n    try:\n        fcntl.ioctl(0, termios.TIOCSTI, bytes([c]))\n    except OSError as e:\n        print('tiocsti', e.errno); break\n",
+    );
+    let egressd = egressd_tests::egressd_bin();
+    // Under `script`, stdin is a terminal; after the injector, the invoking shell reads a
+    // line from it: that is where pushed keystrokes would run.
+    let run = |inner: String| {
+        let shell = format!("{inner}; read -t 2 line; echo \"got:$line\"");
+        let out = Command::new("script")
+            .args(["-qec", &shell, "/dev/null"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let control = run(format!(
+        "setpriv --reuid 65534 --regid 65534 --clear-groups {PY} {}",
+        inject.display()
+    ));
+    assert!(control.contains("got:echo PWNED"), "control:\n{control}");
+    let sandboxed = run(format!(
+        "{} exec --user 65534:65534 -- {PY} {}",
+        egressd.display(),
+        inject.display()
+    ));
+    assert!(sandboxed.contains("got:"), "\n{sandboxed}");
+    assert!(!sandboxed.contains("got:echo PWNED"), "\n{sandboxed}");
+}
