@@ -3,6 +3,7 @@
 //! environment and on disk, resource limits. Each test first shows the door open without
 //! egressd (the same probe run as the same user outside the sandbox), then closed inside.
 
+use std::os::linux::net::SocketAddrExt as _;
 use std::{
     fs,
     os::unix::{fs::PermissionsExt as _, net::UnixListener},
@@ -371,11 +372,20 @@ fn keystrokes_pushed_with_tiocsti_never_reach_the_invoking_terminal() {
     // line from it: that is where pushed keystrokes would run.
     let run = |inner: String| {
         let shell = format!("{inner}; read -t 2 line; echo \"got:$line\"");
-        let out = Command::new("script")
+        // script's stdin stays open and empty: at end-of-file it would type ^D into the
+        // terminal, which `read` would take before anything pushed.
+        let mut child = Command::new("script")
             .args(["-qec", &shell, "/dev/null"])
-            .output()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let stdin = child.stdin.take();
+        let mut out = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        child.wait().unwrap();
+        drop(stdin);
+        out
     };
     let control = run(format!(
         "setpriv --reuid 65534 --regid 65534 --clear-groups {PY} {}",
