@@ -92,9 +92,11 @@ fn examine() -> Report {
         if sandbox::confine::landlock_scopes_abstract() {
             Ok("abstract Unix sockets are scoped to the sandbox (Landlock ABI 6+)".to_owned())
         } else {
-            Err("Landlock cannot scope abstract Unix sockets here (Linux 6.12+): with \
+            Err(
+                "Landlock cannot scope abstract Unix sockets here (Linux 6.12+): with \
                  --netns host the eBPF Unix hooks refuse them instead, or they stay open"
-                .to_owned())
+                    .to_owned(),
+            )
         },
     );
     check(
@@ -109,7 +111,10 @@ fn examine() -> Report {
     check("limits", limits_available(&mountinfo));
     check(
         "mounts",
-        Ok("private /run, host Unix sockets covered, --hide paths masked (every kernel)".to_owned()),
+        Ok(
+            "private /run, host Unix sockets covered, --hide paths masked (every kernel)"
+                .to_owned(),
+        ),
     );
     let (backend, reason) = if ebpf {
         (
@@ -200,7 +205,10 @@ fn limits_available(mountinfo: &str) -> Result<String, String> {
     if missing.is_empty() {
         Ok(format!("sandbox resource limits: {}", found.join(", ")))
     } else {
-        Err(format!("no {} controller: the sandbox runs without that limit", missing.join(" or ")))
+        Err(format!(
+            "no {} controller: the sandbox runs without that limit",
+            missing.join(" or ")
+        ))
     }
 }
 
