@@ -78,6 +78,10 @@ pub enum Seccomp {
 
 impl Seccomp {
     /// Parses `default`, `off` or a path (relative to `dir`).
+    ///
+    /// # Errors
+    ///
+    /// A sentence saying what to write, for an empty text.
     pub fn parse(text: &str, dir: &Path) -> Result<Self, String> {
         match text {
             "default" => Ok(Self::Default),
@@ -99,6 +103,10 @@ pub enum UnixAllow {
 
 impl UnixAllow {
     /// Parses an absolute path; one ending in `/` names a directory.
+    ///
+    /// # Errors
+    ///
+    /// A sentence naming the entry, for a relative path, `..`, or a path too long.
     pub fn parse(text: &str) -> Result<Self, String> {
         if !text.starts_with('/') {
             return Err(format!(
@@ -159,6 +167,10 @@ pub struct SandboxSettings {
 
 /// Parses a memory size: bytes, or a number with `K`, `M`, `G`, `T` (powers of 1024, with
 /// or without `i`/`B`).
+///
+/// # Errors
+///
+/// A sentence saying what to write, for a malformed or overflowing size.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let help = || {
         format!("{text:?}: write a number of bytes, or a number with K, M, G or T, such as \"8G\"")
@@ -185,6 +197,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Checks a variable name for `pass_env`.
+///
+/// # Errors
+///
+/// A sentence naming the text, when it is not a variable name.
 pub fn check_env_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
@@ -197,6 +213,10 @@ pub fn check_env_name(name: &str) -> Result<(), String> {
 }
 
 /// Checks a path for `hide`.
+///
+/// # Errors
+///
+/// A sentence naming the path, when it is relative or `/`.
 pub fn check_hide(path: &str) -> Result<PathBuf, String> {
     if !path.starts_with('/') || path == "/" {
         return Err(format!(
