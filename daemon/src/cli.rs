@@ -725,6 +725,10 @@ pub struct SandboxInitArgs {
     /// The filesystem and socket confinement, as JSON (`sandbox::confine::Confinement`).
     #[arg(long)]
     pub confine: Option<String>,
+    /// The compiled seccomp filter (`sandbox::seccomp::Program::to_arg`), installed in the
+    /// command's process right before `execve`.
+    #[arg(long = "seccomp-bpf")]
+    pub seccomp_bpf: Option<String>,
     /// The command.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

@@ -199,6 +199,21 @@ impl Record {
     }
 }
 
+/// A Unix-socket connection or datagram the kernel refused, for [`AuditLog::unix_denied`].
+#[derive(Debug, Clone)]
+pub struct UnixDenial<'a> {
+    /// `connect` or `sendmsg`.
+    pub op: &'a str,
+    /// The socket path as the process gave it (`@name` for an abstract socket).
+    pub path: &'a str,
+    /// The calling process (thread-group id, in the host's PID namespace).
+    pub pid: u32,
+    /// Why it was refused.
+    pub reason: &'a str,
+    /// The rule that would allow it (`--allow-unix PATH`), when there is one.
+    pub suggest: Option<String>,
+}
+
 /// The audit log: an optional JSONL file plus an in-memory [`Summary`].
 ///
 /// Shared by every connection task (`Arc<AuditLog>`); one record is one `write` call on the
@@ -290,6 +305,54 @@ impl AuditLog {
         if let Some(awf) = &self.awf {
             awf.record(record);
         }
+    }
+
+    /// Writes and counts a Unix-socket connection the kernel refused (the eBPF
+    /// `connect_unix`/`sendmsg_unix` hooks): `{"proto":"unix","name":"unix:/run/x.sock",
+    /// "decision":"deny","op":"connect","pid":...,"reason":...,"suggest":...}`.
+    pub fn unix_denied(&self, sandbox: &str, denial: &UnixDenial<'_>) {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            time: String,
+            sandbox: &'a str,
+            proto: &'static str,
+            name: String,
+            decision: AuditDecision,
+            rule: Option<&'a str>,
+            reason: &'a str,
+            op: &'a str,
+            pid: u32,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            suggest: Option<&'a str>,
+        }
+        let name = format!("unix:{}", denial.path);
+        tracing::info!(path = denial.path, pid = denial.pid, "Unix socket refused");
+        {
+            let mut summary = lock(&self.summary);
+            summary.denied += 1;
+            if let Some(e) = summary.denied_names.iter_mut().find(|e| e.0 == name) {
+                e.2 += 1;
+            } else if summary.denied_names.len() < MAX_DENIED_NAMES {
+                summary
+                    .denied_names
+                    .push((name.clone(), denial.reason.to_owned(), 1));
+            }
+        }
+        self.write_line(
+            &Line {
+                time: now_rfc3339(),
+                sandbox,
+                proto: "unix",
+                name,
+                decision: AuditDecision::Deny,
+                rule: None,
+                reason: denial.reason,
+                op: denial.op,
+                pid: denial.pid,
+                suggest: denial.suggest.as_deref(),
+            },
+            false,
+        );
     }
 
     /// Writes a lifecycle line (`arm`/`disarm`), stamped now unless `event.time` is set. Not

@@ -83,6 +83,7 @@ pub use crate::addr::StaticOrigDst;
 pub use crate::addr::{ClientAddr, LoopbackSockets, OrigDst, OrigDstLookup};
 pub use crate::audit::{
     AccessLine, AttachedProgram, AuditLog, AwfLog, HostField, Lifecycle, LifecycleEvent, Summary,
+    UnixDenial,
 };
 pub use crate::error::{ClassifyError, ConnectError, Error, ErrorKind};
 

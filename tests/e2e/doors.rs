@@ -400,3 +400,203 @@ fn keystrokes_pushed_with_tiocsti_never_reach_the_invoking_terminal() {
     assert!(sandboxed.contains("got:"), "\n{sandboxed}");
     assert!(!sandboxed.contains("got:echo PWNED"), "\n{sandboxed}");
 }
+
+/// Runs the probe (copied into `scratch`) with `args` as user 65534 outside any sandbox.
+fn probe_as_nobody(scratch: &Scratch, args: &[&str]) -> Vec<serde_json::Value> {
+    let probe = scratch.install_probe();
+    let mut argv = vec![probe.to_str().unwrap()];
+    argv.extend(args);
+    egressd_tests::parse_json_lines(&as_nobody(&argv))
+}
+
+/// The line of `action` among a probe's JSON lines.
+fn line<'a>(lines: &'a [serde_json::Value], action: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .find(|l| l["action"] == action)
+        .unwrap_or_else(|| panic!("no {action} line in {lines:?}"))
+}
+
+#[test]
+fn the_default_seccomp_profile_closes_vsock_other_families_keyrings_bpf_and_io_uring() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let probe = scratch.install_probe();
+    // socket() only: nothing is ever sent to the hypervisor.
+    let args = [
+        "socket",
+        "vsock",
+        "socket",
+        "packet",
+        "socket",
+        "alg",
+        "socket",
+        "inet6",
+        "socket",
+        "netlink",
+        "keyctl",
+        "bpf",
+        "io-uring-connect",
+        "127.0.0.1:9",
+    ];
+    // Open without egressd: the families exist, the user may use its keyring, io_uring works.
+    let control = probe_as_nobody(&scratch, &args);
+    // (AF_ALG may be missing from a kernel: it is refused inside either way.)
+    for target in ["vsock", "inet6", "netlink"] {
+        let l = control
+            .iter()
+            .find(|l| l["action"] == "socket" && l["target"] == target)
+            .unwrap();
+        assert_eq!(l["result"], "ok", "control: {l}");
+    }
+    assert_eq!(
+        line(&control, "keyctl")["result"],
+        "ok",
+        "control: {control:?}"
+    );
+    assert_ne!(
+        line(&control, "io-uring-connect")["code"],
+        38,
+        "control: {control:?}"
+    );
+
+    let mut argv = vec![probe.to_str().unwrap()];
+    argv.extend(args);
+    let out = EgressdCommand::new().command(&argv).run();
+    out.assert_success();
+    let lines = egressd_tests::parse_json_lines(&out.stdout);
+    let socket = |target: &str| {
+        lines
+            .iter()
+            .find(|l| l["action"] == "socket" && l["target"] == target)
+            .unwrap_or_else(|| panic!("no socket {target}\n{out}"))
+            .clone()
+    };
+    for target in ["vsock", "packet", "alg"] {
+        assert_eq!(socket(target)["errno"], "EAFNOSUPPORT", "{target}\n{out}");
+    }
+    for target in ["inet6", "netlink"] {
+        assert_eq!(socket(target)["result"], "ok", "{target}\n{out}");
+    }
+    assert_eq!(line(&lines, "keyctl")["errno"], "EPERM", "\n{out}");
+    assert_eq!(line(&lines, "bpf")["errno"], "EPERM", "\n{out}");
+    // ENOSYS (38): the probe's errno table has no name for it.
+    assert_eq!(line(&lines, "io-uring-connect")["code"], 38, "\n{out}");
+
+    // --seccomp off: the filter was what refused them.
+    let out = EgressdCommand::new()
+        .args(["--seccomp", "off"])
+        .command([probe.to_str().unwrap(), "socket", "vsock"])
+        .run();
+    assert_eq!(
+        line(&egressd_tests::parse_json_lines(&out.stdout), "socket")["result"],
+        "ok",
+        "\n{out}"
+    );
+}
+
+#[test]
+fn a_docker_seccomp_profile_is_installed_and_a_bad_one_is_refused_with_its_place() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let profile = scratch.write(
+        "profile.json",
+        r#"{
+  "defaultAction": "SCMP_ACT_ALLOW",
+  "syscalls": [
+    { "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }
+  ]
+}"#,
+    );
+    let out = EgressdCommand::new()
+        .arg("--seccomp")
+        .arg(&profile)
+        .sh("mkdir /tmp/egressd-seccomp-$$ 2>&1 || echo refused")
+        .run();
+    out.assert_success();
+    assert!(out.stdout.contains("refused"), "\n{out}");
+    let bad = scratch.write("bad.json", "{\n  \"defaultAction\": \"SCMP_ACT_ALLOW\",\n  \"syscalls\": [ { \"names\": [\"mkdir\"], \"action\": \"SCMP_ACT_NOPE\" } ]\n}\n");
+    let out = EgressdCommand::new()
+        .arg("--seccomp")
+        .arg(&bad)
+        .command(["true"])
+        .run();
+    assert_eq!(out.code(), Some(64), "\n{out}");
+    assert!(
+        out.stderr.contains(bad.to_str().unwrap()),
+        "the file is named\n{out}"
+    );
+}
+
+#[test]
+fn a_host_socket_created_after_the_start_is_refused_in_the_kernel_and_audited() {
+    if !privileged() {
+        return;
+    }
+    // Outside /tmp, /run and the working directory: the kernel hooks' case (the mount layer
+    // only covers sockets that exist at the start).
+    let dir = std::path::PathBuf::from(format!("/var/lib/egressd-tests-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Remove(dir.clone());
+    let socket = dir.join("late.sock");
+    let scratch = Scratch::new();
+    let client = scratch.write("connect.py", CONNECT);
+    let audit = scratch.path("audit.jsonl");
+    let script = format!(
+        "echo ready; i=0; while [ ! -S {s} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; {PY} {c} {s}",
+        s = socket.display(),
+        c = client.display()
+    );
+    let running = EgressdCommand::new()
+        .netns("host")
+        .audit_log(&audit)
+        .sh(&script)
+        .spawn();
+    // The socket appears once the sandbox runs (it printed `ready`).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !running.stdout_so_far().contains("ready") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _listener = host_socket(&socket);
+    let out = running.wait();
+    out.assert_success();
+    assert!(
+        out.stdout
+            .contains(&format!("{} refused EPERM", socket.display())),
+        "\n{out}"
+    );
+    assert!(out.stdout.contains("own connected"), "\n{out}");
+    let records = egressd_tests::read_audit(&audit);
+    let record = records
+        .iter()
+        .find(|r| r["proto"] == "unix")
+        .unwrap_or_else(|| panic!("no unix record in {records:?}\n{out}"));
+    assert_eq!(record["name"], format!("unix:{}", socket.display()));
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["op"], "connect");
+    assert_eq!(
+        record["suggest"],
+        format!("--allow-unix {}", socket.display())
+    );
+    // The door was open: the same client as the same user outside the sandbox.
+    let control = as_nobody(&[PY, client.to_str().unwrap(), socket.to_str().unwrap()]);
+    assert!(
+        control.contains(&format!("{} connected", socket.display())),
+        "control:\n{control}"
+    );
+}

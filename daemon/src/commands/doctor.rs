@@ -77,14 +77,43 @@ fn examine() -> Report {
     );
     let root = check("privileges", privileges());
     let netns = check("netns", netns_ok());
-    let ebpf = root
-        && cgroup2
-        && check(
+    let loaded = (root && cgroup2).then(Loader::load);
+    let ebpf = match &loaded {
+        Some(result) => check(
             "ebpf-load",
-            Loader::load()
+            result
+                .as_ref()
                 .map(|l| format!("{} programs verified and loaded", l.programs().len()))
                 .map_err(|e| format!("{e:#}")),
-        );
+        ),
+        None => false,
+    };
+    check(
+        "unix-hooks",
+        match &loaded {
+            Some(Ok(loader)) => loader
+                .unix_hooks()
+                .map(|()| {
+                    "connect_unix/sendmsg_unix: host Unix sockets outside allow_unix are refused and audited"
+                        .to_owned()
+                })
+                .map_err(|why| format!("{why}: only the mount layer keeps host Unix sockets out")),
+            _ => Err("the eBPF programs did not load: only the mount layer keeps host Unix sockets out".to_owned()),
+        },
+    );
+    check(
+        "seccomp",
+        match sandbox::seccomp::compile(&sandbox::seccomp::Profile::Default) {
+            Ok(Some(p)) => Ok(format!(
+                "default profile: {} BPF instructions",
+                p.instructions()
+            )),
+            Ok(None) => Err("no default profile".to_owned()),
+            Err(e) => Err(format!(
+                "{e}: the command runs without a system-call filter"
+            )),
+        },
+    );
     let nft = check("nftables", sandbox::nft::available());
     // The layers beyond the network (they never decide the backend).
     check(

@@ -109,6 +109,91 @@ pub(crate) fn apply_sandbox_args(
     Ok(())
 }
 
+/// Directories whose sockets belong to the sandbox (it binds them itself): `/tmp`,
+/// `/var/tmp`, `/dev/shm` (host sockets there are covered by the mount layer), its private
+/// `/run`, and its working directory; then `allow_unix`.
+fn unix_allow(
+    allow: &[egressd_config::sandbox::UnixAllow],
+    workdir: Option<&std::path::Path>,
+) -> Vec<crate::loader::UnixAllow> {
+    use crate::loader::UnixAllow as Kernel;
+    use egressd_config::sandbox::UnixAllow as Config;
+    let mut entries: Vec<Kernel> = ["/tmp/", "/var/tmp/", "/dev/shm/", "/run/"]
+        .into_iter()
+        .map(|d| Kernel::Dir(PathBuf::from(d)))
+        .collect();
+    // Not "/" itself, which would allow every path.
+    if let Some(dir) = workdir.filter(|d| d.components().count() > 1) {
+        entries.push(Kernel::Dir(dir.to_path_buf()));
+    }
+    entries.extend(allow.iter().map(|a| match a {
+        Config::Socket(p) => Kernel::Socket(p.clone()),
+        Config::Directory(p) => Kernel::Dir(p.clone()),
+    }));
+    entries
+}
+
+/// Writes one audit record per Unix socket the kernel refused in this sandbox (cgroup
+/// `cgroup_id`), until the run ends.
+async fn audit_unix_denials(
+    mut events: crate::loader::UnixEvents,
+    cgroup_id: u64,
+    audit: Arc<AuditLog>,
+    sandbox: String,
+) {
+    while let Ok(event) = events.next().await {
+        if event.cgroup_id != cgroup_id {
+            continue;
+        }
+        let (reason, suggest) = if event.is_abstract {
+            ("abstract Unix socket outside the sandbox", None)
+        } else if event.path.split('/').any(|p| p == "..") {
+            ("Unix socket path with a `..` segment", None)
+        } else {
+            (
+                "Unix socket outside the sandbox, not in allow_unix",
+                Some(format!("--allow-unix {}", event.path)),
+            )
+        };
+        audit.unix_denied(
+            &sandbox,
+            &egressd_proxy::UnixDenial {
+                op: &event.kind.to_string(),
+                path: &event.path,
+                pid: event.pid,
+                reason,
+                suggest,
+            },
+        );
+    }
+}
+
+/// Compiles the `seccomp` setting: `None` for `off`, and for the default profile on an
+/// architecture it has no table for (said on stderr); an error for a bad FILE.
+fn seccomp_filter(
+    setting: &egressd_config::sandbox::Seccomp,
+) -> Result<Option<crate::sandbox::seccomp::Program>, Failure> {
+    use crate::sandbox::seccomp::{self, Error, Profile};
+    let profile = match setting {
+        egressd_config::sandbox::Seccomp::Default => Profile::Default,
+        egressd_config::sandbox::Seccomp::Off => Profile::Off,
+        egressd_config::sandbox::Seccomp::File(path) => Profile::Oci(path.clone()),
+    };
+    match seccomp::compile(&profile) {
+        Ok(program) => {
+            for warning in program.iter().flat_map(|p| p.warnings()) {
+                eprintln!("egressd: warning: seccomp: {warning}");
+            }
+            Ok(program)
+        }
+        Err(e @ Error::UnsupportedArch(_)) if profile == Profile::Default => {
+            eprintln!("egressd: warning: the command runs without a seccomp filter: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(Failure::usage(anyhow!("--seccomp: {e}"))),
+    }
+}
+
 /// Everything a sandboxed run needs, validated by the caller (`exec`, `awf`).
 pub(crate) struct Plan {
     /// The compiled configuration (policy, credentials, audit log path).
@@ -240,6 +325,8 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     if config.policy.audit_only() {
         eprintln!("egressd: audit-only mode: what the policy denies is recorded but NOT blocked");
     }
+    // The command's system-call filter, compiled (and a FILE checked) before anything starts.
+    let seccomp = seccomp_filter(&config.sandbox.seccomp)?;
     // Secrets on disk: egressd's own credential files out of the sandbox user's reach, and
     // credentials other tools left readable named (or fatal with `secrets = "refuse"`).
     crate::sandbox::secrets::check_credential_files(&config, uid, gid)
@@ -316,16 +403,36 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         Some(s) => s.local_addr().map_err(Failure::setup)?.port(),
         None => 0,
     };
+    // Unix-socket rules in the kernel (Linux 6.7+): host sockets not in allow_unix refused
+    // and audited, abstract ones too unless the sandbox has its own (network namespace or
+    // Landlock scope).
+    let unix_rules = match &armed {
+        Armed::Ebpf(loader) => match loader.unix_hooks() {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::info!("Unix-socket hooks not available: {why}");
+                false
+            }
+        },
+        Armed::Nftables => false,
+    };
+    let mut flags = if mode.redirects_loopback() {
+        FLAG_REDIRECT_LOOPBACK
+    } else {
+        0
+    };
+    if unix_rules {
+        flags |= egressd_ebpf_common::FLAG_UNIX_RULES;
+        if mode == NetnsMode::New || crate::sandbox::confine::landlock_scopes_abstract() {
+            flags |= egressd_ebpf_common::FLAG_UNIX_ABSTRACT_ALLOW;
+        }
+    }
     let sandbox_config = SandboxConfig {
         proxy_port4: port4.to_be(),
         proxy_port6: port6.to_be(),
         dns_port: dns_port4.to_be(),
         dns_port6: dns_port6.to_be(),
-        flags: if mode.redirects_loopback() {
-            FLAG_REDIRECT_LOOPBACK
-        } else {
-            0
-        },
+        flags,
     };
     let orig: Arc<dyn egressd_proxy::OrigDstLookup> = match &mut armed {
         Armed::Ebpf(loader) => {
@@ -334,6 +441,14 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             let _links = loader
                 .attach(&cgroup, sandbox_config)
                 .map_err(Failure::setup)?;
+            if unix_rules {
+                let workdir = cwd.clone().or_else(|| std::env::current_dir().ok());
+                let entries = unix_allow(&config.sandbox.allow_unix, workdir.as_deref());
+                loader
+                    .set_unix_allow(cgroup.id(), &entries)
+                    .context("writing the sandbox's Unix-socket rules")
+                    .map_err(Failure::setup)?;
+            }
             loader.orig_dst()
         }
         Armed::Nftables => {
@@ -362,6 +477,20 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         .context("starting the async runtime")
         .map_err(Failure::setup)?;
 
+    // Refused Unix sockets, from the kernel's ring buffer into the audit log.
+    if unix_rules && let Armed::Ebpf(loader) = &mut armed {
+        let _guard = runtime.enter();
+        let events = loader
+            .unix_events()
+            .context("reading the Unix-socket refusals")
+            .map_err(Failure::setup)?;
+        runtime.spawn(audit_unix_denials(
+            events,
+            cgroup.id(),
+            Arc::clone(&audit),
+            sandbox.clone(),
+        ));
+    }
     let policy_hash = super::audit::policy_hash(&config.policy);
     let config = Arc::new(config);
     let config_intercepts = config.intercepts.host_patterns();
@@ -519,6 +648,9 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         env,
         stdio: relay.as_ref().map(|r| r.stdio()).unwrap_or_default(),
         confine: Some(confine_json),
+        seccomp: seccomp
+            .as_ref()
+            .map(crate::sandbox::seccomp::Program::to_arg),
     });
     if let Some(previous) = previous_cwd {
         let _ = std::env::set_current_dir(previous);

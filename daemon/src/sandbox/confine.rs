@@ -62,11 +62,12 @@ impl Confinement {
         let mut kept: Vec<PathBuf> = keep.to_vec();
         // The resolver configuration, where /etc/resolv.conf leads (systemd-resolved's stub
         // file lives in /run).
+        // The file alone: its directory may hold a resolver's socket (systemd-resolved's
+        // varlink `io.systemd.Resolve`), a way to resolve names around egressd's DNS.
         if let Ok(real) = fs::canonicalize("/etc/resolv.conf")
             && under_private(&real)
-            && let Some(dir) = real.parent()
         {
-            kept.push(dir.to_path_buf());
+            kept.push(real);
         }
         for entry in allow {
             let path = entry.path();

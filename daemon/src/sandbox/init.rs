@@ -58,10 +58,31 @@ pub fn run(args: &SandboxInitArgs) -> ExitCode {
             return ExitCode::from(crate::EXIT_USAGE);
         }
     };
+    let filter = match args
+        .seccomp_bpf
+        .as_deref()
+        .map(super::seccomp::Program::from_arg)
+    {
+        None => None,
+        Some(Ok(program)) => Some(program),
+        Some(Err(e)) => {
+            eprintln!("egressd: sandbox: reading the seccomp filter: {e}");
+            return ExitCode::from(crate::EXIT_SETUP);
+        }
+    };
     // SAFETY: this process is single-threaded (a fresh exec), so fork is safe.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             foreground();
+            // The filter goes on the command alone (PID 1 reaps whatever a strict user
+            // profile allows); never run the command unfiltered.
+            if let Some(program) = &filter
+                && let Err(e) = super::seccomp::apply(program)
+            {
+                eprintln!("egressd: sandbox: installing the seccomp filter: {e}");
+                // SAFETY: leave without running the parent's destructors.
+                unsafe { libc::_exit(126) }
+            }
             let err = execvp(&argv[0], &argv).unwrap_err();
             eprintln!("egressd: cannot run {:?}: {err}", args.command[0]);
             let code = if err == nix::errno::Errno::ENOENT {

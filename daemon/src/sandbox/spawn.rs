@@ -38,6 +38,8 @@ pub struct Spec<'a> {
     pub stdio: [Option<i32>; 3],
     /// The confinement plan for the init, as JSON.
     pub confine: Option<String>,
+    /// The compiled seccomp filter for the command (`Program::to_arg`).
+    pub seccomp: Option<String>,
 }
 
 /// Starts PID 1 of the sandbox and returns its pid (in our namespace).
@@ -59,6 +61,10 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
     if let Some(plan) = &spec.confine {
         argv.push(CString::new("--confine").expect("static"));
         argv.push(CString::new(plan.as_bytes()).context("the confinement plan contains NUL")?);
+    }
+    if let Some(filter) = &spec.seccomp {
+        argv.push(CString::new("--seccomp-bpf").expect("static"));
+        argv.push(CString::new(filter.as_bytes()).context("the seccomp filter contains NUL")?);
     }
     argv.push(CString::new("--").expect("static"));
     for arg in spec.command {

@@ -11,6 +11,13 @@
 /// `SandboxConfig::flags`: also redirect loopback destinations (the sandbox shares the
 /// host's network namespace, so its loopback is the host's and goes through policy).
 pub const FLAG_REDIRECT_LOOPBACK: u32 = 1;
+/// `SandboxConfig::flags`: apply the Unix-socket rules in `cgroup/connect_unix` and
+/// `cgroup/sendmsg_unix` (without it those hooks allow every Unix-socket address).
+pub const FLAG_UNIX_RULES: u32 = 2;
+/// `SandboxConfig::flags`, with `FLAG_UNIX_RULES`: allow abstract (and unnamed) Unix-socket
+/// addresses. Set it only where the sandbox's abstract namespace is its own (a private
+/// network namespace, or Landlock scoping abstract sockets); without it they are refused.
+pub const FLAG_UNIX_ABSTRACT_ALLOW: u32 = 4;
 
 /// Per-sandbox settings, keyed by the sandbox's cgroup v2 id (`u64`) in `SANDBOXES`.
 ///
@@ -109,8 +116,12 @@ pub mod counter {
     pub const DNS_REPLY_REWRITTEN: u32 = 12;
     /// A TCP connect to port 53 on loopback was sent to the proxy (DNS over TCP).
     pub const DNS_TCP_REDIRECTED: u32 = 13;
+    /// A Unix-socket connect/sendmsg to a path (or an unreadable address) was refused.
+    pub const UNIX_DENIED: u32 = 14;
+    /// A Unix-socket connect/sendmsg to an abstract or unnamed address was refused.
+    pub const UNIX_ABSTRACT_DENIED: u32 = 15;
     /// Number of counters (size of the array).
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
 
     /// Stable names, indexed by counter number, for logs and `egressd` output.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -128,8 +139,84 @@ pub mod counter {
         "rekeyed",
         "dns_reply_rewritten",
         "dns_tcp_redirected",
+        "unix_denied",
+        "unix_abstract_denied",
     ];
 }
+
+/// Size of `sun_path` in `struct sockaddr_un`.
+pub const UNIX_PATH_MAX: usize = 108;
+
+/// Data part of a `UNIX_ALLOW` LPM-trie key (the trie key is `{ prefixlen: u32, data }`,
+/// aya's `lpm_trie::Key<UnixAllowData>`).
+///
+/// An entry for one socket path covers the path and its terminating NUL, so it matches only
+/// that path; a directory entry ends with `/` and no NUL, so it matches everything below.
+/// The programs look up the full key: the cgroup id, the path as connect() named it, a NUL,
+/// zero padding, with all bits significant ([`UnixAllowData::FULL_PREFIX_BITS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixAllowData {
+    /// The sandbox's cgroup id, native byte order (bytes, so the key has no padding).
+    pub cgroup_id: [u8; 8],
+    /// Path bytes, zero padded.
+    pub path: [u8; UNIX_PATH_MAX],
+}
+
+impl UnixAllowData {
+    /// Prefix length, in bits, that makes every byte of the data significant.
+    pub const FULL_PREFIX_BITS: u32 = (8 + UNIX_PATH_MAX as u32) * 8;
+
+    /// Prefix length, in bits, of an entry for this cgroup whose path part is `path_bytes`
+    /// long (a trailing NUL included for an exact socket path).
+    pub const fn prefix_bits(path_bytes: usize) -> u32 {
+        ((8 + path_bytes) * 8) as u32
+    }
+}
+
+/// `UnixEvent::kind` of a refused `connect()` (stream, seqpacket or datagram).
+pub const UNIX_KIND_CONNECT: u32 = 0;
+/// `UnixEvent::kind` of a refused `sendmsg()`/`sendto()` naming an address.
+pub const UNIX_KIND_SENDMSG: u32 = 1;
+
+/// A refused Unix-socket address, pushed to the `UNIX_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixEvent {
+    /// Cgroup id of the task that called connect()/sendmsg().
+    pub cgroup_id: u64,
+    /// Its thread-group id.
+    pub pid: u32,
+    /// `UNIX_KIND_*`.
+    pub kind: u32,
+    /// 1 for an abstract or unnamed address (`path` then starts with its leading NUL), else 0.
+    pub is_abstract: u32,
+    /// Length of `sun_path` in the address (its length less the 2-byte family, at most
+    /// 108). A pathname ends at its first NUL within these bytes; what follows it may be
+    /// left as the caller passed it.
+    pub path_len: u32,
+    /// `sun_path` as the kernel received it, zero padded.
+    pub path: [u8; UNIX_PATH_MAX],
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// Offsets in the kernel's `struct bpf_sock_addr_kern`, the real context of cgroup
+/// sock_addr programs (`{ struct sock *sk; struct sockaddr *uaddr; u64 tmp_reg;
+/// void *t_ctx; u32 uaddrlen; }` since Linux 6.7). The Unix-socket hooks read `uaddr` and
+/// `uaddrlen` at these offsets; the loader checks them against the running kernel's BTF
+/// and does not load the hooks when they differ.
+pub mod sock_addr_kern {
+    /// Offset of `struct sockaddr *uaddr`.
+    pub const UADDR: usize = 8;
+    /// Offset of `u32 uaddrlen` (the address length, the 2-byte family included).
+    pub const UADDRLEN: usize = 32;
+}
+
+/// Capacity of the `UNIX_ALLOW` trie (entries over all sandboxes).
+pub const MAX_UNIX_ALLOW: u32 = 4096;
+/// Size of the `UNIX_EVENTS` ring buffer in bytes (a power of two, whole pages).
+pub const UNIX_EVENTS_BYTES: u32 = 64 * 1024;
 
 /// Maximum number of concurrently configured sandboxes.
 pub const MAX_SANDBOXES: u32 = 1024;
@@ -145,6 +232,10 @@ mod pod {
     unsafe impl aya::Pod for super::OrigDst {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClientKey {}
+    // SAFETY: as above (byte arrays only, no padding).
+    unsafe impl aya::Pod for super::UnixAllowData {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnixEvent {}
 }
 
 #[cfg(test)]
@@ -188,6 +279,51 @@ mod tests {
     fn counter_names_cover_every_counter() {
         assert_eq!(counter::NAMES.len(), counter::COUNT as usize);
         assert_eq!(counter::NAMES[counter::REKEYED as usize], "rekeyed");
+        assert_eq!(counter::NAMES[counter::UNIX_DENIED as usize], "unix_denied");
+        assert_eq!(
+            counter::NAMES[counter::UNIX_ABSTRACT_DENIED as usize],
+            "unix_abstract_denied"
+        );
+    }
+
+    #[test]
+    fn unix_allow_data_layout() {
+        assert_eq!(size_of::<UnixAllowData>(), 116);
+        assert_eq!(align_of::<UnixAllowData>(), 1);
+        assert_eq!(offset_of!(UnixAllowData, cgroup_id), 0);
+        assert_eq!(offset_of!(UnixAllowData, path), 8);
+        assert_eq!(UnixAllowData::FULL_PREFIX_BITS, 116 * 8);
+        assert_eq!(UnixAllowData::prefix_bits(UNIX_PATH_MAX), 116 * 8);
+        // `/tmp/` as a directory entry: cgroup id and five path bytes.
+        assert_eq!(UnixAllowData::prefix_bits(5), 13 * 8);
+    }
+
+    #[test]
+    fn unix_event_layout() {
+        assert_eq!(size_of::<UnixEvent>(), 136);
+        assert_eq!(align_of::<UnixEvent>(), 8);
+        assert_eq!(offset_of!(UnixEvent, cgroup_id), 0);
+        assert_eq!(offset_of!(UnixEvent, pid), 8);
+        assert_eq!(offset_of!(UnixEvent, kind), 12);
+        assert_eq!(offset_of!(UnixEvent, is_abstract), 16);
+        assert_eq!(offset_of!(UnixEvent, path_len), 20);
+        assert_eq!(offset_of!(UnixEvent, path), 24);
+        assert_eq!(offset_of!(UnixEvent, _pad), 132);
+    }
+
+    #[test]
+    fn flags_are_distinct_bits() {
+        let flags = [
+            FLAG_REDIRECT_LOOPBACK,
+            FLAG_UNIX_RULES,
+            FLAG_UNIX_ABSTRACT_ALLOW,
+        ];
+        for (i, a) in flags.iter().enumerate() {
+            assert_eq!(a.count_ones(), 1);
+            for b in &flags[i + 1..] {
+                assert_eq!(a & b, 0);
+            }
+        }
     }
 
     #[test]

@@ -13,15 +13,19 @@ mod maps;
 mod skb;
 #[cfg(target_arch = "bpf")]
 mod sockops;
+#[cfg(target_arch = "bpf")]
+mod unix;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
+        bindings::bpf_sock_addr,
         macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, sock_ops},
         programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
     };
+    use egressd_ebpf_common::{UNIX_KIND_CONNECT, UNIX_KIND_SENDMSG};
 
-    use crate::{connect, maps::count, skb, sockops};
+    use crate::{connect, maps::count, skb, sockops, unix};
 
     const ALLOW: i32 = 1;
     const REFUSE: i32 = 0;
@@ -79,6 +83,25 @@ mod programs {
     pub fn egressd_recvmsg6(ctx: SockAddrContext) -> i32 {
         connect::try_recvmsg(&ctx, true);
         ALLOW
+    }
+
+    // The Unix-socket hooks (Linux 6.7+). aya-ebpf's `cgroup_sock_addr` macro does not know
+    // these attach types, so the entry points are written out the way it writes them, with
+    // the section names libbpf uses. aya 0.14 does not know them either: the daemon's loader
+    // hides these two sections from aya and loads them itself (see `loader.rs`).
+
+    /// `connect()` on an `AF_UNIX` socket (stream, seqpacket and datagram).
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "cgroup/connect_unix")]
+    pub fn egressd_connect_unix(ctx: *mut bpf_sock_addr) -> i32 {
+        unix::check(&SockAddrContext::new(ctx), UNIX_KIND_CONNECT)
+    }
+
+    /// `sendmsg()`/`sendto()` naming an address on an `AF_UNIX` datagram socket.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "cgroup/sendmsg_unix")]
+    pub fn egressd_sendmsg_unix(ctx: *mut bpf_sock_addr) -> i32 {
+        unix::check(&SockAddrContext::new(ctx), UNIX_KIND_SENDMSG)
     }
 
     /// Forget a socket's original destination when it is released (UDP sockets have no

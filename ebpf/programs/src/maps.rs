@@ -2,10 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egressd_ebpf_common::{
-    ClientKey, MAX_SANDBOXES, MAX_TRACKED_SOCKETS, OrigDst, SandboxConfig, counter,
+    ClientKey, MAX_SANDBOXES, MAX_TRACKED_SOCKETS, MAX_UNIX_ALLOW, OrigDst, SandboxConfig,
+    UNIX_EVENTS_BYTES, UnixAllowData, counter,
 };
 
 /// Sandbox settings by cgroup v2 id; written by the loader before the first process joins.
@@ -27,6 +28,15 @@ pub static ORIG_BY_CLIENT: LruHashMap<ClientKey, OrigDst> =
 /// Per-CPU event counters, indexed by `egressd_ebpf_common::counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Unix-socket paths each sandbox may connect/send to: exact socket paths (NUL included)
+/// and directory prefixes, keyed by cgroup id first. Written by the loader.
+#[map]
+pub static UNIX_ALLOW: LpmTrie<UnixAllowData, u32> = LpmTrie::with_max_entries(MAX_UNIX_ALLOW, 0);
+
+/// Refused Unix-socket addresses (`UnixEvent`), read by the daemon.
+#[map]
+pub static UNIX_EVENTS: RingBuf = RingBuf::with_byte_size(UNIX_EVENTS_BYTES, 0);
 
 /// Adds one to counter `index`.
 #[inline(always)]

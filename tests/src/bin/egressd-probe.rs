@@ -25,6 +25,13 @@
 //! egressd-probe hold ADDR:PORT N WAIT_MS              N idle connections held open
 //! egressd-probe load ADDR:PORT HOST N ROUNDS          N concurrent HTTP requests per round
 //! egressd-probe sustain ADDR:PORT HOST N SECONDS      N kept-alive connections, requests for SECONDS
+//! egressd-probe unix-connect PATH                   Unix stream connect (`@name`: abstract name)
+//! egressd-probe unix-sendto PATH                    one datagram from an unconnected Unix socket
+//! egressd-probe vsock CID:PORT                      AF_VSOCK connect (see `doors.rs`)
+//! egressd-probe socket FAMILY                       socket() of another family (number or name)
+//! egressd-probe tiocsti TEXT                        push TEXT into the terminal on stdin
+//! egressd-probe keyctl                              the session keyring's id (no target)
+//! egressd-probe bpf                                 a one-entry BPF array map (no target)
 //! ```
 //!
 //! The HTTPS actions (`sse`, `websocket`, `h2-authorities`, `h2-idle`) trust exactly the CA bundle in
@@ -47,11 +54,15 @@ use std::{
     time::Duration,
 };
 
+#[path = "egressd-probe/doors.rs"]
+mod doors;
 #[path = "egressd-probe/limits.rs"]
 mod limits;
+#[path = "egressd-probe/unix.rs"]
+mod unix;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR | tcp-fastopen ADDR:PORT | tcp-reconnect ADDR:PORT | io-uring-connect ADDR:PORT | sctp ADDR:PORT | packet IFACE | raw ADDR | dns SERVER:PORT NAME TYPE | dns-tcp SERVER:PORT NAME TYPE | sse URL | websocket URL MESSAGE | h2-authorities URL OTHER_HOST | h2-idle URL WAIT_S | slow ADDR:PORT HEX DRIP_MS WAIT_S | hold ADDR:PORT N WAIT_MS | load ADDR:PORT HOST N ROUNDS | sustain ADDR:PORT HOST N SECONDS)...";
+const USAGE: &str = "usage: egressd-probe (tcp ADDR:PORT [--v6only-mapped] | udp ADDR:PORT | udp-connect ADDR:PORT | icmp ADDR | tcp-fastopen ADDR:PORT | tcp-reconnect ADDR:PORT | io-uring-connect ADDR:PORT | sctp ADDR:PORT | packet IFACE | raw ADDR | dns SERVER:PORT NAME TYPE | dns-tcp SERVER:PORT NAME TYPE | sse URL | websocket URL MESSAGE | h2-authorities URL OTHER_HOST | h2-idle URL WAIT_S | slow ADDR:PORT HEX DRIP_MS WAIT_S | hold ADDR:PORT N WAIT_MS | load ADDR:PORT HOST N ROUNDS | sustain ADDR:PORT HOST N SECONDS | unix-connect PATH | unix-sendto PATH | vsock CID:PORT | socket FAMILY | tiocsti TEXT | keyctl | bpf)...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -62,6 +73,11 @@ fn main() -> ExitCode {
     let mut i = 0;
     while i < args.len() {
         let action = args[i].as_str();
+        if let Some(line) = doors::untargeted(action) {
+            println!("{line}");
+            i += 1;
+            continue;
+        }
         let Some(target) = args.get(i + 1) else {
             eprintln!("{action}: missing target\n{USAGE}");
             return ExitCode::from(2);
@@ -84,6 +100,11 @@ fn main() -> ExitCode {
             "sctp" => sctp(target),
             "packet" => packet(target),
             "raw" => raw(target),
+            "vsock" => doors::vsock(target),
+            "socket" => doors::socket(target),
+            "tiocsti" => doors::tiocsti(target),
+            "unix-connect" => unix::connect(target),
+            "unix-sendto" => unix::sendto(target),
             "dns" | "dns-tcp" => {
                 let (Some(name), Some(rtype)) = (args.get(i), args.get(i + 1)) else {
                     eprintln!("{action}: needs SERVER:PORT NAME TYPE\n{USAGE}");
