@@ -740,7 +740,7 @@ const DEFAULT_RULES: &[DefaultRule] = &[
         names: &["io_uring_setup"],
         when: When::Always,
         errno: libc::ENOSYS,
-        why: "io_uring runs operations seccomp cannot see: IORING_OP_SOCKET makes an AF_VSOCK socket without socket(2); ENOSYS, as a kernel without io_uring, so programs fall back to plain system calls",
+        why: "io_uring runs operations seccomp cannot see (IORING_OP_SOCKET makes an AF_VSOCK socket without socket(2)); ENOSYS, as on a kernel without io_uring, so programs fall back to plain system calls",
     },
     DefaultRule {
         names: &["userfaultfd"],
@@ -1961,10 +1961,11 @@ mod tests {
                     "the persona sets `READ_IMPLIES_EXEC` or `MMAP_PAGE_ZERO`".to_string()
                 }
             };
-            let error = if rule.errno == libc::EPERM {
-                "EPERM"
-            } else {
-                "EAFNOSUPPORT"
+            let error = match rule.errno {
+                libc::EPERM => "EPERM",
+                libc::ENOSYS => "ENOSYS",
+                libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+                other => panic!("name errno {other} in the README table"),
             };
             out.push_str(&format!(
                 "| {} | {when} | {error} | {} |\n",
