@@ -251,7 +251,26 @@ async fn handle(
     let body: UpBody =
         crate::body::Counted::new(body, Arc::clone(&pending.sent), Some(body_limit)).boxed_unsync();
     let body = if is_json(&parts.headers) && parts.method == Method::POST {
-        match normalise_model(provider, &mut parts.headers, body).await {
+        // The whole body is held here: bounded in size (the body limit) and in time, so a
+        // client dribbling bodies on many connections cannot pin egressd's memory for long.
+        let read = tokio::time::timeout(
+            proxy.config.timeouts.idle,
+            normalise_model(provider, &mut parts.headers, body),
+        )
+        .await;
+        let Ok(read) = read else {
+            let reason = "the request body did not arrive within timeouts.idle";
+            pending.rec.reason = reason.to_owned();
+            pending.rec.status = Some(408);
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                provider,
+                reason,
+                "request_timeout",
+                true,
+            );
+        };
+        match read {
             Ok(body) => body,
             Err(crate::body::BodyError::TooLarge(over)) => {
                 return body_too_large(&mut pending, provider, &over);

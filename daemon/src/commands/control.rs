@@ -25,7 +25,10 @@ pub fn attach(args: AttachArgs) -> Result<u8, Failure> {
             }
         }
         (None, Some(pid), _) => Target::Pid { pid },
-        _ => Target::Job,
+        _ => {
+            warn_readable_credentials();
+            Target::Job
+        }
     };
     exchange(
         &args.control,
@@ -34,6 +37,33 @@ pub fn attach(args: AttachArgs) -> Result<u8, Failure> {
             name: args.name,
         },
     )
+}
+
+/// `attach --job`: the job keeps its user, so name the credentials on disk it can read
+/// (the token `actions/checkout` persisted, a Docker login...): the firewall does not stop
+/// a job from reading them, only from sending them where the allowlist does not go.
+fn warn_readable_credentials() {
+    let (uid, gid) = crate::env::sudo_user().unwrap_or_else(|| {
+        (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
+    });
+    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir);
+    let findings = crate::sandbox::secrets::find_readable(uid, gid, home.as_deref(), &[]);
+    if !findings.is_empty() {
+        let list: Vec<String> = findings
+            .iter()
+            .map(|f| format!("{} ({})", f.path.display(), f.what))
+            .collect();
+        eprintln!(
+            "egressd: warning: the job's user can read credentials on disk: {}",
+            list.join(", ")
+        );
+    }
 }
 
 /// `egressd detach`.

@@ -1406,7 +1406,7 @@ mod tests {
             for rule in DEFAULT_RULES {
                 if matches!(rule.when, When::Always) {
                     for name in rule.names.iter().filter(|n| c.table.contains_key(*n)) {
-                        c.expect(name, &[], eperm);
+                        c.expect(name, &[], errno(rule.errno));
                     }
                 }
             }
@@ -1418,7 +1418,9 @@ mod tests {
             c.expect("personality", &[0x2_0008], ALLOW); // UNAME26 | PER_LINUX32
             c.expect("personality", &[persona(READ_IMPLIES_EXEC)], eperm);
             c.expect("personality", &[persona(MMAP_PAGE_ZERO | 0x4_0000)], eperm);
-            // Nested sandboxes, debuggers, io_uring: untouched.
+            assert_eq!(eperm, errno(libc::EPERM));
+            c.expect("io_uring_setup", &[], errno(libc::ENOSYS));
+            // Nested sandboxes, debuggers: untouched.
             for name in [
                 "unshare",
                 "setns",

@@ -88,6 +88,37 @@ where
     }
 }
 
+/// The most upstream connections one client connection keeps for reuse: a client naming a
+/// new allowed `Host` on every request must not make egressd hold an upstream connection
+/// (and its descriptor and buffers) for each.
+const MAX_UPSTREAMS_PER_CONNECTION: usize = 8;
+
+/// Closes cached upstream connections (closed ones first, then any) until one more fits,
+/// unless `dest` already has one.
+fn make_room<V: UpstreamSlot>(upstreams: &mut HashMap<Dest, V>, dest: &Dest) {
+    if upstreams.contains_key(dest) {
+        return;
+    }
+    upstreams.retain(|_, v| !v.closed());
+    while upstreams.len() >= MAX_UPSTREAMS_PER_CONNECTION {
+        let Some(victim) = upstreams.keys().next().cloned() else {
+            break;
+        };
+        upstreams.remove(&victim);
+    }
+}
+
+/// A cached upstream connection, as far as [`make_room`] cares.
+trait UpstreamSlot {
+    fn closed(&self) -> bool;
+}
+
+impl UpstreamSlot for (SendRequest<Counted>, SocketAddr) {
+    fn closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
 /// State of one client connection: the cached upstream connections.
 struct HttpConn<'a> {
     proxy: &'a Proxy,
@@ -182,6 +213,7 @@ impl HttpConn<'_> {
         if upstreams.get(&dest).is_some_and(|(s, _)| s.is_closed()) {
             upstreams.remove(&dest);
         }
+        make_room(&mut upstreams, &dest);
         let (sender, addr) = match upstreams.entry(dest.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -362,4 +394,46 @@ fn request_record(conn: &HttpConn<'_>, req: &Request<Incoming>) -> PendingRecord
     // character boundary.
     rec.path = Some(path.get(..MAX_AUDIT_PATH).unwrap_or(path).to_owned());
     PendingRecord::new(Arc::clone(&conn.proxy.audit), rec)
+}
+
+#[cfg(test)]
+mod upstream_cache_tests {
+    use super::*;
+
+    struct Slot(bool);
+
+    impl UpstreamSlot for Slot {
+        fn closed(&self) -> bool {
+            self.0
+        }
+    }
+
+    fn dest(n: usize) -> Dest {
+        Dest {
+            host: crate::conn::classify::HostName::Name(format!("h{n}.test")),
+            port: 80,
+        }
+    }
+
+    #[test]
+    fn a_connection_keeps_a_bounded_number_of_upstreams() {
+        let mut cache = HashMap::new();
+        for n in 0..100 {
+            make_room(&mut cache, &dest(n));
+            cache.insert(dest(n), Slot(false));
+            assert!(
+                cache.len() <= MAX_UPSTREAMS_PER_CONNECTION,
+                "{}",
+                cache.len()
+            );
+        }
+        // An existing destination keeps its connection; closed ones go first.
+        let kept: Vec<Dest> = cache.keys().cloned().collect();
+        make_room(&mut cache, &kept[0]);
+        assert_eq!(cache.len(), MAX_UPSTREAMS_PER_CONNECTION);
+        cache.get_mut(&kept[1]).unwrap().0 = true;
+        make_room(&mut cache, &dest(1000));
+        assert!(!cache.contains_key(&kept[1]));
+        assert_eq!(cache.len(), MAX_UPSTREAMS_PER_CONNECTION - 1);
+    }
 }
