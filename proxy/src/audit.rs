@@ -44,8 +44,64 @@ pub use awf::{AccessLine, AwfLog, HostField, TOKEN_USAGE_SCHEMA, TokenUsageLine}
 /// The most distinct denied names the summary keeps (the rest are only counted).
 const MAX_DENIED_NAMES: usize = 64;
 
+/// Identical denials written one by one per second; past this, they are counted and written
+/// as one line with `"repeated": N` when the second is over (or the run ends), so that a
+/// sandbox retrying in a tight loop cannot fill the disk with the same line.
+pub const COALESCE_AFTER: u32 = 10;
+
+/// The most distinct denials [`Coalescer`] tracks in one second (then it starts over).
+const COALESCE_KEYS: usize = 4096;
+
+/// Identical denials of the current second: how many were written, and the first one not
+/// written with how many it stands for.
+#[derive(Debug, Default)]
+struct Coalescer {
+    since: Option<std::time::Instant>,
+    seen: std::collections::HashMap<(Proto, Option<String>, Option<u16>, String), (u32, Option<Record>)>,
+}
+
+impl Coalescer {
+    /// Whether `record` (a denial) is written now; otherwise it is counted. Returns the lines
+    /// that stand for the counted denials of a second that is over.
+    fn admit(&mut self, record: &Record, now: std::time::Instant) -> (bool, Vec<Record>) {
+        let mut due = Vec::new();
+        let over = self
+            .since
+            .is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(1));
+        if over || self.seen.len() >= COALESCE_KEYS {
+            due = self.drain();
+            self.since = Some(now);
+        }
+        let key = (
+            record.proto,
+            record.name.clone(),
+            record.port,
+            record.reason.clone(),
+        );
+        let (written, held) = self.seen.entry(key).or_default();
+        if *written < COALESCE_AFTER {
+            *written += 1;
+            return (true, due);
+        }
+        match held {
+            Some(first) => *first.repeated.get_or_insert(0) += 1,
+            None => {
+                let mut first = record.clone();
+                first.repeated = Some(1);
+                *held = Some(first);
+            }
+        }
+        (false, due)
+    }
+
+    /// The held lines, and a fresh start.
+    fn drain(&mut self) -> Vec<Record> {
+        self.seen.drain().filter_map(|(_, (_, held))| held).collect()
+    }
+}
+
 /// The protocol a record describes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Proto {
     /// A plain-HTTP request.
@@ -129,6 +185,11 @@ pub(crate) struct Record {
     /// allowed by the rule.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spiffe_verified: Option<String>,
+    /// This line stands for this many identical denials (same protocol, name, port and
+    /// reason) that came faster than [`COALESCE_AFTER`] a second and were not written one by
+    /// one; absent for a line that stands for itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<u64>,
 }
 
 /// For `skip_serializing_if`: `enforced` is written only when it is false.
@@ -186,6 +247,7 @@ impl Record {
             token_expires_in_s: None,
             spiffe_presented: None,
             spiffe_verified: None,
+            repeated: None,
         }
     }
 
@@ -226,6 +288,8 @@ pub struct AuditLog {
     provenance: Option<ProvenanceStatus>,
     /// AWF-format `access.log` and `audit.jsonl`, when the run asked for them (`egressd awf`).
     awf: Option<AwfLog>,
+    /// Repeated identical denials, written once per second with a count.
+    coalescer: Mutex<Coalescer>,
 }
 
 impl AuditLog {
@@ -248,6 +312,7 @@ impl AuditLog {
             summary: Mutex::new(Summary::default()),
             provenance: None,
             awf: None,
+            coalescer: Mutex::new(Coalescer::default()),
         })
     }
 
@@ -301,6 +366,15 @@ impl AuditLog {
             ),
         }
         lock(&self.summary).add(record);
+        if record.decision == AuditDecision::Deny {
+            let (write, due) = lock(&self.coalescer).admit(record, std::time::Instant::now());
+            for held in &due {
+                self.write_line(held, false);
+            }
+            if !write {
+                return;
+            }
+        }
         self.write_line(record, false);
         if let Some(awf) = &self.awf {
             awf.record(record);
@@ -358,6 +432,11 @@ impl AuditLog {
     /// Writes a lifecycle line (`arm`/`disarm`), stamped now unless `event.time` is set. Not
     /// counted in the [`Summary`]; a failed write is logged, never fatal.
     pub fn lifecycle(&self, event: &Lifecycle) {
+        // The counted denials go out before the run's end is recorded.
+        let held = lock(&self.coalescer).drain();
+        for record in &held {
+            self.write_line(record, false);
+        }
         if event.time.is_empty() {
             let mut stamped = event.clone();
             stamped.time = now_rfc3339();
@@ -669,6 +748,54 @@ mod tests {
         r.decision = decision;
         r.reason = reason.to_owned();
         r
+    }
+
+    #[test]
+    fn repeated_identical_denials_are_written_once_a_second_with_a_count() {
+        let start = std::time::Instant::now();
+        let mut c = Coalescer::default();
+        let denied = rec(Some("evil.test"), AuditDecision::Deny, "not in the allowlist");
+        let other = rec(Some("other.test"), AuditDecision::Deny, "not in the allowlist");
+        let mut written = 0;
+        for _ in 0..1000 {
+            let (write, due) = c.admit(&denied, start);
+            assert!(due.is_empty());
+            written += u32::from(write);
+        }
+        assert_eq!(written, COALESCE_AFTER);
+        // Another name is counted on its own.
+        assert!(c.admit(&other, start).0);
+        // A second later: the held line stands for the 990 not written.
+        let (write, due) = c.admit(&denied, start + std::time::Duration::from_secs(1));
+        assert!(write);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].repeated, Some(1000 - u64::from(COALESCE_AFTER)));
+        assert_eq!(due[0].name.as_deref(), Some("evil.test"));
+        assert!(c.drain().is_empty(), "nothing held after a fresh start");
+    }
+
+    #[test]
+    fn the_summary_counts_coalesced_denials_and_the_log_holds_them_all() {
+        let dir = std::env::temp_dir().join(format!("egressd-coalesce-{}", std::process::id()));
+        let log = AuditLog::new(Some(&dir)).unwrap();
+        for _ in 0..50 {
+            log.record(&rec(Some("evil.test"), AuditDecision::Deny, "not in the allowlist"));
+        }
+        log.lifecycle(&Lifecycle::disarm("sb", 0));
+        assert_eq!(log.summary().denied, 50);
+        let text = std::fs::read_to_string(&dir).unwrap();
+        let _ = std::fs::remove_file(&dir);
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        // Ten lines, then one standing for forty, then the disarm line.
+        assert_eq!(lines.len(), usize::try_from(COALESCE_AFTER).unwrap() + 2, "{text}");
+        let total: u64 = lines
+            .iter()
+            .filter(|l| l["decision"] == "deny")
+            .map(|l| l["repeated"].as_u64().unwrap_or(1))
+            .sum();
+        assert_eq!(total, 50, "{text}");
+        assert_eq!(lines.last().unwrap()["event"], "disarm");
     }
 
     #[test]

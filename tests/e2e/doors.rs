@@ -600,3 +600,53 @@ fn a_host_socket_created_after_the_start_is_refused_in_the_kernel_and_audited() 
         "control:\n{control}"
     );
 }
+
+#[test]
+fn a_denial_repeated_in_a_tight_loop_is_coalesced_in_the_audit_log() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let audit = scratch.path("audit.jsonl");
+    // 200 plain-HTTP requests for a name the allowlist does not cover, as fast as it goes.
+    let hammer = scratch.write(
+        "hammer.py",
+        "import socket\nfor _ in range(200):\n    s = socket.create_connection(('192.0.2.80', 80))\n    s.sendall(b'GET / HTTP/1.1\\r\\nHost: evil.test\\r\\nConnection: close\\r\\n\\r\\n')\n    s.recv(4096)\n    s.close()\nprint('done')\n",
+    );
+    let out = EgressdCommand::new()
+        .audit_log(&audit)
+        .command([PY, hammer.to_str().unwrap()])
+        .run();
+    out.assert_success();
+    assert!(out.stdout.contains("done"), "\n{out}");
+    assert!(
+        out.stderr.contains("200 denied"),
+        "the summary counts every one\n{out}"
+    );
+    let records = egressd_tests::read_audit(&audit);
+    let denials: Vec<_> = records
+        .iter()
+        .filter(|r| r["name"] == "evil.test")
+        .collect();
+    let total: u64 = denials
+        .iter()
+        .map(|r| r["repeated"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(total, 200, "every denial is accounted for\n{out}");
+    assert!(
+        denials.len() < 100,
+        "{} lines for 200 identical denials\n{out}",
+        denials.len()
+    );
+    // `egressd audit` counts a coalesced line for every denial it stands for.
+    let report = EgressdCommand::new()
+        .subcommand(["audit", "--format", "json"])
+        .command([audit.as_os_str()])
+        .run();
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let row = report["domains"]
+        .as_array()
+        .and_then(|d| d.iter().find(|r| r["domain"] == "evil.test").cloned())
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(row["denied"], 200, "{row}");
+}

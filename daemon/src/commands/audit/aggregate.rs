@@ -101,16 +101,18 @@ pub struct Aggregate {
 impl Aggregate {
     /// Adds one record.
     pub fn add(&mut self, r: &Rec) {
-        self.records += 1;
+        // A coalesced line (`"repeated": N`) stands for N records.
+        let n = r.repeated.unwrap_or(1).max(1);
+        self.records += n;
         let dns = r.proto == "dns";
         match (dns, r.allow) {
-            (true, true) => self.dns_queries += 1,
+            (true, true) => self.dns_queries += n,
             (true, false) => {
-                self.dns_queries += 1;
-                self.dns_denied += 1;
+                self.dns_queries += n;
+                self.dns_denied += n;
             }
-            (false, true) => self.allowed += 1,
-            (false, false) => self.denied += 1,
+            (false, true) => self.allowed += n,
+            (false, false) => self.denied += n,
         }
         self.bytes_up += r.bytes_up;
         self.bytes_down += r.bytes_down;
@@ -121,19 +123,19 @@ impl Aggregate {
             if self.minutes.len() < MAX_KEYS || self.minutes.contains_key(&minute) {
                 let slot = self.minutes.entry(minute).or_default();
                 if r.allow {
-                    slot.0 += 1;
+                    slot.0 += n;
                 } else {
-                    slot.1 += 1;
+                    slot.1 += n;
                 }
             }
         }
 
         let d = slot(&mut self.domains, r.name.as_deref().unwrap_or("-"));
         match (dns, r.allow) {
-            (true, true) => d.dns_allowed += 1,
-            (true, false) => d.dns_denied += 1,
-            (false, true) => d.allowed += 1,
-            (false, false) => d.denied += 1,
+            (true, true) => d.dns_allowed += n,
+            (true, false) => d.dns_denied += n,
+            (false, true) => d.allowed += n,
+            (false, false) => d.denied += n,
         }
         d.bytes_up += r.bytes_up;
         d.bytes_down += r.bytes_down;
@@ -144,9 +146,9 @@ impl Aggregate {
         if !r.allow {
             let reason = r.reason.as_deref().unwrap_or("denied");
             if let Some(e) = d.reasons.iter_mut().find(|e| e.0 == reason) {
-                e.1 += 1;
+                e.1 += n;
             } else if d.reasons.len() < MAX_REASONS {
-                d.reasons.push((reason.to_owned(), 1));
+                d.reasons.push((reason.to_owned(), n));
             }
             if let Some(port) = r.port.filter(|_| !dns)
                 && !d.denied_ports.contains(&port)
@@ -159,16 +161,16 @@ impl Aggregate {
         if let Some(rule) = &r.rule {
             let s = slot(&mut self.rules, rule);
             if r.allow {
-                s.allowed += 1;
+                s.allowed += n;
             } else {
-                s.denied += 1;
+                s.denied += n;
             }
         }
         if let Some(credential) = &r.credential {
             let c = slot(&mut self.credentials, credential);
-            c.requests += 1;
+            c.requests += n;
             if r.status.is_some_and(|s| s >= 500) {
-                c.failures += 1;
+                c.failures += n;
             }
             if let Some(source) = &r.token_source
                 && !c.sources.contains(source)
@@ -183,7 +185,7 @@ impl Aggregate {
             (&mut self.workflows, &r.workflow),
         ] {
             if let Some(v) = value {
-                *slot(map, v) += 1;
+                *slot(map, v) += n;
             }
         }
     }
@@ -255,6 +257,22 @@ mod tests {
         assert_eq!(b.denied_ports, vec![443]);
         assert_eq!(a.domains["a.test"].bytes_down, 40);
         assert_eq!(a.minutes[&1], (2, 2));
+    }
+
+    #[test]
+    fn a_coalesced_line_counts_for_every_denial_it_stands_for() {
+        let mut a = Aggregate::default();
+        a.add(&rec("evil.test", false, "tls"));
+        a.add(&Rec {
+            repeated: Some(40),
+            ..rec("evil.test", false, "tls")
+        });
+        assert_eq!(a.denied, 41);
+        assert_eq!(a.domains["evil.test"].denied, 41);
+        assert_eq!(
+            a.domains["evil.test"].reasons,
+            vec![("not in the allowlist".to_owned(), 41)]
+        );
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct Rec {
     /// Provenance: the workflow that ran (`job_workflow_ref`, the reusable workflow of a
     /// `workflow_call`; else `workflow_ref`).
     pub workflow: Option<String>,
+    /// egressd's `repeated`: the line stands for this many identical denials (`None`: one).
+    pub repeated: Option<u64>,
 }
 
 /// A lifecycle line (egressd only).
@@ -157,6 +159,7 @@ struct Raw<'a> {
     reason: Option<Cow<'a, str>>,
     bytes_up: Option<u64>,
     bytes_down: Option<u64>,
+    repeated: Option<u64>,
     status: Option<u16>,
     #[serde(borrow)]
     credential: Option<Cow<'a, str>>,
@@ -240,6 +243,7 @@ fn parse_json(line: &str) -> Line {
     Line::Record(Rec {
         time: raw.time.as_deref().and_then(parse_rfc3339),
         source: Some(Source::Egressd),
+        repeated: raw.repeated,
         sandbox: own(&raw.sandbox),
         proto: own(&raw.proto).unwrap_or_else(|| "unknown".to_owned()),
         name,
