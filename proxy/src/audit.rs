@@ -52,12 +52,15 @@ pub const COALESCE_AFTER: u32 = 10;
 /// The most distinct denials [`Coalescer`] tracks in one second (then it starts over).
 const COALESCE_KEYS: usize = 4096;
 
+/// What makes two denials identical: protocol, name, port and reason.
+type DenialKey = (Proto, Option<String>, Option<u16>, String);
+
 /// Identical denials of the current second: how many were written, and the first one not
 /// written with how many it stands for.
 #[derive(Debug, Default)]
 struct Coalescer {
     since: Option<std::time::Instant>,
-    seen: std::collections::HashMap<(Proto, Option<String>, Option<u16>, String), (u32, Option<Record>)>,
+    seen: std::collections::HashMap<DenialKey, (u32, Option<Record>)>,
 }
 
 impl Coalescer {
@@ -96,7 +99,10 @@ impl Coalescer {
 
     /// The held lines, and a fresh start.
     fn drain(&mut self) -> Vec<Record> {
-        self.seen.drain().filter_map(|(_, (_, held))| held).collect()
+        self.seen
+            .drain()
+            .filter_map(|(_, (_, held))| held)
+            .collect()
     }
 }
 
@@ -754,8 +760,16 @@ mod tests {
     fn repeated_identical_denials_are_written_once_a_second_with_a_count() {
         let start = std::time::Instant::now();
         let mut c = Coalescer::default();
-        let denied = rec(Some("evil.test"), AuditDecision::Deny, "not in the allowlist");
-        let other = rec(Some("other.test"), AuditDecision::Deny, "not in the allowlist");
+        let denied = rec(
+            Some("evil.test"),
+            AuditDecision::Deny,
+            "not in the allowlist",
+        );
+        let other = rec(
+            Some("other.test"),
+            AuditDecision::Deny,
+            "not in the allowlist",
+        );
         let mut written = 0;
         for _ in 0..1000 {
             let (write, due) = c.admit(&denied, start);
@@ -779,16 +793,26 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("egressd-coalesce-{}", std::process::id()));
         let log = AuditLog::new(Some(&dir)).unwrap();
         for _ in 0..50 {
-            log.record(&rec(Some("evil.test"), AuditDecision::Deny, "not in the allowlist"));
+            log.record(&rec(
+                Some("evil.test"),
+                AuditDecision::Deny,
+                "not in the allowlist",
+            ));
         }
         log.lifecycle(&Lifecycle::disarm("sb", 0));
         assert_eq!(log.summary().denied, 50);
         let text = std::fs::read_to_string(&dir).unwrap();
         let _ = std::fs::remove_file(&dir);
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         // Ten lines, then one standing for forty, then the disarm line.
-        assert_eq!(lines.len(), usize::try_from(COALESCE_AFTER).unwrap() + 2, "{text}");
+        assert_eq!(
+            lines.len(),
+            usize::try_from(COALESCE_AFTER).unwrap() + 2,
+            "{text}"
+        );
         let total: u64 = lines
             .iter()
             .filter(|l| l["decision"] == "deny")
