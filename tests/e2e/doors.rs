@@ -650,3 +650,36 @@ fn a_denial_repeated_in_a_tight_loop_is_coalesced_in_the_audit_log() {
         .unwrap_or_else(|| panic!("{report:#}"));
     assert_eq!(row["denied"], 200, "{row}");
 }
+
+#[test]
+fn an_interactive_command_gets_a_terminal_of_its_own_with_the_callers_size() {
+    if !privileged() {
+        return;
+    }
+    let egressd = egressd_tests::egressd_bin();
+    let shell = format!(
+        "stty cols 97 rows 31; echo outer=$(tty); {} exec --user 65534:65534 -- sh -c 'echo inner=$(tty); echo size=$(stty size)'",
+        egressd.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &shell, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take();
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let value = |key: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no {key} in\n{out}"))
+    };
+    let (outer, inner) = (value("outer="), value("inner="));
+    assert!(inner.starts_with("/dev/pts/"), "\n{out}");
+    assert_ne!(outer, inner, "the command got the invoking terminal\n{out}");
+    assert_eq!(value("size="), "31 97", "the window size follows\n{out}");
+}
