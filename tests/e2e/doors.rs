@@ -683,3 +683,20 @@ fn an_interactive_command_gets_a_terminal_of_its_own_with_the_callers_size() {
     assert_ne!(outer, inner, "the command got the invoking terminal\n{out}");
     assert_eq!(value("size="), "31 97", "the window size follows\n{out}");
 }
+
+#[test]
+fn everyday_tools_run_without_unix_socket_noise_and_with_a_private_runtime_dir() {
+    if !privileged() {
+        return;
+    }
+    // glibc's user lookups try nscd's socket under /var/run; the sandbox's own runtime
+    // directory is made afresh for its user.
+    let out = EgressdCommand::new()
+        .env("XDG_RUNTIME_DIR", "/run/user/4242")
+        .sh("id; getent passwd root >/dev/null; ls -l / >/dev/null; stat -c '%U %a' $XDG_RUNTIME_DIR; touch $XDG_RUNTIME_DIR/lock && echo runtime-writable")
+        .run();
+    out.assert_success();
+    assert!(out.stderr.contains("0 denied"), "\n{out}");
+    assert!(out.stdout.contains("nobody 700"), "\n{out}");
+    assert!(out.stdout.contains("runtime-writable"), "\n{out}");
+}

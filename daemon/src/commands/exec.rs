@@ -111,14 +111,15 @@ pub(crate) fn apply_sandbox_args(
 
 /// Directories whose sockets belong to the sandbox (it binds them itself): `/tmp`,
 /// `/var/tmp`, `/dev/shm` (host sockets there are covered by the mount layer), its private
-/// `/run`, and its working directory; then `allow_unix`.
+/// `/run` (and `/var/run`, a link to it or private too), and its working directory; then
+/// `allow_unix`.
 fn unix_allow(
     allow: &[egressd_config::sandbox::UnixAllow],
     workdir: Option<&std::path::Path>,
 ) -> Vec<crate::loader::UnixAllow> {
     use crate::loader::UnixAllow as Kernel;
     use egressd_config::sandbox::UnixAllow as Config;
-    let mut entries: Vec<Kernel> = ["/tmp/", "/var/tmp/", "/dev/shm/", "/run/"]
+    let mut entries: Vec<Kernel> = ["/tmp/", "/var/tmp/", "/dev/shm/", "/run/", "/var/run/"]
         .into_iter()
         .map(|d| Kernel::Dir(PathBuf::from(d)))
         .collect();
@@ -617,11 +618,16 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         .and_then(|b| b.file().parent().map(std::path::Path::to_path_buf))
         .into_iter()
         .collect();
+    let runtime_dir = env
+        .iter()
+        .find(|(k, _)| k == "XDG_RUNTIME_DIR")
+        .map(|(_, v)| PathBuf::from(v));
     let confinement = crate::sandbox::confine::Confinement::plan(
         &config_for_broker.sandbox.allow_unix,
         &keep,
         &config_for_broker.sandbox.hide,
-    );
+    )
+    .with_runtime_dir(runtime_dir.as_deref(), uid, gid);
     let confine_json = serde_json::to_string(&confinement)
         .context("writing the confinement plan")
         .map_err(Failure::setup)?;

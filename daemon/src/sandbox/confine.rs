@@ -43,6 +43,38 @@ pub struct Confinement {
     pub hide: Vec<PathBuf>,
     /// Scope abstract Unix sockets to the sandbox with Landlock.
     pub scope_abstract: bool,
+    /// The command's `$XDG_RUNTIME_DIR` when it lies in a private directory: made afresh
+    /// (empty, mode 0700) for the command's user, so tools that keep sockets and locks
+    /// there work without seeing the host's.
+    #[serde(default)]
+    pub runtime_dir: Option<RuntimeDir>,
+}
+
+/// A directory made in the sandbox for its user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuntimeDir {
+    /// Where.
+    pub path: PathBuf,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+impl Confinement {
+    /// Makes `$XDG_RUNTIME_DIR` (`dir`) afresh for `uid`/`gid` when it lies in a private
+    /// directory.
+    #[must_use]
+    pub fn with_runtime_dir(mut self, dir: Option<&Path>, uid: u32, gid: u32) -> Self {
+        self.runtime_dir = dir
+            .filter(|d| d.is_absolute() && self.private.iter().any(|p| d.starts_with(p)))
+            .map(|d| RuntimeDir {
+                path: d.to_path_buf(),
+                uid,
+                gid,
+            });
+        self
+    }
 }
 
 /// Directories made private in the sandbox when they exist as directories of their own.
@@ -88,6 +120,7 @@ impl Confinement {
             mask,
             hide: hide.to_vec(),
             scope_abstract: true,
+            runtime_dir: None,
         }
     }
 }
@@ -172,6 +205,17 @@ pub fn apply(plan: &Confinement) -> Result<Vec<String>, String> {
         .map_err(|e| format!("keeping {} in the sandbox: {e}", path.display()))?;
     }
     drop(kept);
+    if let Some(dir) = &plan.runtime_dir {
+        fs::create_dir_all(&dir.path).map_err(|e| format!("{}: {e}", dir.path.display()))?;
+        nix::unistd::chown(
+            &dir.path,
+            Some(nix::unistd::Uid::from_raw(dir.uid)),
+            Some(nix::unistd::Gid::from_raw(dir.gid)),
+        )
+        .map_err(|e| format!("{}: {e}", dir.path.display()))?;
+        fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", dir.path.display()))?;
+    }
     // An empty file and an empty directory to cover things with.
     let empty_file = Path::new("/run/.egressd-empty");
     let empty_dir = Path::new("/run/.egressd-empty.d");
