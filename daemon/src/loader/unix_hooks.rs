@@ -1,7 +1,7 @@
 //! Loading and attaching the Unix-socket hooks without aya (which does not know them).
 //!
-//! Three small pieces: an ELF64 reader for the two program sections and their map
-//! relocations, a check of `struct bpf_sock_addr_kern` in the kernel's BTF, and the
+//! Three small pieces: the two program sections and their map relocations, read with the
+//! `object` crate; a check of `struct bpf_sock_addr_kern` in the kernel's BTF; and the
 //! `bpf()` commands (`BPF_PROG_LOAD`, `BPF_LINK_CREATE`, `BPF_OBJ_PIN`,
 //! `BPF_OBJ_GET_INFO_BY_FD`).
 
@@ -12,6 +12,12 @@ use std::{
 };
 
 use egressd_ebpf_common::sock_addr_kern;
+use object::{
+    LittleEndian as LE, Object as _, ObjectSection as _, ObjectSymbol as _, RelocationFlags,
+    RelocationTarget,
+    elf::{EM_BPF, R_BPF_64_64, SHF_EXECINSTR, SectionHeader64},
+    read::elf::{ElfFile64, FileHeader as _},
+};
 
 /// `BPF_CGROUP_UNIX_CONNECT` in `enum bpf_attach_type` (Linux 6.7).
 pub const BPF_CGROUP_UNIX_CONNECT: u32 = 49;
@@ -62,38 +68,54 @@ pub struct AlignedObject {
 
 impl AlignedObject {
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `words` holds at least `len` initialised bytes; u8 has no alignment.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+        &object::pod::bytes_of_slice(&self.words)[..self.len]
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and `self` is borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+        &mut object::pod::bytes_of_slice_mut(&mut self.words)[..self.len]
     }
+}
+
+/// The embedded object: little-endian ELF64 for eBPF.
+type Elf<'a> = ElfFile64<'a, LE>;
+
+fn parse_elf(data: &[u8]) -> Result<Elf<'_>, String> {
+    let elf = Elf::parse(data).map_err(|e| format!("not a little-endian ELF64 file: {e}"))?;
+    if elf.elf_header().e_machine(LE) != EM_BPF {
+        return Err("not an eBPF object".into());
+    }
+    Ok(elf)
 }
 
 /// A copy of `object` in which `sections` are not executable (`SHF_EXECINSTR` cleared):
 /// aya then treats them as data it does not use.
 pub fn hide_sections(object: &[u8], sections: &[&str]) -> Result<AlignedObject, String> {
-    let elf = Elf::parse(object)?;
-    let mut headers = Vec::new();
-    for name in sections {
-        let (_, header) = elf
-            .section(name)
-            .ok_or_else(|| format!("the object has no section {name}"))?;
-        headers.push(header.at);
-    }
+    let elf = parse_elf(object)?;
+    let indices = sections
+        .iter()
+        .map(|name| {
+            elf.section_by_name(name)
+                .map(|s| s.index().0)
+                .ok_or_else(|| format!("the object has no section {name}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // `Elf::parse` checked that the section header table is in range and made of
+    // `SectionHeader64`s; the copy's table is where the original's is.
+    let table_at = elf.elf_header().e_shoff(LE) as usize;
+    let count = elf.elf_section_table().len();
     let mut copy = AlignedObject {
         words: vec![0; object.len().div_ceil(8)],
         len: object.len(),
     };
     copy.bytes_mut().copy_from_slice(object);
-    const SHF_EXECINSTR: u64 = 0x4;
-    for at in headers {
-        let flags_at = at + 8;
-        let bytes = copy.bytes_mut();
-        let flags = u64::from_le_bytes(bytes[flags_at..flags_at + 8].try_into().expect("8"));
-        bytes[flags_at..flags_at + 8].copy_from_slice(&(flags & !SHF_EXECINSTR).to_le_bytes());
+    let (headers, _) = object::pod::slice_from_bytes_mut::<SectionHeader64<LE>>(
+        &mut copy.bytes_mut()[table_at..],
+        count,
+    )
+    .map_err(|()| "the section headers are misaligned".to_string())?;
+    for index in indices {
+        let flags = &mut headers[index].sh_flags;
+        flags.set(LE, flags.get(LE) & !u64::from(SHF_EXECINSTR));
     }
     Ok(copy)
 }
@@ -103,11 +125,10 @@ pub fn hide_sections(object: &[u8], sections: &[&str]) -> Result<AlignedObject, 
 /// layout differs from what the programs read or the kernel refuses them.
 pub fn load(object: &[u8], ebpf: &aya::Ebpf, programs: &[Program]) -> Result<Vec<Loaded>, String> {
     check_kernel_layout()?;
-    let elf = Elf::parse(object).map_err(|e| format!("reading the embedded eBPF object: {e}"))?;
+    let elf = parse_elf(object).map_err(|e| format!("reading the embedded eBPF object: {e}"))?;
     let mut loaded = Vec::new();
     for program in programs {
-        let (mut insns, relocations) = elf
-            .program(program.section, program.name)
+        let (mut insns, relocations) = program_code(&elf, program.section, program.name)
             .map_err(|e| format!("reading {} from the embedded object: {e}", program.name))?;
         for (at, map) in relocations {
             let fd = ebpf.map(&map).and_then(map_fd).ok_or_else(|| {
@@ -139,8 +160,61 @@ pub fn load(object: &[u8], ebpf: &aya::Ebpf, programs: &[Program]) -> Result<Vec
 /// The maps `program` references in `object` (for tests).
 #[cfg(test)]
 pub fn program_maps(object: &[u8], program: &Program) -> Result<Vec<String>, String> {
-    let (_, relocations) = Elf::parse(object)?.program(program.section, program.name)?;
+    let (_, relocations) = program_code(&parse_elf(object)?, program.section, program.name)?;
     Ok(relocations.into_iter().map(|(_, name)| name).collect())
+}
+
+/// A map a program references: (byte offset of the 64-bit load, map name).
+type MapReference = (usize, String);
+
+/// The instructions of `function`, alone in `section`, and its map references as (byte
+/// offset of the instruction, map name). Anything else that needs linking (a call into
+/// `.text`, global data) is an error: the hooks are built without.
+fn program_code(
+    elf: &Elf<'_>,
+    section: &str,
+    function: &str,
+) -> Result<(Vec<u8>, Vec<MapReference>), String> {
+    let code = elf
+        .section_by_name(section)
+        .ok_or_else(|| format!("no section {section}"))?;
+    let insns = code.data().map_err(|e| format!("section {section}: {e}"))?;
+    // The function must be the whole section.
+    let symbol = elf
+        .symbols()
+        .find(|s| s.name() == Ok(function))
+        .ok_or_else(|| format!("no symbol {function}"))?;
+    if symbol.section_index() != Some(code.index())
+        || symbol.address() != 0
+        || symbol.size() != code.size()
+    {
+        return Err(format!("{function} is not alone in section {section}"));
+    }
+    let maps = elf.section_by_name("maps").map(|s| s.index());
+    let mut relocations = Vec::new();
+    for (offset, relocation) in code.relocations() {
+        let symbol = match relocation.target() {
+            RelocationTarget::Symbol(index) => elf.symbol_by_index(index).ok(),
+            _ => None,
+        };
+        let name = symbol.as_ref().and_then(|s| s.name().ok()).unwrap_or("");
+        let kind = match relocation.flags() {
+            RelocationFlags::Elf { r_type } => r_type,
+            _ => 0,
+        };
+        let to_map = maps.is_some() && symbol.and_then(|s| s.section_index()) == maps;
+        if kind != R_BPF_64_64 || !to_map {
+            return Err(format!(
+                "relocation to {name} (type {kind}) at byte {offset}: only map references \
+                 are supported (is a function not inlined?)"
+            ));
+        }
+        if !offset.is_multiple_of(8) || offset.saturating_add(16) > code.size() {
+            return Err(format!("relocation at byte {offset} is out of range"));
+        }
+        relocations.push((offset as usize, name.to_owned()));
+    }
+    Ok((insns.to_vec(), relocations))
 }
 
 fn map_fd(map: &aya::maps::Map) -> Option<BorrowedFd<'_>> {
@@ -322,12 +396,17 @@ fn check_kernel_layout() -> Result<(), String> {
 /// Checks `struct bpf_sock_addr_kern` in the BTF blob `btf`: `uaddr` must be a pointer
 /// at `sock_addr_kern::UADDR` and `uaddrlen` a 4-byte integer at
 /// `sock_addr_kern::UADDRLEN`.
+/// Checks `struct bpf_sock_addr_kern` in the BTF blob `btf`: `uaddr` must be a pointer
+/// at `sock_addr_kern::UADDR` and `uaddrlen` a 4-byte integer at
+/// `sock_addr_kern::UADDRLEN`.
 pub fn check_sock_addr_kern(btf: &[u8]) -> Result<(), String> {
-    let types = Btf::parse(btf)?;
-    let id = types
-        .find_struct("bpf_sock_addr_kern")?
+    let btf = Btf::parse(btf).map_err(|e| format!("the kernel's BTF: {e}"))?;
+    let found = btf
+        .types
+        .iter()
+        .find(|t| t.kind == BTF_KIND_STRUCT && btf.name(t.name) == Ok("bpf_sock_addr_kern"))
         .ok_or("the kernel's BTF has no struct bpf_sock_addr_kern")?;
-    let members = types.members(id)?;
+    let members = btf.members(found).collect::<Result<Vec<_>, _>>()?;
     let member = |name: &str| {
         members
             .iter()
@@ -342,10 +421,8 @@ pub fn check_sock_addr_kern(btf: &[u8]) -> Result<(), String> {
     };
     let (_, uaddr_bits, uaddr_type) = member("uaddr")?;
     let (_, len_bits, len_type) = member("uaddrlen")?;
-    const BTF_KIND_INT: u32 = 1;
-    const BTF_KIND_PTR: u32 = 2;
-    let (uaddr_kind, _) = types.resolve(uaddr_type)?;
-    let (len_kind, len_size) = types.resolve(len_type)?;
+    let (uaddr_kind, _) = btf.resolve(uaddr_type)?;
+    let (len_kind, len_size) = btf.resolve(len_type)?;
     if uaddr_bits != sock_addr_kern::UADDR as u32 * 8 || uaddr_kind != BTF_KIND_PTR {
         return Err(format!(
             "struct bpf_sock_addr_kern differs from what the Unix-socket hooks read: uaddr \
@@ -365,11 +442,14 @@ pub fn check_sock_addr_kern(btf: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn u16_at(data: &[u8], at: usize) -> Result<u16, String> {
-    data.get(at..at + 2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .ok_or_else(|| format!("truncated at byte {at}"))
-}
+// A BTF reader of its own, as small as the check above needs. aya-obj (0.3, through aya)
+// parses BTF (`aya_obj::btf::Btf::parse`) and finds a type's id by name, but keeps the
+// rest crate-private: looking a type up by id, a struct's members and their offsets, and
+// resolving typedefs. The format is in the kernel's Documentation/bpf/btf.rst.
+
+const BTF_KIND_INT: u32 = 1;
+const BTF_KIND_PTR: u32 = 2;
+const BTF_KIND_STRUCT: u32 = 4;
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, String> {
     data.get(at..at + 4)
@@ -377,277 +457,98 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, String> {
         .ok_or_else(|| format!("truncated at byte {at}"))
 }
 
-fn u64_at(data: &[u8], at: usize) -> Result<u64, String> {
-    data.get(at..at + 8)
-        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .ok_or_else(|| format!("truncated at byte {at}"))
+/// One type: the common `struct btf_type` and what follows it.
+struct BtfType<'a> {
+    name: u32,
+    kind: u32,
+    info: u32,
+    /// `size` (INT, STRUCT, ...) or `type` (PTR, TYPEDEF, qualifiers).
+    size_or_type: u32,
+    /// What follows the header: a struct's members are 12 bytes each.
+    extra: &'a [u8],
 }
 
-fn c_str(data: &[u8], at: usize) -> Result<&str, String> {
-    let rest = data
-        .get(at..)
-        .ok_or_else(|| format!("string offset {at} out of range"))?;
-    let end = rest
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or_else(|| format!("unterminated string at {at}"))?;
-    std::str::from_utf8(&rest[..end]).map_err(|_| format!("string at {at} is not UTF-8"))
-}
-
-/// The type section of a little-endian BTF blob, indexed by type id.
+/// A little-endian BTF blob's types (type id `i` at index `i - 1`) and strings.
 struct Btf<'a> {
-    types: &'a [u8],
+    types: Vec<BtfType<'a>>,
     strings: &'a [u8],
-    /// Offset in `types` of type id `i + 1`.
-    offsets: Vec<usize>,
 }
 
 impl<'a> Btf<'a> {
     fn parse(data: &'a [u8]) -> Result<Self, String> {
-        let e = |m: String| format!("the kernel's BTF: {m}");
-        if u16_at(data, 0).map_err(e)? != 0xeb9f {
-            return Err("the kernel's BTF: bad magic (not little-endian BTF)".into());
+        if data.get(..2) != Some(&0xeb9f_u16.to_le_bytes()[..]) {
+            return Err("bad magic (not little-endian BTF)".into());
         }
-        let hdr_len = u32_at(data, 4).map_err(e)? as usize;
-        let type_off = u32_at(data, 8).map_err(e)? as usize;
-        let type_len = u32_at(data, 12).map_err(e)? as usize;
-        let str_off = u32_at(data, 16).map_err(e)? as usize;
-        let str_len = u32_at(data, 20).map_err(e)? as usize;
+        let word = |at| u32_at(data, at).map(|w| w as usize);
+        let (header_len, type_off, type_len) = (word(4)?, word(8)?, word(12)?);
+        let (str_off, str_len) = (word(16)?, word(20)?);
         let section = |off: usize, len: usize| {
-            data.get(hdr_len + off..hdr_len + off + len)
-                .ok_or_else(|| "the kernel's BTF: a section is out of range".to_string())
+            data.get(header_len + off..header_len + off + len)
+                .ok_or("a section is out of range")
         };
-        let types = section(type_off, type_len)?;
-        let strings = section(str_off, str_len)?;
-        let mut offsets = Vec::new();
-        let mut at = 0;
-        while at < types.len() {
-            offsets.push(at);
-            let info = u32_at(types, at + 4).map_err(e)?;
-            let vlen = (info & 0xffff) as usize;
-            let extra = match (info >> 24) & 0x1f {
+        let (mut rest, strings) = (section(type_off, type_len)?, section(str_off, str_len)?);
+        let mut types = Vec::new();
+        while !rest.is_empty() {
+            let info = u32_at(rest, 4)?;
+            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            let extra = match kind {
                 1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
                 2 | 7..=12 | 16 | 18 => 0,    // PTR, FWD, TYPEDEF..FUNC, FLOAT, TYPE_TAG
                 3 => 12,                      // ARRAY
                 4 | 5 | 15 | 19 => 12 * vlen, // STRUCT, UNION, DATASEC, ENUM64
                 6 | 13 => 8 * vlen,           // ENUM, FUNC_PROTO
-                kind => return Err(e(format!("unknown type kind {kind}"))),
+                kind => return Err(format!("unknown type kind {kind}")),
             };
-            at += 12 + extra;
+            types.push(BtfType {
+                name: u32_at(rest, 0)?,
+                kind,
+                info,
+                size_or_type: u32_at(rest, 8)?,
+                extra: rest
+                    .get(12..12 + extra)
+                    .ok_or_else(|| format!("type {} is truncated", types.len() + 1))?,
+            });
+            rest = &rest[12 + extra..];
         }
-        Ok(Self {
-            types,
-            strings,
-            offsets,
+        Ok(Self { types, strings })
+    }
+
+    fn name(&self, at: u32) -> Result<&'a str, String> {
+        let rest = self.strings.get(at as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0);
+        end.and_then(|end| std::str::from_utf8(&rest[..end]).ok())
+            .ok_or_else(|| format!("the kernel's BTF: no string at {at}"))
+    }
+
+    fn get(&self, id: u32) -> Result<&BtfType<'a>, String> {
+        id.checked_sub(1)
+            .and_then(|i| self.types.get(i as usize))
+            .ok_or_else(|| format!("the kernel's BTF: no type {id}"))
+    }
+
+    /// (name, bit offset, type id) of each member of `ty`, a struct.
+    fn members<'s>(
+        &'s self,
+        ty: &'s BtfType<'a>,
+    ) -> impl Iterator<Item = Result<(&'a str, u32, u32), String>> + 's {
+        // With `kind_flag` set, the top 8 bits of an offset are a bitfield's size.
+        let mask = if ty.info >> 31 == 1 { 0x00ff_ffff } else { !0 };
+        ty.extra.chunks_exact(12).map(move |m| {
+            let name = self.name(u32_at(m, 0)?)?;
+            Ok((name, u32_at(m, 8)? & mask, u32_at(m, 4)?))
         })
-    }
-
-    fn header(&self, id: u32) -> Result<(usize, u32, u32, u32), String> {
-        let at = *id
-            .checked_sub(1)
-            .and_then(|i| self.offsets.get(i as usize))
-            .ok_or_else(|| format!("the kernel's BTF: no type {id}"))?;
-        Ok((
-            at,
-            u32_at(self.types, at)?,
-            u32_at(self.types, at + 4)?,
-            u32_at(self.types, at + 8)?,
-        ))
-    }
-
-    fn find_struct(&self, name: &str) -> Result<Option<u32>, String> {
-        for id in 1..=self.offsets.len() as u32 {
-            let (_, name_off, info, _) = self.header(id)?;
-            if (info >> 24) & 0x1f == 4 && c_str(self.strings, name_off as usize)? == name {
-                return Ok(Some(id));
-            }
-        }
-        Ok(None)
-    }
-
-    /// (name, bit offset, type id) of each member of struct `id`.
-    fn members(&self, id: u32) -> Result<Vec<(&'a str, u32, u32)>, String> {
-        let (at, _, info, _) = self.header(id)?;
-        let bitfields = info >> 31 == 1;
-        let mut members = Vec::new();
-        for i in 0..(info & 0xffff) as usize {
-            let m = at + 12 + 12 * i;
-            let name = c_str(self.strings, u32_at(self.types, m)? as usize)?;
-            let offset = u32_at(self.types, m + 8)?;
-            let bits = if bitfields {
-                offset & 0x00ff_ffff
-            } else {
-                offset
-            };
-            members.push((name, bits, u32_at(self.types, m + 4)?));
-        }
-        Ok(members)
     }
 
     /// The kind and size of type `id` once typedefs and qualifiers are seen through.
     fn resolve(&self, mut id: u32) -> Result<(u32, u32), String> {
         for _ in 0..32 {
-            let (_, _, info, size_or_type) = self.header(id)?;
-            match (info >> 24) & 0x1f {
+            let ty = self.get(id)?;
+            match ty.kind {
                 // TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG
-                8..=11 | 18 => id = size_or_type,
-                kind => return Ok((kind, size_or_type)),
+                8..=11 | 18 => id = ty.size_or_type,
+                kind => return Ok((kind, ty.size_or_type)),
             }
         }
         Err(format!("the kernel's BTF: type {id} does not resolve"))
-    }
-}
-
-/// A map a program references: (byte offset of the 64-bit load, map name).
-type MapReference = (usize, String);
-
-/// What is needed of a section header.
-#[derive(Clone, Copy)]
-struct Section {
-    /// Where the header is in the file.
-    at: usize,
-    name: u32,
-    kind: u32,
-    offset: usize,
-    size: usize,
-    link: u32,
-    info: u32,
-}
-
-/// A little-endian ELF64 eBPF object.
-struct Elf<'a> {
-    data: &'a [u8],
-    sections: Vec<Section>,
-    names: Section,
-}
-
-impl<'a> Elf<'a> {
-    fn parse(data: &'a [u8]) -> Result<Self, String> {
-        const EM_BPF: u16 = 247;
-        if data.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
-            return Err("not a little-endian ELF64 file".into());
-        }
-        if u16_at(data, 18)? != EM_BPF {
-            return Err("not an eBPF object".into());
-        }
-        let shoff = u64_at(data, 0x28)? as usize;
-        let shentsize = u16_at(data, 0x3a)? as usize;
-        let shnum = u16_at(data, 0x3c)? as usize;
-        let shstrndx = u16_at(data, 0x3e)? as usize;
-        if shentsize < 64 {
-            return Err(format!("section headers of {shentsize} bytes"));
-        }
-        let mut sections = Vec::with_capacity(shnum);
-        for i in 0..shnum {
-            let at = shoff + i * shentsize;
-            let section = Section {
-                at,
-                name: u32_at(data, at)?,
-                kind: u32_at(data, at + 4)?,
-                offset: u64_at(data, at + 24)? as usize,
-                size: u64_at(data, at + 32)? as usize,
-                link: u32_at(data, at + 40)?,
-                info: u32_at(data, at + 44)?,
-            };
-            if section.kind != 8 /* SHT_NOBITS */ && data.get(section.offset..section.offset + section.size).is_none()
-            {
-                return Err(format!("section {i} is out of range"));
-            }
-            sections.push(section);
-        }
-        let names = *sections.get(shstrndx).ok_or("no section-name table")?;
-        Ok(Self {
-            data,
-            sections,
-            names,
-        })
-    }
-
-    fn bytes(&self, section: &Section) -> &'a [u8] {
-        &self.data[section.offset..section.offset + section.size]
-    }
-
-    fn name(&self, section: &Section) -> Result<&'a str, String> {
-        c_str(self.bytes(&self.names), section.name as usize)
-    }
-
-    fn section(&self, name: &str) -> Option<(usize, Section)> {
-        self.sections
-            .iter()
-            .enumerate()
-            .find(|(_, s)| self.name(s).is_ok_and(|n| n == name))
-            .map(|(i, s)| (i, *s))
-    }
-
-    /// The instructions of `function`, alone in `section`, and its map references as
-    /// (byte offset of the instruction, map name). Anything else that needs linking
-    /// (a call into `.text`, global data) is an error: the hooks are built without.
-    fn program(
-        &self,
-        section: &str,
-        function: &str,
-    ) -> Result<(Vec<u8>, Vec<MapReference>), String> {
-        const SHT_SYMTAB: u32 = 2;
-        const SHT_REL: u32 = 9;
-        const R_BPF_64_64: u32 = 1;
-        let (index, code) = self
-            .section(section)
-            .ok_or_else(|| format!("no section {section}"))?;
-        let symtab = *self
-            .sections
-            .iter()
-            .find(|s| s.kind == SHT_SYMTAB)
-            .ok_or("no symbol table")?;
-        let strtab = *self
-            .sections
-            .get(symtab.link as usize)
-            .ok_or("no symbol string table")?;
-        let symbols = self.bytes(&symtab);
-        let symbol = |i: usize| -> Result<(&'a str, u16, u64, u64), String> {
-            let at = i * 24;
-            let name = c_str(self.bytes(&strtab), u32_at(symbols, at)? as usize)?;
-            Ok((
-                name,
-                u16_at(symbols, at + 6)?,
-                u64_at(symbols, at + 8)?,
-                u64_at(symbols, at + 16)?,
-            ))
-        };
-        // The function must be the whole section.
-        let found = (0..symbols.len() / 24)
-            .map(symbol)
-            .filter_map(Result::ok)
-            .find(|(name, ..)| *name == function);
-        match found {
-            Some((_, shndx, 0, size)) if shndx as usize == index && size as usize == code.size => {}
-            Some(_) => return Err(format!("{function} is not alone in section {section}")),
-            None => return Err(format!("no symbol {function}")),
-        }
-        let maps = self.section("maps").map(|(i, _)| i);
-        let mut relocations = Vec::new();
-        for rel in self
-            .sections
-            .iter()
-            .filter(|s| s.kind == SHT_REL && s.info as usize == index)
-        {
-            let rels = self.bytes(rel);
-            for r in 0..rels.len() / 16 {
-                let offset = u64_at(rels, r * 16)? as usize;
-                let info = u64_at(rels, r * 16 + 8)?;
-                let (name, shndx, ..) = symbol((info >> 32) as usize)?;
-                if info as u32 != R_BPF_64_64 || Some(shndx as usize) != maps {
-                    return Err(format!(
-                        "relocation to {name} (type {}) at byte {offset}: only map references \
-                         are supported (is a function not inlined?)",
-                        info as u32
-                    ));
-                }
-                if !offset.is_multiple_of(8) || offset + 16 > code.size {
-                    return Err(format!("relocation at byte {offset} is out of range"));
-                }
-                relocations.push((offset, name.to_owned()));
-            }
-        }
-        Ok((self.bytes(&code).to_vec(), relocations))
     }
 }

@@ -40,6 +40,38 @@ fn the_embedded_hooks_are_self_contained() {
 }
 
 #[test]
+fn hiding_clears_only_the_executable_flag() {
+    use object::{Object as _, ObjectSection as _, SectionFlags, elf::SHF_EXECINSTR};
+    let exec = u64::from(SHF_EXECINSTR);
+    let sections = UNIX_PROGRAMS.map(|p| p.section);
+    let copy = unix_hooks::hide_sections(EBPF_OBJECT, &sections).unwrap();
+    let flags = |data| -> Vec<(String, u64)> {
+        let elf = object::read::elf::ElfFile64::<object::LittleEndian>::parse(data).unwrap();
+        elf.sections()
+            .map(|s| match s.flags() {
+                SectionFlags::Elf { sh_flags } => (s.name().unwrap().to_owned(), sh_flags),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let (before, after) = (flags(EBPF_OBJECT), flags(copy.bytes()));
+    assert_eq!(before.len(), after.len());
+    for ((name, old), (_, new)) in before.iter().zip(&after) {
+        if sections.contains(&name.as_str()) {
+            assert_eq!((old & exec, *new), (exec, old & !exec), "{name}");
+        } else {
+            assert_eq!(old, new, "{name}");
+        }
+    }
+    // One byte of each of the two headers, nothing else.
+    let changed = EBPF_OBJECT.iter().zip(copy.bytes()).filter(|(a, b)| a != b);
+    assert_eq!(changed.count(), 2);
+    let e = unix_hooks::hide_sections(EBPF_OBJECT, &["cgroup/nope"]).err();
+    assert_eq!(e.as_deref(), Some("the object has no section cgroup/nope"));
+    assert!(unix_hooks::hide_sections(&EBPF_OBJECT[..100], &sections).is_err());
+}
+
+#[test]
 fn the_running_kernel_has_the_layout_the_hooks_read() {
     let Ok(btf) = std::fs::read("/sys/kernel/btf/vmlinux") else {
         eprintln!("skipping: no /sys/kernel/btf/vmlinux");
@@ -53,30 +85,26 @@ fn the_running_kernel_has_the_layout_the_hooks_read() {
     assert!(unix_hooks::check_sock_addr_kern(&btf[..100]).is_err());
 }
 
-/// A BTF blob with `u32` (a typedef of a 4-byte int), `void *`, and
-/// `struct bpf_sock_addr_kern { void *uaddr; u32 uaddrlen; }` at the given bit offsets.
-fn btf_blob(uaddr_bits: u32, uaddrlen_bits: u32) -> Vec<u8> {
-    let strings = b"\0unsigned int\0bpf_sock_addr_kern\0uaddr\0uaddrlen\0u32\0";
-    let name = |s: &str| {
-        let needle = [b"\0", s.as_bytes(), b"\0"].concat();
-        (strings
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .unwrap()
-            + 1) as u32
-    };
-    let info = |kind: u32, vlen: u32| (kind << 24) | vlen;
-    let mut types: Vec<u32> = Vec::new();
-    // 1: INT "unsigned int", 4 bytes, 32 bits.
-    types.extend([name("unsigned int"), info(1, 0), 4, 32]);
-    // 2: PTR to void.
-    types.extend([0, info(2, 0), 0]);
-    // 3: TYPEDEF u32 -> 1.
-    types.extend([name("u32"), info(8, 0), 1]);
-    // 4: STRUCT bpf_sock_addr_kern, 40 bytes, two members.
-    types.extend([name("bpf_sock_addr_kern"), info(4, 2), 40]);
-    types.extend([name("uaddr"), 2, uaddr_bits]);
-    types.extend([name("uaddrlen"), 3, uaddrlen_bits]);
+const BTF_STRINGS: &[u8] = b"\0unsigned int\0bpf_sock_addr_kern\0uaddr\0uaddrlen\0u32\0long\0";
+
+/// The offset of `s` in `BTF_STRINGS`.
+fn btf_name(s: &str) -> u32 {
+    let needle = [b"\0", s.as_bytes(), b"\0"].concat();
+    (BTF_STRINGS
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
+        + 1) as u32
+}
+
+/// A type's `info` word.
+fn btf_info(kind: u32, vlen: u32) -> u32 {
+    (kind << 24) | vlen
+}
+
+/// A little-endian BTF blob: the header, `types` (the type section's words) and
+/// `BTF_STRINGS`.
+fn btf_with(types: &[u32]) -> Vec<u8> {
     let types: Vec<u8> = types.iter().flat_map(|w| w.to_le_bytes()).collect();
     let mut blob = Vec::new();
     blob.extend(0xeb9f_u16.to_le_bytes());
@@ -86,13 +114,53 @@ fn btf_blob(uaddr_bits: u32, uaddrlen_bits: u32) -> Vec<u8> {
         0,
         types.len() as u32,
         types.len() as u32,
-        strings.len() as u32,
+        BTF_STRINGS.len() as u32,
     ] {
         blob.extend(word.to_le_bytes());
     }
     blob.extend(types);
-    blob.extend(strings);
+    blob.extend(BTF_STRINGS);
     blob
+}
+
+/// Types 1 to 3: INT "unsigned int" (4 bytes, 32 bits), PTR to void, TYPEDEF u32 -> 1.
+fn btf_basics() -> Vec<u32> {
+    vec![
+        btf_name("unsigned int"),
+        btf_info(1, 0),
+        4,
+        32,
+        0,
+        btf_info(2, 0),
+        0,
+        btf_name("u32"),
+        btf_info(8, 0),
+        1,
+    ]
+}
+
+/// `struct bpf_sock_addr_kern { uaddr; uaddrlen; }`, 40 bytes, its members of types
+/// `uaddr_type` and `len_type` at the given bit offsets.
+fn btf_struct(uaddr: (u32, u32), uaddrlen: (u32, u32)) -> [u32; 9] {
+    [
+        btf_name("bpf_sock_addr_kern"),
+        btf_info(4, 2),
+        40,
+        btf_name("uaddr"),
+        uaddr.0,
+        uaddr.1,
+        btf_name("uaddrlen"),
+        uaddrlen.0,
+        uaddrlen.1,
+    ]
+}
+
+/// A BTF blob with `u32` (a typedef of a 4-byte int), `void *`, and
+/// `struct bpf_sock_addr_kern { void *uaddr; u32 uaddrlen; }` at the given bit offsets.
+fn btf_blob(uaddr_bits: u32, uaddrlen_bits: u32) -> Vec<u8> {
+    let mut types = btf_basics();
+    types.extend(btf_struct((2, uaddr_bits), (3, uaddrlen_bits)));
+    btf_with(&types)
 }
 
 #[test]
@@ -102,6 +170,112 @@ fn a_different_kernel_layout_is_refused() {
     assert!(moved.contains("uaddrlen is at bit 320"), "{moved}");
     let moved = unix_hooks::check_sock_addr_kern(&btf_blob(0, 256)).unwrap_err();
     assert!(moved.contains("uaddr is at bit 0"), "{moved}");
+}
+
+#[test]
+fn the_btf_check_reads_types_and_members() {
+    let check = |types: &[u32]| unix_hooks::check_sock_addr_kern(&btf_with(types));
+    let with = |extra: &[u32], uaddr: (u32, u32), uaddrlen: (u32, u32)| {
+        let mut types = btf_basics();
+        types.extend(extra);
+        types.extend(btf_struct(uaddr, uaddrlen));
+        check(&types)
+    };
+    // Types of every other kind before the struct are stepped over by their sizes; a
+    // union of the same name is not the struct.
+    #[rustfmt::skip]
+    let others = [
+        0, btf_info(3, 0), 0, 1, 1, 4,          // 4: ARRAY u32[4]
+        0, btf_info(6, 2), 4, 1, 0, 1, 1,       // 5: ENUM, 2 values
+        0, btf_info(7, 0), 0,                   // 6: FWD
+        0, btf_info(13, 1), 1, 0, 1,            // 7: FUNC_PROTO, 1 parameter
+        0, btf_info(12, 0), 7,                  // 8: FUNC
+        0, btf_info(14, 0), 1, 1,               // 9: VAR
+        0, btf_info(15, 1), 4, 9, 0, 4,         // 10: DATASEC, 1 variable
+        btf_name("long"), btf_info(16, 0), 8,   // 11: FLOAT
+        0, btf_info(17, 0), 9, u32::MAX,        // 12: DECL_TAG
+        0, btf_info(18, 0), 2,                  // 13: TYPE_TAG -> void *
+        0, btf_info(19, 1), 8, 0, 1, 0,         // 14: ENUM64, 1 value
+        btf_name("bpf_sock_addr_kern"), btf_info(5, 1), 8,
+        btf_name("uaddrlen"), 1, 0,             // 15: UNION bpf_sock_addr_kern
+        0, btf_info(10, 0), 3,                  // 16: CONST u32
+        0, btf_info(9, 0), 16,                  // 17: VOLATILE const u32
+    ];
+    // Qualifiers, typedefs and type tags are seen through.
+    assert_eq!(with(&others, (13, 64), (17, 256)), Ok(()));
+    // With kind_flag set, an offset's top 8 bits are a bitfield size.
+    let mut types = btf_basics();
+    types.extend(btf_struct((2, 64), (3, (32 << 24) | 256)));
+    types[11] |= 1 << 31;
+    assert_eq!(check(&types), Ok(()));
+    types[11] &= !(1 << 31);
+    let e = check(&types).unwrap_err();
+    assert!(
+        e.contains(&format!("uaddrlen is at bit {}", (32 << 24) | 256)),
+        "{e}"
+    );
+
+    // uaddr not a pointer, uaddrlen not a 4-byte int.
+    let e = with(&[], (1, 64), (3, 256)).unwrap_err();
+    assert!(e.contains("uaddr is at bit 64 (kind 1)"), "{e}");
+    let e = with(&[], (2, 64), (2, 256)).unwrap_err();
+    assert!(
+        e.contains("uaddrlen is at bit 256 (kind 2, 0 bytes)"),
+        "{e}"
+    );
+    let long = [btf_name("long"), btf_info(1, 0), 8, 64];
+    let e = with(&long, (2, 64), (4, 256)).unwrap_err();
+    assert!(e.contains("(kind 1, 8 bytes)"), "{e}");
+
+    // No struct, or no uaddrlen (kernels before 6.7).
+    let e = check(&btf_basics()).unwrap_err();
+    assert!(e.contains("no struct bpf_sock_addr_kern"), "{e}");
+    let mut types = btf_basics();
+    types.extend(&btf_struct((2, 64), (3, 256))[..6]);
+    types[11] = btf_info(4, 1);
+    let e = check(&types).unwrap_err();
+    assert!(e.contains("no member uaddrlen"), "{e}");
+}
+
+#[test]
+fn malformed_btf_is_an_error() {
+    let check = |blob: &[u8]| unix_hooks::check_sock_addr_kern(blob);
+    let good = btf_blob(64, 256);
+    // Cut anywhere: an error, never a panic.
+    for len in 0..good.len() {
+        assert!(check(&good[..len]).is_err(), "cut at {len}");
+    }
+    // Big-endian (or no) BTF.
+    let mut bad = good.clone();
+    bad[..2].copy_from_slice(&0xeb9f_u16.to_be_bytes());
+    assert!(check(&bad).unwrap_err().contains("bad magic"));
+    // A type section that ends inside a type.
+    let mut types = btf_basics();
+    types.extend(&btf_struct((2, 64), (3, 256))[..6]);
+    assert!(check(&btf_with(&types)).unwrap_err().contains("truncated"));
+    // Kinds BTF does not have.
+    for kind in [0, 20, 31] {
+        let mut types = btf_basics();
+        types.extend([0, btf_info(kind, 0), 0]);
+        let e = check(&btf_with(&types)).unwrap_err();
+        assert!(e.contains(&format!("unknown type kind {kind}")), "{e}");
+    }
+    // A member of a type that is not there, a typedef that loops, a name out of range.
+    let mut types = btf_basics();
+    types.extend(btf_struct((2, 64), (9, 256)));
+    assert!(check(&btf_with(&types)).unwrap_err().contains("no type 9"));
+    let mut types = btf_basics();
+    types[9] = 3;
+    types.extend(btf_struct((2, 64), (3, 256)));
+    assert!(
+        check(&btf_with(&types))
+            .unwrap_err()
+            .contains("does not resolve")
+    );
+    let mut types = btf_basics();
+    types.extend(btf_struct((2, 64), (3, 256)));
+    types[16] = 1000;
+    assert!(check(&btf_with(&types)).unwrap_err().contains("no string"));
 }
 
 fn key_path(entry: UnixAllow) -> (u32, Vec<u8>) {
