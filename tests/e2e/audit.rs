@@ -141,8 +141,13 @@ fn a_full_disk_for_the_audit_log_is_reported_and_counted() {
     }
     let _unmount = Unmount(small.clone());
     let log = small.join("audit.jsonl");
-    let curl = egressd_tests::shell_words(&s.curl_https(egressd_tests::EVIL, "192.0.2.11"));
-    let script = format!("i=0; while [ $i -lt 80 ]; do {curl} 2>/dev/null; i=$((i+1)); done; true");
+    // 80 denials of 80 different names: identical ones would be coalesced into one line.
+    let script = format!(
+        "i=0; while [ $i -lt 80 ]; do curl -sS --connect-timeout 10 --max-time 20 --cacert {ca} \
+         --resolve n$i.{evil}:443:192.0.2.11 https://n$i.{evil}/ 2>/dev/null; i=$((i+1)); done; true",
+        ca = s.ca_pem.display(),
+        evil = egressd_tests::EVIL
+    );
     let out = egressd_tests::EgressdCommand::new()
         .resolve(egressd_tests::EVIL, s.net.addr2())
         .allow(egressd_tests::API)

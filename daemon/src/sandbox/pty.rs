@@ -30,7 +30,13 @@ pub struct Relay {
     ttys: [bool; 3],
     /// The invoking terminal's mode before raw mode, restored on drop.
     saved: Option<(RawFd, Termios)>,
+    /// Signalled when the output copier has written the sandbox's last bytes.
+    output_done: Option<std::sync::mpsc::Receiver<()>>,
 }
+
+/// How long the end of a run waits for the sandbox's last output to be copied (it is all in
+/// the pseudo-terminal's buffer once the sandbox has exited).
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The master's descriptor, for the SIGWINCH handler.
 static MASTER: AtomicI32 = AtomicI32::new(-1);
@@ -59,6 +65,7 @@ impl Relay {
             slave: Some(pty.slave),
             ttys,
             saved: None,
+            output_done: None,
         };
         if ttys[0] {
             // SAFETY: fd 0 stays open for the whole run.
@@ -89,6 +96,8 @@ impl Relay {
         install_winch();
         let mut from_master = File::from(self.master.try_clone().context("duplicating the pty")?);
         let out_fd = if self.ttys[1] { 1 } else { 2 };
+        let (done, output_done) = std::sync::mpsc::channel();
+        self.output_done = Some(output_done);
         std::thread::Builder::new()
             .name("pty-out".into())
             .spawn(move || {
@@ -102,6 +111,7 @@ impl Relay {
                         break;
                     }
                 }
+                let _ = done.send(());
             })
             .context("starting the pty output copier")?;
         if self.ttys[0] {
@@ -128,7 +138,12 @@ impl Relay {
 }
 
 impl Drop for Relay {
+    /// Waits (bounded) for the sandbox's last output, then gives the invoking terminal its
+    /// mode back, so egressd's summary comes after the command's output, on a sane terminal.
     fn drop(&mut self) {
+        if let Some(done) = &self.output_done {
+            let _ = done.recv_timeout(DRAIN);
+        }
         DONE.store(true, Ordering::SeqCst);
         MASTER.store(-1, Ordering::SeqCst);
         if let Some((fd, saved)) = &self.saved {
