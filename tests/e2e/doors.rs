@@ -700,3 +700,48 @@ fn everyday_tools_run_without_unix_socket_noise_and_with_a_private_runtime_dir()
     assert!(out.stdout.contains("nobody 700"), "\n{out}");
     assert!(out.stdout.contains("runtime-writable"), "\n{out}");
 }
+
+#[test]
+fn the_hosts_shared_memory_is_out_of_reach() {
+    if !privileged() {
+        return;
+    }
+    // A SysV segment and a POSIX shared-memory file of the host, readable by anyone.
+    let made = Command::new("ipcmk")
+        .args(["-M", "4096", "-p", "0644"])
+        .output()
+        .unwrap();
+    let made = String::from_utf8_lossy(&made.stdout).into_owned();
+    let id = made
+        .split_whitespace()
+        .last()
+        .and_then(|w| w.parse::<i64>().ok())
+        .unwrap_or_else(|| panic!("ipcmk said {made:?}"));
+    struct Remove(i64, std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = Command::new("ipcrm")
+                .args(["-m", &self.0.to_string()])
+                .status();
+            let _ = fs::remove_file(&self.1);
+        }
+    }
+    let shm_file =
+        std::path::PathBuf::from(format!("/dev/shm/egressd-test-{}", std::process::id()));
+    fs::write(&shm_file, "host-shared-bytes").unwrap();
+    fs::set_permissions(&shm_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let _cleanup = Remove(id, shm_file.clone());
+    let script = format!(
+        "ipcs -m | awk '{{print $2}}' | grep -qx {id} && echo sysv-visible || echo sysv-hidden; cat {} 2>/dev/null || echo shm-hidden",
+        shm_file.display()
+    );
+    let control = as_nobody(&["sh", "-c", &script]);
+    assert!(
+        control.contains("sysv-visible") && control.contains("host-shared-bytes"),
+        "control:\n{control}"
+    );
+    let out = EgressdCommand::new().sh(&script).run();
+    out.assert_success();
+    assert!(out.stdout.contains("sysv-hidden"), "\n{out}");
+    assert!(out.stdout.contains("shm-hidden"), "\n{out}");
+}

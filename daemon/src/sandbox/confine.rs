@@ -3,8 +3,8 @@
 //! The daemon plans ([`Confinement::plan`]) and the sandbox's init applies ([`apply`]),
 //! as root, in the sandbox's own mount namespace, before it drops to the command's user:
 //!
-//! - `/run` (and `/var/run` when it is a directory of its own) becomes an empty tmpfs, so
-//!   the host services' sockets that live there (Docker, containerd, D-Bus, systemd,
+//! - `/run` (and `/var/run` when it is a directory of its own, and `/dev/shm`) becomes an
+//!   empty tmpfs, so the host services' sockets that live there (Docker, containerd, D-Bus, systemd,
 //!   `$XDG_RUNTIME_DIR`, egressd's control socket) are not in the sandbox's view. What the
 //!   sandbox needs from there is bound back: the resolver configuration `/etc/resolv.conf`
 //!   points to, egressd's trust bundle, and `allow_unix` sockets.
@@ -66,8 +66,18 @@ impl Confinement {
     /// directory.
     #[must_use]
     pub fn with_runtime_dir(mut self, dir: Option<&Path>, uid: u32, gid: u32) -> Self {
+        // Only plain components (no `..`, `.`), under a private directory, and not inside
+        // anything bound back from the host: init creates it as root.
+        let plain = |d: &Path| {
+            d.components().skip(1).all(|c| matches!(c, std::path::Component::Normal(_)))
+        };
         self.runtime_dir = dir
-            .filter(|d| d.is_absolute() && self.private.iter().any(|p| d.starts_with(p)))
+            .filter(|d| {
+                d.is_absolute()
+                    && plain(d)
+                    && self.private.iter().any(|p| d.starts_with(p) && *d != p.as_path())
+                    && !self.keep.iter().any(|k| d.starts_with(k) || k.starts_with(d))
+            })
             .map(|d| RuntimeDir {
                 path: d.to_path_buf(),
                 uid,
@@ -78,7 +88,9 @@ impl Confinement {
 }
 
 /// Directories made private in the sandbox when they exist as directories of their own.
-const PRIVATE_DIRS: &[&str] = &["/run", "/var/run"];
+/// `/dev/shm` too: POSIX shared memory and semaphores of the host's processes live there, and
+/// what the sandbox leaves there goes with its mount namespace.
+const PRIVATE_DIRS: &[&str] = &["/run", "/var/run", "/dev/shm"];
 
 impl Confinement {
     /// Plans the sandbox's view: `allow` names the host sockets it may still reach, `keep`
@@ -119,7 +131,7 @@ impl Confinement {
             keep: kept,
             mask,
             hide: hide.to_vec(),
-            scope_abstract: true,
+            scope_abstract: landlock_scopes_abstract(),
             runtime_dir: None,
         }
     }
@@ -174,7 +186,13 @@ pub fn apply(plan: &Confinement) -> Result<Vec<String>, String> {
         .collect();
     for dir in &plan.private {
         let meta = fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let opts = format!("mode={:o},size=64m", meta.mode() & 0o7777);
+        // /run holds small files; /dev/shm keeps the kernel's default size (half the RAM,
+        // charged to the sandbox's memory limit), which browsers and data loaders need.
+        let opts = if dir.starts_with("/dev") {
+            format!("mode={:o}", meta.mode() & 0o7777)
+        } else {
+            format!("mode={:o},size=64m", meta.mode() & 0o7777)
+        };
         mount(
             Some("tmpfs"),
             dir,
@@ -183,6 +201,17 @@ pub fn apply(plan: &Confinement) -> Result<Vec<String>, String> {
             Some(opts.as_str()),
         )
         .map_err(|e| format!("mounting a private {}: {e}", dir.display()))?;
+    }
+    // POSIX message queues of the sandbox's own IPC namespace only.
+    if Path::new("/dev/mqueue").is_dir() {
+        mount(
+            Some("mqueue"),
+            "/dev/mqueue",
+            Some("mqueue"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("mounting the sandbox's /dev/mqueue: {e}"))?;
     }
     for (path, file) in &kept {
         let source = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
@@ -206,7 +235,7 @@ pub fn apply(plan: &Confinement) -> Result<Vec<String>, String> {
     }
     drop(kept);
     if let Some(dir) = &plan.runtime_dir {
-        fs::create_dir_all(&dir.path).map_err(|e| format!("{}: {e}", dir.path.display()))?;
+        make_runtime_dir(&dir.path)?;
         nix::unistd::chown(
             &dir.path,
             Some(nix::unistd::Uid::from_raw(dir.uid)),
@@ -251,6 +280,35 @@ pub fn apply(plan: &Confinement) -> Result<Vec<String>, String> {
         cover(source, path).map_err(|e| format!("hiding {}: {e}", path.display()))?;
     }
     Ok(notes)
+}
+
+/// Creates `path` in the fresh private tmpfs, one plain component at a time, never through
+/// a symlink (`O_NOFOLLOW` on each directory opened).
+fn make_runtime_dir(path: &Path) -> Result<(), String> {
+    use nix::{
+        fcntl::{OFlag, open, openat},
+        sys::stat::{Mode, mkdirat},
+    };
+    let fail = |e: nix::Error| format!("making {}: {e}", path.display());
+    let mut dir = open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(fail)?;
+    for part in path.components().skip(1) {
+        let std::path::Component::Normal(name) = part else {
+            return Err(format!("{}: not a plain path", path.display()));
+        };
+        match mkdirat(&dir, name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err(fail(e)),
+        }
+        dir = openat(
+            &dir,
+            name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(fail)?;
+    }
+    Ok(())
 }
 
 /// Bind-mounts `source` read-only over `target`.
@@ -308,6 +366,33 @@ pub fn landlock_scopes_abstract() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_runtime_dir_is_made_only_at_a_plain_private_place() {
+        let plan = Confinement {
+            private: vec![PathBuf::from("/run")],
+            keep: vec![PathBuf::from("/run/egressd/sb")],
+            ..Confinement::default()
+        };
+        let made = |dir: &str| {
+            plan.clone()
+                .with_runtime_dir(Some(Path::new(dir)), 1000, 1000)
+                .runtime_dir
+                .map(|d| d.path)
+        };
+        assert_eq!(made("/run/user/1000"), Some(PathBuf::from("/run/user/1000")));
+        for refused in [
+            "/run/../etc",
+            "/run/user/../../etc",
+            "/run",
+            "/etc/xdg",
+            "run/user/1000",
+            "/run/egressd/sb/x",
+            "/run/egressd",
+        ] {
+            assert_eq!(made(refused), None, "{refused}");
+        }
+    }
 
     #[test]
     fn reads_socket_paths_from_proc_net_unix() {

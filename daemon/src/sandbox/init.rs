@@ -167,10 +167,14 @@ fn setup(args: &SandboxInitArgs) -> Result<(), String> {
     .map_err(|e| format!("mounting /proc for the sandbox's PID namespace: {e}"))?;
 
     // Private /run, host sockets covered, --hide paths hidden.
-    if let Some(json) = &args.confine {
-        let plan: super::confine::Confinement =
-            serde_json::from_str(json).map_err(|e| format!("reading the confinement plan: {e}"))?;
-        for note in super::confine::apply(&plan)? {
+    let plan: Option<super::confine::Confinement> = match &args.confine {
+        Some(json) => Some(
+            serde_json::from_str(json).map_err(|e| format!("reading the confinement plan: {e}"))?,
+        ),
+        None => None,
+    };
+    if let Some(plan) = &plan {
+        for note in super::confine::apply(plan)? {
             eprintln!("egressd: {note}");
         }
     }
@@ -199,14 +203,10 @@ fn setup(args: &SandboxInitArgs) -> Result<(), String> {
         // Changing credentials cleared the parent-death signal; set it again.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
-    // Abstract Unix sockets outside the sandbox out of reach (Linux 6.12+; the eBPF hooks
-    // refuse them where the kernel lacks it and the network namespace is the host's).
-    if args
-        .confine
-        .as_deref()
-        .is_some_and(|c| c.contains("\"scope_abstract\":true"))
-    {
-        super::confine::scope_abstract_sockets();
+    // Abstract Unix sockets outside the sandbox out of reach (Linux 6.12+). Asked for only
+    // where the kernel has it, so not getting it is an error, never a silent gap.
+    if plan.as_ref().is_some_and(|p| p.scope_abstract) && !super::confine::scope_abstract_sockets() {
+        return Err("Landlock did not scope abstract Unix sockets (the kernel said it could)".into());
     }
 
     let action = SigAction::new(

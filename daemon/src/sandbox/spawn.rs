@@ -1,4 +1,4 @@
-//! Starts the sandbox's PID 1 (`egressd __sandbox-init`) in new PID and mount namespaces,
+//! Starts the sandbox's PID 1 (`egressd __sandbox-init`) in new PID, mount and IPC namespaces,
 //! inside the sandbox cgroup and network namespace.
 //!
 //! The child joins the cgroup and the network namespace *before* it executes anything, so
@@ -101,7 +101,9 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
         unsafe { child_main(&procs, netns_fd, stdio, &exe, &argv_ptrs, &envp_ptrs) }
     };
     let mut stack = vec![0u8; 1 << 20];
-    let flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS;
+    // An IPC namespace of its own: no SysV shared memory, semaphores or message queues of
+    // the host's processes (an X server's MIT-SHM segments, say).
+    let flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
     // SAFETY: the closure only makes raw system calls (see child_main) and never returns
     // into Rust code that could touch state shared with the parent's other threads.
     let pid = unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }
