@@ -814,6 +814,16 @@ impl FileContext<'_> {
                 ),
             }
         }
+        if let Some(mode) = &table.runner_file_commands {
+            match mode.get_ref().as_str() {
+                "hide" => s.runner_file_commands = false,
+                "allow" => s.runner_file_commands = true,
+                other => error(
+                    mode.span().start,
+                    format!("runner_file_commands = {other:?}: write \"hide\" or \"allow\""),
+                ),
+            }
+        }
         if let Some(profile) = &table.seccomp {
             match crate::sandbox::Seccomp::parse(profile.get_ref(), dir) {
                 Ok(p) => s.seccomp = p,

@@ -14,6 +14,9 @@
 //! secrets = "warn"
 //! # The system-call filter: "default", "off", or an OCI (Docker) JSON profile.
 //! seccomp = "default"
+//! # GitHub Actions' file commands ($GITHUB_ENV, $GITHUB_PATH, $GITHUB_OUTPUT...): "hide"
+//! # (default: later steps run outside the sandbox) or "allow".
+//! runner_file_commands = "hide"
 //!
 //! [limits]
 //! pids = 8192          # processes and threads in the sandbox
@@ -42,6 +45,8 @@ pub struct FileSandbox {
     pub secrets: Option<Spanned<String>>,
     /// `"default"`, `"off"` or a path.
     pub seccomp: Option<Spanned<String>>,
+    /// `"hide"` (default) or `"allow"`: GitHub Actions' file commands.
+    pub runner_file_commands: Option<Spanned<String>>,
 }
 
 /// A memory size as written: a number of bytes, or a string with a unit.
@@ -163,6 +168,10 @@ pub struct SandboxSettings {
     pub pids: Option<u64>,
     /// `memory.max` of the sandbox cgroup in bytes (`None`: the default).
     pub memory: Option<u64>,
+    /// Let the command write GitHub Actions' file commands (`$GITHUB_ENV`, `$GITHUB_PATH`,
+    /// `$GITHUB_OUTPUT`, `$GITHUB_STATE`, `$GITHUB_STEP_SUMMARY`). Off by default: the
+    /// runner applies them to the *later* steps of the job, which run outside the sandbox.
+    pub runner_file_commands: bool,
 }
 
 /// Parses a memory size: bytes, or a number with `K`, `M`, `G`, `T` (powers of 1024, with

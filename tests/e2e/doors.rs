@@ -745,3 +745,58 @@ fn the_hosts_shared_memory_is_out_of_reach() {
     assert!(out.stdout.contains("sysv-hidden"), "\n{out}");
     assert!(out.stdout.contains("shm-hidden"), "\n{out}");
 }
+
+#[test]
+fn github_actions_file_commands_are_out_of_reach_unless_allowed() {
+    if !privileged() {
+        return;
+    }
+    // A runner's layout: $RUNNER_TEMP/_runner_file_commands/set_env_<id>, writable by the job.
+    let scratch = Scratch::new();
+    let dir = scratch.path("_runner_file_commands");
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let set_env = dir.join("set_env_42");
+    fs::write(&set_env, "").unwrap();
+    fs::set_permissions(&set_env, fs::Permissions::from_mode(0o666)).unwrap();
+    // What a later step would pick up: NODE_OPTIONS running the agent's code, unsandboxed.
+    let script = format!(
+        "echo NODE_OPTIONS=--require=/tmp/x.js >> {} 2>/dev/null && echo wrote || echo refused; env | grep -c '^GITHUB_ENV=' || true",
+        set_env.display()
+    );
+    let control = as_nobody(&["sh", "-c", &script]);
+    assert!(control.contains("wrote"), "control:\n{control}");
+    fs::write(&set_env, "").unwrap();
+    let run = |allow: bool| {
+        let mut cmd = EgressdCommand::new()
+            .env("GITHUB_ENV", &set_env)
+            .env("RUNNER_TEMP", scratch.dir());
+        if allow {
+            let config = scratch.write(
+                "allow.toml",
+                "[sandbox]\nrunner_file_commands = \"allow\"\n",
+            );
+            cmd = cmd.arg("-c").arg(config);
+        }
+        cmd.sh(&script).run()
+    };
+    let out = run(false);
+    out.assert_success();
+    assert!(out.stdout.contains("refused"), "\n{out}");
+    assert!(
+        out.stdout.lines().any(|l| l.trim() == "0"),
+        "GITHUB_ENV reached the command\n{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(&set_env).unwrap(),
+        "",
+        "the file was written"
+    );
+    assert!(
+        out.stderr.contains("_runner_file_commands"),
+        "said on stderr\n{out}"
+    );
+    let out = run(true);
+    out.assert_success();
+    assert!(out.stdout.contains("wrote"), "allowed on request\n{out}");
+}

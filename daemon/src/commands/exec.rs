@@ -169,6 +169,44 @@ async fn audit_unix_denials(
     }
 }
 
+/// The variables naming GitHub Actions' file commands.
+const RUNNER_FILE_COMMANDS: [&str; 5] = [
+    "GITHUB_ENV",
+    "GITHUB_PATH",
+    "GITHUB_OUTPUT",
+    "GITHUB_STATE",
+    "GITHUB_STEP_SUMMARY",
+];
+
+/// The directories holding the job's file commands that exist here: where the variables
+/// point, and `_runner_file_commands` under `$RUNNER_TEMP` or next to the workspace (the
+/// command could find it there even when `sudo` dropped the variables).
+fn runner_file_command_dirs() -> Vec<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let mut dirs: Vec<PathBuf> = RUNNER_FILE_COMMANDS
+        .iter()
+        .filter_map(|v| var(v)?.parent().map(std::path::Path::to_path_buf))
+        .collect();
+    dirs.extend(var("RUNNER_TEMP").map(|t| t.join("_runner_file_commands")));
+    // <work>/<repo>/<repo> is GITHUB_WORKSPACE; <work>/_temp is RUNNER_TEMP.
+    dirs.extend(var("GITHUB_WORKSPACE").and_then(|w| {
+        w.parent()?
+            .parent()
+            .map(|work| work.join("_temp/_runner_file_commands"))
+    }));
+    // Only the runner's own directory: a variable set by hand to /tmp/x must not hide /tmp.
+    dirs.retain(|d| {
+        d.is_absolute() && d.is_dir() && d.file_name().is_some_and(|n| n == "_runner_file_commands")
+    });
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
 /// Compiles the `seccomp` setting: `None` for `off`, and for the default profile on an
 /// architecture it has no table for (said on stderr); an error for a bad FILE.
 fn seccomp_filter(
@@ -588,7 +626,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         config_for_broker.placeholders.clone(),
     ]
     .concat();
-    let (env, removed_env) = match base_env {
+    let (mut env, removed_env) = match base_env {
         // The trust bundle, and placeholders for keys the daemon keeps (Copilot BYOK).
         None => {
             let scrubbed = env::sandbox_env(
@@ -612,6 +650,26 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             );
         }
     }
+    // GitHub Actions' file commands: the runner applies what is written there to the later
+    // steps of the job, outside the sandbox (`NODE_OPTIONS` through $GITHUB_ENV, a directory
+    // first in $PATH): hidden, and their variables removed, unless allowed.
+    let mut hide = config_for_broker.sandbox.hide.clone();
+    if !config_for_broker.sandbox.runner_file_commands {
+        let dirs = runner_file_command_dirs();
+        env.retain(|(k, _)| !RUNNER_FILE_COMMANDS.iter().any(|v| k == *v));
+        if !dirs.is_empty() {
+            eprintln!(
+                "egressd: GitHub Actions file commands ({}) are out of the command's reach: the \
+                 runner would apply them to later steps, outside the sandbox \
+                 ([sandbox] runner_file_commands = \"allow\" lets it write them)",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        hide.extend(dirs);
+    }
     // The sandbox's view of the filesystem: private /run, host sockets covered, --hide.
     let keep: Vec<PathBuf> = bundle
         .as_ref()
@@ -625,7 +683,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     let confinement = crate::sandbox::confine::Confinement::plan(
         &config_for_broker.sandbox.allow_unix,
         &keep,
-        &config_for_broker.sandbox.hide,
+        &hide,
     )
     .with_runtime_dir(runtime_dir.as_deref(), uid, gid);
     let confine_json = serde_json::to_string(&confinement)

@@ -69,14 +69,22 @@ impl Confinement {
         // Only plain components (no `..`, `.`), under a private directory, and not inside
         // anything bound back from the host: init creates it as root.
         let plain = |d: &Path| {
-            d.components().skip(1).all(|c| matches!(c, std::path::Component::Normal(_)))
+            d.components()
+                .skip(1)
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
         };
         self.runtime_dir = dir
             .filter(|d| {
                 d.is_absolute()
                     && plain(d)
-                    && self.private.iter().any(|p| d.starts_with(p) && *d != p.as_path())
-                    && !self.keep.iter().any(|k| d.starts_with(k) || k.starts_with(d))
+                    && self
+                        .private
+                        .iter()
+                        .any(|p| d.starts_with(p) && *d != p.as_path())
+                    && !self
+                        .keep
+                        .iter()
+                        .any(|k| d.starts_with(k) || k.starts_with(d))
             })
             .map(|d| RuntimeDir {
                 path: d.to_path_buf(),
@@ -290,8 +298,12 @@ fn make_runtime_dir(path: &Path) -> Result<(), String> {
         sys::stat::{Mode, mkdirat},
     };
     let fail = |e: nix::Error| format!("making {}: {e}", path.display());
-    let mut dir = open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(fail)?;
+    let mut dir = open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail)?;
     for part in path.components().skip(1) {
         let std::path::Component::Normal(name) = part else {
             return Err(format!("{}: not a plain path", path.display()));
@@ -380,7 +392,10 @@ mod tests {
                 .runtime_dir
                 .map(|d| d.path)
         };
-        assert_eq!(made("/run/user/1000"), Some(PathBuf::from("/run/user/1000")));
+        assert_eq!(
+            made("/run/user/1000"),
+            Some(PathBuf::from("/run/user/1000"))
+        );
         for refused in [
             "/run/../etc",
             "/run/user/../../etc",

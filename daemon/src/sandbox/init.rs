@@ -205,8 +205,11 @@ fn setup(args: &SandboxInitArgs) -> Result<(), String> {
     }
     // Abstract Unix sockets outside the sandbox out of reach (Linux 6.12+). Asked for only
     // where the kernel has it, so not getting it is an error, never a silent gap.
-    if plan.as_ref().is_some_and(|p| p.scope_abstract) && !super::confine::scope_abstract_sockets() {
-        return Err("Landlock did not scope abstract Unix sockets (the kernel said it could)".into());
+    if plan.as_ref().is_some_and(|p| p.scope_abstract) && !super::confine::scope_abstract_sockets()
+    {
+        return Err(
+            "Landlock did not scope abstract Unix sockets (the kernel said it could)".into(),
+        );
     }
 
     let action = SigAction::new(
