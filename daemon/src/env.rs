@@ -66,9 +66,8 @@ pub fn is_scrubbed(name: &str) -> bool {
     SCRUBBED.contains(&name) || SCRUBBED_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// Parts of a variable's name (upper-cased) that say it holds a secret.
+/// Words anywhere in a variable's name (upper-cased) that say it holds a secret.
 const SECRET_NAME_PARTS: &[&str] = &[
-    "TOKEN",
     "SECRET",
     "PASSWORD",
     "PASSWD",
@@ -78,28 +77,40 @@ const SECRET_NAME_PARTS: &[&str] = &[
     "PRIVATE_KEY",
     "APIKEY",
     "API_KEY",
-    "_SAS",
 ];
 
-/// Endings of a variable's name (upper-cased) that say it holds a secret.
-const SECRET_NAME_ENDINGS: &[&str] = &["_KEY", "_PAT", "_AUTH"];
+/// `_`-separated segments of a name that say it holds a secret (`NPM_TOKEN`,
+/// `STORAGE_SAS_URL`), matched whole so that `MAX_THINKING_TOKENS` or `KAFKA_SASL_MECHANISM`
+/// are left alone.
+const SECRET_NAME_SEGMENTS: &[&str] = &["TOKEN", "SAS", "PAT", "KEY", "AUTH"];
 
 /// Names that match the patterns above but hold no secret, and that tools need.
-const NOT_SECRETS: &[&str] = &["TOKENIZERS_PARALLELISM"];
+const NOT_SECRETS: &[&str] = &["TOKENIZERS_PARALLELISM", "SSH_AUTH_SOCK"];
 
-/// Why a variable looks like a secret: its name says so, or its value has the shape of a
-/// known token format. `None` when it does not.
+/// Why a variable looks like a secret: its name says so (unless its value is a number or a
+/// yes/no, which no secret is), or its value holds a known token format. `None` when not.
 pub fn looks_secret(name: &str, value: &[u8]) -> Option<&'static str> {
     let upper = name.to_ascii_uppercase();
     if NOT_SECRETS.contains(&upper.as_str()) {
         return None;
     }
-    if SECRET_NAME_PARTS.iter().any(|p| upper.contains(p))
-        || SECRET_NAME_ENDINGS.iter().any(|e| upper.ends_with(e))
-    {
-        return Some("name");
+    if holds_token(value) {
+        return Some("value");
     }
-    token_shaped(value).then_some("value")
+    let named = SECRET_NAME_PARTS.iter().any(|p| upper.contains(p))
+        || upper
+            .split('_')
+            .any(|segment| SECRET_NAME_SEGMENTS.contains(&segment));
+    (named && !is_setting(value)).then_some("name")
+}
+
+/// A number or a yes/no: a setting (`MAX_OUTPUT_TOKENS=8192`, `HF_HUB_DISABLE_IMPLICIT_TOKEN=1`),
+/// never a secret.
+fn is_setting(value: &[u8]) -> bool {
+    let v = String::from_utf8_lossy(value).trim().to_ascii_lowercase();
+    v.is_empty()
+        || v.chars().all(|c| c.is_ascii_digit())
+        || ["true", "false", "yes", "no", "on", "off"].contains(&v.as_str())
 }
 
 /// Prefixes of well-known token formats (GitHub, GitLab, Slack, Anthropic, OpenAI, npm,
@@ -121,35 +132,37 @@ const TOKEN_PREFIXES: &[&str] = &[
     "npm_",
     "pypi-",
     "hf_",
-    "-----BEGIN",
 ];
 
-/// Whether `value` has the shape of a credential: a known token prefix followed by more
-/// token characters, an AWS access key id, or a JWT.
-fn token_shaped(value: &[u8]) -> bool {
+/// Whether `value` holds a credential: a known token prefix followed by token characters
+/// anywhere in it (`https://x-access-token:ghs_...@github.com` too), an AWS access key id, a
+/// PEM private key, or is a JWT.
+fn holds_token(value: &[u8]) -> bool {
     let Ok(v) = std::str::from_utf8(value) else {
         return false;
     };
     let v = v.trim();
     let token_char = |c: char| c.is_ascii_alphanumeric() || "-_".contains(c);
-    if v.starts_with("-----BEGIN") && v.contains("PRIVATE KEY") {
+    if v.contains("-----BEGIN") && v.contains("PRIVATE KEY") {
         return true;
     }
     for prefix in TOKEN_PREFIXES {
-        if let Some(rest) = v.strip_prefix(prefix)
-            && rest.len() >= 16
-            && rest.chars().all(token_char)
-        {
-            return true;
+        for (at, _) in v.match_indices(prefix) {
+            // At the start of a word, followed by at least 16 token characters.
+            let starts_word = v[..at].chars().next_back().is_none_or(|c| !token_char(c));
+            let rest = v[at + prefix.len()..].chars().take_while(|c| token_char(*c)).count();
+            if starts_word && rest >= 16 {
+                return true;
+            }
         }
     }
     // AWS access key ids: AKIA/ASIA and 16 upper-case letters or digits.
-    if v.len() == 20
-        && (v.starts_with("AKIA") || v.starts_with("ASIA"))
-        && v[4..]
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
-    {
+    let aws = |w: &str| {
+        w.len() == 20
+            && (w.starts_with("AKIA") || w.starts_with("ASIA"))
+            && w[4..].chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    };
+    if v.split(|c: char| !c.is_ascii_alphanumeric()).any(aws) {
         return true;
     }
     // JWTs: three base64url parts, the first a JSON object (`eyJ` is `{"`).
@@ -157,10 +170,9 @@ fn token_shaped(value: &[u8]) -> bool {
     parts.len() == 3
         && v.starts_with("eyJ")
         && parts[..2].iter().all(|p| p.len() >= 8)
-        && parts.iter().all(|p| {
-            p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_=".contains(c))
-        })
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_alphanumeric() || "-_=".contains(c)))
 }
 
 /// The user who ran `sudo egressd ...`, if any.
@@ -453,6 +465,8 @@ mod tests {
             "DEPLOY_PAT",
             "gcp_credentials",
             "SIGNING_KEY",
+            "GH_PAT",
+            "BASIC_AUTH",
         ] {
             assert_eq!(looks_secret(name, b"x"), Some("name"), "{name}");
         }
@@ -465,6 +479,8 @@ mod tests {
             "AKIAIOSFODNN7EXAMPLE",
             "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvIn0.c2lnbmF0dXJlLWJ5dGVz",
             "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----",
+            "https://x-access-token:ghs_0123456789abcdefABCDEF0123@github.com/o/r",
+            "key=AKIAIOSFODNN7EXAMPLE",
         ] {
             assert_eq!(
                 looks_secret("SOME_SETTING", value.as_bytes()),
@@ -482,6 +498,12 @@ mod tests {
             ("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567"),
             ("LANG", "C.UTF-8"),
             ("RUNNER_TEMP", "/home/runner/work/_temp"),
+            ("MAX_THINKING_TOKENS", "1024"),
+            ("CLAUDE_CODE_MAX_OUTPUT_TOKENS", "32000"),
+            ("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1"),
+            ("KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("GITHUB_TOKEN_PERMISSIONS", "true"),
+            ("PATH_PREFIX", "/opt"),
         ] {
             assert_eq!(looks_secret(name, value.as_bytes()), None, "{name}");
         }
