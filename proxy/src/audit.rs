@@ -52,21 +52,52 @@ pub const COALESCE_AFTER: u32 = 10;
 /// The most distinct denials [`Coalescer`] tracks in one second (then it starts over).
 const COALESCE_KEYS: usize = 4096;
 
-/// What makes two denials identical: protocol, name, port and reason.
-type DenialKey = (Proto, Option<String>, Option<u16>, String);
+/// A line the [`Coalescer`] can hold: what makes two of them identical, and its count.
+trait Coalesced: Clone {
+    /// Identical lines have equal keys.
+    type Key: std::hash::Hash + Eq;
+    fn key(&self) -> Self::Key;
+    fn repeated(&mut self) -> &mut Option<u64>;
+}
+
+impl Coalesced for Record {
+    /// Sandbox, protocol, name, port and reason.
+    type Key = (Arc<str>, Proto, Option<String>, Option<u16>, String);
+    fn key(&self) -> Self::Key {
+        (
+            Arc::clone(&self.sandbox),
+            self.proto,
+            self.name.clone(),
+            self.port,
+            self.reason.clone(),
+        )
+    }
+    fn repeated(&mut self) -> &mut Option<u64> {
+        &mut self.repeated
+    }
+}
 
 /// Identical denials of the current second: how many were written, and the first one not
 /// written with how many it stands for.
-#[derive(Debug, Default)]
-struct Coalescer {
+#[derive(Debug)]
+struct Coalescer<T: Coalesced> {
     since: Option<std::time::Instant>,
-    seen: std::collections::HashMap<DenialKey, (u32, Option<Record>)>,
+    seen: std::collections::HashMap<T::Key, (u32, Option<T>)>,
 }
 
-impl Coalescer {
-    /// Whether `record` (a denial) is written now; otherwise it is counted. Returns the lines
+impl<T: Coalesced> Default for Coalescer<T> {
+    fn default() -> Self {
+        Self {
+            since: None,
+            seen: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<T: Coalesced> Coalescer<T> {
+    /// Whether `line` (a denial) is written now; otherwise it is counted. Returns the lines
     /// that stand for the counted denials of a second that is over.
-    fn admit(&mut self, record: &Record, now: std::time::Instant) -> (bool, Vec<Record>) {
+    fn admit(&mut self, line: &T, now: std::time::Instant) -> (bool, Vec<T>) {
         let mut due = Vec::new();
         let over = self
             .since
@@ -75,22 +106,16 @@ impl Coalescer {
             due = self.drain();
             self.since = Some(now);
         }
-        let key = (
-            record.proto,
-            record.name.clone(),
-            record.port,
-            record.reason.clone(),
-        );
-        let (written, held) = self.seen.entry(key).or_default();
+        let (written, held) = self.seen.entry(line.key()).or_default();
         if *written < COALESCE_AFTER {
             *written += 1;
             return (true, due);
         }
         match held {
-            Some(first) => *first.repeated.get_or_insert(0) += 1,
+            Some(first) => *first.repeated().get_or_insert(0) += 1,
             None => {
-                let mut first = record.clone();
-                first.repeated = Some(1);
+                let mut first = line.clone();
+                *first.repeated() = Some(1);
                 *held = Some(first);
             }
         }
@@ -98,7 +123,7 @@ impl Coalescer {
     }
 
     /// The held lines, and a fresh start.
-    fn drain(&mut self) -> Vec<Record> {
+    fn drain(&mut self) -> Vec<T> {
         self.seen
             .drain()
             .filter_map(|(_, (_, held))| held)
@@ -282,6 +307,41 @@ pub struct UnixDenial<'a> {
     pub suggest: Option<String>,
 }
 
+/// The audit line of a refused Unix socket.
+#[derive(Debug, Clone, Serialize)]
+struct UnixLine {
+    time: String,
+    sandbox: String,
+    proto: &'static str,
+    name: String,
+    decision: AuditDecision,
+    rule: Option<String>,
+    reason: String,
+    op: String,
+    pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    suggest: Option<String>,
+    /// As [`Record::repeated`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repeated: Option<u64>,
+}
+
+impl Coalesced for UnixLine {
+    /// Sandbox, path, operation and reason (not the pid: a retry loop forks).
+    type Key = (String, String, String, String);
+    fn key(&self) -> Self::Key {
+        (
+            self.sandbox.clone(),
+            self.name.clone(),
+            self.op.clone(),
+            self.reason.clone(),
+        )
+    }
+    fn repeated(&mut self) -> &mut Option<u64> {
+        &mut self.repeated
+    }
+}
+
 /// The audit log: an optional JSONL file plus an in-memory [`Summary`].
 ///
 /// Shared by every connection task (`Arc<AuditLog>`); one record is one `write` call on the
@@ -295,7 +355,9 @@ pub struct AuditLog {
     /// AWF-format `access.log` and `audit.jsonl`, when the run asked for them (`egressd awf`).
     awf: Option<AwfLog>,
     /// Repeated identical denials, written once per second with a count.
-    coalescer: Mutex<Coalescer>,
+    coalescer: Mutex<Coalescer<Record>>,
+    /// The same for refused Unix sockets.
+    unix_coalescer: Mutex<Coalescer<UnixLine>>,
 }
 
 impl AuditLog {
@@ -319,6 +381,7 @@ impl AuditLog {
             provenance: None,
             awf: None,
             coalescer: Mutex::new(Coalescer::default()),
+            unix_coalescer: Mutex::new(Coalescer::default()),
         })
     }
 
@@ -391,48 +454,38 @@ impl AuditLog {
     /// `connect_unix`/`sendmsg_unix` hooks): `{"proto":"unix","name":"unix:/run/x.sock",
     /// "decision":"deny","op":"connect","pid":...,"reason":...,"suggest":...}`.
     pub fn unix_denied(&self, sandbox: &str, denial: &UnixDenial<'_>) {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            time: String,
-            sandbox: &'a str,
-            proto: &'static str,
-            name: String,
-            decision: AuditDecision,
-            rule: Option<&'a str>,
-            reason: &'a str,
-            op: &'a str,
-            pid: u32,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            suggest: Option<&'a str>,
-        }
-        let name = format!("unix:{}", denial.path);
+        let line = UnixLine {
+            time: now_rfc3339(),
+            sandbox: sandbox.to_owned(),
+            proto: "unix",
+            name: format!("unix:{}", denial.path),
+            decision: AuditDecision::Deny,
+            rule: None,
+            reason: denial.reason.to_owned(),
+            op: denial.op.to_owned(),
+            pid: denial.pid,
+            suggest: denial.suggest.clone(),
+            repeated: None,
+        };
         tracing::info!(path = denial.path, pid = denial.pid, "Unix socket refused");
         {
             let mut summary = lock(&self.summary);
             summary.denied += 1;
-            if let Some(e) = summary.denied_names.iter_mut().find(|e| e.0 == name) {
+            if let Some(e) = summary.denied_names.iter_mut().find(|e| e.0 == line.name) {
                 e.2 += 1;
             } else if summary.denied_names.len() < MAX_DENIED_NAMES {
                 summary
                     .denied_names
-                    .push((name.clone(), denial.reason.to_owned(), 1));
+                    .push((line.name.clone(), line.reason.clone(), 1));
             }
         }
-        self.write_line(
-            &Line {
-                time: now_rfc3339(),
-                sandbox,
-                proto: "unix",
-                name,
-                decision: AuditDecision::Deny,
-                rule: None,
-                reason: denial.reason,
-                op: denial.op,
-                pid: denial.pid,
-                suggest: denial.suggest.as_deref(),
-            },
-            false,
-        );
+        let (write, due) = lock(&self.unix_coalescer).admit(&line, std::time::Instant::now());
+        for held in &due {
+            self.write_line(held, false);
+        }
+        if write {
+            self.write_line(&line, false);
+        }
     }
 
     /// Writes a lifecycle line (`arm`/`disarm`), stamped now unless `event.time` is set. Not
@@ -442,6 +495,10 @@ impl AuditLog {
         let held = lock(&self.coalescer).drain();
         for record in &held {
             self.write_line(record, false);
+        }
+        let held = lock(&self.unix_coalescer).drain();
+        for line in &held {
+            self.write_line(line, false);
         }
         if event.time.is_empty() {
             let mut stamped = event.clone();
@@ -820,6 +877,44 @@ mod tests {
             .sum();
         assert_eq!(total, 50, "{text}");
         assert_eq!(lines.last().unwrap()["event"], "disarm");
+    }
+
+    #[test]
+    fn refused_unix_sockets_in_a_loop_are_coalesced_too() {
+        let path =
+            std::env::temp_dir().join(format!("egressd-unix-coalesce-{}", std::process::id()));
+        let log = AuditLog::new(Some(&path)).unwrap();
+        for pid in 0..50 {
+            log.unix_denied(
+                "sb",
+                &UnixDenial {
+                    op: "connect",
+                    path: "/etc/x.sock",
+                    pid,
+                    reason: "Unix socket outside the sandbox, not in allow_unix",
+                    suggest: Some("--allow-unix /etc/x.sock".into()),
+                },
+            );
+        }
+        log.lifecycle(&Lifecycle::disarm("sb", 0));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let unix: Vec<&serde_json::Value> = lines.iter().filter(|l| l["proto"] == "unix").collect();
+        assert_eq!(
+            unix.len(),
+            usize::try_from(COALESCE_AFTER).unwrap() + 1,
+            "{text}"
+        );
+        let total: u64 = unix
+            .iter()
+            .map(|l| l["repeated"].as_u64().unwrap_or(1))
+            .sum();
+        assert_eq!(total, 50);
+        assert_eq!(log.summary().denied, 50);
     }
 
     #[test]
