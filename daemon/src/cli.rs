@@ -722,9 +722,9 @@ pub struct SandboxInitArgs {
     /// Group id to run the command as.
     #[arg(long)]
     pub gid: u32,
-    /// The filesystem and socket confinement, as JSON (`sandbox::confine::Confinement`).
+    /// The file holding the filesystem and socket confinement (`sandbox::confine::PlanFile`).
     #[arg(long)]
-    pub confine: Option<String>,
+    pub confine: Option<PathBuf>,
     /// The compiled seccomp filter (`sandbox::seccomp::Program::to_arg`), installed in the
     /// command's process right before `execve`.
     #[arg(long = "seccomp-bpf")]

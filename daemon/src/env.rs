@@ -150,7 +150,10 @@ fn holds_token(value: &[u8]) -> bool {
         for (at, _) in v.match_indices(prefix) {
             // At the start of a word, followed by at least 16 token characters.
             let starts_word = v[..at].chars().next_back().is_none_or(|c| !token_char(c));
-            let rest = v[at + prefix.len()..].chars().take_while(|c| token_char(*c)).count();
+            let rest = v[at + prefix.len()..]
+                .chars()
+                .take_while(|c| token_char(*c))
+                .count();
             if starts_word && rest >= 16 {
                 return true;
             }
@@ -160,7 +163,9 @@ fn holds_token(value: &[u8]) -> bool {
     let aws = |w: &str| {
         w.len() == 20
             && (w.starts_with("AKIA") || w.starts_with("ASIA"))
-            && w[4..].chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            && w[4..]
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
     };
     if v.split(|c: char| !c.is_ascii_alphanumeric()).any(aws) {
         return true;
@@ -170,9 +175,10 @@ fn holds_token(value: &[u8]) -> bool {
     parts.len() == 3
         && v.starts_with("eyJ")
         && parts[..2].iter().all(|p| p.len() >= 8)
-        && parts
-            .iter()
-            .all(|p| p.chars().all(|c| c.is_ascii_alphanumeric() || "-_=".contains(c)))
+        && parts.iter().all(|p| {
+            p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=".contains(c))
+        })
 }
 
 /// The user who ran `sudo egressd ...`, if any.

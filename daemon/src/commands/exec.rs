@@ -686,7 +686,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         &hide,
     )
     .with_runtime_dir(runtime_dir.as_deref(), uid, gid);
-    let confine_json = serde_json::to_string(&confinement)
+    let plan_file = crate::sandbox::confine::PlanFile::write(&confinement, &sandbox)
         .context("writing the confinement plan")
         .map_err(Failure::setup)?;
     // A terminal of its own, relayed, when egressd was given one.
@@ -711,7 +711,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         command: &command,
         env,
         stdio: relay.as_ref().map(|r| r.stdio()).unwrap_or_default(),
-        confine: Some(confine_json),
+        confine: Some(plan_file.path()),
         seccomp: seccomp
             .as_ref()
             .map(crate::sandbox::seccomp::Program::to_arg),

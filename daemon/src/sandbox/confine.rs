@@ -95,6 +95,57 @@ impl Confinement {
     }
 }
 
+/// Where plans wait for the sandbox's init (root only): a file, not an argument, because a
+/// host with many sockets makes a plan larger than one argument may be (128 KiB).
+const PLAN_DIR: &str = "/run/egressd/plans";
+
+/// A plan written for the sandbox's init; removed on drop.
+#[derive(Debug)]
+pub struct PlanFile {
+    path: PathBuf,
+}
+
+impl PlanFile {
+    /// Writes `plan` to a root-only file named for `sandbox`.
+    pub fn write(plan: &Confinement, sandbox: &str) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(PLAN_DIR)
+            .with_context(|| format!("creating {PLAN_DIR}"))?;
+        let path = Path::new(PLAN_DIR).join(format!("{sandbox}.json"));
+        let _ = fs::remove_file(&path);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        serde_json::to_writer(&mut file, plan)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// The file, for the init's `--confine`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PlanFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Reads the plan the daemon wrote (in the sandbox's init, as root).
+pub fn read_plan(path: &Path) -> Result<Confinement, String> {
+    let text = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
 /// Directories made private in the sandbox when they exist as directories of their own.
 /// `/dev/shm` too: POSIX shared memory and semaphores of the host's processes live there, and
 /// what the sandbox leaves there goes with its mount namespace.
@@ -166,9 +217,14 @@ fn parse_proc_net_unix(text: &str) -> Vec<PathBuf> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
-            // Num RefCount Protocol Flags Type St Inode [Path]
-            let path = line.split_whitespace().nth(7)?;
-            path.starts_with('/').then(|| PathBuf::from(path))
+            // Num RefCount Protocol Flags Type St Inode [Path]; the path is the rest of the
+            // line, spaces included.
+            let mut rest = line.trim_start();
+            for _ in 0..7 {
+                let end = rest.find(char::is_whitespace)?;
+                rest = rest[end..].trim_start();
+            }
+            rest.starts_with('/').then(|| PathBuf::from(rest))
         })
         .collect()
 }
@@ -269,8 +325,8 @@ pub fn apply(plan: &Confinement) -> Result<Vec<String>, String> {
             .map_err(|e| format!("{}: {e}", empty_dir.display()))?;
     }
     for socket in &plan.mask {
-        // Gone since the plan was made: nothing to cover.
-        if fs::symlink_metadata(socket).is_err() {
+        // Gone since the plan was made, or no longer a socket: nothing to cover.
+        if !fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
             continue;
         }
         cover(empty_file, socket)
@@ -417,12 +473,14 @@ Num       RefCount Protocol Flags    Type St Inode Path
 0000000000000000: 00000002 00000000 00010000 0001 01 23457 @/tmp/.X11-unix/X0
 0000000000000000: 00000003 00000000 00000000 0001 03 23458
 0000000000000000: 00000002 00000000 00010000 0001 01 23459 /tmp/.X11-unix/X0
+0000000000000000: 00000002 00000000 00010000 0001 01     7 /tmp/a dir/with spaces.sock
 ";
         assert_eq!(
             parse_proc_net_unix(text),
             vec![
                 PathBuf::from("/run/docker.sock"),
-                PathBuf::from("/tmp/.X11-unix/X0")
+                PathBuf::from("/tmp/.X11-unix/X0"),
+                PathBuf::from("/tmp/a dir/with spaces.sock"),
             ]
         );
     }

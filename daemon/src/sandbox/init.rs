@@ -167,10 +167,8 @@ fn setup(args: &SandboxInitArgs) -> Result<(), String> {
     .map_err(|e| format!("mounting /proc for the sandbox's PID namespace: {e}"))?;
 
     // Private /run, host sockets covered, --hide paths hidden.
-    let plan: Option<super::confine::Confinement> = match &args.confine {
-        Some(json) => Some(
-            serde_json::from_str(json).map_err(|e| format!("reading the confinement plan: {e}"))?,
-        ),
+    let plan = match &args.confine {
+        Some(path) => Some(super::confine::read_plan(path)?),
         None => None,
     };
     if let Some(plan) = &plan {

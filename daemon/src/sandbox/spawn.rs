@@ -36,8 +36,8 @@ pub struct Spec<'a> {
     pub env: Vec<(OsString, OsString)>,
     /// Descriptors to install as stdin, stdout, stderr (`None`: egressd's own).
     pub stdio: [Option<i32>; 3],
-    /// The confinement plan for the init, as JSON.
-    pub confine: Option<String>,
+    /// The file holding the confinement plan for the init.
+    pub confine: Option<&'a Path>,
     /// The compiled seccomp filter for the command (`Program::to_arg`).
     pub seccomp: Option<String>,
 }
@@ -58,9 +58,12 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
     argv.push(CString::new(spec.uid.to_string()).expect("digits have no NUL"));
     argv.push(CString::new("--gid").expect("static"));
     argv.push(CString::new(spec.gid.to_string()).expect("digits have no NUL"));
-    if let Some(plan) = &spec.confine {
+    if let Some(plan) = spec.confine {
         argv.push(CString::new("--confine").expect("static"));
-        argv.push(CString::new(plan.as_bytes()).context("the confinement plan contains NUL")?);
+        argv.push(
+            CString::new(plan.as_os_str().as_encoded_bytes())
+                .context("the confinement plan's path contains NUL")?,
+        );
     }
     if let Some(filter) = &spec.seccomp {
         argv.push(CString::new("--seccomp-bpf").expect("static"));
