@@ -658,7 +658,7 @@ fn an_interactive_command_gets_a_terminal_of_its_own_with_the_callers_size() {
     }
     let egressd = egressd_tests::egressd_bin();
     let shell = format!(
-        "stty cols 97 rows 31; echo outer=$(tty); {} exec --user 65534:65534 -- sh -c 'echo inner=$(tty); echo size=$(stty size)'",
+        "stty cols 97 rows 31; echo outer=$(tty); {} exec --user 65534:65534 -- sh -c 'echo inner=$(tty); echo size=$(stty size); echo owner=$(stat -c %U $(tty))'",
         egressd.display()
     );
     let mut child = Command::new("script")
@@ -682,6 +682,11 @@ fn an_interactive_command_gets_a_terminal_of_its_own_with_the_callers_size() {
     assert!(inner.starts_with("/dev/pts/"), "\n{out}");
     assert_ne!(outer, inner, "the command got the invoking terminal\n{out}");
     assert_eq!(value("size="), "31 97", "the window size follows\n{out}");
+    assert_eq!(
+        value("owner="),
+        "nobody",
+        "the terminal is the command user's\n{out}"
+    );
 }
 
 #[test]
@@ -799,4 +804,57 @@ fn github_actions_file_commands_are_out_of_reach_unless_allowed() {
     let out = run(true);
     out.assert_success();
     assert!(out.stdout.contains("wrote"), "allowed on request\n{out}");
+}
+
+#[test]
+fn ctrl_z_on_the_sandboxs_terminal_does_not_hang_the_run() {
+    if !privileged() {
+        return;
+    }
+    use std::io::{Read as _, Write as _};
+    let egressd = egressd_tests::egressd_bin();
+    let shell = format!(
+        "{} exec --user 65534:65534 -- sh -c 'echo ready; sleep 2; echo after-sleep'; echo rc=$?",
+        egressd.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &shell, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Ctrl-Z once the command runs, then everything until the shell reports egressd's exit.
+    let mut sent = false;
+    while !seen.contains("rc=") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(chunk) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("the run hung after Ctrl-Z:\n{seen}");
+        };
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if !sent && seen.contains("ready") {
+            stdin.write_all(b"\x1a").unwrap();
+            stdin.flush().unwrap();
+            sent = true;
+        }
+    }
+    drop(stdin);
+    child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(sent, "\n{seen}");
+    assert!(seen.contains("after-sleep"), "the command went on\n{seen}");
+    assert!(seen.contains("rc=0"), "\n{seen}");
 }

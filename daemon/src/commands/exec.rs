@@ -690,7 +690,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         .context("writing the confinement plan")
         .map_err(Failure::setup)?;
     // A terminal of its own, relayed, when egressd was given one.
-    let mut relay = crate::sandbox::pty::Relay::open_if_terminal().map_err(Failure::setup)?;
+    let mut relay = crate::sandbox::pty::Relay::open_if_terminal(uid, gid).map_err(Failure::setup)?;
     // The child inherits the working directory: set it only around the spawn.
     let previous_cwd = match &cwd {
         Some(dir) => {

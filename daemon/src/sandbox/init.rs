@@ -179,7 +179,18 @@ fn setup(args: &SandboxInitArgs) -> Result<(), String> {
 
     // Close every descriptor the daemon might have leaked, except stdio.
     // SAFETY: plain system call; no Rust object owns descriptors >= 3 in this process.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } != 0 {
+        // Kernels before 5.9: close them one by one.
+        let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+            .map_err(|e| format!("listing open descriptors: {e}"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd >= 3)
+            .collect();
+        for fd in open {
+            // SAFETY: as above.
+            unsafe { libc::close(fd) };
+        }
+    }
 
     // A session of its own: no controlling terminal but the pseudo-terminal egressd relays
     // (if any), so nothing in the sandbox can push input into the invoking terminal.
@@ -235,8 +246,14 @@ extern "C" fn forward(signal: libc::c_int) {
 /// signal killed it, as shells report it).
 fn reap_until(command: Pid) -> u8 {
     loop {
-        match waitpid(None, None) {
+        match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WUNTRACED)) {
             Ok(WaitStatus::Exited(pid, code)) if pid == command => return code as u8,
+            // Stopped (Ctrl-Z on the sandbox's terminal): nothing outside the sandbox could
+            // ever continue it, so it goes on at once instead of hanging the run.
+            Ok(WaitStatus::Stopped(pid, _)) if pid == command => {
+                // The whole group the terminal stopped (the command leads it).
+                let _ = kill(Pid::from_raw(-command.as_raw()), Signal::SIGCONT);
+            }
             Ok(WaitStatus::Signaled(pid, signal, _)) if pid == command => {
                 return 128u8.wrapping_add(signal as u8);
             }

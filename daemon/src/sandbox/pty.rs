@@ -49,13 +49,23 @@ fn is_tty(fd: RawFd) -> bool {
 }
 
 impl Relay {
-    /// A relay if any of stdin, stdout and stderr is a terminal; `None` otherwise.
-    pub fn open_if_terminal() -> anyhow::Result<Option<Self>> {
+    /// A relay if any of stdin, stdout and stderr is a terminal; `None` otherwise. The
+    /// terminal belongs to `uid` (as a login's does), so that programs that reopen it by
+    /// name (`ttyname`: password prompts, pinentry) can.
+    pub fn open_if_terminal(uid: u32, gid: u32) -> anyhow::Result<Option<Self>> {
         let ttys = [is_tty(0), is_tty(1), is_tty(2)];
         if !ttys.iter().any(|t| *t) {
             return Ok(None);
         }
         let pty = nix::pty::openpty(None, None).context("opening a pseudo-terminal")?;
+        nix::unistd::fchown(
+            &pty.slave,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .context("giving the pseudo-terminal to the command's user")?;
+        nix::sys::stat::fchmod(&pty.slave, nix::sys::stat::Mode::from_bits_truncate(0o620))
+            .context("setting the pseudo-terminal's mode")?;
         // The size of the invoking terminal, if one of ours is.
         if let Some(fd) = (0..3).find(|fd| ttys[*fd as usize]) {
             copy_window_size(fd, pty.master.as_raw_fd());
@@ -197,7 +207,11 @@ mod tests {
     fn no_terminal_no_relay() {
         // Under CI no standard descriptor is a terminal: no relay. Where one is, a relay.
         let any = (0..3).any(super::is_tty);
-        let relay = super::Relay::open_if_terminal().unwrap();
+        let relay = super::Relay::open_if_terminal(
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
+        .unwrap();
         assert_eq!(relay.is_some(), any);
     }
 }
