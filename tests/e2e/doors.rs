@@ -537,6 +537,11 @@ fn a_host_socket_created_after_the_start_is_refused_in_the_kernel_and_audited() 
     if !privileged() {
         return;
     }
+    if !egressd_tests::kernel_at_least(6, 7) {
+        // README: before 6.7 only the mount layer applies, and this door stays open.
+        eprintln!("kernel before 6.7: no cgroup Unix-socket hooks; nothing to test");
+        return;
+    }
     // Outside /tmp, /run and the working directory: the kernel hooks' case (the mount layer
     // only covers sockets that exist at the start).
     let dir = std::path::PathBuf::from(format!("/var/lib/egressd-tests-{}", std::process::id()));

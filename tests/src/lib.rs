@@ -92,3 +92,17 @@ fn target_bin(name: &str) -> Option<PathBuf> {
         .map(|dir: &Path| dir.join(name))
         .find(|p| p.is_file())
 }
+
+/// Whether the running kernel is at least `major.minor` (for tests of features a kernel
+/// version brings, such as the cgroup Unix-socket hooks of 6.7).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(uname) = nix::sys::utsname::uname() else {
+        return false;
+    };
+    let release = uname.release().to_string_lossy().into_owned();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
