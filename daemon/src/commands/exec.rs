@@ -418,7 +418,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             .memory
             .or_else(crate::sandbox::limits::default_memory)
             .unwrap_or(u64::MAX);
-        match crate::sandbox::limits::apply(&cgroup, &sandbox, pids, memory) {
+        let limits = match crate::sandbox::limits::apply(&cgroup, &sandbox, pids, memory) {
             Ok(limits) => limits,
             Err(e) if config.sandbox.pids.is_some() || config.sandbox.memory.is_some() => {
                 return Err(Failure::setup(
@@ -429,7 +429,24 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
                 eprintln!("egressd: warning: the sandbox has no resource limits: {e:#}");
                 crate::sandbox::limits::Limits::default()
             }
+        };
+        for missing in &limits.missing {
+            let asked = match *missing {
+                "pids" => config.sandbox.pids.is_some(),
+                _ => config.sandbox.memory.is_some(),
+            };
+            if asked {
+                return Err(Failure::setup(anyhow!(
+                    "limits.{missing} was asked for, but the {missing} controller is neither \
+                     enabled on cgroup v2 nor mounted as v1"
+                )));
+            }
+            eprintln!(
+                "egressd: warning: the sandbox has no {missing} limit: the {missing} controller \
+                 is neither enabled on cgroup v2 nor mounted as v1"
+            );
         }
+        limits
     };
     let net = netns::prepare(&mode).map_err(Failure::setup)?;
     let port4 = net.listener4.local_addr().map_err(Failure::setup)?.port();
@@ -690,7 +707,8 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         .context("writing the confinement plan")
         .map_err(Failure::setup)?;
     // A terminal of its own, relayed, when egressd was given one.
-    let mut relay = crate::sandbox::pty::Relay::open_if_terminal(uid, gid).map_err(Failure::setup)?;
+    let mut relay =
+        crate::sandbox::pty::Relay::open_if_terminal(uid, gid).map_err(Failure::setup)?;
     // The child inherits the working directory: set it only around the spawn.
     let previous_cwd = match &cwd {
         Some(dir) => {

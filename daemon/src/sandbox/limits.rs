@@ -46,10 +46,13 @@ pub struct Limits {
     v1_dirs: Vec<PathBuf>,
     /// What is in force, for `doctor`-like notes: `pids=8192 (v2)`.
     pub described: Vec<String>,
+    /// Controllers found neither on cgroup v2 nor as v1 (`pids`, `memory`): no such limit.
+    pub missing: Vec<&'static str>,
 }
 
-/// Sets `pids.max` and `memory.max` for the sandbox in `cgroup` (named `name`). Fails only
-/// when a limit can be set nowhere; the caller says so and decides.
+/// Sets `pids.max` and `memory.max` for the sandbox in `cgroup` (named `name`), each where
+/// its controller is; [`Limits::missing`] names a controller found nowhere (the caller says
+/// so and decides). Fails when a limit cannot be written where its controller is.
 pub fn apply(cgroup: &Cgroup, name: &str, pids: u64, memory: u64) -> anyhow::Result<Limits> {
     let mut limits = Limits::default();
     let v2 = enable_v2(cgroup);
@@ -64,10 +67,10 @@ pub fn apply(cgroup: &Cgroup, name: &str, pids: u64, memory: u64) -> anyhow::Res
             continue;
         }
         let Some(mount) = v1_mount(controller) else {
-            anyhow::bail!(
-                "the {controller} controller is neither enabled on cgroup v2 nor mounted as v1"
-            );
+            limits.missing.push(controller);
+            continue;
         };
+        remove_stale(&mount.join("egressd"));
         let dir = mount.join("egressd").join(name);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         limits.v1_dirs.push(dir.clone());
@@ -84,6 +87,26 @@ pub fn apply(cgroup: &Cgroup, name: &str, pids: u64, memory: u64) -> anyhow::Res
             .push(format!("{controller}={value} (cgroup v1)"));
     }
     Ok(limits)
+}
+
+/// Removes the v1 cgroups of earlier runs that are empty now (a run killed before its
+/// cleanup leaves its directories behind; an empty cgroup directory is removed with rmdir).
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let empty =
+            fs::read_to_string(path.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
+        if empty
+            && path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("egressd-"))
+        {
+            let _ = fs::remove_dir(&path);
+        }
+    }
 }
 
 /// Enables `pids` and `memory` from the cgroup2 root down to `cgroup`'s parent; returns
