@@ -725,6 +725,10 @@ pub struct SandboxInitArgs {
     /// The file holding the filesystem and socket confinement (`sandbox::confine::PlanFile`).
     #[arg(long)]
     pub confine: Option<PathBuf>,
+    /// Make a terminal of the sandbox's own and install it as these standard descriptors
+    /// (`0,1,2`); its master goes to egressd over descriptor 3 (`sandbox::pty`).
+    #[arg(long)]
+    pub pty: Option<String>,
     /// The compiled seccomp filter (`sandbox::seccomp::Program::to_arg`), installed in the
     /// command's process right before `execve`.
     #[arg(long = "seccomp-bpf")]

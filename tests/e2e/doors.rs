@@ -663,7 +663,7 @@ fn an_interactive_command_gets_a_terminal_of_its_own_with_the_callers_size() {
     }
     let egressd = egressd_tests::egressd_bin();
     let shell = format!(
-        "stty cols 97 rows 31; echo outer=$(tty); {} exec --user 65534:65534 -- sh -c 'echo inner=$(tty); echo size=$(stty size); echo owner=$(stat -c %U $(tty))'",
+        "stty cols 97 rows 31; echo outer=$(stat -c %d $(tty)); {} exec --user 65534:65534 -- sh -c 'echo inner=$(stat -c %d $(tty)); echo size=$(stty size); echo owner=$(stat -c %U $(tty)); echo ptys=$(ls /dev/pts | tr \"\\n\" \" \")'",
         egressd.display()
     );
     let mut child = Command::new("script")
@@ -683,9 +683,14 @@ fn an_interactive_command_gets_a_terminal_of_its_own_with_the_callers_size() {
             .map(str::to_owned)
             .unwrap_or_else(|| panic!("no {key} in\n{out}"))
     };
+    // The terminal's file system: a devpts instance of the sandbox's own, holding only its
+    // terminal (the invoking user's other terminals are not there to open).
     let (outer, inner) = (value("outer="), value("inner="));
-    assert!(inner.starts_with("/dev/pts/"), "\n{out}");
-    assert_ne!(outer, inner, "the command got the invoking terminal\n{out}");
+    assert_ne!(
+        outer, inner,
+        "the command's terminal is on the host's devpts\n{out}"
+    );
+    assert_eq!(value("ptys=").trim(), "0 ptmx", "\n{out}");
     assert_eq!(value("size="), "31 97", "the window size follows\n{out}");
     assert_eq!(
         value("owner="),

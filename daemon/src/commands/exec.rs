@@ -707,8 +707,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         .context("writing the confinement plan")
         .map_err(Failure::setup)?;
     // A terminal of its own, relayed, when egressd was given one.
-    let mut relay =
-        crate::sandbox::pty::Relay::open_if_terminal(uid, gid).map_err(Failure::setup)?;
+    let pending_pty = crate::sandbox::pty::Pending::prepare().map_err(Failure::setup)?;
     // The child inherits the working directory: set it only around the spawn.
     let previous_cwd = match &cwd {
         Some(dir) => {
@@ -728,7 +727,9 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         gid,
         command: &command,
         env,
-        stdio: relay.as_ref().map(|r| r.stdio()).unwrap_or_default(),
+        pty: pending_pty
+            .as_ref()
+            .map(|p| (p.init_socket(), p.stdio_arg())),
         confine: Some(plan_file.path()),
         seccomp: seccomp
             .as_ref()
@@ -744,12 +745,14 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             return Err(Failure::setup(e));
         }
     };
-    if let Some(relay) = &mut relay
-        && let Err(e) = relay.start()
-    {
-        let _ = kill(child, Signal::SIGKILL);
-        return Err(Failure::setup(e));
-    }
+    let relay = match pending_pty.map(crate::sandbox::pty::Pending::connect) {
+        None => None,
+        Some(Ok(relay)) => Some(relay),
+        Some(Err(e)) => {
+            let _ = kill(child, Signal::SIGKILL);
+            return Err(Failure::setup(e));
+        }
+    };
 
     // Set-up is over: from here on egressd only signals the sandbox (CAP_KILL) and, with
     // nftables, reads its counter in the sandbox's namespace.

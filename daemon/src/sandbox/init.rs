@@ -177,6 +177,11 @@ fn setup(args: &SandboxInitArgs) -> Result<(), String> {
         }
     }
 
+    // The sandbox's own terminal, in a devpts instance of its own (uses descriptor 3).
+    if let Some(stdio) = &args.pty {
+        super::pty::in_sandbox(stdio, args.uid)?;
+    }
+
     // Close every descriptor the daemon might have leaked, except stdio.
     // SAFETY: plain system call; no Rust object owns descriptors >= 3 in this process.
     if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } != 0 {

@@ -4,39 +4,40 @@
 //! program holding the invoking terminal can push keystrokes into it (`TIOCSTI`), or make
 //! the terminal answer escape sequences into its input, and either runs in the invoking
 //! shell after egressd exits, outside the sandbox. So, as `sudo` with `use_pty` and
-//! `su --pty` do, egressd opens a pseudo-terminal, gives its slave side to the sandbox (its
-//! init makes it the controlling terminal of a session of its own), puts the invoking
-//! terminal in raw mode and copies bytes both ways; window size changes follow (SIGWINCH).
-//! Ctrl-C and the other control characters reach the sandbox through the slave's line
-//! discipline, as they would on a real terminal.
+//! `su --pty` do, the sandbox gets a pseudo-terminal of its own and egressd copies bytes
+//! between it and the invoking terminal (in raw mode); window size changes follow
+//! (SIGWINCH), and Ctrl-C reaches the sandbox through the line discipline.
+//!
+//! The pseudo-terminal comes from a devpts instance of the sandbox's own, mounted over its
+//! `/dev/pts` by its init ([`in_sandbox`]): the sandbox sees its terminal and no other, so a
+//! command running as the invoking user cannot open that user's other terminals by path
+//! either. The init hands the master side to egressd over a socket pair made before the
+//! sandbox starts ([`Pending`]), and waits for egressd to have set the window size before
+//! the command starts.
 
 use std::{
     fs::File,
     io::{Read as _, Write as _},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        unix::net::UnixStream,
+    },
     sync::atomic::{AtomicBool, AtomicI32, Ordering},
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use nix::sys::termios::{self, SetArg, Termios};
 
-/// The pseudo-terminal of one run, and the invoking terminal's saved mode.
-pub struct Relay {
-    /// The master side, kept by egressd.
-    master: OwnedFd,
-    /// The slave side, passed to the sandbox; closed here once the sandbox has it.
-    slave: Option<OwnedFd>,
-    /// Which of stdin, stdout, stderr were terminals (and get the slave).
-    ttys: [bool; 3],
-    /// The invoking terminal's mode before raw mode, restored on drop.
-    saved: Option<(RawFd, Termios)>,
-    /// Signalled when the output copier has written the sandbox's last bytes.
-    output_done: Option<std::sync::mpsc::Receiver<()>>,
-}
+/// The descriptor number the socket to egressd has in the sandbox's init.
+pub const INIT_SOCKET_FD: RawFd = 3;
+
+/// How long egressd waits for the sandbox's init to send its terminal.
+const HANDOVER: Duration = Duration::from_secs(10);
 
 /// How long the end of a run waits for the sandbox's last output to be copied (it is all in
 /// the pseudo-terminal's buffer once the sandbox has exited).
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// The master's descriptor, for the SIGWINCH handler.
 static MASTER: AtomicI32 = AtomicI32::new(-1);
@@ -48,31 +49,57 @@ fn is_tty(fd: RawFd) -> bool {
     unsafe { libc::isatty(fd) == 1 }
 }
 
-impl Relay {
-    /// A relay if any of stdin, stdout and stderr is a terminal; `None` otherwise. The
-    /// terminal belongs to `uid` (as a login's does), so that programs that reopen it by
-    /// name (`ttyname`: password prompts, pinentry) can.
-    pub fn open_if_terminal(uid: u32, gid: u32) -> anyhow::Result<Option<Self>> {
+/// A terminal the sandbox will make: the socket pair to its init, before it starts.
+#[derive(Debug)]
+pub struct Pending {
+    ours: UnixStream,
+    theirs: UnixStream,
+    ttys: [bool; 3],
+}
+
+impl Pending {
+    /// A pending terminal if any of stdin, stdout and stderr is a terminal; `None` otherwise.
+    pub fn prepare() -> anyhow::Result<Option<Self>> {
         let ttys = [is_tty(0), is_tty(1), is_tty(2)];
         if !ttys.iter().any(|t| *t) {
             return Ok(None);
         }
-        let pty = nix::pty::openpty(None, None).context("opening a pseudo-terminal")?;
-        nix::unistd::fchown(
-            &pty.slave,
-            Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(gid)),
-        )
-        .context("giving the pseudo-terminal to the command's user")?;
-        nix::sys::stat::fchmod(&pty.slave, nix::sys::stat::Mode::from_bits_truncate(0o620))
-            .context("setting the pseudo-terminal's mode")?;
-        // The size of the invoking terminal, if one of ours is.
+        let (ours, theirs) = UnixStream::pair().context("making the terminal's socket pair")?;
+        Ok(Some(Self { ours, theirs, ttys }))
+    }
+
+    /// The init's end of the socket pair (installed as [`INIT_SOCKET_FD`] in it).
+    pub fn init_socket(&self) -> RawFd {
+        self.theirs.as_raw_fd()
+    }
+
+    /// Which of stdin, stdout and stderr get the sandbox's terminal, for the init's
+    /// `--pty` (`0,1,2`).
+    pub fn stdio_arg(&self) -> String {
+        (0..3)
+            .filter(|i| self.ttys[*i])
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Once the sandbox has started: receives the master side from its init, gives it the
+    /// invoking terminal's size, lets the init go on, puts the invoking terminal in raw
+    /// mode and starts copying.
+    pub fn connect(self) -> anyhow::Result<Relay> {
+        let Self { ours, theirs, ttys } = self;
+        // Only the init holds its end now: if it dies, the read below sees end-of-file.
+        drop(theirs);
+        ours.set_read_timeout(Some(HANDOVER))?;
+        let master = receive_fd(&ours).context("receiving the sandbox's terminal")?;
         if let Some(fd) = (0..3).find(|fd| ttys[*fd as usize]) {
-            copy_window_size(fd, pty.master.as_raw_fd());
+            copy_window_size(fd, master.as_raw_fd());
         }
-        let mut relay = Self {
-            master: pty.master,
-            slave: Some(pty.slave),
+        (&ours)
+            .write_all(b"1")
+            .context("letting the sandbox's init go on")?;
+        let mut relay = Relay {
+            master,
             ttys,
             saved: None,
             output_done: None,
@@ -87,21 +114,28 @@ impl Relay {
                 .context("putting the terminal in raw mode")?;
             relay.saved = Some((0, saved));
         }
-        Ok(Some(relay))
+        relay.start()?;
+        Ok(relay)
     }
+}
 
-    /// The descriptors the sandbox gets as stdin, stdout and stderr (`None`: egressd's own).
-    pub fn stdio(&self) -> [Option<RawFd>; 3] {
-        let slave = self.slave.as_ref().map(|s| s.as_raw_fd());
-        [0, 1, 2].map(|i| if self.ttys[i] { slave } else { None })
-    }
+/// The relay of one run; the invoking terminal gets its mode back on drop.
+pub struct Relay {
+    /// The master side.
+    master: OwnedFd,
+    /// Which of stdin, stdout, stderr were terminals.
+    ttys: [bool; 3],
+    /// The invoking terminal's mode before raw mode, restored on drop.
+    saved: Option<(RawFd, Termios)>,
+    /// Signalled when the output copier has written the sandbox's last bytes.
+    output_done: Option<std::sync::mpsc::Receiver<()>>,
+}
 
-    /// Starts copying, once the sandbox has started (and holds the slave): the invoking
-    /// terminal's input to the master, the master's output to the invoking terminal. The
-    /// copiers end when the sandbox closes its last descriptor of the slave.
-    pub fn start(&mut self) -> anyhow::Result<()> {
-        // Only the sandbox holds the slave from here on: its last close ends the output.
-        self.slave = None;
+impl Relay {
+    /// Starts copying: the invoking terminal's input to the master, the master's output to
+    /// the invoking terminal. The copiers end when the sandbox closes its last descriptor
+    /// of the slave.
+    fn start(&mut self) -> anyhow::Result<()> {
         MASTER.store(self.master.as_raw_fd(), Ordering::SeqCst);
         install_winch();
         let mut from_master = File::from(self.master.try_clone().context("duplicating the pty")?);
@@ -159,9 +193,141 @@ impl Drop for Relay {
         if let Some((fd, saved)) = &self.saved {
             // SAFETY: the descriptor is egressd's stdin, open for the process's life.
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
-            let _ = termios::tcsetattr(fd, SetArg::TCSADRAIN, saved);
+            // TCSAFLUSH: input the sandbox may have provoked (terminal replies) is dropped.
+            let _ = termios::tcsetattr(fd, SetArg::TCSAFLUSH, saved);
         }
     }
+}
+
+/// In the sandbox's init, as root, in its own mount namespace, before the privilege drop:
+/// mounts a devpts instance of its own over `/dev/pts` (its `ptmx` over `/dev/ptmx`), opens
+/// a pseudo-terminal there for `uid` (group `tty`, as a login's), sends the master to egressd over
+/// [`INIT_SOCKET_FD`], waits for egressd's go-ahead, and installs the slave as the
+/// descriptors of `stdio` (`0,1,2`).
+pub fn in_sandbox(stdio: &str, uid: u32) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    let tty_gid = nix::unistd::Group::from_name("tty")
+        .ok()
+        .flatten()
+        .map_or(5, |g| g.gid.as_raw());
+    let options = format!("newinstance,ptmxmode=0666,mode=0620,gid={tty_gid}");
+    mount(
+        Some("devpts"),
+        "/dev/pts",
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(options.as_str()),
+    )
+    .map_err(|e| format!("mounting the sandbox's /dev/pts: {e}"))?;
+    // /dev/ptmx: a device node here (a symlink to pts/ptmx already does the right thing).
+    if std::fs::symlink_metadata("/dev/ptmx").is_ok_and(|m| !m.file_type().is_symlink()) {
+        mount(
+            Some("/dev/pts/ptmx"),
+            "/dev/ptmx",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("binding the sandbox's ptmx over /dev/ptmx: {e}"))?;
+    }
+    let master = nix::fcntl::open(
+        "/dev/pts/ptmx",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("opening the sandbox's ptmx: {e}"))?;
+    // SAFETY: TIOCSPTLCK takes a pointer to an int; TIOCGPTPEER returns a new descriptor.
+    let slave = unsafe {
+        let unlock: libc::c_int = 0;
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0 {
+            return Err(format!(
+                "unlocking the pseudo-terminal: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let fd = libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY,
+        );
+        if fd < 0 {
+            return Err(format!(
+                "opening the pseudo-terminal: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
+    // The command's own terminal, as a login's: programs that reopen it by name can.
+    nix::unistd::fchown(
+        &slave,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(tty_gid)),
+    )
+    .map_err(|e| format!("giving the terminal to the command's user: {e}"))?;
+    // SAFETY: the daemon installed the socket at this number before executing the init.
+    let socket = unsafe { UnixStream::from_raw_fd(INIT_SOCKET_FD) };
+    send_fd(&socket, &master).map_err(|e| format!("handing the terminal to egressd: {e}"))?;
+    let mut go = [0u8; 1];
+    (&socket)
+        .read_exact(&mut go)
+        .map_err(|e| format!("waiting for egressd to relay the terminal: {e}"))?;
+    drop(socket);
+    drop(master);
+    for part in stdio.split(',').filter(|p| !p.is_empty()) {
+        let target: RawFd = part
+            .parse()
+            .ok()
+            .filter(|fd| (0..3).contains(fd))
+            .ok_or_else(|| format!("--pty {stdio:?}: expected descriptors 0, 1 or 2"))?;
+        // SAFETY: dup2 onto a standard descriptor this process owns.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(format!(
+                "installing the terminal as descriptor {target}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Sends `fd` over `socket` (`SCM_RIGHTS`), with one byte of data.
+fn send_fd(socket: &UnixStream, fd: &OwnedFd) -> nix::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [fd.as_raw_fd()];
+    let data = [std::io::IoSlice::new(b"m")];
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &data,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one descriptor sent with [`send_fd`].
+fn receive_fd(socket: &UnixStream) -> anyhow::Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut byte = [0u8; 1];
+    let mut data = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        socket.as_fd().as_raw_fd(),
+        &mut data,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("the sandbox's init did not send its terminal")?;
+    for cmsg in msg.cmsgs().context("reading the control message")? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this descriptor for us.
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    anyhow::bail!("the sandbox's init closed its socket without sending its terminal")
 }
 
 /// Copies the window size of terminal `from` to the pseudo-terminal `to`.
@@ -203,15 +369,25 @@ fn install_winch() {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn no_terminal_no_relay() {
-        // Under CI no standard descriptor is a terminal: no relay. Where one is, a relay.
-        let any = (0..3).any(super::is_tty);
-        let relay = super::Relay::open_if_terminal(
-            nix::unistd::getuid().as_raw(),
-            nix::unistd::getgid().as_raw(),
-        )
-        .unwrap();
-        assert_eq!(relay.is_some(), any);
+        // Under CI no standard descriptor is a terminal: nothing pending. Where one is, the
+        // pending terminal names exactly those.
+        let any = (0..3).any(is_tty);
+        let pending = Pending::prepare().unwrap();
+        assert_eq!(pending.is_some(), any);
+    }
+
+    #[test]
+    fn a_descriptor_crosses_the_socket_pair() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let file: OwnedFd = File::open("/proc/self/status").unwrap().into();
+        send_fd(&a, &file).unwrap();
+        let got = receive_fd(&b).unwrap();
+        let mut text = String::new();
+        File::from(got).read_to_string(&mut text).unwrap();
+        assert!(text.contains("Name:"));
     }
 }

@@ -34,8 +34,9 @@ pub struct Spec<'a> {
     pub command: &'a [String],
     /// The complete environment of the command.
     pub env: Vec<(OsString, OsString)>,
-    /// Descriptors to install as stdin, stdout, stderr (`None`: egressd's own).
-    pub stdio: [Option<i32>; 3],
+    /// The init's end of the terminal's socket pair (`pty::Pending`), installed as
+    /// `pty::INIT_SOCKET_FD`, and which standard descriptors get the terminal (`0,1,2`).
+    pub pty: Option<(i32, String)>,
     /// The file holding the confinement plan for the init.
     pub confine: Option<&'a Path>,
     /// The compiled seccomp filter for the command (`Program::to_arg`).
@@ -58,6 +59,10 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
     argv.push(CString::new(spec.uid.to_string()).expect("digits have no NUL"));
     argv.push(CString::new("--gid").expect("static"));
     argv.push(CString::new(spec.gid.to_string()).expect("digits have no NUL"));
+    if let Some((_, stdio)) = &spec.pty {
+        argv.push(CString::new("--pty").expect("static"));
+        argv.push(CString::new(stdio.as_bytes()).context("the --pty list contains NUL")?);
+    }
     if let Some(plan) = spec.confine {
         argv.push(CString::new("--confine").expect("static"));
         argv.push(
@@ -97,11 +102,11 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     let netns_fd = spec.netns.map(|fd| fd.as_raw_fd());
-    let stdio = spec.stdio;
+    let pty_socket = spec.pty.as_ref().map(|(fd, _)| *fd);
 
     let child = move || -> isize {
         // SAFETY: only async-signal-safe system calls on memory prepared before clone.
-        unsafe { child_main(&procs, netns_fd, stdio, &exe, &argv_ptrs, &envp_ptrs) }
+        unsafe { child_main(&procs, netns_fd, pty_socket, &exe, &argv_ptrs, &envp_ptrs) }
     };
     let mut stack = vec![0u8; 1 << 20];
     // An IPC namespace of its own: no SysV shared memory, semaphores or message queues of
@@ -118,7 +123,7 @@ pub fn spawn(spec: Spec<'_>) -> anyhow::Result<Pid> {
 unsafe fn child_main(
     procs: &[CString],
     netns: Option<i32>,
-    stdio: [Option<i32>; 3],
+    pty_socket: Option<i32>,
     exe: &CString,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
@@ -139,11 +144,16 @@ unsafe fn child_main(
         {
             fail(b"egressd: sandbox: cannot enter the sandbox network namespace\n");
         }
-        for (target, source) in stdio.iter().enumerate() {
-            if let Some(fd) = source
-                && libc::dup2(*fd, target as i32) < 0
-            {
-                fail(b"egressd: sandbox: cannot pass the terminal to the sandbox\n");
+        if let Some(fd) = pty_socket {
+            let target = crate::sandbox::pty::INIT_SOCKET_FD;
+            // dup2 onto itself would keep close-on-exec: clear it then.
+            let ok = if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, target) == target
+            };
+            if !ok {
+                fail(b"egressd: sandbox: cannot pass the terminal's socket to the sandbox\n");
             }
         }
         libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
