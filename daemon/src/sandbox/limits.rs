@@ -61,6 +61,11 @@ pub fn apply(cgroup: &Cgroup, name: &str, pids: u64, memory: u64) -> anyhow::Res
         if v2.iter().any(|c| c == controller) {
             fs::write(cgroup.path().join(file), value.to_string())
                 .with_context(|| format!("setting {file} of {}", cgroup.path().display()))?;
+            if controller == "memory" {
+                // No swap on top: past memory.max the sandbox is OOM-killed, not left
+                // thrashing the runner's disk (the file exists where swap is accounted).
+                let _ = fs::write(cgroup.path().join("memory.swap.max"), "0");
+            }
             limits
                 .described
                 .push(format!("{controller}={value} (cgroup v2)"));
@@ -81,6 +86,10 @@ pub fn apply(cgroup: &Cgroup, name: &str, pids: u64, memory: u64) -> anyhow::Res
         };
         fs::write(dir.join(v1_file), value.to_string())
             .with_context(|| format!("setting {}", dir.join(v1_file).display()))?;
+        if controller == "memory" {
+            // Memory and swap together no more than memory alone (where swap is accounted).
+            let _ = fs::write(dir.join("memory.memsw.limit_in_bytes"), value.to_string());
+        }
         limits.extra_procs.push(dir.join("cgroup.procs"));
         limits
             .described
@@ -89,23 +98,26 @@ pub fn apply(cgroup: &Cgroup, name: &str, pids: u64, memory: u64) -> anyhow::Res
     Ok(limits)
 }
 
-/// Removes the v1 cgroups of earlier runs that are empty now (a run killed before its
-/// cleanup leaves its directories behind; an empty cgroup directory is removed with rmdir).
+/// Removes the v1 cgroups of runs whose egressd is gone (`egressd-<pid>`: a run killed
+/// before its cleanup leaves its directories behind). A live run's cgroup is never touched,
+/// even while still empty: its sandbox may be about to join it.
 fn remove_stale(parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
     for entry in entries.flatten() {
-        let path = entry.path();
-        let empty =
-            fs::read_to_string(path.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
-        if empty
-            && path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("egressd-"))
-        {
-            let _ = fs::remove_dir(&path);
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("egressd-"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
         }
+        let _ = fs::remove_dir(entry.path());
     }
 }
 
