@@ -139,6 +139,13 @@ fn examine() -> Report {
     );
     check("limits", limits_available(&mountinfo));
     check(
+        "groups",
+        Ok(format!(
+            "never kept by the sandbox: {}",
+            sandbox::groups::privileged_here().join(", ")
+        )),
+    );
+    check(
         "mounts",
         Ok(
             "private /run, host Unix sockets covered, --hide paths masked (every kernel)"

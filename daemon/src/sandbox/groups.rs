@@ -84,6 +84,27 @@ pub fn sandbox_gid(uid: u32, gid: u32) -> (u32, Option<String>) {
     (new, Some(note))
 }
 
+/// The groups on this host the sandbox never keeps (by name, or because they can use a
+/// root-equivalent socket or device), for `egressd doctor`.
+pub fn privileged_here() -> Vec<String> {
+    let mut names: Vec<String> = PRIVILEGED_NAMES
+        .iter()
+        .filter(|n| nix::unistd::Group::from_name(n).ok().flatten().is_some())
+        .map(|n| (*n).to_owned())
+        .collect();
+    for path in ROOT_EQUIVALENT {
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.gid() != 0
+            && meta.mode() & 0o060 != 0
+            && let Some(name) = group_name(meta.gid())
+            && !names.contains(&name)
+        {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// Why `gid` must not reach the sandbox, if it must not.
 pub fn privileged(gid: u32) -> Option<String> {
     if gid == 0 {
