@@ -104,6 +104,14 @@ fn doctor_reports_the_checks_and_the_backend() {
         "netns",
         "ebpf-load",
         "nftables",
+        // The layers beyond the network (issue 14).
+        "unix-hooks",
+        "seccomp",
+        "landlock",
+        "pty",
+        "limits",
+        "groups",
+        "mounts",
     ] {
         assert!(names.contains(&name), "{name} missing: {report}");
     }
