@@ -244,7 +244,7 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
     };
     let (uid, gid) =
         exec::target_user(args.user.as_deref(), false).map_err(|f| format!("{:#}", f.error))?;
-    let env = command_env(&args, uid, &config)?;
+    let env = command_env(&args, uid, &config, out)?;
 
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     let tmp = std::env::temp_dir();
@@ -408,17 +408,25 @@ fn command_env(
     args: &AwfArgs,
     uid: u32,
     config: &egressd_config::Config,
+    out: &Messages,
 ) -> Result<Vec<(OsString, OsString)>, String> {
     const BASICS: &[&str] = &[
         "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TERM", "TZ", "TMPDIR", "CI",
     ];
-    let mut env = env::sandbox_env(
+    let scrubbed = env::sandbox_env(
         uid,
         &env::credential_vars(config),
         &[],
         &config.sandbox.pass_env,
-    )
-    .vars;
+    );
+    // Said once, names only: with --env-all the agent would otherwise have had them.
+    if args.env_all && !scrubbed.removed.is_empty() {
+        out.warn(&format!(
+            "Not passed to the agent (they look like secrets; pass one with --env NAME=value): {}",
+            scrubbed.removed.join(", ")
+        ));
+    }
+    let mut env = scrubbed.vars;
     env.retain(|(k, _)| {
         let k = k.to_string_lossy();
         if args.exclude_env.iter().any(|x| *x == k) {
