@@ -49,6 +49,29 @@ fn as_nobody(argv: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `script -qec SHELL`: SHELL under a real terminal, with script's stdin kept open and
+/// empty (at end-of-file script would type ^D into the terminal). Both pipes are the
+/// caller's; dropping stdin ends it.
+fn under_terminal(shell: &str) -> std::process::Child {
+    Command::new("script")
+        .args(["-qec", shell, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// [`under_terminal`], run to the end: what the terminal showed.
+fn run_under_terminal(shell: &str) -> String {
+    let mut child = under_terminal(shell);
+    let stdin = child.stdin.take();
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    out
+}
+
 /// A listening host socket at `path`, reachable by anyone (mode 0666).
 fn host_socket(path: &std::path::Path) -> UnixListener {
     let _ = fs::remove_file(path);
@@ -211,6 +234,15 @@ fn secret_looking_variables_are_removed_and_named() {
         ("KEEP_THIS_TOKEN", "kept-on-purpose"),
         ("PLAIN_SETTING", "plain-value"),
     ];
+    // Open without egressd: a command started with this environment sees every value.
+    let control = Command::new("env")
+        .envs(vars)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap();
+    for (k, v) in vars {
+        assert!(control.contains(&format!("{k}={v}")), "control: {k}");
+    }
     let mut cmd = EgressdCommand::new()
         .args(["--pass-env", "KEEP_THIS_TOKEN"])
         .command(["env"]);
@@ -370,23 +402,8 @@ fn keystrokes_pushed_with_tiocsti_never_reach_the_invoking_terminal() {
     let egressd = egressd_tests::egressd_bin();
     // Under `script`, stdin is a terminal; after the injector, the invoking shell reads a
     // line from it: that is where pushed keystrokes would run.
-    let run = |inner: String| {
-        let shell = format!("{inner}; read -t 2 line; echo \"got:$line\"");
-        // script's stdin stays open and empty: at end-of-file it would type ^D into the
-        // terminal, which `read` would take before anything pushed.
-        let mut child = Command::new("script")
-            .args(["-qec", &shell, "/dev/null"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let mut out = String::new();
-        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-        child.wait().unwrap();
-        drop(stdin);
-        out
-    };
+    let run =
+        |inner: String| run_under_terminal(&format!("{inner}; read -t 2 line; echo \"got:$line\""));
     let control = run(format!(
         "setpriv --reuid 65534 --regid 65534 --clear-groups {PY} {}",
         inject.display()
@@ -512,6 +529,11 @@ fn a_docker_seccomp_profile_is_installed_and_a_bad_one_is_refused_with_its_place
   ]
 }"#,
     );
+    // Without the profile the same user makes directories there.
+    let made = scratch.path("made-by-nobody");
+    fs::set_permissions(scratch.dir(), fs::Permissions::from_mode(0o777)).unwrap();
+    as_nobody(&["mkdir", made.to_str().unwrap()]);
+    assert!(made.is_dir(), "control: mkdir failed without the profile");
     let out = EgressdCommand::new()
         .arg("--seccomp")
         .arg(&profile)
@@ -666,17 +688,7 @@ fn an_interactive_command_gets_a_terminal_of_its_own_with_the_callers_size() {
         "stty cols 97 rows 31; echo outer=$(stat -c %d $(tty)); {} exec --user 65534:65534 -- sh -c 'echo inner=$(stat -c %d $(tty)); echo size=$(stty size); echo owner=$(stat -c %U $(tty)); echo ptys=$(ls /dev/pts | tr \"\\n\" \" \")'",
         egressd.display()
     );
-    let mut child = Command::new("script")
-        .args(["-qec", &shell, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take();
-    let mut out = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-    child.wait().unwrap();
-    drop(stdin);
+    let out = run_under_terminal(&shell);
     let value = |key: &str| {
         out.lines()
             .find_map(|l| l.trim().strip_prefix(key))
@@ -827,12 +839,7 @@ fn ctrl_z_on_the_sandboxs_terminal_does_not_hang_the_run() {
         "{} exec --user 65534:65534 -- sh -c 'echo ready; sleep 2; echo after-sleep'; echo rc=$?",
         egressd.display()
     );
-    let mut child = Command::new("script")
-        .args(["-qec", &shell, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = under_terminal(&shell);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();

@@ -3,7 +3,7 @@
 //! Checks, in order: root, a cgroup v2 mount, the nightly toolchain with `rust-src`,
 //! `bpf-linker` (built against the nightly's own LLVM, as `shared/TOOLCHAIN.md` describes,
 //! because Debian 12 has no LLVM new enough), `cargo-fuzz` (the runner of the libFuzzer
-//! targets in `fuzz/`), and the Debian packages the tests call (`ip`, `curl`, `ping`, CA
+//! targets in `fuzz/`), and the Debian packages the tests call (`ip`, `curl`, `ping`, `python3`, `script`, CA
 //! certificates). Whatever is present is left alone, so a second run
 //! takes well under a second. Not being root or lacking cgroup v2 is reported, not fatal:
 //! building works without them; only the privileged tests need them.
@@ -44,6 +44,12 @@ const TOOLS: &[(&str, &str)] = &[
     // Action's scripts run under node.
     ("systemd-analyze", "systemd"),
     ("node", "nodejs"),
+    // The side-door tests (tests/e2e/doors.rs): a client the sandbox user can run (a pyenv
+    // shim under /root is out of its reach), a real terminal, the door-open controls.
+    ("/usr/bin/python3", "python3"),
+    ("script", "bsdutils"),
+    ("setpriv", "util-linux"),
+    ("ipcmk", "util-linux"),
 ];
 
 /// The CA bundle `ca-certificates` installs (curl and the proxy's upstream verification use it).
@@ -271,7 +277,8 @@ fn ensure_packages(sh: &Shell, no_apt: bool) -> Result<()> {
     }
     if missing.is_empty() {
         say!(
-            "test tools (ip, curl, ping, openssl, nft, systemd-analyze, node, CA certificates): present"
+            "test tools (ip, curl, ping, openssl, nft, systemd-analyze, node, python3, script, \
+             setpriv, ipcmk, CA certificates): present"
         );
         return Ok(());
     }

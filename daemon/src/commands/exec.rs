@@ -109,19 +109,20 @@ pub(crate) fn apply_sandbox_args(
     Ok(())
 }
 
-/// Directories whose sockets belong to the sandbox (it binds them itself): `/tmp`,
-/// `/var/tmp`, `/dev/shm` (host sockets there are covered by the mount layer), its private
-/// `/run` (and `/var/run`, a link to it or private too), and its working directory; then
-/// `allow_unix`.
+/// Directories whose sockets belong to the sandbox (it binds them itself): `/tmp` and
+/// `/var/tmp` (host sockets there are covered by the mount layer), its private directories
+/// ([`PRIVATE_DIRS`](crate::sandbox::confine::PRIVATE_DIRS): `/run`, `/var/run`, `/dev/shm`),
+/// and its working directory; then `allow_unix`.
 fn unix_allow(
     allow: &[egressd_config::sandbox::UnixAllow],
     workdir: Option<&std::path::Path>,
 ) -> Vec<crate::loader::UnixAllow> {
     use crate::loader::UnixAllow as Kernel;
     use egressd_config::sandbox::UnixAllow as Config;
-    let mut entries: Vec<Kernel> = ["/tmp/", "/var/tmp/", "/dev/shm/", "/run/", "/var/run/"]
-        .into_iter()
-        .map(|d| Kernel::Dir(PathBuf::from(d)))
+    let mut entries: Vec<Kernel> = ["/tmp", "/var/tmp"]
+        .iter()
+        .chain(crate::sandbox::confine::PRIVATE_DIRS)
+        .map(|d| Kernel::Dir(PathBuf::from(format!("{d}/"))))
         .collect();
     // Not "/" itself, which would allow every path.
     if let Some(dir) = workdir.filter(|d| d.components().count() > 1) {
@@ -438,7 +439,8 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             if asked {
                 return Err(Failure::setup(anyhow!(
                     "limits.{missing} was asked for, but the {missing} controller is neither \
-                     enabled on cgroup v2 nor mounted as v1"
+                     enabled on cgroup v2 nor mounted as v1 here (`egressd doctor` shows the \
+                     limits line); enable it, or remove limits.{missing} to run without it"
                 )));
             }
             eprintln!(
@@ -477,9 +479,13 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     } else {
         0
     };
+    // Abstract Unix sockets are the sandbox's own in a network namespace of its own;
+    // sharing one, Landlock scopes them where the kernel can (else the hooks refuse them).
+    let scope_abstract =
+        mode != NetnsMode::New && crate::sandbox::confine::landlock_scopes_abstract();
     if unix_rules {
         flags |= egressd_ebpf_common::FLAG_UNIX_RULES;
-        if mode == NetnsMode::New || crate::sandbox::confine::landlock_scopes_abstract() {
+        if mode == NetnsMode::New || scope_abstract {
             flags |= egressd_ebpf_common::FLAG_UNIX_ABSTRACT_ALLOW;
         }
     }
@@ -701,6 +707,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         &config_for_broker.sandbox.allow_unix,
         &keep,
         &hide,
+        scope_abstract,
     )
     .with_runtime_dir(runtime_dir.as_deref(), uid, gid);
     let plan_file = crate::sandbox::confine::PlanFile::write(&confinement, &sandbox)

@@ -146,28 +146,10 @@ impl Drop for Cgroup {
     }
 }
 
-/// Removes sandbox cgroups left by an egressd that died without cleaning up (their names
-/// end in the pid of an egressd that no longer runs), killing anything still inside.
+/// Removes sandbox cgroups left by an egressd that died without cleaning up, killing
+/// anything still inside.
 fn remove_stale(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| {
-                n.strip_prefix("egressd-")
-                    .or_else(|| n.strip_prefix("daemon-"))
-            })
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let path = entry.path();
+    for path in stale(parent) {
         let _ = fs::write(path.join("cgroup.kill"), "1");
         match fs::remove_dir(&path) {
             Ok(()) => tracing::info!("removed stale sandbox cgroup {}", path.display()),
@@ -177,6 +159,30 @@ fn remove_stale(parent: &Path) {
             ),
         }
     }
+}
+
+/// The sandbox cgroups under `parent` whose egressd no longer runs: their names end in the
+/// pid of the egressd that made them (`egressd-<pid>`, `daemon-<pid>`). A live run's cgroup
+/// is never among them, even while still empty: its sandbox may be about to join it.
+pub fn stale(parent: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|n| {
+                    n.strip_prefix("egressd-")
+                        .or_else(|| n.strip_prefix("daemon-"))
+                })
+                .and_then(|p| p.parse::<i32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .map(|entry| entry.path())
+        .collect()
 }
 
 /// The path of a `/proc/PID/cgroup` text's cgroup v2 entry (`0::/PATH`), relative to the

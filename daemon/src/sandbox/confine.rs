@@ -149,12 +149,19 @@ pub fn read_plan(path: &Path) -> Result<Confinement, String> {
 /// Directories made private in the sandbox when they exist as directories of their own.
 /// `/dev/shm` too: POSIX shared memory and semaphores of the host's processes live there, and
 /// what the sandbox leaves there goes with its mount namespace.
-const PRIVATE_DIRS: &[&str] = &["/run", "/var/run", "/dev/shm"];
+pub const PRIVATE_DIRS: &[&str] = &["/run", "/var/run", "/dev/shm"];
 
 impl Confinement {
     /// Plans the sandbox's view: `allow` names the host sockets it may still reach, `keep`
     /// host paths it must still see (egressd's trust bundle), `hide` what the user masks.
-    pub fn plan(allow: &[UnixAllow], keep: &[PathBuf], hide: &[PathBuf]) -> Self {
+    /// `scope_abstract`: the sandbox shares a network namespace (so its abstract sockets are
+    /// not its own) and Landlock can scope them ([`landlock_scopes_abstract`]).
+    pub fn plan(
+        allow: &[UnixAllow],
+        keep: &[PathBuf],
+        hide: &[PathBuf],
+        scope_abstract: bool,
+    ) -> Self {
         let private: Vec<PathBuf> = PRIVATE_DIRS
             .iter()
             .map(PathBuf::from)
@@ -190,7 +197,7 @@ impl Confinement {
             keep: kept,
             mask,
             hide: hide.to_vec(),
-            scope_abstract: landlock_scopes_abstract(),
+            scope_abstract,
             runtime_dir: None,
         }
     }

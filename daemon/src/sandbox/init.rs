@@ -222,7 +222,10 @@ fn setup(args: &SandboxInitArgs) -> Result<(), String> {
     if plan.as_ref().is_some_and(|p| p.scope_abstract) && !super::confine::scope_abstract_sockets()
     {
         return Err(
-            "Landlock did not scope abstract Unix sockets (the kernel said it could)".into(),
+            "Landlock did not scope abstract Unix sockets although the kernel offers it (a \
+             nesting limit of an outer sandbox?); with --netns new (the default) the sandbox's \
+             abstract sockets are its own without Landlock"
+                .into(),
         );
     }
 

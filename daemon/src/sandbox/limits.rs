@@ -98,26 +98,11 @@ pub fn apply(cgroup: &Cgroup, name: &str, pids: u64, memory: u64) -> anyhow::Res
     Ok(limits)
 }
 
-/// Removes the v1 cgroups of runs whose egressd is gone (`egressd-<pid>`: a run killed
-/// before its cleanup leaves its directories behind). A live run's cgroup is never touched,
-/// even while still empty: its sandbox may be about to join it.
+/// Removes the v1 cgroups of runs whose egressd is gone (a run killed before its cleanup
+/// leaves them behind; the v2 cgroup's removal killed what was inside).
 fn remove_stale(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("egressd-"))
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let _ = fs::remove_dir(entry.path());
+    for path in super::cgroup::stale(parent) {
+        let _ = fs::remove_dir(path);
     }
 }
 
