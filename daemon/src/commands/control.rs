@@ -49,20 +49,8 @@ fn warn_readable_credentials() {
             nix::unistd::getgid().as_raw(),
         )
     });
-    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.dir);
-    let findings = crate::sandbox::secrets::find_readable(uid, gid, home.as_deref(), &[]);
-    if !findings.is_empty() {
-        let list: Vec<String> = findings
-            .iter()
-            .map(|f| format!("{} ({})", f.path.display(), f.what))
-            .collect();
-        eprintln!(
-            "egressd: warning: the job's user can read credentials on disk: {}",
-            list.join(", ")
-        );
+    if let Some(list) = crate::sandbox::secrets::readable_credentials(uid, gid, &[]) {
+        eprintln!("egressd: warning: the job's user can read credentials on disk: {list}");
     }
 }
 

@@ -219,20 +219,12 @@ fn limits_available(mountinfo: &str) -> Result<String, String> {
     let v2 = mount_of(mountinfo, "cgroup2")
         .and_then(|m| std::fs::read_to_string(format!("{m}/cgroup.controllers")).ok())
         .unwrap_or_default();
-    let v1 = |c: &str| {
-        mountinfo.lines().any(|l| {
-            l.split_once(" - ").is_some_and(|(_, rest)| {
-                let mut r = rest.split_whitespace();
-                r.next() == Some("cgroup") && r.nth(1).is_some_and(|o| o.split(',').any(|x| x == c))
-            })
-        })
-    };
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for c in ["pids", "memory"] {
         if v2.split_whitespace().any(|x| x == c) {
             found.push(format!("{c} (cgroup v2)"));
-        } else if v1(c) {
+        } else if sandbox::limits::v1_mount(c).is_some() {
             found.push(format!("{c} (cgroup v1)"));
         } else {
             missing.push(c);

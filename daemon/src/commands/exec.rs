@@ -371,22 +371,13 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     // credentials other tools left readable named (or fatal with `secrets = "refuse"`).
     crate::sandbox::secrets::check_credential_files(&config, uid, gid)
         .map_err(|e| Failure::usage(anyhow!(e)))?;
-    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.dir);
-    let findings =
-        crate::sandbox::secrets::find_readable(uid, gid, home.as_deref(), &config.sandbox.hide);
-    if !findings.is_empty() {
-        let list: Vec<String> = findings
-            .iter()
-            .map(|f| format!("{} ({})", f.path.display(), f.what))
-            .collect();
+    if let Some(list) =
+        crate::sandbox::secrets::readable_credentials(uid, gid, &config.sandbox.hide)
+    {
         let refuse = config.sandbox.secrets == egressd_config::sandbox::SecretsMode::Refuse;
         let message = format!(
-            "the sandbox's user can read credentials on disk: {}; hide each with --hide PATH \
-             (or [sandbox] hide), or remove it",
-            list.join(", ")
+            "the sandbox's user can read credentials on disk: {list}; hide each with --hide \
+             PATH (or [sandbox] hide), or remove it"
         );
         if refuse {
             return Err(Failure::usage(anyhow!("{message} (secrets = \"refuse\")")));

@@ -128,8 +128,8 @@ fn enable_v2(cgroup: &Cgroup) -> Vec<String> {
         .collect()
 }
 
-/// The mount point of the v1 hierarchy holding `controller`.
-fn v1_mount(controller: &str) -> Option<PathBuf> {
+/// The mount point of the v1 hierarchy holding `controller` (`pids`, `memory`), if any.
+pub fn v1_mount(controller: &str) -> Option<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|line| {
         let (fields, rest) = line.split_once(" - ")?;

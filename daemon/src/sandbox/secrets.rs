@@ -133,6 +133,24 @@ const HOME_FILES: &[(&str, &str, Option<&[&str]>)] = &[
     (".ssh/id_ecdsa", "an SSH private key", None),
 ];
 
+/// The credentials user `uid`/`gid` can read (in its passwd home and the places
+/// [`find_readable`] looks), as one line naming each file and what it holds; `None` when
+/// there are none.
+pub fn readable_credentials(uid: u32, gid: u32, hidden: &[PathBuf]) -> Option<String> {
+    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir);
+    let found = find_readable(uid, gid, home.as_deref(), hidden);
+    (!found.is_empty()).then(|| {
+        found
+            .iter()
+            .map(|f| format!("{} ({})", f.path.display(), f.what))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
 /// Looks for credentials user `uid`/`gid` (home `home`) can read: the files above, the
 /// `.git/config` of the working directory and of `GITHUB_WORKSPACE` when it holds a token
 /// (`actions/checkout` persists one as an `extraheader`), a self-hosted runner's
