@@ -283,11 +283,11 @@ impl Record {
     }
 
     /// The name a summary lists for a denial: the name, else the original destination IP.
-    fn summary_name(&self) -> String {
+    fn summary_name(&self) -> std::borrow::Cow<'_, str> {
         match (&self.name, self.orig_dst) {
-            (Some(n), _) => n.clone(),
-            (None, Some(o)) => o.ip().to_string(),
-            (None, None) => "unknown destination".to_owned(),
+            (Some(n), _) => n.as_str().into(),
+            (None, Some(o)) => o.ip().to_string().into(),
+            (None, None) => "unknown destination".into(),
         }
     }
 }
@@ -471,13 +471,7 @@ impl AuditLog {
         {
             let mut summary = lock(&self.summary);
             summary.denied += 1;
-            if let Some(e) = summary.denied_names.iter_mut().find(|e| e.0 == line.name) {
-                e.2 += 1;
-            } else if summary.denied_names.len() < MAX_DENIED_NAMES {
-                summary
-                    .denied_names
-                    .push((line.name.clone(), line.reason.clone(), 1));
-            }
+            summary.name_denial(&line.name, &line.reason);
         }
         let (write, due) = lock(&self.unix_coalescer).admit(&line, std::time::Instant::now());
         for held in &due {
@@ -733,13 +727,18 @@ impl Summary {
                 } else {
                     self.denied += 1;
                 }
-                let name = r.summary_name();
-                if let Some(e) = self.denied_names.iter_mut().find(|e| e.0 == name) {
-                    e.2 += 1;
-                } else if self.denied_names.len() < MAX_DENIED_NAMES {
-                    self.denied_names.push((name, r.reason.clone(), 1));
-                }
+                self.name_denial(&r.summary_name(), &r.reason);
             }
+        }
+    }
+
+    /// Counts one denial of `name` in `denied_names` (a new name keeps its first reason).
+    fn name_denial(&mut self, name: &str, reason: &str) {
+        if let Some(e) = self.denied_names.iter_mut().find(|e| e.0 == name) {
+            e.2 += 1;
+        } else if self.denied_names.len() < MAX_DENIED_NAMES {
+            self.denied_names
+                .push((name.to_owned(), reason.to_owned(), 1));
         }
     }
 }
