@@ -51,10 +51,12 @@ fn as_nobody(argv: &[&str]) -> String {
 
 /// `script -qec SHELL`: SHELL under a real terminal, with script's stdin kept open and
 /// empty (at end-of-file script would type ^D into the terminal). Both pipes are the
-/// caller's; dropping stdin ends it.
+/// caller's; dropping stdin ends it. SHELL runs in bash whatever the caller's `$SHELL`
+/// (script runs `$SHELL -c`, and dash has no `read -t`).
 fn under_terminal(shell: &str) -> std::process::Child {
     Command::new("script")
         .args(["-qec", shell, "/dev/null"])
+        .env("SHELL", "/bin/bash")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
