@@ -44,11 +44,16 @@ pub fn establish(config: &egressd_config::Config) -> Result<ProvenanceStatus, Fa
         .build()
         .context("starting the async runtime")
         .map_err(Failure::setup)?;
-    let established = runtime.block_on(egressd_proxy::token::provenance::establish(
-        &oidc,
-        &expected,
-        extra_ca.as_deref(),
-    ));
+    // Built inside the runtime: the resolver for `--dns-server` needs one.
+    let established = runtime.block_on(async {
+        let dns = egressd_proxy::token::OwnDns::from_config(config)
+            .context("building the DNS resolver for the issuer")
+            .map_err(Failure::setup)?;
+        Ok::<_, Failure>(
+            egressd_proxy::token::provenance::establish(&oidc, &expected, extra_ca.as_deref(), dns)
+                .await,
+        )
+    })?;
     match established {
         Ok(provenance) => {
             tracing::info!(

@@ -69,6 +69,7 @@ mod error;
 pub mod fuzz;
 pub mod intercept;
 mod listener;
+mod resolver;
 mod respond;
 mod spiffe;
 pub mod token;

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio::net::TcpStream;
+
+use egressd_config::Reach;
 
 use crate::addr::LoopbackSockets;
 use crate::conn::classify::HostName;
@@ -80,27 +80,7 @@ impl Connector {
     ///
     /// The system DNS configuration could not be read, or the resolver could not be built.
     pub(crate) fn new(config: &egressd_config::Config) -> Result<Self, Error> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if config.dns_servers.is_empty() {
-            TokioResolver::builder(provider).map_err(Error::SystemDns)?
-        } else {
-            let servers = config
-                .dns_servers
-                .iter()
-                .map(|s| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = s.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = s.port();
-                    NameServerConfig::new(s.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-        };
-        let opts = builder.options_mut();
-        opts.timeout = config.timeouts.resolve;
-        opts.attempts = 1;
-        let resolver = builder.build().map_err(Error::Resolver)?;
+        let resolver = crate::resolver::build(&config.dns_servers, config.timeouts.resolve)?;
         let overrides = config
             .resolve
             .iter()
@@ -143,8 +123,9 @@ impl Connector {
         let _ = self.loopback_sockets.set(sockets);
     }
 
-    /// Resolves `host` (an IP is used as is), filters resolver answers through [`guard`]
-    /// unless `allow_private`, and dials the remaining addresses in order on `port`.
+    /// Resolves `host` (an IP is used as is), filters resolver answers through [`guard`] as
+    /// far as `reach` says (a private-network name keeps its private answers, never loopback,
+    /// link-local or metadata ones), and dials the remaining addresses in order on `port`.
     ///
     /// # Errors
     ///
@@ -158,18 +139,18 @@ impl Connector {
         &self,
         host: &HostName,
         port: u16,
-        allow_private: bool,
+        reach: Reach,
     ) -> Result<Upstream, ConnectError> {
         let addrs = match host {
             // An IP destination is one a rule named explicitly (raw-IP entry or loopback
             // port): dial it as is.
             HostName::Ip(ip) => vec![*ip],
-            HostName::Name(name) => self.resolve(name, allow_private).await?,
+            HostName::Name(name) => self.resolve(name, reach).await?,
         };
         self.dial(&addrs, port).await
     }
 
-    async fn resolve(&self, name: &str, allow_private: bool) -> Result<Vec<IpAddr>, ConnectError> {
+    async fn resolve(&self, name: &str, reach: Reach) -> Result<Vec<IpAddr>, ConnectError> {
         if let Some(addrs) = self.overrides.get(name) {
             // Overrides come from the operator's configuration: trusted, not guarded.
             return Ok(addrs.clone());
@@ -193,18 +174,18 @@ impl Connector {
                 name: name.to_owned(),
             });
         };
-        if allow_private {
+        if reach == Reach::Any {
             return Ok(all);
         }
         let allowed: Vec<IpAddr> = all
             .iter()
             .copied()
-            .filter(|ip| guard(*ip).is_ok())
+            .filter(|ip| admit(reach, *ip).is_ok())
             .collect();
         if allowed.is_empty() {
             let (addr, range) = all
                 .iter()
-                .find_map(|ip| guard(*ip).err().map(|r| (*ip, r)))
+                .find_map(|ip| admit(reach, *ip).err().map(|r| (*ip, r)))
                 .unwrap_or((first, "refused"));
             return Err(ConnectError::Refused {
                 name: name.to_owned(),
@@ -263,6 +244,15 @@ pub(crate) fn is_local(ip: IpAddr) -> bool {
 /// This is the SSRF guard of DESIGN.md decision 3. An allowed (possibly wildcard) name whose
 /// owner points it at `127.0.0.1` or `169.254.169.254` must not reach the runner's own
 /// services.
+/// Whether a name allowed with `reach` may be dialled at `ip`; `Err` names the refused range
+/// ([`guard`]'s, except `private` for a private-network name).
+fn admit(reach: Reach, ip: IpAddr) -> Result<(), &'static str> {
+    match (reach, guard(ip)) {
+        (Reach::Any, _) | (Reach::PrivateNetwork, Err("private")) => Ok(()),
+        (_, verdict) => verdict,
+    }
+}
+
 pub(crate) fn guard(ip: IpAddr) -> Result<(), &'static str> {
     match ip {
         IpAddr::V4(v4) => guard_v4(v4),
@@ -347,6 +337,35 @@ fn low_v4(s: [u16; 8]) -> Ipv4Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_network_name_keeps_private_answers_only() {
+        let admitted = |reach, ip: &str| admit(reach, ip.parse().unwrap());
+        for ip in [
+            "10.1.2.3",
+            "172.16.0.9",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd12::1",
+        ] {
+            assert_eq!(admitted(Reach::PrivateNetwork, ip), Ok(()), "{ip}");
+            assert_eq!(admitted(Reach::Public, ip), Err("private"), "{ip}");
+        }
+        for (ip, range) in [
+            ("127.0.0.1", "loopback"),
+            ("169.254.169.254", "metadata"),
+            ("168.63.129.16", "metadata"),
+            ("169.254.1.1", "link-local"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("fe80::1", "link-local"),
+            ("0.0.0.0", "unspecified"),
+        ] {
+            assert_eq!(admitted(Reach::PrivateNetwork, ip), Err(range), "{ip}");
+            assert_eq!(admitted(Reach::Any, ip), Ok(()), "{ip}");
+        }
+        assert_eq!(admitted(Reach::Public, "140.82.112.3"), Ok(()));
+    }
 
     fn refused(s: &str) -> Option<&'static str> {
         guard(s.parse().unwrap()).err()

@@ -66,6 +66,9 @@ pub enum BrokerError {
         /// What is wrong.
         why: String,
     },
+    /// The resolver for `--dns-server` could not be built.
+    #[error("DNS for token endpoints: {0}")]
+    Dns(String),
 }
 
 /// A source's failure to mint, before the broker names the credential.

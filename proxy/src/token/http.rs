@@ -4,9 +4,9 @@
 //! credential, so pooling buys nothing and a fresh connection never meets a half-closed one.
 //! TLS is rustls with the webpki roots plus the configuration's extra CA certificates
 //! (`upstream_ca`); verification cannot be turned off. Plain `http://` is refused except for
-//! loopback hosts (test servers). Names are resolved by the system resolver of the daemon's
-//! own network namespace, not the sandbox's policy resolver: these requests are egressd's
-//! own, not the sandbox's.
+//! loopback hosts (test servers). Names are resolved by [`OwnDns`] (`--resolve`, then
+//! `--dns-server`, else the system resolver of the daemon's own network namespace), never
+//! through the sandbox's policy: these requests are egressd's own, not the sandbox's.
 //!
 //! Every request has one deadline covering connect, TLS, request and the whole response;
 //! response bodies are capped at [`MAX_BODY`].
@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use url::Url;
 
+use super::dns::OwnDns;
 use super::error::MintError;
 
 /// The largest token-endpoint response body read.
@@ -39,6 +40,7 @@ const USER_AGENT: &str = concat!("egressd/", env!("CARGO_PKG_VERSION"));
 pub(crate) struct TokenHttp {
     tls: TlsConnector,
     timeout: Duration,
+    dns: OwnDns,
 }
 
 /// A response: status, headers, and the (capped) body.
@@ -75,7 +77,14 @@ impl TokenHttp {
         Ok(Self {
             tls: TlsConnector::from(Arc::new(config)),
             timeout,
+            dns: OwnDns::default(),
         })
+    }
+
+    /// The same client, resolving names through `dns`.
+    pub(crate) fn with_dns(mut self, dns: OwnDns) -> Self {
+        self.dns = dns;
+        self
     }
 
     /// `GET url` with `Authorization: Bearer <bearer>`, accepting JSON.
@@ -224,7 +233,7 @@ impl TokenHttp {
 
         let stream = match ip {
             Some(ip) => TcpStream::connect((ip, port)).await,
-            None => TcpStream::connect((host.as_str(), port)).await,
+            None => TcpStream::connect(&self.dns.addrs(&host, port).await?[..]).await,
         }
         .map_err(|e| MintError::unavailable(format!("connecting: {e}")))?;
         if url.scheme() == "https" {

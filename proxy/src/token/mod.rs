@@ -48,6 +48,7 @@
 //! hard guard (`min(60 s, lifetime/4)`) left is never handed out.
 
 mod cache;
+mod dns;
 mod error;
 mod http;
 pub mod provenance;
@@ -67,6 +68,7 @@ use egressd_config::{Config, Credential, CredentialSource};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+pub use self::dns::OwnDns;
 pub use self::error::{BrokerError, TokenError, TokenErrorKind};
 pub use self::provenance::{Provenance, ProvenanceStatus};
 pub use self::secret::Secret;
@@ -153,6 +155,8 @@ pub struct BrokerOptions {
     /// The run's verified provenance: selects `per-actor` credentials (none: they answer
     /// `Forbidden`).
     pub provenance: Option<Provenance>,
+    /// How token endpoints' names are resolved (`--resolve`, `--dns-server`, else the system).
+    pub dns: OwnDns,
 }
 
 impl Default for BrokerOptions {
@@ -164,6 +168,7 @@ impl Default for BrokerOptions {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             provenance: None,
+            dns: OwnDns::default(),
         }
     }
 }
@@ -213,9 +218,11 @@ impl Broker {
                 why: format!("cannot read it: {e}"),
             })?),
         };
+        let dns = OwnDns::from_config(config).map_err(|e| BrokerError::Dns(e.to_string()))?;
         let options = BrokerOptions {
             extra_ca_pem,
             provenance,
+            dns,
             ..BrokerOptions::default()
         };
         Self::with_options(&config.credentials, env, options)
@@ -240,7 +247,8 @@ impl Broker {
             .map_err(|why| BrokerError::UpstreamCa {
                 path: std::path::PathBuf::new(),
                 why,
-            })?;
+            })?
+            .with_dns(options.dns.clone());
         let mut build = Build {
             credentials: credentials.iter().map(|c| (c.name.as_str(), c)).collect(),
             env: &env,

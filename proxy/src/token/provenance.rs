@@ -147,9 +147,11 @@ pub async fn establish(
     env: &GithubOidcEnv,
     expected: &Expected,
     extra_ca_pem: Option<&[u8]>,
+    dns: super::OwnDns,
 ) -> Result<Provenance, ProvenanceError> {
     let http = TokenHttp::new(extra_ca_pem, Duration::from_secs(10))
-        .map_err(ProvenanceError::UpstreamCa)?;
+        .map_err(ProvenanceError::UpstreamCa)?
+        .with_dns(dns);
     let source = GithubOidc::new(env, Some(&expected.audience)).map_err(ProvenanceError::Mint)?;
     let mut attempt = 1;
     let jwt = loop {

@@ -77,7 +77,9 @@ fn invalid(result: Result<Provenance, ProvenanceError>, says: &str) {
 #[tokio::test]
 async fn a_good_token_gives_its_signed_claims() {
     let i = Issuer::start();
-    let p = establish(&i.env(), &i.expected, i.pem()).await.unwrap();
+    let p = establish(&i.env(), &i.expected, i.pem(), Default::default())
+        .await
+        .unwrap();
     assert_eq!(p.actor, "octocat");
     assert_eq!(p.actor_id, "583231");
     assert_eq!(p.repository, "octo-org/octo-repo");
@@ -207,7 +209,7 @@ async fn a_refused_request_token_is_a_mint_error() {
         request_token: Secret::new("not-the-request-token"),
         ..i.env()
     };
-    match establish(&env, &i.expected, i.pem()).await {
+    match establish(&env, &i.expected, i.pem(), Default::default()).await {
         Err(ProvenanceError::Mint(why)) => assert!(why.contains("401"), "{why}"),
         other => panic!("{other:?}"),
     }
