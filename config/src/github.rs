@@ -181,14 +181,19 @@ pub fn derive(env: &GitHubEnv, copilot: bool) -> Result<Derived, ErrorKind> {
             }
         }
     }
+    // A GHES server (and its API host) usually resolves inside the company network.
+    let ghes = matches!(deployment, Deployment::Ghes { .. });
     let entries = hosts
         .into_iter()
         .map(|(host, origin)| {
-            Entry::parse(&host, List::Allow, Origin::Derived(origin)).map_err(|kind| {
-                ErrorKind::InvalidValue(format!(
-                    "the GitHub environment names host {host:?}, which is not a valid domain: {kind}"
-                ))
-            })
+            let mut entry =
+                Entry::parse(&host, List::Allow, Origin::Derived(origin)).map_err(|kind| {
+                    ErrorKind::InvalidValue(format!(
+                        "the GitHub environment names host {host:?}, which is not a valid domain: {kind}"
+                    ))
+                })?;
+            entry.private_network = ghes;
+            Ok(entry)
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Derived {
@@ -405,6 +410,10 @@ mod tests {
         assert!(allows(&derived, "git.corp.example"));
         assert!(allows(&derived, "uploads.git.corp.example"));
         assert!(!allows(&derived, "github.com"));
+        // Most GHES installations resolve inside the company network.
+        assert!(derived.entries.iter().all(|e| e.private_network));
+        let dotcom = derive(&GitHubEnv::default(), true).unwrap();
+        assert!(dotcom.entries.iter().all(|e| !e.private_network));
         assert!(
             derived
                 .notes

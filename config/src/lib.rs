@@ -53,6 +53,6 @@ pub use credential::{Credential, CredentialSource};
 pub use error::{EntryError, Error, ErrorKind, Location};
 pub use intercept::{InterceptRule, Intercepts};
 pub use policy::{
-    Action, Decision, Entry, List, Origin, Pattern, Policy, Reason, Scheme, SchemeFilter, Target,
-    TargetHost,
+    Action, Decision, Entry, List, Origin, Pattern, Policy, Reach, Reason, Scheme, SchemeFilter,
+    Target, TargetHost,
 };

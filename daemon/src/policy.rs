@@ -13,7 +13,19 @@ pub fn build(
     args: &PolicyArgs,
     audit_log: Option<PathBuf>,
 ) -> Result<Config, egressd_config::Error> {
+    build_with(args, audit_log, Vec::new())
+}
+
+/// As [`build`], plus `entries` egressd derived itself (the `awf` front end's GHES hosts).
+pub fn build_with(
+    args: &PolicyArgs,
+    audit_log: Option<PathBuf>,
+    entries: Vec<egressd_config::Entry>,
+) -> Result<Config, egressd_config::Error> {
     let mut builder = ConfigBuilder::new();
+    for entry in entries {
+        builder.entry(entry);
+    }
     let mut errors = Vec::new();
     if let Some(github) = crate::env::github_env() {
         if args.no_github {

@@ -35,7 +35,7 @@ use self::matcher::Matcher;
 pub(crate) use self::pattern::canonical_ip as canonical;
 use self::pattern::{MAX_NAME_LEN, parse_ip};
 
-pub use self::pattern::{Entry, List, Origin, Pattern, SchemeFilter};
+pub use self::pattern::{Entry, List, Origin, Pattern, Reach, SchemeFilter};
 
 /// The compiled allowlist and blocklist, with the allowed ports.
 #[derive(Debug)]
@@ -215,7 +215,7 @@ impl Policy {
         let mut blocked = Best::default();
         self.block.match_name(name, |index, specificity| {
             if self.entries[index].scheme.admits(target.scheme) {
-                blocked.offer(index, specificity, false);
+                blocked.offer(index, specificity, Reach::Public);
             }
         });
         if let Some(index) = blocked.index {
@@ -235,7 +235,7 @@ impl Policy {
         let mut blocked = Best::default();
         self.block.match_ip(ip, |index, specificity| {
             if self.entries[index].scheme.admits(target.scheme) {
-                blocked.offer(index, specificity, false);
+                blocked.offer(index, specificity, Reach::Public);
             }
         });
         if let Some(index) = blocked.index {
@@ -276,7 +276,16 @@ impl Decision {
     /// True when the connection is allowed by a rule that says the name may resolve to
     /// private, loopback or link-local addresses ([`Entry::allow_private`]).
     pub fn allows_private(&self) -> bool {
-        self.is_allow() && self.rule.as_ref().is_some_and(|rule| rule.allow_private)
+        self.reach() == Reach::Any
+    }
+
+    /// Which addresses the allowed name may be dialled at ([`Entry::reach`] of the deciding
+    /// rule; [`Reach::Public`] for a denial).
+    pub fn reach(&self) -> Reach {
+        match &self.rule {
+            Some(rule) if self.is_allow() => rule.reach(),
+            _ => Reach::Public,
+        }
     }
 
     /// Shows the decision with its target, e.g. `deny evil.test: not in the allowlist` or
@@ -380,28 +389,29 @@ impl fmt::Display for Explained<'_> {
 }
 
 /// The most specific entry offered so far; at equal specificity the first one stays,
-/// unless a later one has `allow_private` (a `[[rule]]` saying more about the name).
+/// unless a later one reaches further (a `[[rule]]` with `allow_private`, a derived GHES host:
+/// entries saying more about the name).
 #[derive(Default)]
 struct Best {
     index: Option<usize>,
     specificity: usize,
-    allow_private: bool,
+    reach: Reach,
 }
 
 impl Best {
-    fn offer(&mut self, index: usize, specificity: usize, allow_private: bool) {
+    fn offer(&mut self, index: usize, specificity: usize, reach: Reach) {
         let better = match self.index {
             None => true,
             Some(_) => {
                 specificity > self.specificity
-                    || (specificity == self.specificity && allow_private && !self.allow_private)
+                    || (specificity == self.specificity && reach > self.reach)
             }
         };
         if better {
             *self = Best {
                 index: Some(index),
                 specificity,
-                allow_private,
+                reach,
             };
         }
     }
@@ -425,7 +435,7 @@ impl Candidates {
         } else {
             &mut self.allowed
         };
-        slot.offer(index, specificity, entry.allow_private);
+        slot.offer(index, specificity, entry.reach());
     }
 
     fn decide(self, policy: &Policy, no_match: Reason) -> Decision {
@@ -488,16 +498,16 @@ fn sorted_unique(ports: &[u16]) -> Vec<u16> {
     ports
 }
 
-/// What makes two entries the same rule: list, scheme, pattern, ports, `allow_private`
-/// (and, for dead patterns, which match nothing, their text).
+/// What makes two entries the same rule: list, scheme, pattern, ports, reach (and, for dead
+/// patterns, which match nothing, their text).
 fn rule_key(e: &Entry) -> String {
     format!(
-        "{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{}\u{0}{}",
+        "{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{}",
         e.list,
         e.scheme,
         e.pattern(),
         e.ports,
-        e.allow_private,
+        e.reach(),
         if e.is_dead() { e.text.as_str() } else { "" }
     )
 }

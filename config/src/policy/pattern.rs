@@ -35,9 +35,26 @@ pub struct Entry {
     /// Without this, the proxy refuses an allowed name whose answer is private (DNS
     /// rebinding towards the runner's network).
     pub allow_private: bool,
+    /// The name may resolve to addresses of a private network (RFC 1918, CGNAT, IPv6 ULA),
+    /// never loopback, link-local or metadata: derived GHES hosts, which most installations
+    /// resolve inside the company network.
+    pub private_network: bool,
     /// Where the entry came from.
     pub origin: Origin,
     pattern: Pattern,
+}
+
+/// Which resolved addresses an allowed name may be dialled at; ordered from the narrowest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Reach {
+    /// Public addresses only: a private answer is DNS rebinding towards the runner's network.
+    #[default]
+    Public,
+    /// Public and private-network addresses (RFC 1918, CGNAT, IPv6 ULA); never loopback,
+    /// link-local or metadata.
+    PrivateNetwork,
+    /// Any address (`[[rule]] allow_private = true`).
+    Any,
 }
 
 /// The list an [`Entry`] belongs to.
@@ -129,9 +146,22 @@ impl Entry {
             scheme,
             ports: Vec::new(),
             allow_private: false,
+            private_network: false,
             origin,
             pattern,
         })
+    }
+
+    /// Which addresses the name may resolve to ([`allow_private`](Self::allow_private) and
+    /// [`private_network`](Self::private_network) combined).
+    pub fn reach(&self) -> Reach {
+        if self.allow_private {
+            Reach::Any
+        } else if self.private_network {
+            Reach::PrivateNetwork
+        } else {
+            Reach::Public
+        }
     }
 
     /// What the entry matches.

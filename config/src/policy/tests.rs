@@ -275,6 +275,29 @@ fn equal_specificity_prefers_the_rule_that_allows_private() {
 }
 
 #[test]
+fn equal_specificity_prefers_the_entry_that_reaches_further() {
+    let mut network = entry("git.corp", List::Allow);
+    network.private_network = true;
+    let policy = Policy::new(
+        [entry("git.corp", List::Allow), network.clone()],
+        defaults::PORTS,
+        &[],
+    );
+    let reach = |p: &Policy| p.decide(&target("api.git.corp", 443, Https)).reach();
+    assert_eq!(reach(&policy), Reach::PrivateNetwork);
+    let mut any = entry("git.corp", List::Allow);
+    any.allow_private = true;
+    let policy = Policy::new([network, any], defaults::PORTS, &[]);
+    assert_eq!(reach(&policy), Reach::Any);
+    let policy = Policy::new([entry("git.corp", List::Allow)], defaults::PORTS, &[]);
+    assert_eq!(reach(&policy), Reach::Public);
+    assert_eq!(
+        policy.decide(&target("other.example", 443, Https)).reach(),
+        Reach::Public
+    );
+}
+
+#[test]
 fn duplicates_are_removed_keeping_the_first_origin() {
     let file = Origin::File {
         path: "domains.txt".into(),

@@ -54,6 +54,7 @@ pub fn show(args: &ShowArgs) -> Result<u8, Failure> {
                     "scheme": scheme_name(&e.scheme),
                     "ports": if e.ports.is_empty() { policy.ports().to_vec() } else { e.ports.clone() },
                     "allow_private": e.allow_private,
+                    "private_network": e.private_network,
                     "origin": e.origin.to_string(),
                     "never_matches": e.dead_reason(),
                 })
@@ -86,6 +87,16 @@ pub fn show(args: &ShowArgs) -> Result<u8, Failure> {
         );
         if let Some(why) = e.dead_reason() {
             println!("       warning: this entry never matches: {why}");
+        }
+        match e.reach() {
+            egressd_config::Reach::Public => {}
+            egressd_config::Reach::PrivateNetwork => println!(
+                "       may resolve to private-network addresses (never loopback, link-local \
+                 or metadata)"
+            ),
+            egressd_config::Reach::Any => {
+                println!("       may resolve to any address, loopback included (allow_private)")
+            }
         }
     }
     println!("ports: {:?}", policy.ports());
@@ -257,11 +268,11 @@ pub fn diff(args: &DiffArgs) -> Result<u8, Failure> {
     let new = load(&args.new).map_err(Failure::usage)?;
     let key = |e: &Entry| {
         format!(
-            "{} {} ports={:?} private={}",
+            "{} {} ports={:?} reach={:?}",
             list_name(&e.list),
             e.text,
             e.ports,
-            e.allow_private
+            e.reach()
         )
     };
     let old_keys: Vec<String> = old.policy.entries().iter().map(|e| key(e)).collect();

@@ -156,8 +156,7 @@ fn covers(o: &Entry, name: &str) -> bool {
 /// scheme filter at least as wide, and ports at least as wide.
 fn shadows(o: &Entry, e: &Entry, domain: &str, wildcard: bool) -> bool {
     let scheme_ok = o.scheme == SchemeFilter::Any || o.scheme == e.scheme;
-    let ports_ok =
-        e.ports.iter().all(|p| o.ports.contains(p)) && (o.allow_private || !e.allow_private);
+    let ports_ok = e.ports.iter().all(|p| o.ports.contains(p)) && o.reach() >= e.reach();
     let covered = match o.pattern() {
         Pattern::Domain(d) => {
             // `x.com` covers `*.x.com` and every `a.x.com`.

@@ -194,7 +194,7 @@ impl HttpConn<'_> {
                 }
                 p.rec.reason = reason;
                 let went_ahead = decision.clone();
-                self.forward(req, dest, decision.allows_private(), p, rule, &went_ahead)
+                self.forward(req, dest, decision.reach(), p, rule, &went_ahead)
                     .await
             }
         }
@@ -204,7 +204,7 @@ impl HttpConn<'_> {
         &self,
         req: Request<Incoming>,
         dest: Dest,
-        allow_private: bool,
+        reach: egressd_config::Reach,
         p: &mut PendingRecord,
         rule: Option<String>,
         decision: &egressd_config::Decision,
@@ -217,7 +217,7 @@ impl HttpConn<'_> {
         let (sender, addr) = match upstreams.entry(dest.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                match self.open_upstream(&dest, allow_private).await {
+                match self.open_upstream(&dest, reach).await {
                     Ok(up) => v.insert(up),
                     Err((kind, reason)) => {
                         if !kind.is_denial() {
@@ -281,12 +281,12 @@ impl HttpConn<'_> {
     async fn open_upstream(
         &self,
         dest: &Dest,
-        allow_private: bool,
+        reach: egressd_config::Reach,
     ) -> Result<(SendRequest<Counted>, SocketAddr), (ErrorKind, String)> {
         let up = self
             .proxy
             .connector
-            .connect(&dest.host, dest.port, allow_private)
+            .connect(&dest.host, dest.port, reach)
             .await
             .map_err(|e| (ErrorKind::of(&e), chain(&e)))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(up.stream))

@@ -174,7 +174,7 @@ impl Proxy {
         };
         let mut upstream = match self
             .connector
-            .connect(&dest.host, dest.port, decision.allows_private())
+            .connect(&dest.host, dest.port, decision.reach())
             .await
         {
             Ok(u) => u,

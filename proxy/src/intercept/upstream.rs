@@ -174,13 +174,13 @@ impl tower_service::Service<Uri> for UpstreamConnector {
             };
             // Intercepted hosts are ordinary allowlisted names: private answers only where
             // the allowlist says so.
-            let allow_private = policy
+            let reach = policy
                 .decide(&Target {
                     host: TargetHost::Name(&name),
                     port,
                     scheme: Scheme::Https,
                 })
-                .allows_private();
+                .reach();
             if let Tls::Spiffe(dialer) = &tls {
                 // Before dialling: no connection is made without an SVID to present.
                 dialer
@@ -189,7 +189,7 @@ impl tower_service::Service<Uri> for UpstreamConnector {
                     .await
                     .map_err(crate::spiffe::DialError::from)?;
             }
-            let up = connector.connect(&target, port, allow_private).await?;
+            let up = connector.connect(&target, port, reach).await?;
             let server_name = ServerName::try_from(name)?;
             let timed_out =
                 || UpstreamTimeout("the upstream's TLS handshake timed out (timeouts.connect)");

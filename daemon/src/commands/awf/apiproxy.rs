@@ -59,15 +59,7 @@ pub fn github_additions(
     github: Option<&GitHubEnv>,
     engine_api_target: Option<&str>,
 ) -> Vec<String> {
-    let host = |url: &str| {
-        let t = url.trim();
-        let t = t
-            .strip_prefix("https://")
-            .or_else(|| t.strip_prefix("http://"))
-            .unwrap_or(t);
-        let authority = t.split('/').next().unwrap_or(t);
-        host_of(authority).to_ascii_lowercase()
-    };
+    let host = url_host;
     let mut out = Vec::new();
     let server = github.and_then(|g| g.server_url.as_deref()).map(host);
     if let Some(tenant) = server.as_deref().filter(|h| h.ends_with(".ghe.com")) {
@@ -81,10 +73,12 @@ pub fn github_additions(
         {
             out.push(api);
         }
-    } else if let Some(target) = engine_api_target.map(host).filter(|h| !h.is_empty()) {
-        let base = target.strip_prefix("api.").unwrap_or(&target).to_owned();
-        out.push(base.clone());
-        out.push(format!("api.{base}"));
+    } else {
+        let ghes = ghes_hosts(github, engine_api_target);
+        if ghes.is_empty() {
+            return out;
+        }
+        out.extend(ghes);
         for copilot in [
             "api.githubcopilot.com",
             "api.enterprise.githubcopilot.com",
@@ -94,6 +88,33 @@ pub fn github_additions(
         }
     }
     out
+}
+
+/// The GHES server and API hosts an `ENGINE_API_TARGET` names (`<base>` and `api.<base>`);
+/// empty when it names no host, or when `GITHUB_SERVER_URL` is a GHE.com tenant.
+pub fn ghes_hosts(github: Option<&GitHubEnv>, engine_api_target: Option<&str>) -> Vec<String> {
+    let tenant = github
+        .and_then(|g| g.server_url.as_deref())
+        .is_some_and(|u| url_host(u).ends_with(".ghe.com"));
+    let Some(t) = engine_api_target.filter(|_| !tenant) else {
+        return Vec::new();
+    };
+    let target = url_host(t);
+    if target.is_empty() {
+        return Vec::new();
+    }
+    let base = target.strip_prefix("api.").unwrap_or(&target).to_owned();
+    vec![base.clone(), format!("api.{base}")]
+}
+
+/// The host of a URL (or of a bare `host[:port][/path]`), lowercase.
+fn url_host(url: &str) -> String {
+    let t = url.trim();
+    let t = t
+        .strip_prefix("https://")
+        .or_else(|| t.strip_prefix("http://"))
+        .unwrap_or(t);
+    host_of(t.split('/').next().unwrap_or(t)).to_ascii_lowercase()
 }
 
 /// The OIDC credential of `AWF_AUTH_TYPE=github-oidc`, once made.

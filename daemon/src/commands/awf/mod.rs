@@ -223,8 +223,26 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
         upstream_ca: args.upstream_ca.clone(),
         ..PolicyArgs::default()
     };
-    let mut config =
-        policy::build(&policy_args, args.audit_log.clone()).map_err(|e| format!("{e:#}"))?;
+    // GHES hosts usually resolve inside the company network: they may be dialled at
+    // private-network addresses (never loopback, link-local or metadata).
+    let ghes = apiproxy::ghes_hosts(
+        github.as_ref(),
+        api_env.vars.get("ENGINE_API_TARGET").map(String::as_str),
+    )
+    .into_iter()
+    .map(|host| {
+        let mut entry = egressd_config::Entry::parse(
+            &host,
+            egressd_config::List::Allow,
+            egressd_config::Origin::Derived("awf:ENGINE_API_TARGET".to_owned()),
+        )
+        .map_err(|e| format!("ENGINE_API_TARGET: {e}"))?;
+        entry.private_network = true;
+        Ok(entry)
+    })
+    .collect::<Result<Vec<_>, String>>()?;
+    let mut config = policy::build_with(&policy_args, args.audit_log.clone(), ghes)
+        .map_err(|e| format!("{e:#}"))?;
     // The api-proxy (172.30.0.30:10000-10004): provider keys from our environment become
     // credentials; the command gets base URLs and placeholders (reference §5.2, §5.3).
     let configured =
