@@ -32,7 +32,10 @@
 //! ```
 //!
 //! An intercepted host is allowed implicitly (its rule is its allow entry). Requests to an
-//! intercepted host that no credential rule covers are forwarded without a credential.
+//! intercepted host that no credential rule covers are forwarded without a credential; where
+//! the host has a credential rule, the headers that rule strips (the client's own
+//! `Authorization`, `api-key`, ...) are removed from them too, so a placeholder or a key the
+//! agent found never reaches the upstream.
 //!
 //! # SPIFFE workload identity (mTLS to the upstream)
 //!

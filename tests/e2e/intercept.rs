@@ -269,11 +269,13 @@ fn paths_outside_the_rule_get_no_credential() {
     let out = e
         .egressd()
         .sh(&format!(
-            "curl -sS --max-time 20 -w ' [HTTP %{{http_code}}]' https://{API}/other/path; echo"
+            "curl -sS --max-time 20 -w ' [HTTP %{{http_code}}]' https://{API}/other/path \
+             -H 'Authorization: Bearer the-agents-own' -H 'api-key: the-agents-key'; echo"
         ))
         .run();
     out.assert_success();
     assert!(out.stdout.contains("[HTTP 200]"), "\n{out}");
+    // Neither egressd's credential nor the agent's own reached the upstream.
     assert!(e.s.api.credentials().is_empty(), "\n{out}");
     assert_eq!(e.entra.calls().len(), 0, "\n{out}");
 }

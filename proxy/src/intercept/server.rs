@@ -318,6 +318,17 @@ impl Conn {
                     return self.refuse(pending, status, &message, Some(credential), retryable);
                 }
             }
+        } else {
+            // A path or method no rule covers, on a host where egressd injects: it gets no
+            // credential, and the agent's own (or its placeholder) is not forwarded either.
+            for name in self
+                .rules
+                .iter()
+                .filter(|r| r.credential.is_some())
+                .flat_map(|r| &r.strip)
+            {
+                parts.headers.remove(name.as_str());
+            }
         }
         let upstream = match spiffe {
             Some((_, route)) => &route.upstream,
