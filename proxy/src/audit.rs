@@ -221,6 +221,11 @@ pub(crate) struct Record {
     /// one; absent for a line that stands for itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeated: Option<u64>,
+    /// Policy let it go ahead, and it failed or ended early: the client went away, the
+    /// upstream could not be reached or answered nothing, a token could not be minted. The
+    /// exit summary counts these apart from policy denials. Written only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
 }
 
 /// For `skip_serializing_if`: `enforced` is written only when it is false.
@@ -233,6 +238,13 @@ fn is_true(b: &bool) -> bool {
 }
 
 impl Record {
+    /// Records that the connection or request went ahead and then failed (see
+    /// [`failed`](Self::failed)).
+    pub(crate) fn went_ahead_and_failed(&mut self, decision: &egressd_config::Decision) {
+        self.went_ahead(decision);
+        self.failed = true;
+    }
+
     /// Records the decision of a connection or request that goes ahead: `allow`, or in
     /// audit-only mode a `deny` that was not enforced.
     pub(crate) fn went_ahead(&mut self, decision: &egressd_config::Decision) {
@@ -279,6 +291,7 @@ impl Record {
             spiffe_presented: None,
             spiffe_verified: None,
             repeated: None,
+            failed: false,
         }
     }
 
@@ -694,6 +707,9 @@ pub struct Summary {
     pub allowed: u64,
     /// Connection and HTTP request records with decision `deny`.
     pub denied: u64,
+    /// Connections and requests that policy let go ahead and that failed or ended early
+    /// (client gone, upstream unreachable or failing, no token): in neither count above.
+    pub failed: u64,
     /// DNS queries answered (allowed or refused); not counted in `allowed`/`denied`.
     pub dns_queries: u64,
     /// DNS queries refused (NXDOMAIN and the like).
@@ -714,6 +730,10 @@ impl Summary {
         let dns = r.proto == Proto::Dns;
         if dns {
             self.dns_queries += 1;
+        }
+        if r.failed && !dns {
+            self.failed += 1;
+            return;
         }
         match r.decision {
             AuditDecision::Allow if dns => {}
@@ -750,10 +770,17 @@ impl fmt::Display for Summary {
         write!(
             f,
             "egressd: {} connections, {} allowed, {} denied",
-            self.allowed + self.denied,
+            self.allowed + self.denied + self.failed,
             self.allowed,
             self.denied
         )?;
+        if self.failed > 0 {
+            write!(
+                f,
+                ", {} ended early (allowed; the client went away or the upstream failed)",
+                self.failed
+            )?;
+        }
         if self.dns_queries > 0 {
             write!(
                 f,
@@ -914,6 +941,34 @@ mod tests {
             .sum();
         assert_eq!(total, 50);
         assert_eq!(log.summary().denied, 50);
+    }
+
+    #[test]
+    fn requests_that_ended_early_are_not_counted_as_denied() {
+        let log = AuditLog::new(None).unwrap();
+        log.record(&rec(Some("ok.test"), AuditDecision::Allow, "intercepted"));
+        let mut gone = rec(
+            Some("ok.test"),
+            AuditDecision::Allow,
+            "the client closed the connection before the response",
+        );
+        gone.failed = true;
+        log.record(&gone);
+        let mut upstream = rec(
+            Some("ok.test"),
+            AuditDecision::Deny,
+            "upstream request failed",
+        );
+        upstream.failed = true;
+        log.record(&upstream);
+        let s = log.summary();
+        assert_eq!((s.allowed, s.denied, s.failed), (1, 0, 2));
+        assert!(s.denied_names.is_empty());
+        assert_eq!(
+            s.to_string(),
+            "egressd: 3 connections, 1 allowed, 0 denied, 2 ended early (allowed; the client \
+             went away or the upstream failed)"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{CONNECTION, HeaderMap, HeaderName};
 use tokio::time::Instant;
 
-use crate::audit::{AuditLog, Record};
+use crate::audit::{AuditDecision, AuditLog, Record};
 
 /// Response body type of the request handlers.
 pub(crate) type ResBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -199,8 +199,17 @@ impl PendingRecord {
 impl Drop for PendingRecord {
     fn drop(&mut self) {
         if self.rec.reason.is_empty() {
-            // The handler was dropped before it decided: the client went away first.
+            // The handler was dropped before it answered: the client went away first. Policy
+            // had let the request in (refusals always say why): it ended early, it was not
+            // denied.
             "the client closed the connection before the response".clone_into(&mut self.rec.reason);
+            self.rec.decision = AuditDecision::Allow;
+            self.rec.failed = true;
+        } else if self.rec.decision == AuditDecision::Deny
+            && self.rec.status.is_some_and(|s| s >= 500)
+        {
+            // egressd's own 5xx: the upstream or a token endpoint failed, not policy.
+            self.rec.failed = true;
         }
         if self.sent.over_limit() && !self.rec.reason.contains("limits.max_body_bytes") {
             // The upstream answered before the body crossed the limit; the rest was not sent.

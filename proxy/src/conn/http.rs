@@ -221,7 +221,7 @@ impl HttpConn<'_> {
                     Ok(up) => v.insert(up),
                     Err((kind, reason)) => {
                         if !kind.is_denial() {
-                            p.rec.went_ahead(decision);
+                            p.rec.went_ahead_and_failed(decision);
                         }
                         p.rec.reason.clone_from(&reason);
                         let denial = Denial {

@@ -180,7 +180,7 @@ impl Proxy {
             Ok(u) => u,
             Err(e) => {
                 if !ErrorKind::of(&e).is_denial() {
-                    rec.went_ahead(&decision);
+                    rec.went_ahead_and_failed(&decision);
                 }
                 rec.reason = chain(&e);
                 return self.refuse(stream, rec, started);
