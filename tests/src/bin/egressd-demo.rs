@@ -79,9 +79,14 @@ authority = "{authority}"
 host = "{LLM}"
 credential = "azure-openai"
 path_prefix = "/openai/"
+
+# Who ran this job: a token of the (fake) job's issuer, verified, on every audit line.
+[provenance]
+issuer = "{issuer}"
 "#,
             ca = ca_pem.display(),
             authority = entra.authority(),
+            issuer = oidc.issuer(),
         ),
     )
     .expect("writing the demo configuration");
@@ -96,7 +101,10 @@ path_prefix = "/openai/"
         "  {LLM}   https://{}  (accepts only Entra tokens)",
         llm.addr()
     );
-    println!("  fake GitHub OIDC issuer and fake Entra on 127.0.0.1");
+    println!(
+        "  fake GitHub OIDC issuer and fake Entra on 127.0.0.1 (the issuer also proves who ran \
+         the job: its verified claims go on every audit line)"
+    );
     println!(
         "setup: the sandbox only allows api.allowed.example; egressd resolves names with --resolve\n"
     );
