@@ -62,6 +62,17 @@ pub const BYOK_CREDENTIAL: &str = "copilot-byok";
 pub const DEFAULT_INTEGRATION_ID: &str = "agentic-workflows";
 /// What the sandbox gets in place of a secret the daemon keeps.
 pub const PLACEHOLDER: &str = "egressd-placeholder";
+/// What the sandbox gets in `COPILOT_GITHUB_TOKEN` with `[copilot]`: shaped like a GitHub
+/// user token (`ghu_` and 36 characters, as AWF's), so the Copilot CLI starts; egressd strips
+/// it wherever it injects the real one.
+pub const GITHUB_TOKEN_PLACEHOLDER: &str = "ghu_egressdplaceholderaaaaaaaaaaaaaaaaaa";
+/// The variable the Copilot CLI reads its GitHub token from first.
+pub const GITHUB_TOKEN_VAR: &str = "COPILOT_GITHUB_TOKEN";
+/// The paths of the deployment's REST API (below its base, `/api/v3` on GHES) where the
+/// Copilot CLI needs the GitHub token: `GET /copilot_internal/user` (its plan and endpoints),
+/// `/copilot_internal/managed_settings`, `/copilot_internal/team_customizations`. Every other
+/// path of the API host gets no credential.
+pub const API_PATHS: &[&str] = &["/copilot_internal/"];
 /// `anthropic-version` added to BYOK Anthropic requests that carry none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
@@ -368,6 +379,17 @@ fn expand_table(
             },
             table.at.clone(),
         ));
+        // The deployment's REST API, for the paths the Copilot CLI calls with its GitHub
+        // token: the daemon's token, in place of the sandbox's placeholder.
+        let api = table.api_url.as_deref().unwrap_or(api_base);
+        match api_rules(api, github_token) {
+            Ok(rules) => out.rules.extend(rules),
+            Err(why) => errors.push(error(&table.at, why)),
+        }
+        out.placeholders.push((
+            GITHUB_TOKEN_VAR.to_owned(),
+            GITHUB_TOKEN_PLACEHOLDER.to_owned(),
+        ));
         for host in api_hosts(deployment) {
             let on_copilot_com =
                 host == "githubcopilot.com" || host.ends_with(".githubcopilot.com");
@@ -490,6 +512,33 @@ fn rule(host: &str, credential: &str, header: &str, format: &str) -> Result<Inte
         default_headers: Vec::new(),
         spiffe: None,
     })
+}
+
+/// The rules injecting `credential` (a GitHub token) on the REST API at `api_base` for
+/// [`API_PATHS`]: `Authorization: Bearer <token>` (the REST API takes `Bearer` for every token
+/// type).
+fn api_rules(api_base: &str, credential: &str) -> Result<Vec<InterceptRule>, String> {
+    let rest = api_base
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("the GitHub API base {api_base:?} is not an https:// URL"))?;
+    let (authority, base_path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(authority, |(host, _)| host);
+    let base_path = base_path.trim_end_matches('/');
+    API_PATHS
+        .iter()
+        .map(|path| {
+            let mut r = rule(host, credential, "authorization", "Bearer {token}")?;
+            r.path_prefix = Some(if base_path.is_empty() {
+                (*path).to_owned()
+            } else {
+                format!("/{base_path}{path}")
+            });
+            Ok(r)
+        })
+        .collect()
 }
 
 /// A header value that is one word (`agentic-workflows`, `vscode-chat`).

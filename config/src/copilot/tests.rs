@@ -72,7 +72,10 @@ fn github_com_intercepts_every_plan_host_and_exchanges_at_api_github_com() {
     assert_eq!(source.github_token, "gh");
     assert_eq!(source.mode, CopilotMode::Auto);
     assert_eq!(source.api_url.as_deref(), Some("https://api.github.com"));
-    assert_eq!(config.intercepts.host_patterns(), ["githubcopilot.com"]);
+    assert_eq!(
+        config.intercepts.host_patterns(),
+        ["api.github.com", "githubcopilot.com"]
+    );
     for host in [
         "api.githubcopilot.com",
         "api.individual.githubcopilot.com",
@@ -81,7 +84,7 @@ fn github_com_intercepts_every_plan_host_and_exchanges_at_api_github_com() {
     ] {
         assert_eq!(config.intercepts.for_host(host).len(), 1, "{host}");
     }
-    let rule = &config.intercepts.rules()[0];
+    let rule = copilot_rule(&config);
     assert_eq!(rule.credential.as_deref(), Some(CREDENTIAL));
     assert!(rule.wants_scheme());
     assert_eq!(
@@ -93,7 +96,30 @@ fn github_com_intercepts_every_plan_host_and_exchanges_at_api_github_com() {
         Some("4242-3")
     );
     assert_eq!(header(&rule.default_headers, "x-initiator"), Some("agent"));
-    assert!(config.placeholders.is_empty());
+    // The Copilot CLI's calls to the REST API get the GitHub token there, and only there.
+    let api = config.intercepts.for_host("api.github.com");
+    assert_eq!(api.len(), 1);
+    assert_eq!(api[0].credential.as_deref(), Some("gh"));
+    assert_eq!(api[0].path_prefix.as_deref(), Some("/copilot_internal/"));
+    assert!(api[0].applies_to("GET", "/copilot_internal/user"));
+    assert!(!api[0].applies_to("GET", "/user"));
+    assert_eq!(
+        config.placeholders,
+        [(
+            GITHUB_TOKEN_VAR.to_owned(),
+            GITHUB_TOKEN_PLACEHOLDER.to_owned()
+        )]
+    );
+}
+
+/// The rule injecting the `copilot` credential (not the REST API's).
+fn copilot_rule(config: &Config) -> &crate::InterceptRule {
+    config
+        .intercepts
+        .rules()
+        .iter()
+        .find(|r| r.credential.as_deref() == Some(CREDENTIAL))
+        .expect("a rule for the Copilot API")
 }
 
 #[test]
@@ -107,7 +133,7 @@ fn a_ghe_com_tenant_exchanges_at_its_own_api_never_api_github_com() {
     );
     assert_eq!(
         config.intercepts.host_patterns(),
-        ["copilot-api.acme.ghe.com"]
+        ["api.acme.ghe.com", "copilot-api.acme.ghe.com"]
     );
     assert!(
         config
@@ -115,7 +141,7 @@ fn a_ghe_com_tenant_exchanges_at_its_own_api_never_api_github_com() {
             .for_host("copilot-api.other.ghe.com")
             .is_empty()
     );
-    let rule = &config.intercepts.rules()[0];
+    let rule = copilot_rule(&config);
     // X-Interaction-Id and x-initiator are for *.githubcopilot.com only.
     assert!(
         rule.default_headers.is_empty(),
@@ -152,9 +178,14 @@ fn ghes_exchanges_at_its_path_style_api_and_uses_the_enterprise_copilot_host() {
     assert_eq!(source.scheme, Some(AuthScheme::Token));
     assert_eq!(
         config.intercepts.host_patterns(),
-        ["api.enterprise.githubcopilot.com"]
+        ["api.enterprise.githubcopilot.com", "git.corp.example"]
     );
-    let rule = &config.intercepts.rules()[0];
+    let api = config.intercepts.for_host("git.corp.example");
+    assert_eq!(
+        api[0].path_prefix.as_deref(),
+        Some("/api/v3/copilot_internal/")
+    );
+    let rule = copilot_rule(&config);
     assert_eq!(
         header(&rule.set_headers, "copilot-integration-id"),
         Some("my-app")

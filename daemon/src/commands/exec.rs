@@ -635,9 +635,11 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     );
     // Start the command from this (the main) thread: the parent-death signal follows the
     // thread that created the child.
+    let gh_host = env::gh_host(env::github_env().as_ref()).map(|h| ("GH_HOST".to_owned(), h));
     let extra = [
         bundle.as_ref().map(TrustBundle::env).unwrap_or_default(),
         config_for_broker.placeholders.clone(),
+        gh_host.into_iter().collect(),
     ]
     .concat();
     let (mut env, removed_env) = match base_env {

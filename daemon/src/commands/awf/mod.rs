@@ -474,7 +474,7 @@ fn command_env(
     // GH_HOST names a GHE.com or GHES server for `gh` (as AWF sets it, reference §2.3);
     // on github.com it is removed. An explicit --env/--env-file value wins.
     env.retain(|(k, _)| k != "GH_HOST");
-    if let Some(host) = gh_host(env::github_env().as_ref()) {
+    if let Some(host) = env::gh_host(env::github_env().as_ref()) {
         env.push(("GH_HOST".into(), host.into()));
     }
     for (k, v) in set {
@@ -482,22 +482,6 @@ fn command_env(
         env.push((k.into(), v.into()));
     }
     Ok(env)
-}
-
-/// The host (port dropped) of `GITHUB_SERVER_URL`, unless it is github.com.
-fn gh_host(github: Option<&egressd_config::github::GitHubEnv>) -> Option<String> {
-    let url = github?.server_url.as_deref()?.trim();
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .unwrap_or(url);
-    let host = rest
-        .split('/')
-        .next()?
-        .split(':')
-        .next()?
-        .to_ascii_lowercase();
-    (!host.is_empty() && host != "github.com").then_some(host)
 }
 
 fn parse_kv(kv: &str, flag: &str) -> Result<(String, String), String> {
@@ -850,16 +834,16 @@ mod tests {
             api_url: None,
             force_ghes: false,
         };
-        assert_eq!(super::gh_host(Some(&env("https://github.com"))), None);
+        assert_eq!(crate::env::gh_host(Some(&env("https://github.com"))), None);
         assert_eq!(
-            super::gh_host(Some(&env("https://acme.ghe.com/"))).as_deref(),
+            crate::env::gh_host(Some(&env("https://acme.ghe.com/"))).as_deref(),
             Some("acme.ghe.com")
         );
         assert_eq!(
-            super::gh_host(Some(&env("https://git.corp.example:8443"))).as_deref(),
+            crate::env::gh_host(Some(&env("https://git.corp.example:8443"))).as_deref(),
             Some("git.corp.example")
         );
-        assert_eq!(super::gh_host(None), None);
+        assert_eq!(crate::env::gh_host(None), None);
     }
 
     #[test]
