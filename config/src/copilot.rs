@@ -527,6 +527,10 @@ fn api_rules(api_base: &str, credential: &str) -> Result<Vec<InterceptRule>, Str
         .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
         .map_or(authority, |(host, _)| host);
     let base_path = base_path.trim_end_matches('/');
+    if host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok() {
+        // An API named by its address (a test server): no TLS name to intercept.
+        return Ok(Vec::new());
+    }
     API_PATHS
         .iter()
         .map(|path| {
