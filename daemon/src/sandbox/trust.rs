@@ -17,14 +17,17 @@ pub const RUN_DIR: &str = "/run/egressd";
 /// The CA certificate's file name in a sandbox's directory.
 pub const CA_FILE: &str = "ca.pem";
 
-/// Variables that point TLS clients at a CA bundle: OpenSSL and most C/Rust/Go tools, Node,
-/// Python requests, curl, git.
-const BUNDLE_VARS: [&str; 5] = [
+/// Variables that point TLS clients at a CA bundle: OpenSSL and most C/Rust/Go tools (and
+/// Python's httpx, under the OpenAI and Anthropic SDKs), Node, Python requests and pip, curl,
+/// git, botocore (boto3, the AWS CLI), cargo.
+const BUNDLE_VARS: [&str; 7] = [
     "SSL_CERT_FILE",
     "NODE_EXTRA_CA_CERTS",
     "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE",
     "GIT_SSL_CAINFO",
+    "AWS_CA_BUNDLE",
+    "CARGO_HTTP_CAINFO",
 ];
 
 /// The bundle file and the CA certificate alone; removed (with their directory) on drop.

@@ -1,6 +1,7 @@
 //! The sandbox's trust bundle: the host's system roots followed by the run's CA, as one PEM
 //! text. The daemon writes it into the sandbox and points `SSL_CERT_FILE`,
-//! `NODE_EXTRA_CA_CERTS`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE` and `GIT_SSL_CAINFO` at it.
+//! `NODE_EXTRA_CA_CERTS`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, `GIT_SSL_CAINFO`, `AWS_CA_BUNDLE` and
+//! `CARGO_HTTP_CAINFO` at it.
 //!
 //! The system bundle is read from a path the caller gives ([`find_system_bundle`] probes the
 //! usual places). This module reads no environment variable: `SSL_CERT_FILE` in the daemon's
