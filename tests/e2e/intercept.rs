@@ -806,3 +806,76 @@ format = "{{token}}"
         "the header's copy is redacted\n{out}"
     );
 }
+
+#[test]
+fn path_tricks_never_carry_the_credential_outside_its_prefix() {
+    if !privileged() {
+        return;
+    }
+    let e = EntraSetup::new();
+    // Each trick starts with the rule's prefix as written: a prefix matched on the raw path
+    // would inject the token, and a server normalising the path would serve /admin with it.
+    let resolved = [
+        "/openai/../admin",
+        "/openai/%2e%2e/admin",
+        "/openai/./../admin",
+        "/openai/.%2E/admin",
+        "/openai//..//admin",
+    ];
+    let ambiguous = [
+        "/openai/%2E%2E%2Fadmin",
+        "/openai/..%2fadmin",
+        "/openai/..%5cadmin",
+        "/openai/%252e%252e/admin",
+    ];
+    for path in resolved.iter().chain(&ambiguous) {
+        assert!(path.starts_with("/openai/"), "{path}");
+    }
+    let curl = |path: &str| {
+        format!(
+            "curl -sS --path-as-is --max-time 20 -o /dev/null -w '{path} %{{http_code}}\\n' \
+             'https://{API}{path}'"
+        )
+    };
+    let script: Vec<String> = resolved.iter().chain(&ambiguous).map(|p| curl(p)).collect();
+    let out = e.egressd().sh(&script.join("; ")).run();
+    out.assert_success();
+    for path in resolved {
+        assert!(out.stdout.contains(&format!("{path} 200")), "{path}\n{out}");
+    }
+    for path in ambiguous {
+        assert!(out.stdout.contains(&format!("{path} 400")), "{path}\n{out}");
+    }
+    // The upstream got the normalised path each time, and never a token.
+    let paths = e.s.api.paths();
+    assert_eq!(paths.len(), resolved.len(), "{paths:?}\n{out}");
+    assert!(paths.iter().all(|p| p == "/admin"), "{paths:?}");
+    assert!(e.s.api.credentials().is_empty(), "\n{out}");
+    assert_eq!(e.entra.calls().len(), 0, "\n{out}");
+    let refused: Vec<Value> = intercepted_records(&out)
+        .into_iter()
+        .filter(|r| r["status"] == 400)
+        .collect();
+    assert_eq!(refused.len(), ambiguous.len(), "\n{out}");
+    assert!(
+        refused
+            .iter()
+            .all(|r| r["reason"].as_str().unwrap().contains("ambiguous path")),
+        "{refused:?}"
+    );
+    // Inside the prefix, the same kinds of path still get the token, normalised.
+    let out = e
+        .egressd()
+        .sh(&curl("/openai/deployments/../deployments/gpt/x%2Dy"))
+        .run();
+    out.assert_success();
+    assert!(out.stdout.contains(" 200"), "\n{out}");
+    assert_eq!(e.s.api.credentials().len(), 1, "\n{out}");
+    assert!(
+        e.s.api
+            .paths()
+            .contains(&"/openai/deployments/gpt/x-y".to_owned()),
+        "{:?}",
+        e.s.api.paths()
+    );
+}

@@ -38,6 +38,7 @@
 mod bundle;
 mod ca;
 mod idle;
+pub(crate) mod path;
 pub(crate) mod redact;
 mod scope;
 mod server;

@@ -249,9 +249,46 @@ impl Conn {
             let reason = "CONNECT is not allowed on an intercepted connection";
             return self.refuse(pending, StatusCode::METHOD_NOT_ALLOWED, reason, None, false);
         }
-        let rule = self.rules.iter().find(|r| {
-            r.credential.is_some() && r.applies_to(req.method().as_str(), req.uri().path())
-        });
+        // The path as the server will read it; the credential follows that path, and an
+        // ambiguous one must get the same credential whichever way the server reads it.
+        let path = match super::path::normalize(req.uri().path()) {
+            Ok(path) => path.into_owned(),
+            Err(bad) => {
+                return self.refuse(
+                    pending,
+                    StatusCode::BAD_REQUEST,
+                    &bad.to_string(),
+                    None,
+                    false,
+                );
+            }
+        };
+        let method = req.method().as_str();
+        let rule_for = |path: &str| {
+            self.rules
+                .iter()
+                .find(|r| r.credential.is_some() && r.applies_to(method, path))
+        };
+        let rule = rule_for(&path);
+        if super::path::is_ambiguous(&path)
+            && !same_rule(rule, rule_for(&super::path::loose(&path)))
+        {
+            let reason = "ambiguous path: an encoded '/', '\\' or '%' (or a raw '\\') that servers \
+                          read differently would decide whether the credential is sent";
+            return self.refuse(pending, StatusCode::BAD_REQUEST, reason, None, false);
+        }
+        if let Some(reason) = method_override(&req, &self.rules) {
+            return self.refuse(pending, StatusCode::BAD_REQUEST, &reason, None, false);
+        }
+        if path != req.uri().path() {
+            match with_path(req.uri(), &path) {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(reason) => {
+                    return self.refuse(pending, StatusCode::BAD_REQUEST, &reason, None, false);
+                }
+            }
+            pending.rec.path = Some(path.get(..MAX_AUDIT_PATH).unwrap_or(&path).to_owned());
+        }
         // mTLS is per connection: a host whose rules name `spiffe` uses it for every request.
         let spiffe = self.rules.iter().find_map(|r| {
             r.spiffe.as_ref()?;
@@ -614,6 +651,54 @@ impl Conn {
     }
 }
 
+/// Whether two lookups found the same rule (or both none).
+fn same_rule(a: Option<&InterceptRule>, b: Option<&InterceptRule>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => std::ptr::eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Headers with which a client asks the server to run another method than the request line's.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Why a method-override header is refused: on a host whose credential rules are limited to
+/// `methods`, a `POST` carrying `X-HTTP-Method-Override: DELETE` would get the credential for
+/// a method the rule never named.
+fn method_override<B>(req: &Request<B>, rules: &[InterceptRule]) -> Option<String> {
+    let limited = rules
+        .iter()
+        .any(|r| r.credential.is_some() && !r.methods.is_empty());
+    let header = METHOD_OVERRIDES
+        .iter()
+        .find(|h| req.headers().contains_key(**h))?;
+    limited.then(|| {
+        format!(
+            "{header} is refused on a host whose credential is limited to methods: send the \
+             method itself"
+        )
+    })
+}
+
+/// `uri` with its path replaced by `path` (the query kept).
+fn with_path(uri: &Uri, path: &str) -> Result<Uri, String> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|e| format!("bad request target after normalising the path: {e}"))?,
+    );
+    Uri::from_parts(parts).map_err(|e| format!("bad request target: {e}"))
+}
+
 /// Why a body read to be signed could not be had: over a limit (413) or the client failed.
 fn signing_body_error(e: &(dyn std::error::Error + 'static)) -> InjectError {
     if let Some(crate::body::BodyError::TooLarge(over)) = e.downcast_ref() {
@@ -680,7 +765,44 @@ fn strip_port(authority: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::{set_headers, strip_port};
+    use super::{method_override, set_headers, strip_port};
+
+    #[test]
+    fn method_overrides_are_refused_where_a_credential_is_limited_to_methods() {
+        let rules = |methods: &str| {
+            let mut b = egressd_config::ConfigBuilder::new();
+            b.toml_str(
+                &format!(
+                    "[[credential]]\nname = \"k\"\nsource = \"env\"\nvar = \"K\"\n\n\
+                     [[intercept]]\nhost = \"api.example.com\"\ncredential = \"k\"\n{methods}"
+                ),
+                std::path::Path::new("t.toml"),
+            )
+            .unwrap();
+            b.build().unwrap().intercepts.rules().to_vec()
+        };
+        let post = |header: Option<&str>| {
+            let mut b = hyper::Request::post("/x");
+            if let Some(h) = header {
+                b = b.header(h, "DELETE");
+            }
+            b.body(()).unwrap()
+        };
+        let limited = rules("methods = [\"POST\"]\n");
+        for h in [
+            "X-HTTP-Method-Override",
+            "x-http-method",
+            "X-Method-Override",
+        ] {
+            let why = method_override(&post(Some(h)), &limited).expect(h);
+            assert!(why.contains(&h.to_ascii_lowercase()), "{why}");
+        }
+        assert_eq!(method_override(&post(None), &limited), None);
+        assert_eq!(
+            method_override(&post(Some("X-HTTP-Method-Override")), &rules("")),
+            None
+        );
+    }
 
     #[test]
     fn set_headers_replace_and_default_headers_fill_in() {
