@@ -127,7 +127,7 @@ async fn handle(
     proxy: &Proxy,
     client: SocketAddr,
     orig: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ResBody> {
     let server = proxy
         .api_proxy
@@ -147,6 +147,37 @@ async fn handle(
     let path = req.uri().path();
     rec.path = Some(path.get(..MAX_AUDIT_PATH).unwrap_or(path).to_owned());
     let mut pending = PendingRecord::new(Arc::clone(&proxy.audit), rec);
+    // Routes (and the base path put in front) follow the path as servers read it; a path
+    // they read differently is refused, since model SDKs never send one.
+    let normal = crate::intercept::path::normalize(req.uri().path())
+        .map_err(|bad| bad.to_string())
+        .and_then(|normal| {
+            if crate::intercept::path::is_ambiguous(&normal) {
+                return Err(
+                    "ambiguous path: an encoded '/', '\\' or '%' (or a raw '\\') \
+                            that servers read differently"
+                        .to_owned(),
+                );
+            }
+            Ok((normal != req.uri().path()).then(|| normal.into_owned()))
+        });
+    match normal {
+        Ok(None) => {}
+        Ok(Some(path)) => {
+            if let Ok(uri) = crate::intercept::path::with_path(req.uri(), &path) {
+                *req.uri_mut() = uri;
+            }
+            pending.rec.path = Some(path.get(..MAX_AUDIT_PATH).unwrap_or(&path).to_owned());
+        }
+        Err(reason) => {
+            pending.rec.reason = format!("api-proxy: {reason}");
+            pending.rec.status = Some(400);
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": {"message": reason, "type": "invalid_request_error"}}),
+            );
+        }
+    }
 
     if req.method() == Method::GET && matches!(req.uri().path(), "/health" | "/reflect") {
         pending.rec.name = Some(egressd_config::apiproxy::HOST.to_owned());

@@ -336,6 +336,33 @@ fn api_proxy_injects_the_daemons_key_and_answers_health() {
     assert_eq!(classified, vec![(OPENAI.to_owned(), true)], "\n{access}");
 }
 
+/// Paths through the api-proxy are read as servers read them: dot segments resolved before
+/// the route (and OpenAI's `/v1`) applies, and a path servers read differently refused.
+#[test]
+fn api_proxy_normalises_paths_and_refuses_ambiguous_ones() {
+    if !privileged() {
+        return;
+    }
+    const OPENAI: &str = "api.openai.com";
+    let s = Scene::new();
+    let openai = egressd_tests::HttpsUpstream::start(&s.net, s.net.addr3(), &[OPENAI], &s.ca);
+    let curl = "curl -sS --path-as-is --max-time 20 -o /dev/null -w '%{http_code}\\n'";
+    let script = format!(
+        "{curl} http://api-proxy:10000/v1/models/../chat/./completions; \
+         {curl} http://api-proxy:10000/v1/..%2fadmin; \
+         {curl} http://api-proxy:10000/v1/%252e%252e/admin"
+    );
+    let out = awf_with_api_upstream(&s, OPENAI)
+        .env("OPENAI_API_KEY", "sk-real-openai-key")
+        .args(["--user", "65534:65534", "--"])
+        .command([script])
+        .run();
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    let codes: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(codes, ["200", "400", "400"], "\n{out}");
+    assert_eq!(openai.paths(), ["/v1/chat/completions"], "\n{out}");
+}
+
 /// The api-proxy's request handling that AWF does too: a `provider/model` name loses the
 /// redundant prefix before the body goes upstream (the upstream receives the shorter body),
 /// and a body over 10 MiB gets 413 `request_too_large` and goes nowhere.

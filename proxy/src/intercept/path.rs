@@ -56,6 +56,20 @@ pub(crate) fn loose(path: &str) -> String {
     resolve(&text)
 }
 
+/// `uri` with its path replaced by `path` (the query kept).
+pub(crate) fn with_path(uri: &hyper::Uri, path: &str) -> Result<hyper::Uri, String> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|e| format!("bad request target after normalising the path: {e}"))?,
+    );
+    hyper::Uri::from_parts(parts).map_err(|e| format!("bad request target: {e}"))
+}
+
 /// Percent-decodes unreserved characters (RFC 3986 §2.3) and upper-cases every other escape.
 fn decode_unreserved(path: &str) -> Result<Cow<'_, str>, BadEscape> {
     let bytes = path.as_bytes();

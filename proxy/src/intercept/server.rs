@@ -281,7 +281,7 @@ impl Conn {
             return self.refuse(pending, StatusCode::BAD_REQUEST, &reason, None, false);
         }
         if path != req.uri().path() {
-            match with_path(req.uri(), &path) {
+            match super::path::with_path(req.uri(), &path) {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(reason) => {
                     return self.refuse(pending, StatusCode::BAD_REQUEST, &reason, None, false);
@@ -683,20 +683,6 @@ fn method_override<B>(req: &Request<B>, rules: &[InterceptRule]) -> Option<Strin
              method itself"
         )
     })
-}
-
-/// `uri` with its path replaced by `path` (the query kept).
-fn with_path(uri: &Uri, path: &str) -> Result<Uri, String> {
-    let pq = match uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(
-        pq.parse()
-            .map_err(|e| format!("bad request target after normalising the path: {e}"))?,
-    );
-    Uri::from_parts(parts).map_err(|e| format!("bad request target: {e}"))
 }
 
 /// Why a body read to be signed could not be had: over a limit (413) or the client failed.
