@@ -396,12 +396,25 @@ async fn handle(
             .map(|s| s.expose().as_bytes().to_vec())
             .unwrap_or_default(),
     };
-    if !reflected.is_empty() {
-        crate::intercept::redact::headers(resp.headers_mut(), &reflected);
+    if let Some(needles) = crate::intercept::redact::Needles::new(&reflected) {
+        if let Some(encoding) = crate::intercept::redact::compressed(&resp) {
+            let message = format!(
+                "the provider compressed its answer (content-encoding: {encoding}) although \
+                 egressd asked for identity; a compressed answer cannot be checked for the key"
+            );
+            pending.rec.reason = format!("api-proxy: {message}");
+            pending.rec.status = Some(502);
+            pending.rec.failed = true;
+            return json(
+                StatusCode::BAD_GATEWAY,
+                &serde_json::json!({"error": {"message": message, "type": "api_proxy_error"}}),
+            );
+        }
+        crate::intercept::redact::headers(resp.headers_mut(), &needles);
         resp.headers_mut().remove(hyper::header::CONTENT_LENGTH);
         return resp.map(|body| {
             AuditedBody::new(
-                crate::intercept::redact::Redacting::new(body, &reflected).boxed_unsync(),
+                crate::intercept::redact::Redacting::new(body, needles).boxed_unsync(),
                 pending,
             )
             .boxed_unsync()

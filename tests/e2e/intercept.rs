@@ -879,3 +879,99 @@ fn path_tricks_never_carry_the_credential_outside_its_prefix() {
         e.s.api.paths()
     );
 }
+
+#[test]
+fn compressed_and_encoded_echoes_never_reveal_the_injected_key() {
+    if !privileged() {
+        return;
+    }
+    const KEY: &str = "s3cr3t/key+value=0123456789";
+    let s = Scene::new();
+    let config = s.scratch.write(
+        "static.toml",
+        format!(
+            r#"upstream_ca = "{ca}"
+
+[[credential]]
+name = "openai-key"
+source = "env"
+var = "EGRESSD_TEST_API_KEY"
+
+[[intercept]]
+host = "{API}"
+credential = "openai-key"
+header = "api-key"
+format = "{{token}}"
+"#,
+            ca = s.ca_pem.display()
+        ),
+    );
+    // Control: the same echo without egressd, asked for gzip, reveals the key in every form
+    // once curl has decompressed it.
+    let direct = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--compressed", "--cacert"])
+        .arg(&s.ca_pem)
+        .arg("--resolve")
+        .arg(format!("{API}:443:{}", s.net.addr()))
+        .args(["-H", &format!("api-key: {KEY}")])
+        .arg(format!("https://{API}/echo-headers?forms"))
+        .output()
+        .unwrap();
+    let direct = String::from_utf8_lossy(&direct.stdout);
+    let url: String = url::form_urlencoded::byte_serialize(KEY.as_bytes()).collect();
+    assert!(direct.contains(KEY), "control: {direct}");
+    assert!(direct.contains(&url), "control: {direct}");
+    assert!(direct.contains(r"s3cr3t\/key"), "control: {direct}");
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("user:{KEY}"),
+    );
+    assert!(direct.contains(&basic), "control: {direct}");
+    // The part of the Basic credential that is the key's alone.
+    let basic_key = &basic[8..basic.len() - 4];
+    let script = format!(
+        "curl -sS --max-time 20 --compressed -D - -H 'api-key: placeholder' \
+           'https://{API}/echo-headers?forms'; echo; \
+         curl -sS --max-time 20 --compressed -o /dev/null -w 'always-gzip %{{http_code}}\\n' \
+           'https://{API}/echo-headers?gzip=always'"
+    );
+    let out = s
+        .egressd()
+        .arg("--config")
+        .arg(&config)
+        .env("EGRESSD_TEST_API_KEY", KEY)
+        .sh(&script)
+        .run();
+    out.assert_success();
+    // The upstream got the key, asked for identity.
+    assert!(
+        s.api.credentials().iter().all(|(_, _, v)| v == KEY),
+        "\n{out}"
+    );
+    for leaked in [KEY, url.as_str(), r"s3cr3t\/key", basic_key] {
+        assert!(!out.stdout.contains(leaked), "{leaked}\n{out}");
+    }
+    let echoed = out.stdout.to_ascii_lowercase();
+    assert!(echoed.contains("accept-encoding: identity"), "\n{out}");
+    for form in ["url: ", "json: ", "basic: "] {
+        let line = echoed
+            .lines()
+            .find(|l| l.starts_with(form))
+            .unwrap_or_default();
+        assert!(
+            line.contains("[token redacted by egressd]"),
+            "{form}\n{out}"
+        );
+    }
+    // A server that compresses anyway cannot be checked: refused, audited.
+    assert!(out.stdout.contains("always-gzip 502"), "\n{out}");
+    let recs = intercepted_records(&out);
+    assert!(
+        recs.iter().any(|r| r["status"] == 502
+            && r["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("content-encoding: gzip")),
+        "{recs:?}"
+    );
+}

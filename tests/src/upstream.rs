@@ -12,6 +12,10 @@
 //!   `N` at most 100, `MS` at most 5000;
 //! * `.../upload`: reads the whole request body, then answers `received N bytes`; each
 //!   body read to its end is recorded in [`HttpsUpstream::uploads`] (one cut short is not);
+//! * `.../echo-headers`: the request's headers in the body (gzip-encoded when the client
+//!   accepts gzip, or always with `?gzip=always`; with `?forms`, each `api-key` value also
+//!   URL-encoded, JSON-escaped and as a Basic credential), and `api-key` values reflected in
+//!   `x-echo-api-key`;
 //! * `.../ws`: a WebSocket (RFC 6455) echo: `101` with `Sec-WebSocket-Accept`, then every
 //!   text or binary message is sent back (at most 16 messages, 10 s), recorded in
 //!   [`HttpsUpstream::websocket_messages`].
@@ -637,7 +641,43 @@ fn answer(mut req: Request<Incoming>, conn: &Conn) -> Response<Body> {
                 String::from_utf8_lossy(value.as_bytes())
             ));
         }
-        let mut resp = Response::new(whole(text));
+        // `?forms`: each `api-key` value also URL-encoded, JSON-escaped and as the base64 of
+        // `user:<value>` (an echoed Basic credential).
+        if req.uri().query().is_some_and(|q| q.contains("forms")) {
+            for value in req.headers().get_all("api-key") {
+                let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                let url: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
+                let json = serde_json::to_string(&v)
+                    .unwrap_or_default()
+                    .replace('/', "\\/");
+                let basic = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("user:{v}"),
+                );
+                text.push_str(&format!("url: {url}\njson: {json}\nbasic: {basic}\n"));
+            }
+        }
+        // Compressed when the client accepts gzip (as most servers do), or always with
+        // `?gzip=always` (a server that ignores `Accept-Encoding: identity`).
+        let accepts_gzip = req
+            .headers()
+            .get_all("accept-encoding")
+            .iter()
+            .any(|v| String::from_utf8_lossy(v.as_bytes()).contains("gzip"));
+        let gzip = accepts_gzip || req.uri().query() == Some("gzip=always");
+        let mut resp = if gzip {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut encoder, text.as_bytes()).expect("gzip in memory");
+            let mut resp = Response::new(whole(encoder.finish().expect("gzip in memory")));
+            resp.headers_mut().insert(
+                "content-encoding",
+                hyper::header::HeaderValue::from_static("gzip"),
+            );
+            resp
+        } else {
+            Response::new(whole(text))
+        };
         for value in req.headers().get_all("api-key") {
             resp.headers_mut().append("x-echo-api-key", value.clone());
         }

@@ -1,17 +1,26 @@
 //! Credential reflection (bypass catalogue §12): an upstream that echoes the request (an
 //! echo endpoint, an error message quoting the `Authorization` header, a body stored and
 //! served back) would hand the sandbox the real token egressd injected. Responses to
-//! injected requests are therefore scrubbed of that token, in header values and in the body,
-//! before the sandbox sees them.
+//! injected requests are therefore scrubbed of that token, in header values, trailers and the
+//! body, before the sandbox sees them.
+//!
+//! The token is looked for in every form an echo may carry it ([`Needles`]): as is,
+//! URL-encoded, JSON-escaped (`\/`), and base64-encoded at each of the three alignments in
+//! both alphabets (an echoed `Authorization: Basic base64(user:token)`). Compressed answers
+//! cannot be searched: injected requests ask the upstream for `identity`, and a compressed
+//! answer to one is refused (`server.rs`).
 //!
 //! The body is scrubbed as it streams: each chunk is searched together with the tail of the
-//! previous one, and the last `len(secret) - 1` bytes are held back until the next chunk (or
-//! the end) shows they are not the start of the secret. Only the exact token is replaced;
-//! the replacement says what happened.
+//! previous one, and a tail that may be the start of a needle is held back until the next
+//! chunk (or the end) shows it is not. Only the needles are replaced; the replacement says
+//! what happened.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderMap, HeaderValue};
@@ -19,17 +28,123 @@ use hyper::header::{HeaderMap, HeaderValue};
 /// What replaces the token.
 pub(crate) const MARKER: &[u8] = b"[token redacted by egressd]";
 
-/// Replaces every occurrence of `secret` in `headers`' values; returns how many were.
-pub(crate) fn headers(headers: &mut HeaderMap, secret: &[u8]) -> usize {
-    if secret.is_empty() {
-        return 0;
+/// Encoded forms shorter than this are not searched for (they would match ordinary text).
+const MIN_FORM: usize = 12;
+
+/// The forms of one secret that an echo may carry, searched together.
+pub(crate) struct Needles {
+    forms: Vec<Vec<u8>>,
+    search: AhoCorasick,
+}
+
+impl std::fmt::Debug for Needles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Needles")
+            .field("forms", &self.forms.len())
+            .finish_non_exhaustive()
     }
+}
+
+impl Needles {
+    /// The forms of `secret`; `None` for an empty secret.
+    pub(crate) fn new(secret: &[u8]) -> Option<Arc<Self>> {
+        if secret.is_empty() {
+            return None;
+        }
+        let mut forms = vec![secret.to_vec()];
+        let mut add = |form: Vec<u8>| {
+            if form.len() >= MIN_FORM.min(secret.len()) && !forms.contains(&form) {
+                forms.push(form);
+            }
+        };
+        add(url_encoded(secret));
+        add(json_escaped(secret));
+        for engine in [
+            &base64::engine::general_purpose::STANDARD_NO_PAD,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ] {
+            for offset in 0..3 {
+                if let Some(form) = base64_at(secret, offset, engine) {
+                    add(form);
+                }
+            }
+        }
+        let search = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&forms)
+            .ok()?;
+        Some(Arc::new(Self { forms, search }))
+    }
+
+    /// `bytes` with every form replaced by [`MARKER`], and how many there were.
+    fn replace_all(&self, bytes: &[u8]) -> (Vec<u8>, usize) {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut count = 0;
+        let mut last = 0;
+        for m in self.search.find_iter(bytes) {
+            out.extend_from_slice(&bytes[last..m.start()]);
+            out.extend_from_slice(MARKER);
+            last = m.end();
+            count += 1;
+        }
+        out.extend_from_slice(&bytes[last..]);
+        (out, count)
+    }
+
+    /// The length of the longest tail of `bytes` that is a proper prefix of some form.
+    fn partial_tail(&self, bytes: &[u8]) -> usize {
+        self.forms
+            .iter()
+            .map(|form| partial_tail(bytes, form))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// `secret` with every byte outside RFC 3986's unreserved set percent-encoded.
+fn url_encoded(secret: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(secret.len());
+    for &b in secret {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// `secret` as a JSON encoder that escapes `/` writes it (`\/`), with `"` and `\` escaped.
+fn json_escaped(secret: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(secret.len());
+    for &b in secret {
+        if matches!(b, b'/' | b'"' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// The part of base64(`x` + `secret` + `y`) that depends on `secret` alone, for any `x` of
+/// `offset` bytes (mod 3) and any `y`: the whole 3-byte groups made of secret bytes only.
+fn base64_at(
+    secret: &[u8],
+    offset: usize,
+    engine: &base64::engine::GeneralPurpose,
+) -> Option<Vec<u8>> {
+    let first = (3 - offset % 3) % 3;
+    let end = first + (secret.len().checked_sub(first)? / 3) * 3;
+    let whole = secret.get(first..end).filter(|w| !w.is_empty())?;
+    Some(engine.encode(whole).into_bytes())
+}
+
+/// Replaces every form of the secret in `headers`' values; returns how many were.
+pub(crate) fn headers(headers: &mut HeaderMap, needles: &Needles) -> usize {
     let mut count = 0;
-    let finder = memchr::memmem::Finder::new(secret);
     for value in headers.values_mut() {
-        let bytes = value.as_bytes();
-        if finder.find(bytes).is_some() {
-            let (scrubbed, n) = replace_all(bytes, &finder);
+        if needles.search.is_match(value.as_bytes()) {
+            let (scrubbed, n) = needles.replace_all(value.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&scrubbed) {
                 *value = v;
                 count += n;
@@ -39,29 +154,19 @@ pub(crate) fn headers(headers: &mut HeaderMap, secret: &[u8]) -> usize {
     count
 }
 
-/// `bytes` with every occurrence of the secret `finder` looks for replaced by [`MARKER`], and
-/// how many there were.
-fn replace_all(bytes: &[u8], finder: &memchr::memmem::Finder<'_>) -> (Vec<u8>, usize) {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut count = 0;
-    let mut rest = bytes;
-    while let Some(at) = finder.find(rest) {
-        out.extend_from_slice(&rest[..at]);
-        out.extend_from_slice(MARKER);
-        rest = &rest[at + finder.needle().len()..];
-        count += 1;
-    }
-    out.extend_from_slice(rest);
-    (out, count)
+/// The response's content coding, unless it is `identity` (or absent): such an answer
+/// cannot be searched for the token (injected requests ask for `identity`).
+pub(crate) fn compressed<B>(resp: &hyper::Response<B>) -> Option<String> {
+    let coding = resp.headers().get(hyper::header::CONTENT_ENCODING)?;
+    let coding = coding.to_str().unwrap_or("(not text)").trim();
+    (!coding.is_empty() && !coding.eq_ignore_ascii_case("identity")).then(|| coding.to_owned())
 }
 
-/// A response body with `secret` replaced as it streams.
+/// A response body with every form of a secret replaced as it streams.
 pub(crate) struct Redacting<B> {
     inner: B,
-    secret: Vec<u8>,
-    /// Searches for `secret`, built once per body.
-    finder: memchr::memmem::Finder<'static>,
-    /// Bytes held back: they may be the start of the secret.
+    needles: Arc<Needles>,
+    /// Bytes held back: they may be the start of a form of the secret.
     carry: BytesMut,
     /// Trailers that arrived while bytes were held back: sent after them.
     trailers: Option<HeaderMap>,
@@ -69,12 +174,11 @@ pub(crate) struct Redacting<B> {
 }
 
 impl<B> Redacting<B> {
-    /// Scrubs `secret` from `inner` (a non-empty secret; an empty one passes everything).
-    pub(crate) fn new(inner: B, secret: &[u8]) -> Self {
+    /// Scrubs the forms of `needles`' secret from `inner`.
+    pub(crate) fn new(inner: B, needles: Arc<Needles>) -> Self {
         Self {
             inner,
-            secret: secret.to_vec(),
-            finder: memchr::memmem::Finder::new(secret).into_owned(),
+            needles,
             carry: BytesMut::new(),
             trailers: None,
             done: false,
@@ -85,20 +189,17 @@ impl<B> Redacting<B> {
     /// common case, a chunk with nothing held back and no trace of the secret, is passed on
     /// as it is, without a copy.
     fn scrub(&mut self, chunk: Bytes) -> Bytes {
-        if self.secret.is_empty() {
-            return chunk;
-        }
         if self.carry.is_empty()
-            && self.finder.find(&chunk).is_none()
-            && partial_tail(&chunk, &self.secret) == 0
+            && !self.needles.search.is_match(&chunk[..])
+            && self.needles.partial_tail(&chunk) == 0
         {
             return chunk;
         }
         self.carry.extend_from_slice(&chunk);
-        let (scrubbed, _) = replace_all(&self.carry, &self.finder);
-        // A full match cannot remain; only a tail that is the start of the secret is held
-        // back, so a stream of small events (SSE) still flows event by event.
-        let keep = partial_tail(&scrubbed, &self.secret);
+        let (scrubbed, _) = self.needles.replace_all(&self.carry);
+        // A full match cannot remain; only a tail that is the start of a form is held back,
+        // so a stream of small events (SSE) still flows event by event.
+        let keep = self.needles.partial_tail(&scrubbed);
         let send = scrubbed.len() - keep;
         self.carry.clear();
         self.carry.extend_from_slice(&scrubbed[send..]);
@@ -108,7 +209,7 @@ impl<B> Redacting<B> {
 
 /// The length of the longest tail of `bytes` that is a proper prefix of `secret`.
 fn partial_tail(bytes: &[u8], secret: &[u8]) -> usize {
-    let window = (secret.len() - 1).min(bytes.len());
+    let window = (secret.len().saturating_sub(1)).min(bytes.len());
     let start = bytes.len() - window;
     let Some(&first) = secret.first() else {
         return 0;
@@ -154,9 +255,7 @@ where
                         let Ok(mut trailers) = frame.into_trailers() else {
                             continue; // neither data nor trailers: nothing to pass on
                         };
-                        let secret = std::mem::take(&mut self.secret);
-                        headers(&mut trailers, &secret);
-                        self.secret = secret;
+                        headers(&mut trailers, &self.needles);
                         self.trailers = Some(trailers);
                         if !self.carry.is_empty() {
                             let out = self.carry.split().freeze();
@@ -216,7 +315,7 @@ mod tests {
     }
 
     async fn scrubbed(parts: &[&str], secret: &str) -> String {
-        let body = Redacting::new(chunks(parts), secret.as_bytes());
+        let body = Redacting::new(chunks(parts), Needles::new(secret.as_bytes()).unwrap());
         let bytes = body.collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
@@ -261,7 +360,7 @@ mod tests {
     async fn small_chunks_flow_without_waiting() {
         let mut body = Redacting::new(
             chunks(&["data: 0\n\n", "data: 1\n\n"]),
-            b"eyJhbGciOiJSUzI1NiJ9",
+            Needles::new(b"eyJhbGciOiJSUzI1NiJ9").unwrap(),
         );
         let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
             .await
@@ -278,11 +377,37 @@ mod tests {
             HeaderValue::from_static("Bearer abc123 and abc123"),
         );
         h.insert("x-other", HeaderValue::from_static("fine"));
-        assert_eq!(headers(&mut h, b"abc123"), 2);
+        assert_eq!(headers(&mut h, &Needles::new(b"abc123").unwrap()), 2);
         assert_eq!(
             h["x-echo"].as_bytes(),
             [b"Bearer ".as_slice(), MARKER, b" and ", MARKER].concat()
         );
         assert_eq!(h["x-other"], "fine");
+    }
+
+    #[tokio::test]
+    async fn every_form_an_echo_may_carry_is_replaced() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        let token = "sk/live+Zm9vYmFy.ab=cd_0123456789";
+        let marker = std::str::from_utf8(MARKER).unwrap();
+        let url = "sk%2Flive%2BZm9vYmFy.ab%3Dcd_0123456789";
+        let json = "sk\\/live+Zm9vYmFy.ab=cd_0123456789";
+        for form in [token.to_owned(), url.to_owned(), json.to_owned()] {
+            let out = scrubbed(&["echo: ", &form[..7], &form[7..], " end"], token).await;
+            assert_eq!(out, format!("echo: {marker} end"), "{form}");
+        }
+        // Basic credentials: base64(user:token) for users of every length mod 3, in both
+        // alphabets; no readable run of the token's base64 is left.
+        for user in ["u", "us", "use", "user"] {
+            for engine in [&STANDARD, &URL_SAFE] {
+                let basic = engine.encode(format!("{user}:{token}"));
+                let out = scrubbed(&["Authorization: Basic ", &basic], token).await;
+                assert!(out.contains(marker), "{user}: {out}");
+                let leftover = out
+                    .trim_start_matches("Authorization: Basic ")
+                    .replace(marker, "");
+                assert!(leftover.len() <= 12, "{user}: {out}");
+            }
+        }
     }
 }

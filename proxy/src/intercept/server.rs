@@ -349,6 +349,11 @@ impl Conn {
                     body = injected;
                     reflected = Some(secret);
                     set_headers(rule, &mut parts.headers);
+                    // Redaction reads what the agent will read: an uncompressed answer.
+                    parts.headers.insert(
+                        hyper::header::ACCEPT_ENCODING,
+                        HeaderValue::from_static("identity"),
+                    );
                 }
                 Err(e) => {
                     let (status, message, retryable) = e.response();
@@ -456,16 +461,33 @@ impl Conn {
             return resp.map(|body| body.boxed_unsync());
         }
         strip_hop_by_hop_response(&mut resp);
-        if let Some(secret) = reflected.filter(|s| !s.expose().is_empty()) {
-            // An upstream echoing the request must not hand the sandbox the token.
-            let secret = secret.expose().as_bytes().to_vec();
-            if super::redact::headers(resp.headers_mut(), &secret) > 0 {
+        if let Some(needles) =
+            reflected.and_then(|s| super::redact::Needles::new(s.expose().as_bytes()))
+        {
+            // An upstream echoing the request must not hand the sandbox the token, and a
+            // compressed answer cannot be searched for it (identity was asked for).
+            if let Some(encoding) = super::redact::compressed(&resp) {
+                let reason = format!(
+                    "the upstream compressed its answer (content-encoding: {encoding}) although \
+                     egressd asked for identity; a compressed answer cannot be checked for the \
+                     injected token"
+                );
+                let credential = pending.rec.credential.clone();
+                return self.refuse(
+                    pending,
+                    StatusCode::BAD_GATEWAY,
+                    &reason,
+                    credential.as_deref(),
+                    false,
+                );
+            }
+            if super::redact::headers(resp.headers_mut(), &needles) > 0 {
                 tracing::warn!(credential = ?pending.rec.credential, "the upstream echoed the injected token in a header; redacted");
             }
             resp.headers_mut().remove(hyper::header::CONTENT_LENGTH);
             return resp.map(|body| {
                 AuditedBody::new(
-                    super::redact::Redacting::new(body, &secret).boxed_unsync(),
+                    super::redact::Redacting::new(body, needles).boxed_unsync(),
                     pending,
                 )
                 .boxed_unsync()
