@@ -539,6 +539,31 @@ fn a_websocket_upgrade_on_an_intercepted_route_echoes_and_carries_only_the_injec
 }
 
 #[test]
+fn a_websocket_echoing_the_upgrades_credentials_never_reveals_the_token() {
+    if !privileged() {
+        return;
+    }
+    let e = EntraSetup::new();
+    let url = format!("wss://{API}/openai/ws");
+    let out = e
+        .egressd()
+        .command(probe_argv(&e, "websocket", &[&url, "echo-credentials"]))
+        .run();
+    out.assert_success();
+    let line = crate::probe_line(&out, "websocket");
+    assert_eq!(line["status"], 101, "{line}\n{out}");
+    // The upstream did get the minted token, and sent it back in the 101 and in a frame...
+    let token = only_an_entra_token(&e, &out);
+    let marker = "[token redacted by egressd]";
+    for field in ["echo", "echoed_in_101"] {
+        let echoed = line[field].as_str().unwrap_or_default();
+        // ...which reached the sandbox scrubbed.
+        assert!(!echoed.contains(&token), "{field}: {line}");
+        assert!(echoed.contains(marker), "{field}: {line}");
+    }
+}
+
+#[test]
 fn five_second_tokens_across_fifteen_seconds_of_requests_are_refreshed_and_never_used_expired() {
     if !privileged() {
         return;

@@ -16,8 +16,10 @@
 //!   accepts gzip, or always with `?gzip=always`; with `?forms`, each `api-key` value also
 //!   URL-encoded, JSON-escaped and as a Basic credential), and `api-key` values reflected in
 //!   `x-echo-api-key`;
-//! * `.../ws`: a WebSocket (RFC 6455) echo: `101` with `Sec-WebSocket-Accept`, then every
-//!   text or binary message is sent back (at most 16 messages, 10 s), recorded in
+//! * `.../ws`: a WebSocket (RFC 6455) echo: `101` with `Sec-WebSocket-Accept` (and the
+//!   request's credential headers in `x-echo-credentials`), then every text or binary message
+//!   is sent back (the text `echo-credentials` is answered with those credentials; at most
+//!   16 messages, 10 s), recorded in
 //!   [`HttpsUpstream::websocket_messages`].
 //!
 //! [`HttpsUpstream::start_spiffe`] makes a SPIFFE service instead: its certificate is an
@@ -755,6 +757,14 @@ fn websocket(req: &mut Request<Incoming>, seen: Arc<Seen>) -> Response<Body> {
             .body(whole("not a WebSocket upgrade request"))
             .expect("a valid response");
     };
+    // What an echo service would hand back: the upgrade request's credentials, in the 101's
+    // headers and (for the text message `echo-credentials`) in a message.
+    let credentials: Vec<String> = CREDENTIAL_HEADERS
+        .iter()
+        .flat_map(|name| headers.get_all(*name).iter())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    let echoed_in_101 = credentials.join(", ");
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
@@ -772,6 +782,12 @@ fn websocket(req: &mut Request<Incoming>, seen: Arc<Seen>) -> Response<Body> {
                     _ => continue,
                 };
                 seen.websocket.lock().unwrap().push(seen_as);
+                let msg = match &msg {
+                    Message::Text(text) if text.as_str() == "echo-credentials" => {
+                        Message::text(format!("credentials: {}", credentials.join(", ")))
+                    }
+                    _ => msg,
+                };
                 if ws.send(msg).await.is_err() {
                     break;
                 }
@@ -785,6 +801,11 @@ fn websocket(req: &mut Request<Incoming>, seen: Arc<Seen>) -> Response<Body> {
         .header(hyper::header::CONNECTION, "upgrade")
         .header(hyper::header::UPGRADE, "websocket")
         .header("sec-websocket-accept", derive_accept_key(&key))
+        .header(
+            "x-echo-credentials",
+            hyper::header::HeaderValue::from_str(&echoed_in_101)
+                .unwrap_or(hyper::header::HeaderValue::from_static("")),
+        )
         .body(whole(Bytes::new()))
         .expect("a valid 101 response")
 }

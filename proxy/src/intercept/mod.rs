@@ -44,6 +44,7 @@ mod scope;
 mod server;
 pub(crate) mod sigv4;
 pub(crate) mod upstream;
+mod ws;
 
 pub(crate) use self::server::serve;
 pub(crate) use self::upstream::client_roots;

@@ -77,7 +77,7 @@ impl Needles {
     }
 
     /// `bytes` with every form replaced by [`MARKER`], and how many there were.
-    fn replace_all(&self, bytes: &[u8]) -> (Vec<u8>, usize) {
+    pub(crate) fn replace_all(&self, bytes: &[u8]) -> (Vec<u8>, usize) {
         let mut out = Vec::with_capacity(bytes.len());
         let mut count = 0;
         let mut last = 0;
@@ -92,7 +92,7 @@ impl Needles {
     }
 
     /// The length of the longest tail of `bytes` that is a proper prefix of some form.
-    fn partial_tail(&self, bytes: &[u8]) -> usize {
+    pub(crate) fn partial_tail(&self, bytes: &[u8]) -> usize {
         self.forms
             .iter()
             .map(|form| partial_tail(bytes, form))

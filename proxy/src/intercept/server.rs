@@ -349,11 +349,15 @@ impl Conn {
                     body = injected;
                     reflected = Some(secret);
                     set_headers(rule, &mut parts.headers);
-                    // Redaction reads what the agent will read: an uncompressed answer.
+                    // Redaction reads what the agent will read: an uncompressed answer, and
+                    // WebSocket frames without a compression extension.
                     parts.headers.insert(
                         hyper::header::ACCEPT_ENCODING,
                         HeaderValue::from_static("identity"),
                     );
+                    parts
+                        .headers
+                        .remove(hyper::header::SEC_WEBSOCKET_EXTENSIONS);
                 }
                 Err(e) => {
                     let (status, message, retryable) = e.response();
@@ -371,6 +375,25 @@ impl Conn {
             {
                 parts.headers.remove(name.as_str());
             }
+        }
+        if reflected.is_some()
+            && upgrade.is_some()
+            && !parts
+                .headers
+                .get(UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+        {
+            let reason = "only WebSocket upgrades are allowed where a credential is injected \
+                          (another protocol could not be checked for the token)";
+            let credential = pending.rec.credential.clone();
+            return self.refuse(
+                pending,
+                StatusCode::BAD_REQUEST,
+                reason,
+                credential.as_deref(),
+                false,
+            );
         }
         let upstream = match spiffe {
             Some((_, route)) => &route.upstream,
@@ -441,6 +464,14 @@ impl Conn {
         {
             // The record follows the upgraded connection: written when the relay ends, with
             // its bytes and duration. The relay stops after the idle timeout like any other.
+            // With a credential injected, the 101's headers and the server's frames are
+            // scrubbed of the token too (ws.rs).
+            let needles = reflected
+                .as_ref()
+                .and_then(|s| super::redact::Needles::new(s.expose().as_bytes()));
+            if let Some(needles) = &needles {
+                super::redact::headers(resp.headers_mut(), needles);
+            }
             let upstream_side = hyper::upgrade::on(&mut resp);
             let idle = self.proxy.config.timeouts.idle;
             tokio::spawn(async move {
@@ -450,9 +481,15 @@ impl Conn {
                     pending.rec.reason = "the upgrade did not complete".to_owned();
                     return;
                 };
-                let (mut client_io, mut upstream_io) =
-                    (TokioIo::new(client_io), TokioIo::new(upstream_io));
-                let out = relay(&mut client_io, &mut upstream_io, &[], idle).await;
+                let mut client_io = TokioIo::new(client_io);
+                let out = match needles {
+                    Some(needles) => {
+                        let mut upstream_io =
+                            super::ws::ScrubbedWs::new(TokioIo::new(upstream_io), needles);
+                        relay(&mut client_io, &mut upstream_io, &[], idle).await
+                    }
+                    None => relay(&mut client_io, &mut TokioIo::new(upstream_io), &[], idle).await,
+                };
                 pending.add_relayed(out.bytes_up, out.bytes_down);
                 if let Some(end) = out.end.describe() {
                     pending.rec.reason = format!("intercepted upgrade; {end}");

@@ -969,7 +969,8 @@ mod https {
         Ok(())
     }
 
-    /// `websocket URL MESSAGE`: `status` of the handshake, `echo` (the first text message
+    /// `websocket URL MESSAGE`: `status` of the handshake, `echoed_in_101` (a test
+    /// upstream's `x-echo-credentials`), `echo` (the first text message
     /// back).
     pub(super) fn websocket(url: &str, message: &str) -> Json {
         let mut out = Json::new("websocket", url);
@@ -989,6 +990,9 @@ mod https {
             .await
             .map_err(at("handshake"))?;
         out.raw("status", &resp.status().as_u16().to_string());
+        if let Some(echoed) = resp.headers().get("x-echo-credentials") {
+            out.field("echoed_in_101", &String::from_utf8_lossy(echoed.as_bytes()));
+        }
         ws.send(Message::text(message)).await.map_err(at("send"))?;
         loop {
             match ws.next().await {
