@@ -447,6 +447,24 @@ pub fn log_filter() -> Option<String> {
     std::env::var("EGRESSD_LOG").ok()
 }
 
+/// The host (port dropped) of `GITHUB_SERVER_URL`, unless it is github.com: `GH_HOST` for
+/// `gh` and the Copilot CLI on a GHE.com tenant or a GHES server (as AWF sets it), which
+/// otherwise ask api.github.com.
+pub fn gh_host(github: Option<&egressd_config::github::GitHubEnv>) -> Option<String> {
+    let url = github?.server_url.as_deref()?.trim();
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    let host = rest
+        .split('/')
+        .next()?
+        .split(':')
+        .next()?
+        .to_ascii_lowercase();
+    (!host.is_empty() && host != "github.com").then_some(host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{is_scrubbed, looks_secret};
@@ -539,22 +557,4 @@ mod tests {
             assert!(!is_scrubbed(name), "{name} must be kept");
         }
     }
-}
-
-/// The host (port dropped) of `GITHUB_SERVER_URL`, unless it is github.com: `GH_HOST` for
-/// `gh` and the Copilot CLI on a GHE.com tenant or a GHES server (as AWF sets it), which
-/// otherwise ask api.github.com.
-pub fn gh_host(github: Option<&egressd_config::github::GitHubEnv>) -> Option<String> {
-    let url = github?.server_url.as_deref()?.trim();
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .unwrap_or(url);
-    let host = rest
-        .split('/')
-        .next()?
-        .split(':')
-        .next()?
-        .to_ascii_lowercase();
-    (!host.is_empty() && host != "github.com").then_some(host)
 }
