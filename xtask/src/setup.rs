@@ -3,12 +3,27 @@
 //! Checks, in order: root, a cgroup v2 mount, the nightly toolchain with `rust-src`,
 //! `bpf-linker` (built against the nightly's own LLVM, as `shared/TOOLCHAIN.md` describes,
 //! because Debian 12 has no LLVM new enough), `cargo-fuzz` (the runner of the libFuzzer
-//! targets in `fuzz/`), and the Debian packages the tests call (`ip`, `curl`, `ping`, `python3`, `script`, CA
-//! certificates). Whatever is present is left alone, so a second run
-//! takes well under a second. Not being root or lacking cgroup v2 is reported, not fatal:
-//! building works without them; only the privileged tests need them.
+//! targets in `fuzz/`), the Debian packages the tests call (`ip`, `curl`, `ping`, `python3`, `script`, CA
+//! certificates, `npm`), and the clients the e2e tests run as uid 65534 under
+//! `/opt/egressd-tests` (every directory 0755, every file world-readable):
+//!
+//! * `/opt/egressd-tests/copilot`: GitHub's Copilot CLI, npm `@github/copilot`
+//!   [`COPILOT_CLI_VERSION`] (`npm install --prefix`); its native binary is
+//!   `node_modules/@github/copilot-linux-x64/copilot`, and the package it bundles is extracted
+//!   once into `pkg-cache/` (tests point `COPILOT_PKG_CACHE_HOME` there, so a run with a fresh
+//!   `HOME` does not unpack 235 MB again). What the CLI sends: `tests/captures/`.
+//! * `/opt/egressd-tests/venv`: a Python venv (from `/usr/bin/python3`) with the SDKs in
+//!   [`PYTHON_PACKAGES`], pinned.
+//!
+//! Whatever is present is left alone, so a second run takes well under a second. Not being
+//! root or lacking cgroup v2 is reported, not fatal: building works without them; only the
+//! privileged tests need them.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -18,7 +33,8 @@ use crate::shell::{Shell, output, run as run_cmd, say, succeeds};
 /// Options of `cargo xtask setup`.
 #[derive(Debug, Args)]
 pub struct Options {
-    /// Do not install Debian packages, only report the missing ones.
+    /// Do not install Debian packages nor the test clients under /opt/egressd-tests (npm,
+    /// PyPI), only report the missing ones.
     #[arg(long)]
     pub no_apt: bool,
 }
@@ -31,6 +47,27 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// The cargo-fuzz release `cargo xtask fuzz` was written against.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// The GitHub Copilot CLI release the e2e tests run (npm `@github/copilot`; the capture of
+/// what it sends is `tests/captures/copilot-cli-1.0.102.md`).
+const COPILOT_CLI_VERSION: &str = "1.0.102";
+
+/// Root of the clients the e2e tests run as uid 65534 (so: outside `/root`, mode 0755).
+const TEST_CLIENTS: &str = "/opt/egressd-tests";
+
+/// `npm install --prefix` directory of the Copilot CLI.
+const COPILOT_DIR: &str = "/opt/egressd-tests/copilot";
+
+/// The venv with the Python SDKs of [`PYTHON_PACKAGES`].
+const TEST_VENV: &str = "/opt/egressd-tests/venv";
+
+/// PyPI packages of [`TEST_VENV`], pinned: the SDKs whose requests the e2e tests send through
+/// egressd's credential injection.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("openai", "3.63.0"),
+    ("anthropic", "2.17.0"),
+    ("boto3", "1.44.18"),
+];
 
 /// Commands the tests run, and the Debian package providing each.
 const TOOLS: &[(&str, &str)] = &[
@@ -50,6 +87,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("script", "bsdutils"),
     ("setpriv", "util-linux"),
     ("ipcmk", "util-linux"),
+    // Installs the Copilot CLI (the CLI itself is a native binary with its own Node).
+    ("npm", "npm"),
 ];
 
 /// The CA bundle `ca-certificates` installs (curl and the proxy's upstream verification use it).
@@ -63,6 +102,8 @@ pub fn run(opts: &Options) -> Result<()> {
     ensure_bpf_linker(&sh)?;
     ensure_cargo_fuzz(&sh)?;
     ensure_packages(&sh, opts.no_apt)?;
+    ensure_copilot_cli(&sh, opts.no_apt)?;
+    ensure_test_venv(&sh, opts.no_apt)?;
     say!("setup: all set");
     Ok(())
 }
@@ -278,7 +319,7 @@ fn ensure_packages(sh: &Shell, no_apt: bool) -> Result<()> {
     if missing.is_empty() {
         say!(
             "test tools (ip, curl, ping, openssl, nft, systemd-analyze, node, python3, script, \
-             setpriv, ipcmk, CA certificates): present"
+             setpriv, ipcmk, npm, CA certificates): present"
         );
         return Ok(());
     }
@@ -302,6 +343,208 @@ fn ensure_packages(sh: &Shell, no_apt: bool) -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Why the test clients under [`TEST_CLIENTS`] cannot be installed now, if they cannot.
+fn cannot_install_clients(no_apt: bool) -> Option<&'static str> {
+    if no_apt {
+        Some("--no-apt")
+    } else if !is_root() {
+        Some("not root")
+    } else {
+        None
+    }
+}
+
+/// A directory (and its missing parents) with mode 0755, so uid 65534 can read below it.
+fn make_dir_0755(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut d = Some(dir);
+    while let Some(p) = d.filter(|p| p.starts_with(TEST_CLIENTS)) {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod 0755 {}", p.display()))?;
+        d = p.parent();
+    }
+    Ok(())
+}
+
+/// Everything under `dir` readable (and directories searchable) by every user, whatever
+/// root's umask was when npm or pip wrote it.
+fn make_world_readable(sh: &Shell, dir: &Path) -> Result<()> {
+    run_cmd(sh.cmd("chmod").arg("-R").arg("a+rX").arg(dir))
+}
+
+/// The Copilot CLI's native binary (a Node single-executable application: no system Node
+/// needed to run it).
+fn copilot_binary() -> PathBuf {
+    Path::new(COPILOT_DIR).join("node_modules/@github/copilot-linux-x64/copilot")
+}
+
+/// The marker the CLI's loader writes when its bundled package is fully extracted.
+fn copilot_extracted_marker() -> PathBuf {
+    Path::new(COPILOT_DIR).join(format!(
+        "pkg-cache/pkg/linux-x64/{COPILOT_CLI_VERSION}/.extraction-complete"
+    ))
+}
+
+/// The installed `@github/copilot` version, if any.
+fn installed_copilot_version() -> Option<String> {
+    let manifest = fs::read_to_string(
+        Path::new(COPILOT_DIR).join("node_modules/@github/copilot/package.json"),
+    )
+    .ok()?;
+    // `"version": "1.0.102",` — no JSON parser in xtask for one field.
+    manifest.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("\"version\":")?;
+        Some(
+            rest.trim()
+                .trim_end_matches(',')
+                .trim_matches('"')
+                .to_owned(),
+        )
+    })
+}
+
+/// `@github/copilot` [`COPILOT_CLI_VERSION`] in [`COPILOT_DIR`], and its bundled package
+/// extracted into `pkg-cache/` (the loader's `COPILOT_SEA_EXTRACT_ONLY` mode: no network).
+fn ensure_copilot_cli(sh: &Shell, no_apt: bool) -> Result<()> {
+    let version_ok = installed_copilot_version().as_deref() == Some(COPILOT_CLI_VERSION);
+    if version_ok && copilot_binary().is_file() && copilot_extracted_marker().is_file() {
+        say!("Copilot CLI {COPILOT_CLI_VERSION}: present ({COPILOT_DIR})");
+        return Ok(());
+    }
+    if let Some(why) = cannot_install_clients(no_apt) {
+        say!(
+            "warning: the Copilot CLI {COPILOT_CLI_VERSION} is not installed in {COPILOT_DIR} \
+             ({why}); run `sudo cargo xtask setup` (the Copilot e2e tests need it)"
+        );
+        return Ok(());
+    }
+    if sh.which("npm").is_none() {
+        bail!("npm is not on PATH; install it (`apt-get install npm`) and run setup again");
+    }
+    let dir = Path::new(COPILOT_DIR);
+    make_dir_0755(dir)?;
+    if !version_ok || !copilot_binary().is_file() {
+        say!(
+            "installing the Copilot CLI @github/copilot@{COPILOT_CLI_VERSION} into {COPILOT_DIR}..."
+        );
+        run_cmd(sh.cmd("npm").arg("install").arg("--prefix").arg(dir).args([
+            "--no-audit",
+            "--no-fund",
+            "--save-exact",
+            "--loglevel=error",
+            &format!("@github/copilot@{COPILOT_CLI_VERSION}"),
+        ]))
+        .context("installing the Copilot CLI from npm")?;
+        if !copilot_binary().is_file() {
+            bail!(
+                "npm installed @github/copilot but not its linux-x64 binary ({}): is this an \
+                 x86_64 glibc machine?",
+                copilot_binary().display()
+            );
+        }
+    }
+    // A fresh directory each time: the loader refuses to extract into a non-empty one.
+    let cache = dir.join("pkg-cache");
+    let _ = fs::remove_dir_all(&cache);
+    say!(
+        "extracting the Copilot CLI's bundled package into {}...",
+        cache.display()
+    );
+    run_cmd(
+        sh.cmd(copilot_binary())
+            .arg("--binary-version")
+            .env("COPILOT_SEA_EXTRACT_ONLY", "1")
+            .env("COPILOT_PKG_CACHE_HOME", &cache),
+    )
+    .context("extracting the Copilot CLI's bundled package")?;
+    if !copilot_extracted_marker().is_file() {
+        bail!(
+            "the Copilot CLI did not extract its package ({} is missing)",
+            copilot_extracted_marker().display()
+        );
+    }
+    make_world_readable(sh, dir)?;
+    say!("Copilot CLI {COPILOT_CLI_VERSION}: installed");
+    Ok(())
+}
+
+/// The `name==version` of every package of [`PYTHON_PACKAGES`].
+fn python_pins() -> Vec<String> {
+    PYTHON_PACKAGES
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect()
+}
+
+/// Whether [`TEST_VENV`] holds exactly the pinned versions.
+fn venv_matches(sh: &Shell) -> bool {
+    let python = Path::new(TEST_VENV).join("bin/python");
+    if !python.is_file() {
+        return false;
+    }
+    let names: Vec<&str> = PYTHON_PACKAGES.iter().map(|(n, _)| *n).collect();
+    let script = format!(
+        "import importlib.metadata as m\nfor n in {names:?}:\n    print(n + '==' + m.version(n))"
+    );
+    output(sh.cmd(python).arg("-c").arg(script))
+        .is_ok_and(|out| out.lines().map(str::trim).collect::<Vec<_>>() == python_pins())
+}
+
+/// [`TEST_VENV`], made by `/usr/bin/python3 -m venv` (installing `python3-venv` when Debian's
+/// python3 lacks it), with [`PYTHON_PACKAGES`] from PyPI.
+fn ensure_test_venv(sh: &Shell, no_apt: bool) -> Result<()> {
+    let pins = python_pins().join(" ");
+    if venv_matches(sh) {
+        say!("Python SDKs ({pins}): present ({TEST_VENV})");
+        return Ok(());
+    }
+    if let Some(why) = cannot_install_clients(no_apt) {
+        say!(
+            "warning: the Python SDKs ({pins}) are not installed in {TEST_VENV} ({why}); run \
+             `sudo cargo xtask setup` (the SDK e2e tests need them)"
+        );
+        return Ok(());
+    }
+    let venv = Path::new(TEST_VENV);
+    make_dir_0755(venv.parent().context("the venv has a parent")?)?;
+    if !venv.join("bin/pip").is_file() {
+        say!("making a Python venv at {TEST_VENV}...");
+        let made = || succeeds(sh.cmd("/usr/bin/python3").args(["-m", "venv"]).arg(venv));
+        if !made() {
+            // Debian's python3 has no venv module until python3-venv is installed.
+            if sh.which("apt-get").is_none() {
+                bail!(
+                    "/usr/bin/python3 cannot make a venv and there is no apt-get to install python3-venv"
+                );
+            }
+            say!("installing python3-venv...");
+            run_cmd(
+                sh.cmd("apt-get")
+                    .args(["install", "-y", "-q", "--no-install-recommends"])
+                    .args(["python3-venv", "python3-pip"])
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+            let _ = fs::remove_dir_all(venv);
+            if !made() {
+                bail!("could not create a Python venv at {TEST_VENV}");
+            }
+        }
+    }
+    say!("installing {pins} from PyPI into {TEST_VENV}...");
+    run_cmd(
+        sh.cmd(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(python_pins()),
+    )
+    .context("installing the Python SDKs")?;
+    make_world_readable(sh, venv)?;
+    if !venv_matches(sh) {
+        bail!("{TEST_VENV} does not hold {pins} after pip install");
+    }
+    say!("Python SDKs: installed");
+    Ok(())
 }
 
 #[cfg(test)]
