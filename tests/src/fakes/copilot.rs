@@ -1,17 +1,28 @@
 //! [`FakeCopilot`]: the GitHub API's Copilot endpoints (`reference/tokens.md` §4.1, §4.2, §8),
-//! and [`FakeCopilotApi`]: a Copilot API (`/models`, `/chat/completions`).
+//! and [`FakeCopilotApi`]: a Copilot API (`/models`, `/chat/completions`, `/responses`, MCP).
 //!
 //! Both share one state, so the API knows which Copilot tokens the exchange issued and which
-//! GitHub tokens are real.
+//! GitHub tokens are real. Both answer what GitHub's Copilot CLI needs to print a streamed
+//! answer (`tests/captures/copilot-cli-1.0.102.md`; the shapes are in `copilot_cli.rs`), so
+//! the real CLI can run against them: the GitHub API on loopback for egressd's broker, and
+//! inside an [`UpstreamNet`] ([`FakeCopilot::serve_github_api`]) for a sandboxed CLI.
+
+#[path = "copilot_cli.rs"]
+mod cli;
 
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
+
+pub use cli::FAKE_MODEL_ANSWER;
 
 use super::{FakeServer, Request, Response, json, unix_now};
 use crate::{TestCa, UpstreamNet};
@@ -50,10 +61,44 @@ pub struct ApiCall {
     pub status: u16,
     /// What the token was: `"copilot"` (issued by the exchange), `"github"`, or `""`.
     pub token_kind: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// Every `User-Agent` value received.
+    pub user_agent: Vec<String>,
+    /// The JSON body's `model`, if any (`/chat/completions`, `/responses`).
+    pub model: Option<String>,
+    /// Whether the JSON body asked for `"stream": true` (answered with server-sent events).
+    pub stream: bool,
+    /// The JSON-RPC `method` of an MCP request (`initialize`, `tools/list`...).
+    pub rpc_method: Option<String>,
+}
+
+/// One request to the GitHub API side (the loopback server or one from
+/// [`FakeCopilot::serve_github_api`]), as the fake saw it: which credential reached GitHub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitHubCall {
+    /// The `Host` header without a port (`127.0.0.1` for the loopback server,
+    /// `api.github.com`... for the ones in the upstream namespace).
+    pub host: String,
+    /// `GET`, `POST`...
+    pub method: String,
+    /// The path as received (with the `/api/v3` prefix when one was used).
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// Every `Authorization` value received (`Bearer`, `bearer` and `token` all occur: the
+    /// CLI uses each on some endpoint).
+    pub authorization: Vec<String>,
+    /// Every `User-Agent` value received.
+    pub user_agent: Vec<String>,
+    /// The status answered.
+    pub status: u16,
 }
 
 /// The GitHub API side on `https://127.0.0.1:PORT` (path-style prefixes such as `/api/v3`
-/// are accepted, as on GHES).
+/// are accepted, as on GHES), and in an [`UpstreamNet`] through
+/// [`serve_github_api`](Self::serve_github_api). Every answer carries `X-GitHub-Request-Id`
+/// (the CLI takes an error status without one for a proxy's or firewall's).
 ///
 /// * `GET .../copilot_internal/v2/token` with `Authorization: token|Bearer <GitHub token>`:
 ///   `github_pat_` tokens get `403 "Resource not accessible by personal access token"`, as on
@@ -62,7 +107,20 @@ pub struct ApiCall {
 ///   GHES; unknown tokens get `401 "Bad credentials"`; known ones get
 ///   `{"token","expires_at","refresh_in","endpoints":{"api":..}, ...}` (1800 s / 1500 s unless
 ///   set).
-/// * `GET .../copilot_internal/user` with a known GitHub token: the plan and `endpoints.api`.
+/// * `GET .../copilot_internal/user`: the plan, `endpoints.api` (where the CLI sends every
+///   Copilot API call) and `endpoints.telemetry`.
+/// * `GET .../copilot_internal/managed_settings` and `.../copilot_internal/team_customizations`:
+///   `404 Not Found` (no policy, no team customizations: the CLI goes on);
+///   `GET .../copilot/mcp_registry`: `{"mcp_registries":[]}`.
+/// * `GET .../repos/github/copilot-cli/releases`: `[]` without a token or with a known one
+///   (the CLI's release lookup; no update is offered).
+/// * GHES technical preview: `GET /_copilot_proxy_config` and
+///   `POST /_copilot_proxy/chat/completions` (`COPILOT_PROVIDER_GHES_HOST`).
+///
+/// On every authenticated route, no `Authorization` gets `401 "Requires authentication"` and
+/// an unknown token `401 {"message":"Bad credentials","documentation_url":
+/// "https://docs.github.com/rest","status":"401"}`, as GitHub answers. Every request is
+/// recorded ([`github_calls`](Self::github_calls)).
 pub struct FakeCopilot {
     server: FakeServer,
     state: Arc<State>,
@@ -70,20 +128,42 @@ pub struct FakeCopilot {
 
 /// The Copilot API inside an [`UpstreamNet`], on `ADDR:443` with a certificate for its names.
 ///
-/// `GET .../models` and `POST .../chat/completions`: `400 missing required
-/// Copilot-Integration-Id header` without that header; a Copilot token of the exchange must be
+/// `GET .../models`, `POST .../chat/completions` and `POST .../responses`: `400 missing
+/// required Copilot-Integration-Id header` without that header. On those and on the other
+/// authenticated routes (MCP, `/agents/...`), a Copilot token of the exchange must be
 /// `Bearer`; a GitHub token must carry the scheme its type and this host require
 /// (`github_pat_`, `ghs_`: `Bearer`; `gho_`, `ghu_`: `token` on
 /// `api.enterprise.githubcopilot.com`, `api.business.githubcopilot.com` and
 /// `copilot-api.*.ghe.com`, `Bearer` elsewhere), else `400 Authorization header is badly
-/// formatted`; any other token gets `401`.
+/// formatted`; any other token gets `401`. (The real CLI itself sends `Bearer` everywhere;
+/// the scheme check judges what egressd injects.)
+///
+/// Answers, as the CLI needs them: `/models` the catalogue of `copilot_cli.rs` (gpt-5-mini,
+/// which the CLI picks, and gpt-4.1); `/chat/completions` and `/responses` with
+/// `"stream": true` server-sent events carrying [`FAKE_MODEL_ANSWER`] (without: one JSON
+/// answer); `/mcp/readonly` a minimal MCP server with no tools (`GET` 405, `DELETE` 200);
+/// `/agents/swe/internal/memory/v0/enabled` `{"enabled":false}`; `POST /telemetry` (no
+/// credential needed) `200`. Everything else is `404`. Every request is recorded
+/// ([`calls`](Self::calls)).
 pub struct FakeCopilotApi {
     server: FakeServer,
     state: Arc<State>,
 }
 
+/// The GitHub API of [`FakeCopilot`] served in an [`UpstreamNet`] on `ADDR:443` with a
+/// certificate for its names (`api.github.com`, `api.acme.ghe.com`, `git.corp`...), so that
+/// a sandboxed client reaches it through egressd. Same state and answers as the loopback
+/// server.
+pub struct FakeGitHubApi {
+    server: FakeServer,
+    state: Arc<State>,
+    names: Vec<String>,
+}
+
 struct State {
     inner: Mutex<Inner>,
+    /// Numbers the `X-GitHub-Request-Id` of each answer.
+    requests: AtomicU64,
 }
 
 struct Inner {
@@ -92,10 +172,16 @@ struct Inner {
     expires_in: u64,
     refresh_in: u64,
     api_endpoint: String,
+    /// `endpoints.telemetry` of `/copilot_internal/user`: `None` derives it from
+    /// `api_endpoint`, `Some(None)` leaves it out.
+    telemetry_endpoint: Option<Option<String>>,
+    /// GitHub tokens are also accepted with `Bearer` where their type asks for `token`.
+    bearer_everywhere: bool,
     /// Copilot token -> expires_at.
     issued: HashMap<String, u64>,
     exchanges: Vec<ExchangeCall>,
     api_calls: Vec<ApiCall>,
+    github_calls: Vec<GitHubCall>,
     user_calls: usize,
 }
 
@@ -110,11 +196,15 @@ impl FakeCopilot {
                 expires_in: 1800,
                 refresh_in: 1500,
                 api_endpoint: "https://api.individual.githubcopilot.com".to_owned(),
+                telemetry_endpoint: None,
+                bearer_everywhere: false,
                 issued: HashMap::new(),
                 exchanges: Vec::new(),
                 api_calls: Vec::new(),
+                github_calls: Vec::new(),
                 user_calls: 0,
             }),
+            requests: AtomicU64::new(0),
         });
         let handler_state = Arc::clone(&state);
         let server = FakeServer::start(
@@ -148,6 +238,33 @@ impl FakeCopilot {
         }
     }
 
+    /// Serves this GitHub API (same tokens, same records) on `addr:443` in `net` too, with a
+    /// certificate for `names` (`api.github.com`; `api.acme.ghe.com` for a GHE.com tenant;
+    /// `git.corp` for GHES, whose API is under `/api/v3`), for a sandboxed Copilot CLI that
+    /// reaches GitHub through egressd (give egressd `--resolve NAME:ADDR` for each name).
+    pub fn serve_github_api(
+        &self,
+        ca: &TestCa,
+        net: &UpstreamNet,
+        addr: impl Into<IpAddr>,
+        names: &[&str],
+    ) -> FakeGitHubApi {
+        let handler_state = Arc::clone(&self.state);
+        let server = FakeServer::start_in_net(
+            ca,
+            "github-api-net",
+            Arc::new(move |req| handler_state.github_api(&req)),
+            net,
+            SocketAddr::new(addr.into(), 443),
+            names,
+        );
+        FakeGitHubApi {
+            server,
+            state: Arc::clone(&self.state),
+            names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        }
+    }
+
     /// `https://127.0.0.1:PORT` (what `GITHUB_API_URL` or `api_url` should say).
     pub fn api_url(&self) -> String {
         self.server.base_url()
@@ -176,6 +293,24 @@ impl FakeCopilot {
         url.clone_into(&mut self.lock().api_endpoint);
     }
 
+    /// The `endpoints.telemetry` of `/copilot_internal/user` from now on: `None` leaves it
+    /// out (the CLI then sends no telemetry). Until this is called it follows
+    /// `endpoints.api` the way GitHub names its hosts (`https://api.X.githubcopilot.com` ->
+    /// `https://telemetry.X.githubcopilot.com`, `https://copilot-api.T.ghe.com` ->
+    /// `https://copilot-telemetry-service.T.ghe.com`).
+    pub fn set_telemetry_endpoint(&self, url: Option<&str>) {
+        self.lock().telemetry_endpoint = Some(url.map(str::to_owned));
+    }
+
+    /// With `true`, the Copilot API also accepts a GitHub token with `Bearer` on the hosts
+    /// where its type otherwise needs `token` (`gho_`/`ghu_` on
+    /// `api.business.githubcopilot.com`, `api.enterprise.githubcopilot.com`,
+    /// `copilot-api.*.ghe.com`): the real Copilot CLI sends `Bearer` everywhere, so a control
+    /// run of the CLI straight against the fakes (no egressd choosing the scheme) needs this.
+    pub fn accept_bearer_everywhere(&self, on: bool) {
+        self.lock().bearer_everywhere = on;
+    }
+
     /// Every exchange request so far.
     pub fn exchanges(&self) -> Vec<ExchangeCall> {
         self.lock().exchanges.clone()
@@ -186,9 +321,15 @@ impl FakeCopilot {
         self.lock().issued.contains_key(token)
     }
 
-    /// How many `/copilot_internal/user` requests were answered.
+    /// How many `/copilot_internal/user` requests were answered `200`.
     pub fn user_calls(&self) -> usize {
         self.lock().user_calls
+    }
+
+    /// Every request the GitHub API side received (loopback and in-namespace servers), in
+    /// order: which `Authorization` values reached GitHub.
+    pub fn github_calls(&self) -> Vec<GitHubCall> {
+        self.lock().github_calls.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -200,6 +341,24 @@ impl FakeCopilotApi {
     /// Every request the Copilot API received, in order.
     pub fn calls(&self) -> Vec<ApiCall> {
         self.state.inner.lock().unwrap().api_calls.clone()
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+}
+
+impl FakeGitHubApi {
+    /// The requests that reached this server (their `Host` is one of its names), in order.
+    pub fn calls(&self) -> Vec<GitHubCall> {
+        let inner = self.state.inner.lock().unwrap();
+        inner
+            .github_calls
+            .iter()
+            .filter(|c| self.names.contains(&c.host))
+            .cloned()
+            .collect()
     }
 
     /// The address it listens on.
@@ -230,6 +389,19 @@ fn all(req: &Request, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `Host` header, lower case, without a port.
+fn host(req: &Request) -> String {
+    let host = req
+        .headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    host.split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
 /// The scheme a GitHub token needs at `host` (tokens.md §4.5, both reported behaviours).
 fn required_scheme(token: &str, host: &str) -> &'static str {
     if token.starts_with("github_pat_") || token.starts_with("ghs_") {
@@ -248,32 +420,194 @@ fn required_scheme(token: &str, host: &str) -> &'static str {
     }
 }
 
-impl State {
-    fn github_api(&self, req: &Request) -> Response {
-        if req.method != Method::GET {
-            return message(StatusCode::NOT_FOUND, "Not Found");
+/// Who calls the GitHub API.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// A GitHub token the fake knows.
+    Known,
+    /// No `Authorization`.
+    Anonymous,
+    /// Any other credential.
+    Unknown,
+}
+
+/// What a Copilot API request asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Models,
+    Chat,
+    Responses,
+    Mcp,
+    Memory,
+    Telemetry,
+    Unknown,
+}
+
+impl Route {
+    fn of(req: &Request) -> Self {
+        let (method, path) = (&req.method, req.path.as_str());
+        if *method == Method::GET && path.ends_with("/models") {
+            Self::Models
+        } else if *method == Method::POST && path.ends_with("/chat/completions") {
+            Self::Chat
+        } else if *method == Method::POST && path.ends_with("/responses") {
+            Self::Responses
+        } else if path.ends_with("/mcp/readonly") {
+            Self::Mcp
+        } else if *method == Method::GET && path.ends_with("/agents/swe/internal/memory/v0/enabled")
+        {
+            Self::Memory
+        } else if *method == Method::POST && path.ends_with("/telemetry") {
+            Self::Telemetry
+        } else {
+            Self::Unknown
         }
-        if req.path.ends_with("/copilot_internal/v2/token") {
+    }
+
+    /// Model routes require `Copilot-Integration-Id`.
+    fn needs_integration_id(self) -> bool {
+        matches!(self, Self::Models | Self::Chat | Self::Responses)
+    }
+}
+
+/// The JSON body's `model` and `stream`.
+fn model_and_stream(req: &Request) -> (Option<String>, bool) {
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    (
+        body["model"].as_str().map(str::to_owned),
+        body["stream"].as_bool().unwrap_or(false),
+    )
+}
+
+/// The answer of a model route (`Chat`, `Responses`); `host` names the non-streamed chat
+/// answer ("hello from HOST").
+fn model_answer(route: Route, req: &Request, host: &str) -> Response {
+    let (model, stream) = model_and_stream(req);
+    match (route, stream) {
+        (Route::Chat, true) => {
+            cli::sse(cli::chat_stream(model.as_deref().unwrap_or(cli::CLI_MODEL)))
+        }
+        (Route::Responses, true) => cli::sse(cli::responses_stream(
+            model.as_deref().unwrap_or(cli::CLI_MODEL),
+        )),
+        (Route::Responses, false) => json(
+            StatusCode::OK,
+            &cli::responses_json(model.as_deref().unwrap_or(cli::CLI_MODEL)),
+        ),
+        _ => json(
+            StatusCode::OK,
+            &json!({
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "model": "gpt-4.1",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("hello from {host}")}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14,
+                          "prompt_tokens_details": {"cached_tokens": 2}},
+            }),
+        ),
+    }
+}
+
+/// The GitHub API path without a GHES `/api/v3` prefix.
+fn rest_path(path: &str) -> &str {
+    path.strip_prefix("/api/v3").unwrap_or(path)
+}
+
+impl State {
+    /// Adds `X-GitHub-Request-Id`, as every GitHub and Copilot API answer has.
+    fn stamp(&self, mut response: Response) -> Response {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        response.headers_mut().insert(
+            "x-github-request-id",
+            format!("FAKE:{n:08X}")
+                .parse()
+                .expect("a valid header value"),
+        );
+        response
+    }
+
+    fn github_api(&self, req: &Request) -> Response {
+        let response = self.github_route(req);
+        self.inner.lock().unwrap().github_calls.push(GitHubCall {
+            host: host(req),
+            method: req.method.to_string(),
+            path: req.path.clone(),
+            query: req.query.clone(),
+            authorization: all(req, "authorization"),
+            user_agent: all(req, "user-agent"),
+            status: response.status().as_u16(),
+        });
+        self.stamp(response)
+    }
+
+    fn github_route(&self, req: &Request) -> Response {
+        let path = rest_path(&req.path);
+        if req.method == Method::GET && path.ends_with("/copilot_internal/v2/token") {
             return self.exchange(req);
         }
-        if req.path.ends_with("/copilot_internal/user") {
-            let mut inner = self.inner.lock().unwrap();
-            let known = authorization(req).is_some_and(|(_, t)| inner.github_tokens.contains(&t));
-            if !known {
-                return message(StatusCode::UNAUTHORIZED, "Bad credentials");
-            }
-            inner.user_calls += 1;
-            return json(
-                StatusCode::OK,
-                &json!({
-                    "copilot_plan": "business",
-                    "chat_enabled": true,
-                    "organization_login_list": ["octo-org"],
-                    "endpoints": {"api": inner.api_endpoint},
-                }),
-            );
+        let caller = self.caller(req);
+        // The release lookup of the CLI's updater: public, so no token is fine; a bad one is
+        // not (GitHub checks any token it is given).
+        if req.method == Method::GET && path.starts_with("/repos/github/copilot-cli/releases") {
+            return match caller {
+                Caller::Unknown => message(StatusCode::UNAUTHORIZED, "Bad credentials"),
+                Caller::Known | Caller::Anonymous => json(StatusCode::OK, &json!([])),
+            };
         }
-        message(StatusCode::NOT_FOUND, "Not Found")
+        let known = |answer: &dyn Fn() -> Response| match caller {
+            Caller::Known => answer(),
+            Caller::Anonymous => message(StatusCode::UNAUTHORIZED, "Requires authentication"),
+            Caller::Unknown => message(StatusCode::UNAUTHORIZED, "Bad credentials"),
+        };
+        match (&req.method, path) {
+            (&Method::GET, p) if p.ends_with("/copilot_internal/user") => known(&|| {
+                let mut inner = self.inner.lock().unwrap();
+                inner.user_calls += 1;
+                let telemetry = match &inner.telemetry_endpoint {
+                    Some(set) => set.clone(),
+                    None => cli::telemetry_for(&inner.api_endpoint),
+                };
+                json(
+                    StatusCode::OK,
+                    &cli::user(&inner.api_endpoint, telemetry.as_deref()),
+                )
+            }),
+            (&Method::GET, p)
+                if p.ends_with("/copilot_internal/managed_settings")
+                    || p.ends_with("/copilot_internal/team_customizations") =>
+            {
+                known(&|| message(StatusCode::NOT_FOUND, "Not Found"))
+            }
+            (&Method::GET, p) if p.ends_with("/copilot/mcp_registry") => {
+                known(&|| json(StatusCode::OK, &json!({"mcp_registries": []})))
+            }
+            (&Method::GET, "/_copilot_proxy_config") => {
+                known(&|| json(StatusCode::OK, &cli::ghes_proxy_config()))
+            }
+            (&Method::POST, "/_copilot_proxy/chat/completions") => {
+                known(&|| model_answer(Route::Chat, req, &host(req)))
+            }
+            _ => message(StatusCode::NOT_FOUND, "Not Found"),
+        }
+    }
+
+    /// Whether the request carries a GitHub token the fake knows (scheme `token` or
+    /// `Bearer`, any case, as GitHub accepts).
+    fn caller(&self, req: &Request) -> Caller {
+        let Some((scheme, token)) = authorization(req) else {
+            return if req.headers.contains_key("authorization") {
+                Caller::Unknown
+            } else {
+                Caller::Anonymous
+            };
+        };
+        let known = (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
+            && self.inner.lock().unwrap().github_tokens.contains(&token);
+        if known {
+            Caller::Known
+        } else {
+            Caller::Unknown
+        }
     }
 
     fn exchange(&self, req: &Request) -> Response {
@@ -348,18 +682,31 @@ impl State {
     }
 
     fn copilot_api(&self, req: &Request) -> Response {
-        let host = req
-            .headers
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
-        let host = host
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+        let host = host(req);
+        let route = Route::of(req);
+        let (model, stream) = model_and_stream(req);
+        let rpc_method = (route == Route::Mcp)
+            .then(|| serde_json::from_slice::<Value>(&req.body).ok())
+            .flatten()
+            .and_then(|b| b["method"].as_str().map(str::to_owned));
         let mut inner = self.inner.lock().unwrap();
-        let (status, body, token_kind) = Self::judge(&inner, req, &host);
+        let (response, token_kind) = match route {
+            Route::Unknown => (
+                json(StatusCode::NOT_FOUND, &json!({"message": "Not Found"})),
+                "",
+            ),
+            Route::Telemetry => (
+                json(
+                    StatusCode::OK,
+                    &json!({"itemsReceived": 1, "itemsAccepted": 1, "errors": []}),
+                ),
+                "",
+            ),
+            _ => match Self::judge(&inner, req, route, &host) {
+                Err((status, text, kind)) => (json(status, &json!({"message": text})), kind),
+                Ok(kind) => (Self::answer(route, req, &host), kind),
+            },
+        };
         inner.api_calls.push(ApiCall {
             host,
             method: req.method.to_string(),
@@ -368,67 +715,106 @@ impl State {
             integration_id: all(req, "copilot-integration-id"),
             interaction_id: all(req, "x-interaction-id"),
             initiator: all(req, "x-initiator"),
-            status: status.as_u16(),
+            status: response.status().as_u16(),
             token_kind: token_kind.to_owned(),
+            query: req.query.clone(),
+            user_agent: all(req, "user-agent"),
+            model,
+            stream,
+            rpc_method,
         });
-        json(status, &body)
+        drop(inner);
+        self.stamp(response)
     }
 
-    fn judge(inner: &Inner, req: &Request, host: &str) -> (StatusCode, Value, &'static str) {
-        let bad = |text: &str| json!({"message": text});
-        let route = if req.method == Method::GET && req.path.ends_with("/models") {
-            "models"
-        } else if req.method == Method::POST && req.path.ends_with("/chat/completions") {
-            "chat"
-        } else {
-            return (StatusCode::NOT_FOUND, bad("Not Found"), "");
-        };
-        if req.headers.get("copilot-integration-id").is_none() {
-            return (
+    /// Who may call an authenticated route: `Ok(token kind)`, or the refusal
+    /// `(status, message, token kind)`.
+    fn judge(
+        inner: &Inner,
+        req: &Request,
+        route: Route,
+        host: &str,
+    ) -> Result<&'static str, (StatusCode, &'static str, &'static str)> {
+        if route.needs_integration_id() && req.headers.get("copilot-integration-id").is_none() {
+            return Err((
                 StatusCode::BAD_REQUEST,
-                bad("missing required Copilot-Integration-Id header"),
+                "missing required Copilot-Integration-Id header",
                 "",
-            );
+            ));
         }
         let Some((scheme, token)) = authorization(req) else {
-            return (StatusCode::UNAUTHORIZED, bad("unauthorized"), "");
+            return Err((StatusCode::UNAUTHORIZED, "unauthorized", ""));
         };
         let scheme = scheme.to_ascii_lowercase();
-        let kind = if let Some(&expires_at) = inner.issued.get(&token) {
+        if let Some(&expires_at) = inner.issued.get(&token) {
             if expires_at <= unix_now() {
-                return (StatusCode::UNAUTHORIZED, bad("token expired"), "copilot");
+                return Err((StatusCode::UNAUTHORIZED, "token expired", "copilot"));
             }
             if scheme != "bearer" {
-                return (
+                return Err((
                     StatusCode::BAD_REQUEST,
-                    bad("Authorization header is badly formatted"),
+                    "Authorization header is badly formatted",
                     "copilot",
-                );
+                ));
             }
-            "copilot"
+            Ok("copilot")
         } else if inner.github_tokens.contains(&token) {
-            if scheme != required_scheme(&token, host) {
-                return (
+            let lenient = inner.bearer_everywhere && scheme == "bearer";
+            if scheme != required_scheme(&token, host) && !lenient {
+                return Err((
                     StatusCode::BAD_REQUEST,
-                    bad("Authorization header is badly formatted"),
+                    "Authorization header is badly formatted",
                     "github",
-                );
+                ));
             }
-            "github"
+            Ok("github")
         } else {
-            return (StatusCode::UNAUTHORIZED, bad("unauthorized"), "");
-        };
-        let body = match route {
-            "models" => json!({"object": "list", "data": [{"id": "gpt-4.1", "object": "model"}]}),
-            _ => json!({
-                "id": "chatcmpl-fake",
-                "object": "chat.completion",
-                "model": "gpt-4.1",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("hello from {host}")}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14,
-                          "prompt_tokens_details": {"cached_tokens": 2}},
-            }),
-        };
-        (StatusCode::OK, body, kind)
+            Err((StatusCode::UNAUTHORIZED, "unauthorized", ""))
+        }
+    }
+
+    /// The answer of an authenticated route the caller may use.
+    fn answer(route: Route, req: &Request, host: &str) -> Response {
+        match route {
+            Route::Models => json(StatusCode::OK, &cli::models()),
+            Route::Chat | Route::Responses => model_answer(route, req, host),
+            Route::Memory => json(StatusCode::OK, &json!({"enabled": false})),
+            Route::Mcp if req.method == Method::POST => {
+                let (status, body, session) = cli::mcp(&req.body);
+                let mut response = match body {
+                    Some(body) => json(status, &body),
+                    None => {
+                        let mut r = json(status, &Value::Null);
+                        *r.body_mut() = http_body_util::Full::new(bytes::Bytes::new());
+                        r.headers_mut().remove(hyper::header::CONTENT_TYPE);
+                        r
+                    }
+                };
+                if let Some(session) = session {
+                    response.headers_mut().insert(
+                        "mcp-session-id",
+                        session.parse().expect("a valid header value"),
+                    );
+                }
+                response
+            }
+            // The session ends.
+            Route::Mcp if req.method == Method::DELETE => json(StatusCode::OK, &json!({})),
+            // GET: no server-initiated event stream (the MCP specification's answer is 405).
+            Route::Mcp => {
+                let mut r = json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &json!({"message": "Method Not Allowed"}),
+                );
+                r.headers_mut().insert(
+                    hyper::header::ALLOW,
+                    "POST, DELETE".parse().expect("a valid header value"),
+                );
+                r
+            }
+            Route::Telemetry | Route::Unknown => {
+                json(StatusCode::NOT_FOUND, &json!({"message": "Not Found"}))
+            }
+        }
     }
 }

@@ -32,6 +32,7 @@ mod copilot;
 mod entra;
 mod google_sts;
 mod jwt;
+mod models;
 mod oidc;
 mod workload_api;
 
@@ -54,8 +55,10 @@ use tokio_rustls::TlsAcceptor;
 pub use anthropic::{AnthropicCall, FakeAnthropicWif, FederationRule};
 pub use aws_sts::{AwsCall, AwsFailure, FakeAwsSts};
 pub use copilot::{ApiCall, ExchangeCall, FakeCopilot, FakeCopilotApi};
+pub use copilot::{FAKE_MODEL_ANSWER, FakeGitHubApi, GitHubCall};
 pub use entra::{EntraCall, Failure, FakeEntra, Fic};
 pub use google_sts::{FakeGoogleSts, GoogleCall, GoogleFailure};
+pub use models::{AwsKey, CHUNK_GAP, FakeModelApi, KeyLookup, ModelCall, TokenCheck, Vendor};
 pub use oidc::FakeOidc;
 pub use workload_api::{
     FakeWorkloadApi, IssuedSvid, SpiffeCa, X509Svid, X509SvidRequest, X509SvidResponse,
