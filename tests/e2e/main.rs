@@ -28,6 +28,7 @@ mod namespaces;
 mod nftables;
 mod provenance;
 mod resolve;
+mod sdks;
 mod spiffe;
 mod udp;
 
