@@ -781,9 +781,8 @@ impl Bedrock {
         let sts = Arc::new(FakeAwsSts::start(&s.ca, &oidc, "sts.amazonaws.com"));
         sts.add_role(ROLE, Some(SUBJECT));
         let issuer = Arc::clone(&sts);
-        // Keys STS minted (their secret stays inside the fake STS: the signature's form,
-        // scope, freshness and session token are checked), plus one long-term key the fake
-        // knows whole, for the control.
+        // Keys STS minted (the signature is recomputed with the minted secret, as AWS does),
+        // plus one long-term key the fake knows whole, for the control.
         let api = FakeModelApi::bedrock(
             &s.ca,
             &s.net,
@@ -799,7 +798,7 @@ impl Bedrock {
                 }
                 issuer.session_of(key_id).map(|(_, token)| AwsKey {
                     session_token: Some(token),
-                    secret_access_key: None,
+                    secret_access_key: issuer.secret_of(key_id),
                 })
             },
         );
@@ -921,6 +920,8 @@ fn boto3_bedrock_converses_and_streams_events_signed_by_egressd_with_minted_keys
     let mut session_tokens = Vec::new();
     for call in &calls {
         assert_eq!(call.status, 200, "{call:?}\n{out}");
+        // Recomputed with the minted secret: egressd's signature is the one AWS would accept.
+        assert!(call.signature_verified, "{call:?}\n{out}");
         let key_id = signing_key_id(call);
         assert_ne!(key_id, PLACEHOLDER_KEY_ID, "{call:?}");
         let (role, session_token) = b

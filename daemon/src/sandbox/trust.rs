@@ -18,7 +18,7 @@ pub const RUN_DIR: &str = "/run/egressd";
 pub const CA_FILE: &str = "ca.pem";
 
 /// Variables that point TLS clients at a CA bundle: OpenSSL and most C/Rust/Go tools (and
-/// Python's httpx, under the OpenAI and Anthropic SDKs), Node, Python requests and pip, curl,
+/// the HTTP stacks under the OpenAI and Anthropic Python SDKs), Node, Python requests and pip, curl,
 /// git, botocore (boto3, the AWS CLI), cargo.
 const BUNDLE_VARS: [&str; 7] = [
     "SSL_CERT_FILE",

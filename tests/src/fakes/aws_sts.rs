@@ -158,7 +158,13 @@ impl FakeAwsSts {
         self.calls().iter().filter(|c| c.outcome == "ok").count()
     }
 
-    /// The role whose keys these are, if this fake issued exactly this triple.
+    /// The secret of `access_key_id`, if this fake issued it: what AWS itself uses to verify a
+    /// request's signature.
+    pub fn secret_of(&self, access_key_id: &str) -> Option<String> {
+        let inner = self.state.inner.lock().unwrap();
+        Some(inner.issued.get(access_key_id)?.secret_access_key.clone())
+    }
+
     /// The role and session token of the keys with `access_key_id`, if this fake issued them
     /// (what an AWS service sees: the key id in the signature, the token in a header).
     pub fn session_of(&self, access_key_id: &str) -> Option<(String, String)> {
