@@ -66,13 +66,28 @@ pub const PLACEHOLDER: &str = "egressd-placeholder";
 /// user token (`ghu_` and 36 characters, as AWF's), so the Copilot CLI starts; egressd strips
 /// it wherever it injects the real one.
 pub const GITHUB_TOKEN_PLACEHOLDER: &str = "ghu_egressdplaceholderaaaaaaaaaaaaaaaaaa";
+/// [`GITHUB_TOKEN_PLACEHOLDER`] for a daemon holding an Actions token (`ghs_`): the Copilot
+/// CLI takes another path for one (no `/copilot_internal/` calls, the public Copilot API), so
+/// the placeholder has the same prefix as the token it stands for.
+pub const ACTIONS_TOKEN_PLACEHOLDER: &str = "ghs_egressdplaceholderaaaaaaaaaaaaaaaaaa";
+
+/// The placeholder that stands for `token` (the GitHub token the daemon holds).
+pub fn placeholder_for(token: &str) -> &'static str {
+    if token.starts_with("ghs_") {
+        ACTIONS_TOKEN_PLACEHOLDER
+    } else {
+        GITHUB_TOKEN_PLACEHOLDER
+    }
+}
+
 /// The variable the Copilot CLI reads its GitHub token from first.
 pub const GITHUB_TOKEN_VAR: &str = "COPILOT_GITHUB_TOKEN";
 /// The paths of the deployment's REST API (below its base, `/api/v3` on GHES) where the
-/// Copilot CLI needs the GitHub token: `GET /copilot_internal/user` (its plan and endpoints),
-/// `/copilot_internal/managed_settings`, `/copilot_internal/team_customizations`. Every other
-/// path of the API host gets no credential.
-pub const API_PATHS: &[&str] = &["/copilot_internal/"];
+/// Copilot CLI needs the GitHub token (`tests/captures/copilot-cli-1.0.102.md`): `GET
+/// /copilot_internal/user` (its plan and endpoints), `/copilot_internal/managed_settings`,
+/// `/copilot_internal/team_customizations`, `/copilot/mcp_registry`. Every other path of the
+/// API host (the CLI's release lookup among them) gets no credential.
+pub const API_PATHS: &[&str] = &["/copilot_internal/", "/copilot/mcp_registry"];
 /// `anthropic-version` added to BYOK Anthropic requests that carry none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
@@ -477,7 +492,12 @@ fn byok_rule(
     let mut r = rule(&host, credential_name, header, format)?;
     r.default_headers = defaults;
     let path = url.path().trim_end_matches('/');
-    if !path.is_empty() {
+    if kind == "azure" && (path == "/openai" || path.starts_with("/openai/")) {
+        // The Copilot CLI drops a deployment's path for Azure's v1 routes
+        // (`/openai/v1/chat/completions`, the deployment in the body's `model`): the key
+        // belongs to the whole resource's OpenAI API.
+        r.path_prefix = Some("/openai/".to_owned());
+    } else if !path.is_empty() {
         r.path_prefix = Some(path.to_owned());
     }
     let credential = match (byok_credential, &env.key_var) {

@@ -293,6 +293,42 @@ pub fn credential_vars(config: &egressd_config::Config) -> Vec<String> {
     vars
 }
 
+/// The configuration's placeholders, the Copilot CLI's GitHub token placeholder shaped like
+/// the token the daemon holds (an Actions `ghs_` token makes the CLI take another path, so
+/// its placeholder must look like one too; see `copilot::placeholder_for`).
+pub fn placeholders(config: &egressd_config::Config) -> Vec<(String, String)> {
+    use egressd_config::{CredentialSource, copilot};
+    let held = || {
+        let github_token = config.credentials.iter().find_map(|c| match &c.source {
+            CredentialSource::Copilot(s) if c.name == copilot::CREDENTIAL => {
+                Some(s.github_token.as_str())
+            }
+            _ => None,
+        })?;
+        match &config
+            .credentials
+            .iter()
+            .find(|c| c.name == github_token)?
+            .source
+        {
+            CredentialSource::Env { var } => std::env::var(var).ok(),
+            _ => None,
+        }
+    };
+    config
+        .placeholders
+        .iter()
+        .map(|(name, value)| {
+            if name == copilot::GITHUB_TOKEN_VAR && value == copilot::GITHUB_TOKEN_PLACEHOLDER {
+                let token = held().unwrap_or_default();
+                (name.clone(), copilot::placeholder_for(&token).to_owned())
+            } else {
+                (name.clone(), value.clone())
+            }
+        })
+        .collect()
+}
+
 /// `GITHUB_STEP_SUMMARY`: the job summary file `audit --step-summary` appends to, if set.
 pub fn github_step_summary() -> Option<std::path::PathBuf> {
     std::env::var_os("GITHUB_STEP_SUMMARY")

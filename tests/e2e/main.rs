@@ -13,6 +13,7 @@ mod awf;
 mod bypass;
 mod cli;
 mod copilot;
+mod copilot_cli;
 mod core;
 mod coverage;
 mod daemon;

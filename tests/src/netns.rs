@@ -116,15 +116,17 @@ impl UpstreamNet {
             "dev",
             &ns_if,
         ]);
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{}/24", net.addr3()),
-            "dev",
-            &ns_if,
-        ]);
+        for addr in [net.addr3(), net.addr4()] {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                &ns_if,
+            ]);
+        }
         if ipv6 {
             ip(&[
                 "addr",
@@ -189,6 +191,11 @@ impl UpstreamNet {
     /// The third upstream address inside the namespace: `10.200.X.4`.
     pub fn addr3(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 200, self.x, 4)
+    }
+
+    /// The fourth upstream address inside the namespace: `10.200.X.5`.
+    pub fn addr4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 200, self.x, 5)
     }
 
     /// The host side's IPv6 address, `fd00:200:X::1` (only configured with [`Self::with_ipv6`]).

@@ -98,11 +98,13 @@ fn github_com_intercepts_every_plan_host_and_exchanges_at_api_github_com() {
     assert_eq!(header(&rule.default_headers, "x-initiator"), Some("agent"));
     // The Copilot CLI's calls to the REST API get the GitHub token there, and only there.
     let api = config.intercepts.for_host("api.github.com");
-    assert_eq!(api.len(), 1);
-    assert_eq!(api[0].credential.as_deref(), Some("gh"));
-    assert_eq!(api[0].path_prefix.as_deref(), Some("/copilot_internal/"));
-    assert!(api[0].applies_to("GET", "/copilot_internal/user"));
-    assert!(!api[0].applies_to("GET", "/user"));
+    assert_eq!(api.len(), API_PATHS.len());
+    assert!(api.iter().all(|r| r.credential.as_deref() == Some("gh")));
+    let covered = |path: &str| api.iter().any(|r| r.applies_to("GET", path));
+    assert!(covered("/copilot_internal/user"));
+    assert!(covered("/copilot/mcp_registry"));
+    assert!(!covered("/user"));
+    assert!(!covered("/repos/github/copilot-cli/releases"));
     assert_eq!(
         config.placeholders,
         [(
@@ -314,7 +316,13 @@ fn byok_maps_the_provider_type_onto_the_header_and_leaves_a_placeholder() {
             (header_name, format),
             "{kind:?} {var}"
         );
-        assert_eq!(rule.path_prefix.as_deref(), Some("/openai/deployments/gpt"));
+        // Azure: the whole resource's OpenAI API (the CLI drops the deployment for v1 routes).
+        let prefix = if kind == Some("azure") {
+            "/openai/"
+        } else {
+            "/openai/deployments/gpt"
+        };
+        assert_eq!(rule.path_prefix.as_deref(), Some(prefix), "{kind:?}");
         assert_eq!(rule.credential.as_deref(), Some(BYOK_CREDENTIAL));
         let credential = config
             .credentials

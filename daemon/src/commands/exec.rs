@@ -638,7 +638,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     let gh_host = env::gh_host(env::github_env().as_ref()).map(|h| ("GH_HOST".to_owned(), h));
     let extra = [
         bundle.as_ref().map(TrustBundle::env).unwrap_or_default(),
-        config_for_broker.placeholders.clone(),
+        env::placeholders(&config_for_broker),
         gh_host.into_iter().collect(),
     ]
     .concat();

@@ -18,8 +18,8 @@ pub const RUN_DIR: &str = "/run/egressd";
 pub const CA_FILE: &str = "ca.pem";
 
 /// Variables that point TLS clients at a CA bundle: OpenSSL and most C/Rust/Go tools (and
-/// the HTTP stacks under the OpenAI and Anthropic Python SDKs), Node, Python requests and pip, curl,
-/// git, botocore (boto3, the AWS CLI), cargo.
+/// the HTTP stacks under the OpenAI and Anthropic Python SDKs), Node, Python requests and
+/// pip, curl, git, botocore (boto3, the AWS CLI), cargo.
 const BUNDLE_VARS: [&str; 7] = [
     "SSL_CERT_FILE",
     "NODE_EXTRA_CA_CERTS",

@@ -1,0 +1,340 @@
+//! GitHub's real Copilot CLI (`@github/copilot`, pinned and installed by `cargo xtask setup`)
+//! in prompt mode under `egressd exec` with the README's five-line `[copilot]` table and no
+//! token in the sandbox: it must print the fake model's streamed answer and exit 0 on
+//! github.com, on a GHE.com tenant, on a data-residency tenant (exchange refused with 403) and
+//! on GHES, while the fakes see only tokens egressd holds, never the sandbox's placeholder.
+//!
+//! The fakes answer what the real CLI sends (`tests/captures/copilot-cli-1.0.102.md`). The
+//! GitHub API and the Copilot API live in the test's upstream namespace under their real
+//! names; `--resolve` points egressd at them for the sandbox's traffic and for its own
+//! Copilot exchange alike.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+
+use egressd_tests::fakes::{FAKE_MODEL_ANSWER, FakeCopilot, FakeCopilotApi, FakeGitHubApi};
+use egressd_tests::{EgressdCommand, Output, Scene, privileged};
+
+/// The CLI's native binary (its own Node runtime inside).
+const CLI: &str = "/opt/egressd-tests/copilot/node_modules/@github/copilot-linux-x64/copilot";
+/// Its package, extracted once by `cargo xtask setup` (else 235 MB go into every `HOME`).
+const PKG_CACHE: &str = "/opt/egressd-tests/copilot/pkg-cache";
+/// The GitHub token egressd holds (a Copilot OAuth token).
+const HELD: &str = "gho_0123456789abcdef0123456789abcdef0123";
+/// The sandbox user.
+const SANDBOX_UID: u32 = 65534;
+
+/// One GitHub deployment: its server and API URLs, the names its GitHub API and Copilot API
+/// answer on, and the Copilot API the user's plan names.
+struct Deployment {
+    server_url: &'static str,
+    api_url: &'static str,
+    github_names: &'static [&'static str],
+    copilot_names: &'static [&'static str],
+    copilot_endpoint: &'static str,
+}
+
+const DOTCOM: Deployment = Deployment {
+    server_url: "https://github.com",
+    api_url: "https://api.github.com",
+    github_names: &["api.github.com"],
+    copilot_names: &[
+        "api.business.githubcopilot.com",
+        "telemetry.business.githubcopilot.com",
+    ],
+    copilot_endpoint: "https://api.business.githubcopilot.com",
+};
+
+const TENANT: Deployment = Deployment {
+    server_url: "https://acme.ghe.com",
+    api_url: "https://api.acme.ghe.com",
+    github_names: &["api.acme.ghe.com"],
+    copilot_names: &[
+        "copilot-api.acme.ghe.com",
+        "copilot-telemetry-service.acme.ghe.com",
+    ],
+    copilot_endpoint: "https://copilot-api.acme.ghe.com",
+};
+
+struct CliSetup {
+    s: Scene,
+    fake: FakeCopilot,
+    github: FakeGitHubApi,
+    api: FakeCopilotApi,
+    deployment: &'static Deployment,
+    config: PathBuf,
+    home: PathBuf,
+}
+
+impl CliSetup {
+    fn new(deployment: &'static Deployment) -> Self {
+        assert!(
+            fs::metadata(CLI).is_ok(),
+            "{CLI} is missing: run `cargo xtask setup`, which installs the Copilot CLI"
+        );
+        let s = Scene::new();
+        let fake = FakeCopilot::start(&s.ca);
+        fake.add_github_token(HELD);
+        fake.set_api_endpoint(deployment.copilot_endpoint);
+        let github = fake.serve_github_api(&s.ca, &s.net, s.net.addr4(), deployment.github_names);
+        let api = fake.serve_api(&s.ca, &s.net, s.net.addr3(), deployment.copilot_names);
+        let config = s.scratch.write(
+            "copilot.toml",
+            format!(
+                r#"upstream_ca = "{ca}"
+
+[[credential]]
+name = "gh"
+source = "env"
+var = "COPILOT_GITHUB_TOKEN"
+
+[copilot]
+github_token = "gh"
+"#,
+                ca = s.ca_pem.display()
+            ),
+        );
+        // A fresh HOME owned by the sandbox user: the CLI caches its user answer there.
+        let home = s.scratch.path("home");
+        fs::create_dir_all(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(SANDBOX_UID), Some(SANDBOX_UID)).unwrap();
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+        Self {
+            s,
+            fake,
+            github,
+            api,
+            deployment,
+            config,
+            home,
+        }
+    }
+
+    /// `egressd exec` with the `[copilot]` table, `COPILOT_GITHUB_TOKEN` in egressd's own
+    /// environment, and the deployment's names resolved into the test's namespace.
+    fn egressd(&self) -> EgressdCommand {
+        let mut cmd = self
+            .s
+            .egressd()
+            .arg("--config")
+            .arg(&self.config)
+            .env("COPILOT_GITHUB_TOKEN", HELD)
+            .env("GITHUB_SERVER_URL", self.deployment.server_url)
+            .env("GITHUB_API_URL", self.deployment.api_url)
+            .timeout(std::time::Duration::from_secs(120));
+        for name in self.deployment.github_names {
+            cmd = cmd.resolve(name, self.s.net.addr4());
+        }
+        for name in self.deployment.copilot_names {
+            cmd = cmd.resolve(name, self.s.net.addr3());
+        }
+        cmd
+    }
+
+    /// The CLI's prompt under egressd; the sandbox's environment is written to
+    /// `HOME/env.txt` first, for [`Self::assert_no_secret_in_the_sandbox`].
+    fn run(&self) -> Output {
+        let script = format!(
+            "export HOME={home} COPILOT_PKG_CACHE_HOME={PKG_CACHE} CI=true; \
+             env > $HOME/env.txt; \
+             {CLI} -p 'say hi' --allow-all-tools --no-auto-update -s",
+            home = self.home.display()
+        );
+        self.egressd().sh(&script).run()
+    }
+
+    /// The answer reached the terminal, and every token the fakes saw was one egressd holds
+    /// (the GitHub token on the GitHub API; a Copilot token the exchange issued, or the GitHub
+    /// token itself after a refused exchange, on the Copilot API): never a placeholder.
+    fn assert_answered_with_held_tokens(&self, out: &Output) {
+        assert_eq!(out.code(), Some(0), "\n{out}");
+        assert!(out.stdout.contains(FAKE_MODEL_ANSWER), "\n{out}");
+        let github = self.github.calls();
+        assert!(
+            github
+                .iter()
+                .any(|c| c.path.contains("/copilot_internal/user")),
+            "the CLI never asked the GitHub API for its user: {github:?}\n{out}"
+        );
+        for call in &github {
+            for value in &call.authorization {
+                let token = value.split_whitespace().last().unwrap_or_default();
+                assert_eq!(token, HELD, "{call:?}\n{out}");
+            }
+        }
+        let api = self.api.calls();
+        assert!(
+            api.iter().any(|c| c.path.ends_with("/models")),
+            "the CLI never listed the models: {api:?}\n{out}"
+        );
+        for call in &api {
+            for value in &call.authorization {
+                let token = value.split_whitespace().last().unwrap_or_default();
+                assert!(
+                    token == HELD || self.fake.issued(token),
+                    "the Copilot API got a token egressd does not hold: {call:?}\n{out}"
+                );
+            }
+        }
+        self.assert_no_secret_in_the_sandbox(out);
+    }
+
+    /// Neither the sandbox's environment nor any file the CLI left in its `HOME` holds the
+    /// GitHub token or a Copilot token; the environment holds the placeholder instead.
+    fn assert_no_secret_in_the_sandbox(&self, out: &Output) {
+        let env = fs::read_to_string(self.home.join("env.txt")).unwrap();
+        assert!(
+            env.lines()
+                .any(|l| l.starts_with("COPILOT_GITHUB_TOKEN=ghu_egressdplaceholder")),
+            "{env}"
+        );
+        let issued: Vec<String> = self
+            .api
+            .calls()
+            .iter()
+            .flat_map(|c| c.authorization.clone())
+            .filter_map(|v| v.split_whitespace().last().map(str::to_owned))
+            .filter(|t| t != HELD)
+            .collect();
+        let mut secrets = vec![HELD.to_owned()];
+        secrets.extend(issued);
+        for file in files_under(&self.home) {
+            let Ok(bytes) = fs::read(&file) else { continue };
+            let text = String::from_utf8_lossy(&bytes);
+            for secret in &secrets {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "{} holds a secret\n{out}",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+/// Every regular file below `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => todo.push(entry.path()),
+                Ok(t) if t.is_file() => out.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_copilot_cli_answers_on_github_com_with_no_token_in_the_sandbox() {
+    if !privileged() {
+        return;
+    }
+    let c = CliSetup::new(&DOTCOM);
+    let out = c.run();
+    c.assert_answered_with_held_tokens(&out);
+    // The exchange went to GITHUB_API_URL (through --resolve, as the sandbox's traffic does).
+    assert!(!c.fake.exchanges().is_empty(), "\n{out}");
+    // Paths of the API outside the CLI's Copilot calls got no credential at all.
+    for call in c.github.calls() {
+        if call.path.starts_with("/repos/") {
+            assert!(call.authorization.is_empty(), "{call:?}\n{out}");
+        }
+    }
+}
+
+#[test]
+fn the_copilot_cli_answers_on_a_ghe_com_tenant_through_gh_host() {
+    if !privileged() {
+        return;
+    }
+    let c = CliSetup::new(&TENANT);
+    let out = c.run();
+    c.assert_answered_with_held_tokens(&out);
+    let env = fs::read_to_string(c.home.join("env.txt")).unwrap();
+    assert!(env.lines().any(|l| l == "GH_HOST=acme.ghe.com"), "{env}");
+    assert!(
+        c.github
+            .calls()
+            .iter()
+            .all(|call| call.host == "api.acme.ghe.com"),
+        "{:?}",
+        c.github.calls()
+    );
+}
+
+#[test]
+fn the_copilot_cli_answers_on_a_data_residency_tenant_whose_exchange_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let c = CliSetup::new(&TENANT);
+    c.fake.refuse_exchange(Some(403));
+    let out = c.run();
+    c.assert_answered_with_held_tokens(&out);
+    // After the 403, the GitHub token itself went to the tenant's Copilot API.
+    assert!(
+        c.api
+            .calls()
+            .iter()
+            .any(|call| call.authorization.iter().any(|v| v.ends_with(HELD))),
+        "{:?}\n{out}",
+        c.api.calls()
+    );
+    assert!(
+        out.stderr.contains("403"),
+        "the fallback is said once\n{out}"
+    );
+}
+
+#[test]
+fn control_the_fakes_refuse_the_sandboxs_placeholder() {
+    if !privileged() {
+        return;
+    }
+    // The same CLI with egressd's [copilot] table gone (the hosts merely allowed): the
+    // placeholder reaches the fake GitHub API, which refuses it, and the CLI fails.
+    let c = CliSetup::new(&DOTCOM);
+    let allow: Vec<&str> = DOTCOM
+        .github_names
+        .iter()
+        .chain(DOTCOM.copilot_names)
+        .copied()
+        .collect();
+    fs::write(
+        &c.config,
+        format!("upstream_ca = \"{}\"\n", c.s.ca_pem.display()),
+    )
+    .unwrap();
+    // Pass-through TLS: the CLI trusts the fakes' CA itself.
+    let script = format!(
+        "export HOME={home} COPILOT_PKG_CACHE_HOME={PKG_CACHE} CI=true \
+           NODE_EXTRA_CA_CERTS={ca} COPILOT_GITHUB_TOKEN=ghu_egressdplaceholderaaaaaaaaaaaaaaaaaa; \
+         {CLI} -p 'say hi' --allow-all-tools --no-auto-update -s",
+        home = c.home.display(),
+        ca = c.s.ca_pem.display()
+    );
+    let out = c
+        .egressd()
+        .allow(&allow.join(","))
+        .timeout(std::time::Duration::from_secs(120))
+        .sh(&script)
+        .run();
+    assert_ne!(out.code(), Some(0), "\n{out}");
+    assert!(!out.stdout.contains(FAKE_MODEL_ANSWER), "\n{out}");
+    assert!(
+        c.github
+            .calls()
+            .iter()
+            .any(|call| call.status == 401 && call.path.contains("/copilot_internal/user")),
+        "{:?}\n{out}",
+        c.github.calls()
+    );
+}
