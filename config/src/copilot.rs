@@ -80,6 +80,12 @@ pub fn placeholder_for(token: &str) -> &'static str {
     }
 }
 
+/// The variable naming the Copilot CLI's model.
+pub const MODEL_VAR: &str = "COPILOT_MODEL";
+/// The model the Copilot CLI asks the enterprise Copilot API for on GHES, unless
+/// `COPILOT_MODEL` says otherwise.
+pub const GHES_DEFAULT_MODEL: &str = "gpt-4.1";
+
 /// The variable the Copilot CLI reads its GitHub token from first.
 pub const GITHUB_TOKEN_VAR: &str = "COPILOT_GITHUB_TOKEN";
 /// The paths of the deployment's REST API (below its base, `/api/v3` on GHES) where the
@@ -303,6 +309,29 @@ pub(crate) fn expand(
     };
     if let Some(table) = table {
         expand_table(table, deployment, api_base, &exists, &mut out, &mut errors);
+        if table.github_token.is_some()
+            && byok.is_none()
+            && matches!(deployment, Deployment::Ghes { .. })
+        {
+            // GHES hosts no Copilot, and the Copilot CLI's GH_HOST path asks `api.<host>`,
+            // which a GHES server does not have: the CLI talks to the enterprise Copilot API
+            // as a provider instead, where egressd injects the Copilot credential.
+            out.placeholders.extend(
+                [
+                    ("COPILOT_OFFLINE", "true"),
+                    (
+                        "COPILOT_PROVIDER_BASE_URL",
+                        "https://api.enterprise.githubcopilot.com",
+                    ),
+                    ("COPILOT_PROVIDER_TYPE", "openai"),
+                    (BYOK_KEY_VAR, PLACEHOLDER),
+                    // A provider needs an explicit model; `COPILOT_MODEL` in egressd's
+                    // environment wins.
+                    (MODEL_VAR, GHES_DEFAULT_MODEL),
+                ]
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
+        }
     }
     let byok_credential = table.and_then(|t| t.byok_credential.as_ref());
     if let Some((name, at)) = byok_credential

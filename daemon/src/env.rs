@@ -293,9 +293,10 @@ pub fn credential_vars(config: &egressd_config::Config) -> Vec<String> {
     vars
 }
 
-/// The configuration's placeholders, the Copilot CLI's GitHub token placeholder shaped like
-/// the token the daemon holds (an Actions `ghs_` token makes the CLI take another path, so
-/// its placeholder must look like one too; see `copilot::placeholder_for`).
+/// The configuration's placeholders (and other variables it sets for the sandbox), the
+/// Copilot CLI's GitHub token placeholder shaped like the token the daemon holds (an Actions
+/// `ghs_` token makes the CLI take another path, so its placeholder must look like one too;
+/// see `copilot::placeholder_for`), and a `COPILOT_MODEL` of egressd's environment kept.
 pub fn placeholders(config: &egressd_config::Config) -> Vec<(String, String)> {
     use egressd_config::{CredentialSource, copilot};
     let held = || {
@@ -318,6 +319,8 @@ pub fn placeholders(config: &egressd_config::Config) -> Vec<(String, String)> {
     config
         .placeholders
         .iter()
+        // The user's own choice of model stays (it is no secret).
+        .filter(|(name, _)| name != copilot::MODEL_VAR || std::env::var_os(name).is_none())
         .map(|(name, value)| {
             if name == copilot::GITHUB_TOKEN_VAR && value == copilot::GITHUB_TOKEN_PLACEHOLDER {
                 let token = held().unwrap_or_default();

@@ -338,3 +338,50 @@ fn control_the_fakes_refuse_the_sandboxs_placeholder() {
         c.github.calls()
     );
 }
+
+const GHES: Deployment = Deployment {
+    server_url: "https://git.corp.example",
+    api_url: "https://git.corp.example/api/v3",
+    github_names: &["git.corp.example"],
+    copilot_names: &["api.enterprise.githubcopilot.com"],
+    copilot_endpoint: "https://api.enterprise.githubcopilot.com",
+};
+
+#[test]
+fn the_copilot_cli_answers_on_ghes_through_the_enterprise_copilot_api() {
+    if !privileged() {
+        return;
+    }
+    let c = CliSetup::new(&GHES);
+    // GHES hosts no Copilot: the exchange at the server's API answers 404.
+    c.fake.refuse_exchange(Some(404));
+    let out = c.run();
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    assert!(out.stdout.contains(FAKE_MODEL_ANSWER), "\n{out}");
+    let exchanges = c.fake.exchanges();
+    assert!(
+        exchanges
+            .iter()
+            .all(|x| x.path.starts_with("/api/v3/") && x.status == 404),
+        "{exchanges:?}"
+    );
+    let api = c.api.calls();
+    assert!(!api.is_empty(), "\n{out}");
+    for call in &api {
+        assert!(
+            call.authorization
+                .iter()
+                .all(|v| v == &format!("token {HELD}")),
+            "{call:?}\n{out}"
+        );
+    }
+    let env = fs::read_to_string(c.home.join("env.txt")).unwrap();
+    for line in [
+        "GH_HOST=git.corp.example",
+        "COPILOT_OFFLINE=true",
+        "COPILOT_PROVIDER_BASE_URL=https://api.enterprise.githubcopilot.com",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line}\n{env}");
+    }
+    assert!(!env.contains(HELD), "{env}");
+}

@@ -187,6 +187,22 @@ fn ghes_exchanges_at_its_path_style_api_and_uses_the_enterprise_copilot_host() {
         api[0].path_prefix.as_deref(),
         Some("/api/v3/copilot_internal/")
     );
+    // The CLI cannot use a GHES server for Copilot: it is pointed at the enterprise Copilot
+    // API as a provider, with a placeholder key and a model.
+    let var = |name: &str| {
+        config
+            .placeholders
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(var("COPILOT_OFFLINE"), Some("true"));
+    assert_eq!(
+        var("COPILOT_PROVIDER_BASE_URL"),
+        Some("https://api.enterprise.githubcopilot.com")
+    );
+    assert_eq!(var(BYOK_KEY_VAR), Some(PLACEHOLDER));
+    assert_eq!(var(MODEL_VAR), Some(GHES_DEFAULT_MODEL));
     let rule = copilot_rule(&config);
     assert_eq!(
         header(&rule.set_headers, "copilot-integration-id"),
