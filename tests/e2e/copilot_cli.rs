@@ -385,3 +385,102 @@ fn the_copilot_cli_answers_on_ghes_through_the_enterprise_copilot_api() {
     }
     assert!(!env.contains(HELD), "{env}");
 }
+
+/// Seed 001 exactly: Azure OpenAI with API keys disabled, the Copilot CLI in BYOK mode, the
+/// Entra token minted from the job's GitHub OIDC token by egressd.
+#[test]
+fn the_copilot_cli_in_byok_mode_reaches_entra_only_azure_openai() {
+    if !privileged() {
+        return;
+    }
+    use egressd_tests::fakes::{FakeEntra, FakeModelApi, FakeOidc, Fic};
+    const AZURE: &str = "my-resource.openai.azure.com";
+    const TENANT_ID: &str = "00000000-0000-0000-0000-0000000000aa";
+    const APP: &str = "11111111-2222-3333-4444-555555555555";
+    const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+    let c = CliSetup::new(&DOTCOM);
+    let oidc = FakeOidc::start(&c.s.ca);
+    let entra = std::sync::Arc::new(FakeEntra::start(&c.s.ca, &oidc, TENANT_ID));
+    entra.add_app(
+        APP,
+        Fic {
+            issuer: oidc.issuer(),
+            subject: "repo:octo-org/octo-repo:ref:refs/heads/main".into(),
+            audience: "api://AzureADTokenExchange".into(),
+        },
+    );
+    let issuer = std::sync::Arc::clone(&entra);
+    let azure = FakeModelApi::azure_openai(&c.s.ca, &c.s.net, c.s.net.addr5(), AZURE, move |t| {
+        issuer.issued(t) == Some((APP.to_owned(), SCOPE.to_owned()))
+    });
+    fs::write(
+        &c.config,
+        format!(
+            r#"upstream_ca = "{ca}"
+
+[[credential]]
+name = "github"
+source = "github-oidc"
+audience = "api://AzureADTokenExchange"
+
+[[credential]]
+name = "azure-openai"
+source = "entra"
+tenant = "{TENANT_ID}"
+client_id = "{APP}"
+scope = "{SCOPE}"
+assertion = "github"
+authority = "{authority}"
+
+[copilot]
+byok_credential = "azure-openai"
+"#,
+            ca = c.s.ca_pem.display(),
+            authority = entra.authority(),
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "export HOME={home} COPILOT_PKG_CACHE_HOME={PKG_CACHE} CI=true; \
+         env > $HOME/env.txt; \
+         {CLI} -p 'say hi' --allow-all-tools --no-auto-update -s",
+        home = c.home.display()
+    );
+    let out = c
+        .egressd()
+        .resolve(AZURE, c.s.net.addr5())
+        .env(
+            "COPILOT_PROVIDER_BASE_URL",
+            format!("https://{AZURE}/openai/deployments/gpt-4o"),
+        )
+        .env("COPILOT_PROVIDER_TYPE", "azure")
+        .env("COPILOT_MODEL", "gpt-4o")
+        .env("COPILOT_OFFLINE", "true")
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", oidc.request_url())
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", oidc.request_token())
+        .sh(&script)
+        .run();
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    assert!(
+        !azure.text().is_empty() && out.stdout.contains(&azure.text()),
+        "\n{out}"
+    );
+    let calls = azure.calls();
+    assert!(
+        !calls.is_empty() && calls.iter().all(|c| c.status == 200),
+        "{calls:?}\n{out}"
+    );
+    let env = fs::read_to_string(c.home.join("env.txt")).unwrap();
+    assert!(
+        env.lines()
+            .any(|l| l == "COPILOT_PROVIDER_BEARER_TOKEN=egressd-placeholder"),
+        "{env}"
+    );
+    for call in &calls {
+        for token in call.header("authorization") {
+            let token = token.trim_start_matches("Bearer ");
+            assert!(!env.contains(token), "the sandbox holds the Entra token");
+        }
+    }
+    assert!(!env.contains(oidc.request_token()), "{env}");
+}

@@ -116,7 +116,7 @@ impl UpstreamNet {
             "dev",
             &ns_if,
         ]);
-        for addr in [net.addr3(), net.addr4()] {
+        for addr in [net.addr3(), net.addr4(), net.addr5()] {
             ip(&[
                 "-n",
                 ns,
@@ -196,6 +196,11 @@ impl UpstreamNet {
     /// The fourth upstream address inside the namespace: `10.200.X.5`.
     pub fn addr4(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 200, self.x, 5)
+    }
+
+    /// The fifth upstream address inside the namespace: `10.200.X.6`.
+    pub fn addr5(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 200, self.x, 6)
     }
 
     /// The host side's IPv6 address, `fd00:200:X::1` (only configured with [`Self::with_ipv6`]).

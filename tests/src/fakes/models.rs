@@ -7,7 +7,8 @@
 //! it gets the vendor's own refusal):
 //!
 //! * Azure OpenAI, with API keys disabled ([`FakeModelApi::azure_openai`]):
-//!   `POST /openai/deployments/{deployment}/chat/completions?api-version=...`, answered as JSON
+//!   `POST /openai/deployments/{deployment}/chat/completions?api-version=...` (or the v1 route
+//!   `POST /openai/v1/chat/completions`, the deployment in the body's `model`), answered as JSON
 //!   or, with `"stream": true`, as server-sent events `data: {chunk}\n\n` ... `data: [DONE]\n\n`
 //!   (the first chunk carries only `prompt_filter_results`, as Azure sends it). Only
 //!   `Authorization: Bearer <token>` with a token the test's check accepts gets through;
@@ -455,15 +456,19 @@ impl State {
                 format!("{} {code}", status.as_u16()),
             )
         };
-        let deployment = req
+        // The deployment route (with `api-version`), or the v1 route with the deployment in
+        // the body's `model` (what the Copilot CLI's Azure provider sends by default).
+        let routed = req
             .path
             .strip_prefix("/openai/deployments/")
             .and_then(|rest| rest.strip_suffix("/chat/completions"))
-            .filter(|d| !d.is_empty() && !d.contains('/'));
-        let api_version = query_param(req.query.as_deref(), "api-version");
-        let (Some(deployment), Some(_), true) =
-            (deployment, api_version, req.method == Method::POST)
-        else {
+            .filter(|d| !d.is_empty() && !d.contains('/'))
+            .filter(|_| query_param(req.query.as_deref(), "api-version").is_some());
+        let v1 = (req.path == "/openai/v1/chat/completions")
+            .then(|| body["model"].as_str())
+            .flatten()
+            .filter(|m| !m.is_empty());
+        let (Some(deployment), true) = (routed.or(v1), req.method == Method::POST) else {
             return error(StatusCode::NOT_FOUND, "404", "Resource not found");
         };
         if req.headers.contains_key("api-key") {
