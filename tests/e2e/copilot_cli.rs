@@ -69,6 +69,12 @@ struct CliSetup {
 
 impl CliSetup {
     fn new(deployment: &'static Deployment) -> Self {
+        Self::with_copilot_names(deployment, deployment.copilot_names)
+    }
+
+    /// As [`Self::new`], with the Copilot API answering on `copilot_names` (what `awf`
+    /// derives instead of the plan's endpoint).
+    fn with_copilot_names(deployment: &'static Deployment, copilot_names: &[&str]) -> Self {
         assert!(
             fs::metadata(CLI).is_ok(),
             "{CLI} is missing: run `cargo xtask setup`, which installs the Copilot CLI"
@@ -78,7 +84,7 @@ impl CliSetup {
         fake.add_github_token(HELD);
         fake.set_api_endpoint(deployment.copilot_endpoint);
         let github = fake.serve_github_api(&s.ca, &s.net, s.net.addr4(), deployment.github_names);
-        let api = fake.serve_api(&s.ca, &s.net, s.net.addr3(), deployment.copilot_names);
+        let api = fake.serve_api(&s.ca, &s.net, s.net.addr3(), copilot_names);
         let config = s.scratch.write(
             "copilot.toml",
             format!(
@@ -483,4 +489,112 @@ byok_credential = "azure-openai"
         }
     }
     assert!(!env.contains(oidc.request_token()), "{env}");
+}
+
+/// The same CLI under `egressd awf` (gh-aw's Copilot engine): offline provider mode against
+/// the api-proxy's Copilot port, which sends egressd's Copilot credential upstream.
+fn run_under_awf(c: &CliSetup, copilot_target: &str, extra_env: &[(&str, &str)]) -> Output {
+    let config = c.s.scratch.write(
+        "awf-config.json",
+        format!(
+            r#"{{"network":{{"allowDomains":["{host}"]}},"apiProxy":{{"enabled":true}},"logging":{{"proxyLogsDir":"{logs}"}}}}"#,
+            host = c.deployment.github_names[0],
+            logs = c.s.scratch.path("logs").display()
+        ),
+    );
+    let script = format!(
+        "export HOME={home} COPILOT_PKG_CACHE_HOME={PKG_CACHE} CI=true; \
+         env > $HOME/env.txt; \
+         {CLI} -p 'say hi' --allow-all-tools --no-auto-update -s",
+        home = c.home.display()
+    );
+    let mut cmd = EgressdCommand::new()
+        .subcommand(["awf"])
+        .arg("--config")
+        .arg(&config)
+        .args(["--env-all", "--exclude-env", "COPILOT_GITHUB_TOKEN"])
+        .args(["--log-level", "info", "--skip-pull"])
+        .arg("--upstream-ca")
+        .arg(&c.s.ca_pem)
+        .arg("--audit-log")
+        .arg(&c.s.audit_log)
+        .env("COPILOT_GITHUB_TOKEN", HELD)
+        .env("COPILOT_MODEL", "gpt-5-mini")
+        .env("GITHUB_SERVER_URL", c.deployment.server_url)
+        .env("GITHUB_API_URL", c.deployment.api_url)
+        .timeout(std::time::Duration::from_secs(120));
+    for name in c.deployment.github_names {
+        cmd = cmd.args(["--resolve", &format!("{name}:{}", c.s.net.addr4())]);
+    }
+    cmd = cmd.args([
+        "--resolve",
+        &format!("{copilot_target}:{}", c.s.net.addr3()),
+    ]);
+    for (k, v) in extra_env {
+        cmd = cmd.env(k, v);
+    }
+    cmd.args(["--user", "65534:65534", "--"])
+        .command([script])
+        .run()
+}
+
+/// The CLI answered under `awf`, the Copilot API saw only egressd-held tokens, and the
+/// sandbox held none.
+fn assert_awf_answered(c: &CliSetup, out: &Output) {
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    assert!(out.stdout.contains(FAKE_MODEL_ANSWER), "\n{out}");
+    let api = c.api.calls();
+    assert!(!api.is_empty(), "\n{out}");
+    for call in &api {
+        for value in &call.authorization {
+            let token = value.split_whitespace().last().unwrap_or_default();
+            assert!(token == HELD || c.fake.issued(token), "{call:?}\n{out}");
+        }
+    }
+    let env = fs::read_to_string(c.home.join("env.txt")).unwrap();
+    assert!(env.contains("COPILOT_OFFLINE=true"), "{env}");
+    assert!(!env.contains(HELD), "{env}");
+    for call in &api {
+        for value in &call.authorization {
+            let token = value.split_whitespace().last().unwrap_or_default();
+            assert!(!env.contains(token), "{env}");
+        }
+    }
+}
+
+#[test]
+fn the_copilot_cli_answers_under_awf_on_every_deployment() {
+    if !privileged() {
+        return;
+    }
+    // github.com: api.githubcopilot.com, after the exchange.
+    let c = CliSetup::with_copilot_names(&DOTCOM, &["api.githubcopilot.com"]);
+    let out = run_under_awf(&c, "api.githubcopilot.com", &[]);
+    assert_awf_answered(&c, &out);
+    assert!(!c.fake.exchanges().is_empty(), "\n{out}");
+    // A GHE.com tenant: its own Copilot API.
+    let c = CliSetup::with_copilot_names(&TENANT, &["copilot-api.acme.ghe.com"]);
+    let out = run_under_awf(&c, "copilot-api.acme.ghe.com", &[]);
+    assert_awf_answered(&c, &out);
+    // A data-residency tenant: the exchange answers 403, the GitHub token goes itself.
+    let c = CliSetup::with_copilot_names(&TENANT, &["copilot-api.acme.ghe.com"]);
+    c.fake.refuse_exchange(Some(403));
+    let out = run_under_awf(&c, "copilot-api.acme.ghe.com", &[]);
+    assert_awf_answered(&c, &out);
+    assert!(
+        c.api
+            .calls()
+            .iter()
+            .any(|call| call.authorization.iter().any(|v| v.ends_with(HELD))),
+        "\n{out}"
+    );
+    // GHES, named by ENGINE_API_TARGET: the enterprise Copilot API, exchange 404.
+    let c = CliSetup::with_copilot_names(&GHES, &["api.enterprise.githubcopilot.com"]);
+    c.fake.refuse_exchange(Some(404));
+    let out = run_under_awf(
+        &c,
+        "api.enterprise.githubcopilot.com",
+        &[("ENGINE_API_TARGET", "https://git.corp.example/api/v3")],
+    );
+    assert_awf_answered(&c, &out);
 }

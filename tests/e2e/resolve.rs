@@ -94,3 +94,69 @@ fn a_rule_with_allow_private_lets_a_name_resolve_inside() {
         "the rule should name the file it came from: {rec}"
     );
 }
+
+#[test]
+fn a_ghes_server_on_a_private_network_is_reached_from_the_derived_allowlist() {
+    if !privileged() {
+        return;
+    }
+    const GHES: &str = "git.corp.example";
+    let s = Scene::new();
+    let server = egressd_tests::HttpsUpstream::start(&s.net, s.net.addr4(), &[GHES], &s.ca);
+    let dns = FakeDns::start(
+        &s.net,
+        s.net.addr().into(),
+        &[
+            (GHES, s.net.addr4().into()),
+            (
+                "metadata.git.corp.example",
+                "169.254.169.254".parse().unwrap(),
+            ),
+            ("link.git.corp.example", "169.254.1.1".parse().unwrap()),
+        ],
+    );
+    let curl = |host: &str| {
+        format!(
+            "curl -sS --max-time 10 --cacert {ca} https://{host}/; echo \" [{host} $?]\"",
+            ca = s.ca_pem.display()
+        )
+    };
+    let script = [
+        curl(GHES),
+        curl("metadata.git.corp.example"),
+        curl("link.git.corp.example"),
+    ]
+    .join("; ");
+    let ghes = |cmd: EgressdCommand| {
+        cmd.env("GITHUB_SERVER_URL", format!("https://{GHES}"))
+            .env("GITHUB_API_URL", format!("https://{GHES}/api/v3"))
+            .arg("--dns-server")
+            .arg(dns.addr().to_string())
+            .audit_log(&s.audit_log)
+    };
+    let out = ghes(EgressdCommand::new()).sh(&script).run();
+    // The server's private address is dialled: the derived entry says it may be inside.
+    assert!(
+        out.stdout.contains(&format!("hello from {GHES}")),
+        "\n{out}"
+    );
+    assert_eq!(server.connections(), 1, "\n{out}");
+    // Metadata and link-local answers stay refused, whatever the entry.
+    for (name, range) in [
+        ("metadata.git.corp.example", "metadata"),
+        ("link.git.corp.example", "link-local"),
+    ] {
+        let rec = audit_record(&out, name, "deny");
+        assert!(text(&rec["reason"]).contains(range), "{rec}");
+    }
+    // Control: the same name allowed by hand, without the GHES derivation, is refused for
+    // its private answer.
+    let out = ghes(EgressdCommand::new())
+        .args(["--no-github", "--allow-domains", GHES])
+        .sh(&curl(GHES))
+        .run();
+    assert!(!out.stdout.contains("hello from"), "\n{out}");
+    assert_eq!(server.connections(), 1, "\n{out}");
+    let rec = audit_record(&out, GHES, "deny");
+    assert!(text(&rec["reason"]).contains("private"), "{rec}");
+}
