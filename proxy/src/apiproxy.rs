@@ -745,8 +745,19 @@ pub(crate) fn auth(
 /// query parameters dropped.
 fn upstream_path(route: &Route, uri: &Uri) -> String {
     let path = uri.path();
+    let first_segment = |p: &str| {
+        p.trim_start_matches('/')
+            .split('/')
+            .next()
+            .map(str::to_owned)
+    };
     let path = if let Some(base) = route.base_path.as_deref().filter(|b| !b.is_empty()) {
-        if path == base || path.starts_with(&format!("{base}/")) {
+        if path == base
+            || path.starts_with(&format!("{base}/"))
+            || (path.len() > 1 && first_segment(path) == first_segment(base))
+        {
+            // Already below the base, or addressing the API's root itself (the Copilot CLI's
+            // Azure provider sends `/openai/v1/...` for a base of `/openai/deployments/X`).
             path.to_owned()
         } else if path == "/" {
             base.to_owned()

@@ -598,3 +598,87 @@ fn the_copilot_cli_answers_under_awf_on_every_deployment() {
     );
     assert_awf_answered(&c, &out);
 }
+
+/// Seed 001 through the AWF front end: `AWF_AUTH_TYPE=github-oidc` with
+/// `AWF_AUTH_PROVIDER=azure`; the CLI talks to the api-proxy's Copilot port in provider
+/// mode, and the api-proxy sends the Entra token it minted to the Azure deployment.
+#[test]
+fn the_copilot_cli_in_byok_mode_reaches_entra_only_azure_openai_under_awf() {
+    if !privileged() {
+        return;
+    }
+    use egressd_tests::fakes::{FakeEntra, FakeModelApi, FakeOidc, Fic};
+    const AZURE: &str = "my-resource.openai.azure.com";
+    const TENANT_ID: &str = "00000000-0000-0000-0000-0000000000aa";
+    const APP: &str = "11111111-2222-3333-4444-555555555555";
+    const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+    let c = CliSetup::new(&DOTCOM);
+    let oidc = FakeOidc::start(&c.s.ca);
+    let entra = std::sync::Arc::new(FakeEntra::start(&c.s.ca, &oidc, TENANT_ID));
+    entra.add_app(
+        APP,
+        Fic {
+            issuer: oidc.issuer(),
+            subject: "repo:octo-org/octo-repo:ref:refs/heads/main".into(),
+            audience: "api://AzureADTokenExchange".into(),
+        },
+    );
+    let issuer = std::sync::Arc::clone(&entra);
+    let azure = FakeModelApi::azure_openai(&c.s.ca, &c.s.net, c.s.net.addr5(), AZURE, move |t| {
+        issuer.issued(t) == Some((APP.to_owned(), SCOPE.to_owned()))
+    });
+    let config = c.s.scratch.write(
+        "awf-config.json",
+        format!(
+            r#"{{"network":{{"allowDomains":["{AZURE}"]}},"apiProxy":{{"enabled":true}},"logging":{{"proxyLogsDir":"{logs}"}}}}"#,
+            logs = c.s.scratch.path("logs").display()
+        ),
+    );
+    let script = format!(
+        "export HOME={home} COPILOT_PKG_CACHE_HOME={PKG_CACHE} CI=true; \
+         env > $HOME/env.txt; \
+         {CLI} -p 'say hi' --allow-all-tools --no-auto-update -s",
+        home = c.home.display()
+    );
+    let out = EgressdCommand::new()
+        .subcommand(["awf"])
+        .arg("--config")
+        .arg(&config)
+        .args(["--env-all", "--log-level", "info", "--skip-pull"])
+        .arg("--upstream-ca")
+        .arg(&c.s.ca_pem)
+        .arg("--audit-log")
+        .arg(&c.s.audit_log)
+        .args(["--resolve", &format!("{AZURE}:{}", c.s.net.addr5())])
+        .env(
+            "COPILOT_PROVIDER_BASE_URL",
+            format!("https://{AZURE}/openai/deployments/gpt-4o"),
+        )
+        .env("COPILOT_PROVIDER_TYPE", "azure")
+        .env("COPILOT_MODEL", "gpt-4o")
+        .env("AWF_AUTH_TYPE", "github-oidc")
+        .env("AWF_AUTH_PROVIDER", "azure")
+        .env("AWF_AUTH_AZURE_TENANT_ID", TENANT_ID)
+        .env("AWF_AUTH_AZURE_CLIENT_ID", APP)
+        .env("AWF_AUTH_AZURE_AUTHORITY", entra.authority())
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", oidc.request_url())
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", oidc.request_token())
+        .timeout(std::time::Duration::from_secs(120))
+        .args(["--user", "65534:65534", "--"])
+        .command([script])
+        .run();
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    assert!(out.stdout.contains(&azure.text()), "\n{out}");
+    let calls = azure.calls();
+    assert!(
+        !calls.is_empty() && calls.iter().all(|c| c.status == 200),
+        "{calls:?}\n{out}"
+    );
+    let env = fs::read_to_string(c.home.join("env.txt")).unwrap();
+    assert!(!env.contains(oidc.request_token()), "{env}");
+    for call in &calls {
+        for token in call.header("authorization") {
+            assert!(!env.contains(token.trim_start_matches("Bearer ")), "{env}");
+        }
+    }
+}

@@ -68,6 +68,34 @@ fn other_hosts_get_no_base_path() {
 }
 
 #[test]
+fn a_base_path_is_put_in_front_unless_the_client_names_the_apis_root() {
+    let mut config = config();
+    config.routes[0].upstream = "res.openai.azure.com".into();
+    config.routes[0].base_path = Some("/openai/deployments/gpt-4o".into());
+    let route = config.routes[0].clone();
+    for (asked, sent) in [
+        (
+            "/chat/completions",
+            "/openai/deployments/gpt-4o/chat/completions",
+        ),
+        (
+            "/openai/deployments/gpt-4o/chat/completions",
+            "/openai/deployments/gpt-4o/chat/completions",
+        ),
+        // The Copilot CLI's Azure provider: the v1 route, the deployment in the body.
+        ("/openai/v1/chat/completions", "/openai/v1/chat/completions"),
+    ] {
+        let mut p = parts(asked, &[]);
+        prepare(&config, &route, &mut p).unwrap();
+        assert_eq!(
+            p.uri.to_string(),
+            format!("https://res.openai.azure.com{sent}"),
+            "{asked}"
+        );
+    }
+}
+
+#[test]
 fn client_credentials_and_forwarding_headers_are_stripped() {
     let p = prepared(
         Provider::OpenAi,

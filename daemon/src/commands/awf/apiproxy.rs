@@ -502,7 +502,12 @@ fn placeholders(provider: Provider, env: &ApiProxyEnv, vars: &mut Vec<(String, S
             if env.byok_key_set {
                 set(BYOK_KEY_VAR, &placeholder);
             }
-            if env.byok_bearer_set {
+            if env.byok_bearer_set
+                || (!env.byok_key_set && env.vars.contains_key("COPILOT_PROVIDER_BASE_URL"))
+            {
+                // With the OIDC exchange the provider's token is minted here: the CLI still
+                // needs a credential to send (without one, its Azure provider asks the
+                // instance metadata service for a managed identity).
                 set(BYOK_BEARER_VAR, &placeholder);
             }
             set("COPILOT_OFFLINE", "true");
