@@ -560,6 +560,7 @@ fn rule(host: &str, credential: &str, header: &str, format: &str) -> Result<Inte
         set_headers: Vec::new(),
         default_headers: Vec::new(),
         spiffe: None,
+        tool_urls: crate::intercept::ToolUrls::default(),
     })
 }
 

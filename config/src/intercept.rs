@@ -20,6 +20,9 @@
 //! # `{run_id}` and `{run_attempt}` are GITHUB_RUN_ID / GITHUB_RUN_ATTEMPT (attempt "1" when
 //! # unset); a header whose placeholder has no value (no GITHUB_RUN_ID) is not set.
 //! set_headers = { "Copilot-Integration-Id" = "agentic-workflows" }
+//! # URLs a model request may have the provider fetch (MCP servers, web fetch/search tools):
+//! # "allowlist" (default: only allowed hosts), "deny" or "allow".
+//! tool_urls = "allowlist"
 //! # Headers added only when the client sent none (its own value is kept).
 //! default_headers = { "X-Interaction-Id" = "{run_id}-{run_attempt}" }
 //!
@@ -123,6 +126,9 @@ pub struct FileIntercept {
     pub upstream_spiffe_ids: Vec<Spanned<String>>,
     /// With `spiffe`: the trust domain whose IDs the upstream may present.
     pub upstream_trust_domain: Option<Spanned<String>>,
+    /// `deny`, `allowlist` (default) or `allow`: URLs a model request asks the provider to
+    /// fetch (MCP servers, web fetch and search tools).
+    pub tool_urls: Option<Spanned<String>>,
 }
 
 /// The word before a token in `Authorization`, for formats that say `{scheme}`.
@@ -237,6 +243,41 @@ pub struct InterceptRule {
     pub default_headers: Vec<(String, String)>,
     /// SPIFFE mTLS to the upstream, for every request to this rule's host.
     pub spiffe: Option<SpiffeUpstream>,
+    /// What a model request that gets the credential may ask the provider to fetch.
+    pub tool_urls: ToolUrls,
+}
+
+/// What a model request may ask the provider to fetch by itself (`tool_urls`): the URLs of
+/// MCP servers, web fetch and web search tools, Gemini's URL context (the fields are listed in
+/// the proxy's `intercept/tools.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ToolUrls {
+    /// Any tool field is refused (`403`).
+    Deny,
+    /// Tool URLs must name allowed hosts; tools that fetch what the model picks must list
+    /// allowed domains (the default).
+    #[default]
+    Allowlist,
+    /// Not checked.
+    Allow,
+}
+
+impl ToolUrls {
+    /// Parses `deny`, `allowlist` or `allow`.
+    ///
+    /// # Errors
+    ///
+    /// Any other word, with the choices.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "deny" => Ok(Self::Deny),
+            "allowlist" => Ok(Self::Allowlist),
+            "allow" => Ok(Self::Allow),
+            other => Err(format!(
+                "tool_urls = {other:?}: use \"allowlist\" (the default), \"deny\" or \"allow\""
+            )),
+        }
+    }
 }
 
 /// A rule's SPIFFE settings: the SVID egressd presents and the upstream IDs it accepts.
@@ -423,6 +464,16 @@ pub(crate) fn parse(
     let set_headers = headers(&table.set_headers, place, &mut errors);
     let default_headers = headers(&table.default_headers, place, &mut errors);
     let spiffe = self::spiffe::parse(table, place, credentials, &mut errors);
+    let tool_urls = match &table.tool_urls {
+        Some(t) => ToolUrls::parse(t.get_ref()).unwrap_or_else(|why| {
+            errors.push(crate::Error::at(
+                place(t.span().start).1,
+                ErrorKind::InvalidValue(why),
+            ));
+            ToolUrls::default()
+        }),
+        None => ToolUrls::default(),
+    };
     match (host, errors.is_empty()) {
         (Some(host), true) => Ok(InterceptRule {
             host,
@@ -436,6 +487,7 @@ pub(crate) fn parse(
             set_headers,
             default_headers,
             spiffe,
+            tool_urls,
         }),
         _ => Err(errors),
     }

@@ -281,7 +281,7 @@ async fn handle(
     pending.rec.token_source = Some(token.source.to_owned());
     let body: UpBody =
         crate::body::Counted::new(body, Arc::clone(&pending.sent), Some(body_limit)).boxed_unsync();
-    let body = if is_json(&parts.headers) && parts.method == Method::POST {
+    let body = if crate::body::is_json(&parts.headers) && parts.method == Method::POST {
         // The whole body is held here: bounded in size (the body limit) and in time, so a
         // client dribbling bodies on many connections cannot pin egressd's memory for long.
         let read = tokio::time::timeout(
@@ -302,7 +302,30 @@ async fn handle(
             );
         };
         match read {
-            Ok(body) => body,
+            Ok(bytes) => {
+                // The provider must not be asked to fetch what the allowlist does not name
+                // (intercept/tools.rs).
+                if let Ok(request) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    && let Err(refusal) = crate::intercept::tools::check(
+                        &request,
+                        &proxy.config.policy,
+                        egressd_config::intercept::ToolUrls::Allowlist,
+                    )
+                {
+                    pending.rec.reason = format!("api-proxy: {}", refusal.reason);
+                    pending.rec.status = Some(403);
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        provider,
+                        &refusal.reason,
+                        "tool_url_not_allowed",
+                        false,
+                    );
+                }
+                Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed_unsync()
+            }
             Err(crate::body::BodyError::TooLarge(over)) => {
                 return body_too_large(&mut pending, provider, &over);
             }
@@ -423,14 +446,6 @@ async fn handle(
     resp.map(|body| AuditedBody::new(body.boxed_unsync(), pending).boxed_unsync())
 }
 
-/// Whether the request says its body is JSON.
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.to_ascii_lowercase().contains("json"))
-}
-
 /// Reads a JSON request body (bounded by the body limit) and strips a redundant
 /// `<provider>/` prefix from its `model` (`copilot/auto` becomes `auto`), as AWF does for
 /// harnesses that name models the LiteLLM way; other bodies go on byte for byte.
@@ -438,7 +453,7 @@ async fn normalise_model(
     provider: Provider,
     headers: &mut HeaderMap,
     body: UpBody,
-) -> Result<UpBody, crate::body::BodyError> {
+) -> Result<Bytes, crate::body::BodyError> {
     let bytes = body.collect().await?.to_bytes();
     let bytes = match strip_provider_prefix(&bytes, provider) {
         Some(rewritten) => {
@@ -450,9 +465,7 @@ async fn normalise_model(
         }
         None => bytes,
     };
-    Ok(Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync())
+    Ok(bytes)
 }
 
 /// The body with `"model": "<provider>/<name>"` turned into `"model": "<name>"`, or `None`

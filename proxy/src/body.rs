@@ -263,3 +263,12 @@ impl AuditedBody {
         Self { inner, pending }
     }
 }
+
+/// Whether a request says its body is JSON (`application/json`, `application/*+json`): the
+/// bodies egressd reads (model names, tool URLs).
+pub(crate) fn is_json(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.to_ascii_lowercase().contains("json"))
+}

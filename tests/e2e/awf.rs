@@ -363,6 +363,34 @@ fn api_proxy_normalises_paths_and_refuses_ambiguous_ones() {
     assert_eq!(openai.paths(), ["/v1/chat/completions"], "\n{out}");
 }
 
+/// A model request through the api-proxy cannot have the provider fetch a host the allowlist
+/// does not name (an MCP server URL): `403` naming the field, nothing sent upstream.
+#[test]
+fn api_proxy_refuses_tool_urls_outside_the_allowlist() {
+    if !privileged() {
+        return;
+    }
+    const OPENAI: &str = "api.openai.com";
+    let s = Scene::new();
+    let openai = egressd_tests::HttpsUpstream::start(&s.net, s.net.addr3(), &[OPENAI], &s.ca);
+    let script = "curl -sS --max-time 20 -w ' [HTTP %{http_code}]' \
+        -H 'content-type: application/json' \
+        -d '{\"model\":\"gpt-5\",\"tools\":[{\"type\":\"mcp\",\"server_url\":\"https://evil.example/mcp\"}]}' \
+        http://api-proxy:10000/v1/responses";
+    let out = awf_with_api_upstream(&s, OPENAI)
+        .env("OPENAI_API_KEY", "sk-real-openai-key")
+        .args(["--user", "65534:65534", "--"])
+        .command([script])
+        .run();
+    assert_eq!(out.code(), Some(0), "\n{out}");
+    assert!(out.stdout.ends_with("[HTTP 403]"), "\n{out}");
+    assert!(
+        out.stdout.contains("tools[0].server_url") && out.stdout.contains("evil.example"),
+        "\n{out}"
+    );
+    assert_eq!(openai.connections(), 0, "\n{out}");
+}
+
 /// The api-proxy's request handling that AWF does too: a `provider/model` name loses the
 /// redundant prefix before the body goes upstream (the upstream receives the shorter body),
 /// and a body over 10 MiB gets 413 `request_too_large` and goes nowhere.

@@ -682,3 +682,44 @@ fn the_copilot_cli_in_byok_mode_reaches_entra_only_azure_openai_under_awf() {
         }
     }
 }
+
+/// `--dns-server` names the hosts of egressd's own requests too: the Copilot exchange at
+/// `api.github.com` is looked up at the configured server (here a fake in the test's
+/// namespace), as the sandbox's names are.
+#[test]
+fn dns_server_names_the_hosts_of_egressds_own_requests() {
+    if !privileged() {
+        return;
+    }
+    use egressd_tests::FakeDns;
+    let c = CliSetup::with_copilot_names(&DOTCOM, &["api.githubcopilot.com"]);
+    c.fake.set_api_endpoint("https://api.githubcopilot.com");
+    let dns = FakeDns::start(
+        &c.s.net,
+        c.s.net.addr().into(),
+        &[("api.github.com", c.s.net.addr4().into())],
+    );
+    let out =
+        c.s.egressd()
+            .arg("--config")
+            .arg(&c.config)
+            .arg("--dns-server")
+            .arg(dns.addr().to_string())
+            .resolve("api.githubcopilot.com", c.s.net.addr3())
+            .env("COPILOT_GITHUB_TOKEN", HELD)
+            .env("GITHUB_SERVER_URL", DOTCOM.server_url)
+            .env("GITHUB_API_URL", DOTCOM.api_url)
+            .sh("curl -sS --max-time 20 -o /dev/null -w '%{http_code}\\n' \
+             -H 'Authorization: Bearer placeholder' https://api.githubcopilot.com/models")
+            .run();
+    assert_eq!(out.stdout.trim(), "200", "\n{out}");
+    assert!(
+        dns.asked_about("api.github.com") > 0,
+        "{:?}\n{out}",
+        dns.questions()
+    );
+    assert_eq!(c.fake.exchanges().len(), 1, "\n{out}");
+    let calls = c.api.calls();
+    let token = calls[0].authorization[0].trim_start_matches("Bearer ");
+    assert!(c.fake.issued(token), "{calls:?}");
+}

@@ -1000,3 +1000,82 @@ format = "{{token}}"
         "{recs:?}"
     );
 }
+
+#[test]
+fn tool_urls_outside_the_allowlist_are_refused_before_the_provider_sees_them() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let config = |tool_urls: &str| {
+        s.scratch.write(
+            "tools.toml",
+            format!(
+                r#"upstream_ca = "{ca}"
+allow_domains = ["mcp.allowed.example"]
+
+[[credential]]
+name = "key"
+source = "env"
+var = "EGRESSD_TEST_API_KEY"
+
+[[intercept]]
+host = "{API}"
+credential = "key"
+{tool_urls}
+"#,
+                ca = s.ca_pem.display()
+            ),
+        )
+    };
+    let post = |name: &str, body: &str| {
+        format!(
+            "curl -sS --max-time 20 -o /dev/null -w '{name} %{{http_code}}\\n' \
+             -H 'content-type: application/json' -d '{body}' https://{API}/v1/messages"
+        )
+    };
+    let script = [
+        post(
+            "evil-mcp",
+            r#"{"model":"m","mcp_servers":[{"type":"url","url":"https://evil.example/sse"}]}"#,
+        ),
+        post(
+            "open-web-fetch",
+            r#"{"model":"m","tools":[{"type":"web_fetch_20250910","name":"web_fetch"}]}"#,
+        ),
+        post(
+            "allowed-mcp",
+            r#"{"model":"m","mcp_servers":[{"type":"url","url":"https://mcp.allowed.example/sse"}]}"#,
+        ),
+    ]
+    .join("; ");
+    let run = |config: std::path::PathBuf| {
+        s.egressd()
+            .arg("--config")
+            .arg(config)
+            .env("EGRESSD_TEST_API_KEY", "static-key-0123456789")
+            .sh(&script)
+            .run()
+    };
+    let out = run(config(""));
+    out.assert_success();
+    for line in ["evil-mcp 403", "open-web-fetch 403", "allowed-mcp 200"] {
+        assert!(out.stdout.contains(line), "{line}\n{out}");
+    }
+    // Only the allowed request reached the provider; the refusals name field and host.
+    assert_eq!(s.api.paths().len(), 1, "\n{out}");
+    let refused: Vec<Value> = intercepted_records(&out)
+        .into_iter()
+        .filter(|r| r["status"] == 403)
+        .collect();
+    assert_eq!(refused.len(), 2, "\n{out}");
+    let reason = refused[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("mcp_servers[0].url") && reason.contains("evil.example"),
+        "{reason}"
+    );
+    // Control: the same requests with tool_urls = "allow" all reach the provider.
+    let out = run(config("tool_urls = \"allow\""));
+    out.assert_success();
+    assert_eq!(s.api.paths().len(), 4, "\n{out}");
+}

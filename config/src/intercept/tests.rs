@@ -13,6 +13,7 @@ fn rule(host: &str, prefix: Option<&str>, methods: &[&str]) -> InterceptRule {
         set_headers: vec![],
         default_headers: vec![],
         spiffe: None,
+        tool_urls: crate::intercept::ToolUrls::default(),
     }
 }
 

@@ -43,6 +43,7 @@ pub(crate) mod redact;
 mod scope;
 mod server;
 pub(crate) mod sigv4;
+pub(crate) mod tools;
 pub(crate) mod upstream;
 mod ws;
 

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use egressd_config::InterceptRule;
-use egressd_config::intercept::{Apply, AuthScheme};
+use egressd_config::intercept::{Apply, AuthScheme, ToolUrls};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
@@ -57,7 +57,8 @@ use crate::spiffe::{DialError, SpiffePeer};
 
 /// Longest path written to the audit log.
 const MAX_AUDIT_PATH: usize = 1024;
-/// Largest request body egressd buffers to sign it (SigV4 hashes the payload).
+/// Largest request body egressd buffers to sign it (SigV4 hashes the payload) or to check
+/// the tool URLs of a model request.
 const MAX_SIGNED_BODY: usize = 16 << 20;
 /// How long an idle connection's graceful shutdown (h2 GOAWAY) may take before it is dropped.
 const GRACEFUL_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -342,6 +343,27 @@ impl Conn {
             }
             let credential = rule.credential.as_deref().unwrap_or_default();
             pending.rec.credential = Some(credential.to_owned());
+            if rule.tool_urls != ToolUrls::Allow && crate::body::is_json(&parts.headers) {
+                // A model request may ask the provider to fetch URLs itself (tools.rs): read
+                // (bounded) and checked before any credential is had.
+                let bytes = match Limited::new(body, MAX_SIGNED_BODY).collect().await {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(e) => {
+                        let (status, message, retryable) = signing_body_error(&*e).response();
+                        return self.refuse(pending, status, &message, Some(credential), retryable);
+                    }
+                };
+                if let Ok(request) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    && let Err(refusal) =
+                        super::tools::check(&request, &self.proxy.config.policy, rule.tool_urls)
+                {
+                    let status = StatusCode::FORBIDDEN;
+                    return self.refuse(pending, status, &refusal.reason, Some(credential), false);
+                }
+                body = Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+            }
             match self.inject(rule, credential, &mut parts, body).await {
                 Ok((source, expires_in, injected, secret)) => {
                     pending.rec.token_source = Some(source.to_owned());
@@ -750,7 +772,8 @@ fn signing_body_error(e: &(dyn std::error::Error + 'static)) -> InjectError {
         InjectError::BodyTooLarge(over.to_string())
     } else if e.is::<http_body_util::LengthLimitError>() {
         InjectError::BodyTooLarge(format!(
-            "request bodies signed with SigV4 are limited to {MAX_SIGNED_BODY} bytes"
+            "request bodies egressd reads (to sign them with SigV4, to check tool URLs) are \
+             limited to {MAX_SIGNED_BODY} bytes"
         ))
     } else {
         InjectError::BodyFailed(format!("reading the request body: {e}"))

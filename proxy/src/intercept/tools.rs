@@ -1,0 +1,218 @@
+//! Tool URLs in model requests: a request body can ask the provider to fetch URLs itself (the
+//! Anthropic MCP connector and web fetch, OpenAI Responses MCP and web search tools, Gemini's
+//! URL context and search grounding). The provider then carries data to hosts the allowlist
+//! never named, from outside the sandbox. [`check`] reads the known fields of those request
+//! schemas and says which one names a host the policy does not allow.
+//!
+//! Fields read (`[i]` is any element):
+//!
+//! * `mcp_servers[i].url` (Anthropic MCP connector): its host must be allowed;
+//! * `tools[i].server_url` (OpenAI Responses `mcp` tools): its host must be allowed;
+//! * `tools[i]` of a `web_fetch*` or `web_search*` type (Anthropic, OpenAI): the provider
+//!   fetches what the model picks, so `allowed_domains` (Anthropic) or
+//!   `filters.allowed_domains` (OpenAI) must be present and every domain allowed;
+//! * `tools[i].url_context`, `tools[i].google_search`, `tools[i].googleSearch`,
+//!   `tools[i].urlContext` (Gemini): no domain filter exists, so they are refused.
+//!
+//! `allow` skips the check, `deny` refuses any of these fields, `allowlist` (the default)
+//! refuses only what names a host outside the allowlist.
+
+use egressd_config::intercept::ToolUrls;
+use egressd_config::{Policy, Scheme, Target, TargetHost};
+use serde_json::Value;
+
+/// A tool field that would make the provider reach outside the allowlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// The JSON path of the field, e.g. `tools[1].server_url`.
+    pub field: String,
+    /// The host it names, if it names one.
+    pub host: Option<String>,
+    /// Why, for the client and the audit log.
+    pub reason: String,
+}
+
+/// Checks `body` (a model request) under `mode` against `policy`.
+///
+/// # Errors
+///
+/// The first field that names what the policy does not allow.
+pub(crate) fn check(body: &Value, policy: &Policy, mode: ToolUrls) -> Result<(), Refusal> {
+    if mode == ToolUrls::Allow {
+        return Ok(());
+    }
+    let allowed = |host: &str| {
+        mode == ToolUrls::Allowlist
+            && policy
+                .decide(&Target {
+                    host: TargetHost::Name(host),
+                    port: 443,
+                    scheme: Scheme::Https,
+                })
+                .is_allow()
+    };
+    let refuse = |field: String, host: Option<&str>, why: &str| Refusal {
+        reason: match host {
+            Some(h) => format!("{field} names {h}, {why}"),
+            None => format!("{field}: {why}"),
+        },
+        field,
+        host: host.map(str::to_owned),
+    };
+    let outside = if mode == ToolUrls::Deny {
+        "and tool URLs are denied on this rule (tool_urls = \"deny\")"
+    } else {
+        "which is not in the allowlist: the provider would reach it from outside the sandbox"
+    };
+    let url_field = |field: String, url: &Value| -> Result<(), Refusal> {
+        let Some(text) = url.as_str() else {
+            return Ok(());
+        };
+        match host_of(text) {
+            Some(host) if allowed(&host) => Ok(()),
+            Some(host) => Err(refuse(field, Some(&host), outside)),
+            None => Err(refuse(field, None, "not a URL with a host")),
+        }
+    };
+    for (i, server) in array(body, "mcp_servers").enumerate() {
+        url_field(format!("mcp_servers[{i}].url"), &server["url"])?;
+    }
+    for (i, tool) in array(body, "tools").enumerate() {
+        if let Some(url) = tool.get("server_url") {
+            url_field(format!("tools[{i}].server_url"), url)?;
+        }
+        let kind = tool["type"].as_str().unwrap_or_default();
+        if kind.starts_with("web_fetch") || kind.starts_with("web_search") {
+            let (domains, field) = match tool.get("allowed_domains") {
+                Some(d) => (d, format!("tools[{i}].allowed_domains")),
+                None => (
+                    &tool["filters"]["allowed_domains"],
+                    format!("tools[{i}].filters.allowed_domains"),
+                ),
+            };
+            let Some(domains) = domains.as_array().filter(|d| !d.is_empty()) else {
+                return Err(refuse(
+                    format!("tools[{i}]"),
+                    None,
+                    &format!(
+                        "a {kind} tool lets the provider fetch what the model picks; list the \
+                         hosts in {field} (each must be allowed), or set tool_urls = \"allow\""
+                    ),
+                ));
+            };
+            for (j, domain) in domains.iter().enumerate() {
+                let host = domain.as_str().unwrap_or_default().trim_start_matches("*.");
+                if !allowed(host) {
+                    return Err(refuse(format!("{field}[{j}]"), Some(host), outside));
+                }
+            }
+        }
+        for key in ["url_context", "urlContext", "google_search", "googleSearch"] {
+            if tool.get(key).is_some() {
+                return Err(refuse(
+                    format!("tools[{i}].{key}"),
+                    None,
+                    "a Gemini tool that fetches what the model picks, with no domain filter; \
+                     set tool_urls = \"allow\" on this rule to permit it",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The elements of `body[key]` when it is an array.
+fn array<'a>(body: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    body.get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+/// The host of an absolute URL, lowercase.
+fn host_of(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    Some(
+        parsed
+            .host_str()?
+            .trim_end_matches('.')
+            .to_ascii_lowercase(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy() -> std::sync::Arc<Policy> {
+        let mut b = egressd_config::ConfigBuilder::new();
+        b.allow_list(
+            "api.allowed.example,mcp.allowed.example",
+            egressd_config::Origin::Flag("-d"),
+        )
+        .unwrap();
+        b.build().unwrap().policy
+    }
+
+    #[test]
+    fn tool_urls_outside_the_allowlist_are_refused_with_their_field() {
+        let p = policy();
+        let cases = [
+            (
+                json!({"mcp_servers": [{"type": "url", "url": "https://evil.example/sse"}]}),
+                "mcp_servers[0].url",
+                Some("evil.example"),
+            ),
+            (
+                json!({"tools": [{"type": "function"}, {"type": "mcp", "server_url": "https://evil.example/mcp"}]}),
+                "tools[1].server_url",
+                Some("evil.example"),
+            ),
+            (
+                json!({"tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}]}),
+                "tools[0]",
+                None,
+            ),
+            (
+                json!({"tools": [{"type": "web_search", "filters": {"allowed_domains": ["api.allowed.example", "evil.example"]}}]}),
+                "tools[0].filters.allowed_domains[1]",
+                Some("evil.example"),
+            ),
+            (
+                json!({"tools": [{"url_context": {}}]}),
+                "tools[0].url_context",
+                None,
+            ),
+        ];
+        for (body, field, host) in cases {
+            let refusal = check(&body, &p, ToolUrls::Allowlist).unwrap_err();
+            assert_eq!(refusal.field, field, "{body}");
+            assert_eq!(refusal.host.as_deref(), host, "{body}");
+            assert_eq!(check(&body, &p, ToolUrls::Allow), Ok(()));
+        }
+    }
+
+    #[test]
+    fn allowed_tool_urls_pass_unless_the_rule_denies_them() {
+        let p = policy();
+        let body = json!({
+            "model": "claude",
+            "messages": [{"role": "user", "content": "https://evil.example in a prompt is not a tool"}],
+            "mcp_servers": [{"url": "https://mcp.allowed.example/sse"}],
+            "tools": [
+                {"type": "web_fetch_20250910", "allowed_domains": ["api.allowed.example"]},
+                {"type": "mcp", "server_url": "https://MCP.allowed.example./mcp"},
+                {"type": "function", "function": {"name": "f"}}
+            ]
+        });
+        assert_eq!(check(&body, &p, ToolUrls::Allowlist), Ok(()));
+        let refusal = check(&body, &p, ToolUrls::Deny).unwrap_err();
+        assert_eq!(refusal.field, "mcp_servers[0].url");
+        assert_eq!(check(&json!({"messages": []}), &p, ToolUrls::Deny), Ok(()));
+        assert_eq!(
+            check(&json!("not an object"), &p, ToolUrls::Allowlist),
+            Ok(())
+        );
+    }
+}
