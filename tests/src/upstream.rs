@@ -12,10 +12,8 @@
 //!   `N` at most 100, `MS` at most 5000;
 //! * `.../upload`: reads the whole request body, then answers `received N bytes`; each
 //!   body read to its end is recorded in [`HttpsUpstream::uploads`] (one cut short is not);
-//! * `.../echo-headers`: the request's headers in the body (gzip-encoded when the client
-//!   accepts gzip, or always with `?gzip=always`; with `?forms`, each `api-key` value also
-//!   URL-encoded, JSON-escaped and as a Basic credential), and `api-key` values reflected in
-//!   `x-echo-api-key`;
+//! * `.../echo-headers`: the request's headers in the body and its credential headers in
+//!   `x-echo-<name>` (see `echo_headers` for the forms and framings the query picks);
 //! * `.../ws`: a WebSocket (RFC 6455) echo: `101` with `Sec-WebSocket-Accept` (and the
 //!   request's credential headers in `x-echo-credentials`), then every text or binary message
 //!   is sent back (the text `echo-credentials` is answered with those credentials; at most
@@ -636,54 +634,7 @@ fn answer(mut req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     // `/echo-headers`: the request's headers, in the body and reflected in a response header
     // (an echo endpoint, for credential-reflection tests).
     if path == "/echo-headers" || path.ends_with("/echo-headers") {
-        let mut text = String::new();
-        for (name, value) in req.headers() {
-            text.push_str(&format!(
-                "{name}: {}\n",
-                String::from_utf8_lossy(value.as_bytes())
-            ));
-        }
-        // `?forms`: each `api-key` value also URL-encoded, JSON-escaped and as the base64 of
-        // `user:<value>` (an echoed Basic credential).
-        if req.uri().query().is_some_and(|q| q.contains("forms")) {
-            for value in req.headers().get_all("api-key") {
-                let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                let url: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
-                let json = serde_json::to_string(&v)
-                    .unwrap_or_default()
-                    .replace('/', "\\/");
-                let basic = base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    format!("user:{v}"),
-                );
-                text.push_str(&format!("url: {url}\njson: {json}\nbasic: {basic}\n"));
-            }
-        }
-        // Compressed when the client accepts gzip (as most servers do), or always with
-        // `?gzip=always` (a server that ignores `Accept-Encoding: identity`).
-        let accepts_gzip = req
-            .headers()
-            .get_all("accept-encoding")
-            .iter()
-            .any(|v| String::from_utf8_lossy(v.as_bytes()).contains("gzip"));
-        let gzip = accepts_gzip || req.uri().query() == Some("gzip=always");
-        let mut resp = if gzip {
-            let mut encoder =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            std::io::Write::write_all(&mut encoder, text.as_bytes()).expect("gzip in memory");
-            let mut resp = Response::new(whole(encoder.finish().expect("gzip in memory")));
-            resp.headers_mut().insert(
-                "content-encoding",
-                hyper::header::HeaderValue::from_static("gzip"),
-            );
-            resp
-        } else {
-            Response::new(whole(text))
-        };
-        for value in req.headers().get_all("api-key") {
-            resp.headers_mut().append("x-echo-api-key", value.clone());
-        }
-        return resp;
+        return echo_headers(&req);
     }
     if path == "/sse" || path.ends_with("/sse") {
         return sse(req.uri().query().unwrap_or_default());
@@ -692,6 +643,103 @@ fn answer(mut req: Request<Incoming>, conn: &Conn) -> Response<Body> {
         return websocket(&mut req, Arc::clone(seen));
     }
     Response::new(whole(format!("hello from {name} via {host}")))
+}
+
+/// `/echo-headers`: an echo endpoint, for credential-reflection tests. The body lists every
+/// request header (`name: value`); the credential headers' values also come back in
+/// `x-echo-<name>` response headers. The query picks more forms and framings:
+///
+/// * `forms`: each credential (the last word of each credential header) also URL-encoded,
+///   JSON-escaped (`\/`) and as the base64 of `user:<credential>` (an echoed Basic
+///   credential);
+/// * `chunked`: the body streamed 5 bytes at a time (a credential split across chunks);
+/// * `sse`: the body as server-sent events, one per line;
+/// * `gzip=always`: gzip-encoded whatever the client accepts (otherwise only when it accepts
+///   gzip, as most servers do).
+fn echo_headers(req: &Request<Incoming>) -> Response<Body> {
+    let query = req.uri().query().unwrap_or_default();
+    let has = |flag: &str| query.split('&').any(|kv| kv == flag);
+    let mut text = String::new();
+    for (name, value) in req.headers() {
+        text.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    let credentials: Vec<(&str, String)> = CREDENTIAL_HEADERS
+        .iter()
+        .flat_map(|name| req.headers().get_all(*name).iter().map(move |v| (*name, v)))
+        .map(|(name, v)| (name, String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    if has("forms") {
+        for (_, value) in &credentials {
+            let v = value.split_whitespace().last().unwrap_or_default();
+            let url: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
+            let json = serde_json::to_string(v)
+                .unwrap_or_default()
+                .replace('/', "\\/");
+            let basic = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("user:{v}"),
+            );
+            text.push_str(&format!("url: {url}\njson: {json}\nbasic: {basic}\n"));
+        }
+    }
+    let accepts_gzip = req
+        .headers()
+        .get_all("accept-encoding")
+        .iter()
+        .any(|v| String::from_utf8_lossy(v.as_bytes()).contains("gzip"));
+    let mut resp = if accepts_gzip || has("gzip=always") {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut encoder, text.as_bytes()).expect("gzip in memory");
+        let mut resp = Response::new(whole(encoder.finish().expect("gzip in memory")));
+        resp.headers_mut().insert(
+            "content-encoding",
+            hyper::header::HeaderValue::from_static("gzip"),
+        );
+        resp
+    } else if has("sse") {
+        let events: Vec<Bytes> = text
+            .lines()
+            .map(|l| Bytes::from(format!("data: {l}\n\n")))
+            .collect();
+        let mut resp = Response::new(stream_of(events));
+        resp.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        resp
+    } else if has("chunked") {
+        let chunks: Vec<Bytes> = text
+            .as_bytes()
+            .chunks(5)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        Response::new(stream_of(chunks))
+    } else {
+        Response::new(whole(text))
+    };
+    for (name, value) in &credentials {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
+            resp.headers_mut().append(
+                hyper::header::HeaderName::from_bytes(format!("x-echo-{name}").as_bytes())
+                    .expect("a valid header name"),
+                v,
+            );
+        }
+    }
+    resp
+}
+
+/// A streamed body of `frames`, each sent as its own data frame.
+fn stream_of(frames: Vec<Bytes>) -> Body {
+    let stream = futures_util::stream::iter(
+        frames
+            .into_iter()
+            .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
+    );
+    BodyExt::boxed(StreamBody::new(stream))
 }
 
 fn whole(body: impl Into<Bytes>) -> Body {

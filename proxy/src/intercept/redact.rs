@@ -305,6 +305,21 @@ mod tests {
         }
     }
 
+    /// A body of the given frames (data and trailers).
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
     fn chunks(parts: &[&str]) -> Chunks {
         Chunks(
             parts
@@ -367,6 +382,28 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(first.into_data().unwrap(), "data: 0\n\n");
+    }
+
+    #[tokio::test]
+    async fn trailers_are_scrubbed_and_come_after_the_held_back_bytes() {
+        // Data ending in what may start the token, then trailers echoing it.
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-echo", HeaderValue::from_static("Bearer tok-123456789"));
+        let inner = Frames(
+            [
+                Frame::data(Bytes::from_static(b"body tok-1")),
+                Frame::trailers(trailers),
+            ]
+            .into(),
+        );
+        let body = Redacting::new(inner, Needles::new(b"tok-123456789").unwrap());
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers kept");
+        assert_eq!(
+            trailers["x-echo"].as_bytes(),
+            [b"Bearer ".as_slice(), MARKER].concat()
+        );
+        assert_eq!(collected.to_bytes(), "body tok-1");
     }
 
     #[test]
