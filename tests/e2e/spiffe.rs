@@ -441,3 +441,75 @@ authority = "{authority}"
     let log = fs::read_to_string(&sp.s.audit_log).unwrap();
     assert!(!log.contains(token), "the token is in the audit log");
 }
+
+/// The leak matrix's SPIFFE column (`leaks.rs` has the others and their controls): the
+/// bearer token injected beside the SVID never comes back from an echoing backend.
+#[test]
+fn the_bearer_token_beside_the_svid_is_never_echoed_back() {
+    if !privileged() {
+        return;
+    }
+    const TENANT: &str = "00000000-0000-0000-0000-0000000000aa";
+    const APP: &str = "44444444-0000-0000-0000-000000000000";
+    let sp = Spiffe::new(BACKEND);
+    sp.agent.set_identities(&[RUNNER], Duration::from_secs(600));
+    let oidc = FakeOidc::start(&sp.s.ca);
+    let entra = FakeEntra::start(&sp.s.ca, &oidc, TENANT);
+    entra.add_app(
+        APP,
+        Fic {
+            issuer: oidc.issuer(),
+            subject: "repo:octo-org/octo-repo:ref:refs/heads/main".into(),
+            audience: "api://AzureADTokenExchange".into(),
+        },
+    );
+    sp.write_config(
+        &format!(
+            r#"
+[[credential]]
+name = "github"
+source = "github-oidc"
+audience = "api://AzureADTokenExchange"
+
+[[credential]]
+name = "budget-app"
+source = "entra"
+tenant = "{TENANT}"
+client_id = "{APP}"
+scope = "api://budget-backend/.default"
+assertion = "github"
+authority = "{authority}"
+"#,
+            authority = entra.authority(),
+        ),
+        r#"credential = "budget-app""#,
+    );
+    let script = format!(
+        "for q in forms 'forms&chunked' 'forms&sse'; do \
+           curl -sS --max-time 20 --compressed -D - \"https://{BUDGET}/echo-headers?$q\"; echo; \
+         done"
+    );
+    let out = sp
+        .egressd()
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", oidc.request_url())
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", oidc.request_token())
+        .sh(&script)
+        .run();
+    out.assert_success();
+    let creds = sp.backend.credentials();
+    let token = creds
+        .iter()
+        .find(|(_, n, _)| n == "authorization")
+        .and_then(|(_, _, v)| v.strip_prefix("Bearer "))
+        .unwrap_or_else(|| panic!("no bearer token reached the backend: {creds:?}\n{out}"))
+        .to_owned();
+    assert!(entra.issued(&token).is_some(), "{creds:?}");
+    let url: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    for form in [token.as_str(), url.as_str()] {
+        assert!(!out.stdout.contains(form), "\n{out}");
+    }
+    assert!(
+        out.stdout.matches("[token redacted by egressd]").count() >= 3 * 5,
+        "\n{out}"
+    );
+}
