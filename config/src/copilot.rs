@@ -89,11 +89,17 @@ pub const GHES_DEFAULT_MODEL: &str = "gpt-4.1";
 /// The variable the Copilot CLI reads its GitHub token from first.
 pub const GITHUB_TOKEN_VAR: &str = "COPILOT_GITHUB_TOKEN";
 /// The paths of the deployment's REST API (below its base, `/api/v3` on GHES) where the
-/// Copilot CLI needs the GitHub token (`tests/captures/copilot-cli-1.0.102.md`): `GET
-/// /copilot_internal/user` (its plan and endpoints), `/copilot_internal/managed_settings`,
-/// `/copilot_internal/team_customizations`, `/copilot/mcp_registry`. Every other path of the
-/// API host (the CLI's release lookup among them) gets no credential.
-pub const API_PATHS: &[&str] = &["/copilot_internal/", "/copilot/mcp_registry"];
+/// Copilot CLI needs the GitHub token (`tests/captures/copilot-cli-1.0.102.md`), `GET` only:
+/// `/copilot_internal/user` (its plan and endpoints), `/copilot_internal/managed_settings`,
+/// `/copilot_internal/team_customizations`, `/copilot/mcp_registry`. Every other path and
+/// method of the API host gets no credential: above all the token exchange
+/// (`/copilot_internal/v2/token`), whose answer would hand the sandbox a live Copilot token.
+pub const API_PATHS: &[&str] = &[
+    "/copilot_internal/user",
+    "/copilot_internal/managed_settings",
+    "/copilot_internal/team_customizations",
+    "/copilot/mcp_registry",
+];
 /// `anthropic-version` added to BYOK Anthropic requests that carry none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
@@ -425,10 +431,14 @@ fn expand_table(
         ));
         // The deployment's REST API, for the paths the Copilot CLI calls with its GitHub
         // token: the daemon's token, in place of the sandbox's placeholder.
-        let api = table.api_url.as_deref().unwrap_or(api_base);
-        match api_rules(api, github_token) {
-            Ok(rules) => out.rules.extend(rules),
-            Err(why) => errors.push(error(&table.at, why)),
+        // Not on GHES: the CLI runs there as a provider client of the enterprise Copilot API
+        // (below) and never calls the server's API, whose host is also the git host.
+        if !matches!(deployment, Deployment::Ghes { .. }) {
+            let api = table.api_url.as_deref().unwrap_or(api_base);
+            match api_rules(api, github_token) {
+                Ok(rules) => out.rules.extend(rules),
+                Err(why) => errors.push(error(&table.at, why)),
+            }
         }
         out.placeholders.push((
             GITHUB_TOKEN_VAR.to_owned(),
@@ -585,6 +595,9 @@ fn api_rules(api_base: &str, credential: &str) -> Result<Vec<InterceptRule>, Str
         .iter()
         .map(|path| {
             let mut r = rule(host, credential, "authorization", "Bearer {token}")?;
+            r.methods = vec!["GET".to_owned()];
+            // GitHub's REST API is no model API: its bodies are not read for tool URLs.
+            r.tool_urls = crate::intercept::ToolUrls::Allow;
             r.path_prefix = Some(if base_path.is_empty() {
                 (*path).to_owned()
             } else {

@@ -281,7 +281,24 @@ async fn handle(
     pending.rec.token_source = Some(token.source.to_owned());
     let body: UpBody =
         crate::body::Counted::new(body, Arc::clone(&pending.sent), Some(body_limit)).boxed_unsync();
-    let body = if crate::body::is_json(&parts.headers) && parts.method == Method::POST {
+    if crate::body::may_be_json(&parts)
+        && let Some(encoding) = crate::body::content_encoding(&parts.headers)
+    {
+        let reason = format!(
+            "a request body with content-encoding {encoding} cannot be checked for tool URLs; \
+             send it uncompressed"
+        );
+        pending.rec.reason = format!("api-proxy: {reason}");
+        pending.rec.status = Some(415);
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            provider,
+            &reason,
+            "invalid_request",
+            false,
+        );
+    }
+    let body = if crate::body::may_be_json(&parts) {
         // The whole body is held here: bounded in size (the body limit) and in time, so a
         // client dribbling bodies on many connections cannot pin egressd's memory for long.
         let read = tokio::time::timeout(
@@ -305,22 +322,19 @@ async fn handle(
             Ok(bytes) => {
                 // The provider must not be asked to fetch what the allowlist does not name
                 // (intercept/tools.rs).
-                if let Ok(request) = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    && let Err(refusal) = crate::intercept::tools::check(
-                        &request,
-                        &proxy.config.policy,
-                        egressd_config::intercept::ToolUrls::Allowlist,
-                    )
-                {
+                if let Err(refusal) = crate::intercept::tools::check_body(
+                    &bytes,
+                    &proxy.config.policy,
+                    egressd_config::intercept::ToolUrls::Allowlist,
+                ) {
+                    let (status, kind) = if refusal.field.is_empty() {
+                        (StatusCode::BAD_REQUEST, "invalid_request")
+                    } else {
+                        (StatusCode::FORBIDDEN, "tool_url_not_allowed")
+                    };
                     pending.rec.reason = format!("api-proxy: {}", refusal.reason);
-                    pending.rec.status = Some(403);
-                    return error(
-                        StatusCode::FORBIDDEN,
-                        provider,
-                        &refusal.reason,
-                        "tool_url_not_allowed",
-                        false,
-                    );
+                    pending.rec.status = Some(status.as_u16());
+                    return error(status, provider, &refusal.reason, kind, false);
                 }
                 Full::new(bytes)
                     .map_err(|never| match never {})
@@ -758,18 +772,12 @@ pub(crate) fn auth(
 /// query parameters dropped.
 fn upstream_path(route: &Route, uri: &Uri) -> String {
     let path = uri.path();
-    let first_segment = |p: &str| {
-        p.trim_start_matches('/')
-            .split('/')
-            .next()
-            .map(str::to_owned)
-    };
     let path = if let Some(base) = route.base_path.as_deref().filter(|b| !b.is_empty()) {
         if path == base
             || path.starts_with(&format!("{base}/"))
-            || (path.len() > 1 && first_segment(path) == first_segment(base))
+            || (base.starts_with("/openai/") && path.starts_with("/openai/"))
         {
-            // Already below the base, or addressing the API's root itself (the Copilot CLI's
+            // Already below the base, or an Azure OpenAI path of its own (the Copilot CLI's
             // Azure provider sends `/openai/v1/...` for a base of `/openai/deployments/X`).
             path.to_owned()
         } else if path == "/" {

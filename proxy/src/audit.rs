@@ -732,6 +732,10 @@ impl Summary {
             self.dns_queries += 1;
         }
         if r.failed && !dns {
+            // Policy let it go ahead (or audit-only did), and it ended early.
+            if r.decision == AuditDecision::Deny && !r.enforced {
+                self.not_enforced += 1;
+            }
             self.failed += 1;
             return;
         }

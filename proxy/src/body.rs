@@ -264,11 +264,24 @@ impl AuditedBody {
     }
 }
 
-/// Whether a request says its body is JSON (`application/json`, `application/*+json`): the
-/// bodies egressd reads (model names, tool URLs).
-pub(crate) fn is_json(headers: &hyper::HeaderMap) -> bool {
-    headers
+/// Whether a request's body may be read as JSON by the server: a body-carrying method and a
+/// JSON, `text/plain` or missing content type (frameworks parse those as JSON too).
+pub(crate) fn may_be_json(parts: &hyper::http::request::Parts) -> bool {
+    let body_method = matches!(parts.method.as_str(), "POST" | "PUT" | "PATCH");
+    let kind = parts
+        .headers
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.to_ascii_lowercase().contains("json"))
+        .map(str::to_ascii_lowercase);
+    body_method
+        && kind
+            .as_deref()
+            .is_none_or(|t| t.contains("json") || t.starts_with("text/plain"))
+}
+
+/// The request's content coding, unless it is `identity` (or absent).
+pub(crate) fn content_encoding(headers: &hyper::HeaderMap) -> Option<String> {
+    let coding = headers.get(hyper::header::CONTENT_ENCODING)?;
+    let coding = coding.to_str().unwrap_or("(not text)").trim();
+    (!coding.is_empty() && !coding.eq_ignore_ascii_case("identity")).then(|| coding.to_owned())
 }

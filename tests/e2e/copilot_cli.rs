@@ -723,3 +723,43 @@ fn dns_server_names_the_hosts_of_egressds_own_requests() {
     let token = calls[0].authorization[0].trim_start_matches("Bearer ");
     assert!(c.fake.issued(token), "{calls:?}");
 }
+
+/// The sandbox cannot have the daemon's GitHub token traded for a Copilot token it would then
+/// hold: the exchange path of the API, and every method but GET, get no credential.
+#[test]
+fn the_sandbox_cannot_run_the_copilot_exchange_with_the_daemons_token() {
+    if !privileged() {
+        return;
+    }
+    let c = CliSetup::new(&DOTCOM);
+    let curl = |method: &str, path: &str| {
+        format!(
+            "curl -sS --max-time 20 -o /dev/null -w '{method} {path} %{{http_code}}\\n' -X {method} \
+             -H 'Authorization: token ghu_egressdplaceholderaaaaaaaaaaaaaaaaaa' https://api.github.com{path}"
+        )
+    };
+    let script = [
+        curl("GET", "/copilot_internal/v2/token"),
+        curl("POST", "/copilot_internal/user"),
+        curl("GET", "/copilot_internal/user"),
+    ]
+    .join("; ");
+    let out = c.egressd().sh(&script).run();
+    out.assert_success();
+    for line in [
+        "GET /copilot_internal/v2/token 401",
+        "POST /copilot_internal/user 4",
+        "GET /copilot_internal/user 200",
+    ] {
+        assert!(out.stdout.contains(line), "{line}\n{out}");
+    }
+    // Only the GET of the user's plan carried the daemon's token.
+    for call in c.github.calls() {
+        let held = call.authorization.iter().any(|v| v.ends_with(HELD));
+        assert_eq!(
+            held,
+            call.method == "GET" && call.path == "/copilot_internal/user",
+            "{call:?}\n{out}"
+        );
+    }
+}

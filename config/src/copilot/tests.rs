@@ -100,11 +100,14 @@ fn github_com_intercepts_every_plan_host_and_exchanges_at_api_github_com() {
     let api = config.intercepts.for_host("api.github.com");
     assert_eq!(api.len(), API_PATHS.len());
     assert!(api.iter().all(|r| r.credential.as_deref() == Some("gh")));
-    let covered = |path: &str| api.iter().any(|r| r.applies_to("GET", path));
-    assert!(covered("/copilot_internal/user"));
-    assert!(covered("/copilot/mcp_registry"));
-    assert!(!covered("/user"));
-    assert!(!covered("/repos/github/copilot-cli/releases"));
+    let covered = |method: &str, path: &str| api.iter().any(|r| r.applies_to(method, path));
+    assert!(covered("GET", "/copilot_internal/user"));
+    assert!(covered("GET", "/copilot/mcp_registry"));
+    assert!(!covered("POST", "/copilot_internal/user"));
+    assert!(!covered("GET", "/user"));
+    assert!(!covered("GET", "/repos/github/copilot-cli/releases"));
+    // The exchange's answer is a live Copilot token: never with the daemon's GitHub token.
+    assert!(!covered("GET", "/copilot_internal/v2/token"));
     assert_eq!(
         config.placeholders,
         [(
@@ -178,14 +181,10 @@ fn ghes_exchanges_at_its_path_style_api_and_uses_the_enterprise_copilot_host() {
     );
     assert_eq!(source.mode, CopilotMode::Exchange);
     assert_eq!(source.scheme, Some(AuthScheme::Token));
+    // The server (also the git host) is not intercepted: the CLI never calls it.
     assert_eq!(
         config.intercepts.host_patterns(),
-        ["api.enterprise.githubcopilot.com", "git.corp.example"]
-    );
-    let api = config.intercepts.for_host("git.corp.example");
-    assert_eq!(
-        api[0].path_prefix.as_deref(),
-        Some("/api/v3/copilot_internal/")
+        ["api.enterprise.githubcopilot.com"]
     );
     // The CLI cannot use a GHES server for Copilot: it is pointed at the enterprise Copilot
     // API as a provider, with a placeholder key and a model.

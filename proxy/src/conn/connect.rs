@@ -262,7 +262,12 @@ pub(crate) fn guard(ip: IpAddr) -> Result<(), &'static str> {
 
 fn guard_v4(ip: Ipv4Addr) -> Result<(), &'static str> {
     let o = ip.octets();
-    if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(168, 63, 129, 16) {
+    // AWS/GCP/Azure IMDS, Azure's wire server, Alibaba Cloud's metadata service (inside the
+    // CGNAT range, which a private-network name may otherwise reach).
+    if ip == Ipv4Addr::new(169, 254, 169, 254)
+        || ip == Ipv4Addr::new(168, 63, 129, 16)
+        || ip == Ipv4Addr::new(100, 100, 100, 200)
+    {
         return Err("metadata");
     }
     if ip.is_loopback() {
@@ -355,6 +360,7 @@ mod tests {
             ("127.0.0.1", "loopback"),
             ("169.254.169.254", "metadata"),
             ("168.63.129.16", "metadata"),
+            ("100.100.100.200", "metadata"),
             ("169.254.1.1", "link-local"),
             ("::1", "loopback"),
             ("::ffff:127.0.0.1", "loopback"),

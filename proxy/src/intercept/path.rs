@@ -4,12 +4,13 @@
 //! the path the server serves.
 //!
 //! Some escapes mean different things to different servers: an encoded `/` or `\` (`%2F`,
-//! `%5C`), a raw `\`, a double-encoded character (`%252E`). [`normalize`] keeps them as they
-//! are (upper-cased), which is what a strict server reads; [`loose`] reads the path the way
-//! the most liberal server or gateway would (every escape decoded twice, `\` as `/`). When the
-//! two readings would get different credentials, the request is refused: a token is never
-//! injected on a guess of how the server reads `/openai/..%2fadmin`. When they agree (a branch
-//! name `heads%2Ffeature` on a host whose rule has no prefix), the request goes ahead.
+//! `%5C`), a raw `\`, a double-encoded character (`%252E`), a `;parameter`. [`normalize`]
+//! keeps them as they are (upper-cased), which is what a strict server reads; [`readings`]
+//! are the paths other servers and gateways would read (escapes decoded once or twice, `\` as
+//! `/`, parameters dropped). When any reading would get another credential, the request is
+//! refused: a token is never injected on a guess of how the server reads
+//! `/openai/..%2fadmin`. When they all agree (a branch name `heads%2Ffeature` on a host whose
+//! rule has no prefix), the request goes ahead.
 
 use std::borrow::Cow;
 
@@ -36,24 +37,56 @@ pub(crate) fn normalize(path: &str) -> Result<Cow<'_, str>, BadEscape> {
     }
 }
 
-/// Whether `path` holds something servers read differently: `%2F`, `%5C`, `%25` (any case)
-/// or a raw `\`. Only then can [`loose`] differ from [`normalize`].
+/// Whether `path` holds something servers read differently: `%2F`, `%5C`, `%25`, `%3B` (any
+/// case), a raw `\` or a `;` (a matrix parameter, which Java servers drop). Only then can one
+/// of the [`readings`] differ from [`normalize`]'s.
 pub(crate) fn is_ambiguous(path: &str) -> bool {
     let bytes = path.as_bytes();
     bytes.iter().enumerate().any(|(i, b)| match b {
-        b'\\' => true,
-        b'%' => matches!(hex_byte(bytes, i + 1), Some(b'/' | b'\\' | b'%')),
+        b'\\' | b';' => true,
+        b'%' => matches!(hex_byte(bytes, i + 1), Some(b'/' | b'\\' | b'%' | b';')),
         _ => false,
     })
 }
 
-/// `path` as the most liberal server or gateway reads it: every escape decoded, twice; `\`
-/// read as `/`; dot segments resolved.
-pub(crate) fn loose(path: &str) -> String {
+/// `path` as other servers and gateways may read it: every escape decoded once or twice
+/// (nginx decodes once and reads a decoded `%2F` as `/`; a gateway in front may decode
+/// again), `\` read as `/` or not, `;parameters` dropped from segments or not; dot segments
+/// resolved after each. A credential may go ahead only when every reading gets the same rule
+/// as [`normalize`]'s.
+pub(crate) fn readings(path: &str) -> Vec<String> {
     let once = decode_all(path.as_bytes());
     let twice = decode_all(&once);
-    let text = String::from_utf8_lossy(&twice).replace('\\', "/");
-    resolve(&text)
+    let mut out: Vec<String> = Vec::with_capacity(8);
+    for decoded in [once, twice] {
+        let text = String::from_utf8_lossy(&decoded).into_owned();
+        for backslash in [false, true] {
+            let text = if backslash {
+                text.replace('\\', "/")
+            } else {
+                text.clone()
+            };
+            for params in [false, true] {
+                let reading = resolve(&if params {
+                    without_params(&text)
+                } else {
+                    text.clone()
+                });
+                if !out.contains(&reading) {
+                    out.push(reading);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `path` with each segment's `;parameters` dropped (`/a;x=1/b` is `/a/b`).
+fn without_params(path: &str) -> String {
+    path.split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// `uri` with its path replaced by `path` (the query kept).
@@ -175,27 +208,33 @@ mod tests {
             "/./admin",
         ] {
             assert_eq!(n(trick).as_deref(), Ok("/admin"), "{trick}");
-            assert_eq!(loose(trick), "/admin", "{trick}");
+            assert!(readings(trick).iter().all(|r| r == "/admin"), "{trick}");
         }
     }
 
     #[test]
-    fn encoded_separators_and_double_encoding_read_differently_by_loose_servers() {
-        for (path, strict, liberal) in [
-            ("/openai/%2E%2E%2Fadmin", "/openai/..%2Fadmin", "/admin"),
-            ("/openai/..%2fadmin", "/openai/..%2Fadmin", "/admin"),
-            ("/openai/..%5cadmin", "/openai/..%5Cadmin", "/admin"),
-            ("/openai/..\\admin", "/openai/..\\admin", "/admin"),
+    fn encoded_separators_and_double_encoding_have_readings_outside_the_prefix() {
+        for (path, strict) in [
+            ("/openai/%2E%2E%2Fadmin", "/openai/..%2Fadmin"),
+            ("/openai/..%2fadmin", "/openai/..%2Fadmin"),
+            ("/openai/..%5cadmin", "/openai/..%5Cadmin"),
+            ("/openai/..\\admin", "/openai/..\\admin"),
+            ("/openai/%252e%252e/admin", "/openai/%252e%252e/admin"),
+            // nginx decodes once: %25 stays a literal '%', %2F becomes '/'.
             (
-                "/openai/%252e%252e/admin",
-                "/openai/%252e%252e/admin",
-                "/admin",
+                "/openai/a%252Fb%2F..%2F..%2Fadmin",
+                "/openai/a%252Fb%2F..%2F..%2Fadmin",
             ),
-            ("/openai/a%252fb", "/openai/a%252fb", "/openai/a/b"),
+            // Java servers drop `;parameters`.
+            ("/openai/..;/admin", "/openai/..;/admin"),
         ] {
             assert!(is_ambiguous(path), "{path}");
             assert_eq!(n(path).as_deref(), Ok(strict), "{path}");
-            assert_eq!(loose(path), liberal, "{path}");
+            assert!(
+                readings(path).iter().any(|r| r == "/admin"),
+                "{path}: {:?}",
+                readings(path)
+            );
         }
         for bad in ["/openai/%2", "/openai/%zz", "/%"] {
             assert_eq!(n(bad), Err(BadEscape), "{bad}");

@@ -272,7 +272,9 @@ impl Conn {
         };
         let rule = rule_for(&path);
         if super::path::is_ambiguous(&path)
-            && !same_rule(rule, rule_for(&super::path::loose(&path)))
+            && super::path::readings(&path)
+                .iter()
+                .any(|reading| !same_rule(rule, rule_for(reading)))
         {
             let reason = "ambiguous path: an encoded '/', '\\' or '%' (or a raw '\\') that servers \
                           read differently would decide whether the credential is sent";
@@ -343,21 +345,41 @@ impl Conn {
             }
             let credential = rule.credential.as_deref().unwrap_or_default();
             pending.rec.credential = Some(credential.to_owned());
-            if rule.tool_urls != ToolUrls::Allow && crate::body::is_json(&parts.headers) {
+            if rule.tool_urls != ToolUrls::Allow && crate::body::may_be_json(&parts) {
                 // A model request may ask the provider to fetch URLs itself (tools.rs): read
-                // (bounded) and checked before any credential is had.
-                let bytes = match Limited::new(body, MAX_SIGNED_BODY).collect().await {
-                    Ok(collected) => collected.to_bytes(),
-                    Err(e) => {
+                // (bounded in size and time) and checked before any credential is had. A body
+                // egressd cannot read as JSON is refused: the provider might.
+                if let Some(encoding) = crate::body::content_encoding(&parts.headers) {
+                    let reason = format!(
+                        "a request body with content-encoding {encoding} cannot be checked \
+                         for tool URLs; send it uncompressed"
+                    );
+                    let status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+                    return self.refuse(pending, status, &reason, Some(credential), false);
+                }
+                let idle = self.proxy.config.timeouts.idle;
+                let read =
+                    tokio::time::timeout(idle, Limited::new(body, MAX_SIGNED_BODY).collect());
+                let bytes = match read.await {
+                    Ok(Ok(collected)) => collected.to_bytes(),
+                    Ok(Err(e)) => {
                         let (status, message, retryable) = signing_body_error(&*e).response();
                         return self.refuse(pending, status, &message, Some(credential), retryable);
                     }
+                    Err(_) => {
+                        let reason = "the request body did not arrive within timeouts.idle";
+                        let status = StatusCode::REQUEST_TIMEOUT;
+                        return self.refuse(pending, status, reason, Some(credential), true);
+                    }
                 };
-                if let Ok(request) = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    && let Err(refusal) =
-                        super::tools::check(&request, &self.proxy.config.policy, rule.tool_urls)
+                if let Err(refusal) =
+                    super::tools::check_body(&bytes, &self.proxy.config.policy, rule.tool_urls)
                 {
-                    let status = StatusCode::FORBIDDEN;
+                    let status = if refusal.host.is_some() || !refusal.field.is_empty() {
+                        StatusCode::FORBIDDEN
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    };
                     return self.refuse(pending, status, &refusal.reason, Some(credential), false);
                 }
                 body = Full::new(bytes)

@@ -75,18 +75,26 @@ pub(crate) fn check(body: &Value, policy: &Policy, mode: ToolUrls) -> Result<(),
         }
     };
     for (i, server) in array(body, "mcp_servers").enumerate() {
-        url_field(format!("mcp_servers[{i}].url"), &server["url"])?;
+        url_field(
+            format!("mcp_servers[{i}].url"),
+            get(server, "url").unwrap_or(&Value::Null),
+        )?;
     }
     for (i, tool) in array(body, "tools").enumerate() {
-        if let Some(url) = tool.get("server_url") {
+        if let Some(url) = get(tool, "server_url") {
             url_field(format!("tools[{i}].server_url"), url)?;
         }
-        let kind = tool["type"].as_str().unwrap_or_default();
+        let kind = get(tool, "type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         if kind.starts_with("web_fetch") || kind.starts_with("web_search") {
-            let (domains, field) = match tool.get("allowed_domains") {
+            let (domains, field) = match get(tool, "allowed_domains") {
                 Some(d) => (d, format!("tools[{i}].allowed_domains")),
                 None => (
-                    &tool["filters"]["allowed_domains"],
+                    get(tool, "filters")
+                        .and_then(|f| get(f, "allowed_domains"))
+                        .unwrap_or(&Value::Null),
                     format!("tools[{i}].filters.allowed_domains"),
                 ),
             };
@@ -107,8 +115,17 @@ pub(crate) fn check(body: &Value, policy: &Policy, mode: ToolUrls) -> Result<(),
                 }
             }
         }
-        for key in ["url_context", "urlContext", "google_search", "googleSearch"] {
-            if tool.get(key).is_some() {
+        for key in [
+            "url_context",
+            "urlContext",
+            "google_search",
+            "googleSearch",
+            "google_search_retrieval",
+            "googleSearchRetrieval",
+            "enterprise_web_search",
+            "enterpriseWebSearch",
+        ] {
+            if get(tool, key).is_some() {
                 return Err(refuse(
                     format!("tools[{i}].{key}"),
                     None,
@@ -121,12 +138,101 @@ pub(crate) fn check(body: &Value, policy: &Policy, mode: ToolUrls) -> Result<(),
     Ok(())
 }
 
-/// The elements of `body[key]` when it is an array.
+/// [`check`] on a request body: an empty one passes; one that is not JSON egressd can read
+/// (a lone surrogate, a byte-order mark, UTF-16) is refused, since the provider's parser might
+/// read it; duplicate keys are refused (parsers disagree on which one wins).
+///
+/// # Errors
+///
+/// The refusal; `field` is empty when the body itself is refused.
+pub(crate) fn check_body(body: &[u8], policy: &Policy, mode: ToolUrls) -> Result<(), Refusal> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let unreadable = |why: String| Refusal {
+        field: String::new(),
+        host: None,
+        reason: format!(
+            "the request body is not JSON egressd can read ({why}), and tool URLs are checked \
+             on this rule"
+        ),
+    };
+    let value: Value = serde_json::from_slice(body).map_err(|e| unreadable(e.to_string()))?;
+    if has_duplicate_keys(body) {
+        return Err(unreadable("an object has the same key twice".to_owned()));
+    }
+    check(&value, policy, mode)
+}
+
+/// Whether some JSON object in `body` (valid JSON) names a key twice.
+fn has_duplicate_keys(body: &[u8]) -> bool {
+    use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
+    struct NoDuplicates;
+    impl<'de> Visitor<'de> for NoDuplicates {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !keys.insert(key.to_ascii_lowercase()) {
+                    return Err(serde::de::Error::custom("duplicate key"));
+                }
+                map.next_value_seed(NoDuplicatesSeed)?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(NoDuplicatesSeed)?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    struct NoDuplicatesSeed;
+    impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicatesSeed {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(NoDuplicates)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_any(NoDuplicates).is_err()
+}
+
+/// The elements of `body[key]` (the key matched without regard to case, as some servers'
+/// JSON binders do) when it is an array.
 fn array<'a>(body: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
-    body.get(key)
+    get(body, key)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
+}
+
+/// `value[key]`, the key matched without regard to case.
+fn get<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    value
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
 }
 
 /// The host of an absolute URL, lowercase.
@@ -191,6 +297,27 @@ mod tests {
             assert_eq!(refusal.host.as_deref(), host, "{body}");
             assert_eq!(check(&body, &p, ToolUrls::Allow), Ok(()));
         }
+    }
+
+    #[test]
+    fn bodies_that_cannot_be_read_the_way_a_provider_would_are_refused() {
+        let p = policy();
+        let refused = |body: &[u8]| check_body(body, &p, ToolUrls::Allowlist).unwrap_err();
+        assert_eq!(refused(br#"{"messages": "\ud800"}"#).field, "");
+        assert_eq!(refused(b"\xef\xbb\xbf{}").field, "");
+        assert_eq!(
+            refused(br#"{"tools": [], "tools": [{"type": "mcp", "server_url": "https://evil.example"}]}"#).field,
+            ""
+        );
+        assert_eq!(
+            refused(br#"{"TOOLS": [{"Type": "mcp", "Server_URL": "https://evil.example"}]}"#).field,
+            "tools[0].server_url"
+        );
+        assert_eq!(check_body(b"  ", &p, ToolUrls::Allowlist), Ok(()));
+        assert_eq!(
+            check_body(br#"{"a": {"b": [1, 2]}}"#, &p, ToolUrls::Allowlist),
+            Ok(())
+        );
     }
 
     #[test]
