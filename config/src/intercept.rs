@@ -293,10 +293,13 @@ impl InterceptRule {
     /// Whether this rule's credential applies to a request with `method` and `path`.
     pub fn applies_to(&self, method: &str, path: &str) -> bool {
         let method_ok = self.methods.is_empty() || self.methods.iter().any(|m| m == method);
-        let path_ok = self
-            .path_prefix
-            .as_deref()
-            .is_none_or(|prefix| path.starts_with(prefix));
+        // A prefix ends at a segment boundary: `/copilot/mcp_registry` is not a prefix of
+        // `/copilot/mcp_registryX`.
+        let path_ok = self.path_prefix.as_deref().is_none_or(|prefix| {
+            prefix.ends_with('/')
+                || path.len() == prefix.len()
+                || path.as_bytes().get(prefix.len()) == Some(&b'/')
+        } && path.starts_with(prefix));
         method_ok && path_ok
     }
 

@@ -40,6 +40,11 @@ fn path_and_method_narrow_injection() {
     assert!(r.applies_to("POST", "/openai/deployments/x/chat/completions"));
     assert!(!r.applies_to("GET", "/openai/models"));
     assert!(!r.applies_to("POST", "/other"));
+    // A prefix without a trailing slash ends at a segment boundary.
+    let r = rule("api.example.com", Some("/v1/files"), &[]);
+    assert!(r.applies_to("GET", "/v1/files"));
+    assert!(r.applies_to("GET", "/v1/files/abc"));
+    assert!(!r.applies_to("GET", "/v1/filesX"));
     assert_eq!(r.header_value("t0k"), "Bearer t0k");
 }
 

@@ -57,7 +57,9 @@ impl Needles {
                 forms.push(form);
             }
         };
-        add(url_encoded(secret));
+        let url = url_encoded(secret);
+        add(lower_hex_escapes(&url));
+        add(url);
         add(json_escaped(secret));
         for engine in [
             &base64::engine::general_purpose::STANDARD_NO_PAD,
@@ -109,6 +111,22 @@ fn url_encoded(secret: &[u8]) -> Vec<u8> {
             out.push(b);
         } else {
             out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// `encoded` with the hex digits of its `%XY` escapes in lower case (`%2f`).
+fn lower_hex_escapes(encoded: &[u8]) -> Vec<u8> {
+    let mut out = encoded.to_vec();
+    let mut i = 0;
+    while i + 2 < out.len() {
+        if out[i] == b'%' {
+            out[i + 1] = out[i + 1].to_ascii_lowercase();
+            out[i + 2] = out[i + 2].to_ascii_lowercase();
+            i += 3;
+        } else {
+            i += 1;
         }
     }
     out
@@ -429,7 +447,13 @@ mod tests {
         let marker = std::str::from_utf8(MARKER).unwrap();
         let url = "sk%2Flive%2BZm9vYmFy.ab%3Dcd_0123456789";
         let json = "sk\\/live+Zm9vYmFy.ab=cd_0123456789";
-        for form in [token.to_owned(), url.to_owned(), json.to_owned()] {
+        let lower = "sk%2flive%2bZm9vYmFy.ab%3dcd_0123456789";
+        for form in [
+            token.to_owned(),
+            url.to_owned(),
+            lower.to_owned(),
+            json.to_owned(),
+        ] {
             let out = scrubbed(&["echo: ", &form[..7], &form[7..], " end"], token).await;
             assert_eq!(out, format!("echo: {marker} end"), "{form}");
         }

@@ -402,6 +402,10 @@ impl Conn {
                     parts
                         .headers
                         .remove(hyper::header::SEC_WEBSOCKET_EXTENSIONS);
+                    // A stored echo fetched in byte ranges would reach the sandbox a piece at
+                    // a time, no piece holding a whole form of the token.
+                    parts.headers.remove(hyper::header::RANGE);
+                    parts.headers.remove(hyper::header::IF_RANGE);
                 }
                 Err(e) => {
                     let (status, message, retryable) = e.response();
@@ -562,6 +566,8 @@ impl Conn {
                     false,
                 );
             }
+            // A reason phrase of the upstream's own goes to the client as is: drop it.
+            resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
             if super::redact::headers(resp.headers_mut(), &needles) > 0 {
                 tracing::warn!(credential = ?pending.rec.credential, "the upstream echoed the injected token in a header; redacted");
             }
