@@ -74,64 +74,70 @@ pub(crate) fn check(body: &Value, policy: &Policy, mode: ToolUrls) -> Result<(),
             None => Err(refuse(field, None, "not a URL with a host")),
         }
     };
-    for (i, server) in array(body, "mcp_servers").enumerate() {
-        url_field(
-            format!("mcp_servers[{i}].url"),
-            get(server, "url").unwrap_or(&Value::Null),
-        )?;
-    }
-    for (i, tool) in array(body, "tools").enumerate() {
-        if let Some(url) = get(tool, "server_url") {
-            url_field(format!("tools[{i}].server_url"), url)?;
+    // Tool lists may be nested (a batch's `requests[i].params`, a realtime `session`):
+    // every object of the body is read.
+    let mut nodes = Vec::new();
+    objects(body, Path::default(), &mut nodes);
+    for (at, node) in nodes {
+        for (i, server) in array(node, "mcp_servers").enumerate() {
+            url_field(
+                at.join(format!("mcp_servers[{i}].url")),
+                get(server, "url").unwrap_or(&Value::Null),
+            )?;
         }
-        let kind = get(tool, "type")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        if kind.starts_with("web_fetch") || kind.starts_with("web_search") {
-            let (domains, field) = match get(tool, "allowed_domains") {
-                Some(d) => (d, format!("tools[{i}].allowed_domains")),
-                None => (
-                    get(tool, "filters")
-                        .and_then(|f| get(f, "allowed_domains"))
-                        .unwrap_or(&Value::Null),
-                    format!("tools[{i}].filters.allowed_domains"),
-                ),
-            };
-            let Some(domains) = domains.as_array().filter(|d| !d.is_empty()) else {
-                return Err(refuse(
-                    format!("tools[{i}]"),
-                    None,
-                    &format!(
-                        "a {kind} tool lets the provider fetch what the model picks; list the \
-                         hosts in {field} (each must be allowed), or set tool_urls = \"allow\""
+        for (i, tool) in array(node, "tools").enumerate() {
+            if let Some(url) = get(tool, "server_url") {
+                url_field(at.join(format!("tools[{i}].server_url")), url)?;
+            }
+            let kind = get(tool, "type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if kind.starts_with("web_fetch") || kind.starts_with("web_search") {
+                let (domains, field) = match get(tool, "allowed_domains") {
+                    Some(d) => (d, at.join(format!("tools[{i}].allowed_domains"))),
+                    None => (
+                        get(tool, "filters")
+                            .and_then(|f| get(f, "allowed_domains"))
+                            .unwrap_or(&Value::Null),
+                        at.join(format!("tools[{i}].filters.allowed_domains")),
                     ),
-                ));
-            };
-            for (j, domain) in domains.iter().enumerate() {
-                let host = domain.as_str().unwrap_or_default().trim_start_matches("*.");
-                if !allowed(host) {
-                    return Err(refuse(format!("{field}[{j}]"), Some(host), outside));
+                };
+                let Some(domains) = domains.as_array().filter(|d| !d.is_empty()) else {
+                    return Err(refuse(
+                        at.join(format!("tools[{i}]")),
+                        None,
+                        &format!(
+                            "a {kind} tool lets the provider fetch what the model picks; list the \
+                             hosts in {field} (each must be allowed), or set tool_urls = \"allow\""
+                        ),
+                    ));
+                };
+                for (j, domain) in domains.iter().enumerate() {
+                    let host = domain.as_str().unwrap_or_default().trim_start_matches("*.");
+                    if !allowed(host) {
+                        return Err(refuse(format!("{field}[{j}]"), Some(host), outside));
+                    }
                 }
             }
-        }
-        for key in [
-            "url_context",
-            "urlContext",
-            "google_search",
-            "googleSearch",
-            "google_search_retrieval",
-            "googleSearchRetrieval",
-            "enterprise_web_search",
-            "enterpriseWebSearch",
-        ] {
-            if get(tool, key).is_some() {
-                return Err(refuse(
-                    format!("tools[{i}].{key}"),
-                    None,
-                    "a Gemini tool that fetches what the model picks, with no domain filter; \
-                     set tool_urls = \"allow\" on this rule to permit it",
-                ));
+            for key in [
+                "url_context",
+                "urlContext",
+                "google_search",
+                "googleSearch",
+                "google_search_retrieval",
+                "googleSearchRetrieval",
+                "enterprise_web_search",
+                "enterpriseWebSearch",
+            ] {
+                if get(tool, key).is_some() {
+                    return Err(refuse(
+                        at.join(format!("tools[{i}].{key}")),
+                        None,
+                        "a Gemini tool that fetches what the model picks, with no domain filter; \
+                         set tool_urls = \"allow\" on this rule to permit it",
+                    ));
+                }
             }
         }
     }
@@ -215,6 +221,48 @@ fn has_duplicate_keys(body: &[u8]) -> bool {
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     de.deserialize_any(NoDuplicates).is_err()
+}
+
+/// Where an object sits in the body, for field names (`requests[0].params`).
+#[derive(Debug, Clone, Default)]
+struct Path(String);
+
+impl Path {
+    /// `field` below this object.
+    fn join(&self, field: String) -> String {
+        if self.0.is_empty() {
+            field
+        } else {
+            format!("{}.{field}", self.0)
+        }
+    }
+}
+
+/// The deepest nesting read (a body deeper than this is not a model request).
+const MAX_DEPTH: usize = 32;
+
+/// Every object in `value`, with where it sits.
+fn objects<'a>(value: &'a Value, at: Path, out: &mut Vec<(Path, &'a Value)>) {
+    fn walk<'a>(value: &'a Value, at: Path, depth: usize, out: &mut Vec<(Path, &'a Value)>) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        match value {
+            Value::Object(map) => {
+                out.push((at.clone(), value));
+                for (key, child) in map {
+                    walk(child, Path(at.join(key.clone())), depth + 1, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    walk(child, Path(format!("{}[{i}]", at.0)), depth + 1, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(value, at, 0, out);
 }
 
 /// The elements of `body[key]` (the key matched without regard to case, as some servers'
@@ -314,6 +362,12 @@ mod tests {
             "tools[0].server_url"
         );
         assert_eq!(check_body(b"  ", &p, ToolUrls::Allowlist), Ok(()));
+        // A batch nests its requests.
+        assert_eq!(
+            refused(br#"{"requests": [{"params": {"mcp_servers": [{"url": "https://evil.example"}]}}]}"#)
+                .field,
+            "requests[0].params.mcp_servers[0].url"
+        );
         assert_eq!(
             check_body(br#"{"a": {"b": [1, 2]}}"#, &p, ToolUrls::Allowlist),
             Ok(())
