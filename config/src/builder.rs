@@ -824,6 +824,24 @@ impl FileContext<'_> {
                 ),
             }
         }
+        if let Some(list) = &table.runtime_sockets {
+            let mut paths = Vec::new();
+            for entry in list {
+                let path = PathBuf::from(entry.get_ref());
+                if path.is_absolute() {
+                    paths.push(path);
+                } else {
+                    error(
+                        entry.span().start,
+                        format!(
+                            "runtime_sockets: {:?} is not an absolute path",
+                            entry.get_ref()
+                        ),
+                    );
+                }
+            }
+            s.runtime_sockets = Some(paths);
+        }
         if let Some(profile) = &table.seccomp {
             match crate::sandbox::Seccomp::parse(profile.get_ref(), dir) {
                 Ok(p) => s.seccomp = p,

@@ -17,6 +17,9 @@
 //! # GitHub Actions' file commands ($GITHUB_ENV, $GITHUB_PATH, $GITHUB_OUTPUT...): "hide"
 //! # (default: later steps run outside the sandbox) or "allow".
 //! runner_file_commands = "hide"
+//! # Container runtime sockets closed to a job attached with `egressd attach --job` (unless
+//! # `--allow-docker`): the job's user gets a POSIX ACL entry with no permission on each.
+//! runtime_sockets = ["/run/docker.sock", "/run/containerd/containerd.sock"]   # default: RUNTIME_SOCKETS
 //!
 //! [limits]
 //! pids = 8192          # processes and threads in the sandbox
@@ -47,7 +50,21 @@ pub struct FileSandbox {
     pub seccomp: Option<Spanned<String>>,
     /// `"hide"` (default) or `"allow"`: GitHub Actions' file commands.
     pub runner_file_commands: Option<Spanned<String>>,
+    /// Container runtime sockets closed to an attached job (default [`RUNTIME_SOCKETS`]).
+    pub runtime_sockets: Option<Vec<Spanned<String>>>,
 }
+
+/// The container runtime sockets a job attached with `attach --job` cannot use (its user
+/// keeps the `docker` group, and `docker run --network host` would leave every firewall):
+/// Docker, containerd, `BuildKit`, Podman (rootful), CRI-O.
+pub const RUNTIME_SOCKETS: &[&str] = &[
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/run/buildkit/buildkitd.sock",
+    "/run/podman/podman.sock",
+    "/run/crio/crio.sock",
+];
 
 /// A memory size as written: a number of bytes, or a string with a unit.
 #[derive(Debug, Deserialize)]
@@ -172,6 +189,18 @@ pub struct SandboxSettings {
     /// `$GITHUB_OUTPUT`, `$GITHUB_STATE`, `$GITHUB_STEP_SUMMARY`). Off by default: the
     /// runner applies them to the *later* steps of the job, which run outside the sandbox.
     pub runner_file_commands: bool,
+    /// Container runtime sockets closed to an attached job; `None`: [`RUNTIME_SOCKETS`].
+    pub runtime_sockets: Option<Vec<PathBuf>>,
+}
+
+impl SandboxSettings {
+    /// The container runtime sockets closed to an attached job.
+    pub fn runtime_sockets(&self) -> Vec<PathBuf> {
+        match &self.runtime_sockets {
+            Some(list) => list.clone(),
+            None => RUNTIME_SOCKETS.iter().map(PathBuf::from).collect(),
+        }
+    }
 }
 
 /// Parses a memory size: bytes, or a number with `K`, `M`, `G`, `T` (powers of 1024, with

@@ -265,6 +265,11 @@ pub struct AttachArgs {
     /// out of that cgroup first.
     #[arg(long = "job")]
     pub job: bool,
+    /// With `--job`: leave the container runtime sockets (`[sandbox] runtime_sockets`, Docker's
+    /// among them) open to the job's user. By default they are closed to it for as long as
+    /// the job is attached, since `docker run --network host` would leave the firewall.
+    #[arg(long = "allow-docker", requires = "job")]
+    pub allow_docker: bool,
     /// The attachment's name in status and audit records (default: derived from the target).
     #[arg(long = "name", value_name = "NAME")]
     pub name: Option<String>,

@@ -64,7 +64,15 @@ pub enum Target {
         pid: i32,
     },
     /// The cgroup and network namespace of the process that sent the request.
-    Job,
+    Job {
+        /// The job's user (the one `sudo` was run by), whom the container runtime sockets
+        /// are closed to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<u32>,
+        /// Leave the container runtime sockets open to the job.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_docker: bool,
+    },
 }
 
 /// The answer to any request.
@@ -220,7 +228,10 @@ mod tests {
         assert_eq!(
             job,
             Request::Attach {
-                target: Target::Job,
+                target: Target::Job {
+                    user: None,
+                    allow_docker: false
+                },
                 name: Some("ci".into())
             }
         );

@@ -1004,3 +1004,86 @@ fn a_killed_daemon_leaves_the_job_closed_and_a_restart_re_arms_it() {
         "nothing left to re-arm after a clean stop"
     );
 }
+
+/// `attach --job` closes the container runtime sockets (`[sandbox] runtime_sockets`) to the
+/// job's user, through their inode (a symlink does not help), and `detach` opens them again;
+/// `--allow-docker` leaves them open. The socket here is a stand-in in the scratch directory
+/// (no Docker engine runs on this machine), reachable by the job's group as Docker's is.
+#[test]
+fn the_container_runtime_socket_is_closed_to_an_attached_jobs_user_until_detach() {
+    if !privileged() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Scene::new();
+    let runtime = s.scratch.path("docker.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&runtime).unwrap();
+    std::os::unix::fs::chown(&runtime, Some(0), Some(65534)).unwrap();
+    fs::set_permissions(&runtime, fs::Permissions::from_mode(0o660)).unwrap();
+    let link = s.scratch.path("innocent.sock");
+    std::os::unix::fs::symlink(&runtime, &link).unwrap();
+    let config = s.scratch.write(
+        "daemon.toml",
+        format!("[sandbox]\nruntime_sockets = [\"{}\"]\n", runtime.display()),
+    );
+    // As the job's user (nobody, whose group owns the socket, as `docker` owns Docker's).
+    let connect = |path: &Path| {
+        let out = Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
+            .args([
+                "/usr/bin/python3",
+                "-c",
+                "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1]); print('connected')\nexcept OSError as e:\n    print('refused', e.errno)",
+            ])
+            .arg(path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(connect(&runtime), "connected", "control: the door is open");
+    let cgroup = TestCgroup::new("job-docker");
+    let socket = s.scratch.path("ctl.sock");
+    let daemon = Daemon::start(
+        &run_command(&s).allow(API).arg("--config").arg(&config),
+        &socket,
+    );
+    let egressd = egressd_tests::egressd_bin().display().to_string();
+    let attach = |extra: &[&str]| {
+        let mut argv = vec![
+            "env".to_owned(),
+            "SUDO_UID=65534".to_owned(),
+            "SUDO_GID=65534".to_owned(),
+            egressd.clone(),
+            "attach".into(),
+            "--job".into(),
+            "--control-socket".into(),
+            socket.display().to_string(),
+        ];
+        argv.extend(extra.iter().map(|a| (*a).to_owned()));
+        in_job(&s, &cgroup, &argv)
+    };
+    let (code, out, err) = attach(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("closed {} to uid 65534", runtime.display())),
+        "{out}"
+    );
+    assert!(
+        connect(&runtime).starts_with("refused 13"),
+        "{}",
+        connect(&runtime)
+    );
+    assert!(
+        connect(&link).starts_with("refused 13"),
+        "through a symlink"
+    );
+    daemon.control(&["detach", "job"]).assert_success();
+    assert_eq!(connect(&runtime), "connected", "reopened on detach");
+    // With --allow-docker the socket stays open.
+    let (code, out, err) = attach(&["--allow-docker"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("closed"), "{out}");
+    assert_eq!(connect(&runtime), "connected");
+    daemon.control(&["detach", "job"]).assert_success();
+    daemon.stop();
+}

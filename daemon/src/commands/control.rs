@@ -27,7 +27,12 @@ pub fn attach(args: AttachArgs) -> Result<u8, Failure> {
         (None, Some(pid), _) => Target::Pid { pid },
         _ => {
             warn_readable_credentials();
-            Target::Job
+            Target::Job {
+                user: crate::env::sudo_user()
+                    .map(|(uid, _)| uid)
+                    .or_else(|| Some(nix::unistd::getuid().as_raw())),
+                allow_docker: args.allow_docker,
+            }
         }
     };
     exchange(

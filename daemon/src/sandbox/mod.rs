@@ -14,6 +14,7 @@ pub mod netns;
 pub mod nft;
 pub mod privilege;
 pub mod pty;
+pub mod runtime_acl;
 pub mod seccomp;
 pub mod secrets;
 pub mod spawn;

@@ -48,6 +48,9 @@ pub struct Attachment {
     pub serving: CancellationToken,
     /// When it was attached.
     pub since: String,
+    /// Container runtime sockets closed to the job's user (`attach --job`), reopened when it
+    /// is detached.
+    pub closed: Vec<crate::sandbox::runtime_acl::Closed>,
 }
 
 /// How the programs are held.

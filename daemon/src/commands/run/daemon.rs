@@ -88,6 +88,9 @@ pub struct Saved {
     /// The bpffs directory of its pinned links.
     #[serde(default)]
     pub pins: Option<PathBuf>,
+    /// Container runtime sockets closed to its job, with their original ACLs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub closed: Vec<crate::sandbox::runtime_acl::Closed>,
 }
 
 impl Daemon {
@@ -156,6 +159,14 @@ impl Daemon {
         name: Option<String>,
         caller: Option<i32>,
     ) -> anyhow::Result<String> {
+        // `attach --job`: the job's user, whom the container runtime sockets are closed to.
+        let close_runtime_for = match &target {
+            Target::Job {
+                user: Some(uid),
+                allow_docker: false,
+            } => Some(*uid),
+            _ => None,
+        };
         let (cgroup, netns_path, default_name) = match target {
             Target::Cgroup { path, netns } => {
                 let name = path
@@ -168,7 +179,7 @@ impl Daemon {
                 Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
                 format!("pid-{pid}"),
             ),
-            Target::Job => {
+            Target::Job { .. } => {
                 let pid = caller.ok_or_else(|| anyhow!("the caller's process id is unknown"))?;
                 (
                     Cgroup::of_pid(pid)?,
@@ -249,6 +260,7 @@ impl Daemon {
             dns_port,
             serving: CancellationToken::new(),
             since: now(),
+            closed: Vec::new(),
         };
         let generation = Arc::clone(&state.generation);
         let proxy = self.proxy_for(&generation, &attachment)?;
@@ -309,7 +321,7 @@ impl Daemon {
                 .policy_hash(generation.policy_hash.clone())
                 .ca_fingerprint(self.ca_fingerprint.clone()),
         );
-        let message = format!(
+        let mut message = format!(
             "attached {name}: cgroup {}{}",
             attachment.cgroup.path().display(),
             attachment
@@ -318,6 +330,26 @@ impl Daemon {
                 .map(|n| format!(", network namespace {n}"))
                 .unwrap_or_default()
         );
+        match close_runtime_for {
+            Some(0) => message.push_str(
+                "; the job runs as root, so the container runtime sockets stay open to it",
+            ),
+            Some(uid) => {
+                let sockets = state.generation.config.sandbox.runtime_sockets();
+                let (closed, failures) = crate::sandbox::runtime_acl::close(uid, &sockets);
+                for c in &closed {
+                    message.push_str(&format!(
+                        "; closed {} to uid {uid} (the job's user; --allow-docker keeps it open)",
+                        c.path.display()
+                    ));
+                }
+                for why in failures {
+                    message.push_str(&format!("; warning: could not close {why}"));
+                }
+                attachment.closed = closed;
+            }
+            None => {}
+        }
         state.attachments.insert(name, attachment);
         self.save(&state);
         Ok(message)
@@ -377,6 +409,9 @@ impl Daemon {
         }
         if let Some(path) = attachment.netns_pin.take() {
             unpin_netns(&path);
+        }
+        for why in crate::sandbox::runtime_acl::reopen(&attachment.closed) {
+            eprintln!("egressd: warning: could not reopen {why}");
         }
         attachment.serving.cancel();
         self.audit
@@ -521,7 +556,17 @@ impl Daemon {
             };
             match self.attach(target, Some(old.name.clone()), None).await {
                 Ok(_) => {
-                    release_saved(&old);
+                    // The sockets stay closed; the new attachment reopens them when detached.
+                    let mut state = self.state.lock().await;
+                    if let Some(a) = state.attachments.get_mut(&old.name) {
+                        a.closed.clone_from(&old.closed);
+                    }
+                    self.save(&state);
+                    drop(state);
+                    release_saved(&Saved {
+                        closed: Vec::new(),
+                        ..old.clone()
+                    });
                     messages.push(format!(
                         "re-armed {} (cgroup {}) left by a previous daemon",
                         old.name,
@@ -556,6 +601,7 @@ impl Daemon {
                     cgroup: a.cgroup.path().to_path_buf(),
                     netns: a.netns_pin.clone(),
                     pins: Some(p.dir().to_path_buf()),
+                    closed: a.closed.clone(),
                 }),
                 _ => None,
             })
@@ -644,6 +690,9 @@ fn release_saved(saved: &Saved) {
         && netns.starts_with(NETNS_DIR)
     {
         unpin_netns(netns);
+    }
+    for why in crate::sandbox::runtime_acl::reopen(&saved.closed) {
+        eprintln!("egressd: releasing {}: could not reopen {why}", saved.name);
     }
 }
 
