@@ -210,6 +210,12 @@ impl Drop for PendingRecord {
         {
             // egressd's own 5xx: the upstream or a token endpoint failed, not policy.
             self.rec.failed = true;
+        } else if self.rec.decision == AuditDecision::Allow && self.rec.status.is_none() {
+            // Let through, and no answer was ever given: the client went away first.
+            self.rec.failed = true;
+            self.rec
+                .reason
+                .push_str("; the client closed the connection before the response");
         }
         if self.sent.over_limit() && !self.rec.reason.contains("limits.max_body_bytes") {
             // The upstream answered before the body crossed the limit; the rest was not sent.

@@ -193,6 +193,9 @@ impl HttpConn<'_> {
                     return self.body_too_large(p, Some(host), &over, rule);
                 }
                 p.rec.reason = reason;
+                // Recorded as going ahead from here: a client that leaves while egressd
+                // connects ended early, it was not denied (body.rs).
+                p.rec.went_ahead(&decision);
                 let went_ahead = decision.clone();
                 self.forward(req, dest, decision.reach(), p, rule, &went_ahead)
                     .await
@@ -220,7 +223,10 @@ impl HttpConn<'_> {
                 match self.open_upstream(&dest, reach).await {
                     Ok(up) => v.insert(up),
                     Err((kind, reason)) => {
-                        if !kind.is_denial() {
+                        if kind.is_denial() {
+                            // Refused after all (a private answer): a denial.
+                            p.rec.decision = AuditDecision::Deny;
+                        } else {
                             p.rec.went_ahead_and_failed(decision);
                         }
                         p.rec.reason.clone_from(&reason);
