@@ -1077,6 +1077,18 @@ fn the_container_runtime_socket_is_closed_to_an_attached_jobs_user_until_detach(
         connect(&link).starts_with("refused 13"),
         "through a symlink"
     );
+    // A daemon that dies leaves the socket closed; a restarted one re-arms the job from its
+    // state file and reopens the socket when the job is detached.
+    daemon.kill();
+    assert!(connect(&runtime).starts_with("refused 13"), "after a kill");
+    let daemon = Daemon::start(
+        &run_command(&s).allow(API).arg("--config").arg(&config),
+        &socket,
+    );
+    assert!(
+        connect(&runtime).starts_with("refused 13"),
+        "after a restart"
+    );
     daemon.control(&["detach", "job"]).assert_success();
     assert_eq!(connect(&runtime), "connected", "reopened on detach");
     // With --allow-docker the socket stays open.
