@@ -74,6 +74,8 @@ pub struct Aggregate {
     pub dns_queries: u64,
     /// DNS queries refused.
     pub dns_denied: u64,
+    /// Connections and requests let through that ended early (also in `allowed`).
+    pub failed: u64,
     /// Bytes up, all records.
     pub bytes_up: u64,
     /// Bytes down, all records.
@@ -105,6 +107,9 @@ impl Aggregate {
         let n = r.repeated.unwrap_or(1).max(1);
         self.records += n;
         let dns = r.proto == "dns";
+        if r.failed && !dns {
+            self.failed += n;
+        }
         match (dns, r.allow) {
             (true, true) => self.dns_queries += n,
             (true, false) => {

@@ -77,6 +77,9 @@ pub struct Rec {
     pub workflow: Option<String>,
     /// egressd's `repeated`: the line stands for this many identical denials (`None`: one).
     pub repeated: Option<u64>,
+    /// egressd's `failed`: policy let it through and it ended early (the client left, the
+    /// upstream or a token endpoint failed); counted as allowed, and apart.
+    pub failed: bool,
 }
 
 /// A lifecycle line (egressd only).
@@ -192,6 +195,7 @@ struct Raw<'a> {
     #[serde(borrow)]
     ca_fingerprint: Option<Cow<'a, str>>,
     exit_code: Option<u8>,
+    failed: Option<bool>,
 }
 
 /// The fields of egressd's `provenance` object the views use.
@@ -248,7 +252,9 @@ fn parse_json(line: &str) -> Line {
         proto: own(&raw.proto).unwrap_or_else(|| "unknown".to_owned()),
         name,
         port: raw.port,
-        allow: decision == "allow",
+        // A record that ended early was let through by policy, whatever its decision says.
+        allow: decision == "allow" || raw.failed == Some(true),
+        failed: raw.failed == Some(true),
         rule: own(&raw.rule),
         reason: own(&raw.reason).filter(|r| !r.is_empty()),
         bytes_up: raw.bytes_up.unwrap_or(0),
@@ -432,6 +438,17 @@ mod tests {
             Line::Record(r) => r,
             other => panic!("{line}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_record_that_ended_early_is_allowed_and_marked() {
+        let r = record(
+            r#"{"time":"2026-11-21T21:58:24Z","sandbox":"s","client":"127.0.0.1:1","orig_dst":null,"proto":"https","name":"api.example.test","port":443,"decision":"deny","rule":null,"reason":"upstream request failed","upstream":null,"bytes_up":0,"bytes_down":0,"duration_ms":3,"status":502,"failed":true}"#,
+        );
+        assert!(r.allow && r.failed, "{r:?}");
+        let mut agg = super::super::aggregate::Aggregate::default();
+        agg.add(&r);
+        assert_eq!((agg.allowed, agg.denied, agg.failed), (1, 0, 1));
     }
 
     #[test]

@@ -384,6 +384,9 @@ pub fn headline(r: &Report) -> String {
         t.allowed,
         t.denied
     );
+    if t.ended_early > 0 {
+        let _ = write!(s, " ({} ended early)", t.ended_early);
+    }
     if t.dns_queries > 0 {
         let _ = write!(
             s,

@@ -54,6 +54,8 @@ pub struct Totals {
     pub allowed: u64,
     /// Connections and requests denied.
     pub denied: u64,
+    /// Connections and requests let through that ended early (counted in `allowed` too).
+    pub ended_early: u64,
     /// DNS queries.
     pub dns_queries: u64,
     /// DNS queries refused.
@@ -219,6 +221,7 @@ impl Report {
                 records: agg.records,
                 allowed: agg.allowed,
                 denied: agg.denied,
+                ended_early: agg.failed,
                 dns_queries: agg.dns_queries,
                 dns_denied: agg.dns_denied,
                 domains: agg.domains.len(),
