@@ -783,15 +783,29 @@ fn method_override<B>(req: &Request<B>, rules: &[InterceptRule]) -> Option<Strin
     let limited = rules
         .iter()
         .any(|r| r.credential.is_some() && !r.methods.is_empty());
-    let header = METHOD_OVERRIDES
+    if !limited {
+        return None;
+    }
+    // Rails, Laravel and Express's method-override read `_method` from the query too.
+    let in_query = req.uri().query().is_some_and(|q| {
+        q.split('&').any(|kv| {
+            kv.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("_method"))
+        })
+    });
+    let what = match METHOD_OVERRIDES
         .iter()
-        .find(|h| req.headers().contains_key(**h))?;
-    limited.then(|| {
-        format!(
-            "{header} is refused on a host whose credential is limited to methods: send the \
-             method itself"
-        )
-    })
+        .find(|h| req.headers().contains_key(**h))
+    {
+        Some(header) => (*header).to_owned(),
+        None if in_query => "a _method query parameter".to_owned(),
+        None => return None,
+    };
+    Some(format!(
+        "{what} is refused on a host whose credential is limited to methods: send the method \
+         itself"
+    ))
 }
 
 /// Why a body read to be signed could not be had: over a limit (413) or the client failed.
@@ -894,6 +908,10 @@ mod tests {
             assert!(why.contains(&h.to_ascii_lowercase()), "{why}");
         }
         assert_eq!(method_override(&post(None), &limited), None);
+        let query = hyper::Request::post("/x?a=1&_method=DELETE")
+            .body(())
+            .unwrap();
+        assert!(method_override(&query, &limited).is_some());
         assert_eq!(
             method_override(&post(Some("X-HTTP-Method-Override")), &rules("")),
             None
