@@ -1099,3 +1099,123 @@ fn the_container_runtime_socket_is_closed_to_an_attached_jobs_user_until_detach(
     daemon.control(&["detach", "job"]).assert_success();
     daemon.stop();
 }
+
+/// `attach --job --allow-docker`: the job keeps the Docker socket, and every container it
+/// starts is attached with the job's policy (Docker's events API; here a stand-in, since no
+/// Docker engine runs on this machine), then detached when it dies. The "container" is a
+/// process of the test in a cgroup of its own and in the scene's namespace, where the
+/// upstreams are directly reachable: without the attachment it reaches the forbidden host.
+#[test]
+fn containers_a_job_starts_with_docker_allowed_are_attached_with_its_policy() {
+    if !privileged() {
+        return;
+    }
+    use egressd_tests::fakes::FakeDocker;
+    const ID: &str = "4f3c2b1a0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b";
+    let s = Scene::new();
+    let docker_sock = s.scratch.path("docker.sock");
+    let docker = FakeDocker::start(&docker_sock);
+    let config = s.scratch.write(
+        "daemon.toml",
+        format!(
+            "[sandbox]\nruntime_sockets = [\"{}\"]\n",
+            docker_sock.display()
+        ),
+    );
+    let job = TestCgroup::new("job-with-docker");
+    let container = TestCgroup::new("ctr");
+    let socket = s.scratch.path("ctl.sock");
+    let daemon = Daemon::start(
+        &run_command(&s).allow(API).arg("--config").arg(&config),
+        &socket,
+    );
+    // The container's init process: in its own cgroup and the scene's namespace.
+    let mut init = job_command(&s, &container, &["sleep".into(), "60".into()])
+        .spawn()
+        .unwrap();
+    // The forbidden host at its real address in the namespace: a container's direct path.
+    let direct_evil: Vec<String> = [
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "--cacert",
+        s.ca_pem.to_str().unwrap(),
+        "--resolve",
+        &format!("{EVIL}:443:{}", s.net.addr2()),
+        &format!("https://{EVIL}/"),
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    // Control: nothing firewalls it yet, so the forbidden host answers.
+    let (code, out, _) = in_job(&s, &container, &direct_evil);
+    assert_eq!((code, out.as_str()), (0, hello(EVIL).as_str()), "control");
+
+    let egressd = egressd_tests::egressd_bin().display().to_string();
+    let (code, out, err) = in_job(
+        &s,
+        &job,
+        &[
+            egressd,
+            "attach".into(),
+            "--job".into(),
+            "--allow-docker".into(),
+            "--control-socket".into(),
+            socket.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("following Docker's events"), "{out}");
+    // Ready when the daemon follows the events.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while docker.subscribers() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never followed the events"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    docker.add_container(ID, init.id());
+    docker.start_event(ID);
+    let name = format!("job-docker-{}", &ID[..12]);
+    let attached = |daemon: &Daemon| {
+        daemon.status()["status"]["attachments"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["name"] == name.as_str()))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !attached(&daemon) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container was never attached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Now the container is firewalled with the job's policy.
+    let (code, out, err) = in_job(&s, &container, &curl(&s, API));
+    assert_eq!((code, out.as_str()), (0, hello(API).as_str()), "{err}");
+    let (code, _, _) = in_job(&s, &container, &direct_evil);
+    assert_ne!(code, 0, "the container reached the forbidden host");
+    // It dies: released.
+    docker.die_event(ID);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while attached(&daemon) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container was never detached"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.control(&["detach", "job"]).assert_success();
+    let _ = init.kill();
+    let _ = init.wait();
+    let stopped = daemon.stop();
+    let records = read_audit(&s.audit_log);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["sandbox"] == name.as_str() && r["name"] == EVIL && r["decision"] == "deny"),
+        "{stopped}"
+    );
+}

@@ -22,6 +22,8 @@
 //! * [`FakeAnthropicWif`]: the Claude API's workload identity federation token endpoint
 //!   (`POST /v1/oauth/token`, RFC 7523 `jwt-bearer`), verifying the assertion against a
 //!   [`FakeOidc`]'s keys and a table of federation rules.
+//! * [`FakeDocker`]: the Docker Engine API's events and container inspection on a Unix
+//!   socket, for the containers an attached job starts.
 //! * [`FakeWorkloadApi`]: the SPIFFE Workload API on a Unix socket (gRPC, `FetchX509SVID`),
 //!   issuing short-lived X.509-SVIDs from a [`SpiffeCa`] and rotating them. Not HTTPS on
 //!   127.0.0.1 like the others: the real one is a SPIRE agent's socket.
@@ -29,6 +31,7 @@
 mod anthropic;
 mod aws_sts;
 mod copilot;
+mod docker;
 mod entra;
 mod google_sts;
 mod jwt;
@@ -56,6 +59,7 @@ pub use anthropic::{AnthropicCall, FakeAnthropicWif, FederationRule};
 pub use aws_sts::{AwsCall, AwsFailure, FakeAwsSts};
 pub use copilot::{ApiCall, ExchangeCall, FakeCopilot, FakeCopilotApi};
 pub use copilot::{FAKE_MODEL_ANSWER, FakeGitHubApi, GitHubCall};
+pub use docker::FakeDocker;
 pub use entra::{EntraCall, Failure, FakeEntra, Fic};
 pub use google_sts::{FakeGoogleSts, GoogleCall, GoogleFailure};
 pub use models::{AwsKey, CHUNK_GAP, FakeModelApi, KeyLookup, ModelCall, TokenCheck, Vendor};

@@ -51,6 +51,9 @@ pub struct Attachment {
     /// Container runtime sockets closed to the job's user (`attach --job`), reopened when it
     /// is detached.
     pub closed: Vec<crate::sandbox::runtime_acl::Closed>,
+    /// Stops following Docker's events for the containers this job starts
+    /// (`attach --job --allow-docker`).
+    pub docker_watch: Option<CancellationToken>,
 }
 
 /// How the programs are held.

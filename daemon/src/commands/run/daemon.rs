@@ -261,6 +261,7 @@ impl Daemon {
             serving: CancellationToken::new(),
             since: now(),
             closed: Vec::new(),
+            docker_watch: None,
         };
         let generation = Arc::clone(&state.generation);
         let proxy = self.proxy_for(&generation, &attachment)?;
@@ -355,6 +356,40 @@ impl Daemon {
         Ok(message)
     }
 
+    /// For a job attached with `--allow-docker`: follows Docker's events (on the first
+    /// existing `docker.sock` of `[sandbox] runtime_sockets`) and attaches the containers the
+    /// job starts (`docker_events.rs`). Returns what to tell the caller.
+    pub async fn watch_docker(self: &Arc<Self>, job: &str) -> String {
+        let mut state = self.state.lock().await;
+        let socket = state
+            .generation
+            .config
+            .sandbox
+            .runtime_sockets()
+            .into_iter()
+            .find(|p| p.file_name().is_some_and(|n| n == "docker.sock") && p.exists());
+        let Some(socket) = socket else {
+            return "no Docker socket here: the containers it starts are not followed".to_owned();
+        };
+        let Some(attachment) = state.attachments.get_mut(job) else {
+            return String::new();
+        };
+        let stop = CancellationToken::new();
+        attachment.docker_watch = Some(stop.clone());
+        tokio::spawn(super::docker_events::watch(
+            Arc::clone(self),
+            socket.clone(),
+            job.to_owned(),
+            stop,
+        ));
+        format!(
+            "following Docker's events at {}: every container {job} starts is attached as \
+             {}",
+            socket.display(),
+            super::docker_events::container_name(job, "<id>")
+        )
+    }
+
     /// Detaches one attachment, or all of them.
     pub async fn detach(&self, name: Option<&str>, all: bool) -> anyhow::Result<String> {
         let mut state = self.state.lock().await;
@@ -380,6 +415,24 @@ impl Daemon {
             }
             vec![name.to_owned()]
         };
+        // A job's containers (`attach --job --allow-docker`) go with it.
+        let mut names = names;
+        for name in names.clone() {
+            if state
+                .attachments
+                .get(&name)
+                .is_some_and(|a| a.docker_watch.is_some())
+            {
+                let prefix = format!("{name}-docker-");
+                names.extend(
+                    state
+                        .attachments
+                        .keys()
+                        .filter(|k| k.starts_with(&prefix))
+                        .cloned(),
+                );
+            }
+        }
         for name in &names {
             if let Some(attachment) = state.attachments.remove(name) {
                 self.release(attachment);
@@ -412,6 +465,9 @@ impl Daemon {
         }
         for why in crate::sandbox::runtime_acl::reopen(&attachment.closed) {
             eprintln!("egressd: warning: could not reopen {why}");
+        }
+        if let Some(watch) = attachment.docker_watch.take() {
+            watch.cancel();
         }
         attachment.serving.cancel();
         self.audit

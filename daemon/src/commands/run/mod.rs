@@ -9,6 +9,7 @@
 
 mod attachment;
 mod daemon;
+mod docker_events;
 mod server;
 
 use std::sync::Arc;

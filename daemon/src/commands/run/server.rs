@@ -94,9 +94,23 @@ pub async fn handle(daemon: Arc<Daemon>, stream: UnixStream) {
     }
 }
 
-async fn dispatch(daemon: &Daemon, request: Request, caller: Option<i32>) -> Response {
+async fn dispatch(daemon: &Arc<Daemon>, request: Request, caller: Option<i32>) -> Response {
     let result = match request {
-        Request::Attach { target, name } => daemon.attach(target, name, caller).await,
+        Request::Attach { target, name } => {
+            let docker_job = match &target {
+                crate::control::Target::Job {
+                    allow_docker: true, ..
+                } => Some(name.clone().unwrap_or_else(|| "job".to_owned())),
+                _ => None,
+            };
+            let attached = daemon.attach(target, name, caller).await;
+            match (attached, docker_job) {
+                (Ok(message), Some(job)) => {
+                    Ok(format!("{message}; {}", daemon.watch_docker(&job).await))
+                }
+                (other, _) => other,
+            }
+        }
         Request::Detach { name, all } => daemon.detach(name.as_deref(), all).await,
         Request::Status => Ok("running".to_owned()),
         Request::Reload => daemon.reload().await,
