@@ -414,6 +414,7 @@ async fn handle(
                 StatusCode::BAD_GATEWAY
             };
             pending.rec.decision = AuditDecision::Allow;
+            pending.rec.failed = true;
             pending.rec.reason.clone_from(&reason);
             pending.rec.status = Some(status.as_u16());
             return error(status, provider, &reason, "upstream_error", true);
