@@ -24,6 +24,10 @@ const PKG_CACHE: &str = "/opt/egressd-tests/copilot/pkg-cache";
 const HELD: &str = "gho_0123456789abcdef0123456789abcdef0123";
 /// The sandbox user.
 const SANDBOX_UID: u32 = 65534;
+/// A DNS server that answers nothing: every name the tests use is given with `--resolve`, so
+/// a host the CLI tries beyond those (an allowed GitHub name, say) fails here instead of
+/// being looked up, and dialled, on the real network.
+const NO_DNS: &str = "127.0.0.1:9";
 
 /// One GitHub deployment: its server and API URLs, the names its GitHub API and Copilot API
 /// answer on, and the Copilot API the user's plan names.
@@ -128,6 +132,8 @@ github_token = "gh"
             .env("COPILOT_GITHUB_TOKEN", HELD)
             .env("GITHUB_SERVER_URL", self.deployment.server_url)
             .env("GITHUB_API_URL", self.deployment.api_url)
+            .arg("--dns-server")
+            .arg(NO_DNS)
             .timeout(std::time::Duration::from_secs(120));
         for name in self.deployment.github_names {
             cmd = cmd.resolve(name, self.s.net.addr4());
@@ -522,6 +528,7 @@ fn run_under_awf(c: &CliSetup, copilot_target: &str, extra_env: &[(&str, &str)])
         .env("COPILOT_MODEL", "gpt-5-mini")
         .env("GITHUB_SERVER_URL", c.deployment.server_url)
         .env("GITHUB_API_URL", c.deployment.api_url)
+        .args(["--dns-server", NO_DNS])
         .timeout(std::time::Duration::from_secs(120));
     for name in c.deployment.github_names {
         cmd = cmd.args(["--resolve", &format!("{name}:{}", c.s.net.addr4())]);
@@ -645,6 +652,7 @@ fn the_copilot_cli_in_byok_mode_reaches_entra_only_azure_openai_under_awf() {
         .arg("--config")
         .arg(&config)
         .args(["--env-all", "--log-level", "info", "--skip-pull"])
+        .args(["--dns-server", NO_DNS])
         .arg("--upstream-ca")
         .arg(&c.s.ca_pem)
         .arg("--audit-log")
