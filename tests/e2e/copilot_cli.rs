@@ -398,6 +398,49 @@ fn the_copilot_cli_answers_on_ghes_through_the_enterprise_copilot_api() {
     assert!(!env.contains(HELD), "{env}");
 }
 
+/// Seed 001's world: the GitHub OIDC issuer, Entra with the app whose federated credential
+/// trusts the job, and an Azure OpenAI resource (on the fifth address) that takes only the
+/// tokens Entra issued for that app and scope.
+struct Seed001 {
+    c: CliSetup,
+    oidc: egressd_tests::fakes::FakeOidc,
+    entra: std::sync::Arc<egressd_tests::fakes::FakeEntra>,
+    azure: egressd_tests::fakes::FakeModelApi,
+}
+
+const AZURE: &str = "my-resource.openai.azure.com";
+const TENANT_ID: &str = "00000000-0000-0000-0000-0000000000aa";
+const APP: &str = "11111111-2222-3333-4444-555555555555";
+const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+
+impl Seed001 {
+    fn new() -> Self {
+        use egressd_tests::fakes::{FakeEntra, FakeModelApi, FakeOidc, Fic};
+        let c = CliSetup::new(&DOTCOM);
+        let oidc = FakeOidc::start(&c.s.ca);
+        let entra = std::sync::Arc::new(FakeEntra::start(&c.s.ca, &oidc, TENANT_ID));
+        entra.add_app(
+            APP,
+            Fic {
+                issuer: oidc.issuer(),
+                subject: "repo:octo-org/octo-repo:ref:refs/heads/main".into(),
+                audience: "api://AzureADTokenExchange".into(),
+            },
+        );
+        let issuer = std::sync::Arc::clone(&entra);
+        let azure =
+            FakeModelApi::azure_openai(&c.s.ca, &c.s.net, c.s.net.addr5(), AZURE, move |t| {
+                issuer.issued(t) == Some((APP.to_owned(), SCOPE.to_owned()))
+            });
+        Self {
+            c,
+            oidc,
+            entra,
+            azure,
+        }
+    }
+}
+
 /// Seed 001 exactly: Azure OpenAI with API keys disabled, the Copilot CLI in BYOK mode, the
 /// Entra token minted from the job's GitHub OIDC token by egressd.
 #[test]
@@ -405,26 +448,12 @@ fn the_copilot_cli_in_byok_mode_reaches_entra_only_azure_openai() {
     if !privileged() {
         return;
     }
-    use egressd_tests::fakes::{FakeEntra, FakeModelApi, FakeOidc, Fic};
-    const AZURE: &str = "my-resource.openai.azure.com";
-    const TENANT_ID: &str = "00000000-0000-0000-0000-0000000000aa";
-    const APP: &str = "11111111-2222-3333-4444-555555555555";
-    const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
-    let c = CliSetup::new(&DOTCOM);
-    let oidc = FakeOidc::start(&c.s.ca);
-    let entra = std::sync::Arc::new(FakeEntra::start(&c.s.ca, &oidc, TENANT_ID));
-    entra.add_app(
-        APP,
-        Fic {
-            issuer: oidc.issuer(),
-            subject: "repo:octo-org/octo-repo:ref:refs/heads/main".into(),
-            audience: "api://AzureADTokenExchange".into(),
-        },
-    );
-    let issuer = std::sync::Arc::clone(&entra);
-    let azure = FakeModelApi::azure_openai(&c.s.ca, &c.s.net, c.s.net.addr5(), AZURE, move |t| {
-        issuer.issued(t) == Some((APP.to_owned(), SCOPE.to_owned()))
-    });
+    let Seed001 {
+        c,
+        oidc,
+        entra,
+        azure,
+    } = Seed001::new();
     fs::write(
         &c.config,
         format!(
@@ -614,26 +643,12 @@ fn the_copilot_cli_in_byok_mode_reaches_entra_only_azure_openai_under_awf() {
     if !privileged() {
         return;
     }
-    use egressd_tests::fakes::{FakeEntra, FakeModelApi, FakeOidc, Fic};
-    const AZURE: &str = "my-resource.openai.azure.com";
-    const TENANT_ID: &str = "00000000-0000-0000-0000-0000000000aa";
-    const APP: &str = "11111111-2222-3333-4444-555555555555";
-    const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
-    let c = CliSetup::new(&DOTCOM);
-    let oidc = FakeOidc::start(&c.s.ca);
-    let entra = std::sync::Arc::new(FakeEntra::start(&c.s.ca, &oidc, TENANT_ID));
-    entra.add_app(
-        APP,
-        Fic {
-            issuer: oidc.issuer(),
-            subject: "repo:octo-org/octo-repo:ref:refs/heads/main".into(),
-            audience: "api://AzureADTokenExchange".into(),
-        },
-    );
-    let issuer = std::sync::Arc::clone(&entra);
-    let azure = FakeModelApi::azure_openai(&c.s.ca, &c.s.net, c.s.net.addr5(), AZURE, move |t| {
-        issuer.issued(t) == Some((APP.to_owned(), SCOPE.to_owned()))
-    });
+    let Seed001 {
+        c,
+        oidc,
+        entra,
+        azure,
+    } = Seed001::new();
     let config = c.s.scratch.write(
         "awf-config.json",
         format!(
