@@ -578,19 +578,17 @@ fn rule(host: &str, credential: &str, header: &str, format: &str) -> Result<Inte
 /// [`API_PATHS`]: `Authorization: Bearer <token>` (the REST API takes `Bearer` for every token
 /// type).
 fn api_rules(api_base: &str, credential: &str) -> Result<Vec<InterceptRule>, String> {
-    let rest = api_base
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("the GitHub API base {api_base:?} is not an https:// URL"))?;
-    let (authority, base_path) = rest.split_once('/').unwrap_or((rest, ""));
-    let host = authority
-        .rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(authority, |(host, _)| host);
-    let base_path = base_path.trim_end_matches('/');
-    if host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok() {
+    let url = url::Url::parse(api_base)
+        .ok()
+        .filter(|u| u.scheme() == "https")
+        .ok_or_else(|| {
+            format!("the GitHub API base {api_base:?} is not an https:// URL: fix GITHUB_API_URL or [copilot] api_url")
+        })?;
+    let Some(url::Host::Domain(host)) = url.host() else {
         // An API named by its address (a test server): no TLS name to intercept.
         return Ok(Vec::new());
-    }
+    };
+    let base_path = url.path().trim_end_matches('/');
     API_PATHS
         .iter()
         .map(|path| {
@@ -598,11 +596,7 @@ fn api_rules(api_base: &str, credential: &str) -> Result<Vec<InterceptRule>, Str
             r.methods = vec!["GET".to_owned()];
             // GitHub's REST API is no model API: its bodies are not read for tool URLs.
             r.tool_urls = crate::intercept::ToolUrls::Allow;
-            r.path_prefix = Some(if base_path.is_empty() {
-                (*path).to_owned()
-            } else {
-                format!("/{base_path}{path}")
-            });
+            r.path_prefix = Some(format!("{base_path}{path}"));
             Ok(r)
         })
         .collect()

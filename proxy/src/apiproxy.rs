@@ -72,6 +72,8 @@ pub(crate) struct Server {
     limiter: Option<ratelimit::Limiter>,
     /// What the run has spent of its budgets (shared with the usage taps).
     spent: Arc<budget::Spent>,
+    /// The redaction needles of the providers' keys and tokens.
+    needles: crate::intercept::redact::NeedleCache,
 }
 
 impl Server {
@@ -79,6 +81,7 @@ impl Server {
         Self {
             limiter: config.rate_limit.map(ratelimit::Limiter::new),
             spent: Arc::new(budget::Spent::new(config.budget)),
+            needles: crate::intercept::redact::NeedleCache::default(),
             config,
             upstream,
             broker,
@@ -434,7 +437,7 @@ async fn handle(
             .map(|s| s.expose().as_bytes().to_vec())
             .unwrap_or_default(),
     };
-    if let Some(needles) = crate::intercept::redact::Needles::new(&reflected) {
+    if let Some(needles) = server.needles.get(&reflected) {
         if let Some(encoding) = crate::intercept::redact::compressed(&resp) {
             let message = format!(
                 "the provider compressed its answer (content-encoding: {encoding}) although \

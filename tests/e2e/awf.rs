@@ -389,6 +389,19 @@ fn api_proxy_refuses_tool_urls_outside_the_allowlist() {
         "\n{out}"
     );
     assert_eq!(openai.connections(), 0, "\n{out}");
+    // Control: the same request with a tool that fetches nothing goes to the provider.
+    let allowed = script.replace(
+        r#"{"type":"mcp","server_url":"https://evil.example/mcp"}"#,
+        r#"{"type":"function","name":"f"}"#,
+    );
+    assert_ne!(allowed, script);
+    let out = awf_with_api_upstream(&s, OPENAI)
+        .env("OPENAI_API_KEY", "sk-real-openai-key")
+        .args(["--user", "65534:65534", "--"])
+        .command([allowed])
+        .run();
+    assert!(out.stdout.ends_with("[HTTP 200]"), "\n{out}");
+    assert_eq!(openai.connections(), 1, "\n{out}");
 }
 
 /// The api-proxy's request handling that AWF does too: a `provider/model` name loses the

@@ -103,6 +103,36 @@ impl Needles {
     }
 }
 
+/// The [`Needles`] of the last few secrets, so that requests carrying the same token (a
+/// connection's, a token's lifetime) do not build its search again: the forms and their
+/// automaton are built once per token, not once per request.
+#[derive(Default)]
+pub(crate) struct NeedleCache(std::sync::Mutex<Vec<Arc<Needles>>>);
+
+/// How many secrets a [`NeedleCache`] keeps (one per credential a host or port injects).
+const CACHED_SECRETS: usize = 8;
+
+impl NeedleCache {
+    /// The needles of `secret` (`None` for an empty one), built only on a miss.
+    pub(crate) fn get(&self, secret: &[u8]) -> Option<Arc<Needles>> {
+        let mut cached = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = cached.iter().position(|n| n.forms[0] == secret) {
+            let hit = cached.remove(at);
+            cached.push(Arc::clone(&hit));
+            return Some(hit);
+        }
+        let built = Needles::new(secret)?;
+        if cached.len() == CACHED_SECRETS {
+            cached.remove(0);
+        }
+        cached.push(Arc::clone(&built));
+        Some(built)
+    }
+}
+
 /// `secret` with every byte outside RFC 3986's unreserved set percent-encoded.
 fn url_encoded(secret: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(secret.len());
@@ -422,6 +452,17 @@ mod tests {
             [b"Bearer ".as_slice(), MARKER].concat()
         );
         assert_eq!(collected.to_bytes(), "body tok-1");
+    }
+
+    #[test]
+    fn needles_are_built_once_per_secret() {
+        let cache = NeedleCache::default();
+        let a = cache.get(b"secret-one-0123456789").unwrap();
+        let again = cache.get(b"secret-one-0123456789").unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+        let b = cache.get(b"secret-two-0123456789").unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(cache.get(b"").is_none());
     }
 
     #[test]

@@ -107,6 +107,8 @@ struct Conn {
     client: SocketAddr,
     orig: SocketAddr,
     rules: Vec<InterceptRule>,
+    /// The redaction needles of the tokens this connection's requests got.
+    needles: super::redact::NeedleCache,
 }
 
 /// Terminates TLS on `io` (the ClientHello replayed) and serves its requests until the
@@ -136,6 +138,7 @@ where
         client,
         orig,
         rules,
+        needles: super::redact::NeedleCache::default(),
     });
     // Set by the first request: until then the connection runs under `request_head`.
     let first_request = Arc::new(tokio::sync::Notify::new());
@@ -250,40 +253,18 @@ impl Conn {
             let reason = "CONNECT is not allowed on an intercepted connection";
             return self.refuse(pending, StatusCode::METHOD_NOT_ALLOWED, reason, None, false);
         }
-        // The path as the server will read it; the credential follows that path, and an
-        // ambiguous one must get the same credential whichever way the server reads it.
-        let path = match super::path::normalize(req.uri().path()) {
-            Ok(path) => path.into_owned(),
+        // The path as the server will read it (the upstream is sent that path); the
+        // credential follows it, and an ambiguous one must get the same credential whichever
+        // way the server reads it. A path already normal is not copied.
+        let normalised = match super::path::normalize(req.uri().path()) {
+            Ok(std::borrow::Cow::Borrowed(_)) => None,
+            Ok(std::borrow::Cow::Owned(path)) => Some(path),
             Err(bad) => {
-                return self.refuse(
-                    pending,
-                    StatusCode::BAD_REQUEST,
-                    &bad.to_string(),
-                    None,
-                    false,
-                );
+                let status = StatusCode::BAD_REQUEST;
+                return self.refuse(pending, status, &bad.to_string(), None, false);
             }
         };
-        let method = req.method().as_str();
-        let rule_for = |path: &str| {
-            self.rules
-                .iter()
-                .find(|r| r.credential.is_some() && r.applies_to(method, path))
-        };
-        let rule = rule_for(&path);
-        if super::path::is_ambiguous(&path)
-            && super::path::readings(&path)
-                .iter()
-                .any(|reading| !same_rule(rule, rule_for(reading)))
-        {
-            let reason = "ambiguous path: an encoded '/', '\\' or '%' (or a raw '\\') that servers \
-                          read differently would decide whether the credential is sent";
-            return self.refuse(pending, StatusCode::BAD_REQUEST, reason, None, false);
-        }
-        if let Some(reason) = method_override(&req, &self.rules) {
-            return self.refuse(pending, StatusCode::BAD_REQUEST, &reason, None, false);
-        }
-        if path != req.uri().path() {
+        if let Some(path) = normalised {
             match super::path::with_path(req.uri(), &path) {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(reason) => {
@@ -291,6 +272,27 @@ impl Conn {
                 }
             }
             pending.rec.path = Some(path.get(..MAX_AUDIT_PATH).unwrap_or(&path).to_owned());
+        }
+        let path = req.uri().path();
+        let method = req.method().as_str();
+        let rule_for = |path: &str| {
+            self.rules
+                .iter()
+                .find(|r| r.credential.is_some() && r.applies_to(method, path))
+        };
+        let rule = rule_for(path);
+        if super::path::is_ambiguous(path)
+            && super::path::readings(path)
+                .iter()
+                .any(|reading| !same_rule(rule, rule_for(reading)))
+        {
+            let reason = "ambiguous path: an encoded '/', '\\' or '%' (or a raw '\\' or a \
+                          ';parameter') that servers read differently would decide whether the \
+                          credential is sent; send the path without them";
+            return self.refuse(pending, StatusCode::BAD_REQUEST, reason, None, false);
+        }
+        if let Some(reason) = method_override(&req, &self.rules) {
+            return self.refuse(pending, StatusCode::BAD_REQUEST, &reason, None, false);
         }
         // mTLS is per connection: a host whose rules name `spiffe` uses it for every request.
         let spiffe = self.rules.iter().find_map(|r| {
@@ -516,7 +518,7 @@ impl Conn {
             // scrubbed of the token too (ws.rs).
             let needles = reflected
                 .as_ref()
-                .and_then(|s| super::redact::Needles::new(s.expose().as_bytes()));
+                .and_then(|s| self.needles.get(s.expose().as_bytes()));
             if let Some(needles) = &needles {
                 super::redact::headers(resp.headers_mut(), needles);
             }
@@ -546,9 +548,7 @@ impl Conn {
             return resp.map(|body| body.boxed_unsync());
         }
         strip_hop_by_hop_response(&mut resp);
-        if let Some(needles) =
-            reflected.and_then(|s| super::redact::Needles::new(s.expose().as_bytes()))
-        {
+        if let Some(needles) = reflected.and_then(|s| self.needles.get(s.expose().as_bytes())) {
             // An upstream echoing the request must not hand the sandbox the token, and a
             // compressed answer cannot be searched for it (identity was asked for).
             if let Some(encoding) = super::redact::compressed(&resp) {

@@ -62,7 +62,8 @@ pub(crate) fn check(body: &Value, policy: &Policy, mode: ToolUrls) -> Result<(),
     let outside = if mode == ToolUrls::Deny {
         "and tool URLs are denied on this rule (tool_urls = \"deny\")"
     } else {
-        "which is not in the allowlist: the provider would reach it from outside the sandbox"
+        "which is not in the allowlist: the provider would reach it from outside the sandbox \
+         (add the host to the allowlist if the provider may reach it)"
     };
     let url_field = |field: String, url: &Value| -> Result<(), Refusal> {
         let Some(text) = url.as_str() else {
@@ -146,7 +147,7 @@ pub(crate) fn check(body: &Value, policy: &Policy, mode: ToolUrls) -> Result<(),
 
 /// [`check`] on a request body: an empty one passes; one that is not JSON egressd can read
 /// (a lone surrogate, a byte-order mark, UTF-16) is refused, since the provider's parser might
-/// read it; duplicate keys are refused (parsers disagree on which one wins).
+/// read it; keys given twice are refused (parsers disagree on which one wins).
 ///
 /// # Errors
 ///
@@ -163,64 +164,69 @@ pub(crate) fn check_body(body: &[u8], policy: &Policy, mode: ToolUrls) -> Result
              on this rule"
         ),
     };
-    let value: Value = serde_json::from_slice(body).map_err(|e| unreadable(e.to_string()))?;
-    if has_duplicate_keys(body) {
-        return Err(unreadable("an object has the same key twice".to_owned()));
-    }
+    // One pass: parsed and checked for keys given twice together.
+    let Strict(value) = serde_json::from_slice(body).map_err(|e| unreadable(e.to_string()))?;
     check(&value, policy, mode)
 }
 
-/// Whether some JSON object in `body` (valid JSON) names a key twice.
-fn has_duplicate_keys(body: &[u8]) -> bool {
-    use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
-    struct NoDuplicates;
-    impl<'de> Visitor<'de> for NoDuplicates {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("any JSON value")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut keys = std::collections::HashSet::new();
-            while let Some(key) = map.next_key::<String>()? {
-                if !keys.insert(key.to_ascii_lowercase()) {
-                    return Err(serde::de::Error::custom("duplicate key"));
-                }
-                map.next_value_seed(NoDuplicatesSeed)?;
+/// A JSON value parsed with every object's keys distinct (without regard to case):
+/// parsers disagree on which of two equal keys wins, so a body that has them is refused.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+        struct StrictVisitor;
+        impl<'de> Visitor<'de> for StrictVisitor {
+            type Value = Strict;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
             }
-            Ok(())
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+                let mut out = serde_json::Map::new();
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key.to_ascii_lowercase()) {
+                        return Err(serde::de::Error::custom(format!(
+                            "an object has the key {key:?} twice"
+                        )));
+                    }
+                    let Strict(value) = map.next_value()?;
+                    out.insert(key, value);
+                }
+                Ok(Strict(Value::Object(out)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Strict(value)) = seq.next_element()? {
+                    out.push(value);
+                }
+                Ok(Strict(Value::Array(out)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+                Ok(Strict(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+                Ok(Strict(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+                Ok(Strict(Value::String(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+                Ok(Strict(Value::String(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Strict, E> {
+                Ok(Strict(Value::Null))
+            }
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element_seed(NoDuplicatesSeed)?.is_some() {}
-            Ok(())
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
-        }
+        d.deserialize_any(StrictVisitor)
     }
-    struct NoDuplicatesSeed;
-    impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicatesSeed {
-        type Value = ();
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(NoDuplicates)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    de.deserialize_any(NoDuplicates).is_err()
 }
 
 /// Where an object sits in the body, for field names (`requests[0].params`).
