@@ -1219,3 +1219,78 @@ fn containers_a_job_starts_with_docker_allowed_are_attached_with_its_policy() {
         "{stopped}"
     );
 }
+
+/// `attach --job` cannot give a running job what `exec` gives its command (a system-call
+/// filter, a terminal of its own, other groups, a scrubbed environment): it names each door
+/// the job keeps, read from the step that asked, and a clean step hears nothing.
+#[test]
+fn attach_job_names_the_doors_a_running_job_keeps() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let cgroup = TestCgroup::new("job-doors");
+    let socket = s.scratch.path("ctl.sock");
+    let daemon = Daemon::start(&run_command(&s).allow(API), &socket);
+    let egressd = egressd_tests::egressd_bin().display().to_string();
+    // The step: bash with exactly this environment, running attach as a child (so that
+    // egressd's parent is the step, as `sudo` is on a runner).
+    let step = |env: &[&str], wrap_in_terminal: bool| {
+        let attach = format!(
+            "{egressd} attach --job --control-socket {}; echo attached=$?",
+            socket.display()
+        );
+        let mut argv: Vec<String> = vec!["env".into(), "-i".into()];
+        argv.extend(env.iter().map(|e| (*e).to_owned()));
+        argv.extend([
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            "SHELL=/bin/bash".into(),
+        ]);
+        if wrap_in_terminal {
+            // `script` gives the step a controlling terminal.
+            argv.extend(["script".into(), "-qec".into(), attach, "/dev/null".into()]);
+        } else {
+            argv.extend(["bash".into(), "-c".into(), attach]);
+        }
+        let (code, out, err) = in_job(&s, &cgroup, &argv);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("attached=0"), "{out}{err}");
+        daemon.control(&["detach", "job"]).assert_success();
+        // `script` copies the terminal's output (stderr included) to stdout.
+        format!("{out}{err}")
+    };
+    let vsock = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import socket\ntry:\n    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); print('yes')\nexcept OSError:\n    print('no')",
+        ])
+        .output()
+        .unwrap();
+    let vsock = String::from_utf8_lossy(&vsock.stdout).trim() == "yes";
+
+    let clean = step(&[], false);
+    assert!(!clean.contains("look like secrets"), "{clean}");
+    assert!(!clean.contains("TIOCSTI"), "{clean}");
+    assert_eq!(clean.contains("AF_VSOCK"), vsock, "{clean}");
+
+    let secrets = step(
+        &[
+            "NPM_TOKEN=npm_0123456789abcdefghij",
+            "DB_PASSWORD=hunter2hunter2",
+            "MAX_OUTPUT_TOKENS=8192",
+        ],
+        false,
+    );
+    assert!(
+        secrets.contains("look like secrets are in the job's environment: DB_PASSWORD, NPM_TOKEN"),
+        "{secrets}"
+    );
+    assert!(
+        !secrets.contains("npm_0123") && !secrets.contains("hunter2"),
+        "values never printed: {secrets}"
+    );
+    assert!(!secrets.contains("MAX_OUTPUT_TOKENS"), "{secrets}");
+
+    let terminal = step(&[], true);
+    assert!(terminal.contains("the job has a terminal"), "{terminal}");
+}

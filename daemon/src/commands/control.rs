@@ -26,7 +26,7 @@ pub fn attach(args: AttachArgs) -> Result<u8, Failure> {
         }
         (None, Some(pid), _) => Target::Pid { pid },
         _ => {
-            warn_readable_credentials();
+            warn_job_doors();
             Target::Job {
                 user: crate::env::sudo_user()
                     .map(|(uid, _)| uid)
@@ -44,19 +44,20 @@ pub fn attach(args: AttachArgs) -> Result<u8, Failure> {
     )
 }
 
-/// `attach --job`: the job keeps its user, so name the credentials on disk it can read
-/// (the token `actions/checkout` persisted, a Docker login...): the firewall does not stop
-/// a job from reading them, only from sending them where the allowlist does not go.
-fn warn_readable_credentials() {
+/// `attach --job`: names on stderr the doors the job keeps (`job_doors`), read from the
+/// process that asked (this one's parent: `sudo`, or the step's shell).
+fn warn_job_doors() {
     let (uid, gid) = crate::env::sudo_user().unwrap_or_else(|| {
         (
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
         )
     });
-    if let Some(list) = crate::sandbox::secrets::readable_credentials(uid, gid, &[]) {
-        eprintln!("egressd: warning: the job's user can read credentials on disk: {list}");
-    }
+    let job = super::job_doors::Job::of(std::os::unix::process::parent_id(), uid, gid);
+    eprint!(
+        "{}",
+        super::job_doors::render(&super::job_doors::doors(&job))
+    );
 }
 
 /// `egressd detach`.

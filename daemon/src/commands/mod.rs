@@ -8,6 +8,7 @@ mod control;
 mod doctor;
 pub(crate) mod exec;
 mod generate;
+mod job_doors;
 mod lint;
 mod run;
 

@@ -131,7 +131,8 @@ fn own_group(uid: u32) -> Option<u32> {
     Some(group.gid.as_raw())
 }
 
-fn group_name(gid: u32) -> Option<String> {
+/// The name of group `gid`, when it has one.
+pub fn group_name(gid: u32) -> Option<String> {
     nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
         .ok()
         .flatten()
