@@ -107,7 +107,7 @@ pub(crate) async fn serve(
         return;
     }
     let request_head = proxy.config.timeouts.request_head;
-    let max_buf = crate::conn::limits::hyper_buf_size(proxy.config.limits.max_header_bytes);
+    let max_buf = crate::transport::limits::hyper_buf_size(proxy.config.limits.max_header_bytes);
     let service = hyper::service::service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
         async move { Ok::<_, Infallible>(handle(&proxy, client, orig, req).await) }

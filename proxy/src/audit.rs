@@ -35,7 +35,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::token::{Provenance, ProvenanceStatus};
+use crate::provenance::{Provenance, ProvenanceStatus};
 
 mod awf;
 

@@ -122,7 +122,7 @@ pub enum ConnectError {
         name: String,
         /// The first refused address.
         addr: IpAddr,
-        /// The range it falls in, from [`crate::conn::connect::guard`].
+        /// The range it falls in, as `conn::connect::guard` names it.
         range: &'static str,
     },
     /// The DNS lookup failed.

@@ -20,10 +20,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::addr::{ClientAddr, OrigDst};
 use crate::audit::{AuditDecision, Proto, Record};
-use crate::conn::classify::{
-    Classified, HostName, classify_inner, has_ech_extension, normalize_host,
-};
+use crate::conn::classify::{Classified, classify_inner, has_ech_extension};
 use crate::dns::{self, Step, Transport};
+use crate::host::{HostName, normalize_host};
 use crate::{AuditLog, Proxy};
 
 /// The head limit the classification target runs with (small, so fuzz inputs reach it).

@@ -15,9 +15,9 @@
 //!  decide    (conn/decide.rs)     pure: policy on the *name* (no DNS) ─► Verdict
 //!     │   Deny ─► reset (TLS) / 403 (HTTP)          Intercept ─► not available yet: deny
 //!     ▼   PassThrough
-//!  connect   (conn/connect.rs)    resolve the name, refuse internal answers, dial
+//!  connect   (transport/connect.rs) resolve the name, refuse internal answers, dial
 //!     ▼
-//!  relay     (conn/relay.rs)      TLS: replay the ClientHello, copy both ways, idle timeout
+//!  relay     (transport/relay.rs) TLS: replay the ClientHello, copy both ways, idle timeout
 //!  intercept (intercept/)         TLS for [[intercept]] hosts: terminate, inject a token
 //!                                 from token/ (Broker), forward over a verified pool
 //!                                 (rules with `spiffe`: mTLS with the Workload API's
@@ -29,6 +29,11 @@
 //!
 //! All client-visible refusals are built in `respond.rs`; stage errors and the
 //! [`ErrorKind`] derived from them live in `error.rs`.
+//!
+//! Modules import downwards only: `conn` (the pipeline) uses `intercept` and `apiproxy`,
+//! which use `transport` (connector, relay, limits), `token` and `audit`; the leaves
+//! `host` (host names), `provenance` (the run's verified claims) and `tls_roots` (what
+//! egressd's own TLS clients trust) import nothing from the crate.
 //!
 //! # What this crate does not do
 //!
@@ -67,12 +72,16 @@ mod dns;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
+mod host;
 pub mod intercept;
 mod listener;
+mod provenance;
 mod resolver;
 mod respond;
 mod spiffe;
+mod tls_roots;
 pub mod token;
+mod transport;
 
 #[cfg(test)]
 mod tests;
@@ -88,7 +97,7 @@ pub use crate::audit::{
 };
 pub use crate::error::{ClassifyError, ConnectError, Error, ErrorKind};
 
-use crate::conn::connect::Connector;
+use crate::transport::connect::Connector;
 
 /// The proxy of one sandbox: configuration, original-destination lookup, resolver, audit.
 ///

@@ -23,8 +23,8 @@ use hyper::{Response, StatusCode};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::conn::classify::HostName;
 use crate::error::ErrorKind;
+use crate::host::HostName;
 
 /// A refusal to report: who was refused, why, and by which rule.
 #[derive(Clone, Debug)]

@@ -10,21 +10,18 @@
 //! which rustls does not expose, is found by [`has_ech_extension`], a bounds-checked walk over
 //! the same handshake bytes.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::ClassifyError;
+use crate::host::{HostName, normalize_host};
+use crate::transport::limits::MAX_HEADERS;
 
 /// The largest ClientHello we buffer: a full 16 KiB record plus headers and room for a
 /// hello split over two records (post-quantum key shares make hellos larger than 2 KiB).
 pub(crate) const MAX_CLIENT_HELLO: usize = 16 * 1024 + 4 * 1024;
-
-/// The most headers a request head may have: here, and in the hyper servers that parse the
-/// later requests (plain HTTP and intercepted); more is answered `431` like an oversize head.
-pub(crate) const MAX_HEADERS: usize = 128;
 
 /// TLS extension number of the ECH extension (draft-ietf-tls-esni, RFC 9849).
 const EXT_ENCRYPTED_CLIENT_HELLO: u16 = 0xfe0d;
@@ -61,24 +58,6 @@ pub(crate) struct HttpHead {
     /// The host part of the `Host` header, normalised by [`normalize_host`]; `None` if the
     /// header is missing or unparseable.
     pub host: Option<HostName>,
-}
-
-/// A host as a request names it: a DNS name or an IP literal.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum HostName {
-    /// An IP literal (`192.0.2.1`, `[2001:db8::1]`).
-    Ip(IpAddr),
-    /// A DNS name: lowercase ASCII, no trailing dot, no port.
-    Name(String),
-}
-
-impl std::fmt::Display for HostName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Ip(ip) => ip.fmt(f),
-            Self::Name(n) => f.write_str(n),
-        }
-    }
 }
 
 /// Reads from `stream` until the buffered bytes form a ClientHello or a request head.
@@ -244,50 +223,6 @@ fn host_header<'a>(headers: &[httparse::Header<'a>]) -> Option<&'a str> {
         return None;
     }
     std::str::from_utf8(first.value).ok()
-}
-
-/// Parses a `Host` header value or URI authority (`name`, `name:port`, `1.2.3.4:80`,
-/// `[::1]:80`) into a [`HostName`]: port dropped, name lowercased, one trailing dot removed.
-///
-/// Returns `None` for anything that is not a plausible host: empty, an empty label (`a..b`,
-/// `.a`), userinfo (`a@b`), characters outside letters, digits, `-`, `.` and `_`, or a bad
-/// port.
-pub(crate) fn normalize_host(value: &str) -> Option<HostName> {
-    let value = value.trim();
-    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']')?;
-        let ip: std::net::Ipv6Addr = inside.parse().ok()?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':')?),
-        };
-        if let Some(p) = port {
-            p.parse::<u16>().ok()?;
-        }
-        return Some(HostName::Ip(IpAddr::V6(ip)));
-    } else {
-        match value.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (value, None),
-        }
-    };
-    if let Some(p) = port {
-        p.parse::<u16>().ok()?;
-    }
-    let host = host.strip_suffix('.').unwrap_or(host);
-    // Empty labels (`a..b`, `.a`, `a..`) are no host name; found by fuzzing: `1..` became
-    // the name `1.`, which normalising again changed to `1`.
-    if host.split('.').any(str::is_empty)
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-    {
-        return None;
-    }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(HostName::Ip(ip));
-    }
-    Some(HostName::Name(host.to_ascii_lowercase()))
 }
 
 /// Returns whether the ClientHello in `buf` (TLS records, starting at a record header)

@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use egressd_config::{Action, Decision, Policy, Reason, Scheme, Target, TargetHost};
 
-use crate::conn::classify::{Classified, HostName};
+use crate::conn::classify::Classified;
+use crate::host::HostName;
 
 /// Where an allowed connection goes: the name (or raw IP) and the port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

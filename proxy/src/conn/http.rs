@@ -41,11 +41,12 @@ use crate::audit::{AuditDecision, Proto, Record};
 use crate::body::{
     AuditedBody, BodyTooLarge, Counted, PendingRecord, ResBody, Sent, strip_hop_by_hop,
 };
-use crate::conn::classify::{Classified, HostName, HttpHead, normalize_host};
+use crate::conn::classify::{Classified, HttpHead};
 use crate::conn::decide::{Dest, Verdict, decide};
-use crate::conn::limits;
 use crate::error::{ErrorKind, chain};
+use crate::host::{HostName, normalize_host};
 use crate::respond::{self, Denial};
+use crate::transport::limits;
 
 const NOT_A_FORWARD_PROXY: &str = "egressd is not a forward proxy (CONNECT refused)";
 const AUTHORITY_MISMATCH: &str = "request target names a different host than the Host header";
@@ -416,7 +417,7 @@ mod upstream_cache_tests {
 
     fn dest(n: usize) -> Dest {
         Dest {
-            host: crate::conn::classify::HostName::Name(format!("h{n}.test")),
+            host: crate::host::HostName::Name(format!("h{n}.test")),
             port: 80,
         }
     }

@@ -6,13 +6,9 @@
 //! assembles the [`Record`] from their results and `respond.rs` refuses.
 
 pub(crate) mod classify;
-pub(crate) mod connect;
 pub(crate) mod decide;
 pub(crate) mod http;
-pub(crate) mod limits;
-pub(crate) mod relay;
 pub(crate) mod rewind;
-pub(crate) mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,12 +20,14 @@ use tokio::time::Instant;
 use crate::Proxy;
 use crate::addr::{ClientAddr, OrigDst};
 use crate::audit::{Proto, Record};
-use crate::conn::classify::{Classified, HostName, classify};
+use crate::conn::classify::{Classified, classify};
 use crate::conn::decide::{Verdict, decide, decide_loopback};
 use crate::conn::rewind::Rewind;
 use crate::error::{ErrorKind, chain};
+use crate::host::HostName;
 use crate::intercept;
 use crate::respond;
+use crate::transport::{connect, limits, splice};
 
 /// Audit reason for a connection whose original destination is unknown.
 const NO_ORIG_DST: &str = "no original destination recorded";

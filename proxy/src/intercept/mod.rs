@@ -48,7 +48,6 @@ pub(crate) mod upstream;
 mod ws;
 
 pub(crate) use self::server::serve;
-pub(crate) use self::upstream::client_roots;
 
 pub use self::bundle::{BundleError, SYSTEM_BUNDLES, find_system_bundle, trust_bundle};
 pub use self::ca::{CA_LIFETIME, CaError, CaResolver, EphemeralCa, LEAF_CACHE_CAPACITY};
@@ -90,7 +89,7 @@ impl Interception {
     pub(crate) fn new(
         ca: std::sync::Arc<EphemeralCa>,
         broker: crate::token::Broker,
-        connector: std::sync::Arc<crate::conn::connect::Connector>,
+        connector: std::sync::Arc<crate::transport::connect::Connector>,
         policy: std::sync::Arc<egressd_config::Policy>,
         extra_ca_pem: Option<&[u8]>,
         intercepts: &egressd_config::Intercepts,

@@ -50,10 +50,10 @@ use super::upstream::UpBody;
 use crate::Proxy;
 use crate::audit::{AuditDecision, Proto, Record};
 use crate::body::{AuditedBody, BodyTooLarge, Counted, PendingRecord, ResBody, strip_hop_by_hop};
-use crate::conn::limits;
-use crate::conn::relay::relay;
 use crate::respond::{self, JsonError};
 use crate::spiffe::{DialError, SpiffePeer};
+use crate::transport::limits;
+use crate::transport::relay::relay;
 
 /// Longest path written to the audit log.
 const MAX_AUDIT_PATH: usize = 1024;

@@ -21,14 +21,14 @@ use hyper::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::conn::classify::HostName;
-use crate::conn::connect::Connector;
+use crate::host::HostName;
 use crate::spiffe::{Dialer, SpiffePeer, X509Source};
+use crate::transport::connect::Connector;
 
 /// Request body the upstream client sends.
 pub(crate) type UpBody = UnsyncBoxBody<Bytes, crate::body::BodyError>;
@@ -54,7 +54,7 @@ impl Upstream {
         policy: Arc<Policy>,
         extra_ca_pem: Option<&[u8]>,
     ) -> Result<Self, String> {
-        let roots = client_roots(extra_ca_pem)?;
+        let roots = crate::tls_roots::client_roots(extra_ca_pem)?;
         let make = |alpn: &[&[u8]]| -> Result<Client<UpstreamConnector, UpBody>, String> {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -98,32 +98,6 @@ impl Upstream {
             http1: make(&[b"http/1.1"]),
         }
     }
-}
-
-/// The webpki roots plus every certificate in `extra_ca_pem`.
-///
-/// # Errors
-///
-/// `extra_ca_pem` is not PEM or holds no certificate.
-pub(crate) fn client_roots(extra_ca_pem: Option<&[u8]>) -> Result<rustls::RootCertStore, String> {
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(pem) = extra_ca_pem {
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| format!("invalid PEM: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("invalid certificate: {e}"))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err("no PEM certificate in it".to_owned());
-        }
-    }
-    Ok(roots)
 }
 
 /// An upstream that did not answer in time: the client gets `504`, not `502`.

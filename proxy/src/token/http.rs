@@ -66,7 +66,7 @@ impl TokenHttp {
     ///
     /// A text saying what is wrong with `extra_ca_pem` (no certificate, bad PEM or DER).
     pub(crate) fn new(extra_ca_pem: Option<&[u8]>, timeout: Duration) -> Result<Self, String> {
-        let roots = crate::intercept::client_roots(extra_ca_pem)?;
+        let roots = crate::tls_roots::client_roots(extra_ca_pem)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -70,11 +70,11 @@ use tokio::time::Instant;
 
 pub use self::dns::OwnDns;
 pub use self::error::{BrokerError, TokenError, TokenErrorKind};
-pub use self::provenance::{Provenance, ProvenanceStatus};
 pub use self::secret::Secret;
 pub use self::source::aws_web_identity::AwsCredentials;
 pub use self::source::github_oidc::GithubOidcEnv;
 pub use self::source::per_actor::table_vars as per_actor_vars;
+pub use crate::provenance::{Provenance, ProvenanceStatus};
 
 use self::cache::{Entry, Lookup, MintResult, State};
 use self::error::{MintError, Retry};

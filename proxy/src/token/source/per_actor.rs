@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use egressd_config::{Credential, CredentialSource};
 use serde::Deserialize;
 
-use crate::token::provenance::Provenance;
+use crate::provenance::Provenance;
 
 /// Where the selected user's secret is.
 #[derive(Debug, Clone, PartialEq, Eq)]

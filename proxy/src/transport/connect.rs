@@ -26,8 +26,8 @@ use tokio::net::TcpStream;
 use egressd_config::Reach;
 
 use crate::addr::LoopbackSockets;
-use crate::conn::classify::HostName;
 use crate::error::{ConnectError, Error};
+use crate::host::HostName;
 
 /// At most this many resolved addresses are dialled, in answer order.
 const MAX_DIAL_ATTEMPTS: usize = 4;

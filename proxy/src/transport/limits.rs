@@ -10,8 +10,6 @@
 
 use hyper::Request;
 
-use crate::conn::classify::MAX_HEADERS;
-
 /// hyper's smallest allowed read buffer (it panics below this).
 const HYPER_MIN_BUF: usize = 8192;
 
@@ -20,6 +18,11 @@ const HYPER_MIN_BUF: usize = 8192;
 pub(crate) fn hyper_buf_size(limit: u32) -> usize {
     (limit as usize).saturating_mul(2).max(HYPER_MIN_BUF)
 }
+
+/// The most headers a request head may have: in classification, and in the hyper servers
+/// that parse the later requests (plain HTTP and intercepted); more is answered `431` like
+/// an oversize head.
+pub(crate) const MAX_HEADERS: usize = 128;
 
 /// The most headers hyper parses, equal to the classification's limit.
 pub(crate) const HYPER_MAX_HEADERS: usize = MAX_HEADERS;
