@@ -169,7 +169,7 @@ pub struct ExecArgs {
     /// sandbox's own namespace; `--netns new` only), or `auto` (eBPF, else nftables).
     /// `egressd doctor` says which one this host supports.
     #[arg(long = "backend", value_enum, default_value = "auto")]
-    pub backend: crate::commands::exec::Backend,
+    pub backend: Backend,
     /// The sandbox beyond the network: Unix sockets, hidden paths, secrets, seccomp.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
@@ -758,4 +758,16 @@ pub fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+/// How the kernel sends a sandbox's connections to the proxy (`--backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// eBPF if the kernel allows it, else nftables (with `--netns new`), saying so.
+    #[default]
+    Auto,
+    /// cgroup BPF programs (the default where available).
+    Ebpf,
+    /// nftables rules in the sandbox's own network namespace (`--netns new` only).
+    Nftables,
 }

@@ -7,6 +7,7 @@
 mod cli;
 mod commands;
 mod control;
+mod digest;
 mod env;
 mod loader;
 mod policy;

@@ -201,6 +201,26 @@ impl Policy {
         &self.entries
     }
 
+    /// `sha256:<hex>` of the entries (text and origin, one per line, sorted): what `arm`
+    /// records carry and `egressd audit --policy` compares, the same for the same
+    /// entries in any order.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let mut lines: Vec<String> = self
+            .entries()
+            .iter()
+            .map(|e| format!("{}\t{}\n", e.text, e.origin))
+            .collect();
+        lines.sort();
+        let digest = sha2::Sha256::digest(lines.concat().as_bytes());
+        let mut out = String::with_capacity(7 + 64);
+        out.push_str("sha256:");
+        for b in digest {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+
     /// Destination ports every allowed name may use (default `[80, 443]`), sorted.
     pub fn ports(&self) -> &[u16] {
         &self.ports

@@ -383,3 +383,17 @@ fn policy_is_send_and_sync() {
     assert_send_sync::<Policy>();
     assert_send_sync::<Decision>();
 }
+
+#[test]
+fn fingerprint_is_order_independent_and_changes_with_entries() {
+    let policy = |list: &str| {
+        let mut b = crate::ConfigBuilder::new();
+        b.allow_list(list, crate::Origin::Flag("--allow-domains"))
+            .unwrap();
+        b.build().unwrap().policy
+    };
+    let a = policy("a.test,b.test").fingerprint();
+    assert_eq!(a, policy("b.test,a.test").fingerprint());
+    assert_ne!(a, policy("a.test").fingerprint());
+    assert!(a.starts_with("sha256:") && a.len() == 71);
+}

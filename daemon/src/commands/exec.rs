@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Failure,
-    cli::ExecArgs,
+    cli::{Backend, ExecArgs},
     env,
     loader::Loader,
     policy,
@@ -259,18 +259,6 @@ pub(crate) struct Plan {
     pub test_proxy_down: bool,
     /// How connections are sent to the proxy.
     pub backend: Backend,
-}
-
-/// How the kernel sends a sandbox's connections to the proxy (`--backend`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// eBPF if the kernel allows it, else nftables (with `--netns new`), saying so.
-    #[default]
-    Auto,
-    /// cgroup BPF programs (the default where available).
-    Ebpf,
-    /// nftables rules in the sandbox's own network namespace (`--netns new` only).
-    Nftables,
 }
 
 /// The backend chosen for a run, with what it holds.
@@ -544,7 +532,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
             sandbox.clone(),
         ));
     }
-    let policy_hash = super::audit::policy_hash(&config.policy);
+    let policy_hash = config.policy.fingerprint();
     let config = Arc::new(config);
     let config_intercepts = config.intercepts.host_patterns();
     let config_for_broker = Arc::clone(&config);
@@ -851,7 +839,7 @@ fn intercepting(
     let pem = egressd_proxy::intercept::trust_bundle(system, ca.cert_pem())
         .context("building the sandbox's trust bundle")?;
     let bundle = TrustBundle::write(sandbox, &pem, ca.cert_pem())?;
-    let fingerprint = super::audit::sha256_hex(ca.cert_der());
+    let fingerprint = crate::digest::sha256_hex(ca.cert_der());
     tracing::debug!(hosts = ?hosts, "intercepting TLS");
     let proxy = {
         let _guard = runtime.enter();

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 use super::read::{Lifecycle, Rec, Source, format_ms};
 
@@ -18,29 +17,6 @@ use super::read::{Lifecycle, Rec, Source, format_ms};
 const MAX_WINDOWS: usize = 1_000;
 /// The most out-of-window records kept as examples.
 const MAX_EXAMPLES: usize = 5;
-
-/// `sha256:<hex>` over the policy's entries: each `text\torigin`, sorted, one per line.
-/// Written in the `arm` record; `audit` with the same policy flags recomputes it.
-pub fn policy_hash(policy: &egressd_config::Policy) -> String {
-    let mut lines: Vec<String> = policy
-        .entries()
-        .iter()
-        .map(|e| format!("{}\t{}\n", e.text, e.origin))
-        .collect();
-    lines.sort();
-    sha256_hex(lines.concat())
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
-    let digest = Sha256::digest(bytes.as_ref());
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
 
 /// Streaming state: windows seen so far and records outside them.
 #[derive(Debug, Default)]
@@ -304,19 +280,5 @@ mod tests {
         assert_eq!((e.status, e.records_outside), ("gaps", 1));
         assert_eq!(run(&[ARM, REC]).status, "armed");
         assert_eq!(run(&[]).status, "not-recorded");
-    }
-
-    #[test]
-    fn policy_hash_is_order_independent_and_changes_with_entries() {
-        let policy = |list: &str| {
-            let mut b = egressd_config::ConfigBuilder::new();
-            b.allow_list(list, egressd_config::Origin::Flag("--allow-domains"))
-                .unwrap();
-            b.build().unwrap().policy
-        };
-        let a = policy_hash(&policy("a.test,b.test"));
-        assert_eq!(a, policy_hash(&policy("b.test,a.test")));
-        assert_ne!(a, policy_hash(&policy("a.test")));
-        assert!(a.starts_with("sha256:") && a.len() == 71);
     }
 }

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 
-pub use self::enforce::{policy_hash, sha256_hex};
 pub(crate) use self::suggest::{Verdict, registrable, verdict_for};
 use self::{
     aggregate::Aggregate,
@@ -90,7 +89,7 @@ pub fn run(args: &AuditArgs) -> Result<u8, Failure> {
         follow(&mut state, args).map_err(Failure::runtime)?;
     }
 
-    let expected = policy.as_ref().map(|c| policy_hash(&c.policy));
+    let expected = policy.as_ref().map(|c| c.policy.fingerprint());
     let enforcement = state.tracker.finish(expected.as_deref());
     let proven = enforcement.is_proven();
     let suggestions = (args.suggest || args.step_summary)

@@ -12,7 +12,7 @@ use egressd_config::{ConfigBuilder, Origin, Policy};
 
 use super::render::{self, Paint};
 use super::report::Report;
-use super::{Filter, State, policy_hash, suggest};
+use super::{Filter, State, suggest};
 use crate::cli::DecisionFilter;
 
 fn data(name: &str) -> PathBuf {
@@ -38,7 +38,7 @@ fn fixture_policy() -> Policy {
 /// replaced by the real hash of [`fixture_policy`].
 fn report(files: &[&str], filter: Filter, policy: Option<&Policy>, suggest: bool) -> Report {
     let mut state = State::new(filter);
-    let hash = policy_hash(&fixture_policy());
+    let hash = fixture_policy().fingerprint();
     for f in files {
         let text = std::fs::read_to_string(data(f))
             .unwrap()
@@ -46,7 +46,7 @@ fn report(files: &[&str], filter: Filter, policy: Option<&Policy>, suggest: bool
         let input = state.read(Path::new(f), text.as_bytes()).unwrap();
         state.inputs.push(input);
     }
-    let expected = policy.map(policy_hash);
+    let expected = policy.map(egressd_config::Policy::fingerprint);
     let enforcement = state.tracker.finish(expected.as_deref());
     let suggestions = suggest.then(|| suggest::suggest(&state.agg, policy));
     Report::new(state.inputs, &state.agg, enforcement, suggestions)

@@ -333,7 +333,7 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
         timeout: args.agent_timeout.map(|m| Duration::from_secs(m * 60)),
         awf: Some(awf_log),
         test_proxy_down: false,
-        backend: exec::Backend::Auto,
+        backend: crate::cli::Backend::Auto,
     })
     .map_err(|f| format!("{:#}", f.error))?;
 

@@ -127,7 +127,7 @@ impl Daemon {
             let _ =
                 std::fs::remove_dir_all(Path::new(crate::sandbox::trust::RUN_DIR).join("daemon"));
             bundle = Some(TrustBundle::write("daemon", &pem, ca.cert_pem())?);
-            ca_fingerprint = Some(crate::commands::audit::sha256_hex(ca.cert_der()));
+            ca_fingerprint = Some(crate::digest::sha256_hex(ca.cert_der()));
             Some(ca)
         };
         let generation = generation(config, ca, provenance.clone())?;
@@ -726,7 +726,7 @@ fn generation(
         None => None,
     };
     Ok(Generation {
-        policy_hash: crate::commands::audit::policy_hash(&config.policy),
+        policy_hash: config.policy.fingerprint(),
         config: Arc::new(config),
         interception,
         intercept_hosts,
