@@ -206,6 +206,7 @@ impl Policy {
     /// entries in any order.
     pub fn fingerprint(&self) -> String {
         use sha2::Digest as _;
+        use std::fmt::Write as _;
         let mut lines: Vec<String> = self
             .entries()
             .iter()
@@ -216,7 +217,7 @@ impl Policy {
         let mut out = String::with_capacity(7 + 64);
         out.push_str("sha256:");
         for b in digest {
-            out.push_str(&format!("{b:02x}"));
+            let _ = write!(out, "{b:02x}");
         }
         out
     }
