@@ -5,15 +5,18 @@
 //! readable top to bottom in `conn/mod.rs`:
 //!
 //! ```text
-//!  accept ─► original dst (OrigDstLookup; recorded, never trusted)
-//!     │        none ─► deny          loopback ─► decide on the port ─► dial it, relay
-//!     │        172.30.0.30 (AWF mode) ─► apiproxy.rs: AWF's api-proxy, not the allowlist
+//!  accept ─► original dst (OrigDstLookup; recorded, never trusted)   none ─► deny
+//!     ▼
+//!  route     (conn/mod.rs)        pure, before reading anything:
+//!     │   port 53 ─► dns.rs (DNS over TCP)      172.30.0.30 (AWF mode) ─► apiproxy.rs
+//!     │   the listener itself ─► deny           loopback ─► decide on the port ─► relay
 //!     ▼
 //!  classify  (conn/classify.rs)   first bytes, kept for replay, with a timeout
 //!     │   TLS ClientHello ─► SNI, ALPN, ECH?        HTTP/1 request head ─► Host
 //!     ▼
 //!  decide    (conn/decide.rs)     pure: policy on the *name* (no DNS) ─► Verdict
-//!     │   Deny ─► reset (TLS) / 403 (HTTP)          Intercept ─► not available yet: deny
+//!     │   Deny ─► reset (TLS) / 403 (HTTP)
+//!     │   Intercept (an [[intercept]] rule names the SNI, interception on)
 //!     ▼   PassThrough
 //!  connect   (transport/connect.rs) resolve the name, refuse internal answers, dial
 //!     ▼

@@ -7,9 +7,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use egressd_config::intercept::{InterceptRule, Intercepts};
 use egressd_config::{Action, Decision, Policy, Reason, Scheme, Target, TargetHost};
 
-use crate::conn::classify::Classified;
+use crate::conn::classify::{Classified, ClientHello};
 use crate::host::HostName;
 
 /// Where an allowed connection goes: the name (or raw IP) and the port.
@@ -31,17 +32,15 @@ pub(crate) enum Verdict {
         /// The policy decision.
         decision: Decision,
     },
-    /// Terminate TLS and apply a credential rule. Policy cannot ask for this yet; the
-    /// pipeline treats it as a denial until interception lands.
-    #[allow(
-        dead_code,
-        reason = "hook point for TLS interception, not produced yet"
-    )]
+    /// Terminate TLS and judge each request by the `[[intercept]]` rules for its host
+    /// (`intercept/`): the connection itself is allowed, as for `PassThrough`.
     Intercept {
         /// The destination.
         dest: Dest,
         /// The policy decision.
         decision: Decision,
+        /// The rules naming the host, most specific first.
+        rules: Vec<InterceptRule>,
     },
     /// Connect to `dest` and copy bytes untouched.
     PassThrough {
@@ -106,6 +105,34 @@ pub(crate) fn decide(policy: &Policy, classified: &Classified, orig: SocketAddr)
         },
     };
     decide_dest(policy, Dest { host, port }, scheme)
+}
+
+/// Decides on a TLS connection: as [`decide`], and when it may pass and interception is on
+/// (`intercepts`), an `[[intercept]]` rule naming its SNI makes it [`Verdict::Intercept`].
+pub(crate) fn decide_tls(
+    policy: &Policy,
+    intercepts: Option<&Intercepts>,
+    classified: &Classified,
+    orig: SocketAddr,
+) -> Verdict {
+    let verdict = decide(policy, classified, orig);
+    let (
+        Verdict::PassThrough { dest, decision },
+        Some(intercepts),
+        Classified::Tls(ClientHello { sni: Some(sni), .. }),
+    ) = (&verdict, intercepts, classified)
+    else {
+        return verdict;
+    };
+    let rules = intercepts.for_host(sni);
+    if rules.is_empty() {
+        return verdict;
+    }
+    Verdict::Intercept {
+        dest: dest.clone(),
+        decision: decision.clone(),
+        rules: rules.into_iter().cloned().collect(),
+    }
 }
 
 /// Decides on a connection to a loopback `orig`, which is relayed without classification.
@@ -246,5 +273,56 @@ mod tests {
         assert_eq!(dest.host, HostName::Ip("127.0.0.1".parse().unwrap()));
         let no = decide_loopback(&p, "[::]:22".parse().unwrap());
         assert!(matches!(no, Verdict::Deny { .. }), "{no:?}");
+    }
+
+    /// A config with an `[[intercept]]` rule for `api.example.com`, after `lists` (flag
+    /// entries) are added.
+    fn intercepting(lists: impl FnOnce(&mut ConfigBuilder)) -> egressd_config::Config {
+        let mut b = ConfigBuilder::new();
+        lists(&mut b);
+        b.toml_str(
+            "[[credential]]\nname = \"k\"\nsource = \"env\"\nvar = \"K\"\n\n[[intercept]]\n\
+             host = \"api.example.com\"\ncredential = \"k\"\nheader = \"api-key\"\n\
+             format = \"{token}\"\n",
+            std::path::Path::new("egressd.toml"),
+        )
+        .unwrap();
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn decide_tls_intercepts_an_allowed_host_a_rule_names_when_interception_is_on() {
+        let c = intercepting(|b| {
+            b.allow_list("other.example.com", Origin::Flag("--allow-domains"))
+                .unwrap();
+        });
+        let orig = FORGED.parse().unwrap();
+        let on = Some(&c.intercepts);
+        let v = decide_tls(&c.policy, on, &tls(Some("API.example.com.")), orig);
+        let Verdict::Intercept { rules, dest, .. } = v else {
+            panic!("{v:?}");
+        };
+        assert_eq!(rules.len(), 1);
+        assert_eq!(dest.host, HostName::Name("api.example.com".into()));
+        // No rule for the host, interception off, or no SNI: as `decide` says.
+        let other = decide_tls(&c.policy, on, &tls(Some("other.example.com")), orig);
+        assert!(matches!(other, Verdict::PassThrough { .. }), "{other:?}");
+        let off = decide_tls(&c.policy, None, &tls(Some("api.example.com")), orig);
+        assert!(matches!(off, Verdict::PassThrough { .. }), "{off:?}");
+        let no_sni = decide_tls(&c.policy, on, &tls(None), orig);
+        assert!(matches!(no_sni, Verdict::Deny { .. }), "{no_sni:?}");
+    }
+
+    #[test]
+    fn decide_tls_never_intercepts_a_blocked_host() {
+        // An [[intercept]] host is allowed by its rule; a block entry still wins.
+        let c = intercepting(|b| {
+            b.block_list("api.example.com", Origin::Flag("--block-domains"))
+                .unwrap();
+        });
+        let on = Some(&c.intercepts);
+        let orig = FORGED.parse().unwrap();
+        let v = decide_tls(&c.policy, on, &tls(Some("api.example.com")), orig);
+        assert!(matches!(v, Verdict::Deny { .. }), "{v:?}");
     }
 }

@@ -1,7 +1,8 @@
 //! One connection, start to end: the pipeline of the crate doc.
 //!
-//! [`Proxy::handle`] reads as the pipeline: original destination, classify, decide, connect,
-//! relay (or serve plain HTTP), then exactly one audit record. Stage functions live in the
+//! [`Proxy::handle`] reads as the pipeline: original destination, route (DNS, the
+//! api-proxy, loopback, or classify), classify, decide (which picks interception too),
+//! connect and relay, or intercept, or serve plain HTTP; then exactly one audit record. Stage functions live in the
 //! submodules and never write audit records or client-visible refusals themselves; this file
 //! assembles the [`Record`] from their results and `respond.rs` refuses.
 
@@ -21,7 +22,7 @@ use crate::Proxy;
 use crate::addr::{ClientAddr, OrigDst};
 use crate::audit::{Proto, Record};
 use crate::conn::classify::{Classified, classify};
-use crate::conn::decide::{Verdict, decide, decide_loopback};
+use crate::conn::decide::{Verdict, decide_loopback, decide_tls};
 use crate::conn::rewind::Rewind;
 use crate::error::{ErrorKind, chain};
 use crate::host::HostName;
@@ -39,11 +40,41 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 const LINGER_MAX_BYTES: usize = 1 << 20;
 /// Audit reason (start) for a connection past `limits.max_connections`.
 const OVER_LIMIT: &str = "connection limit reached";
-/// Audit reason while interception is not implemented.
-const NO_INTERCEPT: &str = "interception not available yet";
+
+/// Where an accepted connection goes before anything is read from it (see [`route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// TCP to port 53: DNS over TCP, answered like UDP (`dns.rs`).
+    Dns,
+    /// AWF's api-proxy address (`awf` mode): served by `apiproxy.rs`, not the allowlist.
+    ApiProxy,
+    /// The listener itself: a loop, refused.
+    SelfLoop,
+    /// A loopback destination: decided on its port alone and relayed unclassified.
+    Loopback,
+    /// Everything else: classify, decide, then connect and relay, or intercept.
+    Classify,
+}
+
+/// Routes a connection whose original destination is `orig` (accepted on `local`); pure.
+fn route(orig: OrigDst, local: SocketAddr, api_proxy: bool) -> Route {
+    let local_dst = connect::is_local(orig.0.ip());
+    if orig.0.port() == 53 {
+        Route::Dns
+    } else if api_proxy && orig.0.ip() == std::net::IpAddr::V4(egressd_config::apiproxy::IP) {
+        Route::ApiProxy
+    } else if orig.0 == local || (local_dst && orig.0.port() == local.port()) {
+        Route::SelfLoop
+    } else if local_dst {
+        Route::Loopback
+    } else {
+        Route::Classify
+    }
+}
 
 impl Proxy {
-    /// Runs the pipeline on one accepted connection and writes its audit record(s).
+    /// Runs the pipeline on one accepted connection and writes its audit record(s):
+    /// route, then classify -> decide -> connect -> relay, or intercept.
     pub(crate) async fn handle(
         self: Arc<Self>,
         mut stream: TcpStream,
@@ -58,27 +89,21 @@ impl Proxy {
             rec.reason = NO_ORIG_DST.to_owned();
             return self.refuse(stream, rec, started);
         };
-        if orig.0.port() == 53 {
-            // The kernel sends TCP to port 53 here: DNS over TCP, answered like UDP.
-            return crate::dns::serve_tcp(&self, stream, client.0, orig.0).await;
-        }
-        if self.api_proxy.is_some()
-            && orig.0.ip() == std::net::IpAddr::V4(egressd_config::apiproxy::IP)
-        {
-            // AWF's api-proxy sidecar: served here, not decided by the allowlist.
-            return crate::apiproxy::serve(self, stream, client.0, orig.0).await;
-        }
-        let local_dst = connect::is_local(orig.0.ip());
-        if orig.0 == local || (local_dst && orig.0.port() == local.port()) {
-            rec.reason = SELF_LOOP.to_owned();
-            return self.refuse(stream, rec, started);
-        }
-        if local_dst {
-            rec.proto = Proto::Loopback;
-            let verdict = decide_loopback(&self.config.policy, orig.0);
-            return self
-                .pass_through(stream, Vec::new(), verdict, rec, started)
-                .await;
+        match route(orig, local, self.api_proxy.is_some()) {
+            Route::Dns => return crate::dns::serve_tcp(&self, stream, client.0, orig.0).await,
+            Route::ApiProxy => return crate::apiproxy::serve(self, stream, client.0, orig.0).await,
+            Route::SelfLoop => {
+                rec.reason = SELF_LOOP.to_owned();
+                return self.refuse(stream, rec, started);
+            }
+            Route::Loopback => {
+                rec.proto = Proto::Loopback;
+                let verdict = decide_loopback(&self.config.policy, orig.0);
+                return self
+                    .pass_through(stream, Vec::new(), verdict, rec, started)
+                    .await;
+            }
+            Route::Classify => {}
         }
         let max_head = self.config.limits.max_header_bytes as usize;
         let classified = classify(&mut stream, self.config.timeouts.classify, max_head).await;
@@ -102,45 +127,35 @@ impl Proxy {
                 return self.refuse(stream, rec, started);
             }
         };
-        match classified {
-            Classified::Http(_) => {
+        let Classified::Tls(hello) = &classified else {
+            // Plain HTTP: each request is decided on its own `Host` (`http.rs`).
+            let io = Rewind::new(buffered, stream);
+            return http::serve(&self, io, client, orig).await;
+        };
+        rec.proto = Proto::Tls;
+        rec.ech = hello.ech;
+        let intercepts = self.interception.as_ref().map(|_| &self.config.intercepts);
+        let verdict = decide_tls(&self.config.policy, intercepts, &classified, orig.0);
+        match verdict {
+            Verdict::Intercept {
+                decision, rules, ..
+            } => {
+                // A rule names this host: terminate TLS and judge each request.
+                let sni = hello.sni.clone().unwrap_or_default();
                 let io = Rewind::new(buffered, stream);
-                http::serve(&self, io, client, orig).await;
-            }
-            Classified::Tls(ref hello) => {
-                rec.proto = Proto::Tls;
-                rec.ech = hello.ech;
-                let verdict = decide(&self.config.policy, &classified, orig.0);
-                let rules = match (&verdict, &hello.sni, &self.interception) {
-                    (Verdict::PassThrough { .. }, Some(sni), Some(_)) => {
-                        self.config.intercepts.for_host(sni)
-                    }
-                    _ => Vec::new(),
-                };
-                if let (false, Some(sni)) = (rules.is_empty(), &hello.sni) {
-                    // A rule names this host: terminate TLS and judge each request.
-                    let rules = rules.into_iter().cloned().collect();
-                    let (sni, decision) = (sni.clone(), verdict.decision().clone());
-                    let io = Rewind::new(buffered, stream);
-                    let served = intercept::serve(
-                        Arc::clone(&self),
-                        io,
-                        sni.clone(),
-                        client.0,
-                        orig.0,
-                        rules,
-                    )
-                    .await;
-                    if let Err(reason) = served {
-                        // The requests (if any) have their own records; this one says why
-                        // the connection ended badly.
-                        rec.name = Some(sni);
-                        rec.rule = decision.rule.as_ref().map(ToString::to_string);
-                        rec.reason = reason;
-                        self.finish(rec, started);
-                    }
-                    return;
+                let served =
+                    intercept::serve(Arc::clone(&self), io, sni.clone(), client.0, orig.0, rules)
+                        .await;
+                if let Err(reason) = served {
+                    // The requests (if any) have their own records; this one says why the
+                    // connection ended badly.
+                    rec.name = Some(sni);
+                    rec.rule = decision.rule.as_ref().map(ToString::to_string);
+                    rec.reason = reason;
+                    self.finish(rec, started);
                 }
+            }
+            verdict => {
                 self.pass_through(stream, buffered, verdict, rec, started)
                     .await;
             }
@@ -165,9 +180,6 @@ impl Proxy {
         rec.rule = decision.rule.as_ref().map(ToString::to_string);
         rec.reason = decision.reason.to_string();
         let Verdict::PassThrough { .. } = verdict else {
-            if matches!(verdict, Verdict::Intercept { .. }) {
-                rec.reason = NO_INTERCEPT.to_owned();
-            }
             return self.refuse(stream, rec, started);
         };
         let mut upstream = match self
@@ -261,5 +273,27 @@ impl Proxy {
     fn finish(&self, mut rec: Record, started: Instant) {
         rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.audit.record(&rec);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn orig(addr: &str) -> OrigDst {
+        OrigDst(addr.parse().unwrap())
+    }
+
+    #[test]
+    fn routes_before_reading_anything() {
+        let local: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        let r = |o: &str, api| route(orig(o), local, api);
+        assert_eq!(r("192.0.2.1:53", false), Route::Dns);
+        assert_eq!(r("172.30.0.30:10000", true), Route::ApiProxy);
+        assert_eq!(r("172.30.0.30:10000", false), Route::Classify);
+        assert_eq!(r("127.0.0.1:15001", false), Route::SelfLoop);
+        assert_eq!(r("127.0.0.5:15001", false), Route::SelfLoop);
+        assert_eq!(r("127.0.0.1:8080", false), Route::Loopback);
+        assert_eq!(r("192.0.2.1:443", false), Route::Classify);
     }
 }
