@@ -630,9 +630,9 @@ impl FileContext<'_> {
         if let Some(path) = file.audit_log {
             builder.audit_log = Some(dir.join(path.into_inner()));
         }
-        for table in file.credentials {
+        for table in credential::tables(self.text) {
             let place = |offset| self.place(offset).1;
-            match credential::parse(&table, dir, &place) {
+            match credential::parse(table, dir, &place) {
                 Ok(parsed) => builder.credentials.push(parsed),
                 Err(e) => errors.extend(e),
             }

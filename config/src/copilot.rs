@@ -103,64 +103,7 @@ pub const API_PATHS: &[&str] = &[
 /// `anthropic-version` added to BYOK Anthropic requests that carry none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
-/// How a `copilot` credential gets the token it injects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CopilotMode {
-    /// The GitHub token itself.
-    Direct,
-    /// The `/copilot_internal/v2/token` exchange, always.
-    Exchange,
-    /// The exchange; on 403/404, the GitHub token itself from then on.
-    #[default]
-    Auto,
-}
-
-impl CopilotMode {
-    /// Parses `direct`, `exchange` or `auto`.
-    ///
-    /// # Errors
-    ///
-    /// Any other word, with the choices.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text {
-            "direct" => Ok(Self::Direct),
-            "exchange" => Ok(Self::Exchange),
-            "auto" => Ok(Self::Auto),
-            other => Err(format!(
-                "mode {other:?}: use \"auto\" (the default), \"exchange\" or \"direct\""
-            )),
-        }
-    }
-}
-
-/// Parses a `scheme` override: `bearer` or `token` (any case).
-///
-/// # Errors
-///
-/// Any other word.
-pub fn parse_scheme(text: &str) -> Result<AuthScheme, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "bearer" => Ok(AuthScheme::Bearer),
-        "token" => Ok(AuthScheme::Token),
-        _ => Err(format!("scheme {text:?}: use \"bearer\" or \"token\"")),
-    }
-}
-
-/// `source = "copilot"`: a Copilot credential over another credential's GitHub token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopilotSource {
-    /// The credential holding the GitHub token.
-    pub github_token: String,
-    /// Direct, exchange or auto.
-    pub mode: CopilotMode,
-    /// Forces the scheme of every token; `None` chooses per token type and host.
-    pub scheme: Option<AuthScheme>,
-    /// The GitHub REST API base the exchange goes to (`https://api.github.com`,
-    /// `https://api.acme.ghe.com`, `https://ghes.example/api/v3`), without a trailing slash.
-    /// `None` as written; [`ConfigBuilder::build`](crate::ConfigBuilder::build) fills it with
-    /// the deployment's API base.
-    pub api_url: Option<String>,
-}
+pub use crate::credential::source::copilot::{CopilotMode, CopilotSource, parse_scheme};
 
 /// The `[copilot]` table as written.
 #[derive(Debug, Deserialize)]
@@ -257,7 +200,7 @@ pub(crate) fn parse_table(
         }
     };
     let api_url = table.api_url.as_ref().and_then(|u| {
-        crate::credential::check_authority(u.get_ref())
+        crate::authority::check_authority(u.get_ref())
             .map(|()| u.get_ref().trim_end_matches('/').to_owned())
             .map_err(|why| fail(u.span().start, format!("api_url: {why}")))
             .ok()

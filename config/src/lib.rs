@@ -35,10 +35,13 @@
 
 mod addr;
 pub mod apiproxy;
+mod auth_scheme;
+mod authority;
 mod builder;
 pub mod copilot;
 pub mod credential;
 pub mod defaults;
+mod duration;
 mod error;
 pub mod file;
 pub mod github;

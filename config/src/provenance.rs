@@ -106,7 +106,7 @@ pub(crate) fn parse(
     };
     let issuer = table.issuer.as_ref().map(|i| {
         let text = i.get_ref().trim_end_matches('/');
-        if let Err(why) = crate::credential::check_authority(text) {
+        if let Err(why) = crate::authority::check_authority(text) {
             fail(i.span().start, format!("`issuer`: {why}"));
         }
         text.to_owned()

@@ -1,5 +1,6 @@
 use std::path::Path;
 
+use super::check::{check_role_arn, check_session_name};
 use super::*;
 use crate::{Config, ConfigBuilder};
 
@@ -14,15 +15,13 @@ fn messages(text: &str) -> Vec<String> {
     err.errors().iter().map(ToString::to_string).collect()
 }
 
-/// The `toml` example of this module's documentation.
+/// The `toml` block of README.md's "Every credential source", which lists every key.
 fn documented_example() -> String {
-    let doc = include_str!("../credential.rs");
-    let start = doc.find("//! ```toml\n").unwrap() + "//! ```toml\n".len();
-    let end = start + doc[start..].find("//! ```\n").unwrap();
-    doc[start..end]
-        .lines()
-        .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
-        .fold(String::new(), |text, line| text + line + "\n")
+    let doc = include_str!("../../../README.md");
+    let section = doc.find("### Every credential source").unwrap();
+    let start = section + doc[section..].find("```toml\n").unwrap() + "```toml\n".len();
+    let end = start + doc[start..].find("```\n").unwrap();
+    doc[start..end].to_owned()
 }
 
 #[test]
