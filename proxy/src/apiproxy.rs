@@ -33,15 +33,17 @@ use egressd_config::apiproxy::{ApiProxy, Provider, Route, RouteAuth};
 use egressd_config::intercept::AuthScheme;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::Proxy;
 use crate::audit::{AuditDecision, Proto, Record};
-use crate::body::{AuditedBody, PendingRecord, ResBody, strip_hop_by_hop};
+use crate::body::{PendingRecord, ResBody, strip_hop_by_hop};
+use crate::intercept::forward::{self, Compressed, SendError};
 use crate::intercept::upstream::{UpBody, Upstream};
+use crate::respond;
 
 /// Headers removed from every client request (§5.1), besides hop-by-hop ones and
 /// `x-forwarded-*`.
@@ -384,40 +386,24 @@ async fn handle(
     if invocation {
         server.spent.count_run();
     }
-    let sent = server
-        .upstream
-        .auto
-        .request(Request::from_parts(parts, body));
-    let Ok(resp) = tokio::time::timeout(proxy.config.timeouts.idle, sent).await else {
-        let reason = "upstream response timed out (timeouts.idle)";
-        pending.rec.reason = reason.to_owned();
-        pending.rec.status = Some(504);
-        return error(
-            StatusCode::GATEWAY_TIMEOUT,
-            provider,
-            reason,
-            "upstream_error",
-            true,
-        );
-    };
-    let mut resp = match resp {
+    let request = Request::from_parts(parts, body);
+    let idle = proxy.config.timeouts.idle;
+    let sent = forward::send(
+        &server.upstream.auto,
+        request,
+        idle,
+        &pending.sent,
+        Some(body_limit),
+    );
+    let resp = match sent.await {
         Ok(r) => r,
-        Err(_) if pending.sent.over_limit() => {
-            let over = crate::body::BodyTooLarge { limit: body_limit };
-            return body_too_large(&mut pending, provider, &over);
-        }
+        Err(SendError::TooLarge(over)) => return body_too_large(&mut pending, provider, &over),
         Err(e) => {
-            let reason = format!("upstream request failed: {}", crate::error::chain(&e));
-            let timed_out =
-                crate::error::find_cause::<crate::intercept::upstream::UpstreamTimeout>(&e)
-                    .is_some();
-            let status = if timed_out {
-                StatusCode::GATEWAY_TIMEOUT
-            } else {
-                StatusCode::BAD_GATEWAY
-            };
-            pending.rec.decision = AuditDecision::Allow;
-            pending.rec.failed = true;
+            let (status, reason) = (e.status(), e.reason());
+            if e.went_ahead() {
+                pending.rec.decision = AuditDecision::Allow;
+                pending.rec.failed = true;
+            }
             pending.rec.reason.clone_from(&reason);
             pending.rec.status = Some(status.as_u16());
             return error(status, provider, &reason, "upstream_error", true);
@@ -426,9 +412,8 @@ async fn handle(
     pending.rec.decision = AuditDecision::Allow;
     pending.rec.status = Some(resp.status().as_u16());
     pending.rec.reason = "api-proxy".to_owned();
-    strip_hop_by_hop(resp.headers_mut());
     let spent = server.spent.enabled().then(|| Arc::clone(&server.spent));
-    let mut resp = track_usage(resp, tracked, provider, Arc::clone(&proxy.audit), spent);
+    let resp = track_usage(resp, tracked, provider, Arc::clone(&proxy.audit), spent);
     // The provider must not be able to echo the key back to the sandbox (redact.rs).
     let reflected = match (&route.auth, token.aws.as_ref()) {
         (RouteAuth::SigV4 { .. }, Some(aws)) => aws.session_token.expose().as_bytes().to_vec(),
@@ -437,8 +422,13 @@ async fn handle(
             .map(|s| s.expose().as_bytes().to_vec())
             .unwrap_or_default(),
     };
-    if let Some(needles) = server.needles.get(&reflected) {
-        if let Some(encoding) = crate::intercept::redact::compressed(&resp) {
+    match forward::answer(resp, server.needles.get(&reflected), pending) {
+        Ok(resp) => resp,
+        Err(refused) => {
+            let Compressed {
+                encoding,
+                mut pending,
+            } = *refused;
             let message = format!(
                 "the provider compressed its answer (content-encoding: {encoding}) although \
                  egressd asked for identity; a compressed answer cannot be checked for the key"
@@ -446,22 +436,12 @@ async fn handle(
             pending.rec.reason = format!("api-proxy: {message}");
             pending.rec.status = Some(502);
             pending.rec.failed = true;
-            return json(
+            json(
                 StatusCode::BAD_GATEWAY,
                 &serde_json::json!({"error": {"message": message, "type": "api_proxy_error"}}),
-            );
-        }
-        crate::intercept::redact::headers(resp.headers_mut(), &needles);
-        resp.headers_mut().remove(hyper::header::CONTENT_LENGTH);
-        return resp.map(|body| {
-            AuditedBody::new(
-                crate::intercept::redact::Redacting::new(body, needles).boxed_unsync(),
-                pending,
             )
-            .boxed_unsync()
-        });
+        }
     }
-    resp.map(|body| AuditedBody::new(body.boxed_unsync(), pending).boxed_unsync())
 }
 
 /// Reads a JSON request body (bounded by the body limit) and strips a redundant
@@ -923,7 +903,7 @@ fn not_configured(provider: Provider) -> (StatusCode, Response<ResBody>) {
     )
 }
 
-/// `{"error":{"message","type","provider","port","retryable"}}` (§5.4).
+/// AWF's error answer (§5.4), rendered in `respond.rs`.
 fn error(
     status: StatusCode,
     provider: Provider,
@@ -931,16 +911,14 @@ fn error(
     kind: &str,
     retryable: bool,
 ) -> Response<ResBody> {
-    json(
-        status,
-        &serde_json::json!({"error": {
-            "message": message,
-            "type": kind,
-            "provider": provider.name(),
-            "port": provider.port(),
-            "retryable": retryable,
-        }}),
-    )
+    let awf = respond::AwfError {
+        message,
+        kind,
+        provider: provider.name(),
+        port: provider.port(),
+        retryable,
+    };
+    respond::boxed(respond::awf_error(status, &awf))
 }
 
 /// AWF's `429` (§5.5): `Retry-After`, `X-RateLimit-*`, `X-Request-ID` and a
@@ -977,11 +955,7 @@ fn rate_limited(
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResBody> {
-    let mut resp = Response::new(full(Bytes::from(value.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    respond::boxed(respond::json(status, value))
 }
 
 fn full(bytes: Bytes) -> ResBody {

@@ -260,9 +260,54 @@ pub(crate) struct JsonError<'a> {
 pub(crate) fn json_error(status: StatusCode, body: &JsonError<'_>) -> Response<Full<Bytes>> {
     let json =
         serde_json::to_vec(body).unwrap_or_else(|_| b"{\"error\":\"egressd error\"}".to_vec());
-    let mut resp = Response::new(Full::new(Bytes::from(json)));
+    json_bytes(status, Bytes::from(json))
+}
+
+/// The same refusals and failures as [`json_error`], rendered as AWF's api-proxy renders
+/// them for its clients (`reference/awf.md` §5.4):
+/// `{"error":{"message","type","provider","port","retryable"}}`.
+pub(crate) fn awf_error(status: StatusCode, awf: &AwfError<'_>) -> Response<Full<Bytes>> {
+    json(
+        status,
+        &serde_json::json!({"error": {
+            "message": awf.message,
+            "type": awf.kind,
+            "provider": awf.provider,
+            "port": awf.port,
+            "retryable": awf.retryable,
+        }}),
+    )
+}
+
+/// What an [`awf_error`] body says.
+#[derive(Debug)]
+pub(crate) struct AwfError<'a> {
+    /// What went wrong, safe to show (never a key).
+    pub message: &'a str,
+    /// AWF's error type (`upstream_error`, `request_too_large`, ...).
+    pub kind: &'a str,
+    /// The provider the request was for (`openai`, `anthropic`, ...).
+    pub provider: &'a str,
+    /// The api-proxy port the client used.
+    pub port: u16,
+    /// Whether trying again later may succeed.
+    pub retryable: bool,
+}
+
+/// `status` with `value` as its JSON body.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    json_bytes(status, Bytes::from(value.to_string()))
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// A response built here, with the body type of the HTTP servers (hyper's, boxed).
+pub(crate) fn boxed(resp: Response<Full<Bytes>>) -> Response<crate::body::ResBody> {
+    resp.map(|body| body.map_err(|never| match never {}).boxed_unsync())
 }

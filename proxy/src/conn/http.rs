@@ -25,8 +25,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HOST, HeaderMap, UPGRADE};
@@ -151,7 +150,7 @@ impl HttpConn<'_> {
                 reason,
                 rule: None,
             };
-            return full(respond::header_too_large(&denial));
+            return respond::boxed(respond::header_too_large(&denial));
         }
         if req.method() == Method::CONNECT {
             let host = req
@@ -165,7 +164,7 @@ impl HttpConn<'_> {
             Ok(h) => h,
             Err(reason) => {
                 p.rec.reason = reason.to_owned();
-                return full(respond::bad_request(reason));
+                return respond::boxed(respond::bad_request(reason));
             }
         };
         p.rec.name = Some(host.to_string());
@@ -237,7 +236,7 @@ impl HttpConn<'_> {
                             reason,
                             rule,
                         };
-                        return full(respond::upstream_failed(kind, &denial));
+                        return respond::boxed(respond::upstream_failed(kind, &denial));
                     }
                 }
             }
@@ -281,7 +280,7 @@ impl HttpConn<'_> {
             reason: failure.1,
             rule,
         };
-        full(respond::upstream_failed(failure.0, &denial))
+        respond::boxed(respond::upstream_failed(failure.0, &denial))
     }
 
     /// Resolves, guards and dials `dest`, then starts an HTTP/1 client connection on it.
@@ -329,7 +328,7 @@ impl HttpConn<'_> {
             reason: over.to_string(),
             rule,
         };
-        full(respond::body_too_large(&denial))
+        respond::boxed(respond::body_too_large(&denial))
     }
 
     fn refuse(
@@ -347,7 +346,7 @@ impl HttpConn<'_> {
             reason: reason.to_owned(),
             rule,
         };
-        full(respond::forbidden(&denial))
+        respond::boxed(respond::forbidden(&denial))
     }
 }
 
@@ -381,10 +380,6 @@ fn upstream_request(
         .unwrap_or_else(|_| Uri::from_static("/"));
     strip_hop_by_hop(&mut parts.headers);
     Request::from_parts(parts, Counted::new(body, sent, body_limit))
-}
-
-fn full(resp: Response<Full<Bytes>>) -> Response<ResBody> {
-    resp.map(|b| b.map_err(|never| match never {}).boxed_unsync())
 }
 
 /// The audit record a plain-HTTP request starts with.

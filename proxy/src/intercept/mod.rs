@@ -37,6 +37,7 @@
 
 mod bundle;
 mod ca;
+pub(crate) mod forward;
 mod idle;
 pub(crate) mod path;
 pub(crate) mod redact;

@@ -45,11 +45,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::forward::{self, Compressed, SendError};
 use super::sigv4;
 use super::upstream::UpBody;
 use crate::Proxy;
 use crate::audit::{AuditDecision, Proto, Record};
-use crate::body::{AuditedBody, BodyTooLarge, Counted, PendingRecord, ResBody, strip_hop_by_hop};
+use crate::body::{BodyTooLarge, Counted, PendingRecord, ResBody, strip_hop_by_hop};
 use crate::respond::{self, JsonError};
 use crate::spiffe::{DialError, SpiffePeer};
 use crate::transport::limits;
@@ -455,51 +456,32 @@ impl Conn {
             &upstream.auto
         };
         let idle = self.proxy.config.timeouts.idle;
-        let sent = tokio::time::timeout(idle, client.request(Request::from_parts(parts, body)));
-        let Ok(sent) = sent.await else {
-            let reason = "upstream response timed out (timeouts.idle)";
-            let credential = pending.rec.credential.clone();
-            let status = StatusCode::GATEWAY_TIMEOUT;
-            return self.refuse(pending, status, reason, credential.as_deref(), true);
-        };
+        let request = Request::from_parts(parts, body);
+        let sent = forward::send(client, request, idle, &pending.sent, body_limit).await;
         let mut resp = match sent {
             Ok(resp) => resp,
-            Err(_) if pending.sent.over_limit() => {
-                let reason = BodyTooLarge {
-                    limit: body_limit.unwrap_or_default(),
-                }
-                .to_string();
-                let credential = pending.rec.credential.clone();
-                let status = StatusCode::PAYLOAD_TOO_LARGE;
-                return self.refuse(pending, status, &reason, credential.as_deref(), false);
+            Err(SendError::Failed(ref e))
+                if let (Some((_, route)), Some(dial)) =
+                    (spiffe, crate::error::find_cause::<DialError>(e)) =>
+            {
+                let status = match dial {
+                    DialError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                pending.rec.spiffe_presented = dial.presented().map(ToString::to_string);
+                let (reason, retryable) = (dial.to_string(), dial.retryable());
+                return self.refuse(pending, status, &reason, Some(&route.credential), retryable);
             }
             Err(e) => {
-                if let (Some((_, route)), Some(dial)) =
-                    (spiffe, crate::error::find_cause::<DialError>(&e))
-                {
-                    let status = match dial {
-                        DialError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                        _ => StatusCode::BAD_GATEWAY,
-                    };
-                    pending.rec.spiffe_presented = dial.presented().map(ToString::to_string);
-                    let (reason, retryable) = (dial.to_string(), dial.retryable());
-                    return self.refuse(
-                        pending,
-                        status,
-                        &reason,
-                        Some(&route.credential),
-                        retryable,
-                    );
-                }
-                let reason = format!("upstream request failed: {}", crate::error::chain(&e));
                 let credential = pending.rec.credential.clone();
-                let status =
-                    if crate::error::find_cause::<super::upstream::UpstreamTimeout>(&e).is_some() {
-                        StatusCode::GATEWAY_TIMEOUT
-                    } else {
-                        StatusCode::BAD_GATEWAY
-                    };
-                return self.refuse(pending, status, &reason, credential.as_deref(), true);
+                let (status, reason) = (e.status(), e.reason());
+                return self.refuse(
+                    pending,
+                    status,
+                    &reason,
+                    credential.as_deref(),
+                    e.retryable(),
+                );
             }
         };
         pending.rec.decision = AuditDecision::Allow;
@@ -547,40 +529,28 @@ impl Conn {
             });
             return resp.map(|body| body.boxed_unsync());
         }
-        strip_hop_by_hop_response(&mut resp);
-        if let Some(needles) = reflected.and_then(|s| self.needles.get(s.expose().as_bytes())) {
-            // An upstream echoing the request must not hand the sandbox the token, and a
-            // compressed answer cannot be searched for it (identity was asked for).
-            if let Some(encoding) = super::redact::compressed(&resp) {
+        let needles = reflected.and_then(|s| self.needles.get(s.expose().as_bytes()));
+        match forward::answer(resp, needles, pending) {
+            Ok(resp) => resp,
+            Err(refused) => {
+                let Compressed { encoding, pending } = *refused;
+                // An upstream echoing the request must not hand the sandbox the token, and a
+                // compressed answer cannot be searched for it (identity was asked for).
                 let reason = format!(
                     "the upstream compressed its answer (content-encoding: {encoding}) although \
                      egressd asked for identity; a compressed answer cannot be checked for the \
                      injected token"
                 );
                 let credential = pending.rec.credential.clone();
-                return self.refuse(
+                self.refuse(
                     pending,
                     StatusCode::BAD_GATEWAY,
                     &reason,
                     credential.as_deref(),
                     false,
-                );
-            }
-            // A reason phrase of the upstream's own goes to the client as is: drop it.
-            resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
-            if super::redact::headers(resp.headers_mut(), &needles) > 0 {
-                tracing::warn!(credential = ?pending.rec.credential, "the upstream echoed the injected token in a header; redacted");
-            }
-            resp.headers_mut().remove(hyper::header::CONTENT_LENGTH);
-            return resp.map(|body| {
-                AuditedBody::new(
-                    super::redact::Redacting::new(body, needles).boxed_unsync(),
-                    pending,
                 )
-                .boxed_unsync()
-            });
+            }
         }
-        resp.map(|body| AuditedBody::new(body.boxed_unsync(), pending).boxed_unsync())
     }
 
     fn interception(&self) -> &super::Interception {
@@ -756,7 +726,7 @@ impl Conn {
             },
         );
         drop(pending);
-        resp.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+        respond::boxed(resp)
     }
 }
 
@@ -856,13 +826,6 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
-}
-
-/// Removes hop-by-hop headers from a response, except on a `101` (which needs them).
-fn strip_hop_by_hop_response<B>(resp: &mut Response<B>) {
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        strip_hop_by_hop(resp.headers_mut());
-    }
 }
 
 /// `host` from `host`, `host:port`, `[v6]` or `[v6]:port`.
