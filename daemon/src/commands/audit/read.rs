@@ -58,6 +58,8 @@ pub struct Rec {
     pub rule: Option<String>,
     /// Why (egressd's reason, or the Squid result code).
     pub reason: Option<String>,
+    /// egressd's policy reason code (`not_allowlisted`), when the line has one.
+    pub code: Option<String>,
     /// Bytes client to upstream.
     pub bytes_up: u64,
     /// Bytes upstream to client.
@@ -143,9 +145,6 @@ struct Raw<'a> {
     #[serde(borrow)]
     time: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    timestamp: Option<Cow<'a, str>>,
-    ts: Option<f64>,
-    #[serde(borrow)]
     sandbox: Option<Cow<'a, str>>,
     #[serde(borrow)]
     orig_dst: Option<Cow<'a, str>>,
@@ -160,6 +159,8 @@ struct Raw<'a> {
     rule: Option<Cow<'a, str>>,
     #[serde(borrow)]
     reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
     bytes_up: Option<u64>,
     bytes_down: Option<u64>,
     repeated: Option<u64>,
@@ -177,13 +178,6 @@ struct Raw<'a> {
     /// egressd's verified provenance object (`proxy/src/audit.rs`); `null` when absent.
     #[serde(borrow)]
     provenance: Option<RawProvenance<'a>>,
-    // AWF audit.jsonl.
-    #[serde(borrow)]
-    host: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    method: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    url: Option<Cow<'a, str>>,
     // Lifecycle.
     #[serde(borrow)]
     backend: Option<Cow<'a, str>>,
@@ -230,9 +224,9 @@ fn parse_json(line: &str) -> Line {
                 exit_code: raw.exit_code,
             });
         }
-        Some("http_access") => return awf_audit(&raw),
+        Some("http_access") => return awf_audit(line),
         Some(_) => return Line::Skip,
-        None if raw.schema.is_some() => return awf_audit(&raw),
+        None if raw.schema.is_some() => return awf_audit(line),
         None => {}
     }
     let Some(decision) = raw.decision.as_deref() else {
@@ -257,6 +251,7 @@ fn parse_json(line: &str) -> Line {
         failed: raw.failed == Some(true),
         rule: own(&raw.rule),
         reason: own(&raw.reason).filter(|r| !r.is_empty()),
+        code: own(&raw.code),
         bytes_up: raw.bytes_up.unwrap_or(0),
         bytes_down: raw.bytes_down.unwrap_or(0),
         status: raw.status,
@@ -281,94 +276,52 @@ fn parse_json(line: &str) -> Line {
 }
 
 /// AWF `audit.jsonl`: `host` is `name:port` (CONNECT) or the Host header.
-fn awf_audit(raw: &Raw<'_>) -> Line {
-    let time = raw
-        .timestamp
-        .as_deref()
-        .and_then(parse_rfc3339)
-        .or_else(|| raw.ts.map(epoch_ms));
-    let decision = raw.decision.as_deref().unwrap_or("");
-    let method = raw.method.as_deref().unwrap_or("");
-    let host = raw.host.as_deref().unwrap_or("-");
-    let url = raw.url.as_deref().unwrap_or("");
-    if url.starts_with("error:") {
-        return Line::Skip;
+/// An AWF `audit.jsonl` access line, through `awf logs`' parser.
+fn awf_audit(line: &str) -> Line {
+    match super::super::awf::logs::parse_audit(line) {
+        Some(entry) => awf_record(Source::AwfAudit, &entry),
+        None => Line::Malformed,
     }
-    awf_record(
-        Source::AwfAudit,
-        time,
-        method,
-        host,
-        url,
-        raw.status,
-        decision,
-    )
 }
 
-/// Squid `firewall_detailed`:
-/// `ts client:port host dest:port version method status decision:hier url "ua"`.
+/// A Squid `firewall_detailed` line, through `awf logs`' parser.
 fn parse_squid(line: &str) -> Line {
-    let mut fields = line.split_ascii_whitespace();
-    let mut next = || fields.next();
-    let (Some(ts), Some(_client), Some(host), Some(_dest), Some(_version)) =
-        (next(), next(), next(), next(), next())
-    else {
-        return Line::Malformed;
-    };
-    let (Some(method), Some(status), Some(result), Some(url)) = (next(), next(), next(), next())
-    else {
-        return Line::Malformed;
-    };
-    let Ok(ts) = ts.parse::<f64>() else {
-        return Line::Malformed;
-    };
-    if url.starts_with("error:") {
-        return Line::Skip;
+    match super::super::awf::logs::parse_access(line) {
+        Some(entry) => awf_record(Source::AwfAccess, &entry),
+        None => Line::Malformed,
     }
-    let decision = result.split(':').next().unwrap_or("");
-    awf_record(
-        Source::AwfAccess,
-        Some(epoch_ms(ts)),
-        method,
-        host,
-        url,
-        status.parse().ok(),
-        decision,
-    )
 }
 
-/// AWF's classification (awf.md §6.3): allowed when the Squid result is non-empty and
-/// neither `TCP_DENIED*` nor `NONE*`; the domain is the URL's host for CONNECT, else the
-/// Host header, without the port.
-fn awf_record(
-    source: Source,
-    time: Option<i64>,
-    method: &str,
-    host: &str,
-    url: &str,
-    status: Option<u16>,
-    decision: &str,
-) -> Line {
-    let allow = !decision.is_empty()
-        && !decision.starts_with("TCP_DENIED")
-        && !decision.starts_with("NONE");
-    let connect = method.eq_ignore_ascii_case("CONNECT");
-    let (name, port) = if connect {
-        split_port(url)
+/// An AWF entry as a record: allowed or not as AWF classifies it (awf.md §6.3); the name
+/// and port from the URL for CONNECT, else from the Host header (the port by the URL's
+/// scheme when it has none). Squid's lines for transactions that ended before any headers
+/// (`error:...` URLs) are skipped, as AWF's summary drops them.
+fn awf_record(source: Source, e: &super::super::awf::logs::Entry) -> Line {
+    if e.url.starts_with("error:") {
+        return Line::Skip;
+    }
+    let (name, port) = if e.https {
+        split_port(&e.url)
     } else {
-        let (name, port) = split_port(host);
-        let default = if url.starts_with("https://") { 443 } else { 80 };
+        let (name, port) = split_port(&e.host);
+        let default = if e.url.starts_with("https://") {
+            443
+        } else {
+            80
+        };
         (name, port.or(Some(default)))
     };
     let name = (!name.is_empty() && name != "-").then(|| normalise(name));
+    let status = (e.status != 0).then_some(e.status);
+    let decision = e.decision.split(':').next().unwrap_or("");
     Line::Record(Rec {
-        time,
+        time: Some(e.time_ms),
         source: Some(source),
-        proto: if connect { "connect" } else { "http" }.to_owned(),
+        proto: if e.https { "connect" } else { "http" }.to_owned(),
         name,
         port,
-        allow,
-        reason: (!allow).then(|| match status {
+        allow: e.allowed,
+        reason: (!e.allowed).then(|| match status {
             Some(s) => format!("squid {decision} {s}"),
             None => format!("squid {decision}"),
         }),
@@ -396,15 +349,6 @@ fn split_port(s: &str) -> (&str, Option<u16>) {
 /// Lowercase, one trailing dot removed.
 fn normalise(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
-}
-
-fn epoch_ms(seconds: f64) -> i64 {
-    #[allow(
-        clippy::cast_possible_truncation,
-        reason = "epoch milliseconds fit an i64 for any real timestamp"
-    )]
-    let ms = (seconds * 1000.0).round() as i64;
-    ms
 }
 
 /// RFC 3339 to epoch milliseconds.

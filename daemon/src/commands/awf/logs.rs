@@ -46,10 +46,14 @@ pub struct Entry {
     pub https: bool,
 }
 
-/// Parses one `firewall_detailed` line (§6.3's regex, field by field).
+/// Parses one `firewall_detailed` line (§6.3's regex, field by field); the quoted user
+/// agent at the end may be missing. The one parser of Squid lines: `egressd audit` reads
+/// them through it too.
 pub fn parse_access(line: &str) -> Option<Entry> {
-    let (head, ua) = line.split_once(" \"")?;
-    let user_agent = ua.strip_suffix('"').unwrap_or(ua).to_owned();
+    let (head, user_agent) = match line.split_once(" \"") {
+        Some((head, ua)) => (head, ua.strip_suffix('"').unwrap_or(ua).to_owned()),
+        None => (line, "-".to_owned()),
+    };
     let f: Vec<&str> = head.split_whitespace().collect();
     let [
         ts,
@@ -65,8 +69,7 @@ pub fn parse_access(line: &str) -> Option<Entry> {
     else {
         return None;
     };
-    let (secs, millis) = ts.split_once('.')?;
-    let time_ms = secs.parse::<i64>().ok()? * 1000 + millis.get(..3)?.parse::<i64>().ok()?;
+    let time_ms = epoch_ms(ts.parse::<f64>().ok()?);
     let (client_ip, client_port) = client.rsplit_once(':')?;
     let (dest_ip, dest_port) = dest.split_once(':')?;
     Some(entry(
@@ -85,17 +88,30 @@ pub fn parse_access(line: &str) -> Option<Entry> {
     ))
 }
 
-/// Parses one `audit.jsonl` line (`timestamp` or the legacy epoch `ts`).
+/// Epoch seconds (with a fraction) to milliseconds.
+fn epoch_ms(seconds: f64) -> i64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "epoch milliseconds fit an i64 for any real timestamp"
+    )]
+    let ms = (seconds * 1000.0).round() as i64;
+    ms
+}
+
+/// Parses one AWF `audit.jsonl` access line (`timestamp` or the legacy epoch `ts`); the one
+/// parser of these lines, `egressd audit` included.
 pub fn parse_audit(line: &str) -> Option<Entry> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    if v["event"] != "http_access" {
+    // Older AWF versions wrote no `event`, only `_schema`.
+    let access = v["event"] == "http_access" || (v["event"].is_null() && v["_schema"].is_string());
+    if !access {
         return None;
     }
     let time_ms = match (&v["timestamp"], &v["ts"]) {
         (serde_json::Value::String(t), _) => OffsetDateTime::parse(t, &Rfc3339)
             .ok()
             .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))?,
-        (_, serde_json::Value::Number(n)) => (n.as_f64()? * 1000.0).round() as i64,
+        (_, serde_json::Value::Number(n)) => epoch_ms(n.as_f64()?),
         _ => return None,
     };
     let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();

@@ -10,7 +10,7 @@
 mod apiproxy;
 mod config;
 mod flags;
-mod logs;
+pub(crate) mod logs;
 mod manifest;
 
 use std::ffi::OsString;
