@@ -178,6 +178,10 @@ pub(crate) struct Record {
     /// The deciding rule (`Entry`'s `Display`), if any.
     pub rule: Option<String>,
     pub reason: String,
+    /// The policy's reason as a stable code (`not_allowlisted`, `Reason::code`), when a
+    /// policy decision made the record; readers match it rather than the English text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
     /// The address actually dialled.
     pub upstream: Option<SocketAddr>,
     pub bytes_up: u64,
@@ -275,6 +279,7 @@ impl Record {
             enforced: true,
             rule: None,
             reason: String::new(),
+            code: None,
             upstream: None,
             bytes_up: 0,
             bytes_down: 0,

@@ -86,6 +86,8 @@ pub(crate) enum DnsVerdict {
         rcode: ResponseCode,
         /// The audit reason.
         reason: String,
+        /// The policy reason's code, when the policy refused the name.
+        code: Option<&'static str>,
         /// The deciding blocklist entry, if any.
         rule: Option<String>,
     },
@@ -98,6 +100,7 @@ pub(crate) fn decide(policy: &Policy, denied: DnsDenied, query: &Message) -> Dns
         name,
         rcode,
         reason: reason.to_owned(),
+        code: None,
         rule: None,
     };
     if query.metadata.op_code != OpCode::Query {
@@ -146,6 +149,7 @@ pub(crate) fn decide(policy: &Policy, denied: DnsDenied, query: &Message) -> Dns
                 DnsDenied::Refused => ResponseCode::Refused,
             },
             reason: decision.reason.to_string(),
+            code: Some(decision.reason.code()),
             rule,
         };
     }
@@ -399,10 +403,12 @@ pub(crate) fn first_step(ctx: &Context<'_>, bytes: &[u8], rec: &mut Record) -> S
             name,
             rcode,
             reason,
+            code,
             rule,
         } => {
             rec.name = name;
             rec.reason = reason;
+            rec.code = code;
             rec.rule = rule;
             reply.metadata.response_code = rcode;
         }

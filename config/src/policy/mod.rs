@@ -351,6 +351,46 @@ impl fmt::Display for Action {
     }
 }
 
+impl Reason {
+    /// Every reason, for readers that look a code up.
+    pub const ALL: [Reason; 10] = [
+        Reason::Allowlisted,
+        Reason::LoopbackPortAllowed,
+        Reason::Blocklisted,
+        Reason::NotAllowlisted,
+        Reason::EmptyAllowlist,
+        Reason::SchemeNotAllowed,
+        Reason::PortNotAllowed,
+        Reason::IpLiteral,
+        Reason::LoopbackPortDenied,
+        Reason::InvalidName,
+    ];
+
+    /// A stable, machine-readable name (`not_allowlisted`): the audit record's `code`,
+    /// beside the English `reason`. Readers match the code, never the text.
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Allowlisted => "allowlisted",
+            Reason::LoopbackPortAllowed => "loopback_port_allowed",
+            Reason::Blocklisted => "blocklisted",
+            Reason::NotAllowlisted => "not_allowlisted",
+            Reason::EmptyAllowlist => "empty_allowlist",
+            Reason::SchemeNotAllowed => "scheme_not_allowed",
+            Reason::PortNotAllowed => "port_not_allowed",
+            Reason::IpLiteral => "ip_literal",
+            Reason::LoopbackPortDenied => "loopback_port_denied",
+            Reason::InvalidName => "invalid_name",
+        }
+    }
+
+    /// The reason whose [`code`](Self::code) is `code`.
+    #[must_use]
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -397,3 +397,13 @@ fn fingerprint_is_order_independent_and_changes_with_entries() {
     assert_ne!(a, policy("a.test").fingerprint());
     assert!(a.starts_with("sha256:") && a.len() == 71);
 }
+
+#[test]
+fn reason_codes_round_trip_and_are_distinct() {
+    let codes: std::collections::BTreeSet<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+    assert_eq!(codes.len(), Reason::ALL.len());
+    for r in Reason::ALL {
+        assert_eq!(Reason::from_code(r.code()), Some(r));
+    }
+    assert_eq!(Reason::from_code("not in the allowlist"), None);
+}

@@ -181,6 +181,7 @@ impl HttpConn<'_> {
         let rule = decision.rule.as_ref().map(ToString::to_string);
         p.rec.rule.clone_from(&rule);
         let reason = decision.reason.to_string();
+        p.rec.code = Some(decision.reason.code());
         match verdict {
             Verdict::Deny { .. } => self.refuse(p, Some(host), &reason, rule),
             Verdict::Intercept { .. } => self.refuse(p, Some(host), NO_INTERCEPT, rule),

@@ -179,6 +179,7 @@ impl Proxy {
         rec.port = Some(dest.port);
         rec.rule = decision.rule.as_ref().map(ToString::to_string);
         rec.reason = decision.reason.to_string();
+        rec.code = Some(decision.reason.code());
         let Verdict::PassThrough { .. } = verdict else {
             return self.refuse(stream, rec, started);
         };

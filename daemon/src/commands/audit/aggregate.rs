@@ -37,6 +37,8 @@ pub struct DomainStats {
     pub last: Option<i64>,
     /// Deny reasons with counts (the first few distinct ones).
     pub reasons: Vec<(String, u64)>,
+    /// The policy reason codes of its denials (the first few distinct ones).
+    pub codes: Vec<String>,
     /// Ports of denied connections (the first few distinct ones).
     pub denied_ports: Vec<u16>,
 }
@@ -154,6 +156,12 @@ impl Aggregate {
                 e.1 += n;
             } else if d.reasons.len() < MAX_REASONS {
                 d.reasons.push((reason.to_owned(), n));
+            }
+            if let Some(code) = &r.code
+                && !d.codes.contains(code)
+                && d.codes.len() < MAX_REASONS
+            {
+                d.codes.push(code.clone());
             }
             if let Some(port) = r.port.filter(|_| !dns)
                 && !d.denied_ports.contains(&port)

@@ -222,25 +222,16 @@ fn classify(name: &str, d: &DomainStats, policy: Option<&Policy>) -> Kind {
             }
             Some(decision.reason)
         }
-        None => {
-            let text: String = d
-                .reasons
-                .iter()
-                .map(|r| r.0.as_str())
-                .collect::<Vec<_>>()
-                .join(" ");
-            if text.contains("blocklist") {
-                Some(Reason::Blocklisted)
-            } else if text.contains("port is not allowed") {
-                Some(Reason::PortNotAllowed)
-            } else if text.contains("does not allow this scheme") {
-                Some(Reason::SchemeNotAllowed)
-            } else if text.contains("not a valid dns name") {
-                Some(Reason::InvalidName)
-            } else {
-                None
-            }
-        }
+        // The codes the records carry, in the order of precedence the views use.
+        None if !d.codes.is_empty() => [
+            Reason::Blocklisted,
+            Reason::PortNotAllowed,
+            Reason::SchemeNotAllowed,
+            Reason::InvalidName,
+        ]
+        .into_iter()
+        .find(|r| d.codes.iter().any(|c| c == r.code())),
+        None => legacy_reason(d),
     };
     match reason {
         Some(Reason::Blocklisted) => one(
@@ -474,6 +465,28 @@ fn unused_entries(agg: &Aggregate, policy: &Policy) -> Vec<Unused> {
         .collect()
 }
 
+/// The reason of a domain's denials in logs written before records carried `code`, from
+/// their English text.
+fn legacy_reason(d: &super::aggregate::DomainStats) -> Option<Reason> {
+    let text: String = d
+        .reasons
+        .iter()
+        .map(|r| r.0.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.contains("blocklist") {
+        Some(Reason::Blocklisted)
+    } else if text.contains("port is not allowed") {
+        Some(Reason::PortNotAllowed)
+    } else if text.contains("does not allow this scheme") {
+        Some(Reason::SchemeNotAllowed)
+    } else if text.contains("not a valid dns name") {
+        Some(Reason::InvalidName)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,6 +573,40 @@ mod tests {
             got.contains(&("github.io".into(), Verdict::Risky)),
             "{got:?}"
         );
+        assert!(
+            got.contains(&("gist.github.com".into(), Verdict::Never)),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&(
+                "[[rule]] domain = \"db.example.com\", ports = [5432]".into(),
+                Verdict::Review
+            )),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn reason_codes_decide_over_the_english_text() {
+        // A record's code says what the policy decided; its text is only for people.
+        let mut agg = Aggregate::default();
+        agg.add(&Rec {
+            proto: "tls".into(),
+            name: Some("gist.github.com".into()),
+            port: Some(443),
+            reason: Some("some other wording".into()),
+            code: Some("blocklisted".into()),
+            ..Rec::default()
+        });
+        agg.add(&Rec {
+            proto: "tls".into(),
+            name: Some("db.example.com".into()),
+            port: Some(5432),
+            reason: Some("blocked by the blocklist (worded as an older version did)".into()),
+            code: Some("port_not_allowed".into()),
+            ..Rec::default()
+        });
+        let got = adds(&suggest(&agg, None));
         assert!(
             got.contains(&("gist.github.com".into(), Verdict::Never)),
             "{got:?}"
