@@ -22,16 +22,7 @@
 
 use std::io;
 
-use super::Json;
-
-/// `keyctl` and `bpf` take no target: their line, or `None` for any other action.
-pub fn untargeted(action: &str) -> Option<Json> {
-    match action {
-        "keyctl" => Some(keyctl()),
-        "bpf" => Some(bpf()),
-        _ => None,
-    }
-}
+use crate::json::Json;
 
 /// `errno_name` of the probe, plus the codes these actions meet.
 fn errno_name(e: &io::Error) -> &'static str {
@@ -45,7 +36,7 @@ fn errno_name(e: &io::Error) -> &'static str {
         Some(libc::EOPNOTSUPP) => "EOPNOTSUPP",
         Some(libc::ESRCH) => "ESRCH",
         Some(libc::ENOMEM) => "ENOMEM",
-        _ => super::errno_name(e),
+        _ => crate::json::errno_name(e),
     }
 }
 
@@ -77,6 +68,7 @@ fn close(fd: libc::c_long) {
     unsafe { libc::close(fd as libc::c_int) };
 }
 
+/// `vsock CID:PORT`: see the module doc.
 pub fn vsock(target: &str) -> Json {
     let out = Json::new("vsock", target);
     let parsed = target
@@ -167,6 +159,7 @@ fn family(target: &str) -> Option<(i32, i32, i32)> {
     }
 }
 
+/// `socket FAMILY`: see the module doc.
 pub fn socket(target: &str) -> Json {
     let mut out = Json::new("socket", target);
     let Some((family, ty, protocol)) = family(target) else {
@@ -187,6 +180,7 @@ pub fn socket(target: &str) -> Json {
     }
 }
 
+/// `tiocsti TEXT`: see the module doc.
 pub fn tiocsti(text: &str) -> Json {
     let mut out = Json::new("tiocsti", text);
     // SAFETY: isatty only looks at the descriptor.
@@ -211,7 +205,8 @@ pub fn tiocsti(text: &str) -> Json {
     }
 }
 
-fn keyctl() -> Json {
+/// `keyctl` (no target): see the module doc.
+pub fn keyctl() -> Json {
     let mut out = Json::new("keyctl", "@s");
     const KEYCTL_GET_KEYRING_ID: libc::c_long = 0;
     const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
@@ -232,7 +227,8 @@ fn keyctl() -> Json {
     }
 }
 
-fn bpf() -> Json {
+/// `bpf` (no target): see the module doc.
+pub fn bpf() -> Json {
     let out = Json::new("bpf", "array");
     const BPF_MAP_CREATE: libc::c_long = 0;
     // union bpf_attr for BPF_MAP_CREATE: map_type (BPF_MAP_TYPE_ARRAY), key_size,

@@ -31,7 +31,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Json, TIMEOUT, resolve};
+use crate::{
+    json::Json,
+    net::{TIMEOUT, resolve},
+};
 
 /// `slow`: see the module doc.
 pub fn slow(target: &str, hex: &str, drip_ms: &str, wait_s: &str) -> Json {

@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use super::Json;
+use crate::json::Json;
 
 /// How long a stream connect may block (a listener whose backlog is full) before it fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
