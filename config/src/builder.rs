@@ -54,8 +54,8 @@ pub struct Config {
     pub placeholders: Vec<(String, String)>,
     /// The `[provenance]` settings (defaults when the table is absent).
     pub provenance: crate::provenance::ProvenanceConfig,
-    /// AWF's api-proxy, served by egressd (`egressd awf` only; see [`crate::apiproxy`]).
-    pub api_proxy: Option<crate::apiproxy::ApiProxy>,
+    /// AWF's api-proxy, served by egressd (`egressd awf` only; see [`crate::awf::apiproxy`]).
+    pub api_proxy: Option<crate::awf::apiproxy::ApiProxy>,
     /// The sandbox beyond the network: Unix sockets, hidden paths, secrets, seccomp,
     /// resource limits (see [`crate::sandbox`]).
     pub sandbox: crate::sandbox::SandboxSettings,

@@ -34,9 +34,9 @@
 )]
 
 mod addr;
-pub mod apiproxy;
 mod auth_scheme;
 mod authority;
+pub mod awf;
 mod builder;
 pub mod copilot;
 pub mod credential;

@@ -445,9 +445,9 @@ pub const API_PROXY_SETTINGS: &[&str] = &[
 pub fn api_proxy_env() -> ApiProxyEnv {
     let set = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     ApiProxyEnv {
-        keys: egressd_config::apiproxy::Provider::ALL
+        keys: egressd_config::awf::apiproxy::Provider::ALL
             .into_iter()
-            .map(egressd_config::apiproxy::Provider::key_var)
+            .map(egressd_config::awf::apiproxy::Provider::key_var)
             .filter(|v| set(v).is_some())
             .collect(),
         copilot_target: set("COPILOT_API_TARGET"),

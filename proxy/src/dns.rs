@@ -391,7 +391,7 @@ pub(crate) fn first_step(ctx: &Context<'_>, bytes: &[u8], rec: &mut Record) -> S
     }
     let client_limit = query.edns.as_ref().map(Edns::max_payload);
     if let Some(answers) = ctx.api_proxy.then(|| api_proxy_answer(&query)).flatten() {
-        rec.name = Some(egressd_config::apiproxy::HOST.to_owned());
+        rec.name = Some(egressd_config::awf::apiproxy::HOST.to_owned());
         rec.decision = AuditDecision::Allow;
         rec.reason = "the api-proxy".to_owned();
         rec.answers = Some(u32::try_from(answers.len()).unwrap_or(u32::MAX));
@@ -460,16 +460,17 @@ fn api_proxy_answer(query: &Message) -> Option<Vec<DnsRecord>> {
     };
     let ascii = q.name().to_ascii();
     let name = ascii.strip_suffix('.').unwrap_or(&ascii);
-    if !name.eq_ignore_ascii_case(egressd_config::apiproxy::HOST) || q.query_class() != DNSClass::IN
+    if !name.eq_ignore_ascii_case(egressd_config::awf::apiproxy::HOST)
+        || q.query_class() != DNSClass::IN
     {
         return None;
     }
-    let owner = Name::from_ascii(format!("{}.", egressd_config::apiproxy::HOST)).ok()?;
+    let owner = Name::from_ascii(format!("{}.", egressd_config::awf::apiproxy::HOST)).ok()?;
     Some(match q.query_type() {
         RecordType::A => vec![DnsRecord::from_rdata(
             owner,
             OVERRIDE_TTL,
-            RData::A(A(egressd_config::apiproxy::IP)),
+            RData::A(A(egressd_config::awf::apiproxy::IP)),
         )],
         _ => Vec::new(),
     })

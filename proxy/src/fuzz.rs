@@ -193,7 +193,7 @@ pub fn dns(data: &[u8]) {
         assert!(
             name == "allowed.test"
                 || name.ends_with(".allowed.test")
-                || name == egressd_config::apiproxy::HOST,
+                || name == egressd_config::awf::apiproxy::HOST,
             "answer for a name outside the allowlist: {name}"
         );
     }

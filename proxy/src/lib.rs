@@ -8,7 +8,7 @@
 //!  accept ─► original dst (OrigDstLookup; recorded, never trusted)   none ─► deny
 //!     ▼
 //!  route     (conn/mod.rs)        pure, before reading anything:
-//!     │   port 53 ─► dns.rs (DNS over TCP)      172.30.0.30 (AWF mode) ─► apiproxy.rs
+//!     │   port 53 ─► dns.rs (DNS over TCP)      172.30.0.30 (AWF mode) ─► awf/apiproxy.rs
 //!     │   the listener itself ─► deny           loopback ─► decide on the port ─► relay
 //!     ▼
 //!  classify  (conn/classify.rs)   first bytes, kept for replay, with a timeout
@@ -33,7 +33,7 @@
 //! All client-visible refusals are built in `respond.rs`; stage errors and the
 //! [`ErrorKind`] derived from them live in `error.rs`.
 //!
-//! Modules import downwards only: `conn` (the pipeline) uses `intercept` and `apiproxy`,
+//! Modules import downwards only: `conn` (the pipeline) uses `intercept` and `awf` (the api-proxy),
 //! which use `transport` (connector, relay, limits), `token` and `audit`; the leaves
 //! `host` (host names), `provenance` (the run's verified claims) and `tls_roots` (what
 //! egressd's own TLS clients trust) import nothing from the crate.
@@ -67,8 +67,8 @@
 #![warn(missing_docs)]
 
 mod addr;
-mod apiproxy;
 mod audit;
+mod awf;
 mod body;
 mod conn;
 mod dns;
@@ -113,7 +113,7 @@ pub struct Proxy {
     sandbox: Arc<str>,
     connector: Arc<Connector>,
     interception: Option<intercept::Interception>,
-    api_proxy: Option<apiproxy::Server>,
+    api_proxy: Option<awf::apiproxy::Server>,
     /// One permit per open connection, `config.limits.max_connections` in all: connections
     /// past the limit are reset and audited (`listener.rs`).
     slots: Arc<tokio::sync::Semaphore>,
@@ -222,7 +222,7 @@ impl Proxy {
             extra.as_deref(),
         )
         .map_err(Error::Interception)?;
-        self.api_proxy = Some(apiproxy::Server::new(api, upstream, broker));
+        self.api_proxy = Some(awf::apiproxy::Server::new(api, upstream, broker));
         Ok(self)
     }
 

@@ -176,8 +176,8 @@ impl<'a> AccessLine<'a> {
     pub(crate) fn from_record(r: &'a Record) -> Option<Self> {
         // Requests the api-proxy answered itself never reach Squid in AWF (the agent talks
         // to the sidecar directly); the ones it forwards are logged under the provider's host.
-        if r.name.as_deref() == Some(egressd_config::apiproxy::HOST)
-            && r.orig_dst.map(|o| o.ip()) == Some(egressd_config::apiproxy::IP.into())
+        if r.name.as_deref() == Some(egressd_config::awf::apiproxy::HOST)
+            && r.orig_dst.map(|o| o.ip()) == Some(egressd_config::awf::apiproxy::IP.into())
         {
             return None;
         }

@@ -46,7 +46,7 @@ const OVER_LIMIT: &str = "connection limit reached";
 enum Route {
     /// TCP to port 53: DNS over TCP, answered like UDP (`dns.rs`).
     Dns,
-    /// AWF's api-proxy address (`awf` mode): served by `apiproxy.rs`, not the allowlist.
+    /// AWF's api-proxy address (`awf` mode): served by `awf/apiproxy.rs`, not the allowlist.
     ApiProxy,
     /// The listener itself: a loop, refused.
     SelfLoop,
@@ -61,7 +61,7 @@ fn route(orig: OrigDst, local: SocketAddr, api_proxy: bool) -> Route {
     let local_dst = connect::is_local(orig.0.ip());
     if orig.0.port() == 53 {
         Route::Dns
-    } else if api_proxy && orig.0.ip() == std::net::IpAddr::V4(egressd_config::apiproxy::IP) {
+    } else if api_proxy && orig.0.ip() == std::net::IpAddr::V4(egressd_config::awf::apiproxy::IP) {
         Route::ApiProxy
     } else if orig.0 == local || (local_dst && orig.0.port() == local.port()) {
         Route::SelfLoop
@@ -91,7 +91,9 @@ impl Proxy {
         };
         match route(orig, local, self.api_proxy.is_some()) {
             Route::Dns => return crate::dns::serve_tcp(&self, stream, client.0, orig.0).await,
-            Route::ApiProxy => return crate::apiproxy::serve(self, stream, client.0, orig.0).await,
+            Route::ApiProxy => {
+                return crate::awf::apiproxy::serve(self, stream, client.0, orig.0).await;
+            }
             Route::SelfLoop => {
                 rec.reason = SELF_LOOP.to_owned();
                 return self.refuse(stream, rec, started);

@@ -1,5 +1,5 @@
 //! One request on its way to an upstream and its answer on the way back, for both places
-//! that inject a credential: interception (`server.rs`) and AWF's api-proxy (`apiproxy.rs`).
+//! that inject a credential: interception (`server.rs`) and AWF's api-proxy (`awf/apiproxy.rs`).
 //!
 //! [`send`] bounds the wait for an answer by `timeouts.idle` and names what went wrong
 //! ([`SendError`]: its status, reason and whether a retry may help); the caller renders it in

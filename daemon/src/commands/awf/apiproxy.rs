@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use egressd_config::apiproxy::{ApiProxy, IP, Provider, Route, RouteAuth};
+use egressd_config::awf::apiproxy::{ApiProxy, IP, Provider, Route, RouteAuth};
 use egressd_config::copilot::{BYOK_BEARER_VAR, BYOK_KEY_VAR, CopilotMode, CopilotSource};
 use egressd_config::credential::{
     AnthropicWifSource, AwsWebIdentitySource, EntraSource, Impersonation, TokenExchangeSource,
@@ -242,7 +242,7 @@ pub fn configure(
             .unwrap_or_else(|| egressd_config::copilot::DEFAULT_INTEGRATION_ID.to_owned()),
         interaction_id,
         rate_limit: None,
-        budget: egressd_config::apiproxy::Budget::default(),
+        budget: egressd_config::awf::apiproxy::Budget::default(),
     });
     Ok(out)
 }

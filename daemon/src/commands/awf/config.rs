@@ -29,7 +29,7 @@ pub struct AwfConfig {
     /// `[WARN]` lines for keys accepted without effect.
     pub warnings: Vec<String>,
     /// `apiProxy.maxRuns` (alias `maxTurns`) and `apiProxy.maxEffectiveTokens`.
-    pub budget: egressd_config::apiproxy::Budget,
+    pub budget: egressd_config::awf::apiproxy::Budget,
 }
 
 /// Parses the JSON text of an AWF configuration file.

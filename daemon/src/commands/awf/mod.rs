@@ -102,15 +102,15 @@ impl Messages {
 
 /// AWF's rate limits (§5.5): off unless a `--rate-limit-*` flag is given; then the others
 /// take their defaults. `--no-rate-limit` turns them off.
-fn rate_limit(args: &AwfArgs) -> Option<egressd_config::apiproxy::RateLimit> {
+fn rate_limit(args: &AwfArgs) -> Option<egressd_config::awf::apiproxy::RateLimit> {
     let any = args.rate_limit_rpm.is_some()
         || args.rate_limit_rph.is_some()
         || args.rate_limit_bytes_pm.is_some();
     if args.no_rate_limit || !any {
         return None;
     }
-    let defaults = egressd_config::apiproxy::RateLimit::default();
-    Some(egressd_config::apiproxy::RateLimit {
+    let defaults = egressd_config::awf::apiproxy::RateLimit::default();
+    Some(egressd_config::awf::apiproxy::RateLimit {
         per_minute: args.rate_limit_rpm.unwrap_or(defaults.per_minute),
         per_hour: args.rate_limit_rph.unwrap_or(defaults.per_hour),
         bytes_per_minute: args

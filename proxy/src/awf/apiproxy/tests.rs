@@ -1,4 +1,4 @@
-use egressd_config::apiproxy::{ApiProxy, Provider, Route};
+use egressd_config::awf::apiproxy::{ApiProxy, Provider, Route};
 use egressd_config::intercept::AuthScheme;
 use hyper::Request;
 
@@ -15,7 +15,7 @@ fn config() -> ApiProxy {
         integration_id: "agentic-workflows".into(),
         interaction_id: Some("42-1".into()),
         rate_limit: None,
-        budget: egressd_config::apiproxy::Budget::default(),
+        budget: egressd_config::awf::apiproxy::Budget::default(),
     }
 }
 

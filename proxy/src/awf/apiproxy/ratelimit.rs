@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use egressd_config::apiproxy::{Provider, RateLimit};
+use egressd_config::awf::apiproxy::{Provider, RateLimit};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);

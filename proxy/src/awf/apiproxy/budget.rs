@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use egressd_config::apiproxy::Budget;
+use egressd_config::awf::apiproxy::Budget;
 use serde_json::{Value, json};
 
 use super::usage::Usage;

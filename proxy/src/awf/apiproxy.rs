@@ -7,7 +7,7 @@
 //! the sidecar too). Per request, in order:
 //!
 //! 1. `GET /health` and `GET /reflect` are answered here (§5.4);
-//! 2. the port names the provider ([`egressd_config::apiproxy::Provider`]); a provider without a
+//! 2. the port names the provider ([`egressd_config::awf::apiproxy::Provider`]); a provider without a
 //!    credential gets AWF's error (`404` for OpenAI, `403 provider_not_configured` otherwise);
 //! 3. the client's credential, host, proxy and forwarding headers are removed
 //!    ([`STRIPPED`]), `Accept-Encoding` becomes `identity` (the token usage is read from
@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use egressd_config::apiproxy::{ApiProxy, Provider, Route, RouteAuth};
+use egressd_config::awf::apiproxy::{ApiProxy, Provider, Route, RouteAuth};
 use egressd_config::intercept::AuthScheme;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -100,7 +100,7 @@ pub(crate) async fn serve(
 ) {
     if Provider::for_port(orig.port()).is_none() {
         let mut rec = Record::new(&proxy.sandbox, client, Some(orig), Proto::Unknown);
-        rec.name = Some(egressd_config::apiproxy::HOST.to_owned());
+        rec.name = Some(egressd_config::awf::apiproxy::HOST.to_owned());
         rec.port = Some(orig.port());
         rec.reason = "the api-proxy serves ports 10000-10004 only".to_owned();
         crate::respond::reset(stream);
@@ -185,7 +185,7 @@ async fn handle(
     }
 
     if req.method() == Method::GET && matches!(req.uri().path(), "/health" | "/reflect") {
-        pending.rec.name = Some(egressd_config::apiproxy::HOST.to_owned());
+        pending.rec.name = Some(egressd_config::awf::apiproxy::HOST.to_owned());
         pending.rec.port = Some(port);
         pending.rec.decision = AuditDecision::Allow;
         let (status, body) = if req.uri().path() == "/health" {
@@ -216,7 +216,7 @@ async fn handle(
         other => other,
     };
     let Some((route, credential)) = route.and_then(|r| Some((r, r.credential.as_deref()?))) else {
-        pending.rec.name = Some(egressd_config::apiproxy::HOST.to_owned());
+        pending.rec.name = Some(egressd_config::awf::apiproxy::HOST.to_owned());
         pending.rec.port = Some(port);
         pending.rec.reason = format!("api-proxy: {} is not configured", provider.name());
         let (status, body) = not_configured(provider);
@@ -869,7 +869,7 @@ fn reflect(config: &ApiProxy) -> serde_json::Value {
             serde_json::json!({
                 "provider": p.name(),
                 "port": p.port(),
-                "base_url": format!("http://{}:{}", egressd_config::apiproxy::HOST, p.port()),
+                "base_url": format!("http://{}:{}", egressd_config::awf::apiproxy::HOST, p.port()),
                 "configured": config.configured(p),
                 "models": null,
                 "models_url": null,
