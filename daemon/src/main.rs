@@ -4,6 +4,7 @@
 //! exit code: the command's own for `exec`, 64 for usage and configuration errors, 125
 //! when the sandbox could not be set up, 1 for other failures.
 
+mod awf_log;
 mod cli;
 mod commands;
 mod control;

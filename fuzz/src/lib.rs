@@ -9,6 +9,10 @@
 #[path = "../../daemon/src/commands/awf/config.rs"]
 pub mod awf_config;
 
+/// AWF's log lines (`daemon/src/awf_log.rs`), which the audit reader parses through.
+#[path = "../../daemon/src/awf_log.rs"]
+pub mod awf_log;
+
 /// Audit and access log lines: egressd's JSONL, AWF's `audit.jsonl` and Squid `access.log`
 /// (`daemon/src/commands/audit/read.rs`).
 #[path = "../../daemon/src/commands/audit/read.rs"]

@@ -278,7 +278,7 @@ fn parse_json(line: &str) -> Line {
 /// AWF `audit.jsonl`: `host` is `name:port` (CONNECT) or the Host header.
 /// An AWF `audit.jsonl` access line, through `awf logs`' parser.
 fn awf_audit(line: &str) -> Line {
-    match super::super::awf::logs::parse_audit(line) {
+    match crate::awf_log::parse_audit(line) {
         Some(entry) => awf_record(Source::AwfAudit, &entry),
         None => Line::Malformed,
     }
@@ -286,7 +286,7 @@ fn awf_audit(line: &str) -> Line {
 
 /// A Squid `firewall_detailed` line, through `awf logs`' parser.
 fn parse_squid(line: &str) -> Line {
-    match super::super::awf::logs::parse_access(line) {
+    match crate::awf_log::parse_access(line) {
         Some(entry) => awf_record(Source::AwfAccess, &entry),
         None => Line::Malformed,
     }
@@ -296,7 +296,7 @@ fn parse_squid(line: &str) -> Line {
 /// and port from the URL for CONNECT, else from the Host header (the port by the URL's
 /// scheme when it has none). Squid's lines for transactions that ended before any headers
 /// (`error:...` URLs) are skipped, as AWF's summary drops them.
-fn awf_record(source: Source, e: &super::super::awf::logs::Entry) -> Line {
+fn awf_record(source: Source, e: &crate::awf_log::Entry) -> Line {
     if e.url.starts_with("error:") {
         return Line::Skip;
     }
