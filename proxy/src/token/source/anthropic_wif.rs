@@ -31,8 +31,8 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
-use super::token_exchange::{printable, retry_by_status};
 use super::{Minted, fingerprint};
+use super::{printable, refusal};
 use crate::token::error::MintError;
 use crate::token::http::Response;
 use crate::token::secret::Secret;
@@ -241,7 +241,7 @@ fn classify(response: &Response) -> MintError {
             message.push_str(&format!(": {hint}"));
         }
     }
-    retry_by_status(response, message, false)
+    refusal(response, message, None)
 }
 
 #[cfg(test)]

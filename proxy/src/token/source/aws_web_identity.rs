@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use egressd_config::credential::AwsWebIdentitySource;
-use hyper::StatusCode;
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -340,21 +339,12 @@ fn classify(response: &Response) -> MintError {
     if let Some(hint) = code.and_then(hint) {
         message.push_str(&format!(": {hint}"));
     }
-    let retry = match code {
-        Some(TOKEN_EXPIRED) => Retry::Remint,
-        Some(c) if TRANSIENT.contains(&c) => Retry::Backoff(response.retry_after()),
-        _ if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
-            Retry::Backoff(response.retry_after())
-        }
-        _ => Retry::Never,
+    let by_code = match code {
+        Some(TOKEN_EXPIRED) => Some(Retry::Remint),
+        Some(c) if TRANSIENT.contains(&c) => Some(Retry::Backoff(response.retry_after())),
+        _ => None,
     };
-    let mut error = if retry == Retry::Never {
-        MintError::rejected(message)
-    } else {
-        MintError::unavailable(message)
-    };
-    error.retry = retry;
-    error
+    super::refusal(response, message, by_code)
 }
 
 /// What an STS error code usually means, and the fix.
@@ -384,6 +374,7 @@ fn hint(code: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use hyper::StatusCode;
     use hyper::header::HeaderMap;
     use time::macros::datetime;
 

@@ -16,7 +16,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::StatusCode;
 use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
@@ -215,21 +214,12 @@ fn classify(response: &Response) -> MintError {
     if let Some(hint) = code.and_then(hint) {
         message.push_str(&format!(": {hint}"));
     }
-    let retry = match code {
-        Some(c) if TRANSIENT.contains(&c) => Retry::Backoff(response.retry_after()),
-        Some(ASSERTION_EXPIRED) => Retry::Remint,
-        _ if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
-            Retry::Backoff(response.retry_after())
-        }
-        _ => Retry::Never,
+    let by_code = match code {
+        Some(c) if TRANSIENT.contains(&c) => Some(Retry::Backoff(response.retry_after())),
+        Some(ASSERTION_EXPIRED) => Some(Retry::Remint),
+        _ => None,
     };
-    let mut error = if retry == Retry::Never {
-        MintError::rejected(message)
-    } else {
-        MintError::unavailable(message)
-    };
-    error.retry = retry;
-    error
+    super::refusal(response, message, by_code)
 }
 
 /// What an AADSTS code usually means, and the fix.
@@ -256,6 +246,7 @@ fn hint(code: u64) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use hyper::StatusCode;
     use hyper::header::HeaderMap;
 
     use super::*;

@@ -172,6 +172,40 @@ pub(crate) fn http_date(headers: &hyper::HeaderMap) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &time::format_description::well_known::Rfc2822).ok()
 }
 
+/// The error for a token endpoint's refusal (`response`, said in `message`): `by_code` when
+/// the endpoint's own error code decides (re-mint with a fresh assertion, back off), else by
+/// status: `429` and `5xx` back off as the server asks, anything else is final.
+pub(super) fn refusal(
+    response: &super::http::Response,
+    message: String,
+    by_code: Option<super::error::Retry>,
+) -> MintError {
+    use super::error::Retry;
+    let status = response.status;
+    let retry = by_code.unwrap_or_else(|| {
+        if status == hyper::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            Retry::Backoff(response.retry_after())
+        } else {
+            Retry::Never
+        }
+    });
+    let mut error = if retry == Retry::Never {
+        MintError::rejected(message)
+    } else {
+        MintError::unavailable(message)
+    };
+    error.retry = retry;
+    error
+}
+
+/// An error code as shown: alphanumerics and `_` only, at most 64 characters.
+pub(super) fn printable(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use time::macros::datetime;

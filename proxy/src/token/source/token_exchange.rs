@@ -253,7 +253,7 @@ fn classify_oauth(response: &Response) -> MintError {
     );
     let mut message = format!("the token exchange answered {status}");
     if let Some(error) = body.error.as_deref() {
-        message.push_str(&format!(" {}", printable(error)));
+        message.push_str(&format!(" {}", super::printable(error)));
         let hint = match error {
             "invalid_grant" => Some(
                 "the subject token was refused: check that the provider allows its issuer and \
@@ -270,7 +270,7 @@ fn classify_oauth(response: &Response) -> MintError {
             message.push_str(&format!(": {hint}"));
         }
     }
-    retry_by_status(response, message, false)
+    super::refusal(response, message, None)
 }
 
 /// The [`MintError`] of a Google API error answer of `generateAccessToken`.
@@ -297,7 +297,7 @@ fn classify_google(response: &Response) -> MintError {
     );
     let mut message = format!("IAM Credentials answered {status}");
     if let Some(google) = detail.status.as_deref() {
-        message.push_str(&format!(" {}", printable(google)));
+        message.push_str(&format!(" {}", super::printable(google)));
     }
     if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
         message.push_str(
@@ -311,28 +311,11 @@ fn classify_google(response: &Response) -> MintError {
         detail.status.as_deref(),
         Some("UNAVAILABLE" | "RESOURCE_EXHAUSTED")
     );
-    retry_by_status(response, message, transient)
-}
-
-/// Backoff for 5xx, 429 and `transient` answers; fail fast otherwise.
-pub(super) fn retry_by_status(response: &Response, message: String, transient: bool) -> MintError {
-    let status = response.status;
-    if transient || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        MintError {
-            retry: Retry::Backoff(response.retry_after()),
-            ..MintError::unavailable(message)
-        }
-    } else {
-        MintError::rejected(message)
-    }
-}
-
-/// An error code as shown: alphanumerics and `_` only, at most 64 characters.
-pub(super) fn printable(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .take(64)
-        .collect()
+    super::refusal(
+        response,
+        message,
+        transient.then(|| Retry::Backoff(response.retry_after())),
+    )
 }
 
 #[cfg(test)]
