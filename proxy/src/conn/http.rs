@@ -50,7 +50,6 @@ use crate::transport::limits;
 const NOT_A_FORWARD_PROXY: &str = "egressd is not a forward proxy (CONNECT refused)";
 const AUTHORITY_MISMATCH: &str = "request target names a different host than the Host header";
 const UPGRADE_REFUSED: &str = "protocol upgrades (websocket, h2c) are not supported yet";
-const NO_INTERCEPT: &str = "interception not available yet";
 /// Longest path written to the audit log.
 const MAX_AUDIT_PATH: usize = 1024;
 
@@ -183,8 +182,10 @@ impl HttpConn<'_> {
         let reason = decision.reason.to_string();
         p.rec.code = Some(decision.reason.code());
         match verdict {
-            Verdict::Deny { .. } => self.refuse(p, Some(host), &reason, rule),
-            Verdict::Intercept { .. } => self.refuse(p, Some(host), NO_INTERCEPT, rule),
+            // `decide` never intercepts plain HTTP (`decide_tls` does, for TLS).
+            Verdict::Deny { .. } | Verdict::Intercept { .. } => {
+                self.refuse(p, Some(host), &reason, rule)
+            }
             Verdict::PassThrough { dest, decision } => {
                 if req.headers().contains_key(UPGRADE) {
                     return self.refuse(p, Some(host), UPGRADE_REFUSED, rule);

@@ -222,16 +222,14 @@ fn classify(name: &str, d: &DomainStats, policy: Option<&Policy>) -> Kind {
             }
             Some(decision.reason)
         }
-        // The codes the records carry, in the order of precedence the views use.
-        None if !d.codes.is_empty() => [
-            Reason::Blocklisted,
-            Reason::PortNotAllowed,
-            Reason::SchemeNotAllowed,
-            Reason::InvalidName,
-        ]
-        .into_iter()
-        .find(|r| d.codes.iter().any(|c| c == r.code())),
-        None => legacy_reason(d),
+        // The codes the records carry; logs written before codes: their English text.
+        None if !d.codes.is_empty() => DENIALS
+            .into_iter()
+            .find(|r| d.codes.iter().any(|c| c == r.code())),
+        None => DENIALS.into_iter().find(|r| {
+            let text = r.to_string();
+            d.reasons.iter().any(|(reason, _)| reason.contains(&text))
+        }),
     };
     match reason {
         Some(Reason::Blocklisted) => one(
@@ -465,27 +463,13 @@ fn unused_entries(agg: &Aggregate, policy: &Policy) -> Vec<Unused> {
         .collect()
 }
 
-/// The reason of a domain's denials in logs written before records carried `code`, from
-/// their English text.
-fn legacy_reason(d: &super::aggregate::DomainStats) -> Option<Reason> {
-    let text: String = d
-        .reasons
-        .iter()
-        .map(|r| r.0.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
-    if text.contains("blocklist") {
-        Some(Reason::Blocklisted)
-    } else if text.contains("port is not allowed") {
-        Some(Reason::PortNotAllowed)
-    } else if text.contains("does not allow this scheme") {
-        Some(Reason::SchemeNotAllowed)
-    } else if text.contains("not a valid dns name") {
-        Some(Reason::InvalidName)
-    } else {
-        None
-    }
-}
+/// The denial reasons a suggestion depends on, in order of precedence.
+const DENIALS: [Reason; 4] = [
+    Reason::Blocklisted,
+    Reason::PortNotAllowed,
+    Reason::SchemeNotAllowed,
+    Reason::InvalidName,
+];
 
 #[cfg(test)]
 mod tests {
