@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Result, anyhow};
 use plotters::{prelude::*, style::FontStyle};
 
-use crate::run::RunResult;
+use crate::run::{CurvePoint, RunResult};
 
 const FONTS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -49,64 +49,88 @@ struct Series {
     points: Vec<(f64, f64)>,
 }
 
+/// What a chart shows besides its lines: file name, caption, axis names and an optional
+/// horizontal reference line.
+struct Figure {
+    file: &'static str,
+    title: &'static str,
+    x_desc: &'static str,
+    y_desc: &'static str,
+    reference: Option<(&'static str, f64)>,
+}
+
+/// Setup latency against idle connections held.
+const CONNECTIONS: Figure = Figure {
+    file: "connections.png",
+    title: "New connection setup latency (p50) vs. idle connections held",
+    x_desc: "concurrent idle connections",
+    y_desc: "setup latency, ms",
+    reference: None,
+};
+
+/// Proxy RSS against idle connections held.
+const RSS: Figure = Figure {
+    file: "rss.png",
+    title: "Proxy RSS vs. idle connections held",
+    x_desc: "concurrent idle connections",
+    y_desc: "RSS, MiB",
+    reference: None,
+};
+
+/// Decision time against allowlist size.
+const POLICY: Figure = Figure {
+    file: "policy.png",
+    title: "Policy::decide time vs. allowlist entries",
+    x_desc: "allowlist entries",
+    y_desc: "ns per decision",
+    reference: Some(("1 µs target", 1000.0)),
+};
+
 /// Draws every curve the run has data for into `out`; returns the file names written.
 ///
 /// # Errors
 ///
 /// A PNG could not be drawn or written.
 pub fn all(run: &RunResult, out: &Path) -> Result<Vec<String>> {
+    let figures = [
+        (CONNECTIONS, curve_series(run, |p| Some(p.setup_p50_ms))),
+        (
+            RSS,
+            curve_series(run, |p| p.rss_kib.map(|k| to_f64(k) / 1024.0)),
+        ),
+        (POLICY, policy_series(run)),
+    ];
     let mut written = Vec::new();
-    let setup: Vec<Series> = run
-        .targets
+    for (figure, series) in figures {
+        if !series.is_empty() {
+            chart(&out.join(figure.file), &figure, &series)?;
+            written.push(figure.file.to_owned());
+        }
+    }
+    Ok(written)
+}
+
+/// One line per measured target over its connection curve: `y` at each level that was
+/// fully held, for the targets where `y` was measured at all.
+fn curve_series(run: &RunResult, y: impl Fn(&CurvePoint) -> Option<f64>) -> Vec<Series> {
+    run.targets
         .iter()
-        .filter(|t| t.status == "ok" && !t.curve.is_empty())
+        .filter(|t| t.status == "ok" && t.curve.iter().any(|p| y(p).is_some()))
         .map(|t| Series {
             name: t.id.clone(),
             points: t
                 .curve
                 .iter()
                 .filter(|p| p.held == p.level)
-                .map(|p| (to_f64(p.level), p.setup_p50_ms))
+                .filter_map(|p| Some((to_f64(p.level), y(p)?)))
                 .collect(),
         })
-        .collect();
-    if !setup.is_empty() {
-        chart(
-            &out.join("connections.png"),
-            "New connection setup latency (p50) vs. idle connections held",
-            "concurrent idle connections",
-            "setup latency, ms",
-            &setup,
-            None,
-        )?;
-        written.push("connections.png".to_owned());
-    }
-    let rss: Vec<Series> = run
-        .targets
-        .iter()
-        .filter(|t| t.status == "ok" && t.curve.iter().any(|p| p.rss_kib.is_some()))
-        .map(|t| Series {
-            name: t.id.clone(),
-            points: t
-                .curve
-                .iter()
-                .filter(|p| p.held == p.level)
-                .filter_map(|p| p.rss_kib.map(|k| (to_f64(p.level), to_f64(k) / 1024.0)))
-                .collect(),
-        })
-        .collect();
-    if !rss.is_empty() {
-        chart(
-            &out.join("rss.png"),
-            "Proxy RSS vs. idle connections held",
-            "concurrent idle connections",
-            "RSS, MiB",
-            &rss,
-            None,
-        )?;
-        written.push("rss.png".to_owned());
-    }
-    let policy: Vec<Series> = [(0.0, "plain domains"), (0.01, "1% wildcards")]
+        .collect()
+}
+
+/// Decision time against entries, one line per wildcard share that was measured.
+fn policy_series(run: &RunResult) -> Vec<Series> {
+    [(0.0, "plain domains"), (0.01, "1% wildcards")]
         .into_iter()
         .map(|(share, name)| Series {
             name: name.to_owned(),
@@ -118,19 +142,7 @@ pub fn all(run: &RunResult, out: &Path) -> Result<Vec<String>> {
                 .collect(),
         })
         .filter(|s| !s.points.is_empty())
-        .collect();
-    if !policy.is_empty() {
-        chart(
-            &out.join("policy.png"),
-            "Policy::decide time vs. allowlist entries",
-            "allowlist entries",
-            "ns per decision",
-            &policy,
-            Some(("1 µs target", 1000.0)),
-        )?;
-        written.push("policy.png".to_owned());
-    }
-    Ok(written)
+        .collect()
 }
 
 /// `1.5`, `20`, `3000`: as few digits as the magnitude needs.
@@ -144,15 +156,15 @@ fn compact(v: f64) -> String {
     }
 }
 
-/// A log-log chart of `series`, with an optional horizontal reference line.
-fn chart(
-    path: &Path,
-    title: &str,
-    x_desc: &str,
-    y_desc: &str,
-    series: &[Series],
-    reference: Option<(&str, f64)>,
-) -> Result<()> {
+/// A log-log chart of `series` as `figure` describes it, written to `path`.
+fn chart(path: &Path, figure: &Figure, series: &[Series]) -> Result<()> {
+    let Figure {
+        title,
+        x_desc,
+        y_desc,
+        reference,
+        ..
+    } = *figure;
     let text = text_available();
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let x_max = xs.fold(10.0_f64, f64::max);

@@ -184,57 +184,41 @@ fn targets_check(md: &mut String, run: &RunResult) {
         };
         let _ = writeln!(md, "| {what} | {measured} | {verdict} |");
     };
+    let v = Versus::new(pass.conn_per_s, haproxy.conn_per_s, 0);
     row(
         "pass-through new conn/s ≥ HAProxy's",
-        format!(
-            "{} vs {}",
-            num(pass.conn_per_s, 0),
-            num(haproxy.conn_per_s, 0)
-        ),
-        both(pass.conn_per_s, haproxy.conn_per_s).map(|(a, b)| a >= b),
+        format!("{} vs {}", v.a, v.b),
+        v.met(|a, b| a >= b),
     );
+    let v = Versus::new(pass.bulk_mb_s, direct.bulk_mb_s, 0);
     row(
         "pass-through bulk ≥ 0.95 × direct",
-        format!(
-            "{} MB/s vs {} ({})",
-            num(pass.bulk_mb_s, 0),
-            num(direct.bulk_mb_s, 0),
-            ratio(pass.bulk_mb_s, direct.bulk_mb_s)
-        ),
-        both(pass.bulk_mb_s, direct.bulk_mb_s).map(|(a, b)| a >= 0.95 * b),
+        format!("{} MB/s vs {} ({})", v.a, v.b, v.ratio),
+        v.met(|a, b| a >= 0.95 * b),
     );
+    let v = Versus::new(pass.cpu_s_per_gb, haproxy.cpu_s_per_gb, 2);
     row(
         "pass-through CPU per GB below HAProxy's",
-        format!(
-            "{} vs {} s/GB",
-            num(pass.cpu_s_per_gb, 2),
-            num(haproxy.cpu_s_per_gb, 2)
-        ),
-        both(pass.cpu_s_per_gb, haproxy.cpu_s_per_gb).map(|(a, b)| a < b),
+        format!("{} vs {} s/GB", v.a, v.b),
+        v.met(|a, b| a < b),
     );
+    let v = Versus::new(icpt.req_per_s, mitm.req_per_s, 0);
     row(
         "intercept req/s ≥ 10 × mitmproxy's",
-        format!(
-            "{} vs {} ({})",
-            num(icpt.req_per_s, 0),
-            num(mitm.req_per_s, 0),
-            ratio(icpt.req_per_s, mitm.req_per_s)
-        ),
-        both(icpt.req_per_s, mitm.req_per_s).map(|(a, b)| a >= 10.0 * b),
+        format!("{} vs {} ({})", v.a, v.b, v.ratio),
+        v.met(|a, b| a >= 10.0 * b),
     );
+    let v = Versus::new(icpt.req_per_s, squid.req_per_s, 0);
     row(
         "intercept req/s ≥ Squid's CONNECT pass-through",
-        format!("{} vs {}", num(icpt.req_per_s, 0), num(squid.req_per_s, 0)),
-        both(icpt.req_per_s, squid.req_per_s).map(|(a, b)| a >= b),
+        format!("{} vs {}", v.a, v.b),
+        v.met(|a, b| a >= b),
     );
+    let v = Versus::new(icpt.lat_p99_ms, direct.lat_p99_ms, 3);
     row(
         "intercept adds < 1 ms p99 per request",
-        format!(
-            "p99 {} ms vs direct {} ms",
-            num(icpt.lat_p99_ms, 3),
-            num(direct.lat_p99_ms, 3)
-        ),
-        both(icpt.lat_p99_ms, direct.lat_p99_ms).map(|(a, b)| a - b < 1.0),
+        format!("p99 {} ms vs direct {} ms", v.a, v.b),
+        v.met(|a, b| a - b < 1.0),
     );
     row(
         "under 30 MiB RSS idle",
@@ -250,17 +234,18 @@ fn targets_check(md: &mut String, run: &RunResult) {
         ),
         pass.kib_per_conn.map(|k| k < 16.0),
     );
+    let (p50, p99) = (
+        Versus::new(icpt.lat_p50_ms, strict.lat_p50_ms, 3),
+        Versus::new(icpt.lat_p99_ms, strict.lat_p99_ms, 3),
+    );
     row(
         "token broker: cached path adds no measurable latency",
         format!(
             "p50 {} / p99 {} ms with the credential, {} / {} ms without",
-            num(icpt.lat_p50_ms, 3),
-            num(icpt.lat_p99_ms, 3),
-            num(strict.lat_p50_ms, 3),
-            num(strict.lat_p99_ms, 3)
+            p50.a, p99.a, p50.b, p99.b
         ),
         // "Not measurable": within 20% or 0.05 ms of the run without a credential.
-        both(icpt.lat_p50_ms, strict.lat_p50_ms).map(|(a, b)| a - b < (0.2 * b).max(0.05)),
+        p50.met(|a, b| a - b < (0.2 * b).max(0.05)),
     );
     let at_10k = run
         .policy
@@ -273,8 +258,33 @@ fn targets_check(md: &mut String, run: &RunResult) {
     );
 }
 
-fn both(a: Option<f64>, b: Option<f64>) -> Option<(f64, f64)> {
-    a.zip(b)
+/// Two figures a target compares, egressd's (`a`) and the reference (`b`), formatted once
+/// for the measured text and kept for the verdict.
+struct Versus {
+    /// `a` to the given decimals (`–` when not measured).
+    a: String,
+    /// `b` likewise.
+    b: String,
+    /// `a / b` (`–` when either is missing).
+    ratio: String,
+    /// Both figures, when both were measured.
+    both: Option<(f64, f64)>,
+}
+
+impl Versus {
+    fn new(a: Option<f64>, b: Option<f64>, decimals: usize) -> Self {
+        Self {
+            a: num(a, decimals),
+            b: num(b, decimals),
+            ratio: ratio(a, b),
+            both: a.zip(b),
+        }
+    }
+
+    /// Whether the target is met by `met(a, b)`; `None` when a figure is missing.
+    fn met(&self, met: impl Fn(f64, f64) -> bool) -> Option<bool> {
+        self.both.map(|(a, b)| met(a, b))
+    }
 }
 
 fn num(v: Option<f64>, decimals: usize) -> String {

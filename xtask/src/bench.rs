@@ -16,7 +16,7 @@ use clap::Args;
 
 use crate::{
     setup,
-    shell::{Shell, run as run_cmd, say, succeeds},
+    shell::{Shell, run as run_cmd, say},
 };
 
 /// Options of `cargo xtask bench`.
@@ -136,17 +136,7 @@ fn ensure_debian_peers(sh: &Shell) -> Result<()> {
         missing.join(" ")
     );
     let _guard = NoServiceStart::install()?;
-    run_cmd(
-        sh.cmd("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    run_cmd(
-        sh.cmd("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    setup::apt_update_install(sh, &missing)
 }
 
 /// mitmproxy from PyPI into `venv` (whatever release supports the local Python).
@@ -157,24 +147,12 @@ fn ensure_mitmproxy(sh: &Shell, venv: &Path) -> Result<()> {
         return Ok(());
     }
     say!("installing mitmproxy from PyPI into {}...", venv.display());
-    let made = |python: &str| succeeds(sh.cmd(python).arg("-m").arg("venv").arg(venv));
-    if !made("python3") {
-        // Debian's python3 has no venv module until python3-venv is installed.
-        if sh.which("apt-get").is_none() {
-            bail!("python3 cannot make a venv and there is no apt-get to install python3-venv");
-        }
-        say!("installing python3-venv...");
-        run_cmd(
-            sh.cmd("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(["python3", "python3-venv", "python3-pip"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-        let _ = fs::remove_dir_all(venv);
-        if !made("/usr/bin/python3") {
-            bail!("could not create a Python venv at {}", venv.display());
-        }
-    }
+    setup::make_venv(
+        sh,
+        "python3",
+        venv,
+        &["python3", "python3-venv", "python3-pip"],
+    )?;
     run_cmd(sh.cmd(venv.join("bin/pip")).args([
         "install",
         "-q",

@@ -332,17 +332,50 @@ fn ensure_packages(sh: &Shell, no_apt: bool) -> Result<()> {
         return Ok(());
     }
     say!("installing Debian packages: {list}...");
+    apt_update_install(sh, &missing)
+}
+
+/// `apt-get update`, then [`apt_install`] of `packages`: how setup and bench install what
+/// is missing.
+pub(crate) fn apt_update_install(sh: &Shell, packages: &[&str]) -> Result<()> {
+    run_cmd(apt_get(sh).args(["update", "-q"]))?;
+    apt_install(sh, packages)
+}
+
+/// `apt-get install` of `packages`, quiet and without recommends.
+fn apt_install(sh: &Shell, packages: &[&str]) -> Result<()> {
     run_cmd(
-        sh.cmd("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    run_cmd(
-        sh.cmd("apt-get")
+        apt_get(sh)
             .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+            .args(packages),
     )
+}
+
+/// `apt-get` that never stops to ask.
+fn apt_get(sh: &Shell) -> std::process::Command {
+    let mut cmd = sh.cmd("apt-get");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+/// Makes a Python venv at `venv` with `python`. Debian's python3 has no venv module until
+/// python3-venv is installed: then `packages` (python3-venv and what goes with it) are
+/// installed and `/usr/bin/python3` tries again.
+pub(crate) fn make_venv(sh: &Shell, python: &str, venv: &Path, packages: &[&str]) -> Result<()> {
+    let made = |python: &str| succeeds(sh.cmd(python).args(["-m", "venv"]).arg(venv));
+    if made(python) {
+        return Ok(());
+    }
+    if sh.which("apt-get").is_none() {
+        bail!("{python} cannot make a venv and there is no apt-get to install python3-venv");
+    }
+    say!("installing python3-venv...");
+    apt_install(sh, packages)?;
+    let _ = fs::remove_dir_all(venv);
+    if !made("/usr/bin/python3") {
+        bail!("could not create a Python venv at {}", venv.display());
+    }
+    Ok(())
 }
 
 /// Why the test clients under [`TEST_CLIENTS`] cannot be installed now, if they cannot.
@@ -511,26 +544,12 @@ fn ensure_test_venv(sh: &Shell, no_apt: bool) -> Result<()> {
     make_dir_0755(venv.parent().context("the venv has a parent")?)?;
     if !venv.join("bin/pip").is_file() {
         say!("making a Python venv at {TEST_VENV}...");
-        let made = || succeeds(sh.cmd("/usr/bin/python3").args(["-m", "venv"]).arg(venv));
-        if !made() {
-            // Debian's python3 has no venv module until python3-venv is installed.
-            if sh.which("apt-get").is_none() {
-                bail!(
-                    "/usr/bin/python3 cannot make a venv and there is no apt-get to install python3-venv"
-                );
-            }
-            say!("installing python3-venv...");
-            run_cmd(
-                sh.cmd("apt-get")
-                    .args(["install", "-y", "-q", "--no-install-recommends"])
-                    .args(["python3-venv", "python3-pip"])
-                    .env("DEBIAN_FRONTEND", "noninteractive"),
-            )?;
-            let _ = fs::remove_dir_all(venv);
-            if !made() {
-                bail!("could not create a Python venv at {TEST_VENV}");
-            }
-        }
+        make_venv(
+            sh,
+            "/usr/bin/python3",
+            venv,
+            &["python3-venv", "python3-pip"],
+        )?;
     }
     say!("installing {pins} from PyPI into {TEST_VENV}...");
     run_cmd(

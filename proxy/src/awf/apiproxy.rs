@@ -259,11 +259,10 @@ async fn handle(
     }
     let (mut parts, body) = req.into_parts();
     if let Err(reason) = prepare(&server.config, route, &mut parts) {
-        pending.rec.reason = reason.clone();
-        pending.rec.status = Some(400);
-        return error(
-            StatusCode::BAD_REQUEST,
+        return refuse(
+            &mut pending,
             provider,
+            StatusCode::BAD_REQUEST,
             &reason,
             "invalid_request",
             false,
@@ -272,11 +271,10 @@ async fn handle(
     let token = match server.broker.get(credential).await {
         Ok(t) => t,
         Err(e) => {
-            pending.rec.reason = e.message.clone();
-            pending.rec.status = Some(503);
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
+            return refuse(
+                &mut pending,
                 provider,
+                StatusCode::SERVICE_UNAVAILABLE,
                 &e.message,
                 "credential_unavailable",
                 e.retryable,
@@ -293,15 +291,16 @@ async fn handle(
             "a request body with content-encoding {encoding} cannot be checked for tool URLs; \
              send it uncompressed"
         );
-        pending.rec.reason = format!("api-proxy: {reason}");
-        pending.rec.status = Some(415);
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        let resp = refuse(
+            &mut pending,
             provider,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &reason,
             "invalid_request",
             false,
         );
+        pending.rec.reason = format!("api-proxy: {reason}");
+        return resp;
     }
     let body = if crate::body::may_be_json(&parts) {
         // The whole body is held here: bounded in size (the body limit) and in time, so a
@@ -312,13 +311,11 @@ async fn handle(
         )
         .await;
         let Ok(read) = read else {
-            let reason = "the request body did not arrive within timeouts.idle";
-            pending.rec.reason = reason.to_owned();
-            pending.rec.status = Some(408);
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
+            return refuse(
+                &mut pending,
                 provider,
-                reason,
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive within timeouts.idle",
                 "request_timeout",
                 true,
             );
@@ -337,9 +334,9 @@ async fn handle(
                     } else {
                         (StatusCode::FORBIDDEN, "tool_url_not_allowed")
                     };
+                    let resp = refuse(&mut pending, provider, status, &refusal.reason, kind, false);
                     pending.rec.reason = format!("api-proxy: {}", refusal.reason);
-                    pending.rec.status = Some(status.as_u16());
-                    return error(status, provider, &refusal.reason, kind, false);
+                    return resp;
                 }
                 Full::new(bytes)
                     .map_err(|never| match never {})
@@ -349,13 +346,11 @@ async fn handle(
                 return body_too_large(&mut pending, provider, &over);
             }
             Err(crate::body::BodyError::Client(e)) => {
-                let reason = format!("reading the request body: {e}");
-                pending.rec.reason.clone_from(&reason);
-                pending.rec.status = Some(400);
-                return error(
-                    StatusCode::BAD_REQUEST,
+                return refuse(
+                    &mut pending,
                     provider,
-                    &reason,
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the request body: {e}"),
                     "invalid_request",
                     false,
                 );
@@ -367,14 +362,12 @@ async fn handle(
     let body = match apply_auth(route, &token, &mut parts, body).await {
         Ok(body) => body,
         Err((status, reason)) => {
-            pending.rec.reason = reason.to_owned();
-            pending.rec.status = Some(status.as_u16());
             let kind = match status {
                 StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
                 StatusCode::BAD_REQUEST => "invalid_request",
                 _ => "credential_unavailable",
             };
-            return error(status, provider, reason, kind, false);
+            return refuse(&mut pending, provider, status, reason, kind, false);
         }
     };
     let tracked = Tracked {
@@ -404,9 +397,14 @@ async fn handle(
                 pending.rec.decision = AuditDecision::Allow;
                 pending.rec.failed = true;
             }
-            pending.rec.reason.clone_from(&reason);
-            pending.rec.status = Some(status.as_u16());
-            return error(status, provider, &reason, "upstream_error", true);
+            return refuse(
+                &mut pending,
+                provider,
+                status,
+                &reason,
+                "upstream_error",
+                true,
+            );
         }
     };
     pending.rec.decision = AuditDecision::Allow;
@@ -558,16 +556,29 @@ fn body_too_large(
     provider: Provider,
     over: &crate::body::BodyTooLarge,
 ) -> Response<ResBody> {
-    let reason = over.to_string();
-    pending.rec.reason.clone_from(&reason);
-    pending.rec.status = Some(413);
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
+    refuse(
+        pending,
         provider,
-        &reason,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &over.to_string(),
         "request_too_large",
         false,
     )
+}
+
+/// An [`error`] answer that the request's audit record also tells: `message` becomes its
+/// reason and `status` its status (a caller that logs a different reason sets it after).
+fn refuse(
+    pending: &mut PendingRecord,
+    provider: Provider,
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    retryable: bool,
+) -> Response<ResBody> {
+    message.clone_into(&mut pending.rec.reason);
+    pending.rec.status = Some(status.as_u16());
+    error(status, provider, message, kind, retryable)
 }
 
 /// Turns the client's request into the upstream one, without the credential: target,

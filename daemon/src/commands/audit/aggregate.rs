@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::read::Rec;
+use serde::{Serialize, Serializer};
+
+use super::read::{Rec, format_ms};
 
 /// The most distinct keys one view keeps.
 pub const MAX_KEYS: usize = 50_000;
@@ -16,8 +18,10 @@ const MAX_REASONS: usize = 4;
 /// The most distinct ports or token sources kept per row.
 const MAX_SMALL: usize = 8;
 
-/// Per-domain counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Per-domain counters. The report's domain rows are these as they are (see
+/// [`super::report::DomainRow`]), so the serde attributes here shape its JSON: times as
+/// text, the suggestion-only fields left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DomainStats {
     /// Connections and requests allowed.
     pub allowed: u64,
@@ -32,15 +36,24 @@ pub struct DomainStats {
     /// Bytes upstream to client.
     pub bytes_down: u64,
     /// First record (epoch ms).
+    #[serde(rename = "first_seen", serialize_with = "time_text")]
     pub first: Option<i64>,
     /// Last record (epoch ms).
+    #[serde(rename = "last_seen", serialize_with = "time_text")]
     pub last: Option<i64>,
     /// Deny reasons with counts (the first few distinct ones).
     pub reasons: Vec<(String, u64)>,
     /// The policy reason codes of its denials (the first few distinct ones).
+    #[serde(skip)]
     pub codes: Vec<String>,
     /// Ports of denied connections (the first few distinct ones).
+    #[serde(skip)]
     pub denied_ports: Vec<u16>,
+}
+
+/// Serialises an epoch-ms time as [`format_ms`] text, as the report shows every time.
+fn time_text<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    ms.map(format_ms).serialize(s)
 }
 
 /// Per-rule counters.

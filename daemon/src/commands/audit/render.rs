@@ -4,7 +4,8 @@
 
 use std::fmt::Write as _;
 
-use super::report::Report;
+use super::read::format_ms;
+use super::report::{DomainRow, Report};
 use super::suggest::Verdict;
 
 /// ANSI colour, or nothing.
@@ -57,89 +58,73 @@ pub fn table(r: &Report, top: usize, paint: Paint) -> String {
         return out;
     }
 
-    section(&mut out, "Domains", r.domains.len(), top);
-    let rows: Vec<Vec<String>> = r
-        .domains
-        .iter()
-        .take(top)
-        .map(|d| {
-            vec![
-                d.domain.clone(),
-                d.allowed.to_string(),
-                d.denied.to_string(),
-                format!("{}/{}", d.dns_allowed, d.dns_denied),
-                bytes(d.bytes_up),
-                bytes(d.bytes_down),
-                d.first_seen.clone().unwrap_or_default(),
-                d.last_seen.clone().unwrap_or_default(),
-            ]
-        })
-        .collect();
-    out.push_str(&grid(
-        &[
-            "domain",
-            "allowed",
-            "denied",
-            "dns ok/no",
-            "up",
-            "down",
-            "first seen",
-            "last seen",
-        ],
-        &rows,
-    ));
+    let headers = [
+        "domain",
+        "allowed",
+        "denied",
+        "dns ok/no",
+        "up",
+        "down",
+        "first seen",
+        "last seen",
+    ];
+    grid_section(&mut out, "Domains", &headers, &r.domains, top, |d| {
+        let s = &d.stats;
+        vec![
+            d.domain.clone(),
+            s.allowed.to_string(),
+            s.denied.to_string(),
+            format!("{}/{}", s.dns_allowed, s.dns_denied),
+            bytes(s.bytes_up),
+            bytes(s.bytes_down),
+            s.first.map(format_ms).unwrap_or_default(),
+            s.last.map(format_ms).unwrap_or_default(),
+        ]
+    });
 
-    let denied: Vec<_> = r
-        .domains
-        .iter()
-        .filter(|d| d.denied + d.dns_denied > 0)
-        .collect();
+    let denied = denied_domains(r);
     if !denied.is_empty() {
         section(&mut out, "Denied", denied.len(), top);
         for d in denied.iter().take(top) {
-            let reasons: Vec<String> = d.reasons.iter().map(|(r, n)| format!("{r} x{n}")).collect();
+            let reasons: Vec<String> = d
+                .stats
+                .reasons
+                .iter()
+                .map(|(r, n)| format!("{r} x{n}"))
+                .collect();
             let _ = writeln!(out, "  {}  {}", paint.red(&d.domain), reasons.join("; "));
         }
     }
 
     if !r.rules.is_empty() {
-        section(&mut out, "Rules", r.rules.len(), top);
-        let rows: Vec<Vec<String>> = r
-            .rules
-            .iter()
-            .take(top)
-            .map(|x| vec![x.rule.clone(), x.allowed.to_string(), x.denied.to_string()])
-            .collect();
-        out.push_str(&grid(&["rule", "allowed", "denied"], &rows));
+        let headers = ["rule", "allowed", "denied"];
+        grid_section(&mut out, "Rules", &headers, &r.rules, top, |x| {
+            vec![x.rule.clone(), x.allowed.to_string(), x.denied.to_string()]
+        });
     }
     if !r.credentials.is_empty() {
-        section(&mut out, "Credentials", r.credentials.len(), top);
-        let rows: Vec<Vec<String>> = r
-            .credentials
-            .iter()
-            .take(top)
-            .map(|c| {
+        let headers = ["credential", "requests", "failures", "sources"];
+        grid_section(
+            &mut out,
+            "Credentials",
+            &headers,
+            &r.credentials,
+            top,
+            |c| {
                 vec![
                     c.credential.clone(),
                     c.requests.to_string(),
                     c.failures.to_string(),
                     c.sources.join(", "),
                 ]
-            })
-            .collect();
-        out.push_str(&grid(
-            &["credential", "requests", "failures", "sources"],
-            &rows,
-        ));
+            },
+        );
     }
     for (title, rows) in provenance(r) {
-        section(&mut out, title, rows.len(), top);
-        let rows: Vec<Vec<String>> = rows
-            .iter()
-            .take(top)
-            .map(|(k, v)| vec![k.clone(), v.to_string()])
-            .collect();
-        out.push_str(&grid(&[&title.to_ascii_lowercase(), "records"], &rows));
+        let headers = [title.to_ascii_lowercase(), "records".to_owned()];
+        grid_section(&mut out, title, &headers, rows, top, |(k, v)| {
+            vec![k.clone(), v.to_string()]
+        });
     }
     if r.timeline.buckets.len() > 1 {
         let _ = writeln!(
@@ -216,11 +201,7 @@ pub fn table(r: &Report, top: usize, paint: Paint) -> String {
 pub fn markdown(r: &Report, top: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## egressd audit\n\n{}\n", headline(r));
-    let icon = match r.enforcement.status {
-        "proven" => "✅",
-        "armed" | "not-recorded" => "⚠️",
-        _ => "❌",
-    };
+    let icon = icon(r.enforcement.status);
     let _ = writeln!(out, "**Enforcement:** {icon} {}\n", r.enforcement.summary);
     for w in &r.enforcement.warnings {
         let _ = writeln!(out, "* ❌ {}", md(w));
@@ -237,11 +218,7 @@ pub fn markdown(r: &Report, top: usize) -> String {
 
 /// The job summary block (`--step-summary`): collapsible, headline in the summary line.
 pub fn step_summary(r: &Report, top: usize) -> String {
-    let icon = match r.enforcement.status {
-        "proven" => "✅",
-        "armed" | "not-recorded" => "⚠️",
-        _ => "❌",
-    };
+    let icon = icon(r.enforcement.status);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -271,31 +248,29 @@ fn body(out: &mut String, r: &Report, top: usize) {
             "|--------|---------|--------|---------------|----|------|-----------|"
         );
         for d in r.domains.iter().take(top) {
+            let s = &d.stats;
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {}/{} | {} | {} | {} |",
                 md(&d.domain),
-                d.allowed,
-                d.denied,
-                d.dns_allowed,
-                d.dns_denied,
-                bytes(d.bytes_up),
-                bytes(d.bytes_down),
-                d.last_seen.as_deref().unwrap_or("")
+                s.allowed,
+                s.denied,
+                s.dns_allowed,
+                s.dns_denied,
+                bytes(s.bytes_up),
+                bytes(s.bytes_down),
+                s.last.map(format_ms).unwrap_or_default()
             );
         }
         more(out, r.domains.len(), top);
-        let denied: Vec<_> = r
-            .domains
-            .iter()
-            .filter(|d| d.denied + d.dns_denied > 0)
-            .collect();
+        let denied = denied_domains(r);
         if !denied.is_empty() {
             out.push_str(
                 "\n### Denied\n\n| Name | Denied | Reasons |\n|------|--------|---------|\n",
             );
             for d in denied.iter().take(top) {
                 let reasons: Vec<String> = d
+                    .stats
                     .reasons
                     .iter()
                     .map(|(r, n)| format!("{} ×{n}", md(r)))
@@ -304,7 +279,7 @@ fn body(out: &mut String, r: &Report, top: usize) {
                     out,
                     "| {} | {} | {} |",
                     md(&d.domain),
-                    d.denied + d.dns_denied,
+                    denials(d),
                     reasons.join("; ")
                 );
             }
@@ -450,6 +425,41 @@ fn provenance(r: &Report) -> Vec<(&'static str, &Vec<(String, u64)>)> {
     .into_iter()
     .filter(|(_, rows)| !rows.is_empty())
     .collect()
+}
+
+/// The icon the markdown renderings put before the enforcement verdict.
+fn icon(status: &str) -> &'static str {
+    match status {
+        "proven" => "✅",
+        "armed" | "not-recorded" => "⚠️",
+        _ => "❌",
+    }
+}
+
+/// Connections, requests and DNS queries denied for one domain.
+fn denials(d: &DomainRow) -> u64 {
+    d.stats.denied + d.stats.dns_denied
+}
+
+/// The domains with at least one denial, in report order (the "Denied" views).
+fn denied_domains(r: &Report) -> Vec<&DomainRow> {
+    r.domains.iter().filter(|d| denials(d) > 0).collect()
+}
+
+/// A titled [`grid`] of the first `top` of `items`, one row each by `row` (the table's
+/// views all have this form).
+fn grid_section<T, H: AsRef<str>>(
+    out: &mut String,
+    title: &str,
+    headers: &[H],
+    items: &[T],
+    top: usize,
+    row: impl Fn(&T) -> Vec<String>,
+) {
+    section(out, title, items.len(), top);
+    let rows: Vec<Vec<String>> = items.iter().take(top).map(row).collect();
+    let headers: Vec<&str> = headers.iter().map(AsRef::as_ref).collect();
+    out.push_str(&grid(&headers, &rows));
 }
 
 fn section(out: &mut String, title: &str, count: usize, top: usize) {

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::aggregate::Aggregate;
+use super::aggregate::{Aggregate, DomainStats};
 use super::enforce::Enforcement;
 use super::read::format_ms;
 use super::suggest::Suggestions;
@@ -72,29 +72,14 @@ pub struct Totals {
     pub last: Option<String>,
 }
 
-/// A per-domain row.
+/// A per-domain row: the aggregate's counters under the domain's name, one flat JSON object.
 #[derive(Clone, Debug, Serialize)]
 pub struct DomainRow {
     /// The name (or IP).
     pub domain: String,
-    /// Allowed connections/requests.
-    pub allowed: u64,
-    /// Denied connections/requests.
-    pub denied: u64,
-    /// DNS queries answered.
-    pub dns_allowed: u64,
-    /// DNS queries refused.
-    pub dns_denied: u64,
-    /// Bytes up.
-    pub bytes_up: u64,
-    /// Bytes down.
-    pub bytes_down: u64,
-    /// First seen.
-    pub first_seen: Option<String>,
-    /// Last seen.
-    pub last_seen: Option<String>,
-    /// Deny reasons with counts.
-    pub reasons: Vec<(String, u64)>,
+    /// Its counters (times serialised as text, see [`DomainStats`]).
+    #[serde(flatten)]
+    pub stats: DomainStats,
 }
 
 /// A per-rule row.
@@ -168,18 +153,13 @@ impl Report {
             .iter()
             .map(|(name, d)| DomainRow {
                 domain: name.clone(),
-                allowed: d.allowed,
-                denied: d.denied,
-                dns_allowed: d.dns_allowed,
-                dns_denied: d.dns_denied,
-                bytes_up: d.bytes_up,
-                bytes_down: d.bytes_down,
-                first_seen: d.first.map(format_ms),
-                last_seen: d.last.map(format_ms),
-                reasons: d.reasons.clone(),
+                stats: d.clone(),
             })
             .collect();
-        let total = |r: &DomainRow| r.allowed + r.denied + r.dns_allowed + r.dns_denied;
+        let total = |r: &DomainRow| {
+            let d = &r.stats;
+            d.allowed + d.denied + d.dns_allowed + d.dns_denied
+        };
         domains.sort_by(|a, b| {
             total(b)
                 .cmp(&total(a))
