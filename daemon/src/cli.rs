@@ -136,6 +136,44 @@ pub struct PolicyArgs {
     /// `"decision": "deny", "enforced": false`). For finding the allowlist a job needs.
     #[arg(long = "audit-only")]
     pub audit_only: bool,
+    /// How allowed pass-through connections move their bytes: `auto` relays them inside the
+    /// kernel (sockmap) where it can and with splice elsewhere; `kernel` refuses to start
+    /// without the in-kernel relay; `splice` never uses it. `egressd doctor` says which
+    /// this host gets.
+    #[arg(
+        long = "relay",
+        value_name = "auto|kernel|splice",
+        default_value = "auto"
+    )]
+    pub relay: RelayChoice,
+}
+
+/// `--relay`: the pass-through relay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum RelayChoice {
+    /// The in-kernel relay where it loads, else splice.
+    #[default]
+    Auto,
+    /// The in-kernel relay, or refuse to start.
+    Kernel,
+    /// Always splice.
+    Splice,
+}
+
+impl RelayChoice {
+    /// The relay the proxies get from what the loader offers (`Err`: why the kernel has none):
+    /// `Ok(None)` means splice; an error means `kernel` was asked for and is not there.
+    pub fn pick<T>(self, offered: Result<T, String>) -> anyhow::Result<Option<T>> {
+        match (self, offered) {
+            (Self::Splice, _) => Ok(None),
+            (Self::Auto, offered) => Ok(offered.ok()),
+            (Self::Kernel, Ok(relay)) => Ok(Some(relay)),
+            (Self::Kernel, Err(why)) => Err(anyhow::anyhow!(
+                "--relay kernel: this kernel cannot relay inside the kernel ({why}); use \
+                 --relay auto or splice"
+            )),
+        }
+    }
 }
 
 /// `egressd exec`.

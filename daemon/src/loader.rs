@@ -24,7 +24,8 @@ use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
+        SockOps,
         cgroup_skb::CgroupSkbLinkId,
         cgroup_sock::CgroupSockLinkId,
         cgroup_sock_addr::CgroupSockAddrLinkId,
@@ -298,6 +299,8 @@ pub struct Loader {
     unix_allow: LpmTrie<MapData, UnixAllowData, u32>,
     /// `UNIX_EVENTS`, until [`Loader::unix_events`] takes it.
     unix_events: Option<aya::maps::Map>,
+    /// The in-kernel relay for pass-through, loaded and attached to its sockmap; or why not.
+    relay: Result<Arc<relay::MapRelay>, String>,
 }
 
 impl Loader {
@@ -338,6 +341,12 @@ impl Loader {
             tracing::debug!("Unix-socket hooks not available: {why}");
         }
 
+        let relay = relay::load(&mut ebpf)
+            .map(Arc::new)
+            .map_err(|e| format!("{e:#}"));
+        if let Err(why) = &relay {
+            tracing::debug!("in-kernel relay not available, pass-through uses splice: {why}");
+        }
         let sandboxes = HashMap::try_from(take_map(&mut ebpf, "SANDBOXES")?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?)?;
         let by_client = HashMap::try_from(take_map(&mut ebpf, "ORIG_BY_CLIENT")?)?;
@@ -355,6 +364,7 @@ impl Loader {
             next_unix_link: 0,
             unix_allow,
             unix_events,
+            relay,
         })
     }
 
@@ -474,29 +484,22 @@ impl Loader {
     fn attach_programs(&mut self, cgroup: &Cgroup, links: &mut Links) -> anyhow::Result<()> {
         let dir = cgroup.dir();
         let path = cgroup.path().display().to_string();
+        let ebpf = &mut self.ebpf;
         for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let id = prog
-                .attach(dir, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to cgroup {path}"))?;
+            let id = attach_program::<CgroupSockAddr>(ebpf, name, cgroup)?;
             links.sock_addr.push((name, id));
         }
-        let ops: &mut SockOps = program(&mut self.ebpf, SOCK_OPS_PROGRAM)?;
-        links.ops = Some(
-            ops.attach(dir, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {SOCK_OPS_PROGRAM} to cgroup {path}"))?,
-        );
-        let release: &mut CgroupSock = program(&mut self.ebpf, SOCK_RELEASE_PROGRAM)?;
-        links.release = Some(
-            release
-                .attach(dir, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {SOCK_RELEASE_PROGRAM} to cgroup {path}"))?,
-        );
-        let skb: &mut CgroupSkb = program(&mut self.ebpf, SKB_EGRESS_PROGRAM)?;
-        links.skb = Some(
-            skb.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {SKB_EGRESS_PROGRAM} to cgroup {path}"))?,
-        );
+        links.ops = Some(attach_program::<SockOps>(ebpf, SOCK_OPS_PROGRAM, cgroup)?);
+        links.release = Some(attach_program::<CgroupSock>(
+            ebpf,
+            SOCK_RELEASE_PROGRAM,
+            cgroup,
+        )?);
+        links.skb = Some(attach_program::<CgroupSkb>(
+            ebpf,
+            SKB_EGRESS_PROGRAM,
+            cgroup,
+        )?);
         if let Ok(loaded) = &self.unix {
             for prog in loaded {
                 let link = unix_hooks::link_create(prog, dir.as_fd())
@@ -527,31 +530,20 @@ impl Loader {
             .map(|(name, key)| (name, self.unix_links.remove(&key)))
             .collect();
         // Take every link out of aya's bookkeeping first: from here on dropping one detaches it.
-        let mut taken: Vec<(&str, anyhow::Result<FdLink>)> = Vec::new();
-        for (name, id) in sock_addr {
-            let link = program::<CgroupSockAddr>(&mut self.ebpf, name)
-                .and_then(|p| Ok(p.take_link(id)?))
-                .and_then(|l| Ok(FdLink::try_from(l)?));
-            taken.push((name, link));
-        }
-        if let Some(id) = ops {
-            let link = program::<SockOps>(&mut self.ebpf, SOCK_OPS_PROGRAM)
-                .and_then(|p| Ok(p.take_link(id)?))
-                .and_then(|l| Ok(FdLink::try_from(l)?));
-            taken.push((SOCK_OPS_PROGRAM, link));
-        }
-        if let Some(id) = release {
-            let link = program::<CgroupSock>(&mut self.ebpf, SOCK_RELEASE_PROGRAM)
-                .and_then(|p| Ok(p.take_link(id)?))
-                .and_then(|l| Ok(FdLink::try_from(l)?));
-            taken.push((SOCK_RELEASE_PROGRAM, link));
-        }
-        if let Some(id) = skb {
-            let link = program::<CgroupSkb>(&mut self.ebpf, SKB_EGRESS_PROGRAM)
-                .and_then(|p| Ok(p.take_link(id)?))
-                .and_then(|l| Ok(FdLink::try_from(l)?));
-            taken.push((SKB_EGRESS_PROGRAM, link));
-        }
+        let ebpf = &mut self.ebpf;
+        let mut taken = take_links::<CgroupSockAddr>(ebpf, sock_addr);
+        taken.extend(take_links::<SockOps>(
+            ebpf,
+            ops.map(|id| (SOCK_OPS_PROGRAM, id)),
+        ));
+        taken.extend(take_links::<CgroupSock>(
+            ebpf,
+            release.map(|id| (SOCK_RELEASE_PROGRAM, id)),
+        ));
+        taken.extend(take_links::<CgroupSkb>(
+            ebpf,
+            skb.map(|id| (SKB_EGRESS_PROGRAM, id)),
+        ));
         let mut pinned = PinnedLinks {
             cgroup_id,
             dir: dir.to_path_buf(),
@@ -628,34 +620,23 @@ impl Loader {
                 tracing::warn!("detaching {name}: the loader has no such link");
             }
         }
-        for (name, id) in sock_addr {
-            if let Err(e) =
-                program::<CgroupSockAddr>(&mut self.ebpf, name).and_then(|p| Ok(p.detach(id)?))
-            {
-                tracing::warn!("detaching {name}: {e:#}");
-            }
-        }
-        if let Some(id) = ops
-            && let Err(e) =
-                program::<SockOps>(&mut self.ebpf, SOCK_OPS_PROGRAM).and_then(|p| Ok(p.detach(id)?))
-        {
-            tracing::warn!("detaching {SOCK_OPS_PROGRAM}: {e:#}");
-        }
-        if let Some(id) = release
-            && let Err(e) = program::<CgroupSock>(&mut self.ebpf, SOCK_RELEASE_PROGRAM)
-                .and_then(|p| Ok(p.detach(id)?))
-        {
-            tracing::warn!("detaching {SOCK_RELEASE_PROGRAM}: {e:#}");
-        }
-        if let Some(id) = skb
-            && let Err(e) = program::<CgroupSkb>(&mut self.ebpf, SKB_EGRESS_PROGRAM)
-                .and_then(|p| Ok(p.detach(id)?))
-        {
-            tracing::warn!("detaching {SKB_EGRESS_PROGRAM}: {e:#}");
-        }
+        let ebpf = &mut self.ebpf;
+        detach_links::<CgroupSockAddr>(ebpf, sock_addr);
+        detach_links::<SockOps>(ebpf, ops.map(|id| (SOCK_OPS_PROGRAM, id)));
+        detach_links::<CgroupSock>(ebpf, release.map(|id| (SOCK_RELEASE_PROGRAM, id)));
+        detach_links::<CgroupSkb>(ebpf, skb.map(|id| (SKB_EGRESS_PROGRAM, id)));
         self.forget_unix_allow(cgroup_id);
         if let Err(e) = self.sandboxes.remove(&cgroup_id) {
             tracing::warn!("removing cgroup {cgroup_id} from the SANDBOXES map: {e}");
+        }
+    }
+
+    /// The in-kernel relay the proxies hand pass-through connections to, or why this kernel
+    /// has none (they use splice then).
+    pub fn kernel_relay(&self) -> Result<Arc<dyn egressd_proxy::KernelRelay>, String> {
+        match &self.relay {
+            Ok(relay) => Ok(Arc::clone(relay) as Arc<dyn egressd_proxy::KernelRelay>),
+            Err(why) => Err(why.clone()),
         }
     }
 
@@ -724,6 +705,85 @@ where
         .ok_or_else(|| anyhow!("the embedded eBPF object has no program {name}"))?;
     prog.try_into()
         .with_context(|| format!("eBPF program {name} has an unexpected type"))
+}
+
+/// The aya program types egressd attaches to a cgroup. aya gives each its own inherent
+/// `attach`, `detach` and `take_link` (and link-id type), so this trait lets one generic
+/// helper attach, detach or take the links of any of them.
+trait CgroupProgram: Sized {
+    /// The id aya hands out for one attachment of this program type.
+    type LinkId;
+    /// Looks program `name` of this type up in `ebpf`.
+    fn find<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Self>;
+    /// Attaches the program to `cgroup` (single mode).
+    fn attach_to(&mut self, cgroup: &std::fs::File) -> Result<Self::LinkId, ProgramError>;
+    /// Detaches attachment `id`.
+    fn detach_link(&mut self, id: Self::LinkId) -> Result<(), ProgramError>;
+    /// Takes attachment `id` out of aya's bookkeeping as an [`FdLink`] (which pinning needs).
+    fn take_fd_link(&mut self, id: Self::LinkId) -> anyhow::Result<FdLink>;
+}
+
+/// Implements [`CgroupProgram`] for aya program type `$ty` by forwarding to its inherent
+/// methods; `$arg`s are the attach arguments it takes before the mode.
+macro_rules! cgroup_program {
+    ($ty:ty, $id:ty $(, $arg:expr)*) => {
+        impl CgroupProgram for $ty {
+            type LinkId = $id;
+            fn find<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Self> {
+                program(ebpf, name)
+            }
+            fn attach_to(&mut self, cgroup: &std::fs::File) -> Result<$id, ProgramError> {
+                self.attach(cgroup, $($arg,)* CgroupAttachMode::Single)
+            }
+            fn detach_link(&mut self, id: $id) -> Result<(), ProgramError> {
+                self.detach(id)
+            }
+            fn take_fd_link(&mut self, id: $id) -> anyhow::Result<FdLink> {
+                Ok(FdLink::try_from(self.take_link(id)?)?)
+            }
+        }
+    };
+}
+
+cgroup_program!(CgroupSockAddr, CgroupSockAddrLinkId);
+cgroup_program!(SockOps, SockOpsLinkId);
+cgroup_program!(CgroupSock, CgroupSockLinkId);
+cgroup_program!(CgroupSkb, CgroupSkbLinkId, CgroupSkbAttachType::Egress);
+
+/// Attaches program `name` (of type `T`) to `cgroup`.
+fn attach_program<T: CgroupProgram>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    cgroup: &Cgroup,
+) -> anyhow::Result<T::LinkId> {
+    T::find(ebpf, name)?
+        .attach_to(cgroup.dir())
+        .with_context(|| format!("attaching {name} to cgroup {}", cgroup.path().display()))
+}
+
+/// Takes the links `ids` (program name, attachment) of type-`T` programs out of aya as
+/// [`FdLink`]s, for pinning. Each result stays with its program's name, so the caller can
+/// say which one failed once it has taken all of them.
+fn take_links<T: CgroupProgram>(
+    ebpf: &mut Ebpf,
+    ids: impl IntoIterator<Item = (&'static str, T::LinkId)>,
+) -> Vec<(&'static str, anyhow::Result<FdLink>)> {
+    ids.into_iter()
+        .map(|(name, id)| (name, T::find(ebpf, name).and_then(|p| p.take_fd_link(id))))
+        .collect()
+}
+
+/// Detaches the links `ids` (program name, attachment) of type-`T` programs. Failures are
+/// logged, not returned: detaching is cleanup, and each link is tried.
+fn detach_links<T: CgroupProgram>(
+    ebpf: &mut Ebpf,
+    ids: impl IntoIterator<Item = (&'static str, T::LinkId)>,
+) {
+    for (name, id) in ids {
+        if let Err(e) = T::find(ebpf, name).and_then(|p| Ok(p.detach_link(id)?)) {
+            tracing::warn!("detaching {name}: {e:#}");
+        }
+    }
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
@@ -823,6 +883,7 @@ fn orig_addr(orig: &OrigDst) -> SocketAddr {
     SocketAddr::new(ip, u16::from_be(orig.port))
 }
 
+mod relay;
 mod unix_hooks;
 
 #[cfg(test)]

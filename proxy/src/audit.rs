@@ -187,6 +187,10 @@ pub(crate) struct Record {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
+    /// Pass-through: how the bytes moved after the decision, `kernel` (the in-kernel relay)
+    /// or `splice`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// Path only, never the query string.
@@ -284,6 +288,7 @@ impl Record {
             bytes_up: 0,
             bytes_down: 0,
             duration_ms: 0,
+            relay: None,
             method: None,
             path: None,
             ech: false,

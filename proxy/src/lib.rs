@@ -99,6 +99,7 @@ pub use crate::audit::{
     UnixDenial,
 };
 pub use crate::error::{ClassifyError, ConnectError, Error, ErrorKind};
+pub use crate::transport::sockmap::{KernelRelay, RelayCounts};
 
 use crate::transport::connect::Connector;
 
@@ -114,6 +115,11 @@ pub struct Proxy {
     connector: Arc<Connector>,
     interception: Option<intercept::Interception>,
     api_proxy: Option<awf::apiproxy::Server>,
+    /// The in-kernel relay for pass-through, when the daemon loaded one.
+    kernel_relay: Option<Arc<dyn KernelRelay>>,
+    /// The epoll set the in-kernel relay's connections wait on for their ends, made on first
+    /// use (it needs the runtime); `None` when it could not be made (then splice).
+    relay_ends: std::sync::OnceLock<Option<transport::ends::Ends>>,
     /// One permit per open connection, `config.limits.max_connections` in all: connections
     /// past the limit are reset and audited (`listener.rs`).
     slots: Arc<tokio::sync::Semaphore>,
@@ -165,7 +171,29 @@ impl Proxy {
             connector,
             interception: None,
             api_proxy: None,
+            kernel_relay: None,
+            relay_ends: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Relays allowed TLS pass-through connections inside the kernel through `relay` (see
+    /// [`KernelRelay`]); without it, or when it refuses a connection, bytes move with
+    /// `splice(2)`.
+    #[must_use]
+    pub fn with_kernel_relay(mut self, relay: Arc<dyn KernelRelay>) -> Self {
+        self.kernel_relay = Some(relay);
+        self
+    }
+
+    /// The in-kernel relay and its epoll set, when both are there.
+    fn kernel_relay(&self) -> Option<(&dyn KernelRelay, &transport::ends::Ends)> {
+        let kernel = self.kernel_relay.as_deref()?;
+        let ends = self.relay_ends.get_or_init(|| {
+            transport::ends::Ends::new()
+                .map_err(|e| tracing::warn!("in-kernel relay off, using splice: {e}"))
+                .ok()
+        });
+        Some((kernel, ends.as_ref()?))
     }
 
     /// Turns on TLS interception for the hosts of `config.intercepts`: leaves from `ca`,

@@ -106,6 +106,8 @@ fn doctor_reports_the_checks_and_the_backend() {
         "nftables",
         // The layers beyond the network (issue 14).
         "unix-hooks",
+        // The pass-through relay (issue 18).
+        "relay",
         "seccomp",
         "landlock",
         "pty",

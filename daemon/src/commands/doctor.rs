@@ -102,6 +102,22 @@ fn examine() -> Report {
         },
     );
     check(
+        "relay",
+        match &loaded {
+            Some(Ok(loader)) => loader
+                .kernel_relay()
+                .map(|_| {
+                    "in the kernel (sockmap stream verdict): allowed TLS pass-through bytes never \
+                     wake the proxy; loopback destinations and --relay splice use splice(2)"
+                        .to_owned()
+                })
+                .map_err(|why| format!("{why}: pass-through relays with splice(2)")),
+            _ => {
+                Err("the eBPF programs did not load: pass-through relays with splice(2)".to_owned())
+            }
+        },
+    );
+    check(
         "seccomp",
         match sandbox::seccomp::compile(&sandbox::seccomp::Profile::Default) {
             Ok(Some(p)) => Ok(format!(

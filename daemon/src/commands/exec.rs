@@ -56,6 +56,7 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         awf: None,
         test_proxy_down: args.test_proxy_down,
         backend: args.backend,
+        relay: args.policy.relay,
     })?;
     eprintln!("{}", outcome.summary);
     if !outcome.removed_env.is_empty() {
@@ -259,6 +260,8 @@ pub(crate) struct Plan {
     pub test_proxy_down: bool,
     /// How connections are sent to the proxy.
     pub backend: Backend,
+    /// How allowed pass-through connections move their bytes.
+    pub relay: crate::cli::RelayChoice,
 }
 
 /// The backend chosen for a run, with what it holds.
@@ -332,6 +335,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         awf,
         test_proxy_down,
         backend,
+        relay,
     } = plan;
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure::setup(anyhow!(
@@ -475,6 +479,11 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         dns_port6: dns_port6.to_be(),
         flags,
     };
+    let kernel_relay = match &armed {
+        Armed::Ebpf(loader) => loader.kernel_relay(),
+        Armed::Nftables => Err("the nftables backend has no eBPF programs".to_owned()),
+    };
+    let kernel_relay = relay.pick(kernel_relay).map_err(Failure::setup)?;
     let orig: Arc<dyn egressd_proxy::OrigDstLookup> = match &mut armed {
         Armed::Ebpf(loader) => {
             // The links stay attached until the loader is dropped, after the cgroup is
@@ -540,6 +549,10 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         let _guard = runtime.enter();
         let proxy = Proxy::new(config, orig, audit.clone(), sandbox.clone())
             .map_err(|e| Failure::setup(anyhow!(e).context("starting the proxy")))?;
+        let proxy = match kernel_relay {
+            Some(relay) => proxy.with_kernel_relay(relay),
+            None => proxy,
+        };
         match (&mode, &net.netns) {
             // The sandbox's loopback is not ours: reach it from inside its namespace.
             (NetnsMode::Path(_), Some(netns)) => proxy.with_loopback_sockets(Arc::new(

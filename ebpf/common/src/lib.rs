@@ -223,6 +223,27 @@ pub const MAX_SANDBOXES: u32 = 1024;
 /// Capacity of each original-destination map (LRU: the oldest entries go first).
 pub const MAX_TRACKED_SOCKETS: u32 = 65536;
 
+/// One socket of a pass-through connection relayed inside the kernel, keyed by that
+/// socket's cookie in `RELAY_PEERS` (the sockets themselves are in `RELAY_SOCKETS`, keyed by
+/// the same cookie). The stream-verdict program redirects every byte the socket receives to
+/// the egress of `peer` and counts it here; the proxy reads the counts for its audit record,
+/// its idle timeout and its half-close.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayPeer {
+    /// Cookie of the socket this one's bytes go to.
+    pub peer: u64,
+    /// Bytes received on this socket and handed to `peer` (added by the kernel program).
+    pub bytes: u64,
+    /// Bytes received while `peer` was not in `RELAY_SOCKETS` (kept on this socket; the
+    /// proxy treats any as a failed hand-over, since their order is lost).
+    pub unpaired: u64,
+}
+
+/// Capacity of `RELAY_SOCKETS` and `RELAY_PEERS`: sockets (two per connection) relayed in
+/// the kernel at once. A connection that finds them full is relayed with `splice(2)`.
+pub const MAX_RELAY_SOCKETS: u32 = 65536;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is #[repr(C)], Copy, made only of integers, with explicit padding
@@ -236,12 +257,22 @@ mod pod {
     unsafe impl aya::Pod for super::UnixAllowData {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UnixEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RelayPeer {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn relay_peer_layout() {
+        assert_eq!(size_of::<RelayPeer>(), 24);
+        assert_eq!(offset_of!(RelayPeer, peer), 0);
+        assert_eq!(offset_of!(RelayPeer, bytes), 8);
+        assert_eq!(offset_of!(RelayPeer, unpaired), 16);
+    }
 
     #[test]
     fn sandbox_config_layout() {

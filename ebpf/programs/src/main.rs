@@ -10,6 +10,8 @@ mod connect;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod relay;
+#[cfg(target_arch = "bpf")]
 mod skb;
 #[cfg(target_arch = "bpf")]
 mod sockops;
@@ -20,12 +22,12 @@ mod unix;
 mod programs {
     use aya_ebpf::{
         bindings::bpf_sock_addr,
-        macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, sock_ops},
+        macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, sock_ops, stream_verdict},
         programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
     };
     use egressd_ebpf_common::{UNIX_KIND_CONNECT, UNIX_KIND_SENDMSG};
 
-    use crate::{connect, maps::count, skb, sockops, unix};
+    use crate::{connect, maps::count, relay, skb, sockops, unix};
 
     const ALLOW: i32 = 1;
     const REFUSE: i32 = 0;
@@ -121,6 +123,12 @@ mod programs {
     #[cgroup_skb(egress)]
     pub fn egressd_skb_egress(ctx: SkBuffContext) -> i32 {
         verdict(skb::try_egress(&ctx))
+    }
+
+    /// The in-kernel relay of pass-through connections (`RELAY_SOCKETS`).
+    #[stream_verdict]
+    pub fn egressd_relay(ctx: SkBuffContext) -> u32 {
+        relay::verdict(&ctx)
     }
 
     #[panic_handler]

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use egressd_ebpf_common::{
-    ClientKey, MAX_SANDBOXES, MAX_TRACKED_SOCKETS, MAX_UNIX_ALLOW, OrigDst, SandboxConfig,
-    UNIX_EVENTS_BYTES, UnixAllowData, counter,
+    ClientKey, MAX_RELAY_SOCKETS, MAX_SANDBOXES, MAX_TRACKED_SOCKETS, MAX_UNIX_ALLOW, OrigDst,
+    RelayPeer, SandboxConfig, UNIX_EVENTS_BYTES, UnixAllowData, counter,
 };
 
 /// Sandbox settings by cgroup v2 id; written by the loader before the first process joins.
@@ -37,6 +37,16 @@ pub static UNIX_ALLOW: LpmTrie<UnixAllowData, u32> = LpmTrie::with_max_entries(M
 /// Refused Unix-socket addresses (`UnixEvent`), read by the daemon.
 #[map]
 pub static UNIX_EVENTS: RingBuf = RingBuf::with_byte_size(UNIX_EVENTS_BYTES, 0);
+
+/// Sockets of pass-through connections relayed in the kernel, by socket cookie; the
+/// stream-verdict program (`relay.rs`) is attached to it. Written by the proxy.
+#[map]
+pub static RELAY_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_RELAY_SOCKETS, 0);
+
+/// Each relayed socket's peer and byte counts, by socket cookie. Written by the proxy
+/// before the socket goes into `RELAY_SOCKETS`; counted by the kernel program.
+#[map]
+pub static RELAY_PEERS: HashMap<u64, RelayPeer> = HashMap::with_max_entries(MAX_RELAY_SOCKETS, 0);
 
 /// Adds one to counter `index`.
 #[inline(always)]

@@ -28,7 +28,7 @@ use crate::error::{ErrorKind, chain};
 use crate::host::HostName;
 use crate::intercept;
 use crate::respond;
-use crate::transport::{connect, limits, splice};
+use crate::transport::{connect, limits, relay, sockmap, splice};
 
 /// Audit reason for a connection whose original destination is unknown.
 const NO_ORIG_DST: &str = "no original destination recorded";
@@ -90,9 +90,11 @@ impl Proxy {
             return self.refuse(stream, rec, started);
         };
         match route(orig, local, self.api_proxy.is_some()) {
-            Route::Dns => return crate::dns::serve_tcp(&self, stream, client.0, orig.0).await,
+            Route::Dns => {
+                return Box::pin(crate::dns::serve_tcp(&self, stream, client.0, orig.0)).await;
+            }
             Route::ApiProxy => {
-                return crate::awf::apiproxy::serve(self, stream, client.0, orig.0).await;
+                return Box::pin(crate::awf::apiproxy::serve(self, stream, client.0, orig.0)).await;
             }
             Route::SelfLoop => {
                 rec.reason = SELF_LOOP.to_owned();
@@ -108,7 +110,12 @@ impl Proxy {
             Route::Classify => {}
         }
         let max_head = self.config.limits.max_header_bytes as usize;
-        let classified = classify(&mut stream, self.config.timeouts.classify, max_head).await;
+        let classified = Box::pin(classify(
+            &mut stream,
+            self.config.timeouts.classify,
+            max_head,
+        ))
+        .await;
         let (classified, buffered) = match classified {
             Ok(c) => c,
             Err(e) => {
@@ -124,7 +131,7 @@ impl Proxy {
                     if let crate::error::ClassifyError::HttpHeadTooLarge { .. } = e {
                         rec.reason = limits::too_large_reason(self.config.limits.max_header_bytes);
                     }
-                    return self.head_too_large(stream, rec, started).await;
+                    return Box::pin(self.head_too_large(stream, rec, started)).await;
                 }
                 return self.refuse(stream, rec, started);
             }
@@ -132,7 +139,7 @@ impl Proxy {
         let Classified::Tls(hello) = &classified else {
             // Plain HTTP: each request is decided on its own `Host` (`http.rs`).
             let io = Rewind::new(buffered, stream);
-            return http::serve(&self, io, client, orig).await;
+            return Box::pin(http::serve(&self, io, client, orig)).await;
         };
         rec.proto = Proto::Tls;
         rec.ech = hello.ech;
@@ -145,9 +152,15 @@ impl Proxy {
                 // A rule names this host: terminate TLS and judge each request.
                 let sni = hello.sni.clone().unwrap_or_default();
                 let io = Rewind::new(buffered, stream);
-                let served =
-                    intercept::serve(Arc::clone(&self), io, sni.clone(), client.0, orig.0, rules)
-                        .await;
+                let served = Box::pin(intercept::serve(
+                    Arc::clone(&self),
+                    io,
+                    sni.clone(),
+                    client.0,
+                    orig.0,
+                    rules,
+                ))
+                .await;
                 if let Err(reason) = served {
                     // The requests (if any) have their own records; this one says why the
                     // connection ended badly.
@@ -167,7 +180,7 @@ impl Proxy {
     /// Acts on a TLS or loopback verdict: refuse, or connect and relay `prefix` + the rest.
     async fn pass_through(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         prefix: Vec<u8>,
         verdict: Verdict,
         mut rec: Record,
@@ -185,10 +198,14 @@ impl Proxy {
         let Verdict::PassThrough { .. } = verdict else {
             return self.refuse(stream, rec, started);
         };
-        let mut upstream = match self
-            .connector
-            .connect(&dest.host, dest.port, decision.reach())
-            .await
+        // Each stage's future is boxed and gone once it completes: an idle relayed
+        // connection holds only the relay's state, not the resolver's or the classifier's.
+        let upstream = match Box::pin(self.connector.connect(
+            &dest.host,
+            dest.port,
+            decision.reach(),
+        ))
+        .await
         {
             Ok(u) => u,
             Err(e) => {
@@ -201,20 +218,54 @@ impl Proxy {
         };
         rec.went_ahead(&decision);
         rec.upstream = Some(upstream.addr);
-        // Bytes move inside the kernel (splice): no userspace copy.
-        let out = splice::relay(
-            &mut stream,
-            &mut upstream.stream,
-            &prefix,
-            self.config.timeouts.idle,
-        )
-        .await;
+        let in_kernel = rec.proto == Proto::Tls;
+        let (out, how) = self.relay(stream, upstream.stream, prefix, in_kernel).await;
+        rec.relay = how;
         rec.bytes_up = out.bytes_up;
         rec.bytes_down = out.bytes_down;
         if let Some(end) = out.end.describe() {
             rec.reason = format!("{}; {end}", rec.reason);
         }
         self.finish(rec, started);
+    }
+
+    /// Moves an allowed connection's bytes, `prefix` (what classification read) first:
+    /// through the in-kernel relay when `in_kernel` and the daemon gave one, else (or when
+    /// it refuses the sockets) with splice. Either way no byte passes through a userspace
+    /// buffer after the prefix, which is freed once written. Returns how it went and which
+    /// path carried it (`kernel`, `splice`; none when the prefix could not be written).
+    ///
+    /// Loopback destinations take splice: a local client may speak first and keep
+    /// speaking, and the hand-over cannot keep bytes in order that arrive during it.
+    async fn relay(
+        &self,
+        mut client: TcpStream,
+        mut upstream: TcpStream,
+        prefix: Vec<u8>,
+        in_kernel: bool,
+    ) -> (relay::Outcome, Option<&'static str>) {
+        let idle = self.config.timeouts.idle;
+        let read = match relay::write_prefix(&mut upstream, &prefix, idle).await {
+            Ok(n) => n,
+            Err(end) => return (relay::Outcome::ended(end), None),
+        };
+        drop(prefix);
+        let mut out = 'relayed: {
+            if let Some((kernel, ends)) = self.kernel_relay().filter(|_| in_kernel) {
+                let handed = sockmap::relay(kernel, ends, client, upstream, read, idle);
+                match Box::pin(handed).await {
+                    Ok(out) => break 'relayed (out, "kernel"),
+                    Err(not) => {
+                        tracing::debug!("in-kernel relay refused the connection: {}", not.why);
+                        (client, upstream) = (not.client, not.upstream);
+                    }
+                }
+            }
+            let spliced = splice::relay(&mut client, &mut upstream, &[], idle);
+            (Box::pin(spliced).await, "splice")
+        };
+        out.0.bytes_up += read;
+        (out.0, Some(out.1))
     }
 
     /// Refuses a connection accepted past `limits.max_connections`: reset and audited.

@@ -5,6 +5,8 @@
 //! imports none of.
 
 pub(crate) mod connect;
+pub(crate) mod ends;
 pub(crate) mod limits;
 pub(crate) mod relay;
+pub(crate) mod sockmap;
 pub(crate) mod splice;

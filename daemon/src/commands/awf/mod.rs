@@ -334,6 +334,7 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
         awf: Some(awf_log),
         test_proxy_down: false,
         backend: crate::cli::Backend::Auto,
+        relay: crate::cli::RelayChoice::Auto,
     })
     .map_err(|f| format!("{:#}", f.error))?;
 

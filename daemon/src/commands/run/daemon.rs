@@ -51,6 +51,8 @@ pub struct Daemon {
     audit: Arc<AuditLog>,
     loader: StdMutex<Loader>,
     orig: Arc<dyn OrigDstLookup>,
+    /// The in-kernel relay every proxy hands pass-through to, when this kernel has one.
+    kernel_relay: Option<Arc<dyn egressd_proxy::KernelRelay>>,
     provenance: Option<Provenance>,
     started: String,
     /// The interception CA's certificate fingerprint, for `arm` records.
@@ -105,6 +107,7 @@ impl Daemon {
         state_file: PathBuf,
     ) -> anyhow::Result<Self> {
         let orig = loader.orig_dst();
+        let kernel_relay = args.policy.relay.pick(loader.kernel_relay())?;
         let intercept_hosts = config.intercepts.host_patterns();
         let mut bundle = None;
         let mut ca_fingerprint = None;
@@ -136,6 +139,7 @@ impl Daemon {
             audit,
             loader: StdMutex::new(loader),
             orig,
+            kernel_relay,
             provenance,
             started: now(),
             ca_fingerprint,
@@ -692,6 +696,10 @@ impl Daemon {
             attachment.name.clone(),
         )
         .context("starting the proxy")?;
+        let proxy = match &self.kernel_relay {
+            Some(relay) => proxy.with_kernel_relay(Arc::clone(relay)),
+            None => proxy,
+        };
         let proxy = match &attachment.loopback {
             Some(sockets) => proxy.with_loopback_sockets(sockets.clone()),
             None => proxy,
