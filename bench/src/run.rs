@@ -34,7 +34,7 @@ use serde::Serialize;
 use crate::{
     netns::BenchNet,
     pki, plot, policy,
-    procfs::Measured,
+    procfs::{self, Measured},
     proto::{Op, Reply, UPSTREAM_NAME},
     report,
     targets::{self, Kind, Running, Setup, Tools},
@@ -160,6 +160,9 @@ pub struct Rate {
     pub p99_ms: f64,
     /// Failed operations.
     pub errors: u64,
+    /// The whole machine's busy CPU time per operation, microseconds (client, upstream,
+    /// proxy and kernel together; see `procfs::machine_busy_ns`).
+    pub machine_cpu_us: Option<f64>,
 }
 
 /// One bulk transfer.
@@ -169,6 +172,8 @@ pub struct Bulk {
     pub mb_per_s: f64,
     /// The proxy's CPU seconds per 10^9 bytes (none for `direct`).
     pub cpu_s_per_gb: Option<f64>,
+    /// The whole machine's busy CPU seconds per 10^9 bytes (every target, `direct` too).
+    pub machine_cpu_s_per_gb: Option<f64>,
 }
 
 /// RSS sample of the proxy.
@@ -245,6 +250,10 @@ pub struct Summary {
     pub bulk_mb_s: Option<f64>,
     /// Proxy CPU seconds per GB of bulk transfer.
     pub cpu_s_per_gb: Option<f64>,
+    /// Machine CPU seconds per GB of bulk transfer.
+    pub machine_cpu_s_per_gb: Option<f64>,
+    /// Machine CPU microseconds per keep-alive request.
+    pub req_cpu_us: Option<f64>,
     /// Proxy RSS at idle, MiB.
     pub rss_idle_mib: Option<f64>,
     /// Proxy peak RSS with the most connections held, MiB.
@@ -506,6 +515,7 @@ fn workloads(
             .conn_rate
             .push(rate(&r, "new connections", &mut result.notes)?);
     }
+    let busy_before = procfs::machine_busy_ns();
     let r = driver.call(
         &Op::KeepAlive {
             concurrency: plan.concurrency,
@@ -513,9 +523,17 @@ fn workloads(
         },
         plan.keep_alive + Duration::from_secs(30),
     )?;
-    result
-        .keep_alive
-        .push(rate(&r, "keep-alive", &mut result.notes)?);
+    let busy = busy_before
+        .zip(procfs::machine_busy_ns())
+        .map(|(b, a)| a.saturating_sub(b));
+    let mut keep_alive = rate(&r, "keep-alive", &mut result.notes)?;
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    {
+        keep_alive.machine_cpu_us = busy
+            .filter(|_| r.ops > 0)
+            .map(|ns| ns as f64 / 1e3 / r.ops as f64);
+    }
+    result.keep_alive.push(keep_alive);
     let r = driver.call(
         &Op::KeepAlive {
             concurrency: 1,
@@ -529,6 +547,7 @@ fn workloads(
     }
     for _ in 0..plan.bulk_per_round {
         let cpu_before = measured.map(|m| m.cpu_ns());
+        let busy_before = procfs::machine_busy_ns();
         let r = driver.call(
             &Op::Bulk {
                 bytes: plan.bulk_bytes,
@@ -537,6 +556,9 @@ fn workloads(
             Duration::from_secs(150),
         )?;
         let cpu = measured.zip(cpu_before).map(|(m, b)| m.cpu_ns() - b);
+        let busy = busy_before
+            .zip(procfs::machine_busy_ns())
+            .map(|(b, a)| a.saturating_sub(b));
         if !r.ok || r.secs <= 0.0 {
             bail!("bulk transfer: {}", r.error.unwrap_or_default());
         }
@@ -546,6 +568,8 @@ fn workloads(
             mb_per_s: bytes / r.secs / 1e6,
             #[allow(clippy::cast_precision_loss, reason = "nanoseconds far below 2^52")]
             cpu_s_per_gb: cpu.map(|ns| ns as f64 / 1e9 / (bytes / 1e9)),
+            #[allow(clippy::cast_precision_loss, reason = "nanoseconds far below 2^52")]
+            machine_cpu_s_per_gb: busy.map(|ns| ns as f64 / 1e9 / (bytes / 1e9)),
         });
     }
     Ok(())
@@ -634,6 +658,7 @@ fn rate(r: &Reply, what: &str, notes: &mut Vec<String>) -> Result<Rate> {
         p50_ms: r.p50_us / 1000.0,
         p99_ms: r.p99_us / 1000.0,
         errors: r.errors,
+        machine_cpu_us: None,
     })
 }
 
@@ -658,6 +683,8 @@ fn summarize(r: &TargetResult) -> Summary {
         lat_p99_ms: median(r.latency.iter().map(|x| x.p99_ms)),
         bulk_mb_s: median(r.bulk.iter().map(|x| x.mb_per_s)),
         cpu_s_per_gb: median(r.bulk.iter().filter_map(|x| x.cpu_s_per_gb)),
+        machine_cpu_s_per_gb: median(r.bulk.iter().filter_map(|x| x.machine_cpu_s_per_gb)),
+        req_cpu_us: median(r.keep_alive.iter().filter_map(|x| x.machine_cpu_us)),
         rss_idle_mib: r.idle.map(|m| mib(m.rss_kib)),
         rss_peak_mib: r.loaded.map(|m| mib(m.hwm_kib.max(m.rss_kib))),
         held,

@@ -51,8 +51,11 @@ pub enum Kind {
     Squid,
     /// mitmproxy terminating TLS and injecting a header.
     Mitmproxy,
-    /// egressd, allowed name passed through.
+    /// egressd, allowed name passed through, bytes relayed inside the kernel (sockmap).
     EgressdPass,
+    /// egressd, allowed name passed through, bytes relayed with splice(2) (`--relay splice`,
+    /// the path of kernels without the in-kernel relay).
+    EgressdSplice,
     /// egressd terminating TLS and injecting a static credential.
     EgressdIntercept,
     /// egressd terminating TLS without a credential (strict interception only): the
@@ -62,13 +65,14 @@ pub enum Kind {
 
 impl Kind {
     /// Every target, in the order they run and are shown.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Direct,
         Kind::Haproxy,
         Kind::Nginx,
         Kind::Squid,
         Kind::Mitmproxy,
         Kind::EgressdPass,
+        Kind::EgressdSplice,
         Kind::EgressdIntercept,
         Kind::EgressdStrict,
     ];
@@ -82,6 +86,7 @@ impl Kind {
             Kind::Squid => "squid",
             Kind::Mitmproxy => "mitmproxy",
             Kind::EgressdPass => "egressd-pass",
+            Kind::EgressdSplice => "egressd-splice",
             Kind::EgressdIntercept => "egressd-intercept",
             Kind::EgressdStrict => "egressd-strict",
         }
@@ -95,7 +100,8 @@ impl Kind {
             Kind::Nginx => "stream + ssl_preread",
             Kind::Squid => "CONNECT, AWF's squid.conf",
             Kind::Mitmproxy => "TLS terminated, header injected",
-            Kind::EgressdPass => "SNI allowlist, pass-through",
+            Kind::EgressdPass => "SNI allowlist, pass-through relayed in the kernel",
+            Kind::EgressdSplice => "SNI allowlist, pass-through with splice",
             Kind::EgressdIntercept => "TLS terminated, credential injected",
             Kind::EgressdStrict => "TLS terminated, no credential",
         }
@@ -121,7 +127,7 @@ impl Kind {
     pub fn is_egressd(self) -> bool {
         matches!(
             self,
-            Kind::EgressdPass | Kind::EgressdIntercept | Kind::EgressdStrict
+            Kind::EgressdPass | Kind::EgressdSplice | Kind::EgressdIntercept | Kind::EgressdStrict
         )
     }
 }
@@ -361,7 +367,7 @@ pub fn start(kind: Kind, setup: &Setup<'_>) -> Result<Running> {
             wait_for_file(&ca, Duration::from_secs(30))?;
             (Some(child), local(MITM_PORT), true, Some(ca))
         }
-        Kind::EgressdPass | Kind::EgressdIntercept | Kind::EgressdStrict => {
+        Kind::EgressdPass | Kind::EgressdSplice | Kind::EgressdIntercept | Kind::EgressdStrict => {
             let conf = write_conf(
                 setup.work,
                 &format!("{}.toml", kind.id()),
@@ -375,6 +381,13 @@ pub fn start(kind: Kind, setup: &Setup<'_>) -> Result<Running> {
             cmd.arg(&setup.tools.egressd)
                 .args(["exec", "--no-github", "--user", "65534:65534", "-c"])
                 .arg(conf)
+                .arg("--relay")
+                .arg(match kind {
+                    // The fast path or nothing: a silent fallback would mislabel the row.
+                    Kind::EgressdPass => "kernel",
+                    Kind::EgressdSplice => "splice",
+                    _ => "auto",
+                })
                 .arg("--")
                 .arg(setup.bench)
                 .arg("client")
