@@ -32,6 +32,7 @@ mod provenance;
 mod resolve;
 mod sdks;
 mod spiffe;
+mod transfer;
 mod udp;
 
 use egressd_tests::Output;

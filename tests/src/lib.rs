@@ -16,6 +16,7 @@ pub mod fakes;
 mod netns;
 mod scene;
 mod scratch;
+pub mod transfer;
 mod upstream;
 
 use std::{
@@ -29,6 +30,7 @@ pub use dns::FakeDns;
 pub use netns::UpstreamNet;
 pub use scene::{API, EVIL, Scene, curl_base, shell_words};
 pub use scratch::Scratch;
+pub use transfer::TransferUpstream;
 pub use upstream::{HttpUpstream, HttpsUpstream, Misbehave};
 
 /// The variable `cargo xtask test` and CI set: privileged tests must run, not skip.

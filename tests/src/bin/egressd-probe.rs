@@ -25,6 +25,10 @@
 //! egressd-probe hold ADDR:PORT N WAIT_MS              N idle connections held open
 //! egressd-probe load ADDR:PORT HOST N ROUNDS          N concurrent HTTP requests per round
 //! egressd-probe sustain ADDR:PORT HOST N SECONDS      N kept-alive connections, requests for SECONDS
+//! egressd-probe transfer ADDR:PORT SNI UP DOWN [--slow-read-ms N] [--reset-after BYTES] [--no-shutdown] [--eager]
+//!                                                   one byte-exact transfer through the relay
+//! egressd-probe transfers ADDR:PORT SNI COUNT CONCURRENCY UP DOWN
+//!                                                   COUNT of them, CONCURRENCY at a time (see `transfer.rs`)
 //! egressd-probe unix-connect PATH                   Unix stream connect (`@name`: abstract name)
 //! egressd-probe unix-sendto PATH                    one datagram from an unconnected Unix socket
 //! egressd-probe vsock CID:PORT                      AF_VSOCK connect (see `doors.rs`)
@@ -45,7 +49,8 @@
 //! syscall that failed), `errno` (its name, such as `EPERM`) and `code`. `--v6only-mapped` dials
 //! an IPv4 target as `::ffff:a.b.c.d` from an `AF_INET6` socket. The probe exits 0 unless its
 //! arguments are wrong, so tests judge it by its JSON only. It sends a few bytes at most and
-//! waits at most a few seconds per action.
+//! waits at most a few seconds per action, except `transfer` and `transfers`, which send what
+//! they are told and give up after 30 s (20 s) without progress.
 //!
 //! `main` parses one action at a time ([`cli::Action::parse_next`]) and runs it: the lines of
 //! the actions before a wrong argument are printed before the usage error. Each action lives
@@ -78,6 +83,8 @@ mod raw;
 mod sctp;
 #[path = "egressd-probe/tcp.rs"]
 mod tcp;
+#[path = "egressd-probe/transfer.rs"]
+mod transfer;
 #[path = "egressd-probe/udp.rs"]
 mod udp;
 #[path = "egressd-probe/unix.rs"]
@@ -145,6 +152,32 @@ fn run(action: Action) -> Json {
             n,
             seconds,
         } => limits::sustain(&target, &host, &n, &seconds),
+        Action::Transfer {
+            target,
+            sni,
+            up,
+            down,
+            slow_read_ms,
+            reset_after,
+            no_shutdown,
+            eager,
+        } => {
+            let flags = transfer::Flags {
+                slow_read_ms,
+                reset_after,
+                no_shutdown,
+                eager,
+            };
+            transfer::transfer(&target, &sni, &up, &down, &flags)
+        }
+        Action::Transfers {
+            target,
+            sni,
+            count,
+            concurrency,
+            up,
+            down,
+        } => transfer::transfers(&target, &sni, &count, &concurrency, &up, &down),
         Action::UnixConnect { path } => unix::connect(&path),
         Action::UnixSendto { path } => unix::sendto(&path),
         Action::Vsock { target } => doors::vsock(&target),

@@ -2,7 +2,8 @@
 //!
 //! A segment is an action's name, then as many arguments as the action has positionals, taken
 //! as they are (`socket vsock` and `tiocsti tcp` are one action each, and an argument may
-//! start with `-`), then any of its flags (`--v6only-mapped`, each at most once). clap is
+//! start with `-`), then any of its flags (`--v6only-mapped`, each at most once; a flag with
+//! a value, such as `--reset-after BYTES`, takes the next word as it is). clap is
 //! handed the name, the flags, `--`, then the positionals. A word that is no action's name is
 //! handed to clap with everything after it, which rejects it.
 //!
@@ -204,6 +205,54 @@ pub enum Action {
         #[arg(value_name = "SECONDS")]
         seconds: String,
     },
+    /// One byte-exact transfer through the relay (see `transfer.rs`)
+    Transfer {
+        /// The server.
+        #[arg(value_name = "ADDR:PORT")]
+        target: String,
+        /// The name in the ClientHello.
+        #[arg(value_name = "SNI")]
+        sni: String,
+        /// Bytes to upload.
+        #[arg(value_name = "UP")]
+        up: String,
+        /// Bytes to download.
+        #[arg(value_name = "DOWN")]
+        down: String,
+        /// Pause N ms after each 64 KiB read.
+        #[arg(long, value_name = "N")]
+        slow_read_ms: Option<String>,
+        /// Reset the connection once BYTES of the upload are sent.
+        #[arg(long, value_name = "BYTES")]
+        reset_after: Option<String>,
+        /// Close instead of half-closing once the upload is sent.
+        #[arg(long)]
+        no_shutdown: bool,
+        /// Send the download size and the upload without waiting for the server's greeting.
+        #[arg(long)]
+        eager: bool,
+    },
+    /// COUNT byte-exact transfers, CONCURRENCY at a time
+    Transfers {
+        /// The server.
+        #[arg(value_name = "ADDR:PORT")]
+        target: String,
+        /// The name in the ClientHello.
+        #[arg(value_name = "SNI")]
+        sni: String,
+        /// How many transfers.
+        #[arg(value_name = "COUNT")]
+        count: String,
+        /// How many at a time.
+        #[arg(value_name = "CONCURRENCY")]
+        concurrency: String,
+        /// Bytes to upload in each.
+        #[arg(value_name = "UP")]
+        up: String,
+        /// Bytes to download in each.
+        #[arg(value_name = "DOWN")]
+        down: String,
+    },
     /// Unix stream connect (`@name`: abstract name)
     UnixConnect {
         /// The socket's path, or `@name`.
@@ -255,27 +304,36 @@ impl Action {
         };
         let arity = sub.get_positionals().count();
         let (values, mut rest) = after.split_at(arity.min(after.len()));
+        let mut seen = Vec::new();
         let mut flags = Vec::new();
         while let Some((arg, more)) = rest.split_first()
-            && is_flag(sub, arg)
-            && !flags.contains(&arg.as_str())
+            && let Some(takes_value) = flag(sub, arg)
+            && !seen.contains(&arg.as_str())
         {
-            flags.push(arg.as_str());
+            seen.push(arg.as_str());
             rest = more;
+            // A flag with a value takes the next word, whatever it looks like.
+            match rest.split_first() {
+                Some((value, more)) if takes_value => {
+                    flags.push(format!("{arg}={value}"));
+                    rest = more;
+                }
+                _ => flags.push(arg.clone()),
+            }
         }
         let argv = [PROGRAM, name.as_str()]
             .into_iter()
-            .chain(flags)
+            .chain(flags.iter().map(String::as_str))
             .chain(["--"])
             .chain(values.iter().map(String::as_str));
         Self::try_parse_from(argv).map(|action| (action, rest))
     }
 }
 
-/// Whether `arg` is `--LONG` of one of `sub`'s flags.
-fn is_flag(sub: &Command, arg: &str) -> bool {
-    arg.strip_prefix("--").is_some_and(|long| {
-        sub.get_arguments()
-            .any(|a| !a.is_positional() && a.get_long() == Some(long))
-    })
+/// If `arg` is `--LONG` of one of `sub`'s flags: whether that flag takes a value.
+fn flag(sub: &Command, arg: &str) -> Option<bool> {
+    let long = arg.strip_prefix("--")?;
+    sub.get_arguments()
+        .find(|a| !a.is_positional() && a.get_long() == Some(long))
+        .map(|a| a.get_action().takes_values())
 }
