@@ -352,6 +352,7 @@ impl Loader {
         let by_client = HashMap::try_from(take_map(&mut ebpf, "ORIG_BY_CLIENT")?)?;
         let unix_allow = LpmTrie::try_from(take_map(&mut ebpf, "UNIX_ALLOW")?)?;
         let unix_events = Some(take_map(&mut ebpf, "UNIX_EVENTS")?);
+        release_freed_heap();
         Ok(Self {
             ebpf,
             sandboxes,
@@ -792,6 +793,17 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so loading works there.
+/// Hands the heap that loading freed back to the kernel. Relocating the programs parses the
+/// kernel's BTF (several MiB) and the embedded object; glibc keeps such freed memory in the
+/// process, where an idle daemon would carry it as resident memory for its whole life.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns glibc's own free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn raise_memlock_limit() {
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
