@@ -9,6 +9,13 @@
 //! kernel's count of bytes handed over equals what the socket received and the other socket
 //! has taken all of them ([`Drain`]); shutting down earlier would cut the stream short.
 //!
+//! Two kernel behaviours shape the hand-over. The kernel gives the program a socket's
+//! queued segments whole, from their first byte, even one the proxy has partly read; so a
+//! client with bytes waiting behind what classification read (early data, a pipelined
+//! request) is spliced instead. And the segment that carries a FIN reaches the program
+//! empty; redirected, it would break the peer's send path, so the program drops it and the
+//! proxy passes the FIN on itself.
+//!
 //! The hand-over has one narrow window: between the two inserts, bytes the first socket
 //! receives have no peer yet. The kernel program keeps them on that socket and counts them
 //! as `unpaired`; their order against what follows is lost, so such a connection ends as a
@@ -402,14 +409,6 @@ sockopt_impl!(
     usize
 );
 sockopt_impl!(
-    /// `TCP_QUICKACK`.
-    QuickAck,
-    SetOnly,
-    libc::IPPROTO_TCP,
-    libc::TCP_QUICKACK,
-    usize
-);
-sockopt_impl!(
     /// `TCP_INFO`, as far as the relay reads it (`tcpi_bytes_retrans`, Linux 4.19+).
     TcpInfoWords,
     GetOnly,
@@ -429,9 +428,7 @@ fn cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
 /// Makes the kernel look at `socket`'s receive queue now: setting `SO_RCVLOWAT` runs the
 /// socket's data-ready callback when bytes are waiting, which is the relay program's.
 fn kick(socket: BorrowedFd<'_>) -> io::Result<()> {
-    setsockopt(&socket, RcvLowat, &1)?;
-    setsockopt(&socket, QuickAck, &1)?;
-    Ok(())
+    Ok(setsockopt(&socket, RcvLowat, &1)?)
 }
 
 /// The counters of `struct tcp_info` the relay reads, from one `TCP_INFO` (taken under the
