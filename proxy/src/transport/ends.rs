@@ -5,8 +5,10 @@
 //! in which relayed sockets are registered for `EPOLLRDHUP` only (errors and hang-ups are
 //! always reported). The kernel's "data arrived" and "space to write" wake-ups carry
 //! `EPOLLIN` and `EPOLLOUT`, which that set does not ask for, so they wake no one; a FIN, a
-//! reset or a hang-up does. The set itself is one descriptor registered with tokio, and each
-//! connection waits on its own [`Notify`].
+//! reset or a hang-up does. The set itself is one descriptor registered with tokio, watched
+//! by one dispatcher task that hands each event to the connection it names; each connection
+//! waits on its own [`Notify`], so an event wakes one task, however many connections are
+//! held.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,6 +20,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Most events taken from the set per `epoll_wait`.
 const BATCH: usize = 64;
@@ -31,8 +34,15 @@ impl AsRawFd for Set {
     }
 }
 
-/// The epoll set of relayed sockets, and who waits for each.
+/// The epoll set of relayed sockets, and who waits for each. Dropping it stops its
+/// dispatcher.
 pub(crate) struct Ends {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+/// What the dispatcher and the connections share.
+struct Shared {
     set: AsyncFd<Set>,
     waiting: Mutex<HashMap<u64, Arc<Notify>>>,
     next: AtomicU64,
@@ -46,14 +56,14 @@ impl std::fmt::Debug for Ends {
 
 /// One connection's registration; dropping it takes its sockets out of the set.
 pub(crate) struct Watched<'e> {
-    ends: &'e Ends,
+    shared: &'e Shared,
     token: u64,
     notify: Arc<Notify>,
     sockets: [BorrowedFd<'e>; 2],
 }
 
 impl Ends {
-    /// A new, empty set. Needs a tokio runtime with I/O enabled.
+    /// A new, empty set, and its dispatcher task. Needs a tokio runtime with I/O enabled.
     pub(crate) fn new() -> io::Result<Self> {
         let set = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         // `register_with_interest` is the same call marked unsafe: its condition (the
@@ -64,37 +74,51 @@ impl Ends {
             reason = "this crate forbids unsafe; the I/O-safety condition holds (see above)"
         )]
         let set = AsyncFd::with_interest(Set(set), Interest::READABLE)?;
-        Ok(Self {
+        let shared = Arc::new(Shared {
             set,
             waiting: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
-        })
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(dispatch(Arc::clone(&shared), stop.clone()));
+        Ok(Self { shared, stop })
     }
 
     /// Watches both sockets of one connection for their ends.
     pub(crate) fn watch<'e>(&'e self, sockets: [BorrowedFd<'e>; 2]) -> io::Result<Watched<'e>> {
-        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        let shared = &*self.shared;
+        let token = shared.next.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
-        self.waiting
+        shared
+            .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(token, Arc::clone(&notify));
         let watched = Watched {
-            ends: self,
+            shared,
             token,
             notify,
             sockets,
         };
         let flags = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
         for socket in sockets {
-            self.set
+            shared
+                .set
                 .get_ref()
                 .0
                 .add(socket, EpollEvent::new(flags, token))?;
         }
         Ok(watched)
     }
+}
 
+impl Drop for Ends {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Shared {
     /// Hands each pending event to the connection it belongs to.
     fn dispatch(&self) -> io::Result<()> {
         let mut events = [EpollEvent::empty(); BATCH];
@@ -115,38 +139,39 @@ impl Ends {
     }
 }
 
+/// The dispatcher: the one task that waits on the set, until `stop`.
+async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            guard = shared.set.readable() => {
+                let Ok(mut guard) = guard else { return };
+                if let Err(e) = shared.dispatch() {
+                    tracing::warn!("reading the in-kernel relay's epoll set: {e}");
+                    return;
+                }
+                // Events that come after the drain make a new edge, which this clear
+                // does not erase.
+                guard.clear_ready();
+            }
+        }
+    }
+}
+
 impl Watched<'_> {
     /// Returns once something happened to one of the sockets since the last call (or since
     /// the registration): a FIN, an error or a hang-up. Ask the sockets what it was.
     pub(crate) async fn changed(&self) {
-        loop {
-            tokio::select! {
-                biased;
-                () = self.notify.notified() => return,
-                guard = self.ends.set.readable() => {
-                    let Ok(mut guard) = guard else {
-                        // The runtime is shutting down: let the caller look at the sockets.
-                        return;
-                    };
-                    if let Err(e) = self.ends.dispatch() {
-                        tracing::debug!("reading the relay's epoll set: {e}");
-                        return;
-                    }
-                    // Events that come after the drain make a new edge, which this clear
-                    // does not erase.
-                    guard.clear_ready();
-                }
-            }
-        }
+        self.notify.notified().await;
     }
 }
 
 impl Drop for Watched<'_> {
     fn drop(&mut self) {
         for socket in self.sockets {
-            let _ = self.ends.set.get_ref().0.delete(socket);
+            let _ = self.shared.set.get_ref().0.delete(socket);
         }
-        self.ends
+        self.shared
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
