@@ -108,9 +108,9 @@ pub(crate) async fn relay(
     read: u64,
     idle: Duration,
 ) -> Result<Outcome, Box<NotHandedOver>> {
-    let bases = written(upstream.as_fd()).and_then(|up| Ok((up, written(client.as_fd())?)));
-    let (base_up, base_down) = match bases {
-        Ok(bases) => bases,
+    let infos = info(upstream.as_fd()).and_then(|up| Ok((up, info(client.as_fd())?)));
+    let (upstream_info, client_info) = match infos {
+        Ok(infos) => infos,
         Err(why) => {
             return Err(Box::new(NotHandedOver {
                 client,
@@ -124,20 +124,13 @@ pub(crate) async fn relay(
     // before the hand-over (early data, a pipelined request) would see the upstream get the
     // prefix twice. Such a connection is spliced instead. Segments that arrive from here on
     // are whole, which the kick after the insert takes care of.
-    let unread = info(client.as_fd()).map(|i| i.data_received().saturating_sub(read));
-    match unread {
-        Ok(0) => {}
-        Ok(n) => {
+    let (base_up, base_down) = (upstream_info.written, client_info.written);
+    match client_info.data_received().saturating_sub(read) {
+        0 => {}
+        n => {
             let why = io::Error::other(format!(
                 "{n} bytes from the client are waiting behind what classification read"
             ));
-            return Err(Box::new(NotHandedOver {
-                client,
-                upstream,
-                why,
-            }));
-        }
-        Err(why) => {
             return Err(Box::new(NotHandedOver {
                 client,
                 upstream,
@@ -320,35 +313,46 @@ const DRAIN_FIRST: Duration = Duration::from_micros(50);
 const DRAIN_MAX: Duration = Duration::from_millis(20);
 
 impl Watch<'_, '_> {
+    /// Waits for the ends. The kernel's counts are read only when something needs them: once
+    /// after the hand-over (bytes stranded in it), when a FIN waits for its bytes, and when
+    /// the idle timeout is due; each is a system call on a connection's hot path.
     async fn run(&mut self, watched: &Watched<'_>, idle: Duration) -> End {
-        let mut last = 0u64;
-        let mut deadline = Instant::now() + idle;
-        let mut pause = DRAIN_FIRST;
-        if let Err(e) = self.look() {
-            return End::Failed(e);
-        }
-        loop {
-            let (c, u) = match self.pair.counts() {
-                Ok(counts) => counts,
-                Err(e) => return End::Failed(e),
-            };
-            if c.unpaired > 0 || u.unpaired > 0 {
+        match self.pair.counts() {
+            Ok((c, u)) if c.unpaired > 0 || u.unpaired > 0 => {
                 return End::Failed(io::Error::other(
                     "bytes arrived while the in-kernel relay was being set up; their order \
                      cannot be kept",
                 ));
             }
-            let moved = c.bytes + u.bytes;
-            if moved != last {
-                last = moved;
-                deadline = Instant::now() + idle;
+            Ok(_) => {}
+            Err(e) => return End::Failed(e),
+        }
+        let mut last = 0u64;
+        let mut deadline = Instant::now() + idle;
+        let mut pause = DRAIN_FIRST;
+        let mut looked = self.look();
+        loop {
+            match looked {
+                Ok(()) => {}
+                Err(e) => return End::Failed(e),
             }
-            let up = self.up.try_shut(self.client, self.upstream, c.bytes);
-            let down = self.down.try_shut(self.upstream, self.client, u.bytes);
-            match (up, down) {
-                (Err(e), _) | (_, Err(e)) => return End::Failed(e),
-                (Ok(true), Ok(true)) => return End::Closed,
-                _ => {}
+            let draining = (self.up.eof && !self.up.shut) || (self.down.eof && !self.down.shut);
+            if draining {
+                let (c, u) = match self.pair.counts() {
+                    Ok(counts) => counts,
+                    Err(e) => return End::Failed(e),
+                };
+                if c.bytes + u.bytes != last {
+                    last = c.bytes + u.bytes;
+                    deadline = Instant::now() + idle;
+                }
+                let up = self.up.try_shut(self.client, self.upstream, c.bytes);
+                let down = self.down.try_shut(self.upstream, self.client, u.bytes);
+                match (up, down) {
+                    (Err(e), _) | (_, Err(e)) => return End::Failed(e),
+                    (Ok(true), Ok(true)) => return End::Closed,
+                    _ => {}
+                }
             }
             // While a FIN waits for its bytes, look again soon; otherwise sleep until an end.
             let draining = (self.up.eof && !self.up.shut) || (self.down.eof && !self.down.shut);
@@ -360,40 +364,48 @@ impl Watch<'_, '_> {
                 pause = DRAIN_FIRST;
                 deadline
             };
-            tokio::select! {
-                () = watched.changed() => {
-                    if let Err(e) = self.look() {
-                        return End::Failed(e);
-                    }
-                }
+            looked = tokio::select! {
+                () = watched.changed() => self.look(),
                 () = tokio::time::sleep_until(wake) => {
                     if Instant::now() >= deadline {
-                        // Re-read the counts once: bytes may have moved since.
                         match self.pair.counts() {
                             Ok((c, u)) if c.bytes + u.bytes == last => return End::Idle,
-                            Ok(_) => {}
+                            Ok((c, u)) => {
+                                last = c.bytes + u.bytes;
+                                deadline = Instant::now() + idle;
+                            }
                             Err(e) => return End::Failed(e),
                         }
                     }
+                    Ok(())
                 }
-            }
+            };
         }
     }
 
-    /// Asks both sockets what happened: a FIN ends that socket's reading direction; an
-    /// error ends the relay.
+    /// Asks both sockets what happened: a FIN ends that socket's reading direction; a reset
+    /// or another error (the socket closed without both FINs) ends the relay.
     fn look(&mut self) -> io::Result<()> {
-        for (side, socket) in [("client", self.client), ("upstream", self.upstream)] {
-            if let Some(e) = socket.take_error()? {
+        let (client, upstream) = (info(self.client.as_fd())?, info(self.upstream.as_fd())?);
+        for (side, socket, info) in [
+            ("client", self.client, &client),
+            ("upstream", self.upstream, &upstream),
+        ] {
+            if info.state == TCP_CLOSE
+                && let Some(e) = socket.take_error()?
+            {
                 tracing::debug!(side, "in-kernel relay: socket error: {e}");
                 return Err(e);
             }
         }
-        self.up.eof |= info(self.client.as_fd())?.fin_received();
-        self.down.eof |= info(self.upstream.as_fd())?.fin_received();
+        self.up.eof |= client.fin_received();
+        self.down.eof |= upstream.fin_received();
         Ok(())
     }
 }
+
+/// `TCP_CLOSE` (`include/net/tcp_states.h`): the state a reset leaves a socket in.
+const TCP_CLOSE: u8 = 7;
 
 sockopt_impl!(
     /// `SO_COOKIE`: the socket's cookie.
