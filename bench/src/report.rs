@@ -32,26 +32,27 @@ pub fn markdown(run: &RunResult) -> String {
          New connections: connect, TLS 1.3 full handshake (ECDSA P-256, no resumption), one \
          `GET` of {} bytes, close; {c} workers. Keep-alive: {c} connections, one request in \
          flight each. Latency: one connection, one request at a time. Bulk: one {} MiB \
-         download. MB = 10^6 bytes. CPU µs/req: the whole machine's busy CPU time (client, \
-         upstream, proxy and the kernel's work for all three) during the keep-alive run, per \
-         request.\n",
+         download. MB = 10^6 bytes. CPU µs/conn and µs/req: the whole machine's busy CPU time \
+         (client, upstream, proxy and the kernel's work for all three) during the new-connection \
+         and keep-alive runs, per connection and per request.\n",
         crate::proto::SMALL_BODY,
         run.plan.bulk_bytes >> 20,
         c = run.plan.concurrency,
     );
     md.push_str(
-        "| target | what | new conn/s | × direct | setup p50 / p99 ms | keep-alive req/s | × direct | CPU µs/req | 1-conn req p50 / p99 µs | bulk MB/s | × direct |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| target | what | new conn/s | × direct | CPU µs/conn | setup p50 / p99 ms | keep-alive req/s | × direct | CPU µs/req | 1-conn req p50 / p99 µs | bulk MB/s | × direct |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for t in &run.targets {
         let s = &t.summary;
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             t.id,
             t.describe,
             num(s.conn_per_s, 0),
             ratio(s.conn_per_s, direct.conn_per_s),
+            num(s.conn_cpu_us, 0),
             pair(s.conn_p50_ms, s.conn_p99_ms),
             num(s.req_per_s, 0),
             ratio(s.req_per_s, direct.req_per_s),

@@ -254,6 +254,8 @@ pub struct Summary {
     pub machine_cpu_s_per_gb: Option<f64>,
     /// Machine CPU microseconds per keep-alive request.
     pub req_cpu_us: Option<f64>,
+    /// Machine CPU microseconds per new connection.
+    pub conn_cpu_us: Option<f64>,
     /// Proxy RSS at idle, MiB.
     pub rss_idle_mib: Option<f64>,
     /// Proxy peak RSS with the most connections held, MiB.
@@ -504,35 +506,18 @@ fn workloads(
     let measured = running.measured;
     let driver = &mut running.driver;
     if !kind.requests_only() {
-        let r = driver.call(
-            &Op::ConnRate {
-                concurrency: plan.concurrency,
-                duration_ms: millis(plan.conn_rate),
-            },
-            plan.conn_rate + Duration::from_secs(30),
-        )?;
-        result
-            .conn_rate
-            .push(rate(&r, "new connections", &mut result.notes)?);
-    }
-    let busy_before = procfs::machine_busy_ns();
-    let r = driver.call(
-        &Op::KeepAlive {
+        let op = Op::ConnRate {
             concurrency: plan.concurrency,
-            duration_ms: millis(plan.keep_alive),
-        },
-        plan.keep_alive + Duration::from_secs(30),
-    )?;
-    let busy = busy_before
-        .zip(procfs::machine_busy_ns())
-        .map(|(b, a)| a.saturating_sub(b));
-    let mut keep_alive = rate(&r, "keep-alive", &mut result.notes)?;
-    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-    {
-        keep_alive.machine_cpu_us = busy
-            .filter(|_| r.ops > 0)
-            .map(|ns| ns as f64 / 1e3 / r.ops as f64);
+            duration_ms: millis(plan.conn_rate),
+        };
+        let rate = measured_rate(driver, &op, plan.conn_rate, "new connections", result)?;
+        result.conn_rate.push(rate);
     }
+    let op = Op::KeepAlive {
+        concurrency: plan.concurrency,
+        duration_ms: millis(plan.keep_alive),
+    };
+    let keep_alive = measured_rate(driver, &op, plan.keep_alive, "keep-alive", result)?;
     result.keep_alive.push(keep_alive);
     let r = driver.call(
         &Op::KeepAlive {
@@ -573,6 +558,30 @@ fn workloads(
         });
     }
     Ok(())
+}
+
+/// Runs `op` (which lasts `length`) and returns its rate with the whole machine's busy CPU
+/// time per operation.
+fn measured_rate(
+    driver: &mut targets::Driver,
+    op: &Op,
+    length: Duration,
+    what: &str,
+    result: &mut TargetResult,
+) -> Result<Rate> {
+    let busy_before = procfs::machine_busy_ns();
+    let r = driver.call(op, length + Duration::from_secs(30))?;
+    let busy = busy_before
+        .zip(procfs::machine_busy_ns())
+        .map(|(b, a)| a.saturating_sub(b));
+    let mut rate = rate(&r, what, &mut result.notes)?;
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    {
+        rate.machine_cpu_us = busy
+            .filter(|_| r.ops > 0)
+            .map(|ns| ns as f64 / 1e3 / r.ops as f64);
+    }
+    Ok(rate)
 }
 
 /// Climbs the connection curve, then releases the connections.
@@ -685,6 +694,7 @@ fn summarize(r: &TargetResult) -> Summary {
         cpu_s_per_gb: median(r.bulk.iter().filter_map(|x| x.cpu_s_per_gb)),
         machine_cpu_s_per_gb: median(r.bulk.iter().filter_map(|x| x.machine_cpu_s_per_gb)),
         req_cpu_us: median(r.keep_alive.iter().filter_map(|x| x.machine_cpu_us)),
+        conn_cpu_us: median(r.conn_rate.iter().filter_map(|x| x.machine_cpu_us)),
         rss_idle_mib: r.idle.map(|m| mib(m.rss_kib)),
         rss_peak_mib: r.loaded.map(|m| mib(m.hwm_kib.max(m.rss_kib))),
         held,
