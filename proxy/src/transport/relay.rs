@@ -81,23 +81,55 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_with::<C, U, Direction>(client, upstream, prefix, idle).await
+}
+
+/// One direction of a relay, as [`relay_with`] drives it: moves bytes from `from` to `to`
+/// until either would block; `Ready(Ok)` once `from` hit EOF, everything went out and `to`
+/// was shut down for writing.
+pub(crate) trait Pump<A, B>: Default {
+    /// Moves what it can; sets `progressed` when bytes moved.
+    fn pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut A,
+        to: &mut B,
+        progressed: &mut bool,
+    ) -> Poll<io::Result<()>>;
+
+    /// Bytes written to `to` so far.
+    fn moved(&self) -> u64;
+}
+
+/// What every relay does: writes `prefix` to `upstream`, then pumps both directions (a `D`
+/// each) until both end, one fails, or nothing moves for `idle`; the counts come from the
+/// directions.
+pub(crate) async fn relay_with<C, U, D>(
+    client: &mut C,
+    upstream: &mut U,
+    prefix: &[u8],
+    idle: Duration,
+) -> Outcome
+where
+    U: AsyncWrite + Unpin,
+    D: Pump<C, U> + Pump<U, C>,
+{
     let bytes_prefix = match write_prefix(upstream, prefix, idle).await {
         Ok(n) => n,
         Err(end) => return Outcome::ended(end),
     };
-    let mut up = Direction::new();
-    let mut down = Direction::new();
+    let (mut up, mut down) = (D::default(), D::default());
     let end = both_ways(idle, |cx, upward, progressed| {
         if upward {
-            up.poll_copy(cx, client, upstream, progressed)
+            Pump::<C, U>::pump(&mut up, cx, client, upstream, progressed)
         } else {
-            down.poll_copy(cx, upstream, client, progressed)
+            Pump::<U, C>::pump(&mut down, cx, upstream, client, progressed)
         }
     })
     .await;
     Outcome {
-        bytes_up: bytes_prefix + up.amount,
-        bytes_down: down.amount,
+        bytes_up: bytes_prefix + Pump::<C, U>::moved(&up),
+        bytes_down: Pump::<U, C>::moved(&down),
         end,
     }
 }
@@ -168,7 +200,7 @@ pub(crate) async fn both_ways(
 }
 
 /// One direction of the copy: reader -> buffer -> writer, then shut the writer down.
-struct Direction {
+pub(crate) struct Direction {
     buf: Box<[u8]>,
     pos: usize,
     cap: usize,
@@ -178,8 +210,28 @@ struct Direction {
     amount: u64,
 }
 
-impl Direction {
-    fn new() -> Self {
+impl<R, W> Pump<R, W> for Direction
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    fn pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+        progressed: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        self.poll_copy(cx, from, to, progressed)
+    }
+
+    fn moved(&self) -> u64 {
+        self.amount
+    }
+}
+
+impl Default for Direction {
+    fn default() -> Self {
         Self {
             buf: vec![0; BUF_SIZE].into_boxed_slice(),
             pos: 0,
@@ -190,7 +242,9 @@ impl Direction {
             amount: 0,
         }
     }
+}
 
+impl Direction {
     /// Moves bytes until the reader or writer is pending; `Ready(Ok)` once the reader hit EOF,
     /// everything was written and the writer was shut down. `Err(Some)` is a socket error.
     fn poll_copy<R, W>(

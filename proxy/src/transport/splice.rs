@@ -17,7 +17,7 @@ use nix::fcntl::{OFlag, SpliceFFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::relay::{Outcome, both_ways, write_prefix};
+use super::relay::{Outcome, Pump, relay_with};
 
 /// The most bytes moved into a pipe at once (the default pipe capacity).
 const CHUNK: usize = 64 * 1024;
@@ -57,29 +57,11 @@ pub(crate) async fn relay(
     prefix: &[u8],
     idle: Duration,
 ) -> Outcome {
-    let bytes_prefix = match write_prefix(upstream, prefix, idle).await {
-        Ok(n) => n,
-        Err(end) => return Outcome::ended(end),
-    };
-    let mut up = Direction::new();
-    let mut down = Direction::new();
-    let (client, upstream) = (&*client, &*upstream);
-    let end = both_ways(idle, |cx, upward, progressed| {
-        if upward {
-            up.poll_splice(cx, client, upstream, progressed)
-        } else {
-            down.poll_splice(cx, upstream, client, progressed)
-        }
-    })
-    .await;
-    Outcome {
-        bytes_up: bytes_prefix + up.amount,
-        bytes_down: down.amount,
-        end,
-    }
+    relay_with::<TcpStream, TcpStream, Direction>(client, upstream, prefix, idle).await
 }
 
 /// One direction: reader -> pipe -> writer, then shut the writer's write side down.
+#[derive(Default)]
 struct Direction {
     /// The pipe (read end, write end) while bytes are in flight.
     pipe: Option<(OwnedFd, OwnedFd)>,
@@ -90,17 +72,23 @@ struct Direction {
     amount: u64,
 }
 
-impl Direction {
-    fn new() -> Self {
-        Self {
-            pipe: None,
-            in_pipe: 0,
-            read_done: false,
-            shut_down: false,
-            amount: 0,
-        }
+impl Pump<TcpStream, TcpStream> for Direction {
+    fn pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+        progressed: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        self.poll_splice(cx, from, to, progressed)
     }
 
+    fn moved(&self) -> u64 {
+        self.amount
+    }
+}
+
+impl Direction {
     /// Moves bytes until the reader or the writer would block; `Ready(Ok)` once the reader
     /// hit EOF, the pipe is empty and the writer's write side was shut down.
     fn poll_splice(
