@@ -809,3 +809,27 @@ pub enum Backend {
     /// nftables rules in the sandbox's own network namespace (`--netns new` only).
     Nftables,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RelayChoice;
+
+    #[test]
+    fn relay_choice_takes_what_the_kernel_offers_or_says_why_not() {
+        let offered: Result<u8, String> = Ok(1);
+        let refused: Result<u8, String> = Err("no sockmap".to_owned());
+        assert_eq!(RelayChoice::Auto.pick(offered.clone()).unwrap(), Some(1));
+        assert_eq!(RelayChoice::Auto.pick(refused.clone()).unwrap(), None);
+        assert_eq!(RelayChoice::Kernel.pick(offered.clone()).unwrap(), Some(1));
+        let err = RelayChoice::Kernel
+            .pick(refused.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no sockmap") && err.contains("--relay kernel"),
+            "{err}"
+        );
+        assert_eq!(RelayChoice::Splice.pick(offered).unwrap(), None);
+        assert_eq!(RelayChoice::Splice.pick(refused).unwrap(), None);
+    }
+}

@@ -296,7 +296,14 @@ fn attach_a_cgroup_by_path_then_detach_it() {
     assert_eq!((of("arm"), of("disarm")), (1, 1), "{stopped}");
     let allowed = records
         .iter()
-        .any(|r| r["name"] == API && r["decision"] == "allow" && r["sandbox"] == "ci-job");
+        .find(|r| r["name"] == API && r["decision"] == "allow" && r["sandbox"] == "ci-job");
+    // The daemon hands an attached job's TLS pass-through to the in-kernel relay too.
+    assert_eq!(
+        allowed.map(|r| r["relay"].clone()),
+        Some(serde_json::json!("kernel")),
+        "{stopped}"
+    );
+    let allowed = allowed.is_some();
     let denied = records
         .iter()
         .find(|r| r["name"] == EVIL && r["decision"] == "deny")
