@@ -106,6 +106,7 @@ for_both_relays!(
     client_resets_mid_upload,
     server_resets_mid_download,
     ten_thousand_transfers,
+    idle_connection_is_cut_at_the_idle_timeout,
 );
 
 /// The scene with the transfer servers. Field order is drop order: servers first.
@@ -138,6 +139,18 @@ impl Bench {
     /// Runs the probe with `actions` in a sandbox relaying with `relay`; egressd must
     /// succeed (with `--relay kernel` it refuses to start where the kernel cannot relay).
     fn run(&self, relay: Relay, case: &str, actions: Vec<String>, timeout: Duration) -> Output {
+        self.run_with(relay, case, actions, timeout, &[])
+    }
+
+    /// [`Bench::run`] with more arguments for egressd (a `--config`).
+    fn run_with(
+        &self,
+        relay: Relay,
+        case: &str,
+        actions: Vec<String>,
+        timeout: Duration,
+        egressd_args: &[String],
+    ) -> Output {
         let mut argv = vec![self.s.probe.display().to_string()];
         argv.extend(actions);
         let started = Instant::now();
@@ -148,6 +161,7 @@ impl Bench {
             .resolve(ODD, self.s.net.addr4())
             .allow(&format!("{TRANSFER},{ODD}"))
             .args(["--relay", relay.name()])
+            .args(egressd_args)
             .timeout(timeout)
             .command(argv)
             .run();
@@ -866,4 +880,54 @@ fn the_pattern_catches_damage_of_every_kind() {
     sink.buffer(64)[..64].copy_from_slice(&greeted[..64]);
     sink.commit(64);
     assert_eq!(sink.first_bad(), Some(7));
+}
+
+/// A relayed connection on which nothing moves for `timeouts.idle` (1 s here) is cut then,
+/// with `; idle timeout` in its record, and not before: a pause shorter than the timeout
+/// leaves the next transfer whole. In the kernel relay no byte passes the proxy, so it
+/// learns that nothing moved from the kernel's counts.
+fn idle_connection_is_cut_at_the_idle_timeout(relay: Relay) {
+    let b = Bench::new(None);
+    let config =
+        b.s.scratch
+            .write("idle.toml", "[timeouts]\nidle = \"1s\"\n");
+    let mut actions = transfer(TRANSFER, 1000, 1000, &["--idle-ms", "400"]);
+    actions.extend(transfer(TRANSFER, 1000, 1000, &["--idle-ms", "3000"]));
+    let out = b.run_with(
+        relay,
+        "idle_connection_is_cut_at_the_idle_timeout",
+        actions,
+        Duration::from_secs(60),
+        &["--config".to_owned(), config.display().to_string()],
+    );
+    let lines = lines(&out, "transfer");
+    assert_eq!(lines.len(), 2, "\n{out}");
+    let records = b.plain.wait_for(1, Duration::from_secs(30));
+    let audit = out.audit();
+    assert_whole(
+        &out,
+        &audit,
+        &records,
+        relay,
+        TRANSFER,
+        &lines[0],
+        (1000, 1000),
+    );
+    let cut = &lines[1];
+    assert_ne!(
+        text(&cut["intact"]),
+        "true",
+        "the idle connection went on: {cut}\n{out}"
+    );
+    let rec = record_of(&audit, cut, &out);
+    assert_eq!(rec["relay"], relay.name(), "{rec}\n{out}");
+    assert!(
+        text(&rec["reason"]).ends_with("; idle timeout"),
+        "not cut by the idle timeout: {rec}\n{out}"
+    );
+    let lasted = num(rec, "duration_ms");
+    assert!(
+        (900..2900).contains(&lasted),
+        "cut after {lasted} ms with a 1 s idle timeout: {rec}\n{out}"
+    );
 }

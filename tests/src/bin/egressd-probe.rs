@@ -25,7 +25,7 @@
 //! egressd-probe hold ADDR:PORT N WAIT_MS              N idle connections held open
 //! egressd-probe load ADDR:PORT HOST N ROUNDS          N concurrent HTTP requests per round
 //! egressd-probe sustain ADDR:PORT HOST N SECONDS      N kept-alive connections, requests for SECONDS
-//! egressd-probe transfer ADDR:PORT SNI UP DOWN [--slow-read-ms N] [--reset-after BYTES] [--no-shutdown] [--eager]
+//! egressd-probe transfer ADDR:PORT SNI UP DOWN [--slow-read-ms N] [--reset-after BYTES] [--no-shutdown] [--eager] [--idle-ms N]
 //!                                                   one byte-exact transfer through the relay
 //! egressd-probe transfers ADDR:PORT SNI COUNT CONCURRENCY UP DOWN
 //!                                                   COUNT of them, CONCURRENCY at a time (see `transfer.rs`)
@@ -161,12 +161,14 @@ fn run(action: Action) -> Json {
             reset_after,
             no_shutdown,
             eager,
+            idle_ms,
         } => {
             let flags = transfer::Flags {
                 slow_read_ms,
                 reset_after,
                 no_shutdown,
                 eager,
+                idle_ms,
             };
             transfer::transfer(&target, &sni, &up, &down, &flags)
         }

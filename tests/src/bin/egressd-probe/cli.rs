@@ -231,6 +231,10 @@ pub enum Action {
         /// Send the download size and the upload without waiting for the server's greeting.
         #[arg(long)]
         eager: bool,
+        /// Stay silent N ms after the greeting before sending the download size (the
+        /// connection sits idle, handed over to the relay).
+        #[arg(long, value_name = "N")]
+        idle_ms: Option<String>,
     },
     /// COUNT byte-exact transfers, CONCURRENCY at a time
     Transfers {

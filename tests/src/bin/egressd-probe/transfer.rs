@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! transfer ADDR:PORT SNI UP DOWN [--slow-read-ms N] [--reset-after BYTES] [--no-shutdown] [--eager]
+//!          [--idle-ms N]
 //!     one connection: a rustls ClientHello for SNI; the server's greeting (8 bytes); DOWN
 //!     (8 bytes, big-endian), then UP bytes of the pattern while DOWN bytes are read and
 //!     checked; shutdown(Write) once UP is sent (not with --no-shutdown: then the socket is
@@ -50,6 +51,7 @@ pub struct Flags {
     pub reset_after: Option<String>,
     pub no_shutdown: bool,
     pub eager: bool,
+    pub idle_ms: Option<String>,
 }
 
 /// `transfer`: see the module doc.
@@ -68,6 +70,11 @@ pub fn transfer(target: &str, sni: &str, up: &str, down: &str, flags: &Flags) ->
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => return out.failed("parse", "--reset-after needs a byte count"),
     };
+    let idle = match flags.idle_ms.as_deref().map(str::parse::<u64>) {
+        None => Duration::ZERO,
+        Some(Ok(ms)) => Duration::from_millis(ms),
+        Some(Err(_)) => return out.failed("parse", "--idle-ms needs milliseconds"),
+    };
     let addr = match resolve(target) {
         Ok(a) => a,
         Err(e) => return out.error("resolve", &e),
@@ -82,7 +89,7 @@ pub fn transfer(target: &str, sni: &str, up: &str, down: &str, flags: &Flags) ->
         shutdown_when_sent: !flags.no_shutdown,
         ..Plan::new(up, SEED_UP, SEED_DOWN)
     };
-    let (local, got) = match once(addr, &hello, down, flags.eager, &plan) {
+    let (local, got) = match once(addr, &hello, down, flags.eager, idle, &plan) {
         Ok(r) => r,
         Err((stage, e)) => return out.error(stage, &e),
     };
@@ -157,7 +164,7 @@ pub fn transfers(
         for _ in 0..concurrency.max(1) {
             scope.spawn(|| {
                 while next.fetch_add(1, Ordering::SeqCst) < count {
-                    let failure = match once(addr, &hello, down, false, &plan) {
+                    let failure = match once(addr, &hello, down, false, Duration::ZERO, &plan) {
                         Ok((_, got)) if got.clean(up, down) => {
                             ok.fetch_add(1, Ordering::SeqCst);
                             continue;
@@ -205,13 +212,15 @@ fn describe(local: SocketAddr, got: &Outcome) -> String {
     )
 }
 
-/// Connects, sends the ClientHello, waits for the greeting (not when `eager`), sends the
-/// download size, then runs the pump; returns the client's address and what it saw.
+/// Connects, sends the ClientHello, waits for the greeting (not when `eager`), stays silent
+/// for `idle`, sends the download size, then runs the pump; returns the client's address and
+/// what it saw.
 fn once(
     addr: SocketAddr,
     hello: &[u8],
     down: u64,
     eager: bool,
+    idle: Duration,
     plan: &Plan,
 ) -> Result<(SocketAddr, Outcome), (&'static str, io::Error)> {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| ("connect", e))?;
@@ -242,6 +251,7 @@ fn once(
         let e = io::Error::other(format!("greeting {got:02x?}, expected {expected:02x?}"));
         return Err(("greeting", e));
     }
+    std::thread::sleep(idle);
     stream
         .write_all(&down.to_be_bytes())
         .map_err(|e| ("write", e))?;
