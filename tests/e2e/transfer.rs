@@ -884,7 +884,8 @@ fn the_pattern_catches_damage_of_every_kind() {
 
 /// A relayed connection on which nothing moves for `timeouts.idle` (1 s here) is cut then,
 /// with `; idle timeout` in its record, and not before: a pause shorter than the timeout
-/// leaves the next transfer whole. In the kernel relay no byte passes the proxy, so it
+/// leaves the next transfer whole, and so does a reader draining its download for longer
+/// than the timeout while the upstream says nothing. In the kernel relay no byte passes the proxy, so it
 /// learns that nothing moved from the kernel's counts.
 fn idle_connection_is_cut_at_the_idle_timeout(relay: Relay) {
     let b = Bench::new(None);
@@ -892,6 +893,9 @@ fn idle_connection_is_cut_at_the_idle_timeout(relay: Relay) {
         b.s.scratch
             .write("idle.toml", "[timeouts]\nidle = \"1s\"\n");
     let mut actions = transfer(TRANSFER, 1000, 1000, &["--idle-ms", "400"]);
+    // A slow reader is not idle: the download reaches the relay at once and then drains for
+    // about 3 s, 64 KiB per 100 ms, while the upstream is silent.
+    actions.extend(transfer(TRANSFER, 0, 2 * MIB, &["--slow-read-ms", "100"]));
     actions.extend(transfer(TRANSFER, 1000, 1000, &["--idle-ms", "3000"]));
     let out = b.run_with(
         relay,
@@ -901,8 +905,8 @@ fn idle_connection_is_cut_at_the_idle_timeout(relay: Relay) {
         &["--config".to_owned(), config.display().to_string()],
     );
     let lines = lines(&out, "transfer");
-    assert_eq!(lines.len(), 2, "\n{out}");
-    let records = b.plain.wait_for(1, Duration::from_secs(30));
+    assert_eq!(lines.len(), 3, "\n{out}");
+    let records = b.plain.wait_for(2, Duration::from_secs(30));
     let audit = out.audit();
     assert_whole(
         &out,
@@ -913,7 +917,21 @@ fn idle_connection_is_cut_at_the_idle_timeout(relay: Relay) {
         &lines[0],
         (1000, 1000),
     );
-    let cut = &lines[1];
+    assert_whole(
+        &out,
+        &audit,
+        &records,
+        relay,
+        TRANSFER,
+        &lines[1],
+        (0, 2 * MIB),
+    );
+    assert!(
+        num(&lines[1], "elapsed_ms") >= 2000,
+        "the slow reader was not slow: {}\n{out}",
+        lines[1]
+    );
+    let cut = &lines[2];
     assert_ne!(
         text(&cut["intact"]),
         "true",
@@ -927,7 +945,7 @@ fn idle_connection_is_cut_at_the_idle_timeout(relay: Relay) {
     );
     let lasted = num(rec, "duration_ms");
     assert!(
-        (900..2900).contains(&lasted),
+        (900..1800).contains(&lasted),
         "cut after {lasted} ms with a 1 s idle timeout: {rec}\n{out}"
     );
 }

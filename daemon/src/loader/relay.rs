@@ -86,6 +86,16 @@ impl KernelRelay for MapRelay {
         })
     }
 
+    fn queued(&self, socket: BorrowedFd<'_>) -> std::io::Result<u64> {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ on sockets) writes one int through the pointer.
+        let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(u64::try_from(queued).unwrap_or(0))
+    }
+
     fn remove(&self, cookie: u64) -> RelayCounts {
         // Out of the sockmap first, so the counts read next are final.
         let _ = lock(&self.sockets).remove(&cookie);

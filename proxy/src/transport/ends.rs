@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -46,7 +46,13 @@ struct Shared {
     set: AsyncFd<Set>,
     waiting: Mutex<HashMap<u64, Arc<Notify>>>,
     next: AtomicU64,
+    /// The dispatcher stopped on an error: connections look at their sockets every
+    /// [`DEAD_POLL`] instead, and new ones are not handed to the kernel.
+    dead: AtomicBool,
 }
+
+/// How often a connection looks at its sockets once the dispatcher is gone.
+const DEAD_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl std::fmt::Debug for Ends {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,15 +84,24 @@ impl Ends {
             set,
             waiting: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
+            dead: AtomicBool::new(false),
         });
         let stop = CancellationToken::new();
         tokio::spawn(dispatch(Arc::clone(&shared), stop.clone()));
         Ok(Self { shared, stop })
     }
 
+    /// Whether the dispatcher still runs (if not, connections are better spliced).
+    pub(crate) fn alive(&self) -> bool {
+        !self.shared.dead.load(Ordering::Acquire)
+    }
+
     /// Watches both sockets of one connection for their ends.
     pub(crate) fn watch<'e>(&'e self, sockets: [BorrowedFd<'e>; 2]) -> io::Result<Watched<'e>> {
         let shared = &*self.shared;
+        if shared.dead.load(Ordering::Acquire) {
+            return Err(io::Error::other("the relay's end watcher stopped"));
+        }
         let token = shared.next.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
         shared
@@ -123,7 +138,11 @@ impl Shared {
     fn dispatch(&self) -> io::Result<()> {
         let mut events = [EpollEvent::empty(); BATCH];
         loop {
-            let n = self.set.get_ref().0.wait(&mut events, EpollTimeout::ZERO)?;
+            let n = match self.set.get_ref().0.wait(&mut events, EpollTimeout::ZERO) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
             {
                 let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
                 for event in &events[..n] {
@@ -147,7 +166,14 @@ async fn dispatch(shared: Arc<Shared>, stop: CancellationToken) {
             guard = shared.set.readable() => {
                 let Ok(mut guard) = guard else { return };
                 if let Err(e) = shared.dispatch() {
-                    tracing::warn!("reading the in-kernel relay's epoll set: {e}");
+                    tracing::error!(
+                        "reading the in-kernel relay's epoll set: {e}; relayed connections \
+                         now poll for their ends and new ones are spliced"
+                    );
+                    shared.dead.store(true, Ordering::Release);
+                    for notify in shared.waiting.lock().unwrap_or_else(PoisonError::into_inner).values() {
+                        notify.notify_one();
+                    }
                     return;
                 }
                 // Events that come after the drain make a new edge, which this clear
@@ -162,7 +188,11 @@ impl Watched<'_> {
     /// Returns once something happened to one of the sockets since the last call (or since
     /// the registration): a FIN, an error or a hang-up. Ask the sockets what it was.
     pub(crate) async fn changed(&self) {
-        self.notify.notified().await;
+        if self.shared.dead.load(Ordering::Acquire) {
+            tokio::time::sleep(DEAD_POLL).await;
+        } else {
+            self.notify.notified().await;
+        }
     }
 }
 

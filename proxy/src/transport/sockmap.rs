@@ -69,6 +69,16 @@ pub trait KernelRelay: Send + Sync + 'static {
     /// Takes socket `cookie` out of the sockmap, then forgets its pairing; returns its final
     /// counts (zero when they could not be read). Entries already gone are not an error.
     fn remove(&self, cookie: u64) -> RelayCounts;
+
+    /// Bytes written into `socket` and not yet acknowledged by its peer (`SIOCOUTQ`). With
+    /// `TCP_INFO`'s acknowledged bytes it tells how much the kernel has written into the
+    /// socket, which `TCP_INFO` alone cannot say exactly. (An `ioctl`, so the daemon's: this
+    /// crate has no unsafe code.)
+    ///
+    /// # Errors
+    ///
+    /// The `ioctl` failed.
+    fn queued(&self, socket: BorrowedFd<'_>) -> io::Result<u64>;
 }
 
 /// What the kernel program counted for one relayed socket.
@@ -108,9 +118,23 @@ pub(crate) async fn relay(
     read: u64,
     idle: Duration,
 ) -> Result<Outcome, Box<NotHandedOver>> {
-    let infos = info(upstream.as_fd()).and_then(|up| Ok((up, info(client.as_fd())?)));
-    let (upstream_info, client_info) = match infos {
-        Ok(infos) => infos,
+    if !ends.alive() {
+        let why = io::Error::other("the relay's end watcher stopped");
+        return Err(Box::new(NotHandedOver {
+            client,
+            upstream,
+            why,
+        }));
+    }
+    let measured = info(client.as_fd()).and_then(|c| {
+        let bases = (
+            written(kernel, upstream.as_fd())?,
+            written(kernel, client.as_fd())?,
+        );
+        Ok((c, bases))
+    });
+    let (client_info, (base_up, base_down)) = match measured {
+        Ok(measured) => measured,
         Err(why) => {
             return Err(Box::new(NotHandedOver {
                 client,
@@ -124,7 +148,6 @@ pub(crate) async fn relay(
     // before the hand-over (early data, a pipelined request) would see the upstream get the
     // prefix twice. Such a connection is spliced instead. Segments that arrive from here on
     // are whole, which the kick after the insert takes care of.
-    let (base_up, base_down) = (upstream_info.written, client_info.written);
     match client_info.data_received().saturating_sub(read) {
         0 => {}
         n => {
@@ -140,13 +163,15 @@ pub(crate) async fn relay(
     }
     let pair = match Pair::hand_over(kernel, client.as_fd(), upstream.as_fd()) {
         Ok(pair) => pair,
-        Err(why) => {
+        Err(HandOver::Refused(why)) => {
             return Err(Box::new(NotHandedOver {
                 client,
                 upstream,
                 why,
             }));
         }
+        // Bytes may already have gone through the kernel: splicing now could leave a gap.
+        Err(HandOver::Broken(why)) => return Ok(Outcome::ended(End::Failed(why))),
     };
     // Out of tokio's epoll set, which would wake the runtime for every relayed chunk.
     let sockets = client
@@ -157,6 +182,7 @@ pub(crate) async fn relay(
         Err(e) => return Ok(Outcome::ended(End::Failed(e))),
     };
     let mut watch = Watch {
+        kernel,
         pair,
         client: &client,
         upstream: &upstream,
@@ -175,6 +201,15 @@ pub(crate) async fn relay(
     })
 }
 
+/// Why [`Pair::hand_over`] failed.
+enum HandOver {
+    /// Nothing went through the kernel: the sockets are as they were.
+    Refused(io::Error),
+    /// Bytes may have gone through the kernel (or be stranded): the connection cannot be
+    /// relayed another way.
+    Broken(io::Error),
+}
+
 /// A connection's two sockets while they are in the sockmap; dropping it takes them out
 /// (so a cancelled relay leaves nothing behind).
 struct Pair<'k> {
@@ -185,41 +220,45 @@ struct Pair<'k> {
 }
 
 impl<'k> Pair<'k> {
-    /// Pairs the sockets, inserts the client then the upstream, and kicks both. Any bytes
-    /// that arrived in the window between the inserts make the relay fail later (see the
-    /// module doc); a refusal before any byte moved undoes everything.
+    /// Pairs the sockets, inserts the client then the upstream, and kicks both. A refusal
+    /// before any byte went through the kernel undoes everything ([`HandOver::Refused`]:
+    /// splice can take over); after that, a failure is [`HandOver::Broken`], since bytes
+    /// the client sent in the window between the inserts are stranded on its socket.
     fn hand_over(
         kernel: &'k dyn KernelRelay,
         client: BorrowedFd<'_>,
         upstream: BorrowedFd<'_>,
-    ) -> io::Result<Self> {
+    ) -> Result<Self, HandOver> {
         let mut pair = Self {
             kernel,
-            client: cookie(client)?,
-            upstream: cookie(upstream)?,
+            client: cookie(client).map_err(HandOver::Refused)?,
+            upstream: cookie(upstream).map_err(HandOver::Refused)?,
             done: false,
         };
-        size_send_buffer(client)?;
-        size_send_buffer(upstream)?;
-        kernel.pair(pair.client, pair.upstream)?;
-        kernel.pair(pair.upstream, pair.client)?;
-        kernel.insert(pair.client, client)?;
+        let before = || -> io::Result<()> {
+            size_send_buffer(client)?;
+            size_send_buffer(upstream)?;
+            kernel.pair(pair.client, pair.upstream)?;
+            kernel.pair(pair.upstream, pair.client)?;
+            kernel.insert(pair.client, client)
+        };
+        before().map_err(HandOver::Refused)?;
         if let Err(e) = kernel.insert(pair.upstream, upstream) {
             let (c, _) = pair.finish();
-            if c.unpaired > 0 {
-                // The client's bytes are stranded on its socket: nothing can relay them.
-                return Err(io::Error::other(format!(
+            if c.unpaired > 0 || c.bytes > 0 {
+                return Err(HandOver::Broken(io::Error::other(format!(
                     "{} bytes arrived while the in-kernel relay was being set up and the \
                      upstream could not join it: {e}",
-                    c.unpaired
-                )));
+                    c.unpaired + c.bytes
+                ))));
             }
-            return Err(e);
+            return Err(HandOver::Refused(e));
         }
         // Bytes that arrived before a socket went in wait in its receive queue until the
         // next segment: hand them over now.
-        kick(client)?;
-        kick(upstream)?;
+        kick(client)
+            .and_then(|()| kick(upstream))
+            .map_err(HandOver::Broken)?;
         Ok(pair)
     }
 
@@ -278,6 +317,7 @@ impl Drain {
     /// it (`handed` is the reader's count); `Ok(false)` while bytes are still on the way.
     fn try_shut(
         &mut self,
+        kernel: &dyn KernelRelay,
         reader: &StdStream,
         writer: &StdStream,
         handed: u64,
@@ -285,10 +325,12 @@ impl Drain {
         if self.shut {
             return Ok(true);
         }
-        if !self.eof || info(reader.as_fd())?.data_received() != self.read + handed {
+        // After the FIN, `tcpi_bytes_received` counts its sequence number too.
+        let received = info(reader.as_fd())?.bytes_received.saturating_sub(1);
+        if !self.eof || received != self.read + handed {
             return Ok(false);
         }
-        if written(writer.as_fd())? < self.base + handed {
+        if written(kernel, writer.as_fd())? < self.base + handed {
             return Ok(false);
         }
         writer.shutdown(std::net::Shutdown::Write)?;
@@ -299,6 +341,7 @@ impl Drain {
 
 /// The proxy's side of a relay in the kernel: waits for FINs, errors and the idle timeout.
 struct Watch<'a, 'k> {
+    kernel: &'k dyn KernelRelay,
     pair: Pair<'k>,
     client: &'a StdStream,
     upstream: &'a StdStream,
@@ -313,9 +356,10 @@ const DRAIN_FIRST: Duration = Duration::from_micros(50);
 const DRAIN_MAX: Duration = Duration::from_millis(20);
 
 impl Watch<'_, '_> {
-    /// Waits for the ends. The kernel's counts are read only when something needs them: once
-    /// after the hand-over (bytes stranded in it), when a FIN waits for its bytes, and when
-    /// the idle timeout is due; each is a system call on a connection's hot path.
+    /// Waits for the ends. The kernel's counts are read only when something needs them:
+    /// once after the hand-over (bytes stranded in it) and while a FIN waits for its bytes;
+    /// the idle timeout asks the sockets when they last sent or received data, so a slow
+    /// reader still draining the last bytes is not idle.
     async fn run(&mut self, watched: &Watched<'_>, idle: Duration) -> End {
         match self.pair.counts() {
             Ok((c, u)) if c.unpaired > 0 || u.unpaired > 0 => {
@@ -327,14 +371,12 @@ impl Watch<'_, '_> {
             Ok(_) => {}
             Err(e) => return End::Failed(e),
         }
-        let mut last = 0u64;
         let mut deadline = Instant::now() + idle;
         let mut pause = DRAIN_FIRST;
         let mut looked = self.look();
         loop {
-            match looked {
-                Ok(()) => {}
-                Err(e) => return End::Failed(e),
+            if let Err(e) = looked {
+                return End::Failed(e);
             }
             let draining = (self.up.eof && !self.up.shut) || (self.down.eof && !self.down.shut);
             if draining {
@@ -342,12 +384,13 @@ impl Watch<'_, '_> {
                     Ok(counts) => counts,
                     Err(e) => return End::Failed(e),
                 };
-                if c.bytes + u.bytes != last {
-                    last = c.bytes + u.bytes;
-                    deadline = Instant::now() + idle;
-                }
-                let up = self.up.try_shut(self.client, self.upstream, c.bytes);
-                let down = self.down.try_shut(self.upstream, self.client, u.bytes);
+                let kernel = self.kernel;
+                let up = self
+                    .up
+                    .try_shut(kernel, self.client, self.upstream, c.bytes);
+                let down = self
+                    .down
+                    .try_shut(kernel, self.upstream, self.client, u.bytes);
                 match (up, down) {
                     (Err(e), _) | (_, Err(e)) => return End::Failed(e),
                     (Ok(true), Ok(true)) => return End::Closed,
@@ -368,12 +411,9 @@ impl Watch<'_, '_> {
                 () = watched.changed() => self.look(),
                 () = tokio::time::sleep_until(wake) => {
                     if Instant::now() >= deadline {
-                        match self.pair.counts() {
-                            Ok((c, u)) if c.bytes + u.bytes == last => return End::Idle,
-                            Ok((c, u)) => {
-                                last = c.bytes + u.bytes;
-                                deadline = Instant::now() + idle;
-                            }
+                        match self.quiet() {
+                            Ok(quiet) if quiet >= idle => return End::Idle,
+                            Ok(quiet) => deadline = Instant::now() + (idle - quiet),
                             Err(e) => return End::Failed(e),
                         }
                     }
@@ -383,23 +423,40 @@ impl Watch<'_, '_> {
         }
     }
 
+    /// How long neither socket has sent or received data (`tcpi_last_data_sent`,
+    /// `tcpi_last_data_recv`): the relay's idle time, whoever is slow.
+    fn quiet(&self) -> io::Result<Duration> {
+        let (c, u) = (info(self.client.as_fd())?, info(self.upstream.as_fd())?);
+        Ok(Duration::from_millis(u64::from(c.quiet_ms.min(u.quiet_ms))))
+    }
+
     /// Asks both sockets what happened: a FIN ends that socket's reading direction; a reset
-    /// or another error (the socket closed without both FINs) ends the relay.
+    /// or another error ends the relay. A socket in `TCP_CLOSE` whose write side the relay
+    /// has not shut down was reset (a reset's error can be taken by the kernel's own send
+    /// path before the proxy looks); one whose write side it shut closed in order.
     fn look(&mut self) -> io::Result<()> {
         let (client, upstream) = (info(self.client.as_fd())?, info(self.upstream.as_fd())?);
-        for (side, socket, info) in [
-            ("client", self.client, &client),
-            ("upstream", self.upstream, &upstream),
-        ] {
-            if info.state == TCP_CLOSE
-                && let Some(e) = socket.take_error()?
-            {
+        // The client's writer is `down`, the upstream's `up`.
+        let sides = [
+            ("client", self.client, &client, self.down.shut),
+            ("upstream", self.upstream, &upstream, self.up.shut),
+        ];
+        for (side, socket, info, shut_by_us) in sides {
+            if info.state != TCP_CLOSE {
+                continue;
+            }
+            if let Some(e) = socket.take_error()? {
                 tracing::debug!(side, "in-kernel relay: socket error: {e}");
                 return Err(e);
             }
+            if !shut_by_us {
+                tracing::debug!(side, "in-kernel relay: socket closed without a FIN");
+                return Err(io::ErrorKind::ConnectionReset.into());
+            }
         }
-        self.up.eof |= client.fin_received();
-        self.down.eof |= upstream.fin_received();
+        let fin = |info: &TcpInfo| info.fin_received() || info.state == TCP_CLOSE;
+        self.up.eof |= fin(&client);
+        self.down.eof |= fin(&upstream);
         Ok(())
     }
 }
@@ -472,9 +529,11 @@ struct TcpInfo {
     state: u8,
     /// Bytes received in order (`tcpi_bytes_received`).
     bytes_received: u64,
-    /// Bytes the application wrote into the socket: sent once (`tcpi_bytes_sent` less
-    /// `tcpi_bytes_retrans`) plus not sent yet (`tcpi_notsent_bytes`).
-    written: u64,
+    /// Bytes the peer acknowledged (`tcpi_bytes_acked`).
+    bytes_acked: u64,
+    /// Milliseconds since the socket last sent or received data (the smaller of
+    /// `tcpi_last_data_sent` and `tcpi_last_data_recv`).
+    quiet_ms: u32,
 }
 
 impl TcpInfo {
@@ -484,10 +543,11 @@ impl TcpInfo {
             .saturating_sub(u64::from(self.fin_received()))
     }
 
-    /// The peer's FIN came (or the connection is gone): `CLOSE_WAIT`, `LAST_ACK`,
-    /// `CLOSING`, `TIME_WAIT` or `CLOSE` (`include/net/tcp_states.h`).
+    /// The peer's FIN came: `CLOSE_WAIT`, `LAST_ACK`, `CLOSING` or `TIME_WAIT`
+    /// (`include/net/tcp_states.h`). `TCP_CLOSE` is ambiguous (an orderly close or a
+    /// reset) and left to the caller.
     fn fin_received(&self) -> bool {
-        matches!(self.state, 6..=9 | 11)
+        matches!(self.state, 6 | 8 | 9 | 11)
     }
 }
 
@@ -495,18 +555,25 @@ impl TcpInfo {
 fn info(socket: BorrowedFd<'_>) -> io::Result<TcpInfo> {
     let words = getsockopt(&socket, TcpInfoWords)?;
     let word = |offset: usize| words[offset / 8];
-    // tcpi_notsent_bytes is the u32 at byte 144, the low half of word 18 on little-endian
-    // and the high half on big-endian.
-    let pair = words[144 / 8].to_ne_bytes();
-    let notsent = u32::from_ne_bytes([pair[0], pair[1], pair[2], pair[3]]);
+    // The u32 at byte `offset`: the first four bytes of its 64-bit word in memory order.
+    let u32_at = |offset: usize| {
+        let bytes = words[offset / 8].to_ne_bytes();
+        let at = offset % 8;
+        u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+    };
     Ok(TcpInfo {
         state: words[0].to_ne_bytes()[0],
         bytes_received: word(128),
-        written: word(200).saturating_sub(word(208)) + u64::from(notsent),
+        bytes_acked: word(120),
+        quiet_ms: u32_at(44).min(u32_at(52)),
     })
 }
 
-/// Bytes written into `socket` so far (see [`TcpInfo::written`]).
-fn written(socket: BorrowedFd<'_>) -> io::Result<u64> {
-    Ok(info(socket)?.written)
+/// Bytes written into `socket` so far, up to a constant (a SYN may count): acknowledged
+/// (`TCP_INFO`) plus still queued (`SIOCOUTQ`), read in that order, so that an
+/// acknowledgement in between can only make it smaller and "all written" is never claimed
+/// early.
+fn written(kernel: &dyn KernelRelay, socket: BorrowedFd<'_>) -> io::Result<u64> {
+    let acked = info(socket)?.bytes_acked;
+    Ok(acked + kernel.queued(socket)?)
 }
