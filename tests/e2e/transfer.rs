@@ -644,11 +644,15 @@ fn client_resets_mid_upload(relay: Relay) {
         server.up_received <= MIB && server.up_ok,
         "the server got more than was sent, or damaged bytes: {server:?}\n{out}"
     );
+    // A reset ends the connection at once, as a reset does: the bytes still on their way
+    // through the proxy may be dropped with it, on either relay, down to the download size
+    // itself (the server then ends before reading one). Never a wrong byte.
     assert!(
         matches!(
             server.up_end,
             egressd_tests::transfer::ReadEnd::Eof | egressd_tests::transfer::ReadEnd::Reset
-        ),
+        ) || (server.up_end == egressd_tests::transfer::ReadEnd::Aborted
+            && server.up_received == 0),
         "{server:?}"
     );
     eprintln!(
