@@ -263,10 +263,11 @@ fn verdict_table<'m>(
     }
 }
 
-/// Issue 8's targets, each with the measured figures and whether it is met.
+/// Issue 8's targets not repeated in issue 18's, each with the measured figures and whether
+/// it is met.
 fn targets_check(md: &mut String, run: &RunResult) {
     let s = |id: &str| summary(run, id);
-    let (direct, haproxy, squid, mitm) = (s("direct"), s("haproxy"), s("squid"), s("mitmproxy"));
+    let (direct, haproxy, mitm) = (s("direct"), s("haproxy"), s("mitmproxy"));
     let (pass, icpt, strict) = (
         s("egressd-pass"),
         s("egressd-intercept"),
@@ -279,15 +280,10 @@ fn targets_check(md: &mut String, run: &RunResult) {
         format!("{} vs {}", v.a, v.b),
         v.met(|a, b| a >= b),
     );
-    let v = Versus::new(pass.bulk_mb_s, direct.bulk_mb_s, 0);
+    // The machine's CPU, not the proxy's: the kernel relay's work is charged to no process.
+    let v = Versus::new(pass.machine_cpu_s_per_gb, haproxy.machine_cpu_s_per_gb, 2);
     row(
-        "pass-through bulk ≥ 0.95 × direct",
-        format!("{} MB/s vs {} ({})", v.a, v.b, v.ratio),
-        v.met(|a, b| a >= 0.95 * b),
-    );
-    let v = Versus::new(pass.cpu_s_per_gb, haproxy.cpu_s_per_gb, 2);
-    row(
-        "pass-through CPU per GB below HAProxy's",
+        "pass-through CPU per GB below HAProxy's (whole machine)",
         format!("{} vs {} s/GB", v.a, v.b),
         v.met(|a, b| a < b),
     );
@@ -296,12 +292,6 @@ fn targets_check(md: &mut String, run: &RunResult) {
         "intercept req/s ≥ 10 × mitmproxy's",
         format!("{} vs {} ({})", v.a, v.b, v.ratio),
         v.met(|a, b| a >= 10.0 * b),
-    );
-    let v = Versus::new(icpt.req_per_s, squid.req_per_s, 0);
-    row(
-        "intercept req/s ≥ Squid's CONNECT pass-through",
-        format!("{} vs {}", v.a, v.b),
-        v.met(|a, b| a >= b),
     );
     let v = Versus::new(icpt.lat_p99_ms, direct.lat_p99_ms, 3);
     row(

@@ -215,49 +215,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    fn pump(
-        &mut self,
-        cx: &mut Context<'_>,
-        from: &mut R,
-        to: &mut W,
-        progressed: &mut bool,
-    ) -> Poll<io::Result<()>> {
-        self.poll_copy(cx, from, to, progressed)
-    }
-
-    fn moved(&self) -> u64 {
-        self.amount
-    }
-}
-
-impl Default for Direction {
-    fn default() -> Self {
-        Self {
-            buf: vec![0; BUF_SIZE].into_boxed_slice(),
-            pos: 0,
-            cap: 0,
-            read_done: false,
-            need_flush: false,
-            shut_down: false,
-            amount: 0,
-        }
-    }
-}
-
-impl Direction {
     /// Moves bytes until the reader or writer is pending; `Ready(Ok)` once the reader hit EOF,
     /// everything was written and the writer was shut down. `Err(Some)` is a socket error.
-    fn poll_copy<R, W>(
+    fn pump(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
         progressed: &mut bool,
-    ) -> Poll<io::Result<()>>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+    ) -> Poll<io::Result<()>> {
         if self.shut_down {
             return Poll::Ready(Ok(()));
         }
@@ -303,6 +269,24 @@ impl Direction {
                 self.shut_down = true;
                 return Poll::Ready(Ok(()));
             }
+        }
+    }
+
+    fn moved(&self) -> u64 {
+        self.amount
+    }
+}
+
+impl Default for Direction {
+    fn default() -> Self {
+        Self {
+            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            pos: 0,
+            cap: 0,
+            read_done: false,
+            need_flush: false,
+            shut_down: false,
+            amount: 0,
         }
     }
 }

@@ -126,12 +126,10 @@ pub(crate) async fn relay(
             why,
         }));
     }
+    // One `TCP_INFO` of the client serves both the unread check and its base.
     let measured = info(client.as_fd()).and_then(|c| {
-        let bases = (
-            written(kernel, upstream.as_fd())?,
-            written(kernel, client.as_fd())?,
-        );
-        Ok((c, bases))
+        let base_down = c.bytes_acked + kernel.queued(client.as_fd())?;
+        Ok((c, (written(kernel, upstream.as_fd())?, base_down)))
     });
     let (client_info, (base_up, base_down)) = match measured {
         Ok(measured) => measured,
@@ -365,7 +363,8 @@ impl Watch<'_, '_> {
             Ok((c, u)) if c.unpaired > 0 || u.unpaired > 0 => {
                 return End::Failed(io::Error::other(
                     "bytes arrived while the in-kernel relay was being set up; their order \
-                     cannot be kept",
+                     cannot be kept (the client spoke before the server answered; \
+                     --relay splice never hands connections over)",
                 ));
             }
             Ok(_) => {}

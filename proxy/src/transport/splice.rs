@@ -73,29 +73,13 @@ struct Direction {
 }
 
 impl Pump<TcpStream, TcpStream> for Direction {
+    /// Moves bytes until the reader or the writer would block; `Ready(Ok)` once the reader
+    /// hit EOF, the pipe is empty and the writer's write side was shut down.
     fn pump(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut TcpStream,
-        to: &mut TcpStream,
-        progressed: &mut bool,
-    ) -> Poll<io::Result<()>> {
-        self.poll_splice(cx, from, to, progressed)
-    }
-
-    fn moved(&self) -> u64 {
-        self.amount
-    }
-}
-
-impl Direction {
-    /// Moves bytes until the reader or the writer would block; `Ready(Ok)` once the reader
-    /// hit EOF, the pipe is empty and the writer's write side was shut down.
-    fn poll_splice(
-        &mut self,
-        cx: &mut Context<'_>,
-        reader: &TcpStream,
-        writer: &TcpStream,
+        reader: &mut TcpStream,
+        writer: &mut TcpStream,
         progressed: &mut bool,
     ) -> Poll<io::Result<()>> {
         if self.shut_down {
@@ -168,6 +152,10 @@ impl Direction {
                 return Poll::Ready(Ok(()));
             }
         }
+    }
+
+    fn moved(&self) -> u64 {
+        self.amount
     }
 }
 
