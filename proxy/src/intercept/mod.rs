@@ -67,6 +67,9 @@ pub(crate) struct Interception {
     pub(crate) spiffe: std::collections::HashMap<String, SpiffeRoute>,
     /// Mints the credentials the rules inject.
     pub(crate) broker: crate::token::Broker,
+    /// The redaction needles of the tokens injected lately, shared by every connection: a
+    /// token's search automaton is built once per token, not once per connection.
+    pub(crate) needles: redact::NeedleCache,
 }
 
 /// The upstream of a host whose rules name `spiffe`: the SVID source and its own clients.
@@ -133,6 +136,7 @@ impl Interception {
             upstream: upstream::Upstream::new(connector, policy, extra_ca_pem)?,
             spiffe,
             broker,
+            needles: redact::NeedleCache::default(),
         })
     }
 }

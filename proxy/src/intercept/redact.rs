@@ -103,14 +103,15 @@ impl Needles {
     }
 }
 
-/// The [`Needles`] of the last few secrets, so that requests carrying the same token (a
-/// connection's, a token's lifetime) do not build its search again: the forms and their
-/// automaton are built once per token, not once per request.
+/// The [`Needles`] of the last few secrets, so that requests carrying the same token (for
+/// the token's lifetime, on any connection) do not build its search again: the forms and
+/// their automaton are built once per token, not once per request or connection.
 #[derive(Default)]
 pub(crate) struct NeedleCache(std::sync::Mutex<Vec<Arc<Needles>>>);
 
-/// How many secrets a [`NeedleCache`] keeps (one per credential a host or port injects).
-const CACHED_SECRETS: usize = 8;
+/// How many secrets a [`NeedleCache`] keeps (the least recently used goes first): one per
+/// credential in use, with room for the tokens that replace them.
+const CACHED_SECRETS: usize = 32;
 
 impl NeedleCache {
     /// The needles of `secret` (`None` for an empty one), built only on a miss.

@@ -108,8 +108,6 @@ struct Conn {
     client: SocketAddr,
     orig: SocketAddr,
     rules: Vec<InterceptRule>,
-    /// The redaction needles of the tokens this connection's requests got.
-    needles: super::redact::NeedleCache,
 }
 
 /// Terminates TLS on `io` (the ClientHello replayed) and serves its requests until the
@@ -139,7 +137,6 @@ where
         client,
         orig,
         rules,
-        needles: super::redact::NeedleCache::default(),
     });
     // Set by the first request: until then the connection runs under `request_head`.
     let first_request = Arc::new(tokio::sync::Notify::new());
@@ -500,7 +497,7 @@ impl Conn {
             // scrubbed of the token too (ws.rs).
             let needles = reflected
                 .as_ref()
-                .and_then(|s| self.needles.get(s.expose().as_bytes()));
+                .and_then(|s| self.interception().needles.get(s.expose().as_bytes()));
             if let Some(needles) = &needles {
                 super::redact::headers(resp.headers_mut(), needles);
             }
@@ -529,7 +526,8 @@ impl Conn {
             });
             return resp.map(|body| body.boxed_unsync());
         }
-        let needles = reflected.and_then(|s| self.needles.get(s.expose().as_bytes()));
+        let needles =
+            reflected.and_then(|s| self.interception().needles.get(s.expose().as_bytes()));
         match forward::answer(resp, needles, pending) {
             Ok(resp) => resp,
             Err(refused) => {
