@@ -5,7 +5,8 @@
 //! the e2e tests run `target/debug/egressd`, which `cargo test` alone does not build (it is
 //! another package's binary). `--no-fail-fast` so that one failing package does not hide the
 //! results of the others. Then every fuzz target runs for `--fuzz-seconds` (default 4; the
-//! build is incremental after the first time), and the command fails if either part did.
+//! build is incremental after the first time), `deploy/validate.sh` renders the Helm chart
+//! and validates it and the plain manifests offline, and the command fails if any part did.
 
 use anyhow::Result;
 use clap::Args;
@@ -47,9 +48,20 @@ pub fn run(opts: &Options) -> Result<()> {
         );
         fuzz::smoke(opts.fuzz_seconds)
     };
-    match (tests, fuzzed) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
-        (Err(t), Err(f)) => Err(t.context(format!("and fuzzing failed too: {f:#}"))),
+    say!("validating the Kubernetes deployment (deploy/validate.sh)...");
+    let deployed = run_cmd(
+        sh.cmd("bash")
+            .arg("deploy/validate.sh")
+            .env("REQUIRE_EGRESSD", "1")
+            .env("EGRESSD", "target/debug/egressd"),
+    );
+    let failures: Vec<String> = [("tests", tests), ("fuzzing", fuzzed), ("deploy", deployed)]
+        .into_iter()
+        .filter_map(|(part, r)| r.err().map(|e| format!("{part}: {e:#}")))
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", failures.join("; "))
     }
 }
