@@ -673,6 +673,10 @@ pub struct AuditArgs {
     /// Rows per view in table and markdown output (JSON has every row).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Add a view with one row per node (`k8s.node`, else the log's arm host, else the log
+    /// file), repository or actor: counts, bytes, first/last seen, top denied names.
+    #[arg(long = "group-by", value_name = "node|repo|actor")]
+    pub group_by: Option<crate::commands::audit::GroupBy>,
 }
 
 /// `--decision`.

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Serialize, Serializer};
 
+use super::group::Groups;
 use super::read::{Rec, format_ms};
 
 /// The most distinct keys one view keeps.
@@ -113,6 +114,8 @@ pub struct Aggregate {
     pub workflows: HashMap<String, u64>,
     /// Per minute (epoch minute): (allowed, denied), DNS included.
     pub minutes: BTreeMap<i64, (u64, u64)>,
+    /// `--group-by`: per node, repository or actor (`None` without the option).
+    pub groups: Option<Groups>,
 }
 
 impl Aggregate {
@@ -136,6 +139,9 @@ impl Aggregate {
         }
         self.bytes_up += r.bytes_up;
         self.bytes_down += r.bytes_down;
+        if let Some(groups) = &mut self.groups {
+            groups.add(r, n);
+        }
         if let Some(t) = r.time {
             self.first = Some(self.first.map_or(t, |f| f.min(t)));
             self.last = Some(self.last.map_or(t, |l| l.max(t)));
@@ -227,6 +233,7 @@ impl Aggregate {
             self.repositories.len(),
             self.workflows.len(),
             self.minutes.len(),
+            self.groups.as_ref().map_or(0, |g| g.rows.len()),
         ]
         .into_iter()
         .max()
@@ -235,7 +242,7 @@ impl Aggregate {
 }
 
 /// The counters for `key`, or for [`OTHER`] once the map is full.
-fn slot<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+pub fn slot<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
     let key = if map.len() < MAX_KEYS || map.contains_key(key) {
         key
     } else {

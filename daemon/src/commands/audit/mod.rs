@@ -1,14 +1,18 @@
 //! `egressd audit`: summarise audit logs (egressd's JSONL, AWF's `access.log` and
 //! `audit.jsonl`) in one streaming pass.
 //!
-//! Pipeline: [`read`] parses each line; lifecycle lines and records go to [`enforce`] (proof
-//! of enforcement, checked before the time/decision/domain filters); filtered records go to
-//! [`aggregate`] and are dropped; [`report`] sorts the aggregate into rows, [`suggest`] adds
-//! `--suggest`, and [`render`] prints a table or markdown (JSON is the report itself).
-//! Memory is bounded by the number of distinct keys, capped in [`aggregate`].
+//! Pipeline: [`read`] parses each line (several inputs are read as one stream ordered by
+//! time, [`merge`]) and gives it its node ([`read::Node`]); lifecycle lines and records go to
+//! [`enforce`] (proof of enforcement, checked before the time/decision/domain filters);
+//! filtered records go to [`aggregate`] (and [`group`] with `--group-by`) and are dropped;
+//! [`report`] sorts the aggregate into rows, [`suggest`] adds `--suggest`, and [`render`]
+//! prints a table or markdown (JSON is the report itself). Memory is bounded by the number
+//! of distinct keys, capped in [`aggregate`].
 
 mod aggregate;
 mod enforce;
+mod group;
+mod merge;
 mod read;
 mod render;
 mod report;
@@ -18,16 +22,18 @@ mod tests;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal as _, Read, Seek, SeekFrom, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 
+pub(crate) use self::group::GroupBy;
 pub(crate) use self::suggest::{Verdict, registrable, verdict_for};
 use self::{
     aggregate::Aggregate,
     enforce::Tracker,
-    read::{Line, Rec, Source},
+    group::Groups,
+    read::{Line, Node, Rec, Source},
     render::Paint,
     report::{Input, Report},
 };
@@ -72,21 +78,31 @@ pub fn run(args: &AuditArgs) -> Result<u8, Failure> {
         sandbox: args.sandbox.clone(),
     };
     let mut state = State::new(filter);
-    for path in &args.logs {
-        let input = if path == Path::new("-") {
-            state.read(path, io::stdin().lock())
-        } else {
-            let file = File::open(path)
-                .with_context(|| format!("opening {}", path.display()))
-                .map_err(Failure::usage)?;
-            state.read(path, BufReader::with_capacity(1 << 16, file))
-        }
-        .with_context(|| format!("reading {}", path.display()))
-        .map_err(Failure::runtime)?;
-        state.inputs.push(input);
-    }
+    state.agg.groups = args.group_by.map(Groups::new);
     if args.follow {
-        follow(&mut state, args).map_err(Failure::runtime)?;
+        // One file after the other, then the last one as it grows.
+        let mut last: Option<Reading> = None;
+        for path in &args.logs {
+            let reading = state
+                .read_all(vec![(path.as_path(), open(path)?)])
+                .map_err(|e| read_error(std::slice::from_ref(path), e))?
+                .pop();
+            if let Some(done) = std::mem::replace(&mut last, reading) {
+                state.inputs.push(done.input);
+            }
+        }
+        follow(&mut state, args, last).map_err(Failure::runtime)?;
+    } else {
+        // Every file at once, as one stream ordered by time.
+        let feeds = args
+            .logs
+            .iter()
+            .map(|path| Ok((path.as_path(), open(path)?)))
+            .collect::<Result<Vec<_>, Failure>>()?;
+        let readings = state
+            .read_all(feeds)
+            .map_err(|e| read_error(&args.logs, e))?;
+        state.inputs.extend(readings.into_iter().map(|r| r.input));
     }
 
     let expected = policy.as_ref().map(|c| c.policy.fingerprint());
@@ -127,6 +143,25 @@ pub fn run(args: &AuditArgs) -> Result<u8, Failure> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Opens a log (`-`: stdin) for reading.
+fn open(path: &Path) -> Result<Box<dyn BufRead>, Failure> {
+    if path == Path::new("-") {
+        return Ok(Box::new(io::stdin().lock()));
+    }
+    let file = File::open(path)
+        .with_context(|| format!("opening {}", path.display()))
+        .map_err(Failure::usage)?;
+    Ok(Box::new(BufReader::with_capacity(1 << 16, file)))
+}
+
+/// A read error, naming the log it came from.
+fn read_error(logs: &[PathBuf], e: merge::MergeError) -> Failure {
+    let path = logs
+        .get(e.input)
+        .map_or_else(|| "-".to_owned(), |p| p.display().to_string());
+    Failure::runtime(anyhow::Error::new(e.error).context(format!("reading {path}")))
 }
 
 /// The record filters.
@@ -189,30 +224,44 @@ impl State {
     }
 
     /// Reads a whole stream, line by line; returns what was read.
-    fn read(&mut self, path: &Path, mut reader: impl BufRead) -> io::Result<Input> {
-        let mut input = Input {
-            path: path.display().to_string(),
-            formats: Vec::new(),
-            lines: 0,
-            malformed: 0,
-        };
-        let mut buf = Vec::with_capacity(1024);
-        loop {
-            buf.clear();
-            if reader.read_until(b'\n', &mut buf)? == 0 {
-                break;
-            }
-            self.line(&buf, &mut input, |_| {});
-        }
-        Ok(input)
+    #[cfg(test)]
+    fn read(&mut self, path: &Path, reader: impl BufRead) -> io::Result<Input> {
+        let mut readings = self.read_all(vec![(path, reader)]).map_err(|e| e.error)?;
+        Ok(readings
+            .pop()
+            .map_or_else(|| Reading::new(path).input, |r| r.input))
     }
 
-    /// Takes one line; `each` sees every record kept and every lifecycle line (for
-    /// `--follow`).
-    fn line(&mut self, bytes: &[u8], input: &mut Input, mut each: impl FnMut(&Line)) {
-        input.lines += 1;
+    /// Reads whole streams as one, ordered by time ([`merge`]); returns what was read of
+    /// each, in the order given.
+    fn read_all<R: BufRead>(
+        &mut self,
+        feeds: Vec<(&Path, R)>,
+    ) -> Result<Vec<Reading>, merge::MergeError> {
+        let (mut readings, readers): (Vec<Reading>, Vec<R>) = feeds
+            .into_iter()
+            .map(|(path, reader)| (Reading::new(path), reader))
+            .unzip();
+        merge::merge(readers, |i, line| {
+            if let Some(reading) = readings.get_mut(i) {
+                self.take(line, reading, |_| {});
+            }
+        })?;
+        Ok(readings)
+    }
+
+    /// Takes one line of bytes (`--follow`).
+    fn line(&mut self, bytes: &[u8], reading: &mut Reading, each: impl FnMut(&Line)) {
         let text = String::from_utf8_lossy(bytes);
-        let line = read::parse(&text);
+        self.take(read::parse(&text), reading, each);
+    }
+
+    /// Takes one parsed line of `reading`'s input: gives it its node, then passes it on;
+    /// `each` sees every record kept and every lifecycle line (for `--follow`).
+    fn take(&mut self, mut line: Line, reading: &mut Reading, mut each: impl FnMut(&Line)) {
+        reading.node.assign(&mut line);
+        let input = &mut reading.input;
+        input.lines += 1;
         match &line {
             Line::Record(r) => {
                 note_format(input, r.source.unwrap_or(Source::Egressd));
@@ -238,6 +287,30 @@ impl State {
     }
 }
 
+/// One input while it is read: what was read, and its node rule.
+struct Reading {
+    input: Input,
+    node: Node,
+}
+
+impl Reading {
+    fn new(path: &Path) -> Self {
+        let path = path.display().to_string();
+        Self {
+            input: Input {
+                path: path.clone(),
+                formats: Vec::new(),
+                lines: 0,
+                malformed: 0,
+            },
+            node: Node {
+                file: path,
+                host: None,
+            },
+        }
+    }
+}
+
 fn note_format(input: &mut Input, source: Source) {
     if !input.formats.contains(&source.name()) {
         input.formats.push(source.name());
@@ -246,18 +319,14 @@ fn note_format(input: &mut Input, source: Source) {
 
 /// `--follow`: keep reading the last file as it grows (polling), print each new record,
 /// stop when a `disarm` arrives. Bounded: one partial line of at most [`MAX_LINE`] bytes.
-fn follow(state: &mut State, args: &AuditArgs) -> anyhow::Result<()> {
+/// `reading` is what was read of it so far.
+fn follow(state: &mut State, args: &AuditArgs, reading: Option<Reading>) -> anyhow::Result<()> {
     let path = args
         .logs
         .last()
         .filter(|p| *p != Path::new("-"))
         .ok_or_else(|| anyhow!("--follow needs a file, not stdin"))?;
-    let mut input = state.inputs.pop().unwrap_or(Input {
-        path: path.display().to_string(),
-        formats: Vec::new(),
-        lines: 0,
-        malformed: 0,
-    });
+    let mut reading = reading.unwrap_or_else(|| Reading::new(path));
     let mut offset = std::fs::metadata(path)?.len();
     let mut partial: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 1 << 16];
@@ -292,7 +361,7 @@ fn follow(state: &mut State, args: &AuditArgs) -> anyhow::Result<()> {
                 continue;
             }
             let line = std::mem::take(&mut partial);
-            state.line(&line, &mut input, |l| match l {
+            state.line(&line, &mut reading, |l| match l {
                 Line::Record(r) => println!("{}", live_line(r)),
                 Line::Lifecycle(l) if l.arm => {
                     println!(
@@ -318,7 +387,7 @@ fn follow(state: &mut State, args: &AuditArgs) -> anyhow::Result<()> {
         let _ = io::stdout().flush();
     }
     println!();
-    state.inputs.push(input);
+    state.inputs.push(reading.input);
     Ok(())
 }
 

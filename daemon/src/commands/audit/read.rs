@@ -82,6 +82,9 @@ pub struct Rec {
     /// egressd's `failed`: policy let it through and it ended early (the client left, the
     /// upstream or a token endpoint failed); counted as allowed, and apart.
     pub failed: bool,
+    /// The node: as parsed, the line's `k8s.node`; once read from a file (`State`), the
+    /// resolved node of [`Node::resolve`]'s rule.
+    pub node: Option<String>,
 }
 
 /// A lifecycle line (egressd only).
@@ -105,6 +108,62 @@ pub struct Lifecycle {
     pub ca_fingerprint: Option<String>,
     /// Disarm: exit code.
     pub exit_code: Option<u8>,
+    /// Arm: the machine's hostname (`host`), when the line has one.
+    pub host: Option<String>,
+    /// The node, as for [`Rec::node`].
+    pub node: Option<String>,
+}
+
+impl Line {
+    /// The time of a record or lifecycle line, when it had a readable one.
+    pub fn time(&self) -> Option<i64> {
+        match self {
+            Line::Record(r) => r.time,
+            Line::Lifecycle(l) => l.time,
+            Line::Skip | Line::Malformed => None,
+        }
+    }
+}
+
+/// Which node an input's lines belong to. A line's node is, in this order:
+///
+/// 1. its own `k8s.node` (runners on Kubernetes);
+/// 2. else the `host` of the last `arm` line of the same input that carried one (a VM or a
+///    bare-metal runner: one machine per log);
+/// 3. else the input's file name, as given on the command line (`-` for stdin).
+///
+/// The state is per input: the same sandbox name on two nodes stays two sandboxes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Node {
+    /// The input's path as given (rule 3).
+    pub file: String,
+    /// The last `arm` host seen (rule 2).
+    pub host: Option<String>,
+}
+
+impl Node {
+    /// The node of a line of this input whose own `k8s.node` is `own`.
+    pub fn resolve(&self, own: Option<String>) -> String {
+        own.or_else(|| self.host.clone())
+            .unwrap_or_else(|| self.file.clone())
+    }
+
+    /// Gives `line` its node (and remembers an `arm` line's host first, so the arm line
+    /// itself belongs to its host).
+    pub fn assign(&mut self, line: &mut Line) {
+        match line {
+            Line::Record(r) => r.node = Some(self.resolve(r.node.take())),
+            Line::Lifecycle(l) => {
+                if l.arm
+                    && let Some(host) = &l.host
+                {
+                    self.host = Some(host.clone());
+                }
+                l.node = Some(self.resolve(l.node.take()));
+            }
+            Line::Skip | Line::Malformed => {}
+        }
+    }
 }
 
 /// What one line was.
@@ -178,6 +237,12 @@ struct Raw<'a> {
     /// egressd's verified provenance object (`proxy/src/audit.rs`); `null` when absent.
     #[serde(borrow)]
     provenance: Option<RawProvenance<'a>>,
+    /// Where the runner ran on Kubernetes (traffic and lifecycle lines); `null` when absent.
+    #[serde(borrow)]
+    k8s: Option<RawK8s<'a>>,
+    /// Arm: the machine's hostname.
+    #[serde(borrow)]
+    host: Option<Cow<'a, str>>,
     // Lifecycle.
     #[serde(borrow)]
     backend: Option<Cow<'a, str>>,
@@ -205,11 +270,24 @@ struct RawProvenance<'a> {
     workflow_ref: Option<Cow<'a, str>>,
 }
 
+/// The fields of the `k8s` object the views use (`namespace`, `pod`, `pod_uid` and
+/// `scale_set` are ignored for now).
+#[derive(Deserialize)]
+struct RawK8s<'a> {
+    #[serde(borrow)]
+    node: Option<Cow<'a, str>>,
+}
+
 fn parse_json(line: &str) -> Line {
     let Ok(raw) = serde_json::from_str::<Raw<'_>>(line) else {
         return Line::Malformed;
     };
     let own = |c: &Option<Cow<'_, str>>| c.as_deref().map(str::to_owned);
+    let node = raw
+        .k8s
+        .as_ref()
+        .and_then(|k| own(&k.node))
+        .filter(|n| !n.is_empty());
     match raw.event.as_deref() {
         Some(kind @ ("arm" | "disarm")) => {
             return Line::Lifecycle(Lifecycle {
@@ -222,6 +300,8 @@ fn parse_json(line: &str) -> Line {
                 policy_hash: own(&raw.policy_hash),
                 ca_fingerprint: own(&raw.ca_fingerprint),
                 exit_code: raw.exit_code,
+                host: own(&raw.host).filter(|h| kind == "arm" && !h.is_empty()),
+                node,
             });
         }
         Some("http_access") => return awf_audit(line),
@@ -272,6 +352,7 @@ fn parse_json(line: &str) -> Line {
             .as_ref()
             .and_then(|p| own(&p.job_workflow_ref).or_else(|| own(&p.workflow_ref)))
             .or_else(|| own(&raw.workflow)),
+        node,
     })
 }
 
@@ -453,6 +534,58 @@ mod tests {
         };
         assert!(!l.arm);
         assert_eq!(l.exit_code, Some(0));
+    }
+
+    #[test]
+    fn the_node_rule_k8s_node_then_arm_host_then_file() {
+        let mut node = Node {
+            file: "logs/vm.jsonl".to_owned(),
+            host: None,
+        };
+        let mut of = |line: &str| {
+            let mut l = parse(line);
+            node.assign(&mut l);
+            match l {
+                Line::Record(r) => r.node,
+                Line::Lifecycle(l) => l.node,
+                _ => None,
+            }
+        };
+        let rec = |k8s: &str| {
+            format!(
+                r#"{{"time":"2026-01-01T00:00:01Z","sandbox":"s","proto":"tls","name":"a.test","port":443,"decision":"allow"{k8s}}}"#
+            )
+        };
+        let k8s = r#","k8s":{"node":"aks-pool-0","namespace":"ci","pod":"runner-x","pod_uid":"u","scale_set":"arc"}"#;
+        // No k8s, no arm yet: the file.
+        assert_eq!(of(&rec("")).as_deref(), Some("logs/vm.jsonl"));
+        assert_eq!(of(&rec(k8s)).as_deref(), Some("aks-pool-0"));
+        assert_eq!(of(&rec(r#","k8s":null"#)).as_deref(), Some("logs/vm.jsonl"));
+        // An arm with a host: the arm line itself and what follows belong to it.
+        let arm = r#"{"event":"arm","time":"2026-01-01T00:00:00Z","sandbox":"s","programs":[],"host":"vm-1"}"#;
+        assert_eq!(of(arm).as_deref(), Some("vm-1"));
+        assert_eq!(of(&rec("")).as_deref(), Some("vm-1"));
+        assert_eq!(of(&rec(k8s)).as_deref(), Some("aks-pool-0"));
+        // A later arm without a host keeps the last host; a disarm's host is not read.
+        let arm2 = r#"{"event":"arm","time":"2026-01-01T00:00:02Z","sandbox":"t","programs":[]}"#;
+        assert_eq!(of(arm2).as_deref(), Some("vm-1"));
+        let disarm =
+            r#"{"event":"disarm","time":"2026-01-01T00:00:03Z","sandbox":"t","host":"other"}"#;
+        assert_eq!(of(disarm).as_deref(), Some("vm-1"));
+        assert_eq!(
+            of(&rec(k8s.replace("aks-pool-0", "").as_str())).as_deref(),
+            Some("vm-1")
+        );
+        // As parsed (no input yet), only the line's own k8s.node.
+        let Line::Lifecycle(l) = parse(&format!(
+            r#"{{"event":"arm","time":"2026-01-01T00:00:00Z","sandbox":"s","host":"vm-2"{k8s}}}"#
+        )) else {
+            panic!()
+        };
+        assert_eq!(
+            (l.host.as_deref(), l.node.as_deref()),
+            (Some("vm-2"), Some("aks-pool-0"))
+        );
     }
 
     /// The real lines of awf.md §6.2.

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use super::group::GroupReport;
 use super::read::format_ms;
 use super::report::{DomainRow, Report};
 use super::suggest::Verdict;
@@ -124,6 +125,35 @@ pub fn table(r: &Report, top: usize, paint: Paint) -> String {
         let headers = [title.to_ascii_lowercase(), "records".to_owned()];
         grid_section(&mut out, title, &headers, rows, top, |(k, v)| {
             vec![k.clone(), v.to_string()]
+        });
+    }
+    if let Some(g) = &r.groups {
+        let title = format!("By {}", g.by.noun());
+        let headers = [
+            g.by.noun(),
+            "records",
+            "allowed",
+            "denied",
+            "dns refused",
+            "up",
+            "down",
+            "first seen",
+            "last seen",
+            "top denied",
+        ];
+        grid_section(&mut out, &title, &headers, &g.rows, top, |x| {
+            vec![
+                x.key.clone(),
+                x.records.to_string(),
+                x.allowed.to_string(),
+                x.denied.to_string(),
+                x.dns_denied.to_string(),
+                bytes(x.bytes_up),
+                bytes(x.bytes_down),
+                x.first_seen.clone().unwrap_or_default(),
+                x.last_seen.clone().unwrap_or_default(),
+                top_denied(&x.top_denied, " x"),
+            ]
         });
     }
     if r.timeline.buckets.len() > 1 {
@@ -315,6 +345,9 @@ fn body(out: &mut String, r: &Report, top: usize) {
                 let _ = writeln!(out, "| {} | {v} |", md(k));
             }
         }
+        if let Some(g) = &r.groups {
+            groups_markdown(out, g, top);
+        }
     }
     if let Some(s) = &r.suggestions {
         out.push_str("\n### Suggested allowlist additions\n\n");
@@ -347,6 +380,45 @@ fn body(out: &mut String, r: &Report, top: usize) {
         }
     }
     out.push('\n');
+}
+
+/// The `--group-by` table in markdown.
+fn groups_markdown(out: &mut String, g: &GroupReport, top: usize) {
+    let noun = g.by.noun();
+    let mut title = noun.to_owned();
+    if let Some(first) = title.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    let _ = writeln!(
+        out,
+        "\n### By {noun}\n\n| {title} | Records | Allowed | Denied | DNS refused | Up | Down | First seen | Last seen | Top denied |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for x in g.rows.iter().take(top) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            md(&x.key),
+            x.records,
+            x.allowed,
+            x.denied,
+            x.dns_denied,
+            bytes(x.bytes_up),
+            bytes(x.bytes_down),
+            x.first_seen.as_deref().unwrap_or(""),
+            x.last_seen.as_deref().unwrap_or(""),
+            md(&top_denied(&x.top_denied, " ×"))
+        );
+    }
+    more(out, g.rows.len(), top);
+}
+
+/// `a.test x3, b.test x1` (`times` is the separator before the count).
+fn top_denied(names: &[(String, u64)], times: &str) -> String {
+    names
+        .iter()
+        .map(|(n, c)| format!("{n}{times}{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `N records: A allowed, D denied; Q DNS queries, R refused; K domains; T1 to T2`.
@@ -384,7 +456,7 @@ pub fn headline(r: &Report) -> String {
 }
 
 fn window_line(w: &super::enforce::Window) -> String {
-    let mut s = format!("{}: armed {}", w.sandbox, w.armed.as_deref().unwrap_or("?"));
+    let mut s = format!("{}: armed {}", w.label(), w.armed.as_deref().unwrap_or("?"));
     let mut what = vec![
         w.backend.clone().unwrap_or_else(|| "?".to_owned()),
         format!("{} programs", w.programs),

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::aggregate::{Aggregate, DomainStats};
 use super::enforce::Enforcement;
+use super::group::GroupReport;
 use super::read::format_ms;
 use super::suggest::Suggestions;
 
@@ -25,6 +26,9 @@ pub struct Report {
     pub credentials: Vec<CredentialRow>,
     /// Per actor, repository, workflow (empty when records carry no provenance).
     pub provenance: Provenance,
+    /// `--group-by`: one row per node, repository or actor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<GroupReport>,
     /// Records per time bucket.
     pub timeline: Timeline,
     /// `--suggest`.
@@ -219,6 +223,7 @@ impl Report {
                 repositories: sorted(&agg.repositories),
                 workflows: sorted(&agg.workflows),
             },
+            groups: agg.groups.as_ref().map(super::group::Groups::report),
             timeline: timeline(agg),
             suggestions,
         }

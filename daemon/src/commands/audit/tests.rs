@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use egressd_config::{ConfigBuilder, Origin, Policy};
 
+use super::group::{GroupBy, Groups};
 use super::render::{self, Paint};
 use super::report::Report;
 use super::{Filter, State, suggest};
@@ -239,5 +240,177 @@ fn a_million_records_are_summarised_in_seconds_with_bounded_state() {
     assert!(
         elapsed.as_secs() < bound,
         "1,000,000 records took {elapsed:?} (bound {bound} s)"
+    );
+}
+
+/// A line of a fleet log at second `s`: `arm`, `disarm`, or a record for `name` (`!name`:
+/// denied, `?name`: a refused DNS query). `extra` is appended to the object (`k8s`, `host`).
+fn fleet_line(sandbox: &str, what: &str, s: u32, extra: &str) -> String {
+    let time = format!("2026-11-21T22:00:{s:02}Z");
+    let line = match what {
+        "arm" => format!(
+            r#"{{"event":"arm","time":"{time}","sandbox":"{sandbox}","backend":"ebpf","programs":[{{"name":"egressd_connect4","id":1}}]{extra}}}"#
+        ),
+        "disarm" => format!(
+            r#"{{"event":"disarm","time":"{time}","sandbox":"{sandbox}","exit_code":0{extra}}}"#
+        ),
+        _ => {
+            let (proto, decision, name) = match (what.strip_prefix('!'), what.strip_prefix('?')) {
+                (Some(n), _) => ("tls", "deny", n),
+                (_, Some(n)) => ("dns", "deny", n),
+                _ => ("tls", "allow", what),
+            };
+            format!(
+                r#"{{"time":"{time}","sandbox":"{sandbox}","proto":"{proto}","name":"{name}","port":443,"decision":"{decision}","bytes_up":10,"bytes_down":100{extra}}}"#
+            )
+        }
+    };
+    line + "\n"
+}
+
+/// Two Kubernetes nodes whose runners both name their sandbox `job`, interleaved in time,
+/// and a VM whose arm line names its host: read as one stream, grouped by node.
+#[test]
+fn three_fleet_logs_merge_by_time_and_group_by_node() {
+    let dir = std::env::temp_dir().join(format!("egressd-audit-fleet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let k8s = |node: &str| {
+        format!(
+            r#","k8s":{{"node":"{node}","namespace":"ci","pod":"runner-{node}","pod_uid":"u","scale_set":"arc"}}"#
+        )
+    };
+    let (a, b) = (k8s("node-a"), k8s("node-b"));
+    let vm = r#","host":"vm-1""#;
+    let files = [
+        (
+            "node-a.jsonl",
+            [
+                fleet_line("job", "arm", 0, &a),
+                fleet_line("job", "github.com", 2, &a),
+                fleet_line("job", "!evil.test", 4, &a),
+                fleet_line("job", "disarm", 6, &a),
+            ]
+            .concat(),
+        ),
+        (
+            "node-b.jsonl",
+            [
+                fleet_line("job", "arm", 1, &b),
+                fleet_line("job", "!evil.test", 3, &b),
+                fleet_line("job", "?evil.test", 5, &b),
+                fleet_line("job", "!other.test", 6, &b),
+                fleet_line("job", "disarm", 7, &b),
+            ]
+            .concat(),
+        ),
+        (
+            "vm.jsonl",
+            [
+                fleet_line("egressd-123", "arm", 1, vm),
+                fleet_line("egressd-123", "github.com", 2, ""),
+                fleet_line("egressd-123", "disarm", 9, ""),
+            ]
+            .concat(),
+        ),
+    ];
+    let paths: Vec<PathBuf> = files
+        .iter()
+        .map(|(name, text)| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect();
+
+    let json = |group_by: Option<GroupBy>| {
+        let mut state = State::new(Filter::default());
+        state.agg.groups = group_by.map(Groups::new);
+        let feeds = paths
+            .iter()
+            .map(|p| (p.as_path(), super::open(p).unwrap()))
+            .collect();
+        let readings = state.read_all(feeds).unwrap();
+        state.inputs.extend(readings.into_iter().map(|r| r.input));
+        let enforcement = state.tracker.finish(None);
+        let r = Report::new(state.inputs, &state.agg, enforcement, None);
+        let (table, markdown) = (
+            render::table(&r, 20, Paint(false)),
+            render::markdown(&r, 20),
+        );
+        assert_eq!(table.contains("\nBy node\n"), group_by.is_some(), "{table}");
+        assert_eq!(markdown.contains("\n### By node\n"), group_by.is_some());
+        serde_json::to_value(&r).unwrap()
+    };
+    let without = json(None);
+    let j = json(Some(GroupBy::Node));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(without.get("groups").is_none());
+
+    // Each node's `job` keeps its own window (the merged order interleaves them).
+    let e = &j["enforcement"];
+    assert_eq!(e["status"], "proven", "{e:#}");
+    let windows: Vec<(&str, &str, u64, &str)> = e["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["node"].as_str().unwrap(),
+                w["sandbox"].as_str().unwrap(),
+                w["records"].as_u64().unwrap(),
+                w["disarmed"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            ("node-a", "job", 2, "2026-11-21T22:00:06.000Z"),
+            ("node-b", "job", 3, "2026-11-21T22:00:07.000Z"),
+            ("vm-1", "egressd-123", 1, "2026-11-21T22:00:09.000Z"),
+        ]
+    );
+    assert_eq!(j["inputs"].as_array().unwrap().len(), 3);
+    assert_eq!(j["totals"]["records"], 6);
+
+    let g = &j["groups"];
+    assert_eq!(g["by"], "node");
+    let rows: Vec<(&str, u64, u64, u64, u64)> = g["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap(),
+                r["records"].as_u64().unwrap(),
+                r["allowed"].as_u64().unwrap(),
+                r["denied"].as_u64().unwrap(),
+                r["dns_denied"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("node-b", 3, 0, 2, 1),
+            ("node-a", 2, 1, 1, 0),
+            ("vm-1", 1, 1, 0, 0),
+        ]
+    );
+    let b = &g["rows"][0];
+    assert_eq!(
+        b["top_denied"],
+        serde_json::json!([["evil.test", 2], ["other.test", 1]])
+    );
+    assert_eq!(
+        (b["first_seen"].as_str(), b["last_seen"].as_str()),
+        (
+            Some("2026-11-21T22:00:03.000Z"),
+            Some("2026-11-21T22:00:06.000Z")
+        )
+    );
+    assert_eq!(
+        (b["bytes_up"].as_u64(), b["bytes_down"].as_u64()),
+        (Some(30), Some(300))
     );
 }
