@@ -127,9 +127,9 @@ def check_daemonset(path, ds, configmaps):
         got = env.get(name, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
         if got != field_path:
             error(where, f"env {name} must come from the downward API ({field_path})")
-    headers = env.get("OTEL_EXPORTER_OTLP_HEADERS")
+    headers = env.get("EGRESSD_OTLP_HEADERS")
     if headers is not None and "secretKeyRef" not in headers.get("valueFrom", {}):
-        error(where, "OTEL_EXPORTER_OTLP_HEADERS must come from a Secret (secretKeyRef)")
+        error(where, "EGRESSD_OTLP_HEADERS must come from a Secret (secretKeyRef)")
     for e in c.get("env", []):
         if "value" in e and re.search(r"(?i)(token|secret|password|authorization|api[-_]?key)", e["name"]):
             error(where, f"env {e['name']} looks like a credential: take it from a Secret")

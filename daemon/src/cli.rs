@@ -148,6 +148,54 @@ pub struct PolicyArgs {
     pub relay: RelayChoice,
 }
 
+/// `--otlp-*`: every audit line (traffic and lifecycle) also as an OpenTelemetry log record
+/// over OTLP. The audit log file stays the source of truth; what does not reach the
+/// collector is counted in the exit summary and `status`, never dropped silently.
+#[derive(Clone, Debug, Default, Args)]
+pub struct OtlpArgs {
+    /// The collector: `http://HOST:4317` (gRPC, h2c), `https://HOST:4317` (gRPC over TLS), or
+    /// with `--otlp-protocol http/protobuf` `http(s)://HOST:4318` (`/v1/logs` is added to a
+    /// URL without a path).
+    #[arg(long = "otlp-endpoint", value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// How to speak to it.
+    #[arg(
+        long = "otlp-protocol",
+        value_name = "PROTOCOL",
+        default_value = "grpc",
+        requires = "endpoint"
+    )]
+    pub protocol: OtlpProtocolArg,
+    /// A header sent with every request, `NAME=VALUE` (repeatable). Keep API keys out of the
+    /// process list: put them in `EGRESSD_OTLP_HEADERS` (`name=value,name2=value2`, values
+    /// percent-encoded), which egressd reads and never passes to a sandbox.
+    #[arg(long = "otlp-header", value_name = "NAME=VALUE", requires = "endpoint")]
+    pub headers: Vec<String>,
+    /// Extra CA certificates (PEM) trusted for an `https://` collector.
+    #[arg(long = "otlp-ca", value_name = "FILE", requires = "endpoint")]
+    pub ca: Option<PathBuf>,
+    /// Records queued while the collector is slow or down; past this, records are dropped
+    /// from the export (and counted).
+    #[arg(
+        long = "otlp-queue",
+        value_name = "RECORDS",
+        default_value_t = 65_536,
+        requires = "endpoint"
+    )]
+    pub queue: usize,
+}
+
+/// `--otlp-protocol`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocolArg {
+    /// OTLP/gRPC.
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
 /// `--relay`: the pass-through relay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum RelayChoice {
@@ -185,6 +233,9 @@ pub struct ExecArgs {
     /// Append one JSON record per connection and per plain-HTTP request to FILE.
     #[arg(long = "audit-log", value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Audit lines also to an OpenTelemetry collector.
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
     /// Run COMMAND as this user (numeric). Default: the user who ran sudo
     /// (SUDO_UID/SUDO_GID).
     #[arg(long = "user", value_name = "UID[:GID]")]
@@ -257,6 +308,9 @@ pub struct RunArgs {
     /// Append one JSON record per connection and per plain-HTTP request to FILE.
     #[arg(long = "audit-log", value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Audit lines also to an OpenTelemetry collector.
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
     /// The control socket (created root-only; requests are checked with SO_PEERCRED).
     #[arg(long = "control-socket", value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,

@@ -103,6 +103,37 @@ impl Response {
     }
 }
 
+/// Where the audit lines sent to an OTLP collector went (`--otlp-endpoint`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtlpStatus {
+    /// The collector.
+    pub endpoint: String,
+    /// Lines the collector took.
+    pub exported: u64,
+    /// Lines dropped because the queue was full.
+    pub dropped: u64,
+    /// Lines in requests the collector refused for good.
+    pub refused: u64,
+    /// Lines the collector rejected in a partial success.
+    pub rejected: u64,
+    /// The last error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl From<egressd_proxy::OtlpCounts> for OtlpStatus {
+    fn from(c: egressd_proxy::OtlpCounts) -> Self {
+        Self {
+            endpoint: c.endpoint,
+            exported: c.exported,
+            dropped: c.dropped,
+            refused: c.refused,
+            rejected: c.rejected,
+            last_error: c.last_error,
+        }
+    }
+}
+
 /// The daemon's state, as `egressd status` prints it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
@@ -132,6 +163,9 @@ pub struct Status {
     /// Audit lines that could not be written (disk full...): lost, and counted here.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub audit_unwritten: u64,
+    /// The OTLP export of the audit, when the daemon sends one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpStatus>,
     /// The current attachments.
     pub attachments: Vec<AttachmentInfo>,
     /// Attachments of a daemon that died that could not be re-armed: still closed by their

@@ -51,6 +51,8 @@ const SCRUBBED: &[&str] = &[
     "all_proxy",
     "no_proxy",
     "ftp_proxy",
+    // egressd's own: the OTLP collector's headers (an API key).
+    "EGRESSD_OTLP_HEADERS",
     // Loader tricks that would outlive the privilege drop.
     "LD_PRELOAD",
     "LD_LIBRARY_PATH",
@@ -64,6 +66,17 @@ const SCRUBBED_PREFIXES: &[&str] = &["ACTIONS_ID_TOKEN_", "SUDO_"];
 /// environment (credentials egressd knows by name, proxy settings, loader tricks).
 pub fn is_scrubbed(name: &str) -> bool {
     SCRUBBED.contains(&name) || SCRUBBED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// `EGRESSD_OTLP_HEADERS`, `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME`, for the OTLP
+/// export of the audit.
+pub fn otlp_env() -> [Option<String>; 3] {
+    [
+        "EGRESSD_OTLP_HEADERS",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_SERVICE_NAME",
+    ]
+    .map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
 }
 
 /// Words anywhere in a variable's name (upper-cased) that say it holds a secret.

@@ -11,6 +11,7 @@ mod control;
 mod digest;
 mod env;
 mod loader;
+mod otlp;
 mod policy;
 mod provenance;
 mod sandbox;

@@ -28,6 +28,7 @@ mod leaks;
 mod limits;
 mod namespaces;
 mod nftables;
+mod otlp;
 mod provenance;
 mod resolve;
 mod sdks;

@@ -62,11 +62,15 @@ const COPILOT_DIR: &str = "/opt/egressd-tests/copilot";
 const TEST_VENV: &str = "/opt/egressd-tests/venv";
 
 /// PyPI packages of [`TEST_VENV`], pinned: the SDKs whose requests the e2e tests send through
-/// egressd's credential injection.
+/// egressd's credential injection, and what the test OTLP collector (`tests/otlp/receiver.py`,
+/// built on the official `opentelemetry-proto` definitions) runs on.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("openai", "3.63.0"),
     ("anthropic", "2.17.0"),
     ("boto3", "1.44.18"),
+    ("opentelemetry-proto", "1.45.2"),
+    ("protobuf", "7.36.2"),
+    ("grpcio", "1.85.4"),
 ];
 
 /// Commands the tests run, and the Debian package providing each.

@@ -156,6 +156,27 @@ fn render(status: &Status) -> String {
             status.audit_unwritten
         );
     }
+    if let Some(o) = &status.otlp {
+        let lost = o.dropped + o.refused + o.rejected;
+        let _ = writeln!(
+            out,
+            "otlp: {} lines sent to {}{}",
+            o.exported,
+            o.endpoint,
+            if lost > 0 {
+                format!(
+                    "; {lost} did NOT reach it ({} dropped, queue full; {} refused; {} rejected; \
+                     last error: {})",
+                    o.dropped,
+                    o.refused,
+                    o.rejected,
+                    o.last_error.as_deref().unwrap_or("none")
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     for name in &status.orphans {
         let _ = writeln!(
             out,

@@ -57,6 +57,7 @@ pub fn run(args: ExecArgs) -> Result<u8, Failure> {
         test_proxy_down: args.test_proxy_down,
         backend: args.backend,
         relay: args.policy.relay,
+        otlp: args.otlp,
     })?;
     eprintln!("{}", outcome.summary);
     if !outcome.removed_env.is_empty() {
@@ -260,6 +261,8 @@ pub(crate) struct Plan {
     pub test_proxy_down: bool,
     /// How connections are sent to the proxy.
     pub backend: Backend,
+    /// Where audit lines also go (`--otlp-*`).
+    pub otlp: crate::cli::OtlpArgs,
     /// How allowed pass-through connections move their bytes.
     pub relay: crate::cli::RelayChoice,
 }
@@ -336,6 +339,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         test_proxy_down,
         backend,
         relay,
+        otlp,
     } = plan;
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure::setup(anyhow!(
@@ -385,6 +389,9 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         Some(awf) => audit.with_awf(awf),
         None => audit,
     });
+    crate::otlp::start(&otlp, &audit, provenance.verified()).map_err(Failure::usage)?;
+    // Whatever way this returns, the queued audit lines get their chance to go out.
+    let _flush = crate::otlp::FlushOnDrop(Arc::clone(&audit));
     let sandbox = format!("egressd-{}", std::process::id());
 
     // Declared before the cgroup so that it is dropped after it: the cgroup is emptied
@@ -743,6 +750,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
         Ok(child) => child,
         Err(e) => {
             audit.lifecycle(&Lifecycle::disarm(&sandbox, crate::EXIT_SETUP));
+            audit.finish_export(crate::otlp::FLUSH_AT_EXIT);
             return Err(Failure::setup(e));
         }
     };
@@ -791,6 +799,7 @@ pub(crate) fn run_plan(plan: Plan) -> Result<RunOutcome, Failure> {
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     audit.lifecycle(&Lifecycle::disarm(&sandbox, code));
+    audit.finish_export(crate::otlp::FLUSH_AT_EXIT);
 
     let net_netns_dropped = match (&armed, &net.netns) {
         (Armed::Nftables, Some(fd)) => crate::sandbox::nft::dropped(fd)

@@ -38,6 +38,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::provenance::{Provenance, ProvenanceStatus};
 
 mod awf;
+pub mod otlp;
 
 pub use awf::{AccessLine, AwfLog, HostField, TOKEN_USAGE_SCHEMA, TokenUsageLine};
 
@@ -381,6 +382,8 @@ pub struct AuditLog {
     coalescer: Mutex<Coalescer<Record>>,
     /// The same for refused Unix sockets.
     unix_coalescer: Mutex<Coalescer<UnixLine>>,
+    /// Every line also goes to an OTLP collector, once the run sets it.
+    otlp: std::sync::OnceLock<otlp::OtlpExport>,
 }
 
 impl AuditLog {
@@ -405,7 +408,23 @@ impl AuditLog {
             awf: None,
             coalescer: Mutex::new(Coalescer::default()),
             unix_coalescer: Mutex::new(Coalescer::default()),
+            otlp: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on also sends every line (traffic and lifecycle) to an OTLP collector (see
+    /// [`otlp`]); the file, when there is one, stays the source of truth. Only the first
+    /// export set is kept.
+    pub fn export_to(&self, export: otlp::OtlpExport) {
+        let _ = self.otlp.set(export);
+    }
+
+    /// Sends the lines still queued for the OTLP collector, for at most `within` (blocking),
+    /// and stops the export: what is left is counted as unsent. Call after the last line.
+    pub fn finish_export(&self, within: std::time::Duration) {
+        if let Some(export) = self.otlp.get() {
+            export.finish(within);
+        }
     }
 
     /// Stamps every line from now on with the run's provenance (see the module docs).
@@ -437,7 +456,9 @@ impl AuditLog {
 
     /// A snapshot of the counts so far.
     pub fn summary(&self) -> Summary {
-        lock(&self.summary).clone()
+        let mut summary = lock(&self.summary).clone();
+        summary.otlp = self.otlp.get().map(otlp::OtlpExport::counts);
+        summary
     }
 
     /// Writes `record` as one line and counts it. A failed write is logged, never fatal: the
@@ -537,7 +558,9 @@ impl AuditLog {
             #[serde(skip_serializing_if = "Option::is_none")]
             provenance_absent: Option<&'a str>,
         }
-        let Some(file) = &self.file else { return };
+        if self.file.is_none() && self.otlp.get().is_none() {
+            return;
+        }
         let serialised = match &self.provenance {
             None => serde_json::to_vec(value),
             Some(status) => serde_json::to_vec(&Stamped {
@@ -557,15 +580,25 @@ impl AuditLog {
             }
         };
         line.push(b'\n');
+        if let Some(file) = &self.file {
+            self.write_file(file, &line);
+        }
+        if let Some(export) = self.otlp.get() {
+            export.offer(bytes::Bytes::from(line));
+        }
+    }
+
+    /// Appends one serialised line to the file; a failure is counted, never fatal.
+    fn write_file(&self, file: &Mutex<LogFile>, line: &[u8]) {
         let mut f = lock(file);
         // After a failed write (disk full) the file may end in half a line: end it first, so
         // the records written once there is room again are each a line of their own.
         let result = if f.broken {
             f.file
                 .write_all(b"\n")
-                .and_then(|()| f.file.write_all(&line))
+                .and_then(|()| f.file.write_all(line))
         } else {
-            f.file.write_all(&line)
+            f.file.write_all(line)
         }
         .and_then(|()| f.file.flush());
         match result {
@@ -626,6 +659,10 @@ pub struct Lifecycle {
     /// Disarm: the command's exit code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<u8>,
+    /// Arm: the machine's host name, so that logs gathered from many machines say whose
+    /// they are (`egressd audit --group-by node`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// The two lifecycle events.
@@ -662,6 +699,7 @@ impl Lifecycle {
             policy_hash: None,
             ca_fingerprint: None,
             exit_code: None,
+            host: host_name(),
         }
     }
 
@@ -677,6 +715,7 @@ impl Lifecycle {
             policy_hash: None,
             ca_fingerprint: None,
             exit_code: Some(exit_code),
+            host: None,
         }
     }
 
@@ -733,6 +772,8 @@ pub struct Summary {
     pub unwritten: u64,
     /// The last error writing the audit log.
     pub unwritten_error: Option<String>,
+    /// Where the lines sent to an OTLP collector went, when the run sends them.
+    pub otlp: Option<otlp::OtlpCounts>,
 }
 
 impl Summary {
@@ -821,8 +862,37 @@ impl fmt::Display for Summary {
                 self.unwritten_error.as_deref().unwrap_or("unknown error")
             )?;
         }
+        if let Some(o) = &self.otlp {
+            write!(
+                f,
+                "\negressd: OTLP: {} audit lines sent to {}",
+                o.exported, o.endpoint
+            )?;
+            if o.lost() > 0 {
+                write!(
+                    f,
+                    "\negressd: error: {} audit lines did NOT reach the OTLP collector: {} dropped \
+                     (queue full), {} refused, {} rejected by the collector, {} unsent at exit \
+                     (last error: {}); the audit log file has them",
+                    o.lost(),
+                    o.dropped,
+                    o.refused,
+                    o.rejected,
+                    o.unsent,
+                    o.last_error.as_deref().unwrap_or("none")
+                )?;
+            }
+        }
         Ok(())
     }
+}
+
+/// The kernel's host name (of this UTS namespace), when it can be read.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
 }
 
 fn now_rfc3339() -> String {

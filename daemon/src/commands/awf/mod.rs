@@ -335,6 +335,7 @@ fn front_end(args: AwfArgs, out: &mut Messages) -> Result<u8, String> {
         test_proxy_down: false,
         backend: crate::cli::Backend::Auto,
         relay: crate::cli::RelayChoice::Auto,
+        otlp: crate::cli::OtlpArgs::default(),
     })
     .map_err(|f| format!("{:#}", f.error))?;
 

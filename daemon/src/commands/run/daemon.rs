@@ -552,6 +552,7 @@ impl Daemon {
             allowed: summary.allowed,
             denied: summary.denied,
             audit_unwritten: summary.unwritten,
+            otlp: summary.otlp.map(Into::into),
             attachments: state.attachments.values().map(Attachment::info).collect(),
             orphans: state.orphans.keys().cloned().collect(),
         }

@@ -67,6 +67,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .map_err(|e| Failure::usage(anyhow!(e).context("opening the audit log")))?
         .with_provenance(provenance.clone());
     let audit = Arc::new(audit);
+    crate::otlp::start(&args.otlp, &audit, provenance.verified()).map_err(Failure::usage)?;
+    let _flush = crate::otlp::FlushOnDrop(Arc::clone(&audit));
     let loader = Loader::load().map_err(Failure::setup)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
