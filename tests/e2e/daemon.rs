@@ -317,6 +317,55 @@ fn attach_a_cgroup_by_path_then_detach_it() {
 }
 
 #[test]
+fn a_pod_attached_at_its_pod_cgroup_covers_containers_created_below_it_later() {
+    if !privileged() {
+        return;
+    }
+    // A Kubernetes node's layout (systemd driver): the pod's cgroup, and its containers'
+    // cgroups below it, which the runtime creates after the pod is attached.
+    let s = Scene::new();
+    let kubepods = TestCgroup::new("kubepods.slice");
+    let pod = kubepods
+        .path
+        .join("kubepods-burstable.slice")
+        .join("kubepods-burstable-pod0b6f2c1e_4d7a_4c2b_9f3e_2a1b3c4d5e6f.slice");
+    fs::create_dir_all(&pod).unwrap();
+    let pod = TestCgroup { path: pod };
+    let daemon = Daemon::start(&run_command(&s).allow(API), &s.scratch.path("ctl.sock"));
+    let attached = daemon.attach_in_scene(&s, &pod, Some("runner-pod"));
+    attached.assert_success();
+
+    let container = TestCgroup {
+        path: pod.path.join("cri-containerd-4f1c2a.scope"),
+    };
+    fs::create_dir_all(&container.path).unwrap();
+    let (code, out, err) = in_job(&s, &container, &curl(&s, API));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, hello(API).as_str()),
+        "a container below the pod goes through the pod's proxy: {err}"
+    );
+    let (code, out, _) = in_job(&s, &container, &curl(&s, EVIL));
+    assert_ne!(code, 0, "EVIL must be refused, got {out}");
+
+    // Control: the same container once the pod is detached is not redirected (its namespace
+    // has no route to the TEST-NET address, so curl fails without egressd).
+    daemon.control(&["detach", "runner-pod"]).assert_success();
+    let (code, _, _) = in_job(&s, &container, &curl(&s, API));
+    assert_ne!(code, 0, "after detach nothing redirects the container");
+    drop(container);
+    let stopped = daemon.stop();
+    let records = read_audit(&s.audit_log);
+    let denied = records
+        .iter()
+        .find(|r| r["name"] == EVIL && r["decision"] == "deny")
+        .unwrap_or_else(|| panic!("no denial of {EVIL}\n{stopped}"));
+    assert_eq!(denied["sandbox"], "runner-pod", "{denied}");
+    drop(pod);
+    let _ = fs::remove_dir(kubepods.path.join("kubepods-burstable.slice"));
+}
+
+#[test]
 fn attach_by_pid_covers_a_process_that_is_already_running() {
     if !privileged() {
         return;

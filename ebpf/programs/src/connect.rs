@@ -7,14 +7,14 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
 use egressd_ebpf_common::{FLAG_REDIRECT_LOOPBACK, OrigDst, SandboxConfig, counter};
 
 use crate::{
     addr::{LOOPBACK4, LOOPBACK6, is_local4, is_local6, is_mapped, mapped},
-    maps::{ORIG_BY_COOKIE, SANDBOXES, count},
+    maps::{ORIG_BY_COOKIE, count, current_sandbox},
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -37,11 +37,8 @@ enum Route {
 /// The sandbox the current task belongs to.
 #[inline(always)]
 fn sandbox() -> Result<SandboxConfig, u32> {
-    // SAFETY: the helper has no preconditions in cgroup sock_addr programs.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: the value is copied out at once; the map entry is plain data.
-    unsafe { SANDBOXES.get(&cgroup) }
-        .copied()
+    current_sandbox()
+        .map(|(_, cfg)| cfg)
         .ok_or(counter::NO_SANDBOX)
 }
 

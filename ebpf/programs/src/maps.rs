@@ -1,6 +1,7 @@
 //! Every map the kernel programs use, in one place. Types come from `egressd-ebpf-common`.
 
 use aya_ebpf::{
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
@@ -10,8 +11,40 @@ use egressd_ebpf_common::{
 };
 
 /// Sandbox settings by cgroup v2 id; written by the loader before the first process joins.
+/// A sandbox covers its cgroup and every cgroup below it (see [`current_sandbox`]).
 #[map]
 pub static SANDBOXES: HashMap<u64, SandboxConfig> = HashMap::with_max_entries(MAX_SANDBOXES, 0);
+
+/// The deepest cgroup level [`current_sandbox`] looks at (the root is level 0; a container of
+/// a Kubernetes pod is at level 4, `kubepods.slice/<qos>.slice/<pod>.slice/<container>.scope`).
+const MAX_CGROUP_LEVEL: i32 = 16;
+
+/// The sandbox of the current task: its own cgroup's entry, else that of its nearest
+/// ancestor that has one (a pod attached at its pod cgroup covers the containers that the
+/// runtime creates below it later), with the id of the cgroup the entry is under.
+#[inline(always)]
+pub fn current_sandbox() -> Option<(u64, SandboxConfig)> {
+    // SAFETY: the helper has no preconditions in cgroup programs.
+    let own = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is copied out at once; the map entry is plain data.
+    if let Some(cfg) = unsafe { SANDBOXES.get(&own) } {
+        return Some((own, *cfg));
+    }
+    // Deepest first, so the nearest ancestor wins; levels below the task's own give 0.
+    let mut level = MAX_CGROUP_LEVEL;
+    while level > 0 {
+        // SAFETY: as above; an out-of-range level returns 0.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id != 0 && id != own {
+            // SAFETY: as above.
+            if let Some(cfg) = unsafe { SANDBOXES.get(&id) } {
+                return Some((id, *cfg));
+            }
+        }
+        level -= 1;
+    }
+    None
+}
 
 /// Original destination by socket cookie: written at connect, read by getpeername and by
 /// the sockops re-keying, removed when the socket closes.

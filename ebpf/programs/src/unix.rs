@@ -38,7 +38,7 @@ use egressd_ebpf_common::{
     sock_addr_kern,
 };
 
-use crate::maps::{SANDBOXES, UNIX_ALLOW, UNIX_EVENTS, count};
+use crate::maps::{UNIX_ALLOW, UNIX_EVENTS, count, current_sandbox};
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
@@ -117,14 +117,19 @@ impl LookupKey {
 /// Returns 1 to allow, 0 to refuse (`EPERM`).
 #[inline(always)]
 pub fn check(ctx: &SockAddrContext, kind: u32) -> i32 {
-    // SAFETY: the helper has no preconditions in cgroup sock_addr programs.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // The rules are the sandbox's: keyed by the cgroup its entry is under.
+    let found = current_sandbox();
+    let cgroup = match found {
+        Some((id, _)) => id,
+        // SAFETY: the helper has no preconditions in cgroup sock_addr programs.
+        None => unsafe { bpf_get_current_cgroup_id() },
+    };
     let mut slot = core::mem::MaybeUninit::uninit();
     let key = LookupKey::init(&mut slot, cgroup);
-    // SAFETY: the value is copied out at once; the map entry is plain data.
-    let Some(flags) = (unsafe { SANDBOXES.get(&cgroup) }).map(|cfg| cfg.flags) else {
+    let Some((_, cfg)) = found else {
         return refuse(counter::NO_SANDBOX, cgroup, kind, &key.data.path, 0, false);
     };
+    let flags = cfg.flags;
     if flags & FLAG_UNIX_RULES == 0 {
         return ALLOW;
     }
