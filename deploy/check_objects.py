@@ -7,8 +7,9 @@ check enum values, references between objects, or what the agent needs. This doe
 
   check_objects.py [--policies-out DIR] [--arc-values FILE] FILE...
 
-Exit status 1 on any finding. Policies (ConfigMap values) are parsed as TOML and, with
---policies-out, written to DIR/<configmap>.<key>.toml for `egressd allowlist lint`.
+Exit status 1 on any finding. The policy ConfigMap is the one the DaemonSet mounts at its
+--policy-dir; its policies (values) are parsed as TOML and, with --policies-out, written to
+DIR/<configmap>.<key>.toml for `egressd allowlist lint`.
 """
 
 import argparse
@@ -23,7 +24,9 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
-POLICY_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+# A ConfigMap key the agent accepts as a policy name (it refuses names starting with '.',
+# which are also the kubelet's own entries in a mounted ConfigMap).
+POLICY_KEY = re.compile(r"^[-_a-zA-Z0-9][-._a-zA-Z0-9]{0,252}$")
 READ_VERBS = {"get", "list", "watch"}
 PROPAGATION = {"None", "HostToContainer", "Bidirectional"}
 OTLP_PROTOCOLS = {"grpc", "http/protobuf"}
@@ -112,11 +115,13 @@ def check_daemonset(path, ds, configmaps):
         error(where, "--pod-selector is missing")
     if not (arg_value(args, "--audit-log") or "").startswith("/var/log/egressd/"):
         error(where, "--audit-log must be under /var/log/egressd/")
-    cm_name = arg_value(args, "--policy-configmap")
-    if not cm_name:
-        error(where, "--policy-configmap is missing")
-    elif configmaps is not None and cm_name not in configmaps:
-        error(where, f"--policy-configmap={cm_name}: no such ConfigMap in {sorted(configmaps)}")
+    if arg_value(args, "--policy-configmap") is not None:
+        error(where, "--policy-configmap: no such flag (the agent reads --policy-dir)")
+    policy_dir = arg_value(args, "--policy-dir")
+    if not policy_dir:
+        error(where, "--policy-dir is missing")
+    elif not policy_dir.startswith("/"):
+        error(where, f"--policy-dir={policy_dir}: not an absolute path")
     if arg_value(args, "--otlp-endpoint"):
         protocol = arg_value(args, "--otlp-protocol")
         if protocol not in OTLP_PROTOCOLS:
@@ -171,10 +176,40 @@ def check_daemonset(path, ds, configmaps):
     need("/var/log/egressd", read_only=False)
     socket = arg_value(args, "--control-socket") or "/run/egressd/control.sock"
     need(str(Path(socket).parent), read_only=False, host=False)
-    return cm_name
+    return check_policy_mount(where, policy_dir, mounts, volumes, configmaps)
 
 
-def check_rbac(objects, sa, ds_namespace, cm_name):
+def check_policy_mount(where, policy_dir, mounts, volumes, configmaps):
+    """The policy ConfigMap, mounted whole and read-only at --policy-dir; returns its name."""
+    if not policy_dir:
+        return None
+    m = mounts.get(policy_dir.rstrip("/") or "/")
+    if m is None:
+        error(where, f"--policy-dir={policy_dir}: nothing is mounted there")
+        return None
+    if not m.get("readOnly"):
+        error(where, f"{policy_dir} (the policies) must be mounted read-only")
+    for field in ("subPath", "subPathExpr"):
+        if m.get(field):
+            error(where, f"{policy_dir}: {field} {m[field]!r}: the kubelet never updates a "
+                         "subPath mount, so ConfigMap edits would not reach the agent")
+    volume = volumes.get(m["name"], {})
+    source = volume.get("configMap")
+    if source is None:
+        error(where, f"{policy_dir}: volume {m['name']} is not a configMap volume")
+        return None
+    name = source.get("name")
+    if source.get("items"):
+        error(where, f"volume {m['name']}: items: only the listed keys would be files "
+                     "(policies added later would be missing)")
+    if source.get("optional"):
+        error(where, f"volume {m['name']}: optional: the agent would start without policies")
+    if name not in configmaps:
+        error(where, f"volume {m['name']}: ConfigMap {name}: no such ConfigMap in {sorted(configmaps)}")
+    return name
+
+
+def check_rbac(objects, sa, ds_namespace):
     _, cr = only(objects, "ClusterRole")
     if cr is not None:
         rules = cr.get("rules", [])
@@ -183,29 +218,23 @@ def check_rbac(objects, sa, ds_namespace, cm_name):
         for r in rules:
             if not set(r.get("verbs", [])) <= READ_VERBS:
                 error("ClusterRole", f"verbs {r.get('verbs')} beyond get/list/watch")
-    _, role = only(objects, "Role")
-    if role is not None:
-        if role["metadata"].get("namespace") != ds_namespace:
-            error("Role", "must be in the agent's namespace")
-        rules = role.get("rules", [])
-        if len(rules) != 1 or rules[0].get("apiGroups") != [""] or rules[0].get("resources") != ["configmaps"]:
-            error("Role", "must have exactly one rule, on core configmaps")
-        for r in rules:
-            if not set(r.get("verbs", [])) <= READ_VERBS:
-                error("Role", f"verbs {r.get('verbs')} beyond get/list/watch")
-            names = r.get("resourceNames")
-            if names is not None and names != [cm_name]:
-                error("Role", f"resourceNames {names} do not name the policy ConfigMap {cm_name}")
-    for kind, role_kind, role_obj in (("ClusterRoleBinding", "ClusterRole", cr), ("RoleBinding", "Role", role)):
-        _, binding = only(objects, kind)
-        if binding is None or role_obj is None:
-            continue
-        ref = binding["roleRef"]
-        if ref.get("kind") != role_kind or ref.get("name") != role_obj["metadata"]["name"]:
-            error(kind, f"roleRef {ref} is not the {role_kind} {role_obj['metadata']['name']}")
-        subjects = binding.get("subjects", [])
-        if subjects != [{"kind": "ServiceAccount", "name": sa, "namespace": ds_namespace}]:
-            error(kind, f"subjects {subjects} are not the agent's ServiceAccount {ds_namespace}/{sa}")
+            if not READ_VERBS <= set(r.get("verbs", [])):
+                error("ClusterRole", f"verbs {r.get('verbs')}: the agent gets, lists and watches pods")
+    # The agent reads its policies from a mounted ConfigMap, never through the API.
+    for kind in ("Role", "RoleBinding"):
+        for _, o in objects:
+            if o["kind"] == kind:
+                error(f"{kind} {o['metadata'].get('name')}", "the agent needs no namespaced RBAC "
+                      "(its policies are a mounted ConfigMap): remove it")
+    _, binding = only(objects, "ClusterRoleBinding")
+    if binding is None or cr is None:
+        return
+    ref = binding["roleRef"]
+    if ref.get("kind") != "ClusterRole" or ref.get("name") != cr["metadata"]["name"]:
+        error("ClusterRoleBinding", f"roleRef {ref} is not the ClusterRole {cr['metadata']['name']}")
+    subjects = binding.get("subjects", [])
+    if subjects != [{"kind": "ServiceAccount", "name": sa, "namespace": ds_namespace}]:
+        error("ClusterRoleBinding", f"subjects {subjects} are not the agent's ServiceAccount {ds_namespace}/{sa}")
 
 
 def check_policies(path, cm, out_dir):
@@ -216,7 +245,8 @@ def check_policies(path, cm, out_dir):
     for key, text in data.items():
         where = f"{path}: ConfigMap {name}, policy {key}"
         if not POLICY_KEY.match(key):
-            error(where, "not a valid ConfigMap key")
+            error(where, "not a policy name the agent accepts (a ConfigMap key of letters, "
+                         "digits, '-', '_', '.', not starting with '.')")
         try:
             policy = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
@@ -226,9 +256,17 @@ def check_policies(path, cm, out_dir):
             error(where, "audit_log: the agent writes one audit log for every pod (--audit-log)")
         if not policy.get("allow_domains"):
             error(where, "allows no domain")
+        if "intercept" in policy:
+            error(where, "[[intercept]]: the agent refuses intercept rules in a pod's policy")
         if out_dir:
             (out_dir / f"{name}.{key}.toml").write_text(text, encoding="utf-8")
-    return set(data)
+    # The agent's policy NAME is the file NAME, else NAME.toml.
+    names = set(data) | {k[: -len(".toml")] for k in data if k.endswith(".toml")}
+    for key in data:
+        if key.endswith(".toml") and key[: -len(".toml")] in data:
+            error(f"{path}: ConfigMap {name}", f"both {key[: -len('.toml')]} and {key}: "
+                  f"the agent reads {key[: -len('.toml')]} only")
+    return names
 
 
 def main():
@@ -258,7 +296,7 @@ def main():
                 error("DaemonSet", "serviceAccountName is not the ServiceAccount")
             if sa["metadata"].get("namespace") != ns:
                 error("ServiceAccount", "not in the DaemonSet's namespace")
-            check_rbac(objects, sa["metadata"]["name"], ns, cm_name)
+            check_rbac(objects, sa["metadata"]["name"], ns)
         if cm_name in configmaps:
             p, cm = configmaps[cm_name]
             if cm["metadata"].get("namespace") != ns:

@@ -90,7 +90,7 @@ pub enum Command {
 }
 
 /// Where the allowlist and the proxy settings come from; shared by `exec` and `allowlist`.
-#[derive(Debug, Args, Default)]
+#[derive(Clone, Debug, Args, Default)]
 pub struct PolicyArgs {
     /// Allowed domains, comma-separated, AWF syntax (`github.com` covers its subdomains,
     /// `*.x.com` does not cover `x.com`, `https://`/`http://` restrict the protocol).
@@ -183,6 +183,54 @@ pub struct OtlpArgs {
         requires = "endpoint"
     )]
     pub queue: usize,
+}
+
+/// `--kubernetes`: the node agent of a Kubernetes node running GitHub's
+/// actions-runner-controller. It watches the pods scheduled on this node that match
+/// `--pod-selector` and attaches each, at its pod cgroup and in its network namespace, with
+/// the policy its `egressd.io/policy` annotation names, else the one named after its runner
+/// scale set, else `default`, read from `--policy-dir` (a ConfigMap mounted as a volume);
+/// detaches it when it goes.
+#[derive(Clone, Debug, Default, Args)]
+pub struct KubeArgs {
+    /// Be the node agent (needs `--node-name`; the API server is found as kube-rs finds it:
+    /// `KUBECONFIG`, else the pod's service account).
+    #[arg(long = "kubernetes")]
+    pub kubernetes: bool,
+    /// This node's name (the DaemonSet passes `spec.nodeName`).
+    #[arg(
+        long = "node-name",
+        value_name = "NAME",
+        env = "NODE_NAME",
+        requires = "kubernetes"
+    )]
+    pub node_name: Option<String>,
+    /// The runner pods: a Kubernetes label selector. ARC's listener pods carry the scale-set
+    /// label too, and need the API: the default picks runner pods only.
+    #[arg(
+        long = "pod-selector",
+        value_name = "SELECTOR",
+        default_value = "actions.github.com/scale-set-name,app.kubernetes.io/component=runner",
+        requires = "kubernetes"
+    )]
+    pub pod_selector: String,
+    /// One policy file per name (a ConfigMap mounted here: key = file name, value = egressd
+    /// TOML); read when a pod first needs it, and again on `egressd reload` (SIGHUP).
+    #[arg(
+        long = "policy-dir",
+        value_name = "DIR",
+        default_value = "/etc/egressd/policies",
+        requires = "kubernetes"
+    )]
+    pub policy_dir: std::path::PathBuf,
+    /// Where pod cgroups are looked for (`kubepods.slice` or `kubepods` below it).
+    #[arg(
+        long = "cgroup-root",
+        value_name = "DIR",
+        default_value = "/sys/fs/cgroup",
+        requires = "kubernetes"
+    )]
+    pub cgroup_root: std::path::PathBuf,
 }
 
 /// `--otlp-protocol`.
@@ -311,6 +359,9 @@ pub struct RunArgs {
     /// Audit lines also to an OpenTelemetry collector.
     #[command(flatten)]
     pub otlp: OtlpArgs,
+    /// The Kubernetes node agent.
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// The control socket (created root-only; requests are checked with SO_PEERCRED).
     #[arg(long = "control-socket", value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,

@@ -190,6 +190,9 @@ pub struct AttachmentInfo {
     pub dns_port: u16,
     /// When it was attached (RFC 3339, UTC).
     pub since: String,
+    /// The named policy it runs under (the Kubernetes agent's `--policy-dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 #[allow(

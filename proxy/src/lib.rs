@@ -96,8 +96,8 @@ pub use crate::addr::StaticOrigDst;
 pub use crate::addr::{ClientAddr, LoopbackSockets, OrigDst, OrigDstLookup};
 pub use crate::audit::otlp::{OtlpConfig, OtlpCounts, OtlpExport, OtlpProtocol, parse_otel_list};
 pub use crate::audit::{
-    AccessLine, AttachedProgram, AuditLog, AwfLog, HostField, Lifecycle, LifecycleEvent, Summary,
-    UnixDenial, host_name,
+    AccessLine, AttachedProgram, AuditLog, AwfLog, HostField, K8sMeta, Lifecycle, LifecycleEvent,
+    Summary, UnixDenial, host_name,
 };
 pub use crate::error::{ClassifyError, ConnectError, Error, ErrorKind};
 pub use crate::transport::sockmap::{KernelRelay, RelayCounts};

@@ -20,12 +20,12 @@ use egressd_tests::{
 use serde_json::Value;
 
 /// A cgroup made for one test under `<cgroup2>/egressd-tests/`; emptied and removed on drop.
-struct TestCgroup {
-    path: PathBuf,
+pub(crate) struct TestCgroup {
+    pub(crate) path: PathBuf,
 }
 
 impl TestCgroup {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         let path = cgroup2_root()
             .join("egressd-tests")
             .join(format!("{tag}-{}", std::process::id()));
@@ -33,7 +33,7 @@ impl TestCgroup {
         Self { path }
     }
 
-    fn procs(&self) -> PathBuf {
+    pub(crate) fn procs(&self) -> PathBuf {
         self.path.join("cgroup.procs")
     }
 }
@@ -63,14 +63,14 @@ fn cgroup2_root() -> PathBuf {
 }
 
 /// A running `egressd run`; stopped with SIGTERM by [`Daemon::stop`].
-struct Daemon {
+pub(crate) struct Daemon {
     running: Option<Running>,
     socket: PathBuf,
 }
 
 impl Daemon {
     /// Starts `cmd` (an `egressd run` command) and waits until its control socket answers.
-    fn start(cmd: &EgressdCommand, socket: &Path) -> Self {
+    pub(crate) fn start(cmd: &EgressdCommand, socket: &Path) -> Self {
         let running = cmd
             .clone()
             .arg("--control-socket")
@@ -91,7 +91,7 @@ impl Daemon {
     }
 
     /// `egressd <words> --control-socket SOCKET`.
-    fn control(&self, words: &[&str]) -> Output {
+    pub(crate) fn control(&self, words: &[&str]) -> Output {
         EgressdCommand::new()
             .subcommand(words)
             .arg("--control-socket")
@@ -116,14 +116,14 @@ impl Daemon {
     }
 
     /// The daemon's state (`status --json`).
-    fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let out = self.control(&["status", "--json"]);
         out.assert_success();
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status JSON: {e}\n{out}"))
     }
 
     /// SIGTERM, then everything it printed.
-    fn stop(mut self) -> Output {
+    pub(crate) fn stop(mut self) -> Output {
         let running = self.running.take().expect("running");
         signal(running.id(), "TERM");
         running.wait()
@@ -178,7 +178,7 @@ fn signal(pid: u32, name: &str) {
 }
 
 /// `egressd run` with the scene's names resolved to its upstreams and its audit log.
-fn run_command(s: &Scene) -> EgressdCommand {
+pub(crate) fn run_command(s: &Scene) -> EgressdCommand {
     EgressdCommand::new()
         .subcommand(["run"])
         .resolve(API, s.net.addr())
@@ -202,7 +202,7 @@ fn job_command(s: &Scene, cgroup: &TestCgroup, argv: &[String]) -> Command {
 }
 
 /// Runs `argv` in the job (see [`job_command`]); returns (exit code, stdout, stderr).
-fn in_job(s: &Scene, cgroup: &TestCgroup, argv: &[String]) -> (i32, String, String) {
+pub(crate) fn in_job(s: &Scene, cgroup: &TestCgroup, argv: &[String]) -> (i32, String, String) {
     let out = job_command(s, cgroup, argv)
         .output()
         .expect("running the job command");
@@ -214,11 +214,11 @@ fn in_job(s: &Scene, cgroup: &TestCgroup, argv: &[String]) -> (i32, String, Stri
 }
 
 /// curl of `https://NAME/` dialled at a TEST-NET address, as the job would.
-fn curl(s: &Scene, name: &str) -> Vec<String> {
+pub(crate) fn curl(s: &Scene, name: &str) -> Vec<String> {
     s.curl_https(name, "192.0.2.10")
 }
 
-fn hello(name: &str) -> String {
+pub(crate) fn hello(name: &str) -> String {
     format!("hello from {name} via {name}")
 }
 

@@ -24,6 +24,7 @@ mod fixtures;
 mod github;
 mod intercept;
 mod isolation;
+mod kubernetes;
 mod leaks;
 mod limits;
 mod namespaces;

@@ -368,6 +368,49 @@ impl Coalesced for UnixLine {
 
 /// The audit log: an optional JSONL file plus an in-memory [`Summary`].
 ///
+/// A line that belongs to a sandbox (its `sandbox` field), so the sandbox's Kubernetes
+/// metadata can go on it.
+trait OfSandbox {
+    fn sandbox(&self) -> &str;
+}
+
+impl OfSandbox for Record {
+    fn sandbox(&self) -> &str {
+        &self.sandbox
+    }
+}
+
+impl OfSandbox for UnixLine {
+    fn sandbox(&self) -> &str {
+        &self.sandbox
+    }
+}
+
+impl OfSandbox for Lifecycle {
+    fn sandbox(&self) -> &str {
+        &self.sandbox
+    }
+}
+
+/// Where a sandbox runs on Kubernetes: written as the `k8s` object of every line of that
+/// sandbox (and as `k8s.*` attributes over OTLP), set by the node agent per pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct K8sMeta {
+    /// The node's name.
+    pub node: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// The pod's UID.
+    pub pod_uid: String,
+    /// The runner scale set (ARC's `actions.github.com/scale-set-name` label).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_set: Option<String>,
+    /// The policy the pod got.
+    pub policy: String,
+}
+
 /// Shared by every connection task (`Arc<AuditLog>`); one record is one `write` call on the
 /// file, so lines from concurrent connections never interleave.
 #[derive(Debug)]
@@ -384,6 +427,8 @@ pub struct AuditLog {
     unix_coalescer: Mutex<Coalescer<UnixLine>>,
     /// Every line also goes to an OTLP collector, once the run sets it.
     otlp: std::sync::OnceLock<otlp::OtlpExport>,
+    /// Kubernetes metadata by sandbox name (the node agent's pods).
+    k8s: std::sync::RwLock<std::collections::HashMap<String, Arc<K8sMeta>>>,
 }
 
 impl AuditLog {
@@ -409,7 +454,24 @@ impl AuditLog {
             coalescer: Mutex::new(Coalescer::default()),
             unix_coalescer: Mutex::new(Coalescer::default()),
             otlp: std::sync::OnceLock::new(),
+            k8s: std::sync::RwLock::default(),
         })
+    }
+
+    /// Puts `meta` on every line of `sandbox` from now on (`None` removes it).
+    pub fn set_k8s(&self, sandbox: &str, meta: Option<K8sMeta>) {
+        let mut map = self
+            .k8s
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match meta {
+            Some(meta) => {
+                map.insert(sandbox.to_owned(), Arc::new(meta));
+            }
+            None => {
+                map.remove(sandbox);
+            }
+        }
     }
 
     /// From now on also sends every line (traffic and lifecycle) to an OTLP collector (see
@@ -548,23 +610,46 @@ impl AuditLog {
     }
 
     /// One JSON line, one `write` call, flushed; with the provenance fields once set.
-    fn write_line(&self, value: &impl Serialize, lifecycle: bool) {
-        /// `value`'s fields followed by the provenance fields.
+    fn write_line<T: Serialize + OfSandbox>(&self, value: &T, lifecycle: bool) {
+        /// `value`'s fields followed by the sandbox's Kubernetes metadata and the provenance
+        /// fields.
         #[derive(Serialize)]
         struct Stamped<'a, T> {
             #[serde(flatten)]
             value: &'a T,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            k8s: Option<&'a K8sMeta>,
             provenance: Option<&'a Provenance>,
             #[serde(skip_serializing_if = "Option::is_none")]
             provenance_absent: Option<&'a str>,
         }
+        /// `value`'s fields followed by the sandbox's Kubernetes metadata.
+        #[derive(Serialize)]
+        struct Placed<'a, T> {
+            #[serde(flatten)]
+            value: &'a T,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            k8s: Option<&'a K8sMeta>,
+        }
         if self.file.is_none() && self.otlp.get().is_none() {
             return;
         }
+        let meta = {
+            let map = self
+                .k8s
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (!map.is_empty())
+                .then(|| map.get(value.sandbox()).cloned())
+                .flatten()
+        };
+        let k8s = meta.as_deref();
         let serialised = match &self.provenance {
-            None => serde_json::to_vec(value),
+            None if k8s.is_none() => serde_json::to_vec(value),
+            None => serde_json::to_vec(&Placed { value, k8s }),
             Some(status) => serde_json::to_vec(&Stamped {
                 value,
+                k8s,
                 provenance: status.verified(),
                 provenance_absent: match status {
                     ProvenanceStatus::Absent(why) if lifecycle => Some(why),

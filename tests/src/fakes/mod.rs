@@ -35,6 +35,7 @@ mod docker;
 mod entra;
 mod google_sts;
 mod jwt;
+pub mod kube;
 mod models;
 mod oidc;
 mod workload_api;
@@ -62,6 +63,7 @@ pub use copilot::{FAKE_MODEL_ANSWER, FakeGitHubApi, GitHubCall};
 pub use docker::FakeDocker;
 pub use entra::{EntraCall, Failure, FakeEntra, Fic};
 pub use google_sts::{FakeGoogleSts, GoogleCall, GoogleFailure};
+pub use kube::{FakeKubeApi, KubeRequest};
 pub use models::{AwsKey, CHUNK_GAP, FakeModelApi, KeyLookup, ModelCall, TokenCheck, Vendor};
 pub use oidc::FakeOidc;
 pub use workload_api::{

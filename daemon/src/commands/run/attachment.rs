@@ -54,6 +54,8 @@ pub struct Attachment {
     /// Stops following Docker's events for the containers this job starts
     /// (`attach --job --allow-docker`).
     pub docker_watch: Option<CancellationToken>,
+    /// The named policy it runs under (`--policy-dir`), else the daemon's own.
+    pub policy: Option<String>,
 }
 
 /// How the programs are held.
@@ -97,6 +99,7 @@ impl Attachment {
             proxy_port: self.proxy_port,
             dns_port: self.dns_port,
             since: self.since.clone(),
+            policy: self.policy.clone(),
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::attachment::{AttachedLinks, Attachment};
 use crate::{
-    cli::RunArgs,
+    cli::{PolicyArgs, RunArgs},
     control::{Response, Status, Target},
     env,
     loader::Loader,
@@ -72,6 +72,8 @@ struct State {
     reloads: u64,
     last_reload_error: Option<String>,
     attachments: BTreeMap<String, Attachment>,
+    /// The named policies in use (`--policy-dir`), built on first use, rebuilt on reload.
+    named: BTreeMap<String, Arc<Generation>>,
     /// Attachments of a daemon that died which could not be re-armed: their pinned links
     /// keep the cgroup closed until `detach NAME`.
     orphans: BTreeMap<String, Saved>,
@@ -151,9 +153,15 @@ impl Daemon {
                 reloads: 0,
                 last_reload_error: None,
                 attachments: BTreeMap::new(),
+                named: BTreeMap::new(),
                 orphans: BTreeMap::new(),
             }),
         })
+    }
+
+    /// The audit log every attachment writes to.
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
     }
 
     /// Attaches to `target`; `caller` is the pid of the process asking (for `Target::Job`).
@@ -162,6 +170,18 @@ impl Daemon {
         target: Target,
         name: Option<String>,
         caller: Option<i32>,
+    ) -> anyhow::Result<String> {
+        self.attach_with(target, name, caller, None).await
+    }
+
+    /// [`attach`](Self::attach) under the named policy `policy` of `--policy-dir` (the
+    /// Kubernetes agent's pods), else the daemon's own.
+    pub async fn attach_with(
+        &self,
+        target: Target,
+        name: Option<String>,
+        caller: Option<i32>,
+        policy: Option<&str>,
     ) -> anyhow::Result<String> {
         // `attach --job`: the job's user, whom the container runtime sockets are closed to.
         let close_runtime_for = match &target {
@@ -198,6 +218,10 @@ impl Daemon {
         if state.attachments.contains_key(&name) {
             bail!("an attachment named {name:?} exists already (pass --name)");
         }
+        let generation = match policy {
+            Some(policy) => self.named_or_closed(&mut state, policy),
+            None => Arc::clone(&state.generation),
+        };
         if cgroup.path() == cgroup::cgroup2_root()? {
             bail!("refusing to attach to the root cgroup: it would firewall egressd itself");
         }
@@ -266,8 +290,8 @@ impl Daemon {
             since: now(),
             closed: Vec::new(),
             docker_watch: None,
+            policy: policy.map(str::to_owned),
         };
-        let generation = Arc::clone(&state.generation);
         let proxy = self.proxy_for(&generation, &attachment)?;
         attachment.serve(&proxy)?;
         let sandbox_config = SandboxConfig {
@@ -515,11 +539,13 @@ impl Daemon {
             .as_ref()
             .map(|(ca, _)| Arc::clone(ca));
         let generation = Arc::new(generation(config, ca, self.provenance.clone())?);
-        // Build every proxy before switching any, so a failure switches none.
-        let mut proxies = Vec::new();
-        for attachment in state.attachments.values() {
-            proxies.push(self.proxy_for(&generation, attachment)?);
+        // The named policies are read again too, each once.
+        let previous_named = std::mem::take(&mut state.named);
+        let rebuilt = self.rebuild_proxies(state, &generation);
+        if rebuilt.is_err() {
+            state.named = previous_named;
         }
+        let proxies = rebuilt?;
         for (attachment, proxy) in state.attachments.values_mut().zip(&proxies) {
             attachment.serve(proxy)?;
         }
@@ -530,6 +556,101 @@ impl Daemon {
         );
         state.generation = generation;
         Ok(message)
+    }
+
+    /// Every attachment's proxy under `generation` (or its named policy, read again), built
+    /// before any is switched, so that a failure switches none.
+    fn rebuild_proxies(
+        &self,
+        state: &mut State,
+        generation: &Arc<Generation>,
+    ) -> anyhow::Result<Vec<Arc<Proxy>>> {
+        let policies: Vec<Option<String>> = state
+            .attachments
+            .values()
+            .map(|a| a.policy.clone())
+            .collect();
+        let mut generations = Vec::new();
+        for policy in &policies {
+            generations.push(match policy {
+                Some(name) => self.named_or_closed(state, name),
+                None => Arc::clone(generation),
+            });
+        }
+        state
+            .attachments
+            .values()
+            .zip(&generations)
+            .map(|(attachment, generation)| self.proxy_for(generation, attachment))
+            .collect()
+    }
+
+    /// [`named_generation`](Self::named_generation), or, when that policy cannot be used
+    /// (missing, invalid, with `[[intercept]]` rules), one that allows nothing: a pod whose
+    /// policy is broken is closed, not left open. Said on stderr; the next reload tries the
+    /// named policy again.
+    fn named_or_closed(&self, state: &mut State, name: &str) -> Arc<Generation> {
+        match self.named_generation(state, name) {
+            Ok(generation) => generation,
+            Err(e) => {
+                eprintln!(
+                    "egressd: error: {e:#}; the pods under policy {name:?} get one that allows \
+                     nothing until it is fixed and reloaded"
+                );
+                let closed = PolicyArgs {
+                    no_github: true,
+                    ..PolicyArgs::default()
+                };
+                let built = policy::build(&closed, self.args.audit_log.clone())
+                    .map_err(|e| anyhow!("{e}"))
+                    .and_then(|config| generation(config, None, self.provenance.clone()));
+                match built {
+                    Ok(closed) => {
+                        let closed = Arc::new(closed);
+                        state.named.insert(name.to_owned(), Arc::clone(&closed));
+                        closed
+                    }
+                    // Cannot happen with no entries; the daemon's own policy is the fallback.
+                    Err(_) => Arc::clone(&state.generation),
+                }
+            }
+        }
+    }
+
+    /// The generation of the policy named `name` in `--policy-dir` (the file `name`, else
+    /// `name.toml`), with the command line's policy flags; built once until the next reload.
+    fn named_generation(&self, state: &mut State, name: &str) -> anyhow::Result<Arc<Generation>> {
+        if let Some(generation) = state.named.get(name) {
+            return Ok(Arc::clone(generation));
+        }
+        let valid = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            bail!(
+                "policy name {name:?}: a ConfigMap key (letters, digits, '-', '_', '.') expected"
+            );
+        }
+        let dir = &self.args.kube.policy_dir;
+        let path = [dir.join(name), dir.join(format!("{name}.toml"))]
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| anyhow!("no policy {name:?} in {}", dir.display()))?;
+        let mut args = self.args.policy.clone();
+        args.config = Some(path.clone());
+        let config = policy::build(&args, self.args.audit_log.clone())
+            .map_err(|e| anyhow!("policy {name:?} ({}): {e}", path.display()))?;
+        if !config.intercepts.host_patterns().is_empty() {
+            bail!(
+                "policy {name:?} has [[intercept]] rules: per-pod policies cannot intercept TLS \
+                 yet (the interception CA is made for the daemon's own policy)"
+            );
+        }
+        let built = Arc::new(generation(config, None, self.provenance.clone())?);
+        state.named.insert(name.to_owned(), Arc::clone(&built));
+        Ok(built)
     }
 
     /// The daemon's state.

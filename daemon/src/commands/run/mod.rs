@@ -10,6 +10,7 @@
 mod attachment;
 mod daemon;
 mod docker_events;
+mod kube;
 mod server;
 
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .build()
         .context("starting the async runtime")
         .map_err(Failure::setup)?;
+    let kube_args = args.kube.clone();
     let set_up = runtime.block_on(async move {
         let socket = server::bind(&args.control_socket).map_err(Failure::setup)?;
         let startup = args.attach_cgroup.clone();
@@ -137,11 +139,38 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             std::process::id(),
             socket_path.display()
         );
-        serve(&daemon, socket, signals).await;
+        // The Kubernetes agent, when asked for: it ends with the daemon, and the daemon
+        // with it if it cannot run (no API server).
+        let stop_agent = tokio_util::sync::CancellationToken::new();
+        let mut agent = kube_args.kubernetes.then(|| {
+            tokio::spawn(kube::run(
+                Arc::clone(&daemon),
+                kube_args.clone(),
+                stop_agent.clone(),
+            ))
+        });
+        let mut code = 0;
+        tokio::select! {
+            () = serve(&daemon, socket, signals) => {}
+            ended = async { agent.as_mut().expect("checked").await }, if agent.is_some() => {
+                agent = None;
+                let why = match ended {
+                    Ok(Ok(())) => "the pod watch ended".to_owned(),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(e) => format!("it panicked: {e}"),
+                };
+                eprintln!("egressd: error: the Kubernetes agent stopped: {why}");
+                code = crate::EXIT_SETUP;
+            }
+        }
+        stop_agent.cancel();
+        if let Some(agent) = agent {
+            let _ = agent.await;
+        }
         daemon.shutdown().await;
         let _ = std::fs::remove_file(&socket_path);
         eprintln!("egressd: daemon stopped; every attachment was released");
-        Ok(0)
+        Ok(code)
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     code

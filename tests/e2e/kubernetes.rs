@@ -1,0 +1,342 @@
+//! `egressd run --kubernetes` on a simulated node: the real kube-rs client in the agent
+//! against a fake API server that speaks list and watch (`FakeKubeApi`), pod cgroups in the
+//! kubelet's layout (systemd driver) under a test cgroup, each pod's "pause" process in a
+//! network namespace with no route out (the scene's), and containers in cgroups below the
+//! pod's. Pods come and go through the API; the agent attaches each runner pod of its node
+//! with its scale set's policy and detaches it when it goes.
+
+use std::{fs, path::Path, process::Command, time::Duration};
+
+use egressd_tests::{
+    API, EVIL, Scene,
+    fakes::{FakeKubeApi, kube::pod},
+    privileged, read_audit,
+};
+use serde_json::Value;
+
+use crate::daemon::{Daemon, TestCgroup, curl, hello, in_job, run_command};
+
+const NODE: &str = "node-1";
+const SCALE_SET: &str = "actions.github.com/scale-set-name";
+const RUNNER: (&str, &str) = ("app.kubernetes.io/component", "runner");
+
+/// A pod's cgroups on the simulated node: the pod cgroup (systemd driver layout) and, once
+/// started, its sandbox process's cgroup.
+struct PodCgroups {
+    sandbox: TestCgroup,
+    pod: TestCgroup,
+    pause: std::process::Child,
+}
+
+impl PodCgroups {
+    /// Makes the pod cgroup of `uid` under `root`, and starts its sandbox process ("pause")
+    /// in a child cgroup and in the scene's namespace.
+    fn start(root: &Path, uid: &str, s: &Scene) -> Self {
+        let pod = root
+            .join("kubepods.slice/kubepods-besteffort.slice")
+            .join(format!(
+                "kubepods-besteffort-pod{}.slice",
+                uid.replace('-', "_")
+            ));
+        fs::create_dir_all(&pod).unwrap();
+        let sandbox = pod.join("cri-containerd-sandbox.scope");
+        fs::create_dir_all(&sandbox).unwrap();
+        let sandbox = TestCgroup { path: sandbox };
+        // The runtime starts it in the pod's namespace.
+        let pause = Command::new("nsenter")
+            .arg(format!("--net={}", s.net.netns_path().display()))
+            .args(["bash", "-c"])
+            .arg(format!(
+                "echo $$ > {} && exec sleep 600",
+                sandbox.procs().display()
+            ))
+            .spawn()
+            .expect("starting the pod's sandbox process");
+        wait_for("the sandbox process in its cgroup", || {
+            fs::read_to_string(sandbox.procs()).is_ok_and(|p| !p.trim().is_empty())
+        });
+        Self {
+            sandbox,
+            pod: TestCgroup { path: pod },
+            pause,
+        }
+    }
+
+    /// A container cgroup of the pod (made now, after the pod was attached).
+    fn container(&self, name: &str) -> TestCgroup {
+        let path = self.pod.path.join(format!("cri-containerd-{name}.scope"));
+        fs::create_dir_all(&path).unwrap();
+        TestCgroup { path }
+    }
+
+    /// The runtime tears the pod down: its processes end and its cgroups go.
+    fn remove(mut self) {
+        drop(self.sandbox);
+        drop(self.pod);
+        let _ = self.pause.wait();
+    }
+}
+
+/// Polls `ready` (the daemon's status, a cgroup) for up to 30 s.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The attachments in the daemon's status, by name, with their policy.
+fn attachments(daemon: &Daemon) -> Vec<(String, Option<String>)> {
+    let status = daemon.status();
+    status["status"]["attachments"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|a| {
+                    (
+                        a["name"].as_str().unwrap_or_default().to_owned(),
+                        a["policy"].as_str().map(str::to_owned),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn uid_of(pod: &Value) -> String {
+    pod["metadata"]["uid"].as_str().expect("a uid").to_owned()
+}
+
+#[test]
+fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let api = FakeKubeApi::start();
+    let kubeconfig = s.scratch.path("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    // Policies as the ConfigMap mounted as a volume: the `build` scale set may reach EVIL
+    // only; everything else gets `default` (API only); `broken` does not parse.
+    let policies = s.scratch.path("policies");
+    fs::create_dir_all(&policies).unwrap();
+    fs::write(
+        policies.join("default"),
+        format!("allow_domains = [\"{API}\"]\n"),
+    )
+    .unwrap();
+    fs::write(
+        policies.join("build.toml"),
+        format!("allow_domains = [\"{EVIL}\"]\n"),
+    )
+    .unwrap();
+    fs::write(policies.join("broken"), "allow_domains = [\n").unwrap();
+    let node = TestCgroup::new("kube-node");
+
+    let daemon = Daemon::start(
+        &run_command(&s)
+            .args(["--kubernetes", "--node-name", NODE])
+            .arg("--policy-dir")
+            .arg(&policies)
+            .arg("--cgroup-root")
+            .arg(&node.path)
+            .env("KUBECONFIG", &kubeconfig),
+        &s.scratch.path("ctl.sock"),
+    );
+    assert!(
+        api.wait_for_watchers(1, Duration::from_secs(30)),
+        "the agent never watched pods"
+    );
+
+    // A runner pod of the `build` scale set, announced before its cgroup exists (as the
+    // scheduler does before the kubelet starts it).
+    let build = pod(
+        "arc-runners",
+        "build-abc-runner-1",
+        NODE,
+        &[(SCALE_SET, "build"), RUNNER],
+        &[],
+    );
+    api.apply_pod(build.clone());
+    // Not this agent's: another node's runner, and a listener pod (no runner label).
+    api.apply_pod(pod(
+        "arc-runners",
+        "build-abc-runner-2",
+        "node-2",
+        &[(SCALE_SET, "build"), RUNNER],
+        &[],
+    ));
+    api.apply_pod(pod(
+        "arc-systems",
+        "build-abc-listener",
+        NODE,
+        &[(SCALE_SET, "build")],
+        &[],
+    ));
+    let build_cgroups = PodCgroups::start(&node.path, &uid_of(&build), &s);
+    wait_for("the build pod attached", || {
+        attachments(&daemon)
+            .iter()
+            .any(|(n, _)| n == "arc-runners:build-abc-runner-1")
+    });
+    assert_eq!(
+        attachments(&daemon),
+        vec![(
+            "arc-runners:build-abc-runner-1".to_owned(),
+            Some("build".to_owned())
+        )],
+        "only this node's runner pod, under its scale set's policy"
+    );
+
+    // A container the runtime starts in the pod after the attach goes through the pod's
+    // proxy, under the pod's policy.
+    let app = build_cgroups.container("app");
+    let (code, out, err) = in_job(&s, &app, &curl(&s, EVIL));
+    assert_eq!((code, out.as_str()), (0, hello(EVIL).as_str()), "{err}");
+    let (code, _, _) = in_job(&s, &app, &curl(&s, API));
+    assert_ne!(code, 0, "the build policy does not allow {API}");
+
+    // A second runner pod, whose scale set has no policy: `default`; and one annotated with
+    // a policy that does not parse: closed.
+    let docs = pod(
+        "arc-runners",
+        "docs-xyz-runner-1",
+        NODE,
+        &[(SCALE_SET, "docs"), RUNNER],
+        &[],
+    );
+    let broken = pod(
+        "arc-runners",
+        "docs-xyz-runner-2",
+        NODE,
+        &[(SCALE_SET, "docs"), RUNNER],
+        &[("egressd.io/policy", "broken")],
+    );
+    api.apply_pod(docs.clone());
+    api.apply_pod(broken.clone());
+    let docs_cgroups = PodCgroups::start(&node.path, &uid_of(&docs), &s);
+    let broken_cgroups = PodCgroups::start(&node.path, &uid_of(&broken), &s);
+    wait_for("three pods attached", || attachments(&daemon).len() == 3);
+    let docs_app = docs_cgroups.container("app");
+    let (code, out, err) = in_job(&s, &docs_app, &curl(&s, API));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, hello(API).as_str()),
+        "{err}\n{:#}",
+        daemon.status()
+    );
+    let broken_app = broken_cgroups.container("app");
+    for name in [API, EVIL] {
+        let (code, _, _) = in_job(&s, &broken_app, &curl(&s, name));
+        assert_ne!(
+            code, 0,
+            "a pod whose policy is broken reaches nothing ({name})"
+        );
+    }
+
+    // The watch drops; a pod that comes after is seen once kube-rs watches again.
+    api.drop_watches();
+    let late = pod(
+        "arc-runners",
+        "docs-xyz-runner-3",
+        NODE,
+        &[(SCALE_SET, "docs"), RUNNER],
+        &[],
+    );
+    api.apply_pod(late.clone());
+    let late_cgroups = PodCgroups::start(&node.path, &uid_of(&late), &s);
+    wait_for("the pod that came after the dropped watch attached", || {
+        attachments(&daemon)
+            .iter()
+            .any(|(n, _)| n == "arc-runners:docs-xyz-runner-3")
+    });
+    // The API expires the watch (410): kube-rs lists again, and a pod deleted meanwhile is
+    // not in the list: detached.
+    assert!(api.wait_for_watchers(1, Duration::from_secs(30)));
+    api.expire_watches();
+    api.delete_pod("arc-runners", "docs-xyz-runner-3");
+    wait_for("the pod deleted across a relist detached", || {
+        !attachments(&daemon)
+            .iter()
+            .any(|(n, _)| n == "arc-runners:docs-xyz-runner-3")
+    });
+    late_cgroups.remove();
+
+    // The build pod is deleted: detached, its container on its own again.
+    api.delete_pod("arc-runners", "build-abc-runner-1");
+    wait_for("the build pod detached", || {
+        !attachments(&daemon)
+            .iter()
+            .any(|(n, _)| n == "arc-runners:build-abc-runner-1")
+    });
+    let (code, _, _) = in_job(&s, &app, &curl(&s, EVIL));
+    assert_ne!(
+        code, 0,
+        "after its pod is gone nothing redirects the container"
+    );
+    drop(app);
+    build_cgroups.remove();
+
+    // The docs pod's cgroup goes (the runtime tore it down) before the API says so.
+    drop(docs_app);
+    docs_cgroups.remove();
+    wait_for("the docs pod detached", || {
+        !attachments(&daemon)
+            .iter()
+            .any(|(n, _)| n == "arc-runners:docs-xyz-runner-1")
+    });
+    drop(broken_app);
+    broken_cgroups.remove();
+
+    // Every request carried the service account's token and asked for this node's runners.
+    let requests = api.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert!(r.authorized, "{r:?}");
+    }
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.param("fieldSelector") == Some("spec.nodeName=node-1")
+                && r.param("labelSelector")
+                    .is_some_and(|l| l.contains(SCALE_SET))),
+        "{requests:?}"
+    );
+
+    let stopped = daemon.stop();
+    assert!(stopped.status.success(), "{stopped}");
+    // The audit says which pod, node, scale set and policy each line is about.
+    let records = read_audit(&s.audit_log);
+    let allowed = records
+        .iter()
+        .find(|r| r["name"] == EVIL && r["decision"] == "allow")
+        .unwrap_or_else(|| panic!("no allowed record for {EVIL}\n{stopped}"));
+    assert_eq!(allowed["sandbox"], "arc-runners:build-abc-runner-1");
+    assert_eq!(allowed["k8s"]["node"], NODE, "{allowed}");
+    assert_eq!(allowed["k8s"]["pod"], "build-abc-runner-1", "{allowed}");
+    assert_eq!(allowed["k8s"]["namespace"], "arc-runners", "{allowed}");
+    assert_eq!(allowed["k8s"]["scale_set"], "build", "{allowed}");
+    assert_eq!(allowed["k8s"]["policy"], "build", "{allowed}");
+    assert_eq!(
+        allowed["k8s"]["pod_uid"],
+        uid_of(&build).as_str(),
+        "{allowed}"
+    );
+    let arms = records
+        .iter()
+        .filter(|r| r["event"] == "arm" && r["k8s"]["node"] == NODE)
+        .count();
+    let disarms = records
+        .iter()
+        .filter(|r| r["event"] == "disarm" && r["k8s"]["node"] == NODE)
+        .count();
+    assert_eq!((arms, disarms), (4, 4), "{stopped}");
+    assert!(
+        stopped.stderr.contains("policy \"broken\""),
+        "the broken policy is named\n{stopped}"
+    );
+}
