@@ -10,7 +10,10 @@
 //! * a name the allowlist covers, asking for anything else (`TXT`, `MX`, `SRV`, `HTTPS`/`SVCB`,
 //!   `ANY`, ...): an empty answer (NOERROR, no records), without asking upstream. Dropping
 //!   `HTTPS`/`SVCB` also keeps ECH configurations out of the sandbox;
-//! * every other name: `NXDOMAIN`, without sending anything upstream.
+//! * every other name: `NXDOMAIN`, without sending anything upstream;
+//! * [`ATTACHED_PROBE`] (`attached.egressd.invalid`, a name no real resolver answers):
+//!   `127.0.0.1`, whatever the policy. A Kubernetes init container waits on it, so that the
+//!   pod's other containers start only once the pod is attached (`deploy/`).
 //!
 //! One audit record per query (name, type, decision, answer count).
 //!
@@ -390,6 +393,14 @@ pub(crate) fn first_step(ctx: &Context<'_>, bytes: &[u8], rec: &mut Record) -> S
         rec.qtype = Some(q.query_type().to_string());
     }
     let client_limit = query.edns.as_ref().map(Edns::max_payload);
+    if let Some(answers) = fixed_answer(&query, ATTACHED_PROBE, std::net::Ipv4Addr::LOCALHOST) {
+        rec.name = Some(ATTACHED_PROBE.to_owned());
+        rec.decision = AuditDecision::Allow;
+        rec.reason = "egressd's attachment probe".to_owned();
+        rec.answers = Some(u32::try_from(answers.len()).unwrap_or(u32::MAX));
+        reply.add_answers(answers);
+        return Step::Done(encode(&reply, ctx.transport, client_limit));
+    }
     if let Some(answers) = ctx.api_proxy.then(|| api_proxy_answer(&query)).flatten() {
         rec.name = Some(egressd_config::awf::apiproxy::HOST.to_owned());
         rec.decision = AuditDecision::Allow;
@@ -453,25 +464,33 @@ pub(crate) fn first_step(ctx: &Context<'_>, bytes: &[u8], rec: &mut Record) -> S
     Step::Done(encode(&reply, ctx.transport, client_limit))
 }
 
+/// The name every sandbox's DNS answers with `127.0.0.1` and no other resolver answers
+/// (`.invalid`, RFC 2606): resolving it proves the asker is attached.
+pub const ATTACHED_PROBE: &str = "attached.egressd.invalid";
+
 /// The answers for `api-proxy` (A: `172.30.0.30`; no AAAA); `None` for any other question.
 fn api_proxy_answer(query: &Message) -> Option<Vec<DnsRecord>> {
+    fixed_answer(
+        query,
+        egressd_config::awf::apiproxy::HOST,
+        egressd_config::awf::apiproxy::IP,
+    )
+}
+
+/// The answers when the one question is about `host`: its `A` record `ip` (no AAAA, nothing
+/// else); `None` for any other question.
+fn fixed_answer(query: &Message, host: &str, ip: std::net::Ipv4Addr) -> Option<Vec<DnsRecord>> {
     let [q] = query.queries.as_slice() else {
         return None;
     };
     let ascii = q.name().to_ascii();
     let name = ascii.strip_suffix('.').unwrap_or(&ascii);
-    if !name.eq_ignore_ascii_case(egressd_config::awf::apiproxy::HOST)
-        || q.query_class() != DNSClass::IN
-    {
+    if !name.eq_ignore_ascii_case(host) || q.query_class() != DNSClass::IN {
         return None;
     }
-    let owner = Name::from_ascii(format!("{}.", egressd_config::awf::apiproxy::HOST)).ok()?;
+    let owner = Name::from_ascii(format!("{host}.")).ok()?;
     Some(match q.query_type() {
-        RecordType::A => vec![DnsRecord::from_rdata(
-            owner,
-            OVERRIDE_TTL,
-            RData::A(A(egressd_config::awf::apiproxy::IP)),
-        )],
+        RecordType::A => vec![DnsRecord::from_rdata(owner, OVERRIDE_TTL, RData::A(A(ip)))],
         _ => Vec::new(),
     })
 }
@@ -584,6 +603,27 @@ mod tests {
         m.metadata.id = 7;
         m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
         m
+    }
+
+    #[test]
+    fn the_attachment_probe_answers_loopback_whatever_the_policy() {
+        let q = query("Attached.Egressd.Invalid.", RecordType::A);
+        let answers = fixed_answer(&q, ATTACHED_PROBE, std::net::Ipv4Addr::LOCALHOST).unwrap();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].data, RData::A(A(std::net::Ipv4Addr::LOCALHOST)));
+        let aaaa = query("attached.egressd.invalid.", RecordType::AAAA);
+        assert_eq!(
+            fixed_answer(&aaaa, ATTACHED_PROBE, std::net::Ipv4Addr::LOCALHOST),
+            Some(Vec::new())
+        );
+        let other = query("attached.egressd.invalid.evil.example.", RecordType::A);
+        assert!(fixed_answer(&other, ATTACHED_PROBE, std::net::Ipv4Addr::LOCALHOST).is_none());
+        // Policy would refuse it: the probe is answered before policy is asked.
+        let p = policy("github.com", "");
+        assert!(matches!(
+            decide(&p, DnsDenied::NxDomain, &q),
+            DnsVerdict::Refuse { .. }
+        ));
     }
 
     #[test]

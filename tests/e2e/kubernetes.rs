@@ -161,6 +161,17 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
         &[(SCALE_SET, "build"), RUNNER],
         &[],
     );
+    // The kubelet starts the pod before the agent hears of it: its init container's probe
+    // (what `deploy/examples` puts first in a runner pod) does not resolve, so the runner's
+    // containers would not start yet.
+    let build_cgroups = PodCgroups::start(&node.path, &uid_of(&build), &s);
+    let init = build_cgroups.container("init");
+    let probe = ["getent", "hosts", "attached.egressd.invalid"].map(str::to_owned);
+    let (code, out, _) = in_job(&s, &init, &probe);
+    assert_ne!(
+        code, 0,
+        "the probe resolved before the pod was attached: {out}"
+    );
     api.apply_pod(build.clone());
     // Not this agent's: another node's runner, and a listener pod (no runner label).
     api.apply_pod(pod(
@@ -177,7 +188,6 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
         &[(SCALE_SET, "build")],
         &[],
     ));
-    let build_cgroups = PodCgroups::start(&node.path, &uid_of(&build), &s);
     wait_for("the build pod attached", || {
         attachments(&daemon)
             .iter()
@@ -192,8 +202,13 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
         "only this node's runner pod, under its scale set's policy"
     );
 
-    // A container the runtime starts in the pod after the attach goes through the pod's
-    // proxy, under the pod's policy.
+    // Attached: the probe resolves (to loopback), the init container ends, the runner's
+    // containers start. One the runtime starts in the pod now goes through the pod's proxy,
+    // under the pod's policy.
+    let (code, out, err) = in_job(&s, &init, &probe);
+    assert_eq!(code, 0, "the probe must resolve once attached: {err}");
+    assert!(out.starts_with("127.0.0.1"), "{out}");
+    drop(init);
     let app = build_cgroups.container("app");
     let (code, out, err) = in_job(&s, &app, &curl(&s, EVIL));
     assert_eq!((code, out.as_str()), (0, hello(EVIL).as_str()), "{err}");
