@@ -31,7 +31,8 @@ pub fn start(
     let [env_headers, resource_attributes, service_name] = crate::env::otlp_env();
     let mut headers = Vec::new();
     for header in &args.headers {
-        headers.push(header_pair(header).with_context(|| format!("--otlp-header {header:?}"))?);
+        // The text is not echoed: it may hold a key.
+        headers.push(header_pair(header).context("--otlp-header")?);
     }
     if let Some(list) = env_headers {
         for (name, value) in egressd_proxy::parse_otel_list(&list) {

@@ -172,22 +172,27 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
         code, 0,
         "the probe resolved before the pod was attached: {out}"
     );
-    api.apply_pod(build.clone());
-    // Not this agent's: another node's runner, and a listener pod (no runner label).
-    api.apply_pod(pod(
+    // Not this agent's, though running on this node's cgroups: another node's runner (as
+    // the API would never list it for this node) and a listener pod (no runner label).
+    let other_node = pod(
         "arc-runners",
         "build-abc-runner-2",
         "node-2",
         &[(SCALE_SET, "build"), RUNNER],
         &[],
-    ));
-    api.apply_pod(pod(
+    );
+    let listener = pod(
         "arc-systems",
         "build-abc-listener",
         NODE,
         &[(SCALE_SET, "build")],
         &[],
-    ));
+    );
+    let other_cgroups = PodCgroups::start(&node.path, &uid_of(&other_node), &s);
+    let listener_cgroups = PodCgroups::start(&node.path, &uid_of(&listener), &s);
+    api.apply_pod(other_node);
+    api.apply_pod(listener);
+    api.apply_pod(build.clone());
     wait_for("the build pod attached", || {
         attachments(&daemon)
             .iter()
@@ -269,32 +274,42 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
             .iter()
             .any(|(n, _)| n == "arc-runners:docs-xyz-runner-3")
     });
-    // The API expires the watch (410): kube-rs lists again, and a pod deleted meanwhile is
-    // not in the list: detached.
+    // The API expires the watch (410) and kube-rs lists again; the pod is deleted meanwhile.
+    // It stays firewalled while its sandbox runs, and is let go once the runtime tore it
+    // down.
     assert!(api.wait_for_watchers(1, Duration::from_secs(30)));
     api.expire_watches();
     api.delete_pod("arc-runners", "docs-xyz-runner-3");
-    wait_for("the pod deleted across a relist detached", || {
+    assert!(api.wait_for_watchers(1, Duration::from_secs(30)));
+    assert!(
+        attachments(&daemon)
+            .iter()
+            .any(|(n, _)| n == "arc-runners:docs-xyz-runner-3"),
+        "a deleted pod whose sandbox still runs stays attached"
+    );
+    late_cgroups.remove();
+    wait_for("the deleted pod let go once torn down", || {
         !attachments(&daemon)
             .iter()
             .any(|(n, _)| n == "arc-runners:docs-xyz-runner-3")
     });
-    late_cgroups.remove();
 
-    // The build pod is deleted: detached, its container on its own again.
+    // The build pod is deleted: through its grace period, while its containers run, it stays
+    // firewalled; once the runtime has torn it down it is let go.
     api.delete_pod("arc-runners", "build-abc-runner-1");
+    let (code, out, err) = in_job(&s, &app, &curl(&s, EVIL));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, hello(EVIL).as_str()),
+        "a deleted pod's running container still goes through its proxy: {err}"
+    );
+    drop(app);
+    build_cgroups.remove();
     wait_for("the build pod detached", || {
         !attachments(&daemon)
             .iter()
             .any(|(n, _)| n == "arc-runners:build-abc-runner-1")
     });
-    let (code, _, _) = in_job(&s, &app, &curl(&s, EVIL));
-    assert_ne!(
-        code, 0,
-        "after its pod is gone nothing redirects the container"
-    );
-    drop(app);
-    build_cgroups.remove();
 
     // The docs pod's cgroup goes (the runtime tore it down) before the API says so.
     drop(docs_app);
@@ -307,20 +322,35 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
     drop(broken_app);
     broken_cgroups.remove();
 
-    // Every request carried the service account's token and asked for this node's runners.
+    // Every request carried the service account's token, and every list and watch asked
+    // for this node's runners only.
     let requests = api.requests();
     assert!(!requests.is_empty());
     for r in &requests {
         assert!(r.authorized, "{r:?}");
+        if r.path.ends_with("/pods") {
+            assert_eq!(
+                r.param("fieldSelector"),
+                Some("spec.nodeName=node-1"),
+                "{r:?}"
+            );
+            assert!(
+                r.param("labelSelector")
+                    .is_some_and(|l| l.contains(SCALE_SET) && l.contains(RUNNER.0)),
+                "{r:?}"
+            );
+        }
     }
     assert!(
-        requests
+        !attachments(&daemon)
             .iter()
-            .any(|r| r.param("fieldSelector") == Some("spec.nodeName=node-1")
-                && r.param("labelSelector")
-                    .is_some_and(|l| l.contains(SCALE_SET))),
-        "{requests:?}"
+            .any(|(n, _)| n == "arc-runners:build-abc-runner-2"
+                || n == "arc-systems:build-abc-listener"),
+        "another node's pod or a listener pod was attached"
     );
+    other_cgroups.remove();
+    listener_cgroups.remove();
+    wait_for("every pod let go", || attachments(&daemon).is_empty());
 
     let stopped = daemon.stop();
     assert!(stopped.status.success(), "{stopped}");
@@ -354,4 +384,91 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
         stopped.stderr.contains("policy \"broken\""),
         "the broken policy is named\n{stopped}"
     );
+    remove_layout(&node);
+}
+
+/// Removes the QoS level cgroups the pods were made under.
+fn remove_layout(node: &TestCgroup) {
+    let _ = fs::remove_dir(node.path.join("kubepods.slice/kubepods-besteffort.slice"));
+    let _ = fs::remove_dir(node.path.join("kubepods.slice"));
+}
+
+/// `bash`'s `/dev/tcp` connect from `cgroup`: its error says whether the connection was
+/// refused (redirected to a listener that is gone: closed) or had no route (not redirected).
+fn connect_error(s: &Scene, cgroup: &TestCgroup) -> String {
+    let (_, _, err) = in_job(
+        s,
+        cgroup,
+        &["bash", "-c", "exec 3<>/dev/tcp/192.0.2.10/443"].map(str::to_owned),
+    );
+    err
+}
+
+#[test]
+fn an_agent_replaced_leaves_its_pods_closed_and_the_next_one_re_arms_them() {
+    if !privileged() {
+        return;
+    }
+    let s = Scene::new();
+    let api = FakeKubeApi::start();
+    let kubeconfig = s.scratch.path("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let policies = s.scratch.path("policies");
+    fs::create_dir_all(&policies).unwrap();
+    fs::write(
+        policies.join("default"),
+        format!("allow_domains = [\"{API}\"]\n"),
+    )
+    .unwrap();
+    let node = TestCgroup::new("kube-node-upgrade");
+    let agent = || {
+        run_command(&s)
+            .args(["--kubernetes", "--node-name", NODE])
+            .arg("--policy-dir")
+            .arg(&policies)
+            .arg("--cgroup-root")
+            .arg(&node.path)
+            .env("KUBECONFIG", &kubeconfig)
+    };
+    let socket = s.scratch.path("ctl.sock");
+    let runner = pod("arc-runners", "r-1", NODE, &[(SCALE_SET, "r"), RUNNER], &[]);
+    let cgroups = PodCgroups::start(&node.path, &uid_of(&runner), &s);
+    let app = cgroups.container("app");
+    // Control: not attached, the container's connection has no route.
+    assert!(
+        connect_error(&s, &app).contains("unreachable"),
+        "{}",
+        connect_error(&s, &app)
+    );
+    api.apply_pod(runner);
+    let daemon = Daemon::start(&agent(), &socket);
+    wait_for("the pod attached", || attachments(&daemon).len() == 1);
+    let (code, out, err) = in_job(&s, &app, &curl(&s, API));
+    assert_eq!((code, out.as_str()), (0, hello(API).as_str()), "{err}");
+
+    // The agent is replaced (SIGTERM, as a rolling update does): the pod stays closed.
+    let stopped = daemon.stop();
+    assert!(stopped.status.success(), "{stopped}");
+    let closed = connect_error(&s, &app);
+    assert!(
+        closed.contains("refused"),
+        "between two agents the pod's connections must be refused, not let through: {closed}"
+    );
+
+    // The next agent re-arms it from the saved state and adopts it.
+    let daemon = Daemon::start(&agent(), &socket);
+    wait_for("the pod attached again", || {
+        attachments(&daemon)
+            .iter()
+            .any(|(n, p)| n == "arc-runners:r-1" && p.as_deref() == Some("default"))
+    });
+    let (code, out, err) = in_job(&s, &app, &curl(&s, API));
+    assert_eq!((code, out.as_str()), (0, hello(API).as_str()), "{err}");
+    let (code, _, _) = in_job(&s, &app, &curl(&s, EVIL));
+    assert_ne!(code, 0, "still under its policy");
+    drop(app);
+    cgroups.remove();
+    wait_for("the pod let go", || attachments(&daemon).is_empty());
+    let _ = daemon.stop();
+    remove_layout(&node);
 }

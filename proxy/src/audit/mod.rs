@@ -948,25 +948,7 @@ impl fmt::Display for Summary {
             )?;
         }
         if let Some(o) = &self.otlp {
-            write!(
-                f,
-                "\negressd: OTLP: {} audit lines sent to {}",
-                o.exported, o.endpoint
-            )?;
-            if o.lost() > 0 {
-                write!(
-                    f,
-                    "\negressd: error: {} audit lines did NOT reach the OTLP collector: {} dropped \
-                     (queue full), {} refused, {} rejected by the collector, {} unsent at exit \
-                     (last error: {}); the audit log file has them",
-                    o.lost(),
-                    o.dropped,
-                    o.refused,
-                    o.rejected,
-                    o.unsent,
-                    o.last_error.as_deref().unwrap_or("none")
-                )?;
-            }
+            write!(f, "\n{o}")?;
         }
         Ok(())
     }

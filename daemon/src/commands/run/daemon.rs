@@ -95,6 +95,9 @@ pub struct Saved {
     /// Container runtime sockets closed to its job, with their original ACLs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub closed: Vec<crate::sandbox::runtime_acl::Closed>,
+    /// The named policy it ran under (`--policy-dir`), re-armed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 impl Daemon {
@@ -159,6 +162,11 @@ impl Daemon {
         })
     }
 
+    /// Whether an attachment named `name` exists.
+    pub async fn has_attachment(&self, name: &str) -> bool {
+        self.state.lock().await.attachments.contains_key(name)
+    }
+
     /// The audit log every attachment writes to.
     pub fn audit(&self) -> &Arc<AuditLog> {
         &self.audit
@@ -219,7 +227,7 @@ impl Daemon {
             bail!("an attachment named {name:?} exists already (pass --name)");
         }
         let generation = match policy {
-            Some(policy) => self.named_or_closed(&mut state, policy),
+            Some(policy) => self.named_or_closed(&mut state, policy)?,
             None => Arc::clone(&state.generation),
         };
         if cgroup.path() == cgroup::cgroup2_root()? {
@@ -573,7 +581,7 @@ impl Daemon {
         let mut generations = Vec::new();
         for policy in &policies {
             generations.push(match policy {
-                Some(name) => self.named_or_closed(state, name),
+                Some(name) => self.named_or_closed(state, name)?,
                 None => Arc::clone(generation),
             });
         }
@@ -589,9 +597,9 @@ impl Daemon {
     /// (missing, invalid, with `[[intercept]]` rules), one that allows nothing: a pod whose
     /// policy is broken is closed, not left open. Said on stderr; the next reload tries the
     /// named policy again.
-    fn named_or_closed(&self, state: &mut State, name: &str) -> Arc<Generation> {
+    fn named_or_closed(&self, state: &mut State, name: &str) -> anyhow::Result<Arc<Generation>> {
         match self.named_generation(state, name) {
-            Ok(generation) => generation,
+            Ok(generation) => Ok(generation),
             Err(e) => {
                 eprintln!(
                     "egressd: error: {e:#}; the pods under policy {name:?} get one that allows \
@@ -601,18 +609,11 @@ impl Daemon {
                     no_github: true,
                     ..PolicyArgs::default()
                 };
-                let built = policy::build(&closed, self.args.audit_log.clone())
-                    .map_err(|e| anyhow!("{e}"))
-                    .and_then(|config| generation(config, None, self.provenance.clone()));
-                match built {
-                    Ok(closed) => {
-                        let closed = Arc::new(closed);
-                        state.named.insert(name.to_owned(), Arc::clone(&closed));
-                        closed
-                    }
-                    // Cannot happen with no entries; the daemon's own policy is the fallback.
-                    Err(_) => Arc::clone(&state.generation),
-                }
+                let config = policy::build(&closed, self.args.audit_log.clone())
+                    .map_err(|e| anyhow!("building the closed policy: {e}"))?;
+                let closed = Arc::new(generation(config, None, self.provenance.clone())?);
+                state.named.insert(name.to_owned(), Arc::clone(&closed));
+                Ok(closed)
             }
         }
     }
@@ -710,6 +711,26 @@ impl Daemon {
         }
     }
 
+    /// The Kubernetes agent's way out (SIGTERM: an upgrade, an eviction): stops serving but
+    /// leaves each pinned attachment's programs and the saved state, so that its pod stays
+    /// closed (its connections go to listeners that are gone, and are refused) until the next
+    /// agent re-arms it ([`rearm`](Self::rearm)). Attachments that are not pinned are
+    /// released as at [`shutdown`](Self::shutdown).
+    pub async fn leave(&self) {
+        let mut state = self.state.lock().await;
+        let attachments = std::mem::take(&mut state.attachments);
+        for (_, mut attachment) in attachments {
+            if matches!(attachment.links, Some(AttachedLinks::Pinned(_))) {
+                attachment.serving.cancel();
+                // The pins stay in bpffs; dropping the handles closes only our descriptors.
+                drop(attachment.links.take());
+                attachment.netns_pin = None;
+            } else {
+                self.release(attachment);
+            }
+        }
+    }
+
     /// Re-arms the attachments a previous daemon on this socket left pinned (it died):
     /// each is attached again, then the old pins are removed. One that cannot be re-armed
     /// stays closed by its old pins and is reported.
@@ -736,7 +757,11 @@ impl Daemon {
                 path: old.cgroup.clone(),
                 netns: old.netns.clone(),
             };
-            match self.attach(target, Some(old.name.clone()), None).await {
+            let policy = old.policy.as_deref();
+            match self
+                .attach_with(target, Some(old.name.clone()), None, policy)
+                .await
+            {
                 Ok(_) => {
                     // The sockets stay closed; the new attachment reopens them when detached.
                     let mut state = self.state.lock().await;
@@ -784,6 +809,7 @@ impl Daemon {
                     netns: a.netns_pin.clone(),
                     pins: Some(p.dir().to_path_buf()),
                     closed: a.closed.clone(),
+                    policy: a.policy.clone(),
                 }),
                 _ => None,
             })

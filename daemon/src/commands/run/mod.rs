@@ -69,7 +69,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .with_provenance(provenance.clone());
     let audit = Arc::new(audit);
     crate::otlp::start(&args.otlp, &audit, provenance.verified()).map_err(Failure::usage)?;
-    let _flush = crate::otlp::FlushOnDrop(Arc::clone(&audit));
+    let flush = crate::otlp::FlushOnDrop(Arc::clone(&audit));
     let loader = Loader::load().map_err(Failure::setup)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
@@ -167,12 +167,25 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         if let Some(agent) = agent {
             let _ = agent.await;
         }
-        daemon.shutdown().await;
         let _ = std::fs::remove_file(&socket_path);
-        eprintln!("egressd: daemon stopped; every attachment was released");
+        if kube_args.kubernetes {
+            // An agent being replaced leaves its pods closed for the next one to re-arm.
+            daemon.leave().await;
+            eprintln!(
+                "egressd: agent stopped; its pods stay closed until the next agent re-arms them"
+            );
+        } else {
+            daemon.shutdown().await;
+            eprintln!("egressd: daemon stopped; every attachment was released");
+        }
         Ok(code)
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    // The last lines (every attachment's disarm) go out, and what became of them is said.
+    flush.0.finish_export(crate::otlp::FLUSH_AT_EXIT);
+    if let Some(otlp) = flush.0.summary().otlp {
+        eprintln!("{otlp}");
+    }
     code
 }
 

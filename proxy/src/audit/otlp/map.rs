@@ -210,11 +210,18 @@ pub(crate) fn resource(
     if let Some(host) = host {
         add("host.name", host.to_owned());
     }
+    // The environment may describe where egressd runs, never who ran what: those names
+    // come from verified provenance only.
     for (key, value) in env_attributes.map(parse_otel_list).unwrap_or_default() {
-        add(&key, value);
+        if !RESERVED_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            add(&key, value);
+        }
     }
     Resource { attributes }
 }
+
+/// Resource attribute names `OTEL_RESOURCE_ATTRIBUTES` may not set.
+const RESERVED_PREFIXES: &[&str] = &["user.", "vcs.", "cicd.", "egressd."];
 
 /// The web address of the GitHub deployment that issued `issuer`'s tokens, from the
 /// verified issuer only (`https://token.actions.githubusercontent.com` is github.com,
@@ -423,7 +430,7 @@ mod tests {
         let r = resource(
             Some(&p),
             Some("node-1"),
-            Some("k8s.pod.name=runner%2C1,user.name=mallory,bad"),
+            Some("k8s.pod.name=runner%2C1,user.name=mallory,vcs.owner.name=evil,bad"),
             None,
         );
         let get = |k: &str| {
@@ -453,6 +460,19 @@ mod tests {
         assert_eq!(get("vcs.ref.head.name").as_deref(), Some("main"));
         assert_eq!(get("vcs.ref.head.type").as_deref(), Some("branch"));
         assert_eq!(get("vcs.owner.name").as_deref(), Some("octo-org"));
+        let without = resource(
+            None,
+            None,
+            Some("user.name=mallory,cicd.pipeline.run.id=1"),
+            None,
+        );
+        assert!(
+            without
+                .attributes
+                .iter()
+                .all(|a| !a.key.starts_with("user.") && !a.key.starts_with("cicd.")),
+            "without provenance the environment still cannot claim an actor or a run"
+        );
         let keys: Vec<_> = r.attributes.iter().map(|a| a.key.as_str()).collect();
         let unique: std::collections::HashSet<_> = keys.iter().collect();
         assert_eq!(keys.len(), unique.len(), "no key twice: {keys:?}");

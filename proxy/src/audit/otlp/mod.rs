@@ -112,6 +112,33 @@ impl OtlpCounts {
     }
 }
 
+impl fmt::Display for OtlpCounts {
+    /// `egressd: OTLP: N audit lines sent to URL`, and an error line with each count when
+    /// any line did not reach the collector.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "egressd: OTLP: {} audit lines sent to {}",
+            self.exported, self.endpoint
+        )?;
+        if self.lost() > 0 {
+            write!(
+                f,
+                "\negressd: error: {} audit lines did NOT reach the OTLP collector: {} dropped \
+                 (queue full), {} refused, {} rejected by the collector, {} unsent at exit \
+                 (last error: {}); an audit log file (--audit-log) keeps every line",
+                self.lost(),
+                self.dropped,
+                self.refused,
+                self.rejected,
+                self.unsent,
+                self.last_error.as_deref().unwrap_or("none")
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// The counters the worker and the offering side share.
 #[derive(Default)]
 struct Shared {
@@ -135,7 +162,8 @@ impl Shared {
         if !self.told.swap(true, Ordering::Relaxed) {
             eprintln!(
                 "egressd: error: audit records are not reaching the OTLP collector at \
-                 {endpoint} ({why}); they are being counted, and the audit log file has them all"
+                 {endpoint} ({why}); they are being counted, and an audit log file \
+                 (--audit-log) keeps every line"
             );
         }
     }
@@ -277,12 +305,21 @@ struct Worker {
 }
 
 impl Worker {
-    /// Takes every record offered and counts it refused (the thread could not be set up).
+    /// Takes every record offered and counts it refused (the thread could not be set up),
+    /// until asked to stop.
     fn refuse_all(mut self, why: &str) {
         self.shared
             .lose(&self.shared.refused, 0, why, &self.endpoint);
-        while let Some(_line) = self.rx.blocking_recv() {
-            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+        loop {
+            match self.rx.try_recv() {
+                Ok(_line) => {
+                    self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TryRecvError::Empty) if !self.stop.is_cancelled() => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(_) => break,
+            }
         }
     }
 
@@ -381,7 +418,20 @@ impl Worker {
         let mut backoff = FIRST_BACKOFF;
         let mut down_since: Option<Instant> = None;
         loop {
-            match self.collector.export(&request).await {
+            // Once stopping, no request outlives the deadline.
+            let left = if self.stop.is_cancelled() {
+                let stop_by = *lock(&self.shared.stop_by);
+                stop_by.map(|by| by.saturating_duration_since(Instant::now()))
+            } else {
+                None
+            };
+            if left.is_some_and(|l| l.is_zero()) {
+                let why = "the run ended before they could be sent";
+                self.shared
+                    .lose(&self.shared.unsent, n, why, &self.endpoint);
+                return;
+            }
+            match self.collector.export(&request, left).await {
                 Sent::Taken { rejected, message } => {
                     let rejected = rejected.min(n);
                     self.shared

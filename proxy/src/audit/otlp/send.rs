@@ -30,6 +30,9 @@ use tokio::net::TcpStream;
 
 use super::proto::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 
+/// The longest `Retry-After` honoured, in seconds.
+const MAX_RETRY_AFTER_S: u64 = 60;
+
 /// The gRPC method of the logs service.
 const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 
@@ -102,6 +105,13 @@ impl Collector {
         if uri.host().is_none() {
             return Err(format!("OTLP endpoint {uri}: no host"));
         }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(
+                "OTLP endpoint: credentials in the URL are refused (they would show in \
+                 messages); send them as a header (EGRESSD_OTLP_HEADERS)"
+                    .to_owned(),
+            );
+        }
         if protocol == OtlpProtocol::HttpProtobuf && matches!(uri.path(), "" | "/") {
             let mut parts = uri.into_parts();
             parts.path_and_query = Some(PathAndQuery::from_static("/v1/logs"));
@@ -151,9 +161,13 @@ impl Collector {
         }
     }
 
-    /// Sends `request` once, within the timeout.
-    pub(crate) async fn export(&mut self, request: &ExportLogsServiceRequest) -> Sent {
-        let timeout = self.timeout;
+    /// Sends `request` once, within the timeout (or `within`, when shorter).
+    pub(crate) async fn export(
+        &mut self,
+        request: &ExportLogsServiceRequest,
+        within: Option<Duration>,
+    ) -> Sent {
+        let timeout = within.map_or(self.timeout, |w| w.min(self.timeout));
         let sent = match self.protocol {
             OtlpProtocol::Grpc => tokio::time::timeout(timeout, self.export_grpc(request)).await,
             OtlpProtocol::HttpProtobuf => {
@@ -232,7 +246,12 @@ impl Collector {
             },
         };
         let authority = self.uri.authority().map_or("", |a| a.as_str()).to_owned();
-        let mut req = hyper::Request::post(self.uri.path())
+        let target = self
+            .uri
+            .path_and_query()
+            .map_or("/v1/logs", |p| p.as_str())
+            .to_owned();
+        let mut req = hyper::Request::post(target)
             .header(hyper::header::HOST, authority)
             .header(hyper::header::CONTENT_TYPE, "application/x-protobuf")
             .header(hyper::header::CONTENT_ENCODING, "gzip")
@@ -256,7 +275,7 @@ impl Collector {
             .get(hyper::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .map(|s| Duration::from_secs(s.min(MAX_RETRY_AFTER_S)));
         let body = match response.into_body().collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
@@ -316,8 +335,9 @@ fn taken(response: &ExportLogsServiceResponse) -> Sent {
     Sent::Taken { rejected, message }
 }
 
-/// A gRPC error: retryable per OTLP/gRPC §Failures (`RESOURCE_EXHAUSTED` too: a collector
-/// that sheds load says so with it).
+/// A gRPC error: retryable per OTLP/gRPC §Failures. `RESOURCE_EXHAUSTED` is retryable only
+/// with a retry delay, which egressd does not read: it is refused, so that a request too
+/// large for the collector cannot stall the export for good.
 fn grpc_status(status: &tonic::Status) -> Sent {
     use tonic::Code;
     let why = format!("gRPC {:?}: {}", status.code(), status.message());
@@ -327,9 +347,7 @@ fn grpc_status(status: &tonic::Status) -> Sent {
         | Code::Aborted
         | Code::OutOfRange
         | Code::DataLoss
-        | Code::Cancelled
-        | Code::ResourceExhausted
-        | Code::Unknown => Sent::Retry { why, after: None },
+        | Code::Cancelled => Sent::Retry { why, after: None },
         _ => Sent::Refused(why),
     }
 }
@@ -411,6 +429,7 @@ mod tests {
         );
         assert!(c("ftp://c", OtlpProtocol::Grpc).is_err());
         assert!(c("c:4317", OtlpProtocol::Grpc).is_err());
+        assert!(c("http://user:pw@c:4317", OtlpProtocol::Grpc).is_err());
         let bad = Collector::new(
             "http://c",
             OtlpProtocol::Grpc,
@@ -423,6 +442,8 @@ mod tests {
 
     #[test]
     fn grpc_codes_sort_into_retry_and_refused() {
+        let too_big = grpc_status(&tonic::Status::resource_exhausted("message too large"));
+        assert!(matches!(too_big, Sent::Refused(_)));
         let retry = grpc_status(&tonic::Status::unavailable("restarting"));
         assert!(matches!(retry, Sent::Retry { .. }));
         let refused = grpc_status(&tonic::Status::unauthenticated("no key"));

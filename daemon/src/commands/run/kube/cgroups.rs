@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 const POD_DEPTH: usize = 4;
 /// How deep below the pod cgroup a process is looked for (the containers' cgroups are 1).
 const PROCESS_DEPTH: usize = 3;
+/// The most processes of a pod looked at.
+const MAX_PROCESSES: usize = 256;
 
 /// The pod cgroup of the pod with `uid` below `root`: a directory named `pod<uid>` (the
 /// cgroupfs driver) or `...-pod<uid with '_' for '-'>.slice` (the systemd driver).
@@ -41,18 +43,20 @@ fn find_dir(dir: &Path, depth: usize, wanted: &dyn Fn(&str) -> bool) -> Option<P
     below.iter().find_map(|d| find_dir(d, depth - 1, wanted))
 }
 
-/// The first process in `cgroup` or below it (breadth first: the pod's own processes, then
-/// its containers'), whose network namespace is the pod's.
-pub fn pod_process(cgroup: &Path) -> Option<i32> {
+/// The processes in `cgroup` and below it (breadth first: the pod's own, then its
+/// containers'), at most [`MAX_PROCESSES`].
+pub fn pod_processes(cgroup: &Path) -> Vec<i32> {
+    let mut found = Vec::new();
     let mut level = vec![cgroup.to_path_buf()];
     for _ in 0..=PROCESS_DEPTH {
         let mut next = Vec::new();
         for dir in &level {
-            if let Some(pid) = fs::read_to_string(dir.join("cgroup.procs"))
-                .ok()
-                .and_then(|procs| procs.lines().find_map(|l| l.trim().parse().ok()))
-            {
-                return Some(pid);
+            if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+                found.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+                if found.len() >= MAX_PROCESSES {
+                    found.truncate(MAX_PROCESSES);
+                    return found;
+                }
             }
             if let Ok(entries) = fs::read_dir(dir) {
                 next.extend(
@@ -66,7 +70,7 @@ pub fn pod_process(cgroup: &Path) -> Option<i32> {
         next.sort();
         level = next;
     }
-    None
+    found
 }
 
 /// Whether process `pid` is in this process's network namespace (`None`: it is gone).
@@ -123,9 +127,10 @@ mod tests {
         let root = tree(&["pod/a.scope", "pod/b.scope"]);
         fs::write(root.join("pod/cgroup.procs"), "").unwrap();
         fs::write(root.join("pod/a.scope/cgroup.procs"), "").unwrap();
-        assert_eq!(pod_process(&root.join("pod")), None);
+        assert!(pod_processes(&root.join("pod")).is_empty());
         fs::write(root.join("pod/b.scope/cgroup.procs"), "4242\n4243\n").unwrap();
-        assert_eq!(pod_process(&root.join("pod")), Some(4242));
+        fs::write(root.join("pod/cgroup.procs"), "17\n").unwrap();
+        assert_eq!(pod_processes(&root.join("pod")), vec![17, 4242, 4243]);
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -3,9 +3,10 @@
 //! this node, and keeps one attachment per pod: at the pod's cgroup (which covers the
 //! containers the runtime creates below it, see `maps.rs`' `current_sandbox` in the kernel
 //! programs), in the pod's network namespace, under the pod's policy (`pods.rs`). It
-//! attaches a pod as soon as its cgroup holds a process (the runtime's sandbox, whose
-//! network namespace the containers join) and detaches it when the API says it is gone or
-//! finished, or when its cgroup disappears.
+//! attaches a pod as soon as its cgroup holds a process in a network namespace other than
+//! the node's (the runtime's sandbox, whose namespace the containers join), and lets it go
+//! only once nothing of it runs: its cgroup gone, or empty after the API said the pod was
+//! deleted or finished. A pod in its termination grace period stays firewalled.
 //!
 //! The watch is the source of what should be attached; the node's cgroups are looked at on
 //! every event and every [`RESCAN`], so that a pod the API announced before the kubelet
@@ -95,6 +96,14 @@ pub async fn run(
     Ok(())
 }
 
+/// An attached pod.
+struct Attached {
+    /// The attachment's name.
+    name: String,
+    /// Its pod cgroup, as found at the attach.
+    cgroup: PathBuf,
+}
+
 /// What the agent knows and holds.
 struct Agent {
     daemon: Arc<Daemon>,
@@ -104,8 +113,8 @@ struct Agent {
     wanted: BTreeMap<String, PodView>,
     /// During a relist: the UIDs listed so far.
     listing: Option<BTreeSet<String>>,
-    /// Attached pods: UID -> attachment name.
-    attached: BTreeMap<String, String>,
+    /// Attached pods by UID.
+    attached: BTreeMap<String, Attached>,
     /// The last attach error of each pod, so that each cause is said once.
     errors: BTreeMap<String, String>,
 }
@@ -141,22 +150,28 @@ impl Agent {
         }
     }
 
-    /// Attaches what should be and can be, detaches what should not be or cannot be.
+    /// Attaches what should be and can be; lets go of the pods of which nothing runs.
     async fn reconcile(&mut self) {
         let gone: Vec<String> = self
             .attached
-            .keys()
-            .filter(|uid| {
-                self.wanted
+            .iter()
+            .filter(|(uid, attached)| {
+                let live = self
+                    .wanted
                     .get(*uid)
-                    .is_none_or(|p| p.deleting || p.finished)
-                    || cgroups::pod_cgroup(&self.args.cgroup_root, uid).is_none()
+                    .is_some_and(|p| !p.deleting && !p.finished);
+                // A cgroup that cannot be looked at (no descriptors left...) is kept.
+                match attached.cgroup.try_exists() {
+                    Ok(false) => true,
+                    Ok(true) => !live && cgroups::pod_processes(&attached.cgroup).is_empty(),
+                    Err(_) => false,
+                }
             })
-            .cloned()
+            .map(|(uid, _)| uid.clone())
             .collect();
         for uid in gone {
-            if let Some(name) = self.attached.remove(&uid) {
-                self.detach(&name).await;
+            if let Some(attached) = self.attached.remove(&uid) {
+                self.detach(&attached.name).await;
             }
         }
         self.errors.retain(|uid, _| self.wanted.contains_key(uid));
@@ -175,20 +190,21 @@ impl Agent {
         let Some(cgroup) = cgroups::pod_cgroup(&self.args.cgroup_root, &pod.uid) else {
             return; // not created by the kubelet yet
         };
-        let Some(pid) = cgroups::pod_process(&cgroup) else {
-            return; // no sandbox process yet: its namespace does not exist
-        };
-        // A process seen in the node's namespace is on its way into the pod's (unless the
-        // pod uses the node's network): wait for it.
-        if !pod.host_network && cgroups::in_our_netns(pid) != Some(false) {
+        // A process in the pod's own namespace: the node's namespace holds only processes on
+        // their way in, or runtime helpers (CRI-O's conmon), unless the pod uses the node's
+        // network. None yet: the sandbox has not started.
+        let Some(pid) = cgroups::pod_processes(&cgroup)
+            .into_iter()
+            .find(|&pid| pod.host_network || cgroups::in_our_netns(pid) == Some(false))
+        else {
             return;
-        }
+        };
         let name = pod.attachment_name();
         let dir = &self.args.policy_dir;
         let policy =
             pod.policy(|n| dir.join(n).is_file() || dir.join(format!("{n}.toml")).is_file());
         let target = Target::Cgroup {
-            path: cgroup,
+            path: cgroup.clone(),
             netns: Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
         };
         self.daemon.audit().set_k8s(
@@ -213,7 +229,13 @@ impl Agent {
                     pod.namespace, pod.name
                 );
                 self.errors.remove(&pod.uid);
-                self.attached.insert(pod.uid.clone(), name);
+                self.attached
+                    .insert(pod.uid.clone(), Attached { name, cgroup });
+            }
+            // Re-armed from a saved state after the daemon died: adopted as it is.
+            Err(_) if self.daemon.has_attachment(&name).await => {
+                self.attached
+                    .insert(pod.uid.clone(), Attached { name, cgroup });
             }
             Err(e) => {
                 self.daemon.audit().set_k8s(&name, None);
