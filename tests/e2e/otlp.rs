@@ -372,3 +372,39 @@ fn what_does_not_reach_the_collector_is_counted() {
         "\n{run}"
     );
 }
+
+#[test]
+fn a_busy_collector_gets_the_batch_again_after_its_retry_after() {
+    if !privileged() {
+        return;
+    }
+    // The first two export requests get `503` with `Retry-After: 1` (gRPC: `UNAVAILABLE`):
+    // both are retried, and every line arrives once.
+    for (protocol, flag) in [("http/protobuf", "http"), ("grpc", "grpc")] {
+        let s = Scene::new();
+        let out = s.scratch.path("received.jsonl");
+        let receiver = Receiver::start(&out, (0, 0), &["--fail-first", "2"]);
+        let port = if flag == "http" {
+            receiver.http
+        } else {
+            receiver.grpc
+        };
+        let run = s
+            .egressd()
+            .allow(API)
+            .args(["--otlp-endpoint", &format!("http://127.0.0.1:{port}")])
+            .args(["--otlp-protocol", protocol])
+            .sh(&two_connections(&s))
+            .run();
+        run.assert_success();
+        assert!(!run.stderr.contains("did NOT reach"), "{protocol}\n{run}");
+        assert_every_line_arrived_once(&read_audit(&s.audit_log), &receiver.records());
+        assert!(
+            receiver
+                .records()
+                .iter()
+                .all(|r| r["request"].as_u64() > Some(2)),
+            "every record came through a request after the refused ones"
+        );
+    }
+}
