@@ -215,7 +215,8 @@ pub struct KubeArgs {
     )]
     pub pod_selector: String,
     /// One policy file per name (a ConfigMap mounted here: key = file name, value = egressd
-    /// TOML); read when a pod first needs it, and again on `egressd reload` (SIGHUP).
+    /// TOML); read when a pod first needs it, and again whenever the files change (the
+    /// kubelet updates a mounted ConfigMap) or on `egressd reload` (SIGHUP).
     #[arg(
         long = "policy-dir",
         value_name = "DIR",

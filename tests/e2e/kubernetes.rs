@@ -258,6 +258,23 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
         );
     }
 
+    // The ConfigMap gains a `docs` policy (the kubelet updates the mounted files): the agent
+    // reloads, and moves the docs pod under it, without a restart or a reload by hand.
+    fs::write(
+        policies.join("docs"),
+        format!("allow_domains = [\"{EVIL}\"]\n"),
+    )
+    .unwrap();
+    wait_for("the docs pod moved to its scale set's new policy", || {
+        attachments(&daemon)
+            .iter()
+            .any(|(n, p)| n == "arc-runners:docs-xyz-runner-1" && p.as_deref() == Some("docs"))
+    });
+    let (code, out, err) = in_job(&s, &docs_app, &curl(&s, EVIL));
+    assert_eq!((code, out.as_str()), (0, hello(EVIL).as_str()), "{err}");
+    let (code, _, _) = in_job(&s, &docs_app, &curl(&s, API));
+    assert_ne!(code, 0, "the docs policy does not allow {API}");
+
     // The watch drops; a pod that comes after is seen once kube-rs watches again.
     api.drop_watches();
     let late = pod(

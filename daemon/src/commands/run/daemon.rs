@@ -162,6 +162,37 @@ impl Daemon {
         })
     }
 
+    /// Puts attachment `name` under the named policy `policy` (the Kubernetes agent, when a
+    /// pod's annotation changes or its scale set's policy appears): its proxy is rebuilt and
+    /// swapped; the programs stay.
+    pub async fn set_policy(&self, name: &str, policy: &str) -> anyhow::Result<()> {
+        let mut state = self.state.lock().await;
+        let generation = self.named_or_closed(&mut state, policy)?;
+        let attachment = state
+            .attachments
+            .get(name)
+            .ok_or_else(|| anyhow!("no attachment named {name:?}"))?;
+        let proxy = self.proxy_for(&generation, attachment)?;
+        let attachment = state
+            .attachments
+            .get_mut(name)
+            .ok_or_else(|| anyhow!("no attachment named {name:?}"))?;
+        attachment.serve(&proxy)?;
+        attachment.policy = Some(policy.to_owned());
+        self.save(&state);
+        Ok(())
+    }
+
+    /// The named policy attachment `name` runs under, if any.
+    pub async fn policy_of(&self, name: &str) -> Option<String> {
+        self.state
+            .lock()
+            .await
+            .attachments
+            .get(name)
+            .and_then(|a| a.policy.clone())
+    }
+
     /// Whether an attachment named `name` exists.
     pub async fn has_attachment(&self, name: &str) -> bool {
         self.state.lock().await.attachments.contains_key(name)

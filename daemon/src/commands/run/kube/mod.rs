@@ -78,6 +78,7 @@ pub async fn run(
         listing: None,
         attached: BTreeMap::new(),
         errors: BTreeMap::new(),
+        policies_seen: None,
     };
     let mut rescan = tokio::time::interval(RESCAN);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -96,12 +97,51 @@ pub async fn run(
     Ok(())
 }
 
+/// What the audit says of a pod under `policy`.
+fn k8s_meta(node: &str, pod: &PodView, policy: &str) -> egressd_proxy::K8sMeta {
+    egressd_proxy::K8sMeta {
+        node: node.to_owned(),
+        namespace: pod.namespace.clone(),
+        pod: pod.name.clone(),
+        pod_uid: pod.uid.clone(),
+        scale_set: pod.scale_set().map(str::to_owned),
+        policy: policy.to_owned(),
+    }
+}
+
+/// The files of `dir` with their sizes and modification times, sorted (empty when it cannot
+/// be read). The kubelet replaces a mounted ConfigMap by swapping a symbolic link: the
+/// times of what the names point at change.
+fn policy_files(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let meta = std::fs::metadata(e.path()).ok()?;
+                    meta.is_file().then(|| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            meta.len(),
+                            meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                        )
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
 /// An attached pod.
 struct Attached {
     /// The attachment's name.
     name: String,
     /// Its pod cgroup, as found at the attach.
     cgroup: PathBuf,
+    /// The policy it runs under.
+    policy: String,
 }
 
 /// What the agent knows and holds.
@@ -117,6 +157,9 @@ struct Agent {
     attached: BTreeMap<String, Attached>,
     /// The last attach error of each pod, so that each cause is said once.
     errors: BTreeMap<String, String>,
+    /// What `--policy-dir` held at the last look (names, sizes, times), to reload when the
+    /// kubelet updates the mounted ConfigMap.
+    policies_seen: Option<Vec<(String, u64, std::time::SystemTime)>>,
 }
 
 impl Agent {
@@ -150,8 +193,10 @@ impl Agent {
         }
     }
 
-    /// Attaches what should be and can be; lets go of the pods of which nothing runs.
+    /// Attaches what should be and can be; lets go of the pods of which nothing runs; keeps
+    /// each pod under the policy it should have now.
     async fn reconcile(&mut self) {
+        self.follow_policies().await;
         let gone: Vec<String> = self
             .attached
             .iter()
@@ -186,6 +231,49 @@ impl Agent {
         }
     }
 
+    /// Reloads when the policy files changed (the kubelet swapped the mounted ConfigMap), and
+    /// moves a pod whose policy choice changed (its annotation, or its scale set's policy
+    /// appeared or went) under the new one.
+    async fn follow_policies(&mut self) {
+        let now = policy_files(&self.args.policy_dir);
+        if self.policies_seen.as_ref().is_some_and(|seen| *seen != now) {
+            // `reload` says what it did, or why the old policies stay.
+            let _ = self.daemon.reload().await;
+        }
+        self.policies_seen = Some(now);
+        let dir = self.args.policy_dir.clone();
+        let exists = |n: &str| dir.join(n).is_file() || dir.join(format!("{n}.toml")).is_file();
+        let moves: Vec<(String, String)> = self
+            .attached
+            .iter()
+            .filter_map(|(uid, attached)| {
+                let wanted = self.wanted.get(uid)?.policy(exists);
+                (wanted != attached.policy).then(|| (uid.clone(), wanted))
+            })
+            .collect();
+        for (uid, policy) in moves {
+            let (Some(attached), Some(pod)) = (self.attached.get_mut(&uid), self.wanted.get(&uid))
+            else {
+                continue;
+            };
+            match self.daemon.set_policy(&attached.name, &policy).await {
+                Ok(()) => {
+                    eprintln!(
+                        "egressd: pod {}/{}: now under policy {policy} (was {})",
+                        pod.namespace, pod.name, attached.policy
+                    );
+                    attached.policy = policy;
+                    let meta = k8s_meta(&self.node, pod, &attached.policy);
+                    self.daemon.audit().set_k8s(&attached.name, Some(meta));
+                }
+                Err(e) => eprintln!(
+                    "egressd: error: pod {}/{}: moving it to policy {policy}: {e:#}",
+                    pod.namespace, pod.name
+                ),
+            }
+        }
+    }
+
     async fn attach(&mut self, pod: &PodView) {
         let Some(cgroup) = cgroups::pod_cgroup(&self.args.cgroup_root, &pod.uid) else {
             return; // not created by the kubelet yet
@@ -207,17 +295,9 @@ impl Agent {
             path: cgroup.clone(),
             netns: Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
         };
-        self.daemon.audit().set_k8s(
-            &name,
-            Some(egressd_proxy::K8sMeta {
-                node: self.node.clone(),
-                namespace: pod.namespace.clone(),
-                pod: pod.name.clone(),
-                pod_uid: pod.uid.clone(),
-                scale_set: pod.scale_set().map(str::to_owned),
-                policy: policy.clone(),
-            }),
-        );
+        self.daemon
+            .audit()
+            .set_k8s(&name, Some(k8s_meta(&self.node, pod, &policy)));
         match self
             .daemon
             .attach_with(target, Some(name.clone()), None, Some(&policy))
@@ -229,13 +309,23 @@ impl Agent {
                     pod.namespace, pod.name
                 );
                 self.errors.remove(&pod.uid);
-                self.attached
-                    .insert(pod.uid.clone(), Attached { name, cgroup });
+                let attached = Attached {
+                    name,
+                    cgroup,
+                    policy,
+                };
+                self.attached.insert(pod.uid.clone(), attached);
             }
-            // Re-armed from a saved state after the daemon died: adopted as it is.
+            // Re-armed from a saved state after the daemon died: adopted, and moved to the
+            // policy it should have if that differs (at the next look).
             Err(_) if self.daemon.has_attachment(&name).await => {
-                self.attached
-                    .insert(pod.uid.clone(), Attached { name, cgroup });
+                let policy = self.daemon.policy_of(&name).await.unwrap_or_default();
+                let attached = Attached {
+                    name,
+                    cgroup,
+                    policy,
+                };
+                self.attached.insert(pod.uid.clone(), attached);
             }
             Err(e) => {
                 self.daemon.audit().set_k8s(&name, None);
