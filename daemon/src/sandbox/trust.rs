@@ -42,6 +42,14 @@ impl TrustBundle {
     /// certificate alone to `ca.pem` (for `egressd ca export`), both world-readable.
     pub fn write(sandbox: &str, pem: &str, ca_pem: &str) -> anyhow::Result<Self> {
         let dir = PathBuf::from(RUN_DIR).join(sandbox);
+        // One left by an egressd that was killed: the name holds this process's id (or is the
+        // daemon's own), so no live egressd owns it, and the bundle is made afresh below.
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing the stale {}", dir.display()));
+            }
+            _ => {}
+        }
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
