@@ -198,12 +198,8 @@ pub struct KubeArgs {
     #[arg(long = "kubernetes")]
     pub kubernetes: bool,
     /// This node's name (the DaemonSet passes `spec.nodeName`).
-    #[arg(
-        long = "node-name",
-        value_name = "NAME",
-        env = "NODE_NAME",
-        requires = "kubernetes"
-    )]
+    // No `requires`: a NODE_NAME set for something else must not stop a plain `egressd run`.
+    #[arg(long = "node-name", value_name = "NAME", env = "NODE_NAME")]
     pub node_name: Option<String>,
     /// The runner pods: a Kubernetes label selector. ARC's listener pods carry the scale-set
     /// label too, and need the API: the default picks runner pods only.

@@ -1,6 +1,7 @@
-//! The roots egressd's own TLS clients trust (interception's upstream side, the token
-//! broker's HTTP client, provenance's key fetches): webpki's roots plus `--upstream-ca`. A
-//! leaf: it imports nothing from the crate.
+//! The roots and the client configuration of egressd's own TLS clients (interception's
+//! upstream side, the token broker's HTTP client, provenance's key fetches, the OTLP
+//! export): webpki's roots plus `--upstream-ca` (or `--otlp-ca`). A leaf: it imports
+//! nothing from the crate.
 
 use rustls::pki_types::CertificateDer;
 
@@ -28,4 +29,24 @@ pub(crate) fn client_roots(extra_ca_pem: Option<&[u8]>) -> Result<rustls::RootCe
         }
     }
     Ok(roots)
+}
+
+/// A TLS client configuration (ring, TLS 1.2 and 1.3) trusting `roots` and offering `alpn`:
+/// the one shape every client of egressd's own uses.
+///
+/// # Errors
+///
+/// The provider supports none of the protocol versions (cannot happen with ring).
+pub(crate) fn client_config(
+    roots: rustls::RootCertStore,
+    alpn: &[&[u8]],
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(std::sync::Arc::new(config))
 }

@@ -5,10 +5,15 @@
 //! pod's. Pods come and go through the API; the agent attaches each runner pod of its node
 //! with its scale set's policy and detaches it when it goes.
 
-use std::{fs, path::Path, process::Command, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use egressd_tests::{
-    API, EVIL, Scene,
+    API, EVIL, EgressdCommand, Scene,
     fakes::{FakeKubeApi, kube::pod},
     privileged, read_audit,
 };
@@ -107,6 +112,67 @@ fn attachments(daemon: &Daemon) -> Vec<(String, Option<String>)> {
         .unwrap_or_default()
 }
 
+/// A simulated node: the fake API server and a kubeconfig for it, the policy directory (the
+/// mounted ConfigMap; `default` allows API), and the test cgroup the kubelet's layout goes
+/// under. The layout's QoS levels are removed on drop (the pods' cgroups first, by the test).
+struct SimNode {
+    api: FakeKubeApi,
+    kubeconfig: PathBuf,
+    policies: PathBuf,
+    cgroups: TestCgroup,
+}
+
+impl SimNode {
+    fn new(s: &Scene, tag: &str) -> Self {
+        let api = FakeKubeApi::start();
+        let kubeconfig = s.scratch.path("kubeconfig");
+        api.write_kubeconfig(&kubeconfig);
+        let policies = s.scratch.path("policies");
+        fs::create_dir_all(&policies).unwrap();
+        let node = Self {
+            api,
+            kubeconfig,
+            policies,
+            cgroups: TestCgroup::new(tag),
+        };
+        node.policy("default", API);
+        node
+    }
+
+    /// Writes policy file `file` allowing `name` only.
+    fn policy(&self, file: &str, name: &str) {
+        fs::write(
+            self.policies.join(file),
+            format!("allow_domains = [\"{name}\"]\n"),
+        )
+        .unwrap();
+    }
+
+    /// `egressd run --kubernetes` for this node.
+    fn agent(&self, s: &Scene) -> EgressdCommand {
+        run_command(s)
+            .args(["--kubernetes", "--node-name", NODE])
+            .arg("--policy-dir")
+            .arg(&self.policies)
+            .arg("--cgroup-root")
+            .arg(&self.cgroups.path)
+            .env("KUBECONFIG", &self.kubeconfig)
+    }
+
+    /// The kubelet starts `pod` on this node (see [`PodCgroups::start`]).
+    fn start(&self, pod: &Value, s: &Scene) -> PodCgroups {
+        PodCgroups::start(&self.cgroups.path, &uid_of(pod), s)
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        let layout = self.cgroups.path.join("kubepods.slice");
+        let _ = fs::remove_dir(layout.join("kubepods-besteffort.slice"));
+        let _ = fs::remove_dir(layout);
+    }
+}
+
 fn uid_of(pod: &Value) -> String {
     pod["metadata"]["uid"].as_str().expect("a uid").to_owned()
 }
@@ -117,36 +183,14 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
         return;
     }
     let s = Scene::new();
-    let api = FakeKubeApi::start();
-    let kubeconfig = s.scratch.path("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
     // Policies as the ConfigMap mounted as a volume: the `build` scale set may reach EVIL
     // only; everything else gets `default` (API only); `broken` does not parse.
-    let policies = s.scratch.path("policies");
-    fs::create_dir_all(&policies).unwrap();
-    fs::write(
-        policies.join("default"),
-        format!("allow_domains = [\"{API}\"]\n"),
-    )
-    .unwrap();
-    fs::write(
-        policies.join("build.toml"),
-        format!("allow_domains = [\"{EVIL}\"]\n"),
-    )
-    .unwrap();
-    fs::write(policies.join("broken"), "allow_domains = [\n").unwrap();
-    let node = TestCgroup::new("kube-node");
+    let node = SimNode::new(&s, "kube-node");
+    let api = &node.api;
+    node.policy("build.toml", EVIL);
+    fs::write(node.policies.join("broken"), "allow_domains = [\n").unwrap();
 
-    let daemon = Daemon::start(
-        &run_command(&s)
-            .args(["--kubernetes", "--node-name", NODE])
-            .arg("--policy-dir")
-            .arg(&policies)
-            .arg("--cgroup-root")
-            .arg(&node.path)
-            .env("KUBECONFIG", &kubeconfig),
-        &s.scratch.path("ctl.sock"),
-    );
+    let daemon = Daemon::start(&node.agent(&s), &s.scratch.path("ctl.sock"));
     assert!(
         api.wait_for_watchers(1, Duration::from_secs(30)),
         "the agent never watched pods"
@@ -164,7 +208,7 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
     // The kubelet starts the pod before the agent hears of it: its init container's probe
     // (what `deploy/examples` puts first in a runner pod) does not resolve, so the runner's
     // containers would not start yet.
-    let build_cgroups = PodCgroups::start(&node.path, &uid_of(&build), &s);
+    let build_cgroups = node.start(&build, &s);
     let init = build_cgroups.container("init");
     let probe = ["getent", "hosts", "attached.egressd.invalid"].map(str::to_owned);
     let (code, out, _) = in_job(&s, &init, &probe);
@@ -188,8 +232,8 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
         &[(SCALE_SET, "build")],
         &[],
     );
-    let other_cgroups = PodCgroups::start(&node.path, &uid_of(&other_node), &s);
-    let listener_cgroups = PodCgroups::start(&node.path, &uid_of(&listener), &s);
+    let other_cgroups = node.start(&other_node, &s);
+    let listener_cgroups = node.start(&listener, &s);
     api.apply_pod(other_node);
     api.apply_pod(listener);
     api.apply_pod(build.clone());
@@ -238,8 +282,8 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
     );
     api.apply_pod(docs.clone());
     api.apply_pod(broken.clone());
-    let docs_cgroups = PodCgroups::start(&node.path, &uid_of(&docs), &s);
-    let broken_cgroups = PodCgroups::start(&node.path, &uid_of(&broken), &s);
+    let docs_cgroups = node.start(&docs, &s);
+    let broken_cgroups = node.start(&broken, &s);
     wait_for("three pods attached", || attachments(&daemon).len() == 3);
     let docs_app = docs_cgroups.container("app");
     let (code, out, err) = in_job(&s, &docs_app, &curl(&s, API));
@@ -260,11 +304,7 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
 
     // The ConfigMap gains a `docs` policy (the kubelet updates the mounted files): the agent
     // reloads, and moves the docs pod under it, without a restart or a reload by hand.
-    fs::write(
-        policies.join("docs"),
-        format!("allow_domains = [\"{EVIL}\"]\n"),
-    )
-    .unwrap();
+    node.policy("docs", EVIL);
     wait_for("the docs pod moved to its scale set's new policy", || {
         attachments(&daemon)
             .iter()
@@ -285,7 +325,7 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
         &[],
     );
     api.apply_pod(late.clone());
-    let late_cgroups = PodCgroups::start(&node.path, &uid_of(&late), &s);
+    let late_cgroups = node.start(&late, &s);
     wait_for("the pod that came after the dropped watch attached", || {
         attachments(&daemon)
             .iter()
@@ -401,13 +441,6 @@ fn a_node_agent_attaches_runner_pods_with_their_policy_and_lets_them_go() {
         stopped.stderr.contains("policy \"broken\""),
         "the broken policy is named\n{stopped}"
     );
-    remove_layout(&node);
-}
-
-/// Removes the QoS level cgroups the pods were made under.
-fn remove_layout(node: &TestCgroup) {
-    let _ = fs::remove_dir(node.path.join("kubepods.slice/kubepods-besteffort.slice"));
-    let _ = fs::remove_dir(node.path.join("kubepods.slice"));
 }
 
 /// `bash`'s `/dev/tcp` connect from `cgroup`: its error says whether the connection was
@@ -427,29 +460,12 @@ fn an_agent_replaced_leaves_its_pods_closed_and_the_next_one_re_arms_them() {
         return;
     }
     let s = Scene::new();
-    let api = FakeKubeApi::start();
-    let kubeconfig = s.scratch.path("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
-    let policies = s.scratch.path("policies");
-    fs::create_dir_all(&policies).unwrap();
-    fs::write(
-        policies.join("default"),
-        format!("allow_domains = [\"{API}\"]\n"),
-    )
-    .unwrap();
-    let node = TestCgroup::new("kube-node-upgrade");
-    let agent = || {
-        run_command(&s)
-            .args(["--kubernetes", "--node-name", NODE])
-            .arg("--policy-dir")
-            .arg(&policies)
-            .arg("--cgroup-root")
-            .arg(&node.path)
-            .env("KUBECONFIG", &kubeconfig)
-    };
+    let node = SimNode::new(&s, "kube-node-upgrade");
+    let api = &node.api;
+    let agent = || node.agent(&s);
     let socket = s.scratch.path("ctl.sock");
     let runner = pod("arc-runners", "r-1", NODE, &[(SCALE_SET, "r"), RUNNER], &[]);
-    let cgroups = PodCgroups::start(&node.path, &uid_of(&runner), &s);
+    let cgroups = node.start(&runner, &s);
     let app = cgroups.container("app");
     // Control: not attached, the container's connection has no route.
     assert!(
@@ -487,5 +503,4 @@ fn an_agent_replaced_leaves_its_pods_closed_and_the_next_one_re_arms_them() {
     cgroups.remove();
     wait_for("the pod let go", || attachments(&daemon).is_empty());
     let _ = daemon.stop();
-    remove_layout(&node);
 }

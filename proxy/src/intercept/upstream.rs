@@ -56,17 +56,11 @@ impl Upstream {
     ) -> Result<Self, String> {
         let roots = crate::tls_roots::client_roots(extra_ca_pem)?;
         let make = |alpn: &[&[u8]]| -> Result<Client<UpstreamConnector, UpBody>, String> {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS versions: {e}"))?
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth();
-            tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            let tls = crate::tls_roots::client_config(roots.clone(), alpn)?;
             let connector = UpstreamConnector {
                 connector: Arc::clone(&connector),
                 policy: Arc::clone(&policy),
-                tls: Tls::WebPki(TlsConnector::from(Arc::new(tls))),
+                tls: Tls::WebPki(TlsConnector::from(tls)),
             };
             Ok(Client::builder(TokioExecutor::new()).build(connector))
         };

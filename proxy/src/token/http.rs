@@ -12,7 +12,6 @@
 //! response bodies are capped at [`MAX_BODY`].
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -67,15 +66,8 @@ impl TokenHttp {
     /// A text saying what is wrong with `extra_ca_pem` (no certificate, bad PEM or DER).
     pub(crate) fn new(extra_ca_pem: Option<&[u8]>, timeout: Duration) -> Result<Self, String> {
         let roots = crate::tls_roots::client_roots(extra_ca_pem)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS versions: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
-            tls: TlsConnector::from(Arc::new(config)),
+            tls: TlsConnector::from(crate::tls_roots::client_config(roots, &[b"http/1.1"])?),
             timeout,
             dns: OwnDns::default(),
         })

@@ -77,7 +77,7 @@ pub(crate) struct Collector {
 
 impl Collector {
     /// A collector at `uri` (`http://` or `https://`; for OTLP/HTTP, a URI without a path
-    /// gets `/v1/logs`), trusting the system's roots and `ca_pem` for `https://`.
+    /// gets `/v1/logs`), trusting the webpki roots and `ca_pem` for `https://`.
     ///
     /// # Errors
     ///
@@ -126,18 +126,13 @@ impl Collector {
             map.append(name, value);
         }
         let tls = if https {
-            let roots = crate::tls_roots::client_roots(ca_pem)?;
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS versions: {e}"))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = match protocol {
-                OtlpProtocol::Grpc => vec![b"h2".to_vec()],
-                OtlpProtocol::HttpProtobuf => vec![b"http/1.1".to_vec()],
+            let roots =
+                crate::tls_roots::client_roots(ca_pem).map_err(|e| format!("--otlp-ca: {e}"))?;
+            let alpn: &[u8] = match protocol {
+                OtlpProtocol::Grpc => b"h2",
+                OtlpProtocol::HttpProtobuf => b"http/1.1",
             };
-            Some(Arc::new(config))
+            Some(crate::tls_roots::client_config(roots, &[alpn])?)
         } else {
             None
         };
